@@ -1,0 +1,49 @@
+"""trainviz: drop-in PyTorch Lightning callbacks that show what a network learns while it trains.
+
+Example:
+    >>> import trainviz
+    >>> callbacks = trainviz.default_callbacks(every_n_epochs=2)
+    >>> sorted(type(cb).__name__ for cb in callbacks)[:2]
+    ['DynamicsCallback', 'RunManifestCallback']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainviz.callbacks import DynamicsCallback, ProbeCallback, RunManifestCallback
+from trainviz.layers import list_layers, resolve_layer
+from trainviz.probeset import ProbeSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DynamicsCallback",
+    "ProbeCallback",
+    "ProbeSet",
+    "RunManifestCallback",
+    "default_callbacks",
+    "list_layers",
+    "resolve_layer",
+]
+
+
+def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: Any) -> list[Any]:
+    """The full trainviz suite with shared settings, ready for ``Trainer(callbacks=...)``.
+
+    Args:
+        every_n_epochs: cadence of every probe.
+        probe_seed: seed of every probe set.
+        **kwargs: per-callback overrides, e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one.
+    """
+    factories = {"manifest": lambda o: RunManifestCallback(**o), "dynamics": lambda o: DynamicsCallback(**{"every_n_epochs": every_n_epochs, "probe_seed": probe_seed, **o})}
+    unknown = set(kwargs) - set(factories)
+    if unknown:
+        raise ValueError(f"Unknown callback name(s) {sorted(unknown)}; valid names: {sorted(factories)}.")
+    out = []
+    for name, make in factories.items():
+        options = kwargs.get(name, {})
+        if options is False:
+            continue
+        out.append(make(dict(options or {})))
+    return out

@@ -1,0 +1,145 @@
+"""``RunManifestCallback``: what is needed to reproduce a run (seed 000, DeepForge's provenance).
+
+Example:
+    >>> from trainviz import RunManifestCallback
+    >>> cb = RunManifestCallback()
+    >>> cb.state_key
+    'RunManifestCallback'
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from typing_extensions import override
+
+from trainviz.callbacks.base import ProbeCallback, make_sink
+
+__all__ = ["RunManifestCallback", "collect_manifest"]
+
+PACKAGES = ("trainviz", "torch", "torchvision", "pytorch-lightning", "numpy", "scikit-learn", "umap-learn", "plotly", "tensorboard", "kornia")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def collect_manifest(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """Everything the manifest records, as plain JSON values."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit else None
+    dm = trainer.datamodule
+    probes = {
+        cb.state_key: {"fingerprint": cb.probe.fingerprint(), "size": len(cb.probe), "seed": cb.probe_seed, "split": cb.split}
+        for cb in trainer.callbacks
+        if isinstance(cb, ProbeCallback) and cb.probe is not None
+    }
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "host": platform.node(),
+        "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
+        "versions": _versions(),
+        "seeds": {"PL_GLOBAL_SEED": os.environ.get("PL_GLOBAL_SEED"), "torch_initial_seed": torch.initial_seed()},
+        "model": {"class": type(pl_module).__qualname__, "hparams": _plain(dict(pl_module.hparams))},
+        "data": {"class": type(dm).__qualname__ if dm is not None else None, "hparams": _plain(dict(dm.hparams)) if dm is not None else {}},
+        "trainer": {
+            "max_epochs": trainer.max_epochs,
+            "precision": str(trainer.precision),
+            "accelerator": type(trainer.accelerator).__name__,
+            "num_devices": trainer.num_devices,
+            "world_size": trainer.world_size,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "start_epoch": trainer.current_epoch,
+            "ckpt_path": trainer.ckpt_path,
+        },
+        "probe_sets": probes,
+    }
+
+
+def _markdown(manifest: dict[str, Any]) -> str:
+    rows = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            text = str(value).replace("|", "\\|")
+            rows.append(f"| {prefix} | {text} |")
+
+    walk("", manifest)
+    return "| key | value |\n| --- | --- |\n" + "\n".join(rows)
+
+
+class RunManifestCallback(Callback):
+    """Records a run manifest at fit start: git commit and dirty flag, package versions, seeds,
+    hyperparameters of the model and datamodule, command line, trainer settings and the fingerprint
+    of every trainviz probe set.
+
+    Logged keys:
+        - ``trainviz/manifest/manifest`` (text, step = start epoch): the manifest as a table.
+        - artifacts ``manifest/manifest.json`` (the latest fit) and ``manifest/runs.jsonl``
+          (one record per fit, so a resumed run keeps the first one).
+
+    Example:
+        ``Trainer(callbacks=[RunManifestCallback(), DynamicsCallback()])``
+    """
+
+    name = "manifest"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manifest: dict[str, Any] | None = None
+        self._log_dir: str | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._log_dir = trainer.log_dir or trainer.default_root_dir  # collective: every rank calls it
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.manifest = collect_manifest(trainer, pl_module)
+        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir)
+        step = trainer.current_epoch
+        sink.text("manifest", _markdown(self.manifest), step)
+        sink.json("manifest.json", self.manifest)
+        sink.record("runs", {"start_epoch": step, **self.manifest}, )
+        sink.flush()

@@ -1,0 +1,123 @@
+"""Artifact store: each callback's raw results as files, written atomically (temp file, then rename).
+
+Layout under ``root`` (normally ``<log_dir>/trainviz``)::
+
+    <callback>/epoch_0003/<name>.npz     tensors of one run
+    <callback>/<name>.jsonl              one JSON record per run (metrics), rewritten atomically
+    <callback>/<name>.json | .html | ...
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> store = ArtifactStore(tempfile.mkdtemp())
+    >>> _ = store.write_npz("cam/epoch_0000/maps.npz", maps=np.zeros((2, 4, 4)))
+    >>> sorted(store.read_npz("cam/epoch_0000/maps.npz"))
+    ['maps']
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ArtifactStore", "atomic_write", "epoch_dir"]
+
+
+def epoch_dir(callback: str, epoch: int) -> str:
+    """Relative folder of one run's artifacts: ``<callback>/epoch_0003``."""
+    return f"{callback}/epoch_{epoch:04d}"
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A reader never sees a half-written file; a crash leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "tolist"):  # torch tensors
+        return value.tolist()
+    return value
+
+
+class ArtifactStore:
+    """Reads and atomically writes artifacts under one root folder."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def write_bytes(self, relpath: str, data: bytes) -> Path:
+        return atomic_write(self.path(relpath), data)
+
+    def write_text(self, relpath: str, text: str) -> Path:
+        return self.write_bytes(relpath, text.encode("utf-8"))
+
+    def write_json(self, relpath: str, obj: Any) -> Path:
+        return self.write_text(relpath, json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+
+    def write_npz(self, relpath: str, **arrays: Any) -> Path:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        return self.write_bytes(relpath, buf.getvalue())
+
+    def append_jsonl(self, relpath: str, record: dict[str, Any], key: str | None = "epoch") -> Path:
+        """Append one record; with ``key``, a record with the same key value replaces the old one
+        (a repeated run of an epoch is written once)."""
+        records = self.read_jsonl(relpath)
+        record = _jsonable(record)
+        if key is not None and key in record:
+            records = [r for r in records if r.get(key) != record[key]]
+        records.append(record)
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        return self.write_text(relpath, text)
+
+    def read_jsonl(self, relpath: str) -> list[dict[str, Any]]:
+        p = self.path(relpath)
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text("utf-8").splitlines() if line.strip()]
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads(self.path(relpath).read_text("utf-8"))
+
+    def read_npz(self, relpath: str) -> dict[str, np.ndarray]:
+        with np.load(self.path(relpath), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def epochs(self, callback: str) -> list[int]:
+        """Epochs that have an ``epoch_XXXX`` folder for ``callback``, sorted."""
+        base = self.root / callback
+        if not base.is_dir():
+            return []
+        return sorted(int(p.name[6:]) for p in base.glob("epoch_*") if p.is_dir() and p.name[6:].isdigit())
