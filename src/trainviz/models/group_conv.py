@@ -1,0 +1,247 @@
+"""Seed 003's group-convolution encoder-decoder: one spatial map per class, read off directly.
+
+An encoder (ResNet-18 without ``avgpool``/``fc``: 512x2x2 for a 64x64 image)
+is followed by :class:`GroupConvDecoder`: a 1x1 convolution to ``C`` channels
+(one per class), two x2 upsampling stages, and a last convolution with
+``groups=C``, giving ``C`` maps of 8x8; global average pooling turns each map
+into its class's logit (seed eq. 8), trained with softmax cross-entropy (eq. 9).
+
+Where the channels may mix (a design choice, as the seed is not explicit):
+only the 1x1 projection mixes encoder channels. The transposed convolutions
+of the upsampling stages are grouped too (``groups=C``), and BatchNorm, ReLU
+and Dropout act per channel, so after the projection the decoder is ``C``
+independent one-channel pathways: channel ``k`` of the projection, of every
+stage and of the group convolution's input influences class ``k``'s map and
+no other. (Ungrouped transposed convolutions would mix classes before the
+group convolution, and the map of class ``k`` would no longer be its own.)
+
+The maps are signed: the group convolution is the last layer and the logits
+need both signs. Seed eq. 10's display normalisation ``f / max(f)`` is not
+part of the model; the callback that renders the maps applies it (clamping
+negatives first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from torch import nn
+
+from trainviz.models.resnet import (
+    ResNetBackbone,
+    _check_positive_int,
+    load_pretrained,
+    resnet18_backbone,
+    torchvision_resnet18_backbone,
+)
+
+__all__ = ["ClassMapNet", "GroupConvDecoder", "feature_channels"]
+
+EncoderName = Literal["resnet18", "small", "torchvision_resnet18"]
+_ENCODERS = ("resnet18", "small", "torchvision_resnet18")
+
+
+class GroupConvDecoder(nn.Module):
+    """Decoder head of seed 003: per-class maps from a feature map, then their means as logits.
+
+    ``project`` (1x1 convolution to ``num_classes`` channels) -> ``stages``
+    (each: ``upsample`` = grouped ConvTranspose2d doubling H and W, ``bn``,
+    ``relu``, ``dropout``) -> ``group_conv`` (3x3, ``groups=num_classes``) ->
+    ``class_maps`` (identity: hook ``"decoder.class_maps"`` of a
+    :class:`ClassMapNet` to capture the maps) -> ``pool`` (global average) ->
+    ``flatten``. Channel ``k`` after ``project`` only ever reaches class ``k``'s
+    map (see the module docstring).
+
+    Args:
+        in_channels: channels of the encoder's feature map.
+        num_classes: number of classes ``C``, one map each.
+        dropout: dropout probability after each stage's ReLU, in [0, 1).
+        upsample_stages: number of x2 upsampling stages (0 keeps the encoder's size).
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)`
+        - Output of ``forward``: :math:`(N, C)` logits, the spatial means of the maps.
+        - Maps (``forward_with_maps``): :math:`(N, C, H \\cdot 2^s, W \\cdot 2^s)`
+          with ``s = upsample_stages``.
+
+    Example:
+        >>> decoder = GroupConvDecoder(512, num_classes=10).eval()
+        >>> logits, maps = decoder.forward_with_maps(torch.randn(2, 512, 2, 2))
+        >>> logits.shape, maps.shape
+        (torch.Size([2, 10]), torch.Size([2, 10, 8, 8]))
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.3, upsample_stages: int = 2) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_classes", num_classes)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"Expected `dropout` to be a float in [0, 1), got {dropout!r}")
+        if isinstance(upsample_stages, bool) or not isinstance(upsample_stages, int) or upsample_stages < 0:
+            raise ValueError(f"Expected `upsample_stages` to be a non-negative int, got {upsample_stages!r}")
+        c = num_classes
+        self.project = nn.Conv2d(in_channels, c, 1)
+        self.stages = nn.Sequential(
+            *(
+                nn.Sequential(
+                    OrderedDict(
+                        upsample=nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, groups=c, bias=False),
+                        bn=nn.BatchNorm2d(c),
+                        relu=nn.ReLU(),
+                        dropout=nn.Dropout(dropout),
+                    )
+                )
+                for _ in range(upsample_stages)
+            )
+        )
+        self.group_conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.class_maps = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits, maps)``; ``logits == maps.mean((-2, -1))`` (seed eq. 8)."""
+        maps = self.class_maps(self.group_conv(self.stages(self.project(x))))
+        return self.flatten(self.pool(maps)), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_maps(x)[0]
+
+
+def feature_channels(encoder: nn.Module, in_channels: int = 3, size: int = 64) -> int:
+    """Channels of ``encoder``'s feature map, from one forward of a zero image.
+
+    The forward runs under ``torch.no_grad()`` in eval mode on the encoder's
+    device and dtype; every module's ``training`` flag is restored afterwards
+    and the global RNG is forked, so neither BatchNorm statistics nor the
+    random stream change.
+
+    Args:
+        encoder: a module mapping :math:`(N, C_{in}, H, W)` images to a 4-D feature map.
+        in_channels: channels of the dummy image.
+        size: height and width of the dummy image.
+
+    Returns:
+        ``C`` of the encoder's :math:`(N, C, H', W')` output.
+
+    Raises:
+        ValueError: if the encoder's output is not 4-D.
+
+    Example:
+        >>> feature_channels(nn.Conv2d(3, 7, 3))
+        7
+    """
+    _check_positive_int("in_channels", in_channels)
+    _check_positive_int("size", size)
+    param = next(iter(encoder.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    flags = [(m, m.training) for m in encoder.modules()]
+    try:
+        encoder.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            out = encoder(torch.zeros(1, in_channels, size, size, device=device, dtype=dtype))
+    finally:
+        for module, training in flags:
+            module.training = training
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"Expected the encoder to return a 4-D feature map (N, C, H, W), got {shape}")
+    return int(out.shape[1])
+
+
+def _build_encoder(name: str, in_channels: int) -> ResNetBackbone:
+    if name == "resnet18":
+        return resnet18_backbone(in_channels, stem="imagenet")
+    if name == "small":
+        return ResNetBackbone((16, 32, 64), (1, 1, 1), in_channels=in_channels, stem="small", strides=(2, 2, 2))
+    if in_channels != 3:
+        raise ValueError(f"Expected `in_channels` to be 3 with encoder='torchvision_resnet18', got {in_channels}")
+    return torchvision_resnet18_backbone()
+
+
+class ClassMapNet(nn.Module):
+    """Seed 003's classifier: ``encoder`` -> :class:`GroupConvDecoder` (``decoder``).
+
+    Useful layer names: ``"encoder"`` (the feature map), ``"decoder.project"``
+    (the encoded C-channel map), ``"decoder.class_maps"`` (the per-class maps
+    before pooling).
+
+    Args:
+        num_classes: number of classes ``C``.
+        encoder: ``"resnet18"`` (:func:`resnet18_backbone`, ImageNet stem:
+            512x2x2 for 64x64 images, 8x8 maps), ``"small"`` (a 3-stage ResNet
+            with 16/32/64 channels, each stage halving the size: 64x4x4 for
+            32x32 images, 16x16 maps; trains in seconds per epoch on a CPU),
+            ``"torchvision_resnet18"`` (:func:`torchvision_resnet18_backbone`),
+            or any module returning a 4-D feature map.
+        in_channels: channels of the input images.
+        encoder_channels: channels of the encoder's output; inferred with
+            :func:`feature_channels` when None and ``encoder`` is a module.
+        pretrained_path: optional state dict file loaded into the encoder
+            (keys missing from the file are an error, extra keys such as an
+            ``fc`` head are ignored). Never downloaded.
+        dropout: dropout probability in the decoder.
+        upsample_stages: x2 upsampling stages in the decoder.
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)`
+        - Output of ``forward``: :math:`(N, C)` logits.
+        - Maps (``forward_with_maps``): :math:`(N, C, H_e \\cdot 2^s, W_e \\cdot 2^s)`
+          for an :math:`H_e \\times W_e` encoder map.
+
+    Example:
+        >>> net = ClassMapNet(num_classes=5, encoder="small").eval()
+        >>> logits, maps = net.forward_with_maps(torch.zeros(2, 3, 32, 32))
+        >>> logits.shape, maps.shape
+        (torch.Size([2, 5]), torch.Size([2, 5, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: nn.Module | EncoderName = "resnet18",
+        in_channels: int = 3,
+        encoder_channels: int | None = None,
+        pretrained_path: str | os.PathLike[str] | None = None,
+        *,
+        dropout: float = 0.3,
+        upsample_stages: int = 2,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("in_channels", in_channels)
+        if encoder_channels is not None:
+            _check_positive_int("encoder_channels", encoder_channels)
+        if isinstance(encoder, str):
+            if encoder not in _ENCODERS:
+                raise ValueError(f"Expected `encoder` to be an nn.Module or one of {_ENCODERS}, got {encoder!r}")
+            built = _build_encoder(encoder, in_channels)
+            if encoder_channels not in (None, built.out_channels):
+                raise ValueError(
+                    f"Expected `encoder_channels` to be None or {built.out_channels} with "
+                    f"encoder={encoder!r}, got {encoder_channels}"
+                )
+            self.encoder: nn.Module = built
+            encoder_channels = built.out_channels
+        elif isinstance(encoder, nn.Module):
+            self.encoder = encoder
+        else:
+            raise ValueError(
+                f"Expected `encoder` to be an nn.Module or one of {_ENCODERS}, got {type(encoder).__name__}"
+            )
+        if pretrained_path is not None:
+            load_pretrained(self.encoder, pretrained_path, strict="missing")
+        if encoder_channels is None:
+            encoder_channels = feature_channels(self.encoder, in_channels)
+        self.decoder = GroupConvDecoder(encoder_channels, num_classes, dropout, upsample_stages)
+
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits, maps)`` from one forward pass."""
+        return self.decoder.forward_with_maps(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
