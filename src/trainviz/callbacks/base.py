@@ -23,24 +23,13 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from trainviz.checks import check_choice, check_positive_int
 from trainviz.data.base import Normalization
 from trainviz.guard import model_device, model_dtype, probe_guard
 from trainviz.probeset import ProbeSet
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer, open_summary_writer
 
 __all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink"]
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive int, got {value!r}.")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> Any:
-    if value not in choices:
-        raise ValueError(f"Expected `{name}` to be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
-    return value
 
 
 # One TensorBoard writer, artifact store and background thread per log folder, shared by all callbacks.

@@ -1,5 +1,26 @@
-"""Models: trainviz's demo networks (and, later, the group-convolution encoder-decoder)."""
+"""Models: trainviz's demo networks and the group-convolution encoder-decoder of seed 003."""
 
+from trainviz.models.group_conv import ClassMapNet, GroupConvDecoder, feature_channels
+from trainviz.models.resnet import (
+    BasicBlock,
+    ResNetBackbone,
+    ResNetClassifier,
+    load_pretrained,
+    resnet18_backbone,
+    torchvision_resnet18_backbone,
+)
 from trainviz.models.small import DemoClassifier, SmallCNN
 
-__all__ = ["DemoClassifier", "SmallCNN"]
+__all__ = [
+    "BasicBlock",
+    "ClassMapNet",
+    "DemoClassifier",
+    "GroupConvDecoder",
+    "ResNetBackbone",
+    "ResNetClassifier",
+    "SmallCNN",
+    "feature_channels",
+    "load_pretrained",
+    "resnet18_backbone",
+    "torchvision_resnet18_backbone",
+]

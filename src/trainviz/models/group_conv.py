@@ -30,9 +30,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from trainviz.checks import check_positive_int
 from trainviz.models.resnet import (
     ResNetBackbone,
-    _check_positive_int,
     load_pretrained,
     resnet18_backbone,
     torchvision_resnet18_backbone,
@@ -76,8 +76,8 @@ class GroupConvDecoder(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.3, upsample_stages: int = 2) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"Expected `dropout` to be a float in [0, 1), got {dropout!r}")
         if isinstance(upsample_stages, bool) or not isinstance(upsample_stages, int) or upsample_stages < 0:
@@ -134,8 +134,8 @@ def feature_channels(encoder: nn.Module, in_channels: int = 3, size: int = 64) -
         >>> feature_channels(nn.Conv2d(3, 7, 3))
         7
     """
-    _check_positive_int("in_channels", in_channels)
-    _check_positive_int("size", size)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("size", size)
     param = next(iter(encoder.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.get_default_dtype()
@@ -212,10 +212,10 @@ class ClassMapNet(nn.Module):
         upsample_stages: int = 2,
     ) -> None:
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
         if encoder_channels is not None:
-            _check_positive_int("encoder_channels", encoder_channels)
+            check_positive_int("encoder_channels", encoder_channels)
         if isinstance(encoder, str):
             if encoder not in _ENCODERS:
                 raise ValueError(f"Expected `encoder` to be an nn.Module or one of {_ENCODERS}, got {encoder!r}")

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from trainviz.checks import check_positive_int
+
 __all__ = [
     "BasicBlock",
     "ResNetBackbone",
@@ -33,10 +35,6 @@ __all__ = [
 Stem = Literal["imagenet", "small"]
 _STEMS = ("imagenet", "small")
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive int, got {value!r}")
 
 
 def _check_positive_ints(name: str, values: object, length: int | None = None) -> None:
@@ -75,9 +73,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
-        _check_positive_int("stride", stride)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("stride", stride)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu1 = nn.ReLU()
@@ -140,7 +138,7 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         _check_positive_ints("widths", widths)
         _check_positive_ints("blocks", blocks, len(widths))
-        _check_positive_int("in_channels", in_channels)
+        check_positive_int("in_channels", in_channels)
         if stem not in _STEMS:
             raise ValueError(f"Expected `stem` to be one of {_STEMS}, got {stem!r}")
         if strides is None:
@@ -208,7 +206,7 @@ def resnet18_backbone(in_channels: int = 3, width: int = 64, stem: Stem = "image
         >>> net(torch.zeros(1, 3, 64, 64)).shape
         torch.Size([1, 512, 2, 2])
     """
-    _check_positive_int("width", width)
+    check_positive_int("width", width)
     return ResNetBackbone(
         tuple(width * m for m in (1, 2, 4, 8)), (2, 2, 2, 2), in_channels=in_channels, stem=stem
     )
@@ -250,7 +248,7 @@ class ResNetClassifier(nn.Module):
         stem: Stem = "small",
     ) -> None:
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("num_classes", num_classes)
         self.features = ResNetBackbone(widths, blocks, in_channels=in_channels, stem=stem)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)

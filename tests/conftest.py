@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny embedded data, a deterministic CPU trainer, and the list of all callbacks."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*The number of training batches.*")
+
+
+def all_callbacks(**overrides):
+    """A fresh instance of every trainviz callback, small settings (the suite-wide tests use this)."""
+    import trainviz
+
+    small = {"probe_size": 24, "every_n_epochs": 1}
+    return trainviz.default_callbacks(**{name: {**small, **opts} for name, opts in suite_options().items()}, **overrides)
+
+
+def suite_options() -> dict[str, dict]:
+    """Per-callback small settings for tests; the manifest takes no probe options."""
+    return {"dynamics": {}}
+
+
+@pytest.fixture
+def tiny_dm():
+    from trainviz.data import ShapesDataModule
+
+    return ShapesDataModule(n_train=96, n_val=48, batch_size=32)
+
+
+def make_trainer(root, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trainer:
+    options = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(root), name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.fixture
+def trainer_factory(tmp_path):
+    def factory(callbacks=(), **kwargs):
+        return make_trainer(tmp_path, callbacks, **kwargs)
+
+    return factory
+
+
+def demo_model(num_classes: int = 6, in_channels: int = 3, seed: int = 0):
+    from trainviz.models import DemoClassifier
+
+    torch.manual_seed(seed)
+    return DemoClassifier(num_classes=num_classes, in_channels=in_channels)

@@ -1,0 +1,73 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, atomic_write
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "a" / "file.json"
+    atomic_write(target, b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]  # no temp file left
+
+
+def test_jsonl_same_epoch_written_once_and_npz_roundtrip(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.append_jsonl("cb/metrics.jsonl", {"epoch": 0, "acc": 0.1})
+    store.append_jsonl("cb/metrics.jsonl", {"epoch": 1, "acc": 0.2})
+    store.append_jsonl("cb/metrics.jsonl", {"epoch": 1, "acc": 0.3})
+    assert [r["acc"] for r in store.read_jsonl("cb/metrics.jsonl")] == [0.1, 0.3]
+    store.write_npz("cb/epoch_0001/x.npz", a=np.arange(3))
+    assert store.read_npz("cb/epoch_0001/x.npz")["a"].tolist() == [0, 1, 2]
+    assert store.epochs("cb") == [1]
+
+
+def test_background_writer_order_flush_and_failure_warns_once():
+    w = BackgroundWriter()
+    out = []
+    for i in range(50):
+        w.submit(out.append, i)
+
+    def fail():
+        raise OSError("nope")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w.submit(fail)
+        w.submit(fail)
+        w.flush()
+    assert out == list(range(50))
+    assert sum("background write failed" in str(c.message) for c in caught) == 1
+    w.close()
+
+
+def test_sink_writes_tensorboard_and_artifacts(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    sink = Sink("demo", writer, ArtifactStore(tmp_path / "art"), BackgroundWriter())
+    sink.scalars({"a": torch.tensor(0.5), "b": torch.tensor(2.0)}, step=3)
+    sink.image("img", np.zeros((4, 5, 3), np.uint8), step=3, artifact=True)
+    sink.npz(3, "t", x=torch.ones(2))
+    with pytest.raises(ValueError, match="uint8"):
+        sink.image("bad", np.zeros((4, 5)), step=0)
+    sink.flush()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert acc.Scalars("trainviz/demo/b")[0].value == 2.0 and acc.Scalars("trainviz/demo/b")[0].step == 3
+    assert acc.Images("trainviz/demo/img")[0].width == 5
+    assert (tmp_path / "art" / "demo" / "epoch_0003" / "img.png").exists()
+    assert sink.store.read_npz("demo/epoch_0003/t.npz")["x"].tolist() == [1.0, 1.0]
