@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from trainviz.checks import check_choice, check_positive_int
@@ -111,6 +110,7 @@ class ProbeCallback(Callback):
         self.done_epochs: list[int] = []
         self.failures = 0
         self._device_probe: ProbeSet | None = None
+        self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
 
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
@@ -152,16 +152,14 @@ class ProbeCallback(Callback):
 
     # setup -----------------------------------------------------------------------------------------
     def _probe_source(self, trainer: pl.Trainer) -> Any:
+        """The dataset of the trainer's ``split`` dataloader (datamodule, model hook or ``fit`` argument)."""
         if self.probe_data is not None:
             return self.probe_data
-        dm = trainer.datamodule
-        hook = f"{self.split}_dataloader"
-        if dm is not None and is_overridden(hook, dm, pl.LightningDataModule):
-            return _dataset_of(getattr(dm, hook)())
-        source = getattr(trainer._data_connector, f"_{self.split}_dataloader_source", None)
-        if source is not None and source.is_defined():
-            return _dataset_of(source.dataloader())
-        return None
+        loop = trainer.fit_loop.epoch_loop.val_loop if self.split == "val" else trainer.fit_loop
+        source = loop._data_source  # Lightning's record of where the split's dataloaders come from
+        if source.instance is None or not source.is_defined():
+            return None
+        return _dataset_of(source.dataloader())
 
     def _resolve_normalization(self, trainer: pl.Trainer, channels: int) -> Normalization:
         if self.normalization is not None:
@@ -219,8 +217,9 @@ class ProbeCallback(Callback):
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         """Run the probe for ``epoch`` once (rank zero only), guarded, timed and fault-isolated."""
-        if not trainer.is_global_zero or epoch in self.done_epochs or self.probe is None:
+        if not trainer.is_global_zero or epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
             return
+        self._attempted.add(epoch)
         start = time.perf_counter()
         try:
             with probe_guard(pl_module):

@@ -107,7 +107,7 @@ def _markdown(manifest: dict[str, Any]) -> str:
 
 
 class RunManifestCallback(Callback):
-    """Records a run manifest at fit start: git commit and dirty flag, package versions, seeds,
+    """Records a run manifest when training starts (after a checkpoint is restored): git commit and dirty flag, package versions, seeds,
     hyperparameters of the model and datamodule, command line, trainer settings and the fingerprint
     of every trainviz probe set.
 
@@ -133,7 +133,7 @@ class RunManifestCallback(Callback):
             self._log_dir = trainer.log_dir or trainer.default_root_dir  # collective: every rank calls it
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         self.manifest = collect_manifest(trainer, pl_module)
@@ -141,5 +141,5 @@ class RunManifestCallback(Callback):
         step = trainer.current_epoch
         sink.text("manifest", _markdown(self.manifest), step)
         sink.json("manifest.json", self.manifest)
-        sink.record("runs", {"start_epoch": step, **self.manifest}, )
+        sink.record("runs", {"start_epoch": step, **self.manifest})
         sink.flush()

@@ -1,0 +1,41 @@
+# trainviz: `make demo` (set up + run the main job), `make test` (set up with the dev extra + run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EPOCHS ?= 6
+DATA ?= shapes
+
+.PHONY: demo test setup setup-dev browser benchmarks clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.setup: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.setup
+setup-dev: $(VENV)/.setup-dev
+
+# Headless Chromium (Debian's package) for the HTML report tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+demo: setup
+	$(BIN)/trainviz demo --data $(DATA) --epochs $(EPOCHS) --out runs/demo
+
+test: setup-dev browser
+	$(BIN)/python -m pytest -q
+
+benchmarks: setup-dev
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs lightning_logs .pytest_cache

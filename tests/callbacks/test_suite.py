@@ -1,0 +1,199 @@
+"""Suite-wide guarantees, for every trainviz callback: no trace on training, hook hygiene, fault
+isolation, resume, DDP, settings checked at setup, YAML presets."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+import trainviz
+from trainviz.callbacks.base import ProbeCallback
+from trainviz.hooks import count_hooks
+
+from conftest import all_callbacks, demo_model, make_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit(tmp_path, callbacks, dm, epochs=2, **kw):
+    pl.seed_everything(0, verbose=False)
+    model = demo_model()
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=epochs, **kw)
+    trainer.fit(model, dm)
+    return model, trainer
+
+
+def test_full_suite_leaves_no_trace(tmp_path, tiny_dm):
+    from trainviz.data import ShapesDataModule
+
+    plain, _ = _fit(tmp_path / "plain", [], tiny_dm)
+    next_plain = torch.rand(4)
+    dm2 = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a failing probe would warn: make it fail the test
+        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches|TensorBoard|tensorboardX).*")
+        probed, trainer = _fit(tmp_path / "probed", all_callbacks(), dm2)
+    next_probed = torch.rand(4)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs with the trainviz suite"
+    assert torch.equal(next_plain, next_probed), "the global RNG stream changed"
+    probes = [cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)]
+    assert probes and all(cb.done_epochs == [0, 1] and cb.failures == 0 for cb in probes)
+
+
+@pytest.mark.parametrize("index", range(len(all_callbacks())))
+def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm, index, monkeypatch):
+    cb = all_callbacks()[index]
+    model, _ = _fit(tmp_path / "ok", [cb], tiny_dm, epochs=1)
+    assert count_hooks(model) == 0
+    if not isinstance(cb, ProbeCallback):
+        return
+    original = type(cb)._run
+
+    def run_then_raise(self, trainer, pl_module, epoch):
+        original(self, trainer, pl_module, epoch)  # hooks were placed and (should be) removed
+        from trainviz.hooks import capture
+
+        with capture(pl_module, {"net": pl_module.net}):  # a probe that dies with its hooks placed
+            raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(type(cb), "_run", run_then_raise)
+    cb2 = all_callbacks()[index]
+    with pytest.warns(UserWarning, match="probe exploded"):
+        model, _ = _fit(tmp_path / "raised", [cb2], tiny_dm, epochs=1)
+    assert count_hooks(model) == 0
+
+
+def test_failing_probe_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkeypatch):
+    from trainviz import DynamicsCallback
+
+    calls = []
+
+    def boom(self, trainer, pl_module, epoch):
+        calls.append(epoch)
+        raise ValueError("bad probe")
+
+    monkeypatch.setattr(DynamicsCallback, "_run", boom)
+    cb = DynamicsCallback(probe_size=12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, trainer = _fit(tmp_path, [cb], tiny_dm, epochs=3)
+    assert trainer.current_epoch == 3 and calls == [0, 1, 2]
+    ours = [w for w in caught if "trainviz" in str(w.message) and "bad probe" in str(w.message)]
+    assert len(ours) == 1 and "DynamicsCallback" in str(ours[0].message)
+    assert cb.failures == 3
+    strict = DynamicsCallback(probe_size=12, strict=True)
+    with pytest.raises(ValueError, match="bad probe"):
+        _fit(tmp_path / "strict", [strict], tiny_dm, epochs=1)
+
+
+def _artifact_epochs(log_dir: Path, name: str) -> list[int]:
+    return sorted(int(p.name[6:]) for p in (log_dir / "trainviz" / name).glob("epoch_*"))
+
+
+def test_resume_continues_the_same_series(tmp_path, tiny_dm):
+    from trainviz.data import ShapesDataModule
+
+    ckpt_dir = tmp_path / "ckpt"
+    first = all_callbacks()
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, first + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(demo_model(), tiny_dm)
+    ids_before = {type(cb).__name__: cb.probe.ids.tolist() for cb in first if isinstance(cb, ProbeCallback)}
+
+    # A different data seed would draw a different probe set: the resumed run must keep the saved one.
+    second = all_callbacks()
+    trainer = make_trainer(tmp_path, second + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=4, enable_checkpointing=True)
+    trainer.fit(demo_model(), ShapesDataModule(n_train=96, n_val=48, batch_size=32, seed=5), ckpt_path=str(ckpt_dir / "last.ckpt"))
+    log_dir = Path(trainer.log_dir)
+    for cb in second:
+        if isinstance(cb, ProbeCallback):
+            assert cb.probe.ids.tolist() == ids_before[type(cb).__name__]
+            assert cb.done_epochs == [0, 1, 2, 3]
+            assert _artifact_epochs(log_dir, cb.name) == [0, 1, 2, 3]
+    records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    runs = (log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(r)["start_epoch"] for r in runs] == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "make, fit_kwargs, message",
+    [
+        (lambda: trainviz.DynamicsCallback(probe_size=10_000), {}, "probe_size.*48 examples"),
+        (lambda: trainviz.DynamicsCallback(probe_size=8), {"no_val": True}, "needs validation data"),
+        (lambda: trainviz.DynamicsCallback(probe_size=8), {"flat": True}, "image"),
+    ],
+)
+def test_bad_settings_fail_at_setup(tmp_path, tiny_dm, make, fit_kwargs, message):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cb = make()
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
+    model = demo_model()
+    with pytest.raises(ValueError, match=message):
+        if fit_kwargs.get("no_val"):
+            tiny_dm.setup()
+            trainer.fit(model, train_dataloaders=DataLoader(tiny_dm.train_set, batch_size=32))
+        elif fit_kwargs.get("flat"):
+            flat = TensorDataset(torch.randn(20, 7), torch.arange(20) % 2)
+            trainer.fit(model, train_dataloaders=DataLoader(flat), val_dataloaders=DataLoader(flat))
+        else:
+            trainer.fit(model, tiny_dm)
+    assert trainer.current_epoch == 0  # failed before the first epoch
+
+
+def test_every_n_epochs_zero_is_rejected_with_the_house_message():
+    with pytest.raises(ValueError, match=r"Expected `every_n_epochs` to be a positive int, got 0"):
+        trainviz.DynamicsCallback(every_n_epochs=0)
+
+
+def test_cadence_and_fit_end_run(tmp_path, tiny_dm):
+    cb = trainviz.DynamicsCallback(probe_size=12, every_n_epochs=2)
+    _fit(tmp_path, [cb], tiny_dm, epochs=3)
+    assert cb.done_epochs == [1, 2]  # epoch 1 by cadence, epoch 2 at fit end
+    quiet = trainviz.DynamicsCallback(probe_size=12, every_n_epochs=2, run_at_fit_end=False)
+    _fit(tmp_path / "b", [quiet], tiny_dm, epochs=3)
+    assert quiet.done_epochs == [1]
+
+
+def test_two_instances_coexist_in_checkpoints():
+    a, b = trainviz.DynamicsCallback(probe_size=12), trainviz.DynamicsCallback(probe_size=24)
+    assert a.state_key != b.state_key
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "callbacks").glob("*.yaml")), ids=lambda p: p.name)
+def test_yaml_presets_parse_with_lightning_cli(preset, tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(args=["--config", str(preset), "--trainer.logger", "false"], run=False)
+    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
+    import yaml
+
+    wanted = {c["class_path"].split(".")[-1] for c in yaml.safe_load(preset.read_text())["trainer"]["callbacks"]}
+    assert wanted <= names
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
+    callbacks = all_callbacks()
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, strategy="ddp_spawn", devices=2, deterministic=False)
+    trainer.fit(demo_model(), tiny_dm)
+    log_dir = tmp_path
+    for cb in callbacks:
+        if isinstance(cb, ProbeCallback):
+            assert _artifact_epochs(log_dir, cb.name) == [0, 1]
+    records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert len((log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()) == 1
