@@ -1,0 +1,260 @@
+"""Robustness metrics on tensors: accuracy, calibration, likelihood, prediction flips and corruption errors.
+
+Corruption errors follow Hendrycks & Dietterich (ICLR 2019), with ``E`` an error rate per corruption ``c`` and
+severity ``s`` and ``ref`` a reference model (AlexNet on real ImageNet-C; on anything else a reference run of
+your own):
+
+- ``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``, ``mCE`` the mean of ``CE_c`` over corruptions;
+- ``relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean)``, relative mCE its mean.
+
+Errors may be fractions or percentages (the ratios do not care), as long as model and reference agree.
+
+Example:
+    >>> import torch
+    >>> corruption_error(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.2, 0.4, 0.6]))
+    tensor(0.5000, dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainviz.checks import check_positive_int
+from trainviz.ops import metrics
+
+__all__ = [
+    "accuracy",
+    "corruption_error",
+    "expected_calibration_error",
+    "flip_rate",
+    "mean_corruption_error",
+    "nll",
+    "per_class_accuracy",
+    "relative_corruption_error",
+]
+
+
+def _labels(pred: Any, name: str) -> Tensor:
+    """Predicted labels from labels (N,) or from scores (N, K) by argmax."""
+    if not isinstance(pred, Tensor) or pred.ndim not in (1, 2):
+        shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+        raise ValueError(f"Expected `{name}` to be labels (N,) or scores (N, K), got {shape}")
+    return pred.argmax(dim=1) if pred.ndim == 2 else pred
+
+
+def _check_same_length(a: Tensor, b: Tensor, names: str) -> None:
+    if a.shape[0] != b.shape[0] or b.ndim != 1:
+        raise ValueError(f"Expected {names} to describe the same N samples, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def accuracy(pred: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct predictions.
+
+    Args:
+        pred: predicted labels, or scores (logits or probabilities) whose argmax is the prediction.
+        labels: true labels.
+
+    Shape:
+        - pred: :math:`(N,)` or :math:`(N, K)`, labels: :math:`(N,)`
+        - output: scalar, float64
+
+    Example:
+        >>> accuracy(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]))
+        tensor(0.7500, dtype=torch.float64)
+    """
+    pred = _labels(pred, "pred")
+    _check_same_length(pred, labels, "`pred` and `labels`")
+    return (pred == labels).double().mean()
+
+
+def per_class_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Accuracy (recall) of each true class; NaN for a class with no samples.
+
+    Args:
+        pred: predicted labels, or scores whose argmax is the prediction.
+        labels: true labels in ``0..num_classes-1``.
+        num_classes: number of classes ``K``.
+
+    Shape:
+        - pred: :math:`(N,)` or :math:`(N, K)`, labels: :math:`(N,)`
+        - output: :math:`(K,)`, float64
+
+    Example:
+        >>> per_class_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3).tolist()
+        [0.5, 1.0, nan]
+    """
+    check_positive_int("num_classes", num_classes)
+    pred = _labels(pred, "pred")
+    _check_same_length(pred, labels, "`pred` and `labels`")
+    return metrics.per_class_accuracy(metrics.confusion_matrix(pred, labels, num_classes))
+
+
+def flip_rate(pred: Tensor, clean_pred: Tensor) -> Tensor:
+    """Fraction of samples whose prediction differs from the clean prediction (a corruption's flip rate).
+
+    Args:
+        pred: predictions on corrupted inputs (labels, or scores whose argmax is the prediction).
+        clean_pred: predictions on the clean inputs, same form.
+
+    Shape:
+        - pred, clean_pred: :math:`(N,)` or :math:`(N, K)`
+        - output: scalar, float64
+
+    Example:
+        >>> flip_rate(torch.tensor([0, 2, 1, 1]), torch.tensor([0, 1, 1, 2]))
+        tensor(0.5000, dtype=torch.float64)
+    """
+    pred, clean_pred = _labels(pred, "pred"), _labels(clean_pred, "clean_pred")
+    _check_same_length(pred, clean_pred, "`pred` and `clean_pred`")
+    return (pred != clean_pred).double().mean()
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
+    """Expected calibration error with equal-width confidence bins (Guo et al., 2017).
+
+    ``ECE = sum_b |B_b| / N |acc(B_b) - conf(B_b)|`` where the confidence is the top probability, bin ``b``
+    holds confidences in ``(b / n_bins, (b + 1) / n_bins]`` (a confidence of 0 goes to the first bin).
+
+    Args:
+        probs: class probabilities (rows summing to 1, e.g. a softmax output), not logits.
+        labels: true labels.
+        n_bins: number of bins (positive int).
+
+    Shape:
+        - probs: :math:`(N, K)`, labels: :math:`(N,)`
+        - output: scalar, float64
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+        >>> expected_calibration_error(probs, torch.tensor([0, 1]), n_bins=1)
+        tensor(0.3500, dtype=torch.float64)
+    """
+    check_positive_int("n_bins", n_bins)
+    if not isinstance(probs, Tensor) or probs.ndim != 2:
+        raise ValueError(f"Expected `probs` to be a tensor of shape (N, K), got {probs!r:.80}")
+    _check_same_length(probs, labels, "`probs` and `labels`")
+    confidence, pred = probs.double().max(dim=1)
+    correct = (pred == labels).double()
+    uppers = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=probs.device)[1:]
+    bins = torch.bucketize(confidence, uppers).clamp(max=n_bins - 1)
+    gap = torch.zeros(n_bins, dtype=torch.float64, device=probs.device).index_add_(0, bins, correct - confidence)
+    return gap.abs().sum() / max(probs.shape[0], 1)
+
+
+def nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean negative log-likelihood of the true labels, from logits.
+
+    Takes logits (numerically stable ``log_softmax``). Log-probabilities work as well, since ``log_softmax``
+    leaves them unchanged; for probabilities pass ``probs.log()``.
+
+    Args:
+        logits: unnormalised class scores.
+        labels: true labels.
+
+    Shape:
+        - logits: :math:`(N, K)`, labels: :math:`(N,)`
+        - output: scalar, in ``logits``' dtype
+
+    Example:
+        >>> nll(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        tensor(0.6931)
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError(f"Expected `logits` to be a tensor of shape (N, K), got {logits!r:.80}")
+    _check_same_length(logits, labels, "`logits` and `labels`")
+    return F.cross_entropy(logits, labels.long())
+
+
+def _errors(value: Any, name: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.ndim < 1 or t.shape[-1] < 1:
+        raise ValueError(f"Expected `{name}` to have a last dimension of severities, got shape {tuple(t.shape)}")
+    return t
+
+
+def _same_shape(a: Tensor, b: Tensor, names: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"Expected {names} to have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def corruption_error(err_by_severity: Tensor, ref_err_by_severity: Tensor) -> Tensor:
+    """``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``, the error summed over severities relative to a reference.
+
+    Args:
+        err_by_severity: the model's error rates, severities along the last dimension.
+        ref_err_by_severity: the reference model's error rates, same shape.
+
+    Shape:
+        - inputs: :math:`(*, S)`, e.g. :math:`(S,)` for one corruption or :math:`(C, S)` for several
+        - output: :math:`(*)`, float64
+
+    Example:
+        >>> corruption_error(torch.tensor([[0.1, 0.3], [0.2, 0.2]]), torch.tensor([[0.2, 0.2], [0.4, 0.4]]))
+        tensor([1.0000, 0.5000], dtype=torch.float64)
+    """
+    err, ref = _errors(err_by_severity, "err_by_severity"), _errors(ref_err_by_severity, "ref_err_by_severity")
+    _same_shape(err, ref, "`err_by_severity` and `ref_err_by_severity`")
+    return err.sum(dim=-1) / ref.sum(dim=-1)
+
+
+def relative_corruption_error(err: Tensor, clean_err: Tensor, ref_err: Tensor, ref_clean_err: Tensor) -> Tensor:
+    """Relative CE: ``sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean)``.
+
+    It measures the degradation caused by the corruption rather than the error itself.
+
+    Args:
+        err: the model's error rates, severities along the last dimension.
+        clean_err: the model's clean error rate (a number, or one per leading index of ``err``).
+        ref_err: the reference's error rates, same shape as ``err``.
+        ref_clean_err: the reference's clean error rate.
+
+    Shape:
+        - err, ref_err: :math:`(*, S)`; clean_err, ref_clean_err: scalars or :math:`(*)`
+        - output: :math:`(*)`, float64
+
+    Example:
+        >>> relative_corruption_error(torch.tensor([0.2, 0.3]), 0.1, torch.tensor([0.4, 0.6]), 0.3)
+        tensor(0.7500, dtype=torch.float64)
+    """
+    err, ref = _errors(err, "err"), _errors(ref_err, "ref_err")
+    _same_shape(err, ref, "`err` and `ref_err`")
+    clean = torch.as_tensor(clean_err, dtype=torch.float64).unsqueeze(-1)
+    ref_clean = torch.as_tensor(ref_clean_err, dtype=torch.float64).unsqueeze(-1)
+    return (err - clean).sum(dim=-1) / (ref - ref_clean).sum(dim=-1)
+
+
+def mean_corruption_error(
+    err: Tensor,
+    ref_err: Tensor,
+    *,
+    clean_err: Tensor | float | None = None,
+    ref_clean_err: Tensor | float | None = None,
+) -> Tensor:
+    """mCE: the mean over corruptions of :func:`corruption_error`; relative mCE when both clean errors are given.
+
+    Args:
+        err: the model's error rates, one row per corruption, one column per severity.
+        ref_err: the reference's error rates, same shape.
+        clean_err: the model's clean error rate; with ``ref_clean_err``, gives the relative mCE.
+        ref_clean_err: the reference's clean error rate.
+
+    Shape:
+        - err, ref_err: :math:`(C, S)`
+        - output: scalar, float64
+
+    Example:
+        >>> mean_corruption_error(torch.tensor([[0.1, 0.3], [0.2, 0.2]]), torch.tensor([[0.2, 0.2], [0.4, 0.4]]))
+        tensor(0.7500, dtype=torch.float64)
+    """
+    if (clean_err is None) != (ref_clean_err is None):
+        raise ValueError("Expected `clean_err` and `ref_clean_err` to be given together (relative mCE) or not at all")
+    e = _errors(err, "err")
+    if e.ndim != 2:
+        raise ValueError(f"Expected `err` to have shape (corruptions, severities), got {tuple(e.shape)}")
+    if clean_err is None:
+        return corruption_error(e, ref_err).mean()
+    return relative_corruption_error(e, clean_err, ref_err, ref_clean_err).mean()
