@@ -1,6 +1,49 @@
-"""Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk."""
+"""Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk.
 
+Sub-modules: ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
+(FGSM, steps-to-flip), ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics``
+(confusion matrix), ``predict`` (batched logits).
+"""
+
+from trainviz.ops.adversarial import fgsm, fgsm_accuracy, steps_to_flip
+from trainviz.ops.corruptions import (
+    CORRUPTION_PARAMS,
+    IMAGENET_C,
+    SEED_PROBES,
+    Corruption,
+    corrupt,
+    list_corruptions,
+    register_corruption,
+)
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
+from trainviz.ops.robustness import (
+    corruption_error,
+    expected_calibration_error,
+    flip_rate,
+    mean_corruption_error,
+    nll,
+    relative_corruption_error,
+)
 
-__all__ = ["confusion_matrix", "per_class_accuracy", "predict_logits"]
+__all__ = [
+    "CORRUPTION_PARAMS",
+    "Corruption",
+    "IMAGENET_C",
+    "SEED_PROBES",
+    "confusion_matrix",
+    "corrupt",
+    "corruption_error",
+    "expected_calibration_error",
+    "fgsm",
+    "fgsm_accuracy",
+    "flip_rate",
+    "list_corruptions",
+    "mean_corruption_error",
+    "nll",
+    "per_class_accuracy",
+    "predict_logits",
+    "register_corruption",
+    "relative_corruption_error",
+    "steps_to_flip",
+]
