@@ -2,7 +2,7 @@
 
 Sub-modules: ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
 (FGSM, steps-to-flip), ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics``
-(confusion matrix), ``predict`` (batched logits).
+(confusion matrix), ``predict`` (batched logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
 """
 
 from trainviz.ops.adversarial import fgsm, fgsm_accuracy, steps_to_flip
@@ -14,6 +14,19 @@ from trainviz.ops.corruptions import (
     corrupt,
     list_corruptions,
     register_corruption,
+)
+from trainviz.ops.embedding import (
+    aligned_umap,
+    frame_stability,
+    knn_accuracy,
+    linear_probe_accuracy,
+    pca,
+    pool_features,
+    procrustes_align,
+    silhouette,
+    trustworthiness,
+    tsne,
+    umap_embed,
 )
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
@@ -29,6 +42,17 @@ from trainviz.ops.robustness import (
 __all__ = [
     "CORRUPTION_PARAMS",
     "Corruption",
+    "aligned_umap",
+    "frame_stability",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "pca",
+    "pool_features",
+    "procrustes_align",
+    "silhouette",
+    "trustworthiness",
+    "tsne",
+    "umap_embed",
     "IMAGENET_C",
     "SEED_PROBES",
     "confusion_matrix",
