@@ -25,7 +25,7 @@ def all_callbacks(**overrides):
 
 def suite_options() -> dict[str, dict]:
     """Per-callback small settings for tests; the manifest takes no probe options."""
-    return {"dynamics": {}}
+    return {"dynamics": {}, "cam": {"deletion_steps": 4, "layers": ["net.features.1", "net.features"]}}
 
 
 @pytest.fixture

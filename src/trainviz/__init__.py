@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainviz.callbacks import DynamicsCallback, ProbeCallback, RunManifestCallback
+from trainviz.callbacks import CAMCallback, DynamicsCallback, ProbeCallback, RunManifestCallback
 from trainviz.layers import list_layers, resolve_layer
 from trainviz.probeset import ProbeSet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAMCallback",
     "DynamicsCallback",
     "ProbeCallback",
     "ProbeSet",
@@ -36,7 +37,14 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
         probe_seed: seed of every probe set.
         **kwargs: per-callback overrides, e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one.
     """
-    factories = {"manifest": lambda o: RunManifestCallback(**o), "dynamics": lambda o: DynamicsCallback(**{"every_n_epochs": every_n_epochs, "probe_seed": probe_seed, **o})}
+    def probe(cls: type) -> Any:
+        return lambda options: cls(**{"every_n_epochs": every_n_epochs, "probe_seed": probe_seed, **options})
+
+    factories = {
+        "manifest": lambda options: RunManifestCallback(**options),
+        "dynamics": probe(DynamicsCallback),
+        "cam": probe(CAMCallback),
+    }
     unknown = set(kwargs) - set(factories)
     if unknown:
         raise ValueError(f"Unknown callback name(s) {sorted(unknown)}; valid names: {sorted(factories)}.")

@@ -1,19 +1,25 @@
-"""``trainviz`` command line: ``trainviz demo`` trains a demo model on embedded data with every callback.
+"""``trainviz`` command line: ``trainviz demo`` trains a demo model on embedded data with every callback;
+``trainviz report`` rebuilds a run's HTML robustness report from its artifacts.
 
 Example:
     $ trainviz demo --data shapes --epochs 6 --out runs/demo
     $ tensorboard --logdir runs/demo
+    $ trainviz report runs/demo/version_0 --fail-under clean_accuracy=0.8 corruption_accuracy=0.5
+
+``trainviz report`` exits with 0 when every bound holds, 1 when a metric is below its bound, 2 on a usage error
+(unknown metric, no run found).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "run_demo", "run_report"]
 
 
 def run_demo(data: str = "shapes", epochs: int = 6, out: str = "runs/demo", accelerator: str = "auto", seed: int = 0, small: bool = False, progress: bool = True) -> str:
@@ -55,7 +61,33 @@ def run_demo(data: str = "shapes", epochs: int = 6, out: str = "runs/demo", acce
         log_every_n_steps=10,
     )
     trainer.fit(model, dm)
+    from trainviz.report import build_report
+
+    print(f"trainviz report: {build_report(logger.log_dir)}")
     return logger.log_dir
+
+
+def run_report(run_dir: str, out: str | None = None, fail_under: Sequence[str] = (), inline: bool = False) -> int:
+    """Build a run's report and check ``METRIC=VALUE`` bounds; returns the exit code (0, 1 below a bound, 2 usage)."""
+    from trainviz.report import UnknownMetricError, build_report, check_bounds, parse_bounds
+
+    try:
+        bounds = parse_bounds(list(fail_under))
+        path = build_report(run_dir, out, plotlyjs="inline" if inline else "directory")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"trainviz report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"trainviz report: {path}")
+    print(f"  summary: {path.parent / 'summary.json'}")
+    summary = json.loads((path.parent / "summary.json").read_text("utf-8"))
+    try:
+        failures = check_bounds(summary, bounds)
+    except UnknownMetricError as err:
+        print(f"trainviz report: error: {err}", file=sys.stderr)
+        return 2
+    for message in failures:
+        print(f"trainviz report: FAIL {message}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--small", action="store_true", help="tiny data set (smoke test)")
     demo.add_argument("--no-progress", action="store_true")
+    report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run's log folder (version_N), its trainviz folder, or a parent of one run")
+    report.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/trainviz/report/index.html)")
+    report.add_argument(
+        "--fail-under", nargs="+", action="extend", default=[], metavar="METRIC=VALUE",
+        help="exit with 1 when a summary.json metric is below VALUE (e.g. clean_accuracy=0.9)",
+    )
+    report.add_argument("--inline", action="store_true", help="put plotly.js inside the page (one self-contained file)")
     args = parser.parse_args(argv)
+
+    if args.command == "report":
+        return run_report(args.run_dir, args.out, args.fail_under, args.inline)
 
     if args.command == "demo":
         if args.epochs < 1:

@@ -163,9 +163,13 @@ def test_cadence_and_fit_end_run(tmp_path, tiny_dm):
     assert quiet.done_epochs == [1]
 
 
-def test_two_instances_coexist_in_checkpoints():
-    a, b = trainviz.DynamicsCallback(probe_size=12), trainviz.DynamicsCallback(probe_size=24)
+def test_two_instances_coexist_in_checkpoints_and_logs(tmp_path, tiny_dm):
+    a, b = trainviz.DynamicsCallback(probe_size=12), trainviz.DynamicsCallback(probe_size=24, log_name="dynamics_big")
     assert a.state_key != b.state_key
+    _fit(tmp_path, [a, b], tiny_dm, epochs=1)
+    assert _artifact_epochs(tmp_path, "dynamics") == [0] and _artifact_epochs(tmp_path, "dynamics_big") == [0]
+    with pytest.raises(ValueError, match="log_name"):
+        trainviz.DynamicsCallback(log_name="a/b")
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "callbacks").glob("*.yaml")), ids=lambda p: p.name)

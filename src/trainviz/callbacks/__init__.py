@@ -1,7 +1,8 @@
 """trainviz's Lightning callbacks."""
 
 from trainviz.callbacks.base import ProbeCallback
+from trainviz.callbacks.cam import CAMCallback
 from trainviz.callbacks.dynamics import DynamicsCallback
 from trainviz.callbacks.manifest import RunManifestCallback
 
-__all__ = ["DynamicsCallback", "ProbeCallback", "RunManifestCallback"]
+__all__ = ["CAMCallback", "DynamicsCallback", "ProbeCallback", "RunManifestCallback"]

@@ -77,6 +77,8 @@ class ProbeCallback(Callback):
         batch_size: probe batch size.
         run_at_fit_end: run once more at fit end if the last epoch was not a run.
         strict: re-raise probe errors instead of warning (for debugging).
+        log_name: replaces the callback's name in tags and artifact folders
+            (``trainviz/<log_name>/...``), so two instances of one callback do not write over each other.
     """
 
     name: ClassVar[str] = "probe"
@@ -92,8 +94,13 @@ class ProbeCallback(Callback):
         batch_size: int = 64,
         run_at_fit_end: bool = True,
         strict: bool = False,
+        log_name: str | None = None,
     ) -> None:
         super().__init__()
+        if log_name is not None:
+            if not isinstance(log_name, str) or not log_name or "/" in log_name:
+                raise ValueError(f"Expected `log_name` to be a non-empty string without '/', got {log_name!r}.")
+            self.name = log_name
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
         self.probe_size = check_positive_int("probe_size", probe_size)
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -115,7 +122,7 @@ class ProbeCallback(Callback):
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
         """Arguments that distinguish two instances of the callback (subclasses extend)."""
-        return {"every_n_epochs": self.every_n_epochs, "probe_size": self.probe_size, "probe_seed": self.probe_seed}
+        return {"name": self.name, "every_n_epochs": self.every_n_epochs, "probe_size": self.probe_size, "probe_seed": self.probe_seed}
 
     @property
     @override

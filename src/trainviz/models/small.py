@@ -62,14 +62,18 @@ class DemoClassifier(pl.LightningModule):
     def __init__(self, num_classes: int = 6, in_channels: int = 3, arch: Literal["cnn", "resnet"] = "cnn", lr: float = 3e-3):
         super().__init__()
         self.save_hyperparameters()
+        self.net: nn.Module = self._build_net()
+
+    def _build_net(self) -> nn.Module:
+        """The wrapped network, built from ``self.hparams`` (subclasses override it to wrap another net)."""
+        arch, num_classes, in_channels = self.hparams.arch, self.hparams.num_classes, self.hparams.in_channels
         if arch == "cnn":
-            self.net: nn.Module = SmallCNN(num_classes, in_channels)
-        elif arch == "resnet":
+            return SmallCNN(num_classes, in_channels)
+        if arch == "resnet":
             from trainviz.models.resnet import ResNetClassifier
 
-            self.net = ResNetClassifier(num_classes, in_channels=in_channels)
-        else:
-            raise ValueError(f"Expected `arch` to be one of 'cnn', 'resnet', got {arch!r}.")
+            return ResNetClassifier(num_classes, in_channels=in_channels)
+        raise ValueError(f"Expected `arch` to be one of 'cnn', 'resnet', got {arch!r}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,11 +1,20 @@
 """Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk.
 
-Sub-modules: ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
+Sub-modules: ``cam`` (CAM, Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization``
+(pointing game, faithfulness, drift), ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
 (FGSM, steps-to-flip), ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics``
 (confusion matrix), ``predict`` (batched logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
 """
 
 from trainviz.ops.adversarial import fgsm, fgsm_accuracy, steps_to_flip
+from trainviz.ops.cam import (
+    CAMResult,
+    ClassActivationMaps,
+    cam,
+    class_activation_maps,
+    grad_cam,
+    grad_cam_pp,
+)
 from trainviz.ops.corruptions import (
     CORRUPTION_PARAMS,
     IMAGENET_C,
@@ -28,6 +37,15 @@ from trainviz.ops.embedding import (
     tsne,
     umap_embed,
 )
+from trainviz.ops.guided import guided_backprop, guided_grad_cam
+from trainviz.ops.localization import (
+    confidence_change,
+    deletion_curve,
+    energy_pointing_game,
+    map_correlation,
+    pointing_game,
+    pointing_game_chance,
+)
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.ops.robustness import (
@@ -40,6 +58,20 @@ from trainviz.ops.robustness import (
 )
 
 __all__ = [
+    "CAMResult",
+    "ClassActivationMaps",
+    "cam",
+    "class_activation_maps",
+    "confidence_change",
+    "deletion_curve",
+    "energy_pointing_game",
+    "grad_cam",
+    "grad_cam_pp",
+    "guided_backprop",
+    "guided_grad_cam",
+    "map_correlation",
+    "pointing_game",
+    "pointing_game_chance",
     "CORRUPTION_PARAMS",
     "Corruption",
     "aligned_umap",
