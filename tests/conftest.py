@@ -15,17 +15,25 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*The number of training batches.*")
 
 
-def all_callbacks(**overrides):
-    """A fresh instance of every trainviz callback, small settings (the suite-wide tests use this)."""
+MODEL_KINDS = ("cnn", "classmap")
+
+
+def all_callbacks(kind: str = "cnn"):
+    """A fresh instance of every trainviz callback that applies to the demo model ``kind``, with small
+    settings (the suite-wide tests use this)."""
     import trainviz
 
     small = {"probe_size": 24, "every_n_epochs": 1}
-    return trainviz.default_callbacks(**{name: {**small, **opts} for name, opts in suite_options().items()}, **overrides)
+    return trainviz.default_callbacks(**{name: {**small, **opts} for name, opts in suite_options(kind).items()})
 
 
-def suite_options() -> dict[str, dict]:
+def suite_options(kind: str = "cnn") -> dict[str, dict]:
     """Per-callback small settings for tests; the manifest takes no probe options."""
-    return {"dynamics": {}, "cam": {"deletion_steps": 4, "layers": ["net.features.1", "net.features"]}}
+    cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
+    options = {"dynamics": {}, "cam": {"deletion_steps": 4, "layers": cam_layers}}
+    if kind == "classmap":
+        options["decoder_maps"] = {}
+    return options
 
 
 @pytest.fixture
@@ -60,8 +68,11 @@ def trainer_factory(tmp_path):
     return factory
 
 
-def demo_model(num_classes: int = 6, in_channels: int = 3, seed: int = 0):
-    from trainviz.models import DemoClassifier
+def demo_model(kind: str = "cnn", num_classes: int = 6, in_channels: int = 3, seed: int = 0):
+    """The demo classifier (``"cnn"``) or the group-convolution encoder-decoder (``"classmap"``)."""
+    from trainviz.models import ClassMapClassifier, DemoClassifier
 
     torch.manual_seed(seed)
+    if kind == "classmap":
+        return ClassMapClassifier(num_classes=num_classes, in_channels=in_channels, encoder="small")
     return DemoClassifier(num_classes=num_classes, in_channels=in_channels)

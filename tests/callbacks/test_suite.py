@@ -16,29 +16,30 @@ import trainviz
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.hooks import count_hooks
 
-from conftest import all_callbacks, demo_model, make_trainer
+from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _fit(tmp_path, callbacks, dm, epochs=2, **kw):
+def _fit(tmp_path, callbacks, dm, epochs=2, kind="cnn", **kw):
     pl.seed_everything(0, verbose=False)
-    model = demo_model()
+    model = demo_model(kind)
     trainer = make_trainer(tmp_path, callbacks, max_epochs=epochs, **kw)
     trainer.fit(model, dm)
     return model, trainer
 
 
-def test_full_suite_leaves_no_trace(tmp_path, tiny_dm):
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind):
     from trainviz.data import ShapesDataModule
 
-    plain, _ = _fit(tmp_path / "plain", [], tiny_dm)
+    plain, _ = _fit(tmp_path / "plain", [], tiny_dm, kind=kind)
     next_plain = torch.rand(4)
     dm2 = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a failing probe would warn: make it fail the test
         warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches|TensorBoard|tensorboardX).*")
-        probed, trainer = _fit(tmp_path / "probed", all_callbacks(), dm2)
+        probed, trainer = _fit(tmp_path / "probed", all_callbacks(kind), dm2, kind=kind)
     next_probed = torch.rand(4)
     for (name, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
         assert torch.equal(a, b), f"{name} differs with the trainviz suite"
@@ -47,10 +48,20 @@ def test_full_suite_leaves_no_trace(tmp_path, tiny_dm):
     assert probes and all(cb.done_epochs == [0, 1] and cb.failures == 0 for cb in probes)
 
 
-@pytest.mark.parametrize("index", range(len(all_callbacks())))
-def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm, index, monkeypatch):
-    cb = all_callbacks()[index]
-    model, _ = _fit(tmp_path / "ok", [cb], tiny_dm, epochs=1)
+def _callback_named(kind: str, name: str):
+    return next(cb for cb in all_callbacks(kind) if type(cb).__name__ == name)
+
+
+# Every callback, on a demo model it applies to (the decoder-map callback needs the encoder-decoder).
+HYGIENE_CASES = [
+    ("classmap" if type(cb).__name__ == "DecoderMapCallback" else "cnn", type(cb).__name__) for cb in all_callbacks("classmap")
+]
+
+
+@pytest.mark.parametrize("kind, name", HYGIENE_CASES, ids=[name for _, name in HYGIENE_CASES])
+def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm, kind, name, monkeypatch):
+    cb = _callback_named(kind, name)
+    model, _ = _fit(tmp_path / "ok", [cb], tiny_dm, epochs=1, kind=kind)
     assert count_hooks(model) == 0
     if not isinstance(cb, ProbeCallback):
         return
@@ -64,9 +75,9 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm,
             raise RuntimeError("probe exploded")
 
     monkeypatch.setattr(type(cb), "_run", run_then_raise)
-    cb2 = all_callbacks()[index]
+    cb2 = _callback_named(kind, name)
     with pytest.warns(UserWarning, match="probe exploded"):
-        model, _ = _fit(tmp_path / "raised", [cb2], tiny_dm, epochs=1)
+        model, _ = _fit(tmp_path / "raised", [cb2], tiny_dm, epochs=1, kind=kind)
     assert count_hooks(model) == 0
 
 
@@ -180,11 +191,13 @@ def test_yaml_presets_parse_with_lightning_cli(preset, tmp_path, monkeypatch):
     from cli import main
 
     monkeypatch.chdir(tmp_path)
-    cli = main(args=["--config", str(preset), "--trainer.logger", "false"], run=False)
-    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
     import yaml
 
-    wanted = {c["class_path"].split(".")[-1] for c in yaml.safe_load(preset.read_text())["trainer"]["callbacks"]}
+    config = yaml.safe_load(preset.read_text())
+    model = [] if "model" in config else ["--model", "trainviz.models.ClassMapClassifier"]
+    cli = main(args=["--config", str(preset), *model, "--trainer.logger", "false"], run=False)
+    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
+    wanted = {c["class_path"].split(".")[-1] for c in config["trainer"]["callbacks"]}
     assert wanted <= names
 
 

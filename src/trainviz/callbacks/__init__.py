@@ -2,7 +2,8 @@
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.callbacks.cam import CAMCallback
+from trainviz.callbacks.decoder_maps import DecoderMapCallback
 from trainviz.callbacks.dynamics import DynamicsCallback
 from trainviz.callbacks.manifest import RunManifestCallback
 
-__all__ = ["CAMCallback", "DynamicsCallback", "ProbeCallback", "RunManifestCallback"]
+__all__ = ["CAMCallback", "DecoderMapCallback", "DynamicsCallback", "ProbeCallback", "RunManifestCallback"]

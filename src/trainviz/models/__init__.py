@@ -1,6 +1,7 @@
 """Models: trainviz's demo networks and the group-convolution encoder-decoder of seed 003."""
 
 from trainviz.models.group_conv import ClassMapNet, GroupConvDecoder, feature_channels
+from trainviz.models.lightning import ClassMapClassifier
 from trainviz.models.resnet import (
     BasicBlock,
     ResNetBackbone,
@@ -13,6 +14,7 @@ from trainviz.models.small import DemoClassifier, SmallCNN
 
 __all__ = [
     "BasicBlock",
+    "ClassMapClassifier",
     "ClassMapNet",
     "DemoClassifier",
     "GroupConvDecoder",

@@ -1,6 +1,6 @@
 """Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk.
 
-Sub-modules: ``cam`` (CAM, Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization``
+Sub-modules: ``class_maps`` (per-class decoder maps: eq. 10, pattern stability, sharpness), ``cam`` (CAM, Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization``
 (pointing game, faithfulness, drift), ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
 (FGSM, steps-to-flip), ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics``
 (confusion matrix), ``predict`` (batched logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
@@ -14,6 +14,14 @@ from trainviz.ops.cam import (
     class_activation_maps,
     grad_cam,
     grad_cam_pp,
+)
+from trainviz.ops.class_maps import (
+    PatternTracker,
+    formation_epochs,
+    logits_and_maps,
+    map_sharpness,
+    normalize_maps,
+    stability_series,
 )
 from trainviz.ops.corruptions import (
     CORRUPTION_PARAMS,
@@ -58,6 +66,12 @@ from trainviz.ops.robustness import (
 )
 
 __all__ = [
+    "PatternTracker",
+    "formation_epochs",
+    "logits_and_maps",
+    "map_sharpness",
+    "normalize_maps",
+    "stability_series",
     "CAMResult",
     "ClassActivationMaps",
     "cam",
