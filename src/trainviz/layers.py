@@ -76,8 +76,9 @@ def resolve_layer(
 
     Args:
         model: the network.
-        spec: a dotted name from ``model.named_modules()``, a sub-module object, or ``"auto"``
-            (the last module with a 4-D output; needs ``example``).
+        spec: a dotted name from ``model.named_modules()`` (or a unique suffix of one, so ``"features"``
+            finds ``"net.features"``), a sub-module object, or ``"auto"`` (the last module with a spatial 4-D
+            output; needs ``example``).
         example: an input batch, used only for ``"auto"``.
 
     Raises:
@@ -96,9 +97,12 @@ def resolve_layer(
             raise ValueError("`layer='auto'` needs an example input to find the last 4-D layer.")
         spec = find_last_spatial_layer(model, example)
     modules = dict(model.named_modules())
-    if spec not in modules or spec == "":
-        raise _unknown_layer_error(model, spec)
-    return spec, modules[spec]
+    if spec in modules and spec != "":
+        return spec, modules[spec]
+    suffixed = [name for name in modules if name.endswith("." + spec)]
+    if len(suffixed) == 1:  # "features" finds "net.features" when a LightningModule wraps the net
+        return suffixed[0], modules[suffixed[0]]
+    raise _unknown_layer_error(model, spec)
 
 
 def resolve_layers(

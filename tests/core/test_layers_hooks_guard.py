@@ -41,6 +41,9 @@ def test_unknown_layer_names_close_matches():
     with pytest.raises(ValueError) as err:
         resolve_layer(m, "featurs")
     assert "'featurs'" in str(err.value) and "'features'" in str(err.value) and "list_layers" in str(err.value)
+    wrapped = nn.Sequential()
+    wrapped.add_module("net", m)
+    assert resolve_layer(wrapped, "features")[0] == "net.features"  # a unique suffix
     with pytest.raises(ValueError, match="not a sub-module"):
         resolve_layer(m, nn.Linear(1, 1))
 

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_choice, check_positive_int
 from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.layers import list_layers, resolve_layer
+from trainviz.layers import resolve_layer
 from trainviz.ops.class_maps import (
     SHARPNESS_MEASURES,
     PatternTracker,
@@ -107,7 +107,8 @@ class DecoderMapCallback(ProbeCallback):
     Args:
         layer: dotted name of the layer with the per-class maps, checked at setup (it must exist and give
             ``(N, K, H, W)`` with ``K`` = number of logits). A name that is not found is also looked up as
-            a suffix, so ``"decoder.class_maps"`` finds ``"net.decoder.class_maps"``.
+            a unique suffix (:func:`trainviz.layers.resolve_layer`), so ``"decoder.class_maps"`` finds
+            ``"net.decoder.class_maps"``.
         n_tracked: probe images followed across epochs in the evolution strip.
         n_grid: probe images shown with all their class maps.
         n_examples: images in each of the correct / wrong grids.
@@ -172,20 +173,11 @@ class DecoderMapCallback(ProbeCallback):
         return f"callback {self.name}, layer {self.layer_name or self.layer!r}"
 
     # setup -----------------------------------------------------------------------------------------
-    def _resolve(self, pl_module: pl.LightningModule) -> str:
-        try:
-            return resolve_layer(pl_module, self.layer)[0]
-        except ValueError:
-            suffixed = [n for n in list_layers(pl_module) if n.endswith("." + self.layer)]
-            if len(suffixed) == 1:
-                return suffixed[0]
-            raise
-
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         images = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
         try:
-            self.layer_name = self._resolve(pl_module)
+            self.layer_name = resolve_layer(pl_module, self.layer)[0]
             with probe_guard(pl_module):
                 logits_and_maps(pl_module, self.layer_name, images)
         except ValueError as err:
