@@ -1,0 +1,117 @@
+"""Cost of RobustnessCallback: one probe run as a ratio to the bare forward passes of the same images, and the
+one-time cost of corrupting the probe set, per image.
+
+    python benchmarks/robustness_cost.py [--probe-size 128] [--data shapes] [--repeats 3]
+
+The probe run (cache built, default corruptions and severities, adversarial parts off) is compared with
+``predict_logits`` over the same ``(1 + rows) x probe_size`` images, both under the probe guard. The run's
+metrics and pictures are in its time; the file writes it queues run on the sink's background thread (they
+overlap training) and are timed apart, when the writer is flushed.
+The CAM shift (Grad-CAM from the same forward passes, truncated backward) and the adversarial parts (FGSM at
+4 eps, steps to flip with a cap of 20) are timed separately, since they cost backward passes by design. The three are timed in turn, ``--repeats`` times, in one process; the ratios are
+medians of the per-round ratios, so that a load change on a shared machine hits both sides of a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+
+import torch
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from trainviz.callbacks.robustness import RobustnessCallback
+    from trainviz.data import DigitsDataModule, ShapesDataModule
+    from trainviz.guard import probe_guard
+    from trainviz.models import DemoClassifier
+    from trainviz.ops.corruptions import corrupt
+    from trainviz.ops.predict import predict_logits
+    from trainviz.probeset import ProbeSet
+    from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probe-size", type=int, default=128)
+    parser.add_argument("--data", default="shapes", choices=("shapes", "digits"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    dm = ShapesDataModule() if args.data == "shapes" else DigitsDataModule()
+    dm.setup()
+    model = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
+
+    def callback(**kwargs) -> RobustnessCallback:
+        cb = RobustnessCallback(probe_size=args.probe_size, **kwargs)
+        cb.probe = ProbeSet.from_dataset(dm.val_set, args.probe_size, 0, class_names=dm.class_names)
+        cb.norm = dm.normalization
+        cb._setup(None, model)
+        cb.sink = Sink("robustness", None, ArtifactStore(tempfile.mkdtemp()), BackgroundWriter())
+        return cb
+
+    def run(cb: RobustnessCallback) -> None:
+        with probe_guard(model):
+            cb._run(None, model, 0)
+
+    forward_only = callback(epsilons=[], flip_max_steps=0)
+    with probe_guard(model):
+        start = time.perf_counter()
+        inputs = forward_only._corrupted_inputs(forward_only.probe, 0)
+        cache_seconds = time.perf_counter() - start
+    n_images = inputs.shape[0]
+    n_corrupted = n_images - args.probe_size
+
+    def bare() -> None:
+        with probe_guard(model), torch.no_grad():
+            predict_logits(model, inputs, forward_only.batch_size)
+
+    with_cam = callback(epsilons=[], flip_max_steps=0, cam_shift=True)
+    full = callback(cam_shift=True)
+    for cb in (forward_only, with_cam, full):
+        run(cb)  # warm-up (builds the other callbacks' caches)
+        cb.sink.flush()
+    rounds, writes = [], []
+    for _ in range(args.repeats):
+        times = [seconds(bare)]
+        for cb in (forward_only, with_cam, full):
+            times.append(seconds(lambda: run(cb)))
+            flushed = seconds(cb.sink.flush)  # what the background writer still had to do
+            if cb is forward_only:
+                writes.append(flushed)
+        rounds.append(tuple(times))
+    t_bare, t_probe, t_cam, t_full = (statistics.median(column) for column in zip(*rounds))
+    probe_ratio, cam_ratio, full_ratio = (statistics.median(r[i] / r[0] for r in rounds) for i in (1, 2, 3))
+
+    per_corruption: dict[str, float] = defaultdict(float)
+    pixels = dm.normalization.denormalize(forward_only.probe.images)
+    for name, severity in forward_only.active:
+        start = time.perf_counter()
+        corrupt(pixels, name, severity, seed=0)
+        per_corruption[name] += time.perf_counter() - start
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data {args.data}, probe_size {args.probe_size}, "
+          f"{len(forward_only.active)} corruption rows, batch_size {forward_only.batch_size}")
+    print(f"bare forward passes of {n_images} images: {t_bare:.3f} s (median of {args.repeats})")
+    print(f"probe run (forwards + metrics + pictures): {t_probe:.3f} s; ratio {probe_ratio:.2f}x (target <= 1.15x)")
+    print(f"its background writes (PNG, npz, jsonl): {statistics.median(writes):.3f} s; ratio with them "
+          f"{statistics.median((r[1] + w) / r[0] for r, w in zip(rounds, writes)):.2f}x")
+    print(f"probe run with CAM shift: {t_cam:.3f} s; ratio {cam_ratio:.2f}x")
+    print(f"probe run with CAM shift, FGSM (4 eps) and steps-to-flip (cap 20): {t_full:.3f} s; ratio {full_ratio:.2f}x")
+    print("per-round ratios (probe / cam / full):", ", ".join(f"{p / b:.2f}/{c / b:.2f}/{f / b:.2f}" for b, p, c, f in rounds))
+    print(f"one-time corruption of the probe set: {cache_seconds:.2f} s, {1000 * cache_seconds / n_corrupted:.3f} ms per corrupted image")
+    slowest = sorted(per_corruption.items(), key=lambda kv: -kv[1])[:5]
+    print("slowest corruptions (ms per image, all severities):", ", ".join(
+        f"{name} {1000 * seconds / (args.probe_size * sum(1 for n, _ in forward_only.active if n == name)):.2f}" for name, seconds in slowest))
+
+
+if __name__ == "__main__":
+    main()

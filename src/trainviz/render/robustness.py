@@ -1,0 +1,134 @@
+"""Robustness pictures for TensorBoard: a value table as a coloured heat map, and clean-vs-corrupted example grids.
+
+Both return ``numpy.uint8`` arrays of shape ``(H, W, 3)``; nothing is written.
+
+Example:
+    >>> import numpy as np
+    >>> table_heatmap_image(np.array([[0.9, np.nan], [0.5, 0.2]]), ["grayscale", "fog"], ["s1", "s2"]).dtype
+    dtype('uint8')
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from trainviz.render.images import turbo
+
+__all__ = ["example_grid_image", "table_heatmap_image"]
+
+_CHAR_W = 6  # width of a character of PIL's default bitmap font, in pixels
+
+
+def table_heatmap_image(
+    values: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cell: tuple[int, int] = (40, 16),
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> np.ndarray:
+    """A table of values as Turbo-coloured cells with the value printed in each (NaN cells left blank).
+
+    Args:
+        values: the table, rows by columns.
+        row_labels: one label per row (drawn on the left).
+        col_labels: one label per column (drawn on top).
+        cell: cell width and height in pixels.
+        vmin: value shown as the low end of the colour map.
+        vmax: value shown as the high end.
+
+    Shape:
+        values ``(R, S)`` -> ``(24 + R * cell_h, margin + S * cell_w, 3)`` uint8
+
+    Example:
+        >>> table_heatmap_image(np.eye(2), ["a", "b"], ["x", "y"]).shape[2]
+        3
+    """
+    from PIL import Image, ImageDraw
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"Expected values of shape ({len(row_labels)}, {len(col_labels)}), got {values.shape}.")
+    cw, ch = cell
+    margin = 8 + _CHAR_W * max((len(str(r)) for r in row_labels), default=1)
+    top = 18
+    canvas = Image.new("RGB", (margin + cw * values.shape[1] + 4, top + ch * values.shape[0] + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    t = torch.from_numpy(np.nan_to_num((values - vmin) / max(vmax - vmin, 1e-12), nan=0.0))
+    colours = (turbo(t) * 255).round().to(torch.uint8).numpy()
+    for j, label in enumerate(col_labels):
+        draw.text((margin + j * cw + 2, 3), str(label)[: cw // _CHAR_W], fill=(0, 0, 0))
+    for i, label in enumerate(row_labels):
+        y0 = top + i * ch
+        draw.text((3, y0 + 2), str(label), fill=(0, 0, 0))
+        for j in range(values.shape[1]):
+            if np.isnan(values[i, j]):
+                continue
+            x0 = margin + j * cw
+            draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=tuple(int(c) for c in colours[i, j]))
+            dark = t[i, j] < 0.3 or t[i, j] > 0.85
+            draw.text((x0 + 4, y0 + 2), f"{values[i, j]:.2f}", fill=(255, 255, 255) if dark else (0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _header(title: str, width: int) -> str:
+    """A column title wrapped on at most two lines of ``width`` pixels (breaking at underscores first)."""
+    chars = max(width // _CHAR_W, 1)
+    lines = textwrap.wrap(title.replace("_", "_ "), chars) or [""]
+    return "\n".join(line.replace("_ ", "_")[:chars] for line in lines[:2])
+
+
+def example_grid_image(
+    tiles: np.ndarray,
+    column_titles: Sequence[str],
+    captions: Sequence[Sequence[str]],
+    correct: np.ndarray,
+    pad: int = 2,
+) -> np.ndarray:
+    """Example images in columns (clean, then each corruption) and rows (images), each captioned with its
+    prediction and confidence, green when right and red when wrong (seed 003, figures 9-12).
+
+    All text is drawn on one canvas (cheap enough to redraw at every epoch).
+
+    Args:
+        tiles: uint8 tiles, one column per condition and one row per example image.
+        column_titles: one title per column (``"clean"``, corruption names), wrapped on two lines.
+        captions: caption of each tile, ``captions[column][row]`` (one or two short lines).
+        correct: whether each tile's prediction is right, ``correct[column][row]``.
+        pad: white pixels between tiles.
+
+    Shape:
+        tiles ``(S, N, H, W, 3)``, correct ``(S, N)`` -> ``(26 + N * (H + 26), S * (W + 2) + 2, 3)`` uint8
+
+    Example:
+        >>> tiles = np.zeros((2, 3, 8, 8, 3), np.uint8)
+        >>> caps = [["a"] * 3, ["b"] * 3]
+        >>> example_grid_image(tiles, ["clean", "fog"], caps, np.ones((2, 3), bool)).shape
+        (128, 22, 3)
+    """
+    from PIL import Image, ImageDraw
+
+    s, n, h, w, _ = tiles.shape
+    if len(column_titles) != s or len(captions) != s or np.shape(correct) != (s, n):
+        raise ValueError(f"Expected {s} column titles, {s} caption lists and `correct` of shape ({s}, {n}).")
+    head, cap = 24, 24
+    canvas = np.full((head + pad + n * (h + cap + pad), pad + s * (w + pad), 3), 255, np.uint8)
+    for c in range(s):
+        x = pad + c * (w + pad)
+        for r in range(n):
+            y = head + pad + r * (h + cap + pad)
+            canvas[y : y + h, x : x + w] = tiles[c, r]
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for c, title in enumerate(column_titles):
+        x = pad + c * (w + pad)
+        draw.multiline_text((x + 2, 1), _header(title, w), fill=(0, 0, 0), spacing=1)
+        for r in range(n):
+            y = head + pad + r * (h + cap + pad) + h
+            colour = (30, 140, 50) if correct[c][r] else (200, 40, 40)
+            draw.multiline_text((x + 2, y + 1), captions[c][r], fill=colour, spacing=1)
+    return np.asarray(image)

@@ -1,0 +1,352 @@
+"""Build the HTML robustness report of a run from its artifacts alone (no model, no torch, no retraining).
+
+Reads, under the run's ``trainviz`` folder: ``robustness/metrics.jsonl`` (curves, tables),
+``robustness/epoch_XXXX/{table,adversarial}.npz`` and ``examples.png`` of the latest epoch,
+``manifest/manifest.json`` and, when present, ``dynamics/metrics.jsonl``. Writes ``index.html`` (or ``out``)
+and ``summary.json`` beside it (see :mod:`trainviz.report.summary`), plus ``plotly.min.js`` unless the page
+inlines it. The page works offline.
+
+Example:
+    >>> from trainviz.report import build_report
+    >>> build_report("runs/demo/version_0")  # doctest: +SKIP
+    PosixPath('runs/demo/version_0/trainviz/report/index.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from trainviz.report.summary import eps_label, summary_from_record
+from trainviz.report.template import PAGE
+
+__all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run", "reliability_bins"]
+
+_MARKERS = ("robustness", "manifest", "dynamics")
+
+
+def _is_trainviz_dir(path: Path) -> bool:
+    return path.name == "trainviz" and any((path / m).is_dir() for m in _MARKERS)
+
+
+def find_run(path: str | os.PathLike) -> Path:
+    """The ``trainviz`` artifact folder of a run.
+
+    ``path`` may be the run's log folder (``.../version_N``), its ``trainviz`` folder, or a parent folder that
+    holds exactly one run.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no run.
+        ValueError: ``path`` holds several runs (they are listed).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No such folder: {root}")
+    for candidate in (root, root / "trainviz"):
+        if _is_trainviz_dir(candidate):
+            return candidate
+    found = sorted(p for p in root.rglob("trainviz") if p.is_dir() and _is_trainviz_dir(p))
+    if not found:
+        raise FileNotFoundError(f"No trainviz run under {root} (looked for a `trainviz` folder with {', '.join(_MARKERS)}).")
+    if len(found) > 1:
+        runs = "\n  ".join(str(p.parent) for p in found)
+        raise ValueError(f"{root} holds {len(found)} trainviz runs; pass one of them:\n  {runs}")
+    return found[0]
+
+
+def default_report_path(run_dir: str | os.PathLike) -> Path:
+    """Where :func:`build_report` writes by default: ``<run>/trainviz/report/index.html``."""
+    return find_run(run_dir) / "report" / "index.html"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r.get("epoch", 0))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@dataclass
+class RunArtifacts:
+    """What the report reads from one run."""
+
+    root: Path
+    robustness: list[dict[str, Any]] = field(default_factory=list)
+    table: dict[str, np.ndarray] = field(default_factory=dict)
+    adversarial: dict[str, np.ndarray] = field(default_factory=dict)
+    examples_png: bytes | None = None
+    manifest: dict[str, Any] | None = None
+    dynamics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        return self.robustness[-1] if self.robustness else None
+
+
+def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
+    """Read a run's artifacts (see the module docstring); missing parts are left empty."""
+    root = find_run(run_dir)
+    run = RunArtifacts(root=root, robustness=_read_jsonl(root / "robustness" / "metrics.jsonl"))
+    if run.latest is not None:
+        epoch_dir = root / "robustness" / f"epoch_{run.latest['epoch']:04d}"
+        run.table = _read_npz(epoch_dir / "table.npz")
+        run.adversarial = _read_npz(epoch_dir / "adversarial.npz")
+        if (epoch_dir / "examples.png").exists():
+            run.examples_png = (epoch_dir / "examples.png").read_bytes()
+    if (root / "manifest" / "manifest.json").exists():
+        run.manifest = json.loads((root / "manifest" / "manifest.json").read_text("utf-8"))
+    run.dynamics = _read_jsonl(root / "dynamics" / "metrics.jsonl")
+    return run
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean confidence, accuracy and count per equal-width confidence bin (the bins of the ECE).
+
+    Shape:
+        confidence, correct ``(N,)`` -> three ``(n_bins,)`` arrays (NaN in empty bins)
+
+    Example:
+        >>> conf, acc, count = reliability_bins(np.array([0.95, 0.9, 0.3]), np.array([1, 0, 1]), n_bins=2)
+        >>> count.tolist(), acc.tolist()
+        ([1, 2], [1.0, 0.5])
+    """
+    confidence, correct = np.asarray(confidence, np.float64).ravel(), np.asarray(correct, np.float64).ravel()
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(bins, confidence, n_bins) / count
+        acc = np.bincount(bins, correct, n_bins) / count
+    return conf, acc, count
+
+
+# figures --------------------------------------------------------------------------------------------
+
+
+def _nan(values: list[Any]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
+    """``(section, caption, figure)`` for every robustness figure."""
+    from trainviz.render.figures import bars_figure, heatmap_figure, lines_figure, reliability_figure
+
+    rec, out = run.latest, []
+    corruptions = list(dict.fromkeys(row["corruption"] for row in rec["table"]))  # run order (the JSON sorts keys)
+    levels = sorted({row["severity"] for row in rec["table"]})
+    metrics = ("accuracy", "flip_rate", "confidence", "ece", "nll") + (("cam_shift",) if "cam_shift" in rec else ())
+    tables = {m: np.full((len(corruptions), len(levels)), np.nan) for m in metrics}
+    for row in rec["table"]:
+        i, j = corruptions.index(row["corruption"]), levels.index(row["severity"])
+        for m in metrics:
+            tables[m][i, j] = np.nan if row.get(m) is None else row[m]
+    ranges = {m: (0.0, 1.0) for m in ("accuracy", "flip_rate", "confidence")} | {"cam_shift": (-1.0, 1.0)}
+    out.append(("corruptions", f"Corruption x severity at epoch {rec['epoch']} (clean accuracy {rec['clean']['accuracy']:.3f}); the menu switches the metric.",
+                heatmap_figure(tables, [f"s{s}" for s in levels], corruptions, "Corruption x severity", ranges=ranges)))
+
+    epochs = [r["epoch"] for r in run.robustness]
+    curves = {
+        "clean accuracy": [r["clean"]["accuracy"] for r in run.robustness],
+        "corrupted accuracy (mean)": [r["corrupted"]["accuracy"] for r in run.robustness],
+    }
+    for eps in rec.get("fgsm", {}).get("epsilons", []):
+        label = eps_label(eps)
+        curves[f"FGSM accuracy, eps {label}"] = [summary_from_record(r).get(f"fgsm_accuracy@{label}") for r in run.robustness]
+    if run.dynamics:
+        by_epoch = {d["epoch"]: d.get("accuracy") for d in run.dynamics}
+        curves["dynamics probe accuracy"] = [by_epoch.get(e) for e in epochs]
+    out.append(("curves", "Accuracy over epochs on the clean, corrupted and adversarial probe sets.",
+                lines_figure(epochs, curves, "Accuracy over epochs", "epoch", "accuracy", y_range=(0, 1.02))))
+    per_corruption = {name: [r["corruptions"].get(name, {}).get("accuracy") for r in run.robustness] for name in corruptions}
+    out.append(("curves", "Accuracy under each corruption (mean over severities); click the legend to hide lines.",
+                lines_figure(epochs, per_corruption, "Accuracy per corruption", "epoch", "accuracy", y_range=(0, 1.02))))
+    errors = {"mCE": [r.get("mce") for r in run.robustness], "relative mCE": [r.get("relative_mce") for r in run.robustness]}
+    reference = "normalised by the reference run" if rec.get("reference") else "unnormalised: mean error and mean error increase over clean"
+    out.append(("curves", f"Mean corruption error over epochs ({reference}); lower is better.",
+                lines_figure(epochs, errors, "Mean corruption error", "epoch", "mCE")))
+    if "cam_shift" in rec:
+        shifts = {name: [r["corruptions"].get(name, {}).get("cam_shift") for r in run.robustness] for name in corruptions}
+        out.append(("curves", "CAM shift: correlation of the true class's Grad-CAM on clean and corrupted images "
+                    "(1 = the model looks at the same place), mean over severities.",
+                    lines_figure(epochs, shifts, "CAM shift per corruption", "epoch", "correlation", y_range=(-1, 1.02))))
+
+    names = rec["class_names"]
+    clean_pc = _nan(rec["clean"]["per_class_accuracy"])
+    drops = np.full((len(corruptions), len(names)), np.nan)
+    for i, name in enumerate(corruptions):
+        rows = [clean_pc - _nan(row["per_class_accuracy"]) for row in rec["table"] if row["corruption"] == name]
+        drops[i] = np.mean(rows, axis=0)
+    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a corruption hurts.",
+                heatmap_figure({"accuracy drop": drops}, names, corruptions, "Per-class accuracy drop", diverging=True)))
+
+    if run.table:
+        conf, pred, labels = run.table["confidences"], run.table["pred"], run.table["labels"]
+        correct = pred == labels[None]
+        curves = {"clean": reliability_bins(conf[0], correct[0]), "all corruptions": reliability_bins(conf[1:], correct[1:])}
+        out.append(("calibration", "Reliability diagram of the latest epoch: a calibrated model lies on the diagonal.",
+                    reliability_figure(curves, "Reliability")))
+    cal = {
+        "accuracy": [rec["corruptions"][c]["accuracy"] for c in corruptions],
+        "mean confidence": [rec["corruptions"][c]["confidence"] for c in corruptions],
+        "ECE": [rec["corruptions"][c]["ece"] for c in corruptions],
+    }
+    out.append(("calibration", f"Confidence against accuracy per corruption (clean: accuracy {rec['clean']['accuracy']:.3f}, "
+                f"confidence {rec['clean']['confidence']:.3f}, ECE {rec['clean']['ece']:.3f}).",
+                bars_figure(corruptions, cal, "Calibration per corruption", "fraction")))
+
+    if "fgsm" in rec:
+        eps = [0.0, *rec["fgsm"]["epsilons"]]
+        acc = [rec["clean"]["accuracy"], *rec["fgsm"]["accuracy"]]
+        out.append(("adversarial", "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy).",
+                    lines_figure(eps, {"FGSM accuracy": acc}, "FGSM", "eps (pixels in [0, 1])", "accuracy", y_range=(0, 1.02))))
+    if "steps" in run.adversarial:
+        steps, cap = run.adversarial["steps"], int(run.adversarial["max_steps"])
+        counts = np.bincount(steps[steps >= 0], minlength=cap + 1)
+        labels = [str(k) for k in range(cap + 1)] + ["never"]
+        flip = rec["flip"]
+        out.append(("adversarial", f"Gradient-ascent steps until the prediction changes (step {flip['step_size']:g}, cap {cap}): "
+                    f"{flip['never_flipped']} of {len(steps)} images never flipped.",
+                    bars_figure(labels, {"images": [*counts.tolist(), int((steps < 0).sum())]}, "Steps to flip", "images")))
+    return out
+
+
+# page -----------------------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _figure_json(fig: Any) -> str:
+    """Figure JSON that is safe inside a ``<script>`` element (``<``, ``>``, ``&`` as unicode escapes)."""
+    from plotly.utils import PlotlyJSONEncoder
+
+    text = json.dumps(fig.to_plotly_json(), cls=PlotlyJSONEncoder)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _flatten(prefix: str, value: Any, rows: list[tuple[str, Any]]) -> None:
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
+    else:
+        rows.append((prefix, value))
+
+
+def _key_table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+_SECTIONS = {
+    "corruptions": "Corruptions",
+    "curves": "Over epochs",
+    "classes": "Per-class drops",
+    "calibration": "Calibration",
+    "adversarial": "Adversarial",
+}
+
+
+def _headline(run: RunArtifacts, summary: Mapping[str, float]) -> str:
+    rec = run.latest
+    keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "clean_ece", "corruption_ece"]
+    keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
+    rows = [(k, f"{summary[k]:.4g}") for k in keys if k in summary]
+    notes = []
+    if rec.get("reference"):
+        notes.append(f"CE normalised by the reference run {_esc(rec['reference'])}.")
+    if rec.get("skipped"):
+        skipped = "; ".join(f"{_esc(n)} ({_esc(r)})" for n, r in rec["skipped"].items())
+        notes.append(f"Skipped (not applicable to this data): {skipped}.")
+    return _key_table(rows) + "".join(f"<p class=note>{n}</p>" for n in notes)
+
+
+def build_report(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    plotlyjs: Literal["directory", "inline"] = "directory",
+) -> Path:
+    """Write the report page of a run and ``summary.json`` beside it; returns the page's path.
+
+    Args:
+        run_dir: the run's log folder, its ``trainviz`` folder, or a parent holding exactly one run.
+        out: the HTML file to write (default ``<run>/trainviz/report/index.html``).
+        plotlyjs: ``"directory"`` writes ``plotly.min.js`` (4.8 MB) once beside the page; ``"inline"`` puts
+            it in the page (one self-contained file). Both work offline.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`find_run`.
+    """
+    import plotly.offline
+
+    if plotlyjs not in ("directory", "inline"):
+        raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
+    run = load_run(run_dir)
+    out = Path(out) if out is not None else run.root / "report" / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = summary_from_record(run.latest) if run.latest else {}
+    (out.parent / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), "utf-8")
+
+    figures = _robustness_figures(run) if run.latest else []
+    sections, data = [], []
+    for key, heading in _SECTIONS.items():
+        parts = []
+        for section, caption, fig in figures:
+            if section == key:
+                data.append(f'<script type="application/json" id="fig-{len(data)}">{_figure_json(fig)}</script>')
+                parts.append(f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div><figcaption>{_esc(caption)}</figcaption></figure>')
+        if parts:
+            sections.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{"".join(parts)}</section>')
+    if run.examples_png is not None:
+        img = base64.b64encode(run.examples_png).decode("ascii")
+        sections.append(
+            '<section id="examples"><h2>Examples</h2><figure><img class="grid" alt="clean and corrupted examples" '
+            f'src="data:image/png;base64,{img}"><figcaption>Probe images at epoch {_esc(run.latest["epoch"])}: clean, then '
+            "each corruption at its highest severity; prediction and confidence under each image (green right, red wrong)."
+            "</figcaption></figure></section>"
+        )
+    manifest_rows: list[tuple[str, Any]] = []
+    if run.manifest:
+        _flatten("", run.manifest, manifest_rows)
+    sections.append(
+        '<section id="manifest"><h2>Run manifest</h2>'
+        + (_key_table(manifest_rows) if manifest_rows else "<p class=note>No manifest recorded (add RunManifestCallback).</p>")
+        + "</section>"
+    )
+    if run.latest is None:
+        sections.insert(0, "<p class=note>No robustness artifacts in this run (add RobustnessCallback).</p>")
+
+    if plotlyjs == "inline":
+        script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
+    else:
+        js = out.parent / "plotly.min.js"
+        source = plotly.offline.get_plotlyjs()
+        if not js.exists() or js.stat().st_size != len(source.encode("utf-8")):
+            js.write_text(source, "utf-8")
+        script = '<script src="plotly.min.js"></script>'
+    run_name = run.root.parent.name
+    page = PAGE.substitute(
+        title=_esc(f"trainviz report: {run_name}"),
+        run_name=_esc(run_name),
+        run_path=_esc(run.root.parent),
+        headline=_headline(run, summary) if run.latest else "",
+        plotly=script,
+        sections="".join(sections),
+        data="".join(data),
+    )
+    out.write_text(page, "utf-8")
+    return out

@@ -1,0 +1,341 @@
+"""RobustnessCallback: argument checks, a real short fit checked against an independent numpy recomputation,
+the cached corrupted probe set, skipped corruptions, the reference run, resume, and no trace on training."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from trainviz.callbacks import robustness as robustness_module
+from trainviz.callbacks.robustness import RobustnessCallback
+from trainviz.hooks import count_hooks
+from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt
+from trainviz.probeset import ProbeSet
+from trainviz.report.summary import summary_from_record
+
+from conftest import demo_model, make_trainer
+
+SMALL = dict(
+    corruptions=["grayscale", "channels_bgr", "gaussian_noise", "contrast"],
+    severities=[1, 5],
+    epsilons=[0.0, 4 / 255],
+    flip_max_steps=3,
+    probe_size=24,
+    batch_size=10,  # batches straddle the clean and corrupted blocks
+    cam_shift=True,
+    n_examples=3,
+    strict=True,
+)
+
+
+def _records(log_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (log_dir / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One 2-epoch fit with the callback (corrupt() calls counted) and the same fit without it."""
+    from trainviz.data import ShapesDataModule
+
+    calls = []
+    original = robustness_module.corrupt
+
+    def counting(x, name, severity=1, *, seed=0):
+        calls.append((name, severity, x.shape[0]))
+        return original(x, name, severity, seed=seed)
+
+    robustness_module.corrupt = counting
+    try:
+        root = tmp_path_factory.mktemp("robust")
+        cb = RobustnessCallback(**SMALL)
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        make_trainer(root / "probed", [cb], max_epochs=2).fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=32))
+    finally:
+        robustness_module.corrupt = original
+    rng_after_probed = torch.rand(4)
+    pl.seed_everything(0, verbose=False)
+    plain = demo_model()
+    make_trainer(root / "plain", [], max_epochs=2).fit(plain, ShapesDataModule(n_train=96, n_val=48, batch_size=32))
+    return {"cb": cb, "model": model, "plain": plain, "log_dir": root / "probed", "calls": calls,
+            "rng": (rng_after_probed, torch.rand(4))}
+
+
+# arguments ------------------------------------------------------------------------------------------
+
+
+def test_defaults_cover_the_seed_probes_and_imagenet_c():
+    cb = RobustnessCallback()
+    assert cb.corruptions == list(SEED_PROBES + IMAGENET_C)
+    assert len(cb.rows) == len(SEED_PROBES) + 5 * len(IMAGENET_C)
+    assert cb.epsilons == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"corruptions": ["fog", "blizzard"]}, r"unknown: 'blizzard'.*|valid names|grayscale"),
+        ({"corruptions": ["fog", "fog"]}, "distinct names"),
+        ({"corruptions": []}, "distinct names"),
+        ({"severities": [0, 3]}, r"Expected `severities` to be distinct ints in 1..5"),
+        ({"severities": [2, 2]}, "distinct ints"),
+        ({"epsilons": [-0.1]}, r"Expected `epsilons` to be finite numbers >= 0"),
+        ({"epsilons": [0.00001, 0.00002]}, "differ in their first 4 decimals"),
+        ({"flip_step_size": 0}, r"Expected `flip_step_size` to be a positive number, got 0"),
+        ({"flip_max_steps": -1}, r"Expected `flip_max_steps` to be an int >= 0"),
+        ({"n_examples": 0}, r"Expected `n_examples` to be a positive int, got 0"),
+        ({"reference": 3}, "reference"),
+    ],
+)
+def test_bad_arguments_raise_at_init(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RobustnessCallback(**kwargs)
+
+
+def test_unknown_corruption_message_lists_the_valid_names():
+    with pytest.raises(ValueError) as err:
+        RobustnessCallback(corruptions=["blizzard"])
+    assert "'blizzard'" in str(err.value) and "gaussian_noise" in str(err.value) and "channels_brg" in str(err.value)
+
+
+def test_single_level_corruptions_run_at_their_level_and_state_keys_differ():
+    cb = RobustnessCallback(corruptions=["grayscale", "fog"], severities=[2, 4])
+    assert cb.rows == [("grayscale", 1), ("fog", 2), ("fog", 4)]
+    assert cb.state_key != RobustnessCallback(corruptions=["fog"]).state_key
+
+
+# the real fit ---------------------------------------------------------------------------------------
+
+
+def _reference_metrics(model, cb: RobustnessCallback):
+    """Everything recomputed from scratch with numpy: corrupt, normalise, forward, then the formulas."""
+    probe, norm = cb.probe, cb.norm
+    pixels = norm.denormalize(probe.images)
+    blocks = [probe.images] + [norm.normalize(corrupt(pixels, n, s, seed=cb.probe_seed)) for n, s in cb.active]
+    model.eval()
+    with torch.no_grad():
+        logits = np.stack([model(b).double().numpy() for b in blocks])
+    labels = probe.labels.numpy()
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    probs = np.exp(logp)
+    pred, conf = probs.argmax(-1), probs.max(-1)
+    out = {
+        "accuracy": (pred == labels).mean(1),
+        "confidence": conf.mean(1),
+        "nll": -np.take_along_axis(logp, labels[None, :, None].repeat(len(blocks), 0), -1)[..., 0].mean(1),
+        "flip_rate": (pred != pred[0]).mean(1),
+    }
+    ece = []
+    for r in range(len(blocks)):  # 15 equal-width bins, a bin holds (b/15, (b+1)/15]
+        total = 0.0
+        for b in range(15):
+            inside = (conf[r] > b / 15) & (conf[r] <= (b + 1) / 15) if b else conf[r] <= 1 / 15
+            if inside.any():
+                total += inside.sum() / len(labels) * abs((pred[r][inside] == labels[inside]).mean() - conf[r][inside].mean())
+        ece.append(total)
+    out["ece"] = np.array(ece)
+    k = probs.shape[-1]
+    out["per_class_accuracy"] = np.array([[(pred[r][labels == c] == c).mean() for c in range(k)] for r in range(len(blocks))])
+    return out
+
+
+def test_a_fit_writes_every_epoch_and_matches_a_numpy_recomputation(fitted):
+    cb, log_dir = fitted["cb"], fitted["log_dir"]
+    records = _records(log_dir)
+    assert [r["epoch"] for r in records] == [0, 1] and cb.done_epochs == [0, 1]
+    table = np.load(log_dir / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
+    expected = _reference_metrics(fitted["model"], cb)  # the final model is the one probed at epoch 1
+    for key in ("accuracy", "confidence", "nll", "flip_rate", "ece", "per_class_accuracy"):
+        np.testing.assert_allclose(table[key], expected[key], atol=1e-5, err_msg=key)
+    assert list(table["corruption"]) == ["clean", "grayscale", "channels_bgr", "gaussian_noise", "gaussian_noise", "contrast", "contrast"]
+    assert list(table["severity"]) == [0, 1, 1, 1, 5, 1, 5]
+    last = records[-1]
+    assert last["clean"]["accuracy"] == pytest.approx(expected["accuracy"][0])
+    assert last["corrupted"]["accuracy"] == pytest.approx(expected["accuracy"][1:].mean())
+    gn = last["corruptions"]["gaussian_noise"]
+    assert gn["accuracy"] == pytest.approx(expected["accuracy"][3:5].mean())
+    # Without a reference, CE is the mean error over severities and relative CE the mean increase over clean.
+    err, clean_err = 1 - expected["accuracy"], 1 - expected["accuracy"][0]
+    assert gn["ce"] == pytest.approx(err[3:5].mean())
+    assert gn["relative_ce"] == pytest.approx((err[3:5] - clean_err).mean())
+    ces = [err[1], err[2], err[3:5].mean(), err[5:7].mean()]
+    assert last["mce"] == pytest.approx(np.mean(ces))
+    # FGSM at eps 0 is the clean accuracy (up to the denormalise/normalise round trip).
+    assert last["fgsm"]["accuracy"][0] == pytest.approx(expected["accuracy"][0], abs=1.5 / 24)
+    assert last["fgsm"]["accuracy"][1] <= last["fgsm"]["accuracy"][0] + 1e-9
+    adversarial = np.load(log_dir / "trainviz" / "robustness" / "epoch_0001" / "adversarial.npz")
+    steps = adversarial["steps"]
+    assert steps.shape == (24,) and set(steps.tolist()) <= {-1, 1, 2, 3}  # the clean prediction never counts 0 steps
+    assert last["flip"]["never_flipped"] == int((steps < 0).sum())
+    summary = json.loads((log_dir / "trainviz" / "robustness" / "summary.json").read_text())
+    assert summary == pytest.approx(summary_from_record(last))
+    assert {"clean_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0157", "corruption_accuracy/contrast/s5"} <= set(summary)
+
+
+def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
+    from trainviz.ops.cam import grad_cam
+
+    cb, model = fitted["cb"], fitted["model"]
+    table = np.load(fitted["log_dir"] / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
+    shift = table["cam_shift"]
+    assert shift.shape == (len(cb.active), 24)
+    assert list(cb._cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
+    inputs = cb._corrupted_inputs(cb.probe, 1).view(1 + len(cb.active), 24, 3, 32, 32)
+    model.eval()
+    maps = [grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy() for block in inputs]
+    for r in range(1, len(maps)):
+        for i in range(24):
+            a, b = maps[0][i], maps[r][i]
+            expected = np.nan if a.std() == 0 or b.std() == 0 else np.corrcoef(a, b)[0, 1]
+            np.testing.assert_allclose(shift[r - 1, i], expected, atol=1e-4, equal_nan=True)
+    record = _records(fitted["log_dir"])[-1]
+    with np.errstate(all="ignore"):
+        assert record["corruptions"]["grayscale"]["cam_shift"] == pytest.approx(np.nanmean(shift[0]))
+    assert -1 <= record["cam_shift"] <= 1
+
+
+def test_pngs_and_tensorboard_images_are_written(fitted):
+    folder = fitted["log_dir"] / "trainviz" / "robustness" / "epoch_0001"
+    from PIL import Image
+
+    grid = np.asarray(Image.open(folder / "examples.png"))
+    assert grid.shape[1] == 5 * (64 + 2) + 2  # clean + 4 corruptions, 64 px tiles
+    assert grid.shape[0] == 26 + 3 * (64 + 26)  # header + 3 examples
+    assert np.asarray(Image.open(folder / "heatmap.png")).std() > 0
+    from trainviz.render.images import to_uint8, upscale
+
+    cb = fitted["cb"]
+    first = cb._example_indices()[0]  # the first probe image of class 0, clean then contrast s5 (last column)
+    pixels = cb.norm.denormalize(cb.probe.images[first : first + 1])
+    contrast = cb.norm.denormalize(cb.norm.normalize(corrupt(cb.norm.denormalize(cb.probe.images), "contrast", 5)))[first : first + 1]
+    for column, image in ((0, pixels), (4, contrast)):
+        x = 2 + column * (64 + 2)
+        np.testing.assert_allclose(grid[26:90, x : x + 64].astype(int), to_uint8(upscale(image, 64))[0].astype(int), atol=1)
+
+
+def test_the_probe_set_is_corrupted_once_and_reused(fitted):
+    cb, calls = fitted["cb"], fitted["calls"]
+    full = [c for c in calls if c[2] == 24]  # setup checks use 8 images; the cache the whole probe set
+    assert sorted((n, s) for n, s, _ in full) == sorted(cb.active)  # once for two epochs
+    inputs = cb._cache[1]
+    assert inputs.shape == ((1 + len(cb.active)) * 24, 3, 32, 32)
+    assert cb._corrupted_inputs(cb.probe, 5) is inputs
+    cb._on_probe_changed()
+    assert cb._cache is None
+
+
+def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
+    cb = fitted["cb"]
+    other = RobustnessCallback(**SMALL)
+    other.probe, other.norm, other.active, other.sink = cb.probe, cb.norm, list(cb.active), None
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    rebuilt = other._corrupted_inputs(cb.probe, 0)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
+    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, 0))
+    other.probe_seed = 1  # another seed, other noise: the key changes and gaussian noise differs
+    changed = other._corrupted_inputs(cb.probe, 0)
+    n = 24
+    gaussian = cb.active.index(("gaussian_noise", 1)) + 1
+    assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(changed[gaussian * n : (gaussian + 1) * n], rebuilt[gaussian * n : (gaussian + 1) * n])
+
+
+def test_training_is_untouched_and_no_hook_remains(fitted):
+    for (name, a), (_, b) in zip(fitted["model"].state_dict().items(), fitted["plain"].state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(*fitted["rng"])
+    assert count_hooks(fitted["model"]) == 0
+
+
+# setup: skipped corruptions and reference ----------------------------------------------------------
+
+
+def _setup_only(cb: RobustnessCallback, dataset, norm, size: int = 16) -> RobustnessCallback:
+    cb.probe = ProbeSet.from_dataset(dataset, size, 0)
+    cb.norm = norm
+    cb._setup(None, None)
+    return cb
+
+
+def test_corruptions_that_do_not_apply_are_skipped_with_one_info_line(caplog):
+    from trainviz.data import DigitsDataModule
+
+    dm = DigitsDataModule()
+    dm.setup()
+    cb = RobustnessCallback(corruptions=["grayscale", "channels_bgr", "channels_brg", "salt_pepper_0.005", "fog"], severities=[1])
+    with caplog.at_level(logging.INFO):
+        _setup_only(cb, dm.val_set, dm.normalization)
+    assert set(cb.skipped) == {"grayscale", "channels_bgr", "channels_brg"}
+    assert "3 channels" in cb.skipped["channels_bgr"] and "unchanged" in cb.skipped["grayscale"]
+    assert cb.active == [("salt_pepper_0.005", 1), ("fog", 1)]
+    lines = [r.getMessage() for r in caplog.records if "RobustnessCallback skips" in r.getMessage()]
+    assert len(lines) == 1 and "channels_brg" in lines[0]
+    with pytest.raises(ValueError, match="None of the corruptions"):
+        _setup_only(RobustnessCallback(corruptions=["channels_bgr"]), dm.val_set, dm.normalization)
+
+
+def test_reference_normalises_ce_and_is_checked_at_setup(tmp_path, tiny_dm):
+    tiny_dm.setup()
+    rows = [("grayscale", 1), ("fog", 1), ("fog", 3)]
+    ref = {"clean_accuracy": 0.9, "corruption_accuracy/grayscale/s1": 0.5, "corruption_accuracy/fog/s1": 0.8, "corruption_accuracy/fog/s3": 0.6}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(ref))
+    cb = _setup_only(RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)), tiny_dm.val_set, tiny_dm.normalization)
+    assert cb.active == rows
+    acc = np.array([0.8, 0.4, 0.7, 0.5])  # clean, grayscale, fog s1, fog s3
+    values = {
+        "accuracy": acc, "confidence": acc, "nll": acc, "ece": acc, "flip_rate": acc,
+        "per_class_accuracy": np.zeros((4, 6)),
+    }
+    record = cb._record(0, values, [str(c) for c in range(6)])
+    # CE_c = sum_s E / sum_s E_ref; relative CE_c = sum_s (E - E_clean) / sum_s (E_ref - E_ref_clean)
+    assert record["corruptions"]["grayscale"]["ce"] == pytest.approx(0.6 / 0.5)
+    assert record["corruptions"]["fog"]["ce"] == pytest.approx((0.3 + 0.5) / (0.2 + 0.4))
+    assert record["corruptions"]["fog"]["relative_ce"] == pytest.approx((0.1 + 0.3) / (0.1 + 0.3))
+    assert record["corruptions"]["grayscale"]["relative_ce"] == pytest.approx(0.4 / 0.4)
+    assert record["mce"] == pytest.approx((1.2 + 0.8 / 0.6) / 2)
+    assert record["reference"] == str(path)
+
+    del ref["corruption_accuracy/fog/s3"]
+    path.write_text(json.dumps(ref))
+    with pytest.raises(ValueError, match="lacks 1 metric.*fog/s3"):
+        _setup_only(RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)), tiny_dm.val_set, tiny_dm.normalization)
+    with pytest.raises(ValueError, match="Cannot read the `reference`"):
+        _setup_only(RobustnessCallback(corruptions=["fog"], reference=str(tmp_path / "missing.json")), tiny_dm.val_set, tiny_dm.normalization)
+
+
+def test_a_bad_reference_fails_the_fit_before_the_first_epoch(tmp_path, tiny_dm):
+    cb = RobustnessCallback(corruptions=["fog"], reference=str(tmp_path / "missing.json"), probe_size=12)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.raises(ValueError, match="reference"):
+        trainer.fit(demo_model(), tiny_dm)
+    assert trainer.current_epoch == 0
+
+
+# resume ---------------------------------------------------------------------------------------------
+
+
+def test_resume_keeps_one_record_per_epoch(tmp_path, tiny_dm):
+    small = dict(SMALL, corruptions=["contrast"], severities=[2], epsilons=[], flip_max_steps=0, cam_shift=False, probe_size=12)
+    ckpt = tmp_path / "ckpt"
+    pl.seed_everything(0, verbose=False)
+    make_trainer(tmp_path, [RobustnessCallback(**small), ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=2,
+                 enable_checkpointing=True).fit(demo_model(), tiny_dm)
+    second = RobustnessCallback(**small)
+    trainer = make_trainer(tmp_path, [second, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=3, enable_checkpointing=True)
+    trainer.fit(demo_model(), tiny_dm, ckpt_path=str(ckpt / "last.ckpt"))
+    records = _records(Path(trainer.log_dir))
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert second.done_epochs == [0, 1, 2]
+    assert "fgsm" not in records[-1] and "flip" not in records[-1]
+    assert not (Path(trainer.log_dir) / "trainviz" / "robustness" / "epoch_0002" / "adversarial.npz").exists()
+    assert all(math.isfinite(r["clean"]["accuracy"]) for r in records)

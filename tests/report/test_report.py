@@ -1,0 +1,187 @@
+"""The HTML report and summary.json, built from a real run's artifacts after its checkpoints are deleted:
+run lookup, the summary, --fail-under exit codes, escaping of user strings, a build without torch, and the
+page in headless Chromium (no console errors, no dialog, every figure drawn)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+import chromium
+from trainviz.callbacks.robustness import RobustnessCallback
+from trainviz.cli import main
+from trainviz.report import build_report, find_run, reliability_bins, summary_from_record
+
+from conftest import demo_model, make_trainer
+
+EVIL_CLASS = "<script>alert(1)</script>"
+EVIL_RUN = "<img src=x onerror=alert(2)>"
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-epoch run with the manifest, dynamics and robustness callbacks, a hostile class name and run name;
+    its checkpoints are deleted before any report is built."""
+    from trainviz.data import ShapesDataModule
+    from trainviz import DynamicsCallback, RunManifestCallback
+
+    root = tmp_path_factory.mktemp("report")
+    dm = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
+    dm.class_names = [EVIL_CLASS, *dm.class_names[1:]]
+    callbacks = [
+        RunManifestCallback(),
+        DynamicsCallback(probe_size=24),
+        RobustnessCallback(
+            corruptions=["grayscale", "gaussian_blur_5x5", "gaussian_noise"], severities=[1, 3], epsilons=[2 / 255, 4 / 255],
+            flip_max_steps=3, probe_size=24, n_examples=3, cam_shift=True, strict=True,
+        ),
+        ModelCheckpoint(dirpath=root / "ckpt"),
+    ]
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(root, callbacks, max_epochs=2, enable_checkpointing=True,
+                           logger=TensorBoardLogger(str(root / "runs"), name="", version=EVIL_RUN))
+    trainer.fit(demo_model(), dm)
+    log_dir = Path(trainer.log_dir)
+    shutil.rmtree(root / "ckpt")  # the report needs the artifacts only
+    assert not list(root.rglob("*.ckpt"))
+    return log_dir
+
+
+def test_find_run_accepts_the_log_dir_its_trainviz_folder_or_a_parent_of_one_run(run, tmp_path):
+    assert find_run(run) == run / "trainviz"
+    assert find_run(run / "trainviz") == run / "trainviz"
+    assert find_run(run.parent) == run / "trainviz"
+    with pytest.raises(FileNotFoundError, match="No trainviz run"):
+        find_run(tmp_path)
+    (tmp_path / "a" / "trainviz" / "robustness").mkdir(parents=True)
+    (tmp_path / "b" / "trainviz" / "manifest").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"holds 2 trainviz runs[\s\S]*a\n[\s\S]*b"):
+        find_run(tmp_path)
+
+
+def test_summary_json_is_flat_and_matches_the_last_record(run, tmp_path):
+    page = build_report(run, tmp_path / "out" / "report.html")
+    summary = json.loads((page.parent / "summary.json").read_text())
+    records = [json.loads(line) for line in (run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()]
+    assert summary == pytest.approx(summary_from_record(records[-1]))
+    assert all(isinstance(v, (int, float)) for v in summary.values())
+    assert summary["epoch"] == 1
+    for key in ("clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0078",
+                "fgsm_accuracy@0.0157", "corruption_accuracy/grayscale", "corruption_accuracy/gaussian_noise/s3",
+                "ce/gaussian_blur_5x5", "flip_never_fraction", "cam_shift", "cam_shift/grayscale"):
+        assert key in summary, key
+    table = records[-1]["table"]
+    gn = [row["accuracy"] for row in table if row["corruption"] == "gaussian_noise"]
+    assert summary["corruption_accuracy/gaussian_noise"] == pytest.approx(np.mean(gn))
+    assert (page.parent / "plotly.min.js").stat().st_size > 1_000_000
+    assert '<script src="plotly.min.js"></script>' in page.read_text()
+
+
+def test_reliability_bins_agree_with_the_ece_op(run):
+    from trainviz.ops.robustness import expected_calibration_error
+
+    table = np.load(run / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
+    conf, pred, labels = table["confidences"][0], table["pred"][0], table["labels"]
+    mean_conf, acc, count = reliability_bins(conf, pred == labels)
+    ece = np.nansum(count / count.sum() * np.abs(acc - mean_conf))
+    probs = torch.zeros(len(labels), 6, dtype=torch.float64)  # top probability `conf` on class `pred`, rest spread
+    probs[torch.arange(len(labels)), torch.from_numpy(pred)] = torch.from_numpy(conf.astype(np.float64))
+    assert float(expected_calibration_error(probs, torch.from_numpy(labels))) == pytest.approx(ece, abs=1e-6)
+
+
+def test_fail_under_exit_codes(run, tmp_path, capsys):
+    out = str(tmp_path / "r" / "index.html")
+    summary = build_report(run, out).parent / "summary.json"
+    acc = json.loads(summary.read_text())["clean_accuracy"]
+    assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc - 0.01}", "corruption_accuracy=0"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc + 0.01}"]) == 1
+    assert f"clean_accuracy = {acc:.6g} is below" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", out, "--fail-under", "accuracy_of_everything=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown metric(s) accuracy_of_everything" in err and "clean_accuracy" in err and "mce" in err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert main(["report", str(run), "--out", out, "--fail-under", "clean_accuracy"]) == 2
+
+
+def test_user_strings_are_escaped_in_the_html(run, tmp_path):
+    text = build_report(run, tmp_path / "index.html").read_text()
+    assert EVIL_CLASS not in text and EVIL_RUN not in text
+    assert html_escaped(EVIL_RUN) in text  # the run name is shown, as text
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in text  # class names travel as JSON, < escaped
+
+
+def html_escaped(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def test_the_report_builds_without_torch(run, tmp_path):
+    """From artifacts alone: import and build with torch (and Lightning) made unimportable."""
+    code = f"""
+import sys, types
+for name in ("torch", "pytorch_lightning", "lightning"):
+    sys.modules[name] = None  # any import of them now fails
+pkg = types.ModuleType("trainviz"); pkg.__path__ = [{str(SRC / "trainviz")!r}]
+sys.modules["trainviz"] = pkg  # skip trainviz/__init__ (it exports the callbacks)
+from trainviz.report import build_report
+print(build_report({str(run)!r}, {str(tmp_path / "nt" / "index.html")!r}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "nt" / "index.html").exists() and (tmp_path / "nt" / "summary.json").exists()
+
+
+@pytest.mark.skipif(not chromium.available(), reason="needs Debian's chromium (make browser / apt-get install chromium)")
+@pytest.mark.parametrize("inline", [False, True], ids=["plotly-directory", "plotly-inline"])
+def test_the_page_renders_in_headless_chromium(run, tmp_path, inline):
+    folder = tmp_path / "site"
+    page = build_report(run, folder / "index.html", plotlyjs="inline" if inline else "directory")
+    if inline:
+        assert not (folder / "plotly.min.js").exists() and "<script src=" not in page.read_text()
+    shot = tmp_path / "page.png"
+    loaded = chromium.load(page, screenshot=None if inline else shot)
+    assert loaded.console == []  # no console message at all: no error, no warning
+    assert loaded.dialogs is None and loaded.errors is None  # no alert fired, no uncaught error
+    n_figures = page.read_text().count('class="plot" data-figure=')
+    assert n_figures == 10  # heat map, 4 curves (with CAM shift), class drops, 2 calibration, 2 adversarial
+    assert f'data-rendered="{n_figures}"' in loaded.dom
+    assert loaded.dom.count('class="main-svg"') >= n_figures  # plotly drew every figure
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in loaded.dom  # the class name is visible as text
+    assert "<script>alert(1)</script>" not in loaded.dom
+    assert html_escaped(EVIL_RUN) in loaded.dom
+    assert 'src="data:image/png;base64,' in loaded.dom  # the example grid is embedded
+    if not inline:
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+        assert pixels.shape == (6000, 1280) and pixels.std() > 10  # not a blank page
+
+
+def test_trainviz_demo_writes_the_report(tmp_path, monkeypatch, capsys):
+    """`run_demo` ends by building the report of its run (checked with a 1-epoch tiny demo and the suite
+    replaced by the robustness callback alone, to stay fast)."""
+    import trainviz
+    from trainviz.cli import run_demo
+
+    monkeypatch.setattr(
+        trainviz, "default_callbacks",
+        lambda **kw: [RobustnessCallback(corruptions=["contrast"], severities=[1], epsilons=[], flip_max_steps=0, probe_size=12)],
+    )
+    log_dir = run_demo(epochs=1, out=str(tmp_path / "demo"), accelerator="cpu", small=True, progress=False)
+    page = Path(log_dir) / "trainviz" / "report" / "index.html"
+    assert page.exists() and (page.parent / "summary.json").exists()
+    assert f"trainviz report: {page}" in capsys.readouterr().out
