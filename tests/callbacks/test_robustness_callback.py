@@ -209,7 +209,7 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
 
     grid = np.asarray(Image.open(folder / "examples.png"))
     assert grid.shape[1] == 5 * (64 + 2) + 2  # clean + 4 corruptions, 64 px tiles
-    assert grid.shape[0] == 26 + 3 * (64 + 26)  # header + 3 examples
+    assert grid.shape[0] == 38 + 3 * (64 + 26)  # header + 3 examples
     assert np.asarray(Image.open(folder / "heatmap.png")).std() > 0
     from trainviz.render.images import to_uint8, upscale
 
@@ -219,7 +219,7 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
     contrast = cb.norm.denormalize(cb.norm.normalize(corrupt(cb.norm.denormalize(cb.probe.images), "contrast", 5)))[first : first + 1]
     for column, image in ((0, pixels), (4, contrast)):
         x = 2 + column * (64 + 2)
-        np.testing.assert_allclose(grid[26:90, x : x + 64].astype(int), to_uint8(upscale(image, 64))[0].astype(int), atol=1)
+        np.testing.assert_allclose(grid[38:102, x : x + 64].astype(int), to_uint8(upscale(image, 64))[0].astype(int), atol=1)
 
 
 def test_the_probe_set_is_corrupted_once_and_reused(fitted):

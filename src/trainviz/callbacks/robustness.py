@@ -511,7 +511,7 @@ class RobustnessCallback(ProbeCallback):
         chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
         flat = to_uint8(upscale(self.norm.denormalize(inputs.index_select(0, chosen).float()), 64))
         titles = ["clean"] + [
-            name if corruption_spec(name).severities == 1 else f"{name} s{severity}"
+            name if corruption_spec(name).severities == 1 else f"{name}\ns{severity}"
             for name, severity in (self.active[c - 1] for c in columns[1:])
         ]
         return columns, idx, flat.reshape(len(columns), len(idx), *flat.shape[1:]), titles

@@ -74,7 +74,8 @@ def heatmap_figure(
             {"label": name, "method": "update", "args": [{"visible": [j == i for j in range(len(traces))]}]}
             for i, name in enumerate(tables)
         ]
-        fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "top"}])
+        menu = {"buttons": buttons, "x": 0.0, "xanchor": "left", "y": 1.01, "yanchor": "bottom", "direction": "down"}
+        fig.update_layout(updatemenus=[menu], title={"text": title, "x": 0.2})
     return fig
 
 

@@ -75,11 +75,11 @@ def table_heatmap_image(
     return np.asarray(canvas)
 
 
-def _header(title: str, width: int) -> str:
-    """A column title wrapped on at most two lines of ``width`` pixels (breaking at underscores first)."""
-    chars = max(width // _CHAR_W, 1)
-    lines = textwrap.wrap(title.replace("_", "_ "), chars) or [""]
-    return "\n".join(line.replace("_ ", "_")[:chars] for line in lines[:2])
+def _header(title: str, width: int, max_lines: int = 3) -> str:
+    """A column title wrapped to ``width`` pixels, breaking names at underscores, at most ``max_lines`` lines."""
+    chars = max(width // _CHAR_W + 1, 1)  # the last character may run into the padding
+    lines = [w.replace("_ ", "_") for part in title.split("\n") for w in textwrap.wrap(part.replace("_", "_ "), chars)]
+    return "\n".join(line[:chars] for line in lines[:max_lines])
 
 
 def example_grid_image(
@@ -96,26 +96,27 @@ def example_grid_image(
 
     Args:
         tiles: uint8 tiles, one column per condition and one row per example image.
-        column_titles: one title per column (``"clean"``, corruption names), wrapped on two lines.
+        column_titles: one title per column (``"clean"``, corruption names; ``"\\n"`` starts a line), wrapped
+            on at most three lines.
         captions: caption of each tile, ``captions[column][row]`` (one or two short lines).
         correct: whether each tile's prediction is right, ``correct[column][row]``.
         pad: white pixels between tiles.
 
     Shape:
-        tiles ``(S, N, H, W, 3)``, correct ``(S, N)`` -> ``(26 + N * (H + 26), S * (W + 2) + 2, 3)`` uint8
+        tiles ``(S, N, H, W, 3)``, correct ``(S, N)`` -> ``(38 + N * (H + 26), S * (W + 2) + 2, 3)`` uint8
 
     Example:
         >>> tiles = np.zeros((2, 3, 8, 8, 3), np.uint8)
         >>> caps = [["a"] * 3, ["b"] * 3]
         >>> example_grid_image(tiles, ["clean", "fog"], caps, np.ones((2, 3), bool)).shape
-        (128, 22, 3)
+        (140, 22, 3)
     """
     from PIL import Image, ImageDraw
 
     s, n, h, w, _ = tiles.shape
     if len(column_titles) != s or len(captions) != s or np.shape(correct) != (s, n):
         raise ValueError(f"Expected {s} column titles, {s} caption lists and `correct` of shape ({s}, {n}).")
-    head, cap = 24, 24
+    head, cap = 36, 24
     canvas = np.full((head + pad + n * (h + cap + pad), pad + s * (w + pad), 3), 255, np.uint8)
     for c in range(s):
         x = pad + c * (w + pad)
