@@ -36,7 +36,7 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
     Args:
         every_n_epochs: cadence of every probe.
         probe_seed: seed of every probe set.
-        **kwargs: per-callback overrides, e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one.
+        **kwargs: per-callback overrides, e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one, ``<name>=True`` keeps its defaults.
             ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a model with per-class maps such as
             :class:`trainviz.models.ClassMapClassifier`.
     """
@@ -58,5 +58,9 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
         options = kwargs.get(name, None if name in opt_in else {})
         if options is None or options is False:
             continue
-        out.append(make(dict(options or {})))
+        if options is True:
+            options = {}
+        if not isinstance(options, dict):
+            raise ValueError(f"Expected `{name}` to be a dict of options, True or False; got {options!r}.")
+        out.append(make(dict(options)))
     return out

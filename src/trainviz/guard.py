@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["probe_guard", "model_device", "model_dtype"]
+__all__ = ["probe_guard", "preserve_rng", "model_device", "model_dtype"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -53,6 +53,21 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 @contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Fork the global random streams (torch CPU and initialised CUDA devices, numpy, Python ``random``):
+    whatever runs inside, they continue afterwards as if it had not."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+@contextmanager
 def probe_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[None]:
     """Run a probe on ``model`` without leaving a trace on training.
 
@@ -65,11 +80,8 @@ def probe_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[None]:
     params = list(model.parameters())
     grads = [p.grad for p in params]
     requires = [p.requires_grad for p in params]
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=cuda_devices))
+        stack.enter_context(preserve_rng())
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         device_type = model_device(model).type
@@ -87,5 +99,3 @@ def probe_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[None]:
                     p.grad = g
                 if p.requires_grad != r:
                     p.requires_grad_(r)
-            np.random.set_state(np_state)
-            random.setstate(py_state)

@@ -65,19 +65,37 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm,
     assert count_hooks(model) == 0
     if not isinstance(cb, ProbeCallback):
         return
-    original = type(cb)._run
+    # A probe that dies inside the model's forward, with the callback's own hooks in place.
+    from contextlib import contextmanager
 
-    def run_then_raise(self, trainer, pl_module, epoch):
-        original(self, trainer, pl_module, epoch)  # hooks were placed and (should be) removed
-        from trainviz.hooks import capture
+    import trainviz.callbacks.base as base
 
-        with capture(pl_module, {"net": pl_module.net}):  # a probe that dies with its hooks placed
+    state = {"probing": False}
+    real_guard = base.probe_guard
+
+    @contextmanager
+    def flagged_guard(module):
+        with real_guard(module):
+            state["probing"] = True
+            try:
+                yield
+            finally:
+                state["probing"] = False
+
+    net_cls = type(model.net)
+    real_forward = net_cls.forward
+
+    def exploding_forward(self, x):
+        if state["probing"]:
             raise RuntimeError("probe exploded")
+        return real_forward(self, x)
 
-    monkeypatch.setattr(type(cb), "_run", run_then_raise)
+    monkeypatch.setattr(base, "probe_guard", flagged_guard)
+    monkeypatch.setattr(net_cls, "forward", exploding_forward)
     cb2 = _callback_named(kind, name)
     with pytest.warns(UserWarning, match="probe exploded"):
         model, _ = _fit(tmp_path / "raised", [cb2], tiny_dm, epochs=1, kind=kind)
+    assert cb2.failures == 1
     assert count_hooks(model) == 0
 
 
@@ -165,7 +183,7 @@ def test_every_n_epochs_zero_is_rejected_with_the_house_message():
         trainviz.DynamicsCallback(every_n_epochs=0)
 
 
-def test_cadence_and_fit_end_run(tmp_path, tiny_dm):
+def test_cadence_and_final_run(tmp_path, tiny_dm):
     cb = trainviz.DynamicsCallback(probe_size=12, every_n_epochs=2)
     _fit(tmp_path, [cb], tiny_dm, epochs=3)
     assert cb.done_epochs == [1, 2]  # epoch 1 by cadence, epoch 2 at fit end
@@ -214,3 +232,121 @@ def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
     records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
     assert len((log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs, expected",
+    [
+        ({"val_check_interval": 0.5}, [0, 1, 2]),  # two validations per epoch: one run, at the epoch's end
+        ({"check_val_every_n_epoch": 2}, [0, 1, 2]),  # epochs without validation still run
+        ({"limit_val_batches": 0}, [0, 1, 2]),  # no validation at all
+    ],
+)
+def test_cadence_follows_training_epochs_not_validation(tmp_path, tiny_dm, trainer_kwargs, expected):
+    cb = trainviz.DynamicsCallback(probe_size=12)
+    _, trainer = _fit(tmp_path, [cb], tiny_dm, epochs=3, **trainer_kwargs)
+    assert cb.done_epochs == expected
+    # the run of the last epoch saw the final weights
+    final = json.loads((tmp_path / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()[-1])
+    model = trainer.lightning_module
+    probe = cb.probe
+    with torch.no_grad():
+        model.eval()
+        acc = (model(probe.images).argmax(1) == probe.labels).double().mean().item()
+    assert final["epoch"] == 2 and final["accuracy"] == pytest.approx(acc)
+
+
+def test_fast_dev_run_writes_nothing(tmp_path, tiny_dm, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cbs = all_callbacks()
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=cbs, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(demo_model(), tiny_dm)
+    assert list(tmp_path.iterdir()) == []
+    assert all(cb.failures == 0 for cb in cbs if isinstance(cb, ProbeCallback))
+
+
+def test_model_built_in_configure_model_is_checked_at_fit_start(tmp_path, tiny_dm):
+    from trainviz.models import DemoClassifier, SmallCNN
+
+    class Lazy(DemoClassifier):
+        def _build_net(self):
+            return None
+
+        def configure_model(self):
+            if self.net is None:
+                self.net = SmallCNN(6, 3)
+
+    cb = trainviz.CAMCallback(layers=["net.features"], probe_size=12, deletion_steps=2)
+    pl.seed_everything(0, verbose=False)
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(Lazy(), tiny_dm)
+    assert cb.done_epochs == [0] and cb.failures == 0
+    bad = trainviz.CAMCallback(layers=["net.featurez"], probe_size=12)
+    trainer = make_trainer(tmp_path / "bad", [bad], max_epochs=1)
+    with pytest.raises(ValueError, match="net.featurez"):
+        trainer.fit(Lazy(), tiny_dm)
+    assert trainer.global_step == 0
+
+
+def test_probe_draw_does_not_consume_the_training_rng(tmp_path):
+    """Reading probe items may run random augmentations; the training stream must not notice."""
+    from torch.utils.data import DataLoader, Dataset
+
+    class Flipping(Dataset):
+        def __init__(self, n):
+            g = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.rand(n, 3, 16, 16, generator=g), torch.arange(n) % 6
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            x = self.x[i].flip(-1) if torch.rand(()) < 0.5 else self.x[i]  # global RNG, like torchvision transforms
+            return x, self.y[i]
+
+    def fit(callbacks, root):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        data = Flipping(48)
+        make_trainer(root, callbacks, max_epochs=1).fit(
+            model, DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)), DataLoader(data, batch_size=16)
+        )
+        return model, torch.rand(3)
+
+    plain, rng_plain = fit([], tmp_path / "a")
+    probed, rng_probed = fit([trainviz.DynamicsCallback(probe_size=12, split="train")], tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), probed.state_dict().values()))
+    assert torch.equal(rng_plain, rng_probed)
+
+
+def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_again(tmp_path, tiny_dm, monkeypatch):
+    from trainviz import DynamicsCallback
+
+    ckpt_dir = tmp_path / "ckpt"
+    pl.seed_everything(0, verbose=False)
+    first = DynamicsCallback(probe_size=12)
+    trainer = make_trainer(tmp_path, [first, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, filename="{epoch}")], max_epochs=3, enable_checkpointing=True)
+    trainer.fit(demo_model(), tiny_dm)
+    assert _artifact_epochs(tmp_path, "dynamics") == [0, 1, 2]
+
+    def boom(self, trainer, pl_module, epoch):
+        raise ValueError("late failure")
+
+    monkeypatch.setattr(DynamicsCallback, "_run", boom)
+    second = DynamicsCallback(probe_size=12)
+    trainer = make_trainer(tmp_path, [second], max_epochs=2, enable_checkpointing=True)
+    with pytest.warns(UserWarning, match="late failure"):  # warns again in the new process, once
+        trainer.fit(demo_model(), tiny_dm, ckpt_path=str(ckpt_dir / "epoch=0.ckpt"))
+    second.sink.flush()
+    assert _artifact_epochs(tmp_path, "dynamics") == [0]
+    records = [json.loads(l)["epoch"] for l in (tmp_path / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    assert records == [0]
+
+
+def test_default_callbacks_options():
+    names = [type(cb).__name__ for cb in trainviz.default_callbacks(cam=False, decoder_maps=True)]
+    assert "CAMCallback" not in names and "DecoderMapCallback" in names
+    with pytest.raises(ValueError, match="valid names"):
+        trainviz.default_callbacks(camm={})
+    with pytest.raises(ValueError, match="dict of options"):
+        trainviz.default_callbacks(cam=3)

@@ -1,7 +1,8 @@
 """``ProbeCallback``: the base of every trainviz callback.
 
-It owns what every probe needs and nothing else: the cadence (every N epochs at validation epoch end,
-never during the sanity check, optionally once more at fit end), rank-zero computing and writing (other
+It owns what every probe needs and nothing else: the cadence (every N epochs at the end of the training
+epoch, after its last validation, so the probe sees the epoch's final weights; optionally once more at the
+end of training), rank-zero computing and writing (other
 ranks neither write nor wait), the fixed :class:`~trainviz.probeset.ProbeSet`, the no-trace guard, fault
 isolation (a failing probe warns once and training goes on; ``strict=True`` re-raises), checkpoint state,
 and the cost of each run logged as ``trainviz/<callback>/seconds``.
@@ -24,7 +25,7 @@ from typing_extensions import override
 
 from trainviz.checks import check_choice, check_positive_int
 from trainviz.data.base import Normalization
-from trainviz.guard import model_device, model_dtype, probe_guard
+from trainviz.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.probeset import ProbeSet
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer, open_summary_writer
 
@@ -67,7 +68,7 @@ class ProbeCallback(Callback):
     """Base class: cadence, rank, probe set, guard, fault isolation, state, cost.
 
     Args:
-        every_n_epochs: run every N epochs (at validation epoch end; the sanity check is skipped).
+        every_n_epochs: run every N epochs (at the end of the epoch, after its validation).
         probe_size: number of probe examples (class-stratified, fixed for the whole run).
         probe_seed: seed of the probe draw and of any randomness in the probe.
         split: where the probe set is drawn from, ``"val"`` (default) or ``"train"``.
@@ -75,7 +76,7 @@ class ProbeCallback(Callback):
         normalization: maps model inputs back to pixels for display (default: the datamodule's
             ``normalization`` attribute if it has one, else the identity).
         batch_size: probe batch size.
-        run_at_fit_end: run once more at fit end if the last epoch was not a run.
+        run_at_fit_end: run once more when training ends if the last epoch was not a run.
         strict: re-raise probe errors instead of warning (for debugging).
         log_name: replaces the callback's name in tags and artifact folders
             (``trainviz/<log_name>/...``), so two instances of one callback do not write over each other.
@@ -118,6 +119,7 @@ class ProbeCallback(Callback):
         self.failures = 0
         self._device_probe: ProbeSet | None = None
         self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
+        self._warned = False  # per process: a resumed run warns again on its first failure
 
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
@@ -176,6 +178,8 @@ class ProbeCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Draw the probe set (data checks) and open the sink. Model checks wait for :meth:`on_fit_start`,
+        when the model is configured, restored and on its device."""
         if stage != "fit":
             return
         if self.probe is None:
@@ -191,15 +195,29 @@ class ProbeCallback(Callback):
                 self.probe = source
             else:
                 class_names = getattr(trainer.datamodule, "class_names", None)
-                self.probe = ProbeSet.from_dataset(source, self.probe_size, self.probe_seed, class_names=class_names)
+                with preserve_rng():  # reading items may run random augmentations: keep the training stream
+                    torch.manual_seed(self.probe_seed)
+                    self.probe = ProbeSet.from_dataset(source, self.probe_size, self.probe_seed, class_names=class_names)
         self.norm = self._resolve_normalization(trainer, self.probe.images.shape[1])
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
-            self.sink = make_sink(trainer, self.name, log_dir)
-        self._setup(trainer, pl_module)
+            # fast_dev_run: probes still run (their errors show) but nothing is written
+            self.sink = Sink(self.name, None, None, BackgroundWriter()) if trainer.fast_dev_run else make_sink(trainer, self.name, log_dir)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.probe is not None:
+            self._setup(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After a restore from an earlier checkpoint, artifacts of the abandoned epochs must go.
+        if self.sink is not None:
+            self.sink.prune_after(max(self.done_epochs, default=-1))
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Subclass environment checks (layers exist, ...). Raise ``ValueError`` with a clear message."""
+        """Subclass model checks (layers exist, ...), at fit start before the first epoch. Raise
+        ``ValueError`` with a clear message."""
 
     # running ---------------------------------------------------------------------------------------
     def device_probe(self, pl_module: pl.LightningModule) -> ProbeSet:
@@ -211,14 +229,12 @@ class ProbeCallback(Callback):
         return self._device_probe
 
     def _due(self, trainer: pl.Trainer) -> bool:
-        return (
-            not trainer.sanity_checking
-            and trainer.state.fn == "fit"
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        )
+        return trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the epoch's last validation (if any), so the probe sees the epoch's final weights whatever
+        # `val_check_interval` and `check_val_every_n_epoch` are.
         if self._due(trainer):
             self.run(trainer, pl_module, trainer.current_epoch)
 
@@ -235,7 +251,8 @@ class ProbeCallback(Callback):
             if self.strict:
                 raise
             self.failures += 1
-            if self.failures == 1:
+            if not self._warned:
+                self._warned = True
                 warnings.warn(
                     f"trainviz: {type(self).__name__} probe failed at epoch {epoch} ({self._describe()}): "
                     f"{type(err).__name__}: {err}. Training goes on; later failures of this callback are counted "
@@ -260,7 +277,8 @@ class ProbeCallback(Callback):
         """Fit-end outputs built from all runs (evolution strips, summaries). Runs on rank zero."""
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the strategy's teardown moves the model to the CPU.
         if self.run_at_fit_end and trainer.current_epoch > 0:
             self.run(trainer, pl_module, trainer.current_epoch - 1)
         if trainer.is_global_zero and self.probe is not None:

@@ -81,8 +81,9 @@ class DynamicsCallback(ProbeCallback):
         sink.histogram("confidence", probs.max(1).values, epoch)
         sink.image("confusion_matrix", confusion_matrix_image(cm, names), epoch, artifact=True)
         idx = self._example_indices()
-        pixels = self.norm.denormalize(probe.images[idx].float())
-        panels = [probability_bars_image(pixels[j], probs[i], names, int(probe.labels[i])) for j, i in enumerate(idx)]
+        pixels = self.norm.denormalize(probe.images[idx].float()).cpu()  # one transfer for all examples
+        example_probs, example_labels = probs[idx].cpu(), probe.labels[idx].tolist()
+        panels = [probability_bars_image(pixels[j], example_probs[j], names, example_labels[j]) for j in range(len(idx))]
         width = max(p.shape[1] for p in panels)
         panels = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
         sink.image("probabilities", np.concatenate(panels, axis=0), epoch, artifact=True)

@@ -134,7 +134,7 @@ class RunManifestCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         self.manifest = collect_manifest(trainer, pl_module)
         sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir)

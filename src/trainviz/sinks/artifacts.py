@@ -96,11 +96,27 @@ class ArtifactStore:
         (a repeated run of an epoch is written once)."""
         records = self.read_jsonl(relpath)
         record = _jsonable(record)
-        if key is not None and key in record:
-            records = [r for r in records if r.get(key) != record[key]]
         records.append(record)
+        if key is not None and key in record:
+            records = [r for r in records[:-1] if r.get(key) != record[key]] + [record]
+            records.sort(key=lambda r: (r.get(key) is None, r.get(key) if isinstance(r.get(key), (int, float)) else 0))
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         return self.write_text(relpath, text)
+
+    def prune_after(self, callback: str, epoch: int) -> None:
+        """Remove ``callback``'s ``epoch_XXXX`` folders and JSON-lines records of epochs after ``epoch``."""
+        import shutil
+
+        for e in self.epochs(callback):
+            if e > epoch:
+                shutil.rmtree(self.root / epoch_dir(callback, e), ignore_errors=True)
+        base = self.root / callback
+        for path in base.glob("*.jsonl") if base.is_dir() else ():
+            relpath = f"{callback}/{path.name}"
+            records = self.read_jsonl(relpath)
+            kept = [r for r in records if not isinstance(r.get("epoch"), int) or r["epoch"] <= epoch]
+            if len(kept) != len(records):
+                self.write_text(relpath, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def read_jsonl(self, relpath: str) -> list[dict[str, Any]]:
         p = self.path(relpath)

@@ -121,6 +121,12 @@ class Sink:
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         self.background.submit(self.store.write_bytes, f"{self.callback}/{name}", payload)
 
+    def prune_after(self, epoch: int) -> None:
+        """Drop this callback's artifacts of epochs after ``epoch`` (a run resumed from an earlier checkpoint)."""
+        if self.store is None:
+            return
+        self.background.submit(self.store.prune_after, self.callback, epoch)
+
     def flush(self) -> None:
         """Wait for queued writes, then flush TensorBoard's event file."""
         self.background.flush()
