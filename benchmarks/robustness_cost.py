@@ -1,7 +1,7 @@
 """Cost of RobustnessCallback: one probe run as a ratio to the bare forward passes of the same images, and the
 one-time cost of corrupting the probe set, per image.
 
-    python benchmarks/robustness_cost.py [--probe-size 128] [--data shapes] [--repeats 3]
+    python benchmarks/robustness_cost.py [--probe-size 128] [--data shapes] [--repeats 5] [--threads N]
 
 The probe run (cache built, default corruptions and severities, adversarial parts off) is compared with
 ``predict_logits`` over the same ``(1 + rows) x probe_size`` images, both under the probe guard. The run's
@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--probe-size", type=int, default=128)
     parser.add_argument("--data", default="shapes", choices=("shapes", "digits"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives steadier ratios on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     dm = ShapesDataModule() if args.data == "shapes" else DigitsDataModule()
