@@ -30,7 +30,17 @@ def all_callbacks(kind: str = "cnn"):
 def suite_options(kind: str = "cnn") -> dict[str, dict]:
     """Per-callback small settings for tests; the manifest takes no probe options."""
     cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
-    options = {"dynamics": {}, "cam": {"deletion_steps": 4, "layers": cam_layers}}
+    options = {
+        "dynamics": {},
+        "cam": {"deletion_steps": 4, "layers": cam_layers},
+        "robustness": {
+            "corruptions": ["grayscale", "gaussian_noise"],
+            "severities": [1],
+            "epsilons": [4 / 255],
+            "flip_max_steps": 2,
+            "cam_shift": True,
+        },
+    }
     if kind == "classmap":
         options["decoder_maps"] = {}
     return options

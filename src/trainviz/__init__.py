@@ -1,33 +1,58 @@
 """trainviz: drop-in PyTorch Lightning callbacks that show what a network learns while it trains.
 
+Public names are imported lazily (``trainviz report`` starts without importing torch or Lightning).
+
 Example:
     >>> import trainviz
     >>> callbacks = trainviz.default_callbacks(every_n_epochs=2)
-    >>> sorted(type(cb).__name__ for cb in callbacks)[:2]
-    ['DynamicsCallback', 'RunManifestCallback']
+    >>> [type(cb).__name__ for cb in callbacks]
+    ['RunManifestCallback', 'DynamicsCallback', 'CAMCallback', 'RobustnessCallback']
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from trainviz.callbacks import CAMCallback, DecoderMapCallback, DynamicsCallback, ProbeCallback, RunManifestCallback
-from trainviz.layers import list_layers, resolve_layer
-from trainviz.probeset import ProbeSet
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CAMCallback",
-    "DecoderMapCallback",
-    "DynamicsCallback",
-    "ProbeCallback",
-    "ProbeSet",
-    "RunManifestCallback",
-    "default_callbacks",
-    "list_layers",
-    "resolve_layer",
-]
+_EXPORTS = {
+    "CAMCallback": "trainviz.callbacks.cam",
+    "DecoderMapCallback": "trainviz.callbacks.decoder_maps",
+    "DynamicsCallback": "trainviz.callbacks.dynamics",
+    "ProbeCallback": "trainviz.callbacks.base",
+    "RobustnessCallback": "trainviz.callbacks.robustness",
+    "RunManifestCallback": "trainviz.callbacks.manifest",
+    "ProbeSet": "trainviz.probeset",
+    "list_layers": "trainviz.layers",
+    "resolve_layer": "trainviz.layers",
+}
+
+__all__ = sorted([*_EXPORTS, "default_callbacks"])
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainviz.callbacks import (
+        CAMCallback,
+        DecoderMapCallback,
+        DynamicsCallback,
+        ProbeCallback,
+        RobustnessCallback,
+        RunManifestCallback,
+    )
+    from trainviz.layers import list_layers, resolve_layer
+    from trainviz.probeset import ProbeSet
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trainviz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: Any) -> list[Any]:
@@ -36,18 +61,22 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
     Args:
         every_n_epochs: cadence of every probe.
         probe_seed: seed of every probe set.
-        **kwargs: per-callback overrides, e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one, ``<name>=True`` keeps its defaults.
-            ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a model with per-class maps such as
-            :class:`trainviz.models.ClassMapClassifier`.
+        **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``robustness``,
+            ``decoder_maps``), e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one,
+            ``<name>=True`` keeps its defaults. ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a
+            model with per-class maps such as :class:`trainviz.models.ClassMapClassifier`.
     """
+    from trainviz import callbacks as cb
+
     def probe(cls: type) -> Any:
         return lambda options: cls(**{"every_n_epochs": every_n_epochs, "probe_seed": probe_seed, **options})
 
     factories = {
-        "manifest": lambda options: RunManifestCallback(**options),
-        "dynamics": probe(DynamicsCallback),
-        "cam": probe(CAMCallback),
-        "decoder_maps": probe(DecoderMapCallback),
+        "manifest": lambda options: cb.RunManifestCallback(**options),
+        "dynamics": probe(cb.DynamicsCallback),
+        "cam": probe(cb.CAMCallback),
+        "robustness": probe(cb.RobustnessCallback),
+        "decoder_maps": probe(cb.DecoderMapCallback),
     }
     opt_in = {"decoder_maps"}  # needs a model with per-class maps (ClassMapClassifier): only when asked for
     unknown = set(kwargs) - set(factories)

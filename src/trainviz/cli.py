@@ -19,11 +19,36 @@ import sys
 import time
 from collections.abc import Sequence
 
-__all__ = ["main", "run_demo", "run_report"]
+__all__ = ["demo_callbacks", "main", "run_demo", "run_report"]
 
 
-def run_demo(data: str = "shapes", epochs: int = 6, out: str = "runs/demo", accelerator: str = "auto", seed: int = 0, small: bool = False, progress: bool = True) -> str:
-    """Train the demo model with the full callback suite; returns the run's log folder.
+def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0) -> list:
+    """The demo's callback suite: every trainviz callback that applies to the demo ``model``."""
+    import trainviz
+
+    probe = 24 if small else None
+    cam_layers = ["net.features.1", "net.features"] if model == "cnn" else ["net.encoder.layer2", "net.encoder"]
+    options = {
+        "dynamics": {"probe_size": probe or 256},
+        "cam": {"layers": cam_layers, "probe_size": probe or 64},
+        "robustness": {"probe_size": probe or 64, "cam_shift": True},
+        "decoder_maps": {"probe_size": probe or 96} if model == "classmap" else False,
+    }
+    return trainviz.default_callbacks(probe_seed=seed, **options)
+
+
+def run_demo(
+    data: str = "shapes",
+    epochs: int = 6,
+    out: str = "runs/demo",
+    accelerator: str = "auto",
+    seed: int = 0,
+    small: bool = False,
+    progress: bool = True,
+    model: str = "cnn",
+) -> str:
+    """Train a demo model with the full callback suite and write the robustness report; returns the run's
+    log folder.
 
     Args:
         data: ``"shapes"`` (generated RGB shapes with masks) or ``"digits"`` (scikit-learn's digits).
@@ -31,15 +56,17 @@ def run_demo(data: str = "shapes", epochs: int = 6, out: str = "runs/demo", acce
         out: output folder (TensorBoard logs and trainviz artifacts go to ``out/version_N``).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
         seed: global seed (``pl.seed_everything``).
-        small: a tiny data set, for smoke tests.
+        small: a tiny data set and probe sets, for smoke tests.
         progress: show Lightning's progress bar.
+        model: ``"cnn"`` (a small CNN ending in global average pooling + linear) or ``"classmap"`` (seed 003's
+            group-convolution encoder-decoder; adds the decoder-map callback).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    import trainviz
     from trainviz.data import DigitsDataModule, ShapesDataModule
-    from trainviz.models import DemoClassifier
+    from trainviz.models import ClassMapClassifier, DemoClassifier
+    from trainviz.report import build_report
 
     pl.seed_everything(seed, workers=True, verbose=False)
     if data == "shapes":
@@ -47,22 +74,25 @@ def run_demo(data: str = "shapes", epochs: int = 6, out: str = "runs/demo", acce
     elif data == "digits":
         dm = DigitsDataModule(seed=seed)
     else:
-        raise ValueError(f"Expected `--data` to be one of 'shapes', 'digits', got {data!r}.")
-    model = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
+        raise ValueError(f"Expected `data` to be one of 'shapes', 'digits', got {data!r}.")
+    if model == "cnn":
+        net = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
+    elif model == "classmap":
+        net = ClassMapClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels, encoder="small")
+    else:
+        raise ValueError(f"Expected `model` to be one of 'cnn', 'classmap', got {model!r}.")
     logger = TensorBoardLogger(out, name="")
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
         devices=1,
         logger=logger,
-        callbacks=trainviz.default_callbacks(probe_seed=seed),
+        callbacks=demo_callbacks(model, small, seed),
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    trainer.fit(model, dm)
-    from trainviz.report import build_report
-
+    trainer.fit(net, dm)
     print(f"trainviz report: {build_report(logger.log_dir)}")
     return logger.log_dir
 
@@ -99,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--accelerator", default="auto")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", choices=("cnn", "classmap"), default="cnn", help="cnn: small CNN with GAP + linear; classmap: seed 003's group-convolution encoder-decoder (adds decoder maps)")
     demo.add_argument("--small", action="store_true", help="tiny data set (smoke test)")
     demo.add_argument("--no-progress", action="store_true")
     report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
@@ -118,10 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epochs < 1:
             parser.error(f"--epochs must be a positive int, got {args.epochs}")
         start = time.perf_counter()
-        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress)
+        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model)
         print(f"\ntrainviz demo finished in {time.perf_counter() - start:.0f} s.")
         print(f"  TensorBoard:  tensorboard --logdir {args.out}")
         print(f"  Artifacts:    {os.path.join(log_dir, 'trainviz')}")
+        print(f"  Report:       {os.path.join(log_dir, 'trainviz', 'report', 'index.html')}  (rebuild: trainviz report {log_dir})")
         return 0
     return 2  # pragma: no cover
 

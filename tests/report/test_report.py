@@ -5,6 +5,7 @@ page in headless Chromium (no console errors, no dialog, every figure drawn)."""
 from __future__ import annotations
 
 import json
+import warnings
 import os
 import shutil
 import subprocess
@@ -171,17 +172,19 @@ def test_the_page_renders_in_headless_chromium(run, tmp_path, inline):
         assert pixels.shape == (6000, 1280) and pixels.std() > 10  # not a blank page
 
 
-def test_trainviz_demo_writes_the_report(tmp_path, monkeypatch, capsys):
-    """`run_demo` ends by building the report of its run (checked with a 1-epoch tiny demo and the suite
-    replaced by the robustness callback alone, to stay fast)."""
-    import trainviz
-    from trainviz.cli import run_demo
+@pytest.mark.parametrize("model", ["cnn", "classmap"])
+def test_trainviz_demo_runs_every_callback_and_writes_the_report(tmp_path, capsys, model):
+    """The main job end to end on tiny data: every callback of the demo runs without a failure and the
+    demo ends by building the report of its run."""
+    from trainviz.cli import demo_callbacks, run_demo
 
-    monkeypatch.setattr(
-        trainviz, "default_callbacks",
-        lambda **kw: [RobustnessCallback(corruptions=["contrast"], severities=[1], epsilons=[], flip_max_steps=0, probe_size=12)],
-    )
-    log_dir = run_demo(epochs=1, out=str(tmp_path / "demo"), accelerator="cpu", small=True, progress=False)
+    names = {type(cb).__name__ for cb in demo_callbacks(model)}
+    assert ("DecoderMapCallback" in names) == (model == "classmap")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="trainviz:.*")  # a failing probe warns "trainviz: ..."
+        log_dir = run_demo(epochs=2, out=str(tmp_path / "demo"), accelerator="cpu", small=True, progress=False, model=model)
+    trainviz_dir = Path(log_dir) / "trainviz"
+    assert {p.name for p in trainviz_dir.iterdir()} >= {"manifest", "dynamics", "cam", "robustness", "report"}
     page = Path(log_dir) / "trainviz" / "report" / "index.html"
     assert page.exists() and (page.parent / "summary.json").exists()
     assert f"trainviz report: {page}" in capsys.readouterr().out

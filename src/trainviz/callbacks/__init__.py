@@ -5,5 +5,6 @@ from trainviz.callbacks.cam import CAMCallback
 from trainviz.callbacks.decoder_maps import DecoderMapCallback
 from trainviz.callbacks.dynamics import DynamicsCallback
 from trainviz.callbacks.manifest import RunManifestCallback
+from trainviz.callbacks.robustness import RobustnessCallback
 
-__all__ = ["CAMCallback", "DecoderMapCallback", "DynamicsCallback", "ProbeCallback", "RunManifestCallback"]
+__all__ = ["CAMCallback", "DecoderMapCallback", "DynamicsCallback", "ProbeCallback", "RobustnessCallback", "RunManifestCallback"]

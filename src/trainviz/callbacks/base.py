@@ -228,6 +228,13 @@ class ProbeCallback(Callback):
             self._device_probe = self.probe.to(device, dtype)
         return self._device_probe
 
+    def example_indices(self, n: int) -> list[int]:
+        """``n`` probe indices to show: the first image of each class, then the rest in order."""
+        labels = self.probe.labels.tolist()
+        firsts = [labels.index(c) for c in sorted(set(labels))]
+        taken = set(firsts)
+        return (firsts + [i for i in range(len(labels)) if i not in taken])[:n]
+
     def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 

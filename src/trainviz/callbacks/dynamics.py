@@ -58,12 +58,6 @@ class DynamicsCallback(ProbeCallback):
         super().__init__(probe_size=probe_size, **kwargs)
         self.n_examples = check_positive_int("n_examples", n_examples)
 
-    def _example_indices(self) -> list[int]:
-        labels = self.probe.labels.tolist()
-        firsts = [labels.index(c) for c in sorted(set(labels))]
-        rest = [i for i in range(len(labels)) if i not in firsts]
-        return (firsts + rest)[: self.n_examples]
-
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         probe = self.device_probe(pl_module)
@@ -80,7 +74,7 @@ class DynamicsCallback(ProbeCallback):
         sink.histogram("prob_true_class", probs.gather(1, probe.labels[:, None]), epoch)
         sink.histogram("confidence", probs.max(1).values, epoch)
         sink.image("confusion_matrix", confusion_matrix_image(cm, names), epoch, artifact=True)
-        idx = self._example_indices()
+        idx = self.example_indices(self.n_examples)
         pixels = self.norm.denormalize(probe.images[idx].float()).cpu()  # one transfer for all examples
         example_probs, example_labels = probs[idx].cpu(), probe.labels[idx].tolist()
         panels = [probability_bars_image(pixels[j], example_probs[j], names, example_labels[j]) for j in range(len(idx))]

@@ -305,11 +305,6 @@ class RobustnessCallback(ProbeCallback):
         return inputs
 
     # running ---------------------------------------------------------------------------------------
-    def _example_indices(self) -> list[int]:
-        labels = self.probe.labels.tolist()
-        firsts = [labels.index(c) for c in sorted(set(labels))]
-        return (firsts + [i for i in range(len(labels)) if i not in firsts])[: self.n_examples]
-
     def _forward(self, pl_module: pl.LightningModule, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
         """Logits of every block, and with ``cam_shift`` the correlation of each corrupted image's Grad-CAM
         (true class) with the clean one, from the same forward passes, batch after batch.
@@ -507,7 +502,7 @@ class RobustnessCallback(ProbeCallback):
         for r, (name, _) in enumerate(self.active, start=1):
             if r == len(self.active) or self.active[r][0] != name:
                 columns.append(r)
-        idx = self._example_indices()
+        idx = self.example_indices(self.n_examples)
         chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
         flat = to_uint8(upscale(self.norm.denormalize(inputs.index_select(0, chosen).float()), 64))
         titles = ["clean"] + [

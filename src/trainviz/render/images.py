@@ -7,7 +7,7 @@ Example:
     >>> from trainviz.render.images import overlay_heatmaps, image_grid
     >>> imgs, maps = torch.rand(4, 3, 32, 32), torch.rand(4, 32, 32)
     >>> image_grid(overlay_heatmaps(imgs, maps), ncols=2).shape
-    (258, 258, 3)
+    (198, 198, 3)
 """
 
 from __future__ import annotations
