@@ -1,0 +1,336 @@
+"""Embedding frames -> pictures: static scatter images (uint8, for TensorBoard) and plotly animations (HTML).
+
+A frame is a ``(N, 2)`` array of 2-D positions of the probe points (PCA, UMAP or t-SNE of one layer's
+features at one epoch). Points are coloured by true class with a fixed categorical palette (the same colour for
+a class in every picture); misclassified points are drawn as rings instead of discs.
+
+The static images are drawn with PIL (no matplotlib); the animations use ``plotly.graph_objects`` only (no
+pandas). Nothing here writes to disk.
+
+Example:
+    >>> import numpy as np
+    >>> frame = np.random.default_rng(0).normal(size=(60, 2))
+    >>> labels = np.arange(60) % 3
+    >>> scatter_image(frame, labels, ["a", "b", "c"], title="layer / pca").shape[2]
+    3
+    >>> fig = animation_figure({"layer": {0: frame, 1: frame * 2}}, labels, np.arange(60), ["a", "b", "c"])
+    >>> len(fig.frames)
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+__all__ = ["PALETTE", "animation_figure", "depth_image", "figure_html", "scatter_image"]
+
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    tuple(int(h[i : i + 2], 16) for i in (1, 3, 5))
+    for h in (
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+        "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    )
+)
+"""Categorical colours (matplotlib's tab10, then tab20's light shades); class ``c`` gets ``PALETTE[c % 20]``."""
+
+_PAD = 0.05  # fraction of the data span left empty around the points
+_LINE = 12  # pixels per text line (PIL's default bitmap font)
+
+
+def _colour(c: int) -> tuple[int, int, int]:
+    return PALETTE[c % len(PALETTE)]
+
+
+def _hex(c: int) -> str:
+    return "#%02x%02x%02x" % _colour(c)
+
+
+def _check_frame(frame: np.ndarray, n: int | None = None) -> np.ndarray:
+    frame = np.asarray(frame, dtype=np.float64)
+    if frame.ndim != 2 or frame.shape[1] != 2 or (n is not None and frame.shape[0] != n):
+        want = f"({n}, 2)" if n is not None else "(N, 2)"
+        raise ValueError(f"Expected a frame of shape {want}, got {frame.shape}.")
+    if not np.isfinite(frame).all():
+        raise ValueError("Expected a finite frame, found NaN or inf.")
+    return frame
+
+
+def _check_labels(labels: np.ndarray, n: int, class_names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or (n and labels.min() < 0):
+        raise ValueError(f"Expected `labels` to be {n} non-negative ints, got {labels.dtype} {labels.shape}.")
+    k = int(labels.max()) + 1 if n else 0
+    names = [str(c) for c in range(k)] if class_names is None else [str(c) for c in class_names]
+    if len(names) < k:
+        raise ValueError(f"Expected at least {k} class names, got {len(names)}.")
+    return labels.astype(np.int64), names
+
+
+def _square_range(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and half-width of a square window holding all ``points`` with a margin (equal axis scales)."""
+    lo, hi = points.min(0), points.max(0)
+    half = max(float((hi - lo).max()) / 2, 1e-12) * (1 + 2 * _PAD)
+    return (lo + hi) / 2, half
+
+
+# ------------------------------------------------------------------------------------------ static images
+
+
+def _panel(frame: np.ndarray, labels: np.ndarray, wrong: np.ndarray | None, title: str, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    n = frame.shape[0]
+    canvas = Image.new("RGB", (size, size + _LINE + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill=(0, 0, 0))
+    top = _LINE + 4
+    draw.rectangle([0, top, size - 1, top + size - 1], outline=(200, 200, 200))
+    if n:
+        centre, half = _square_range(frame)
+        xy = (frame - centre) / (2 * half) + 0.5  # in [0, 1], y up
+        px = xy[:, 0] * (size - 1)
+        py = top + (1 - xy[:, 1]) * (size - 1)
+        r = 3 if n <= 500 else 2 if n <= 3000 else 1
+        order = np.random.default_rng(0).permutation(n)  # a fixed mix of classes, so no class always lies on top
+        for i in order:
+            box = [px[i] - r, py[i] - r, px[i] + r, py[i] + r]
+            colour = _colour(int(labels[i]))
+            if wrong is not None and wrong[i]:
+                draw.ellipse(box, outline=colour, fill="white")
+            else:
+                draw.ellipse(box, fill=colour)
+    return np.asarray(canvas)
+
+
+def _legend(names: Sequence[str], height: int, rings: bool) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    width = 24 + 6 * max([len(n) for n in names] + [len("misclassified") if rings else 0])
+    rows = len(names) + (1 if rings else 0)
+    canvas = Image.new("RGB", (width, max(height, rows * 14 + 8)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = _LINE + 8
+    for c, name in enumerate(names):
+        draw.ellipse([4, y + 2, 12, y + 10], fill=_colour(c))
+        draw.text((16, y), name, fill=(0, 0, 0))
+        y += 14
+    if rings:
+        draw.ellipse([4, y + 2, 12, y + 10], outline=(0, 0, 0), fill="white")
+        draw.text((16, y), "misclassified", fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _hstack(parts: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    height = max(p.shape[0] for p in parts)
+    padded = []
+    for i, p in enumerate(parts):
+        right = gap if i < len(parts) - 1 else 0
+        padded.append(np.pad(p, ((0, height - p.shape[0]), (0, right), (0, 0)), constant_values=255))
+    return np.concatenate(padded, axis=1)
+
+
+def depth_image(
+    frames: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    wrong: np.ndarray | None = None,
+    size: int = 280,
+    legend: bool = True,
+) -> np.ndarray:
+    """Scatter panels side by side, one per entry of ``frames`` (titled with its key), and one legend.
+
+    With the layers of a network at one epoch this is the seed's "layers as embeddings" view: classes
+    disentangle with depth. Each panel has its own square window (equal x and y scales).
+
+    Args:
+        frames: ``{panel title: frame}``, all frames of the same ``N`` points.
+        labels: class index of each point (colour).
+        class_names: legend names (default ``"0"``, ``"1"``, ...).
+        wrong: optional bool mask of misclassified points, drawn as rings.
+        size: side of each panel's plotting square in pixels.
+        legend: add the class legend on the right.
+
+    Returns:
+        uint8 image.
+
+    Shape:
+        each frame ``(N, 2)``, labels ``(N,)``, wrong ``(N,)`` -> ``(H, W, 3)``
+
+    Example:
+        >>> import numpy as np
+        >>> f = np.random.default_rng(0).normal(size=(30, 2))
+        >>> depth_image({"conv1": f, "conv2": f}, np.arange(30) % 2).shape[1] > 2 * 280
+        True
+    """
+    if not frames:
+        raise ValueError("Expected at least one frame.")
+    n = len(np.asarray(labels))
+    checked = {str(k): _check_frame(v, n) for k, v in frames.items()}
+    labels, names = _check_labels(labels, n, class_names)
+    if wrong is not None:
+        wrong = np.asarray(wrong, dtype=bool)
+        if wrong.shape != (n,):
+            raise ValueError(f"Expected `wrong` to have shape ({n},), got {wrong.shape}.")
+    if not isinstance(size, int) or size < 32:
+        raise ValueError(f"Expected `size` to be an int >= 32, got {size!r}.")
+    parts = [_panel(f, labels, wrong, title, size) for title, f in checked.items()]
+    if legend:
+        parts.append(_legend(names, parts[0].shape[0], wrong is not None and bool(wrong.any())))
+    return _hstack(parts)
+
+
+def scatter_image(
+    frame: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    wrong: np.ndarray | None = None,
+    title: str = "",
+    size: int = 320,
+) -> np.ndarray:
+    """One frame as a scatter plot coloured by class, with a legend (a one-panel :func:`depth_image`).
+
+    Shape:
+        frame ``(N, 2)``, labels ``(N,)`` -> ``(H, W, 3)`` uint8
+
+    Example:
+        >>> import numpy as np
+        >>> img = scatter_image(np.zeros((4, 2)), np.array([0, 1, 0, 1]), ["cat", "dog"], title="pca")
+        >>> img.dtype, img.shape[0] == 320 + 16
+        (dtype('uint8'), True)
+    """
+    return depth_image({title: frame}, labels, class_names, wrong=wrong, size=size)
+
+
+# ------------------------------------------------------------------------------------------- animations
+
+
+def animation_figure(
+    panels: Mapping[str, Mapping[int, np.ndarray]],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    predictions: Mapping[int, np.ndarray] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """A plotly animation over epochs: one scatter panel per entry of ``panels``, side by side.
+
+    Every point keeps its id in every frame (plotly tweens each point from its old to its new position), each
+    panel's axis ranges are fixed from all its frames (so motion is real motion, not rescaling), points are
+    coloured by true class (one legend entry per class, click to hide), and hovering shows the point's id,
+    label and, when ``predictions`` are given, the epoch's prediction (misclassified points are open circles).
+
+    Args:
+        panels: ``{panel title: {epoch: frame}}``; every panel has frames at the same epochs.
+        labels: class index of each point.
+        ids: stable id of each point (e.g. its index in the dataset).
+        class_names: class names (default ``"0"``, ``"1"``, ...).
+        predictions: ``{epoch: predicted class of each point}`` (optional).
+        title: figure title.
+
+    Returns:
+        A ``go.Figure`` with one frame per epoch, a slider and play/pause buttons.
+
+    Shape:
+        frames ``(N, 2)``, labels ``(N,)``, ids ``(N,)``, predictions ``(N,)``
+
+    Example:
+        >>> import numpy as np
+        >>> f = np.random.default_rng(0).normal(size=(10, 2))
+        >>> fig = animation_figure({"pca": {0: f, 2: f + 1}}, np.arange(10) % 2, np.arange(10))
+        >>> [fr.name for fr in fig.frames]
+        ['epoch 0', 'epoch 2']
+    """
+    from plotly.subplots import make_subplots
+
+    if not panels:
+        raise ValueError("Expected at least one panel.")
+    ids = np.asarray(ids)
+    n = ids.shape[0]
+    labels, names = _check_labels(labels, n, class_names)
+    epochs = sorted(next(iter(panels.values())))
+    if not epochs:
+        raise ValueError("Expected at least one frame per panel.")
+    for title_p, frames in panels.items():
+        if sorted(frames) != epochs:
+            raise ValueError(f"Expected every panel at epochs {epochs}, got {sorted(frames)} for {title_p!r}.")
+    checked = {str(p): {e: _check_frame(f, n) for e, f in frames.items()} for p, frames in panels.items()}
+    predictions = {} if predictions is None else {e: np.asarray(v).astype(np.int64) for e, v in predictions.items()}
+    members = [np.flatnonzero(labels == c) for c in range(len(names))]
+    members = [(c, idx) for c, idx in enumerate(members) if len(idx)]
+    id_text = [[str(v) for v in ids[idx]] for _, idx in members]
+
+    def hover(epoch: int, c: int, idx: np.ndarray) -> tuple[list[str], list[str]]:
+        base = [f"id {v}<br>label {names[c]}" for v in ids[idx]]
+        pred = predictions.get(epoch)
+        if pred is None:
+            return base, ["circle"] * len(idx)
+        p = pred[idx]
+        text = [f"{b}<br>prediction {names[q] if 0 <= q < len(names) else q}" for b, q in zip(base, p)]
+        return text, ["circle" if q == c else "circle-open" for q in p]
+
+    size = 6 if n <= 2000 else 4
+
+    def traces(epoch: int) -> list[go.Scatter]:
+        out = []
+        for p, frames in enumerate(checked.values()):
+            xy = frames[epoch]
+            for (c, idx), point_ids in zip(members, id_text):
+                text, symbols = hover(epoch, c, idx)
+                out.append(
+                    go.Scatter(
+                        x=xy[idx, 0], y=xy[idx, 1], ids=point_ids, mode="markers", name=names[c],
+                        legendgroup=names[c], showlegend=False, text=text, hovertemplate="%{text}<extra></extra>",
+                        marker={"color": _hex(c), "size": size, "symbol": symbols, "line": {"width": 1.5, "color": _hex(c)}},
+                        xaxis=f"x{p + 1 if p else ''}", yaxis=f"y{p + 1 if p else ''}",
+                    )
+                )
+        return out
+
+    n_panels = len(checked)
+    fig = make_subplots(rows=1, cols=n_panels, subplot_titles=list(checked), horizontal_spacing=0.04)
+    for trace in traces(epochs[0]):
+        fig.add_trace(trace)
+    fig.frames = [go.Frame(data=traces(e), name=f"epoch {e}", traces=list(range(len(fig.data)))) for e in epochs]
+    for c, _ in members:  # legend entries (filled discs; clicking one hides the class in every panel)
+        marker = {"color": _hex(c), "size": 9}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=names[c], legendgroup=names[c], marker=marker))
+    for p, frames in enumerate(checked.values()):
+        centre, half = _square_range(np.concatenate(list(frames.values())))
+        axis = {"autorange": False, "zeroline": False, "showticklabels": False}
+        fig.update_xaxes(range=[centre[0] - half, centre[0] + half], **axis, row=1, col=p + 1)
+        fig.update_yaxes(range=[centre[1] - half, centre[1] + half], **axis, row=1, col=p + 1)
+    play = {"frame": {"duration": 700, "redraw": False}, "transition": {"duration": 400}, "fromcurrent": True}
+    jump = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate", "transition": {"duration": 300}}
+    fig.update_layout(
+        title=title, template="plotly_white", height=520, width=max(640, 440 * n_panels + 160),
+        legend={"title": {"text": "label (open: misclassified)" if predictions else "label"}, "itemsizing": "constant"},
+        updatemenus=[{
+            "type": "buttons", "direction": "left", "x": 0.0, "y": -0.06, "xanchor": "left", "yanchor": "top",
+            "buttons": [
+                {"label": "Play", "method": "animate", "args": [None, play]},
+                {"label": "Pause", "method": "animate", "args": [[None], {"frame": {"duration": 0}, "mode": "immediate"}]},
+            ],
+        }],
+        sliders=[{
+            "x": 0.12, "y": -0.02, "len": 0.88, "currentvalue": {"prefix": ""},
+            "steps": [{"label": f"epoch {e}", "method": "animate", "args": [[f"epoch {e}"], jump]} for e in epochs],
+        }],
+    )
+    return fig
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A full HTML page for ``fig`` that loads ``plotly.min.js`` from its own folder (works offline once that
+    file is written beside it; ~4.8 MB shared by all pages instead of inlined in each).
+
+    Example:
+        >>> 'src="plotly.min.js"' in figure_html(go.Figure())
+        True
+    """
+    return fig.to_html(include_plotlyjs="directory", full_html=True, auto_play=False)
