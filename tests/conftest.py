@@ -30,6 +30,7 @@ def all_callbacks(kind: str = "cnn"):
 def suite_options(kind: str = "cnn") -> dict[str, dict]:
     """Per-callback small settings for tests; the manifest takes no probe options."""
     cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
+    embed_layers = ["net.features", "net.fc"] if kind == "cnn" else ["net.encoder", "net.decoder.flatten"]
     options = {
         "dynamics": {},
         "cam": {"deletion_steps": 4, "layers": cam_layers},
@@ -40,6 +41,7 @@ def suite_options(kind: str = "cnn") -> dict[str, dict]:
             "flip_max_steps": 2,
             "cam_shift": True,
         },
+        "embedding": {"layers": embed_layers, "methods": ["pca", "umap"], "linear_probe_folds": 0},
     }
     if kind == "classmap":
         options["decoder_maps"] = {}

@@ -6,7 +6,7 @@ Example:
     >>> import trainviz
     >>> callbacks = trainviz.default_callbacks(every_n_epochs=2)
     >>> [type(cb).__name__ for cb in callbacks]
-    ['RunManifestCallback', 'DynamicsCallback', 'CAMCallback', 'RobustnessCallback']
+    ['RunManifestCallback', 'DynamicsCallback', 'CAMCallback', 'RobustnessCallback', 'EmbeddingCallback']
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _EXPORTS = {
     "CAMCallback": "trainviz.callbacks.cam",
     "DecoderMapCallback": "trainviz.callbacks.decoder_maps",
     "DynamicsCallback": "trainviz.callbacks.dynamics",
+    "EmbeddingCallback": "trainviz.callbacks.embedding",
     "ProbeCallback": "trainviz.callbacks.base",
     "RobustnessCallback": "trainviz.callbacks.robustness",
     "RunManifestCallback": "trainviz.callbacks.manifest",
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
         CAMCallback,
         DecoderMapCallback,
         DynamicsCallback,
+        EmbeddingCallback,
         ProbeCallback,
         RobustnessCallback,
         RunManifestCallback,
@@ -61,7 +63,7 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
     Args:
         every_n_epochs: cadence of every probe.
         probe_seed: seed of every probe set.
-        **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``robustness``,
+        **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``robustness``, ``embedding``,
             ``decoder_maps``), e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one,
             ``<name>=True`` keeps its defaults. ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a
             model with per-class maps such as :class:`trainviz.models.ClassMapClassifier`.
@@ -76,6 +78,7 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
         "dynamics": probe(cb.DynamicsCallback),
         "cam": probe(cb.CAMCallback),
         "robustness": probe(cb.RobustnessCallback),
+        "embedding": probe(cb.EmbeddingCallback),
         "decoder_maps": probe(cb.DecoderMapCallback),
     }
     opt_in = {"decoder_maps"}  # needs a model with per-class maps (ClassMapClassifier): only when asked for

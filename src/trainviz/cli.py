@@ -28,10 +28,13 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0) -> li
 
     probe = 24 if small else None
     cam_layers = ["net.features.1", "net.features"] if model == "cnn" else ["net.encoder.layer2", "net.encoder"]
+    depth = ["net.features.0", "net.features.1", "net.features", "net.fc"] if model == "cnn" else [
+        "net.encoder.layer1", "net.encoder.layer2", "net.encoder", "net.decoder.flatten"]
     options = {
         "dynamics": {"probe_size": probe or 256},
         "cam": {"layers": cam_layers, "probe_size": probe or 64},
         "robustness": {"probe_size": probe or 64, "cam_shift": True},
+        "embedding": {"layers": depth, "methods": ["pca", "umap", "tsne"], "slow_every_k": 3, **({"probe_size": probe} if probe else {})},
         "decoder_maps": {"probe_size": probe or 96} if model == "classmap" else False,
     }
     return trainviz.default_callbacks(probe_seed=seed, **options)

@@ -190,8 +190,8 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
         return x[:, :2].copy()
 
     class Release(Callback):
-        def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking and trainer.current_epoch == 1:
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the probe's own epoch-end run
+            if trainer.current_epoch == 1:
                 release.set()
                 cb._wait()
 

@@ -390,7 +390,8 @@ class EmbeddingCallback(ProbeCallback):
             return {name: gather(f) for name, f in feats.items()}, gather(logits)
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every rank captures its share (a collective), then rank zero runs as the base class does.
         if not self._due(trainer):
             return
         if trainer.world_size > 1 and self.probe is not None:
@@ -601,9 +602,9 @@ class EmbeddingCallback(ProbeCallback):
         self._futures = []
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
-            super().on_fit_end(trainer, pl_module)
+            super().on_train_end(trainer, pl_module)
         finally:
             self._shutdown()
 
