@@ -214,7 +214,7 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
     from trainviz.render.images import to_uint8, upscale
 
     cb = fitted["cb"]
-    first = cb._example_indices()[0]  # the first probe image of class 0, clean then contrast s5 (last column)
+    first = cb.example_indices(cb.n_examples)[0]  # the first probe image of class 0, clean then contrast s5 (last column)
     pixels = cb.norm.denormalize(cb.probe.images[first : first + 1])
     contrast = cb.norm.denormalize(cb.norm.normalize(corrupt(cb.norm.denormalize(cb.probe.images), "contrast", 5)))[first : first + 1]
     for column, image in ((0, pixels), (4, contrast)):
