@@ -21,6 +21,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]  # no temp file left
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_jsonl_same_epoch_written_once_and_npz_roundtrip(tmp_path):

@@ -28,6 +28,8 @@ import numpy as np
 from trainviz.report.summary import eps_label, summary_from_record
 from trainviz.report.template import PAGE
 
+from trainviz.sinks.artifacts import atomic_write
+
 __all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run", "reliability_bins"]
 
 _MARKERS = ("robustness", "manifest", "dynamics")
@@ -297,9 +299,8 @@ def build_report(
         raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.root / "report" / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
     summary = summary_from_record(run.latest) if run.latest else {}
-    (out.parent / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), "utf-8")
+    atomic_write(out.parent / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
     figures = _robustness_figures(run) if run.latest else []
     sections, data = [], []
@@ -336,7 +337,7 @@ def build_report(
         js = out.parent / "plotly.min.js"
         source = plotly.offline.get_plotlyjs()
         if not js.exists() or js.stat().st_size != len(source.encode("utf-8")):
-            js.write_text(source, "utf-8")
+            atomic_write(js, source.encode("utf-8"))
         script = '<script src="plotly.min.js"></script>'
     run_name = run.root.parent.name
     page = PAGE.substitute(
@@ -348,5 +349,5 @@ def build_report(
         sections="".join(sections),
         data="".join(data),
     )
-    out.write_text(page, "utf-8")
+    atomic_write(out, page.encode("utf-8"))
     return out

@@ -1,8 +1,37 @@
-"""Sinks: the only code that writes (TensorBoard, artifact files), on a background thread."""
+"""Sinks: the only code that writes (TensorBoard, artifact files), on a background thread.
 
-from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir
-from trainviz.sinks.sink import Sink
-from trainviz.sinks.tensorboard import find_summary_writer, open_summary_writer
-from trainviz.sinks.writer import BackgroundWriter
+Names are imported lazily, so :func:`atomic_write` is usable without importing torch (the offline report).
+"""
 
-__all__ = ["ArtifactStore", "BackgroundWriter", "Sink", "atomic_write", "epoch_dir", "find_summary_writer", "open_summary_writer"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ArtifactStore": "trainviz.sinks.artifacts",
+    "atomic_write": "trainviz.sinks.artifacts",
+    "epoch_dir": "trainviz.sinks.artifacts",
+    "BackgroundWriter": "trainviz.sinks.writer",
+    "Sink": "trainviz.sinks.sink",
+    "find_summary_writer": "trainviz.sinks.tensorboard",
+    "open_summary_writer": "trainviz.sinks.tensorboard",
+    "ProjectorWriter": "trainviz.sinks.projector",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir
+    from trainviz.sinks.projector import ProjectorWriter
+    from trainviz.sinks.sink import Sink
+    from trainviz.sinks.tensorboard import find_summary_writer, open_summary_writer
+    from trainviz.sinks.writer import BackgroundWriter
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trainviz.sinks' has no attribute {name!r}")

@@ -46,6 +46,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600: artifacts and reports are meant to be read and shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
