@@ -350,3 +350,17 @@ def test_default_callbacks_options():
         trainviz.default_callbacks(camm={})
     with pytest.raises(ValueError, match="dict of options"):
         trainviz.default_callbacks(cam=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_full_suite_on_the_gpu(tmp_path, tiny_dm, precision):
+    callbacks = all_callbacks()
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, accelerator="gpu", precision=precision, deterministic=False)
+    trainer.fit(demo_model(), tiny_dm)
+    for cb in callbacks:
+        if isinstance(cb, ProbeCallback):
+            assert cb.done_epochs == [0, 1] and cb.failures == 0, type(cb).__name__
+            assert cb._device_probe.images.is_cuda
