@@ -11,8 +11,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from trainviz._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,16 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainviz.probeset import ProbeSet
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trainviz' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: Any) -> list[Any]:

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_positive_int
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.render.images import confusion_matrix_image, probability_bars_image
+from trainviz.transfer import to_cpu
 
 __all__ = ["DynamicsCallback"]
 
@@ -67,10 +67,10 @@ class DynamicsCallback(ProbeCallback):
         cm = confusion_matrix(pred, probe.labels, k)
         per_class = per_class_accuracy(cm)
         names = probe.class_names or [str(i) for i in range(k)]
-        accuracy = (pred == probe.labels).double().mean()
+        host = to_cpu({"accuracy": (pred == probe.labels).double().mean(), "per_class": per_class})
+        accuracy, per_class_host = float(host["accuracy"]), host["per_class"].tolist()
         sink = self.sink
-        values = {"accuracy": accuracy, **{f"per_class_accuracy/{names[c]}": per_class[c] for c in range(k)}}
-        sink.scalars(values, epoch)
+        sink.scalars({"accuracy": accuracy, **{f"per_class_accuracy/{n}": a for n, a in zip(names, per_class_host)}}, epoch)
         sink.histogram("prob_true_class", probs.gather(1, probe.labels[:, None]), epoch)
         sink.histogram("confidence", probs.max(1).values, epoch)
         sink.image("confusion_matrix", confusion_matrix_image(cm, names), epoch, artifact=True)
@@ -81,14 +81,13 @@ class DynamicsCallback(ProbeCallback):
         width = max(p.shape[1] for p in panels)
         panels = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
         sink.image("probabilities", np.concatenate(panels, axis=0), epoch, artifact=True)
-        cpu = torch.cat([cm.flatten().double(), per_class, accuracy.reshape(1)]).cpu()
         sink.npz(epoch, "predictions", probs=probs, labels=probe.labels, ids=probe.ids, confusion=cm)
         sink.record(
             "metrics",
             {
                 "epoch": epoch,
-                "accuracy": float(cpu[-1]),
-                "per_class_accuracy": dict(zip(names, cpu[k * k : k * k + k].tolist())),
+                "accuracy": accuracy,
+                "per_class_accuracy": dict(zip(names, per_class_host)),
                 "class_names": names,
             },
         )

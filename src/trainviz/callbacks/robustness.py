@@ -48,6 +48,7 @@ from trainviz.ops.robustness import (
     relative_corruption_error,
 )
 from trainviz.probeset import ProbeSet
+from trainviz.transfer import to_cpu
 from trainviz.render.images import to_uint8, upscale
 from trainviz.render.robustness import example_grid_image, table_heatmap_image
 from trainviz.report.summary import eps_label, summary_from_record
@@ -55,16 +56,6 @@ from trainviz.report.summary import eps_label, summary_from_record
 __all__ = ["RobustnessCallback"]
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
-
-
-def _to_cpu(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """Move several device tensors to the CPU in one transfer (as float64, shapes kept)."""
-    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors.values()]).cpu().numpy()
-    out, start = {}, 0
-    for name, t in tensors.items():
-        out[name] = flat[start : start + t.numel()].reshape(tuple(t.shape))
-        start += t.numel()
-    return out
 
 
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -387,7 +378,7 @@ class RobustnessCallback(ProbeCallback):
         if shift is not None:
             device_values["cam_shift"] = shift.view(len(rows), n)
         device_values.update(self._adversarial(pl_module, probe, device_values["pred"][0]))
-        values = _to_cpu(device_values)
+        values = to_cpu(device_values)
         names = probe.class_names or [str(c) for c in range(k)]
         record = self._record(epoch, values, names)
         self._write(epoch, record, values, names, probe)

@@ -5,8 +5,9 @@ Names are imported lazily, so :func:`atomic_write` is usable without importing t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trainviz._lazy import lazy_exports
 
 _EXPORTS = {
     "ArtifactStore": "trainviz.sinks.artifacts",
@@ -29,9 +30,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainviz.sinks.writer import BackgroundWriter
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trainviz.sinks' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 
 __all__ = ["find_summary_writer", "open_summary_writer"]
 
@@ -26,6 +25,3 @@ def open_summary_writer(log_dir: str | os.PathLike) -> Any:
 
     return SummaryWriter(log_dir=str(log_dir))
 
-
-def write_image(writer: Any, tag: str, image: np.ndarray, step: int) -> None:
-    writer.add_image(tag, image, step, dataformats="HWC")
