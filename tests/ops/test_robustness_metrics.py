@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from trainviz.ops.robustness import (
     accuracy,
@@ -17,6 +19,7 @@ from trainviz.ops.robustness import (
     nll,
     per_class_accuracy,
     relative_corruption_error,
+    wilson_interval,
 )
 
 
@@ -118,3 +121,35 @@ def test_argument_errors():
         accuracy(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"labels \(N,\) or scores \(N, K\)"):
         flip_rate(torch.zeros(2, 3, 4), torch.zeros(2))
+
+
+def test_wilson_interval_matches_scipy_vectorised():
+    """Against scipy's Wilson interval for several k and n, k = 0 and k = n included, in one batched call."""
+    pairs = [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (0, 64), (1, 64), (32, 64), (48, 64), (63, 64), (64, 64), (7, 24), (999, 1000)]
+    k = torch.tensor([p[0] for p in pairs])
+    n = torch.tensor([p[1] for p in pairs])
+    ci = [binomtest(a, b).proportion_ci(confidence_level=0.95, method="wilson") for a, b in pairs]
+    expected_low, expected_high = np.array([c.low for c in ci]), np.array([c.high for c in ci])
+    low, high = wilson_interval(k, n, z=NormalDist().inv_cdf(0.975))  # scipy's exact quantile
+    assert low.dtype == torch.float64 and low.shape == (len(pairs),)
+    np.testing.assert_allclose(low.numpy(), expected_low, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(high.numpy(), expected_high, rtol=0, atol=1e-12)
+    assert low[k == 0].eq(0).all() and high[k == n].eq(1).all()  # exactly 0 and 1 at the ends, as scipy
+    low, high = wilson_interval(k, n)  # the default z = 1.96 differs from the exact quantile by 4e-5
+    np.testing.assert_allclose(low.numpy(), expected_low, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(high.numpy(), expected_high, rtol=0, atol=1e-5)
+
+
+def test_wilson_interval_broadcasts_and_checks():
+    low, high = wilson_interval(torch.tensor([[0.0], [5.0]]), torch.tensor([10, 20]))  # (2, 1) with (2,)
+    assert low.shape == high.shape == (2, 2)
+    assert float(high[1, 1]) == pytest.approx(binomtest(5, 20).proportion_ci(method="wilson").high, abs=1e-4)
+    low, high = wilson_interval(48, 64)  # plain numbers
+    assert low.ndim == 0 and float(low) == pytest.approx(0.6318, abs=1e-4) and float(high) == pytest.approx(0.8399, abs=1e-4)
+    assert bool(((low < 0.75) & (0.75 < high)).all())
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        wilson_interval(torch.tensor([11]), 10)
+    with pytest.raises(ValueError, match="n > 0"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="`z` to be a positive number"):
+        wilson_interval(1, 2, z=0)

@@ -1,10 +1,11 @@
 """The HTML report and summary.json, built from a real run's artifacts after its checkpoints are deleted:
-run lookup, the summary, --fail-under exit codes, escaping of user strings, a build without torch, and the
-page in headless Chromium (no console errors, no dialog, every figure drawn)."""
+run lookup, the summary and its intervals, --fail-under / --fail-over exit codes, escaping of user strings, a
+build without torch, and the page in headless Chromium (no console errors, no dialog, every figure drawn)."""
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import os
 import shutil
@@ -23,6 +24,7 @@ import chromium
 from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.cli import main
 from trainviz.report import build_report, find_run, reliability_bins, summary_from_record
+from scipy.stats import binomtest
 
 from conftest import demo_model, make_trainer
 
@@ -72,12 +74,14 @@ def test_find_run_accepts_the_log_dir_its_trainviz_folder_or_a_parent_of_one_run
         find_run(tmp_path)
 
 
-def test_summary_json_is_flat_and_matches_the_last_record(run, tmp_path):
+def test_summary_json_holds_the_flat_metrics_of_the_last_record(run, tmp_path):
     page = build_report(run, tmp_path / "out" / "report.html")
     summary = json.loads((page.parent / "summary.json").read_text())
     records = [json.loads(line) for line in (run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()]
-    assert summary == pytest.approx(summary_from_record(records[-1]))
-    assert all(isinstance(v, (int, float)) for v in summary.values())
+    metrics = {k: v for k, v in summary.items() if k not in ("intervals", "probe")}
+    assert set(summary) - set(metrics) == {"intervals", "probe"}
+    assert metrics == pytest.approx(summary_from_record(records[-1]))
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert summary["epoch"] == 1
     for key in ("clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0078",
                 "fgsm_accuracy@0.0157", "corruption_accuracy/grayscale", "corruption_accuracy/gaussian_noise/s3",
@@ -88,6 +92,27 @@ def test_summary_json_is_flat_and_matches_the_last_record(run, tmp_path):
     assert summary["corruption_accuracy/gaussian_noise"] == pytest.approx(np.mean(gn))
     assert (page.parent / "plotly.min.js").stat().st_size > 1_000_000
     assert '<script src="plotly.min.js"></script>' in page.read_text()
+
+
+def test_the_record_carries_its_counts_and_the_intervals_equal_scipys(run, tmp_path):
+    """The callback records n and the images per class; the report's intervals, from the record alone, equal
+    scipy's for the counts of correct predictions in the table's per-image predictions."""
+    page = build_report(run, tmp_path / "out" / "index.html")
+    summary = json.loads((page.parent / "summary.json").read_text())
+    record = json.loads((run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()[-1])
+    table = np.load(run / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
+    labels, pred = table["labels"], table["pred"]
+    assert record["n"] == len(labels) == 24
+    counts = np.bincount(labels, minlength=6).tolist()
+    assert record["class_counts"] == counts and sum(counts) == 24
+    assert summary["probe"] == {"n": 24, "class_counts": dict(zip(record["class_names"], counts)),
+                                "low_count_classes": record["class_names"], "low_count_threshold": 10}  # all under 10
+    keys = ["clean_accuracy"] + [f"corruption_accuracy/{c}/s{s}" for c, s in zip(table["corruption"][1:], table["severity"][1:])]
+    correct = (pred == labels[None]).sum(1)
+    for key, k in zip(keys, correct):
+        ci = binomtest(int(k), 24).proportion_ci(confidence_level=0.95, method="wilson")
+        assert summary["intervals"][key] == pytest.approx([ci.low, ci.high], abs=1e-12), key
+    assert {k for k in summary["intervals"] if k.startswith("fgsm_accuracy@")} == {"fgsm_accuracy@0.0078", "fgsm_accuracy@0.0157"}
 
 
 def test_reliability_bins_agree_with_the_ece_op(run):
@@ -102,17 +127,22 @@ def test_reliability_bins_agree_with_the_ece_op(run):
     assert float(expected_calibration_error(probs, torch.from_numpy(labels))) == pytest.approx(ece, abs=1e-6)
 
 
-def test_fail_under_exit_codes(run, tmp_path, capsys):
+def test_fail_under_and_fail_over_exit_codes(run, tmp_path, capsys):
     out = str(tmp_path / "r" / "index.html")
-    summary = build_report(run, out).parent / "summary.json"
-    acc = json.loads(summary.read_text())["clean_accuracy"]
-    assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc - 0.01}", "corruption_accuracy=0"]) == 0
+    summary = json.loads((build_report(run, out).parent / "summary.json").read_text())
+    acc, mce = summary["clean_accuracy"], summary["mce"]
+    assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc - 0.01}", "corruption_accuracy=0",
+                 "--fail-over", f"mce={mce + 0.01}"]) == 0
     capsys.readouterr()
     assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc + 0.01}"]) == 1
     assert f"clean_accuracy = {acc:.6g} is below" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", out, "--fail-over", f"mce={mce - 0.01}"]) == 1
+    assert f"mce = {mce:.6g} is above" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", out, "--fail-under", f"mce={mce + 0.01}"]) == 2  # the wrong way round
+    assert f"use --fail-over mce={mce + 0.01:g}" in capsys.readouterr().err
     assert main(["report", str(run), "--out", out, "--fail-under", "accuracy_of_everything=0.5"]) == 2
     err = capsys.readouterr().err
-    assert "Unknown metric(s) accuracy_of_everything" in err and "clean_accuracy" in err and "mce" in err
+    assert "Metric 'accuracy_of_everything' is unknown" in err and "clean_accuracy" in err and "mce" in err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert main(["report", str(run), "--out", out, "--fail-under", "clean_accuracy"]) == 2
 
@@ -165,6 +195,9 @@ def test_the_page_renders_in_headless_chromium(run, tmp_path, inline):
     assert "<script>alert(1)</script>" not in loaded.dom
     assert html_escaped(EVIL_RUN) in loaded.dom
     assert 'src="data:image/png;base64,' in loaded.dom  # the example grid is embedded
+    assert loaded.dom.count("95% CI [") >= 3  # headline: clean accuracy and the two FGSM accuracies
+    assert "\u2020 fewer than 10 probe images" in loaded.dom  # 2 to 5 images per class here: every class flagged
+    assert len(re.findall("<text [^>]*>[^<]* \u2020</text>", loaded.dom)) == 6  # the marker on the 6 drawn class labels
     if not inline:
         from PIL import Image
 

@@ -63,6 +63,7 @@ from trainviz.ops.robustness import (
     mean_corruption_error,
     nll,
     relative_corruption_error,
+    wilson_interval,
 )
 
 __all__ = [
@@ -116,4 +117,5 @@ __all__ = [
     "register_corruption",
     "relative_corruption_error",
     "steps_to_flip",
+    "wilson_interval",
 ]

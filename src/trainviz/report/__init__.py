@@ -2,18 +2,36 @@
 ``summary.json`` metrics used for CI gates and as a reference run. Imports neither torch nor Lightning."""
 
 from trainviz.report.builder import RunArtifacts, build_report, default_report_path, find_run, load_run, reliability_bins
-from trainviz.report.summary import UnknownMetricError, check_bounds, eps_label, parse_bounds, summary_from_record
+from trainviz.report.summary import (
+    HIGHER_IS_BETTER,
+    BoundDirectionError,
+    UnknownMetricError,
+    accuracy_intervals,
+    check_bounds,
+    eps_label,
+    higher_is_better,
+    parse_bounds,
+    proportion_interval,
+    report_summary,
+    summary_from_record,
+)
 
 __all__ = [
+    "HIGHER_IS_BETTER",
+    "BoundDirectionError",
     "RunArtifacts",
     "UnknownMetricError",
+    "accuracy_intervals",
     "build_report",
     "check_bounds",
     "default_report_path",
     "eps_label",
     "find_run",
+    "higher_is_better",
     "load_run",
     "parse_bounds",
+    "proportion_interval",
     "reliability_bins",
+    "report_summary",
     "summary_from_record",
 ]

@@ -6,6 +6,11 @@ Reads, under the run's ``trainviz`` folder: ``robustness/metrics.jsonl`` (curves
 and ``summary.json`` beside it (see :mod:`trainviz.report.summary`), plus ``plotly.min.js`` unless the page
 inlines it. The page works offline.
 
+Accuracies measured on the ``n`` probe images carry their 95% Wilson interval (the headline, the hover of the
+corruption x severity heat map and the table below it, the FGSM error bars, the clean per-class accuracy in
+the hover of the per-class drops); classes with fewer than 10 probe images are marked with a dagger and a
+note. Records written before trainviz recorded ``n`` and ``class_counts`` get neither (and a note says so).
+
 Example:
     >>> from trainviz.report import build_report
     >>> build_report("runs/demo/version_0")  # doctest: +SKIP
@@ -25,7 +30,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainviz.report.summary import eps_label, summary_from_record
+from trainviz.report.summary import (
+    LOW_COUNT_THRESHOLD,
+    accuracy_intervals,
+    eps_label,
+    probe_counts,
+    proportion_interval,
+    report_summary,
+    summary_from_record,
+)
 from trainviz.report.template import PAGE
 
 from trainviz.sinks.artifacts import atomic_write
@@ -143,11 +156,63 @@ def _nan(values: list[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
+def _ci(interval: list[float] | tuple[float, float] | None) -> str:
+    """``"[0.632, 0.840]"``, or ``""`` without an interval."""
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+
+LOW_COUNT_MARK = "\u2020"  # dagger after a class with fewer than LOW_COUNT_THRESHOLD probe images
+
+
+def _class_labels(rec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The class names as the report shows them (low-count classes marked) and the low-count classes."""
+    names = [str(n) for n in rec["class_names"]]
+    low = set((probe_counts(rec) or {}).get("low_count_classes", []))
+    return [f"{n} {LOW_COUNT_MARK}" if n in low else n for n in names], [n for n in names if n in low]
+
+
+def _class_hover(rec: Mapping[str, Any], clean_pc: np.ndarray) -> list[str]:
+    """Per class: its clean accuracy, 95% interval and number of probe images (``""`` without counts)."""
+    if "class_counts" not in (probe_counts(rec) or {}):
+        return [""] * len(clean_pc)
+    out = []
+    for acc, m in zip(clean_pc, rec["class_counts"]):
+        k = None if np.isnan(acc) or m == 0 else round(float(acc) * m)
+        ci = _ci(proportion_interval(k, m)) if k is not None and abs(acc * m - k) < 1e-6 * m else ""
+        low = f" (fewer than {LOW_COUNT_THRESHOLD})" if m < LOW_COUNT_THRESHOLD else ""
+        out.append(f"clean accuracy {acc:.3f} {ci}, 95% Wilson, on {m} images{low}" if k is not None else f"{m} images{low}")
+    return out
+
+
+def _accuracy_table(rec: Mapping[str, Any], intervals: Mapping[str, list[float]]) -> str:
+    """Accuracy per corruption (rows) and severity (columns) with its 95% interval, as an HTML table."""
+    corruptions = list(dict.fromkeys(row["corruption"] for row in rec["table"]))
+    levels = sorted({row["severity"] for row in rec["table"]})
+    cells = {(row["corruption"], row["severity"]): row.get("accuracy") for row in rec["table"]}
+    head = "".join(f"<th>s{_esc(s)}</th>" for s in levels)
+    body = []
+    for c in corruptions:
+        tds = []
+        for s in levels:
+            acc = cells.get((c, s))
+            ci = _ci(intervals.get(f"corruption_accuracy/{c}/s{s}"))
+            value = "" if acc is None else f"{acc:.3f}"
+            tds.append(f"<td>{value} <span class=ci>{ci}</span></td>")
+        body.append(f"<tr><th>{_esc(c)}</th>{''.join(tds)}</tr>")
+    clean = f'clean {rec["clean"]["accuracy"]:.3f} {_ci(intervals.get("clean_accuracy"))}'.rstrip()
+    title = "Accuracy per corruption and severity" + (", with 95% Wilson intervals" if intervals else "")
+    return (
+        f'<details class="cells"><summary>{title} ({clean})</summary><table class="cells"><tr><th></th>{head}</tr>'
+        f'{"".join(body)}</table></details>'
+    )
+
+
 def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
     """``(section, caption, figure)`` for every robustness figure."""
     from trainviz.render.figures import bars_figure, heatmap_figure, lines_figure, reliability_figure
 
     rec, out = run.latest, []
+    intervals = accuracy_intervals(rec)
     corruptions = list(dict.fromkeys(row["corruption"] for row in rec["table"]))  # run order (the JSON sorts keys)
     levels = sorted({row["severity"] for row in rec["table"]})
     metrics = ("accuracy", "flip_rate", "confidence", "ece", "nll") + (("cam_shift",) if "cam_shift" in rec else ())
@@ -157,8 +222,15 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
         for m in metrics:
             tables[m][i, j] = np.nan if row.get(m) is None else row[m]
     ranges = {m: (0.0, 1.0) for m in ("accuracy", "flip_rate", "confidence")} | {"cam_shift": (-1.0, 1.0)}
-    out.append(("corruptions", f"Corruption x severity at epoch {rec['epoch']} (clean accuracy {rec['clean']['accuracy']:.3f}); the menu switches the metric.",
-                heatmap_figure(tables, [f"s{s}" for s in levels], corruptions, "Corruption x severity", ranges=ranges)))
+    heat = heatmap_figure(tables, [f"s{s}" for s in levels], corruptions, "Corruption x severity", ranges=ranges)
+    clean_ci = intervals.get("clean_accuracy")
+    if intervals:
+        text = [[_ci(intervals.get(f"corruption_accuracy/{c}/s{s}")) for s in levels] for c in corruptions]
+        heat.update_traces(text=text, hovertemplate="%{y}, %{x}: %{z:.3f}, 95% CI %{text}<extra>accuracy</extra>",
+                           selector={"name": "accuracy"})
+    out.append(("corruptions", f"Corruption x severity at epoch {rec['epoch']} (clean accuracy {rec['clean']['accuracy']:.3f}"
+                + (f", 95% CI {_ci(clean_ci)} on {rec['n']} images; the hover shows each cell's interval" if clean_ci else "")
+                + "); the menu switches the metric.", heat))
 
     epochs = [r["epoch"] for r in run.robustness]
     curves = {
@@ -186,14 +258,20 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
                     "(1 = the model looks at the same place), mean over severities.",
                     lines_figure(epochs, shifts, "CAM shift per corruption", "epoch", "correlation", y_range=(-1, 1.02))))
 
-    names = rec["class_names"]
+    names, low = _class_labels(rec)
     clean_pc = _nan(rec["clean"]["per_class_accuracy"])
     drops = np.full((len(corruptions), len(names)), np.nan)
     for i, name in enumerate(corruptions):
         rows = [clean_pc - _nan(row["per_class_accuracy"]) for row in rec["table"] if row["corruption"] == name]
         drops[i] = np.mean(rows, axis=0)
-    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a corruption hurts.",
-                heatmap_figure({"accuracy drop": drops}, names, corruptions, "Per-class accuracy drop", diverging=True)))
+    drop_fig = heatmap_figure({"accuracy drop": drops}, names, corruptions, "Per-class accuracy drop", diverging=True)
+    hover = _class_hover(rec, clean_pc)
+    if any(hover):
+        drop_fig.update_traces(text=[hover] * len(corruptions),
+                               hovertemplate="%{y}, %{x}: drop %{z:.3f}<br>%{text}<extra>accuracy drop</extra>")
+    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a corruption hurts"
+                + ("; the hover shows the class's clean accuracy, its 95% interval and its number of images." if any(hover) else "."),
+                drop_fig))
 
     if run.table:
         conf, pred, labels = run.table["confidences"], run.table["pred"], run.table["labels"]
@@ -213,8 +291,13 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
     if "fgsm" in rec:
         eps = [0.0, *rec["fgsm"]["epsilons"]]
         acc = [rec["clean"]["accuracy"], *rec["fgsm"]["accuracy"]]
-        out.append(("adversarial", "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy).",
-                    lines_figure(eps, {"FGSM accuracy": acc}, "FGSM", "eps (pixels in [0, 1])", "accuracy", y_range=(0, 1.02))))
+        fgsm_fig = lines_figure(eps, {"FGSM accuracy": acc}, "FGSM", "eps (pixels in [0, 1])", "accuracy", y_range=(0, 1.02))
+        keys = ["clean_accuracy", *(f"fgsm_accuracy@{eps_label(e)}" for e in rec["fgsm"]["epsilons"])]
+        if all(k in intervals for k in keys):
+            lo, hi = np.array([intervals[k][0] for k in keys]), np.array([intervals[k][1] for k in keys])
+            fgsm_fig.update_traces(error_y={"type": "data", "symmetric": False, "array": hi - np.array(acc), "arrayminus": np.array(acc) - lo})
+        out.append(("adversarial", "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy)"
+                    + ("; bars: 95% Wilson intervals." if all(k in intervals for k in keys) else "."), fgsm_fig))
     if "steps" in run.adversarial:
         steps, cap = run.adversarial["steps"], int(run.adversarial["max_steps"])
         counts = np.bincount(steps[steps >= 0], minlength=cap + 1)
@@ -263,18 +346,36 @@ _SECTIONS = {
 }
 
 
-def _headline(run: RunArtifacts, summary: Mapping[str, float]) -> str:
+def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
     rec = run.latest
+    intervals = summary.get("intervals") or {}
     keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "clean_ece", "corruption_ece"]
     keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
-    rows = [(k, f"{summary[k]:.4g}") for k in keys if k in summary]
+    rows = [(k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else "")) for k in keys if k in summary]
     notes = []
+    probe = summary.get("probe")
+    if probe:
+        notes.append(f"Intervals: 95% Wilson, on the {probe['n']} probe images (means over severities or corruptions "
+                     "reuse the same images and carry none).")
+    else:
+        notes.append("This record has no probe counts (written before trainviz recorded them): no intervals.")
     if rec.get("reference"):
         notes.append(f"CE normalised by the reference run {_esc(rec['reference'])}.")
     if rec.get("skipped"):
         skipped = "; ".join(f"{_esc(n)} ({_esc(r)})" for n, r in rec["skipped"].items())
         notes.append(f"Skipped (not applicable to this data): {skipped}.")
     return _key_table(rows) + "".join(f"<p class=note>{n}</p>" for n in notes)
+
+
+def _low_count_note(rec: Mapping[str, Any]) -> str:
+    """One line under the per-class drops naming the classes with few probe images (``""`` when none)."""
+    _, low = _class_labels(rec)
+    if not low:
+        return ""
+    counts = (probe_counts(rec) or {}).get("class_counts", {})
+    listed = ", ".join(f"{_esc(n)} ({counts[n]})" for n in low)
+    return (f'<p class="note low-count">{LOW_COUNT_MARK} fewer than {LOW_COUNT_THRESHOLD} probe images: {listed}; '
+            "their per-class accuracies and drops are too noisy to read (raise <code>probe_size</code>).</p>")
 
 
 def build_report(
@@ -299,7 +400,7 @@ def build_report(
         raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.root / "report" / "index.html"
-    summary = summary_from_record(run.latest) if run.latest else {}
+    summary = report_summary(run.latest) if run.latest else {}
     atomic_write(out.parent / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
     figures = _robustness_figures(run) if run.latest else []
@@ -310,6 +411,10 @@ def build_report(
             if section == key:
                 data.append(f'<script type="application/json" id="fig-{len(data)}">{_figure_json(fig)}</script>')
                 parts.append(f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div><figcaption>{_esc(caption)}</figcaption></figure>')
+        if parts and key == "corruptions" and run.latest.get("table"):
+            parts.append(_accuracy_table(run.latest, summary.get("intervals") or {}))
+        if parts and key == "classes":
+            parts.append(_low_count_note(run.latest))
         if parts:
             sections.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{"".join(parts)}</section>')
     if run.examples_png is not None:

@@ -31,6 +31,12 @@ table.kv th { text-align: left; font-weight: 600; padding: 2px 16px 2px 0; verti
 table.kv td { padding: 2px 0; font-family: ui-monospace, monospace; word-break: break-all; }
 img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #eef0f5; }
 .note { color: #69738a; font-size: 0.9rem; }
+.low-count { color: #8a5a00; }
+details.cells summary { cursor: pointer; color: #4b5468; font-size: 0.9rem; }
+table.cells { border-collapse: collapse; font-size: 0.8rem; margin: 8px 0; font-family: ui-monospace, monospace; }
+table.cells th { text-align: left; font-weight: 600; padding: 2px 10px 2px 0; font-family: system-ui, sans-serif; }
+table.cells td { padding: 2px 12px 2px 0; white-space: nowrap; }
+.ci { color: #69738a; }
 </style>
 $plotly
 </head>
