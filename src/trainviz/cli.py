@@ -4,10 +4,14 @@
 Example:
     $ trainviz demo --data shapes --epochs 6 --out runs/demo
     $ tensorboard --logdir runs/demo
-    $ trainviz report runs/demo/version_0 --fail-under clean_accuracy=0.8 corruption_accuracy=0.5
+    $ trainviz report runs/demo/version_0 --fail-under clean_accuracy=0.8 corruption_accuracy=0.5 --fail-over mce=0.3
 
-``trainviz report`` exits with 0 when every bound holds, 1 when a metric is below its bound, 2 on a usage error
-(unknown metric, no run found).
+``trainviz report`` gates on ``summary.json``: ``--fail-under`` takes higher-is-better metrics (accuracies,
+FGSM accuracy, steps to flip, CAM shift) and fails below the bound, ``--fail-over`` takes lower-is-better ones
+(mCE, relative mCE, CE, ECE, NLL, flip rate) and fails above it (see
+:data:`trainviz.report.summary.HIGHER_IS_BETTER`). It exits with 0 when every bound holds, 1 when a metric is
+on the wrong side of its bound, 2 on a usage error (unknown metric, a bound given the wrong way or on a metric
+with no direction, no run found).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def run_demo(
     small: bool = False,
     progress: bool = True,
     model: str = "cnn",
+    decoder: str = "seed003",
 ) -> str:
     """Train a demo model with the full callback suite and write the robustness report; returns the run's
     log folder.
@@ -61,8 +66,10 @@ def run_demo(
         seed: global seed (``pl.seed_everything``).
         small: a tiny data set and probe sets, for smoke tests.
         progress: show Lightning's progress bar.
-        model: ``"cnn"`` (a small CNN ending in global average pooling + linear) or ``"classmap"`` (seed 003's
-            group-convolution encoder-decoder; adds the decoder-map callback).
+        model: ``"cnn"`` (a small CNN ending in global average pooling + linear) or ``"classmap"`` (Zhang's
+            encoder-decoder with group convolution; adds the decoder-map callback).
+        decoder: with ``model="classmap"``, ``"seed003"`` (Zhang's decoder, only the last stage grouped) or
+            ``"grouped"`` (every stage grouped); see :class:`trainviz.models.GroupConvDecoder`.
     """
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -81,7 +88,9 @@ def run_demo(
     if model == "cnn":
         net = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
     elif model == "classmap":
-        net = ClassMapClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels, encoder="small")
+        net = ClassMapClassifier(
+            num_classes=dm.num_classes, in_channels=dm.in_channels, encoder="small", decoder=decoder  # type: ignore[arg-type]
+        )
     else:
         raise ValueError(f"Expected `model` to be one of 'cnn', 'classmap', got {model!r}.")
     logger = TensorBoardLogger(out, name="")
@@ -100,12 +109,19 @@ def run_demo(
     return logger.log_dir
 
 
-def run_report(run_dir: str, out: str | None = None, fail_under: Sequence[str] = (), inline: bool = False) -> int:
-    """Build a run's report and check ``METRIC=VALUE`` bounds; returns the exit code (0, 1 below a bound, 2 usage)."""
-    from trainviz.report import UnknownMetricError, build_report, check_bounds, parse_bounds
+def run_report(
+    run_dir: str,
+    out: str | None = None,
+    fail_under: Sequence[str] = (),
+    inline: bool = False,
+    fail_over: Sequence[str] = (),
+) -> int:
+    """Build a run's report and check its ``METRIC=VALUE`` bounds (``fail_under`` for higher-is-better metrics,
+    ``fail_over`` for lower-is-better ones); returns the exit code (0, 1 on the wrong side of a bound, 2 usage)."""
+    from trainviz.report import build_report, check_bounds, parse_bounds
 
     try:
-        bounds = parse_bounds(list(fail_under))
+        under, over = parse_bounds(list(fail_under)), parse_bounds(list(fail_over))
         path = build_report(run_dir, out, plotlyjs="inline" if inline else "directory")
     except (FileNotFoundError, ValueError) as err:
         print(f"trainviz report: error: {err}", file=sys.stderr)
@@ -114,12 +130,15 @@ def run_report(run_dir: str, out: str | None = None, fail_under: Sequence[str] =
     print(f"  summary: {path.parent / 'summary.json'}")
     summary = json.loads((path.parent / "summary.json").read_text("utf-8"))
     try:
-        failures = check_bounds(summary, bounds)
-    except UnknownMetricError as err:
-        print(f"trainviz report: error: {err}", file=sys.stderr)
+        failures = check_bounds(summary, under, over)  # UnknownMetricError, BoundDirectionError: both ValueErrors
+    except ValueError as err:
+        for line in str(err).splitlines():
+            print(f"trainviz report: error: {line}", file=sys.stderr)
         return 2
     for message in failures:
         print(f"trainviz report: FAIL {message}", file=sys.stderr)
+    if (under or over) and not failures:
+        print(f"  gates: {len(under) + len(over)} bound(s) hold")
     return 1 if failures else 0
 
 
@@ -132,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--accelerator", default="auto")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--model", choices=("cnn", "classmap"), default="cnn", help="cnn: small CNN with GAP + linear; classmap: seed 003's group-convolution encoder-decoder (adds decoder maps)")
+    demo.add_argument("--model", choices=("cnn", "classmap"), default="cnn", help="cnn: small CNN with GAP + linear; classmap: Zhang's encoder-decoder with group convolution (adds decoder maps)")
+    demo.add_argument("--decoder", choices=("seed003", "grouped"), default="seed003", help="with --model classmap: seed003 = Zhang's decoder (ungrouped, then grouped transposed convolution), grouped = every stage grouped")
     demo.add_argument("--small", action="store_true", help="tiny data set (smoke test)")
     demo.add_argument("--no-progress", action="store_true")
     report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
@@ -140,19 +160,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/trainviz/report/index.html)")
     report.add_argument(
         "--fail-under", nargs="+", action="extend", default=[], metavar="METRIC=VALUE",
-        help="exit with 1 when a summary.json metric is below VALUE (e.g. clean_accuracy=0.9)",
+        help="exit with 1 when a higher-is-better summary.json metric (accuracies, fgsm_accuracy@EPS, "
+        "flip_steps_mean, flip_never_fraction, cam_shift) is below VALUE, e.g. clean_accuracy=0.9",
+    )
+    report.add_argument(
+        "--fail-over", nargs="+", action="extend", default=[], metavar="METRIC=VALUE",
+        help="exit with 1 when a lower-is-better summary.json metric (mce, relative_mce, ce/NAME, relative_ce/NAME, "
+        "*_ece, *_nll, *_flip_rate) is above VALUE, e.g. mce=0.3; a bound given the wrong way exits with 2",
     )
     report.add_argument("--inline", action="store_true", help="put plotly.js inside the page (one self-contained file)")
     args = parser.parse_args(argv)
 
     if args.command == "report":
-        return run_report(args.run_dir, args.out, args.fail_under, args.inline)
+        return run_report(args.run_dir, args.out, args.fail_under, args.inline, args.fail_over)
 
     if args.command == "demo":
         if args.epochs < 1:
             parser.error(f"--epochs must be a positive int, got {args.epochs}")
         start = time.perf_counter()
-        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model)
+        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model, args.decoder)
         print(f"\ntrainviz demo finished in {time.perf_counter() - start:.0f} s.")
         print(f"  TensorBoard:  tensorboard --logdir {args.out}")
         print(f"  Artifacts:    {os.path.join(log_dir, 'trainviz')}")

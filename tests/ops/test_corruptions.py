@@ -62,36 +62,163 @@ def test_grayscale_is_bt601_luma_by_hand():
 
 
 @pytest.mark.parametrize("border, scipy_mode", [("reflect", "mirror"), ("replicate", "nearest")])
-@pytest.mark.parametrize("k, sigma", [(3, None), (5, None), (5, 0.7)])
-def test_gaussian_blur_matches_scipy(k, sigma, border, scipy_mode):
+@pytest.mark.parametrize("k, sigma", [(3, 0.8), (5, 1.1), (5, 0.7), (11, None)])
+def test_gaussian_blur_with_a_sigma_matches_scipy(k, sigma, border, scipy_mode):
     x = scene(n=2, size=16).double()
     y = gaussian_blur(x, k, sigma, border=border)
-    s = 0.3 * ((k - 1) * 0.5 - 1) + 0.8 if sigma is None else sigma
+    s = 0.3 * ((k - 1) * 0.5 - 1) + 0.8 if sigma is None else sigma  # OpenCV's sigma for k > 7
     radius = k // 2
     ref = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, s, s), mode=scipy_mode, truncate=radius / s)
     np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=1e-12)
 
 
-def test_gaussian_blur_opencv_sigma_rule():
-    assert C.CORRUPTION_PARAMS["gaussian_blur_3x3"][0]["sigma"] == 0.8
-    assert C.CORRUPTION_PARAMS["gaussian_blur_5x5"][0]["sigma"] == 1.1
-    x = scene(n=1)
-    assert torch.equal(gaussian_blur(x, 3), gaussian_blur(x, 3, 0.8))
-    torch.testing.assert_close(gaussian_blur(x, 5), gaussian_blur(x, 5, 1.1), rtol=0, atol=1e-7)
-    assert torch.equal(corrupt(x, "gaussian_blur_5x5"), gaussian_blur(x, 5))
+# Zhang's test.py works on the uint8 BGR array of cv2.imread and converts it with BGR2RGB for the network;
+# these helpers run an OpenCV operation that way on trainviz's RGB tensors.
+
+
+def _bgr(x: torch.Tensor) -> np.ndarray:
+    """The (H, W, 3) BGR array cv2.imread would give for the RGB image x[0] (float32, or uint8-valued)."""
+    cv2 = pytest.importorskip("cv2")
+    return np.ascontiguousarray(cv2.cvtColor(x[0].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+
+
+def _rgb_tensor(bgr: np.ndarray) -> torch.Tensor:
+    cv2 = pytest.importorskip("cv2")
+    return torch.from_numpy(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))).permute(2, 0, 1)[None]
+
+
+def _random_image(kind: str, seed: int = 0, h: int = 19, w: int = 24) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    if kind == "float32":
+        img = rng.random((3, h, w), dtype=np.float32)
+    else:  # uint8-valued floats, as ToTensor() of a photo
+        img = (rng.integers(0, 256, (3, h, w)) / 255).astype(np.float32)
+    return torch.from_numpy(img)[None]
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint8-valued"])
+@pytest.mark.parametrize("k, sigma", [(3, 0), (5, 0), (3, None), (7, 0), (3, 0.8), (5, 1.1), (5, 2.3), (13, 0)])
+def test_gaussian_blur_matches_opencv(kind, k, sigma):
+    cv2 = pytest.importorskip("cv2")
+    x = _random_image(kind)
+    ref = cv2.GaussianBlur(x[0].permute(1, 2, 0).numpy(), (k, k), 0 if sigma is None else sigma)
+    np.testing.assert_allclose(gaussian_blur(x, k, sigma)[0].permute(1, 2, 0).numpy(), ref, rtol=0, atol=1e-6)
+
+
+def test_opencv_sigma_zero_is_a_fixed_kernel_not_the_sigma_rule():
+    cv2 = pytest.importorskip("cv2")
+    delta = torch.zeros(1, 1, 9, 9)
+    delta[0, 0, 4, 4] = 1.0
+    for k in (1, 3, 5, 7):
+        kernel = cv2.getGaussianKernel(k, 0)
+        r = k // 2
+        np.testing.assert_allclose(gaussian_blur(delta, k)[0, 0, 4 - r : 5 + r, 4 - r : 5 + r].numpy(),
+                                   kernel @ kernel.T, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(cv2.getGaussianKernel(3, 0).ravel(), [0.25, 0.5, 0.25])
+    x = _random_image("float32")
+    for k, rule in ((3, 0.8), (5, 1.1)):
+        assert float((gaussian_blur(x, k) - gaussian_blur(x, k, rule)).abs().max()) > 0.01
+    with pytest.raises(ValueError, match="`sigma`"):
+        gaussian_blur(x, 3, -1.0)
+
+
+@pytest.mark.parametrize("name, k", [("gaussian_blur_3x3", 3), ("gaussian_blur_5x5", 5)])
+def test_blur_probes_are_zhangs_cv2_gaussian_blur_on_the_uint8_photo(name, k):
+    cv2 = pytest.importorskip("cv2")
+    x = _random_image("uint8-valued", seed=1, h=32, w=32)
+    photo = (_bgr(x) * 255).round().astype(np.uint8)
+    zhang = _rgb_tensor(cv2.GaussianBlur(photo, (k, k), 0)).double()  # uint8: OpenCV rounds to grey levels
+    ours = corrupt(x, name).double() * 255
+    assert float((ours - zhang).abs().max()) <= 0.5 + 1e-3
+    float_ref = _rgb_tensor(cv2.GaussianBlur(_bgr(x), (k, k), 0))
+    torch.testing.assert_close(corrupt(x, name), float_ref, rtol=0, atol=1e-6)
+
+
+def test_grayscale_probe_is_opencvs_bgr2gray():
+    cv2 = pytest.importorskip("cv2")
+    x = _random_image("float32")
+    grey = cv2.cvtColor(cv2.cvtColor(_bgr(x), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    torch.testing.assert_close(corrupt(x, "grayscale"), _rgb_tensor(grey), rtol=0, atol=1e-6)
+    u8 = _random_image("uint8-valued")
+    photo = (_bgr(u8) * 255).round().astype(np.uint8)
+    grey_u8 = _rgb_tensor(cv2.cvtColor(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)).double()
+    assert float((grayscale(u8).double() * 255 - grey_u8).abs().max()) <= 0.5 + 1e-2
+
+
+def test_channel_probes_give_the_network_what_zhangs_code_gives_it():
+    cv2 = pytest.importorskip("cv2")
+    x = _random_image("uint8-valued")
+    b, g, r = cv2.split(_bgr(x))
+    zhang_brg = _rgb_tensor(cv2.merge([b, r, g]))  # test.py: merge([b, r, g]) of the BGR array, then BGR2RGB
+    assert torch.equal(corrupt(x, "channels_brg"), zhang_brg)
+    assert torch.equal(zhang_brg, torch.stack([x[:, 1], x[:, 0], x[:, 2]], 1))  # (G, R, B): red <-> green
+    # [B, G, R] as the paper words it: the network sees B, G, R where it saw R, G, B (= cv2's BGR array as is)
+    assert torch.equal(corrupt(x, "channels_bgr"), torch.from_numpy(_bgr(x)).permute(2, 0, 1)[None])
+    assert C.CORRUPTION_PARAMS["channels_brg"][0]["order"] == (1, 0, 2)
 
 
 def test_channel_orders_exact():
     x = scene()
     assert torch.equal(channel_order(x, (2, 1, 0)), torch.stack([x[:, 2], x[:, 1], x[:, 0]], 1))
     assert torch.equal(corrupt(x, "channels_bgr"), torch.stack([x[:, 2], x[:, 1], x[:, 0]], 1))
-    assert torch.equal(corrupt(x, "channels_brg"), torch.stack([x[:, 2], x[:, 0], x[:, 1]], 1))
+    assert torch.equal(corrupt(x, "channels_brg"), torch.stack([x[:, 1], x[:, 0], x[:, 2]], 1))
     with pytest.raises(ValueError, match="needs 3 channels"):
         channel_order(scene(channels=1), (0, 1, 2))
     with pytest.raises(ValueError, match="needs 3 channels"):
         corrupt(scene(channels=1), "channels_bgr")
     with pytest.raises(ValueError, match="permutation"):
         channel_order(x, (0, 0, 1))
+
+
+def _zhang_salt_pepper_numpy(img_raw: np.ndarray, amount: float, rng: np.random.RandomState) -> np.ndarray:
+    """test.py's salt and pepper, verbatim but for `tuple(coords)` (the numpy of 2019 read the list as one)."""
+    s_vs_p = 0.5
+    out = np.copy(img_raw)
+    num_salt = np.ceil(amount * img_raw.size * s_vs_p)
+    coords = [rng.randint(0, i - 1, int(num_salt)) for i in img_raw.shape]
+    out[tuple(coords)] = 255
+    num_pepper = np.ceil(amount * img_raw.size * (1.0 - s_vs_p))
+    coords = [rng.randint(0, i - 1, int(num_pepper)) for i in img_raw.shape]
+    out[tuple(coords)] = 0
+    return out
+
+
+def test_zhang_salt_and_pepper_matches_his_numpy_code_in_distribution():
+    n, h, w, amount = 400, 12, 10, 0.05
+    rng = np.random.RandomState(0)
+    grey = np.full((h, w, 3), 128, np.uint8)  # BGR
+    ref = np.stack([_zhang_salt_pepper_numpy(grey, amount, rng) for _ in range(n)])  # (n, h, w, 3) BGR
+    ref_rgb = torch.from_numpy(ref[..., ::-1].copy()).permute(0, 3, 1, 2)  # (n, 3, h, w) RGB
+    ours = salt_and_pepper(torch.full((n, 3, h, w), 0.5), amount, seed=0, method="zhang")
+    # the same support: never the last row, the last column or red (BGR's last channel)
+    assert torch.equal((ours != 0.5).any(0), (ref_rgb != 128).any(0))
+    assert not (ours[:, 0] != 0.5).any() and not (ours[:, :, -1] != 0.5).any() and not (ours[..., -1] != 0.5).any()
+    # the same counts: ceil(0.05 * 360 / 2) = 9 salt and 9 pepper draws with replacement, pepper last
+    for value, ref_value in ((1.0, 255), (0.0, 0)):
+        got = (ours == value).flatten(1).sum(1).double()
+        want = torch.from_numpy((ref == ref_value).reshape(n, -1).sum(1)).double()
+        assert got.max() <= 9 and want.max() <= 9
+        se = math.sqrt(got.var() / n + want.var() / n)
+        assert abs(float(got.mean() - want.mean())) < 4 * se, (float(got.mean()), float(want.mean()))
+
+
+def test_salt_pepper_probes_draw_zhangs_counts():
+    x = torch.full((64, 3, 64, 64), 0.5)
+    for name, draws in (("salt_pepper_0.005", 31), ("salt_pepper_0.0005", 4)):  # ceil(lambda 12288 / 2)
+        assert C.CORRUPTION_PARAMS[name][0] == {"amount": float(name.split("_")[-1]), "method": "zhang"}
+        y = corrupt(x, name, seed=2)
+        assert torch.equal(y, salt_and_pepper(x, C.CORRUPTION_PARAMS[name][0]["amount"], seed=2, method="zhang"))
+        salt = (y == 1).flatten(1).sum(1)
+        pepper = (y == 0).flatten(1).sum(1)
+        assert int(salt.max()) == draws and int(pepper.max()) == draws  # most images draw no coordinate twice
+        assert int(salt.min()) >= draws - 3 and int(pepper.min()) >= draws - 3
+        assert not (y[:, 0] != 0.5).any()  # red never (test.py's randint(0, ch - 1))
+    one = corrupt(torch.full((8, 1, 64, 64), 0.5), "salt_pepper_0.005", seed=2)
+    assert int((one == 1).flatten(1).sum(1).max()) == math.ceil(0.005 * 4096 / 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        salt_and_pepper(torch.zeros(1, 3, 1, 8), 0.1, method="zhang")
+    with pytest.raises(ValueError, match="`method`"):
+        salt_and_pepper(x, 0.1, method="numpy")  # type: ignore[arg-type]
 
 
 def test_salt_and_pepper_counts_values_and_coloured_specks():
@@ -109,8 +236,8 @@ def test_salt_and_pepper_counts_values_and_coloured_specks():
     pixels_all_channels = changed.all(1).sum()
     assert pixels_all_channels < pixels_hit  # per element: specks are coloured, not grey
     assert pixels_hit > 0.9 * total  # with 15 of 3072 elements, chosen elements rarely share a pixel
-    assert torch.equal(corrupt(x, "salt_pepper_0.0005", seed=3), salt_and_pepper(x, 0.0005, seed=3))
-    assert (corrupt(x, "salt_pepper_0.0005") != x).flatten(1).sum(1).eq(round(0.0005 * 3072)).all()
+    assert (salt_and_pepper(x, 0.0005, seed=3) != x).flatten(1).sum(1).eq(round(0.0005 * 3072)).all()
+    assert torch.equal(C.impulse_noise(x, 1, seed=3), salt_and_pepper(x, 0.01, seed=3, method="distinct"))
 
 
 # ----------------------------------------------------------------------------------------- determinism

@@ -1,6 +1,6 @@
-"""Models: trainviz's demo networks and the group-convolution encoder-decoder of seed 003."""
+"""Models: trainviz's demo networks and Zhang's encoder-decoder with group convolution."""
 
-from trainviz.models.group_conv import ClassMapNet, GroupConvDecoder, feature_channels
+from trainviz.models.group_conv import DECODERS, ClassMapNet, DecoderName, GroupConvDecoder, feature_channels
 from trainviz.models.lightning import ClassMapClassifier
 from trainviz.models.resnet import (
     BasicBlock,
@@ -13,9 +13,11 @@ from trainviz.models.resnet import (
 from trainviz.models.small import DemoClassifier, SmallCNN
 
 __all__ = [
+    "DECODERS",
     "BasicBlock",
     "ClassMapClassifier",
     "ClassMapNet",
+    "DecoderName",
     "DemoClassifier",
     "GroupConvDecoder",
     "ResNetBackbone",

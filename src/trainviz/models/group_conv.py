@@ -1,24 +1,34 @@
-"""Seed 003's group-convolution encoder-decoder: one spatial map per class, read off directly.
+"""Zhang's encoder-decoder with group convolution: one spatial map per class, read off directly.
 
-An encoder (ResNet-18 without ``avgpool``/``fc``: 512x2x2 for a 64x64 image)
-is followed by :class:`GroupConvDecoder`: a 1x1 convolution to ``C`` channels
-(one per class), two x2 upsampling stages, and a last convolution with
-``groups=C``, giving ``C`` maps of 8x8; global average pooling turns each map
-into its class's logit (seed eq. 8), trained with softmax cross-entropy (eq. 9).
+An encoder (ResNet-18 without ``avgpool``/``fc``: 512x2x2 for a 64x64 image) is followed by
+:class:`GroupConvDecoder`: a 1x1 convolution to ``K`` channels (one per class), x2 upsampling stages whose
+last is a group convolution with ``groups=K``, giving ``K`` maps of 8x8; global average pooling turns each
+map into its class's logit (Zhang's eq. 8), trained with softmax cross-entropy (eq. 9).
 
-Where the channels may mix (a design choice, as the seed is not explicit):
-only the 1x1 projection mixes encoder channels. The transposed convolutions
-of the upsampling stages are grouped too (``groups=C``), and BatchNorm, ReLU
-and Dropout act per channel, so after the projection the decoder is ``C``
-independent one-channel pathways: channel ``k`` of the projection, of every
-stage and of the group convolution's input influences class ``k``'s map and
-no other. (Ungrouped transposed convolutions would mix classes before the
-group convolution, and the map of class ``k`` would no longer be its own.)
+Two decoders (``decoder=`` of :class:`ClassMapNet`):
 
-The maps are signed: the group convolution is the last layer and the logits
-need both signs. Seed eq. 10's display normalisation ``f / max(f)`` is not
-part of the model; the callback that renders the maps applies it (clamping
-negatives first).
+``"seed003"`` (the default) is Zhang's, as his code builds it (``resnet_groupconv.py`` of
+zxh009123/visualization-DCNNs-CSE261-W19-UCSC): ``Conv2d(512, K, 1, bias=False)`` -> ``InstanceNorm2d(K,
+affine=True)`` -> ReLU -> ``Dropout2d(0.3)`` -> ``ConvTranspose2d(K, K, 4, 2, 1, bias=False)`` (*not*
+grouped) -> ``BatchNorm2d`` -> ReLU -> ``Dropout2d(0.3)`` -> ``ConvTranspose2d(K, K, 4, 2, 1, bias=False,
+groups=K)`` -> ``BatchNorm2d`` -> ReLU -> global average pooling. Only the last stage is grouped: the first
+transposed convolution mixes the classes' channels, so channel ``k`` of the projection reaches every class's
+map; from the input of the last stage on, channel ``k`` reaches class ``k``'s map only. The maps end in a
+ReLU, so they are non-negative, which eq. 10's ``f / max(f)`` relies on; a class whose map is all zeros has
+logit 0.
+
+``"grouped"`` groups every stage: a 1x1 projection (with bias), ``upsample_stages`` grouped transposed
+convolutions (each with BatchNorm, ReLU and element-wise Dropout) and a last 3x3 convolution with
+``groups=K`` (with bias), so after the projection the decoder is ``K`` independent one-channel pathways:
+channel ``k`` of every stage influences class ``k``'s map and no other. Its maps are signed (the group
+convolution is the last layer). A one-channel pathway whose ReLU output is all zero gives a constant map
+(the group convolution's bias), whatever the image: at the end of ``trainviz demo --model classmap`` the
+predicted class's map was constant on 49% of the validation images with ``"grouped"`` and on none with
+``"seed003"``, whose constant maps are all zeros of classes it does not predict, logit 0, its "no" answer
+(BENCHMARKS.md, "Decoder: dead maps, author's decoder against fully grouped").
+
+Eq. 10's display normalisation ``f / max(f)`` is not part of the model; the callback that renders the maps
+applies it (clamping negatives first, which only matters for the grouped decoder).
 """
 
 from __future__ import annotations
@@ -38,77 +48,128 @@ from trainviz.models.resnet import (
     torchvision_resnet18_backbone,
 )
 
-__all__ = ["ClassMapNet", "GroupConvDecoder", "feature_channels"]
+__all__ = ["DECODERS", "ClassMapNet", "DecoderName", "GroupConvDecoder", "feature_channels"]
 
 EncoderName = Literal["resnet18", "small", "torchvision_resnet18"]
 _ENCODERS = ("resnet18", "small", "torchvision_resnet18")
+DecoderName = Literal["seed003", "grouped"]
+DECODERS: tuple[str, ...] = ("seed003", "grouped")
+"""Decoders of :class:`GroupConvDecoder`: Zhang's (``"seed003"``, only the last stage grouped) and ``"grouped"``."""
+
+
+def _upsample(c: int, groups: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, groups=groups, bias=False)
 
 
 class GroupConvDecoder(nn.Module):
-    """Decoder head of seed 003: per-class maps from a feature map, then their means as logits.
+    """Decoder head of Zhang's encoder-decoder: per-class maps from a feature map, then their means as logits.
 
-    ``project`` (1x1 convolution to ``num_classes`` channels) -> ``stages``
-    (each: ``upsample`` = grouped ConvTranspose2d doubling H and W, ``bn``,
-    ``relu``, ``dropout``) -> ``group_conv`` (3x3, ``groups=num_classes``) ->
-    ``class_maps`` (identity: hook ``"decoder.class_maps"`` of a
-    :class:`ClassMapNet` to capture the maps) -> ``pool`` (global average) ->
-    ``flatten``. Channel ``k`` after ``project`` only ever reaches class ``k``'s
-    map (see the module docstring).
+    ``variant="seed003"`` (Zhang's code): ``project`` (1x1 convolution to ``num_classes`` channels, no bias)
+    -> ``project_norm`` (InstanceNorm2d, affine) -> ``project_relu`` -> ``project_dropout`` (Dropout2d) ->
+    ``stages``: ``upsample_stages - 1`` ungrouped stages (``upsample`` = ConvTranspose2d(4, 2, 1) doubling
+    H and W, ``bn``, ``relu``, ``dropout`` = Dropout2d), then the last stage, grouped (``upsample`` with
+    ``groups=num_classes``, ``bn``, ``relu``, no dropout) -> ``class_maps`` -> ``pool`` -> ``flatten``.
+    Only the last stage is grouped: a channel entering ``stages[-1]`` reaches its own class's map only, a
+    channel entering an earlier stage reaches every class's map. Maps are non-negative.
+
+    ``variant="grouped"``: ``project`` (1x1, with bias) -> ``stages`` (each: grouped ``upsample``, ``bn``,
+    ``relu``, ``dropout`` = element-wise Dropout) -> ``group_conv`` (3x3, ``groups=num_classes``) ->
+    ``class_maps`` -> ``pool`` -> ``flatten``. Channel ``k`` after ``project`` only ever reaches class
+    ``k``'s map. Maps are signed.
+
+    ``class_maps`` is an identity: hook ``"decoder.class_maps"`` of a :class:`ClassMapNet` to capture the maps.
 
     Args:
         in_channels: channels of the encoder's feature map.
-        num_classes: number of classes ``C``, one map each.
-        dropout: dropout probability after each stage's ReLU, in [0, 1).
-        upsample_stages: number of x2 upsampling stages (0 keeps the encoder's size).
+        num_classes: number of classes ``K``, one map each.
+        dropout: dropout probability (after the projection and each stage but the last for ``"seed003"``,
+            after each stage for ``"grouped"``), in [0, 1).
+        upsample_stages: number of x2 upsampling stages (``"seed003"``: at least 1, the last is the group
+            convolution; ``"grouped"``: 0 keeps the encoder's size).
+        variant: ``"seed003"`` (Zhang's decoder) or ``"grouped"`` (every stage grouped).
 
     Shape:
         - Input: :math:`(N, C_{in}, H, W)`
-        - Output of ``forward``: :math:`(N, C)` logits, the spatial means of the maps.
-        - Maps (``forward_with_maps``): :math:`(N, C, H \\cdot 2^s, W \\cdot 2^s)`
+        - Output of ``forward``: :math:`(N, K)` logits, the spatial means of the maps.
+        - Maps (``forward_with_maps``): :math:`(N, K, H \\cdot 2^s, W \\cdot 2^s)`
           with ``s = upsample_stages``.
 
     Example:
         >>> decoder = GroupConvDecoder(512, num_classes=10).eval()
         >>> logits, maps = decoder.forward_with_maps(torch.randn(2, 512, 2, 2))
-        >>> logits.shape, maps.shape
-        (torch.Size([2, 10]), torch.Size([2, 10, 8, 8]))
+        >>> logits.shape, maps.shape, bool((maps >= 0).all())
+        (torch.Size([2, 10]), torch.Size([2, 10, 8, 8]), True)
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.3, upsample_stages: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.3,
+        upsample_stages: int = 2,
+        variant: DecoderName = "seed003",
+    ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("num_classes", num_classes)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"Expected `dropout` to be a float in [0, 1), got {dropout!r}")
-        if isinstance(upsample_stages, bool) or not isinstance(upsample_stages, int) or upsample_stages < 0:
-            raise ValueError(f"Expected `upsample_stages` to be a non-negative int, got {upsample_stages!r}")
+        if variant not in DECODERS:
+            raise ValueError(f"Expected `variant` to be one of {DECODERS}, got {variant!r}")
+        least = 1 if variant == "seed003" else 0
+        if isinstance(upsample_stages, bool) or not isinstance(upsample_stages, int) or upsample_stages < least:
+            kind = "a positive" if least else "a non-negative"
+            raise ValueError(
+                f"Expected `upsample_stages` to be {kind} int with variant={variant!r}, got {upsample_stages!r}"
+            )
+        self.variant: str = variant
         c = num_classes
-        self.project = nn.Conv2d(in_channels, c, 1)
-        self.stages = nn.Sequential(
-            *(
+        if variant == "seed003":
+            self.project = nn.Conv2d(in_channels, c, 1, bias=False)
+            self.project_norm = nn.InstanceNorm2d(c, affine=True)
+            self.project_relu = nn.ReLU()
+            self.project_dropout = nn.Dropout2d(dropout)
+            stages = [
                 nn.Sequential(
                     OrderedDict(
-                        upsample=nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, groups=c, bias=False),
-                        bn=nn.BatchNorm2d(c),
-                        relu=nn.ReLU(),
-                        dropout=nn.Dropout(dropout),
+                        upsample=_upsample(c, 1), bn=nn.BatchNorm2d(c), relu=nn.ReLU(), dropout=nn.Dropout2d(dropout)
                     )
                 )
-                for _ in range(upsample_stages)
+                for _ in range(upsample_stages - 1)
+            ]
+            stages.append(nn.Sequential(OrderedDict(upsample=_upsample(c, c), bn=nn.BatchNorm2d(c), relu=nn.ReLU())))
+            self.stages = nn.Sequential(*stages)
+            self._path: tuple[str, ...] = ("project", "project_norm", "project_relu", "project_dropout", "stages")
+        else:
+            self.project = nn.Conv2d(in_channels, c, 1)
+            self.stages = nn.Sequential(
+                *(
+                    nn.Sequential(
+                        OrderedDict(
+                            upsample=_upsample(c, c), bn=nn.BatchNorm2d(c), relu=nn.ReLU(), dropout=nn.Dropout(dropout)
+                        )
+                    )
+                    for _ in range(upsample_stages)
+                )
             )
-        )
-        self.group_conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+            self.group_conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+            self._path = ("project", "stages", "group_conv")
         self.class_maps = nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
 
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(logits, maps)``; ``logits == maps.mean((-2, -1))`` (seed eq. 8)."""
-        maps = self.class_maps(self.group_conv(self.stages(self.project(x))))
+        """Return ``(logits, maps)``; ``logits == maps.mean((-2, -1))`` (Zhang's eq. 8)."""
+        for name in self._path:
+            x = getattr(self, name)(x)
+        maps = self.class_maps(x)
         return self.flatten(self.pool(maps)), maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_maps(x)[0]
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}"
 
 
 def feature_channels(encoder: nn.Module, in_channels: int = 3, size: int = 64) -> int:
@@ -164,7 +225,7 @@ def _build_encoder(name: str, in_channels: int) -> ResNetBackbone:
 
 
 class ClassMapNet(nn.Module):
-    """Seed 003's classifier: ``encoder`` -> :class:`GroupConvDecoder` (``decoder``).
+    """Zhang's encoder-decoder with group convolution: ``encoder`` -> :class:`GroupConvDecoder` (``decoder``).
 
     Useful layer names: ``"encoder"`` (the feature map), ``"decoder.project"``
     (the encoded C-channel map), ``"decoder.class_maps"`` (the per-class maps
@@ -186,6 +247,8 @@ class ClassMapNet(nn.Module):
             ``fc`` head are ignored). Never downloaded.
         dropout: dropout probability in the decoder.
         upsample_stages: x2 upsampling stages in the decoder.
+        decoder: ``"seed003"`` (Zhang's decoder: only the last stage grouped, non-negative maps) or
+            ``"grouped"`` (every stage grouped, signed maps); see :class:`GroupConvDecoder`.
 
     Shape:
         - Input: :math:`(N, C_{in}, H, W)`
@@ -210,9 +273,12 @@ class ClassMapNet(nn.Module):
         *,
         dropout: float = 0.3,
         upsample_stages: int = 2,
+        decoder: DecoderName = "seed003",
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes)
+        if decoder not in DECODERS:
+            raise ValueError(f"Expected `decoder` to be one of {DECODERS}, got {decoder!r}")
         check_positive_int("in_channels", in_channels)
         if encoder_channels is not None:
             check_positive_int("encoder_channels", encoder_channels)
@@ -237,7 +303,7 @@ class ClassMapNet(nn.Module):
             load_pretrained(self.encoder, pretrained_path, strict="missing")
         if encoder_channels is None:
             encoder_channels = feature_channels(self.encoder, in_channels)
-        self.decoder = GroupConvDecoder(encoder_channels, num_classes, dropout, upsample_stages)
+        self.decoder = GroupConvDecoder(encoder_channels, num_classes, dropout, upsample_stages, decoder)
 
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits, maps)`` from one forward pass."""
