@@ -24,9 +24,12 @@ __all__ = ["capture", "count_hooks", "first_tensor"]
 
 
 def first_tensor(out: object) -> torch.Tensor | None:
-    """The tensor a module returned, or the first tensor of a tuple/list output."""
+    """The tensor a module returned, or the first tensor of a tuple/list output or of a dict-like output
+    (e.g. a Hugging Face ``ModelOutput``, whose first field is ``last_hidden_state``)."""
     if isinstance(out, torch.Tensor):
         return out
+    if isinstance(out, Mapping):
+        out = list(out.values())
     if isinstance(out, (tuple, list)):
         for item in out:
             if isinstance(item, torch.Tensor):

@@ -116,3 +116,35 @@ def test_probe_guard_restores_after_exception():
         with probe_guard(m):
             raise ValueError("x")
     assert all(mod.training for mod in m.modules())
+
+
+def test_capture_reads_dict_like_module_outputs_and_auto_hooks_are_removed_for_tokens():
+    from collections import OrderedDict
+
+    class Backbone(nn.Module):  # Hugging Face style: a submodule returning a ModelOutput-like dict
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return OrderedDict(last_hidden_state=h, pooled=h.mean((2, 3)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = Backbone()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.backbone(x)["pooled"])
+
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.rand(2, 3, 6, 6)
+    with capture(m, {"backbone": m.backbone}) as acts:
+        m(x)
+    torch.testing.assert_close(acts["backbone"], m.backbone.conv(x).detach())
+    # a transformer-like token model: "auto" runs a second, gradient pass; no hook survives either pass
+    tokens = nn.Sequential(nn.Unflatten(1, (16, 3)), nn.Linear(3, 8), nn.LayerNorm(8), nn.Flatten(1), nn.Linear(128, 2))
+    assert resolve_layer(tokens, "auto", torch.rand(1, 48))[0] == "2"
+    assert count_hooks(tokens) == 0

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainviz.outputs import expect_logits
+
 __all__ = ["fgsm", "fgsm_accuracy", "steps_to_flip"]
 
 Preprocess = Callable[[Tensor], Tensor] | None
@@ -60,7 +62,7 @@ def _logits_and_input_grad(
     """Logits at ``x`` and the gradient of the summed cross-entropy of ``target`` w.r.t. the pixel images."""
     with torch.inference_mode(False), torch.enable_grad():
         pixels = x.detach().clone().requires_grad_(True)
-        logits = model(pixels if preprocess is None else preprocess(pixels))
+        logits = expect_logits(model(pixels if preprocess is None else preprocess(pixels)))
         loss = F.cross_entropy(logits, target.detach().clone().long(), reduction="sum")
         (grad,) = torch.autograd.grad(loss, pixels)
     return logits.detach(), grad

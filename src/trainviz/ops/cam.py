@@ -16,6 +16,15 @@ Per layer, for target class ``c`` with score ``y_c`` (the logit) and activations
   ``g = dy_c/dA``, ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)`` (0 where ``g == 0``),
   ``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``M = ReLU(sum_k w_k A_k)``.
 
+Transformers: a token layer ``(N, T, C)`` is laid out as feature maps ``(N, C, h, w)`` before the maps are
+computed, by ``reshape=`` (a callable, applied to every layer's output as pytorch-grad-cam's
+``reshape_transform``) or by default :func:`trainviz.layers.tokens_to_grid` (``T = h*w`` on a square grid, or
+``h*w + 1`` with a class token first, which is dropped). The gradient is taken w.r.t. the layer's own output
+(the tensor in the graph), then activations and gradients are both reshaped, so CAM, Grad-CAM, Grad-CAM++
+and the aggregate apply unchanged. For a class-token ViT use a layer on the input side of the last block
+(``"auto"`` finds one, see :mod:`trainviz.layers`): the last block's output reaches the head only through
+the class token, so its patch tokens have zero gradient.
+
 Every map is ReLU'd (also CAM's), min-max scaled to [0, 1] at its own resolution, then bilinearly resized
 to the input size (``align_corners=False``). Several layers are combined by the pixel-wise ``"mean"`` or
 ``"max"`` of the resized maps, then min-max scaled again (pytorch-grad-cam's order); with one layer the
@@ -55,7 +64,8 @@ from torch import nn
 
 from trainviz.checks import check_choice, check_positive_int
 from trainviz.hooks import capture
-from trainviz.layers import LayerSpec, resolve_layer, resolve_layers
+from trainviz.layers import LayerSpec, Reshape, resolve_layer, resolve_layers, to_feature_maps, tokens_to_grid
+from trainviz.outputs import expect_logits
 
 __all__ = [
     "AGGREGATES",
@@ -74,6 +84,7 @@ __all__ = [
     "minmax_scale",
     "resize_maps",
     "resolve_targets",
+    "tokens_to_grid",
 ]
 
 Method = Literal["cam", "gradcam", "gradcam++"]
@@ -133,7 +144,7 @@ def resolve_targets(logits: torch.Tensor, targets: TargetSpec, k: int = 1) -> tu
     return idx, single
 
 
-def _layer_dict(model: nn.Module, layers: Layers, images: torch.Tensor) -> dict[str, nn.Module]:
+def _layer_dict(model: nn.Module, layers: Layers, images: torch.Tensor, reshape: Reshape = None) -> dict[str, nn.Module]:
     if isinstance(layers, Mapping):
         return dict(layers)
     if isinstance(layers, (str, nn.Module)):
@@ -141,7 +152,7 @@ def _layer_dict(model: nn.Module, layers: Layers, images: torch.Tensor) -> dict[
     if not layers:
         raise ValueError("Expected at least one layer in `layers`, got none.")
     with torch.no_grad():
-        return resolve_layers(model, list(layers), example=images[:1])
+        return resolve_layers(model, list(layers), example=images[:1], reshape=reshape)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -161,8 +172,8 @@ class LayerPass:
         logits: model outputs.
         targets: class indices whose scores were differentiated.
         single: whether the target spec was one class per image.
-        activations: ``{layer: A}``.
-        gradients: ``{layer: dy/dA}`` per target, or ``None`` when not requested.
+        activations: ``{layer: A}`` (token layers laid out as feature maps, see the module docstring).
+        gradients: ``{layer: dy/dA}`` per target (laid out as ``A``), or ``None`` when not requested.
         input_gradients: gradients w.r.t. the input under ``input_rule`` (e.g. guided backprop), or ``None``.
 
     Shape:
@@ -187,6 +198,7 @@ def activations_and_gradients(
     k: int = 1,
     gradients: bool = True,
     input_rule: Callable[[], AbstractContextManager[Any]] | None = None,
+    reshape: Reshape = None,
 ) -> LayerPass:
     """One forward capturing ``layers``, then the gradients of the target scores w.r.t. their outputs.
 
@@ -197,19 +209,23 @@ def activations_and_gradients(
     Args:
         model: the network, in the mode the caller wants (eval for probes).
         images: a batch of model inputs.
-        layers: layer names, modules, ``"auto"`` (the last 4-D layer), or a resolved ``{name: module}``.
+        layers: layer names, modules, ``"auto"`` (the last 4-D layer, or a token layer of a transformer:
+            see :mod:`trainviz.layers`), or a resolved ``{name: module}``.
         targets: see :func:`resolve_targets`.
         k: classes per image for ``targets="topk"``.
         gradients: ``False`` runs the forward under ``torch.no_grad()`` (CAM).
         input_rule: a factory of a context manager entered around the forward (e.g.
             ``functools.partial(trainviz.ops.guided.guided_relu, model)``); the context yields an object whose
             ``active`` attribute is set ``True`` only while the input gradient is computed.
+        reshape: a callable turning each layer's output into feature maps ``(N, C, h, w)``, e.g. for token
+            layouts other than a square grid with an optional class token first; ``None``: 4-D outputs as
+            they are, tokens ``(N, T, C)`` by :func:`~trainviz.layers.tokens_to_grid`.
 
     Shape:
         images ``(N, C, H, W)``; see :class:`LayerPass` for the outputs.
     """
     _check_images(images)
-    named = _layer_dict(model, layers, images)
+    named = _layer_dict(model, layers, images, reshape)
     names = list(named)
     want_input = input_rule is not None
     with ExitStack() as stack:
@@ -220,18 +236,11 @@ def activations_and_gradients(
             x.requires_grad_(True)  # so layers after frozen parameters still get gradients
         switch = stack.enter_context(input_rule()) if want_input else None
         acts = stack.enter_context(capture(model, named, keep_graph=gradients))
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(f"Expected the model to return logits of shape (N, K), got {getattr(logits, 'shape', type(logits))}.")
+        logits = expect_logits(model(x))
         missing = [n for n in names if n not in acts]
         if missing:
             raise ValueError(f"Layer(s) {missing} produced no tensor output in the forward pass (never called?).")
-        for n in names:
-            if acts[n].dim() != 4:
-                raise ValueError(
-                    f"Expected layer {n!r} to output feature maps (N, C, H, W), got shape {tuple(acts[n].shape)}: "
-                    "class activation maps need spatial layers (see `trainviz.list_layers(model)`)."
-                )
+        maps = {n: to_feature_maps(acts[n].detach(), reshape, n) for n in names}  # raises for non-spatial layers
         idx, single = resolve_targets(logits.detach(), targets, k)
         scores = logits.gather(1, idx)
         grads: list[tuple[torch.Tensor, ...]] = []
@@ -255,8 +264,8 @@ def activations_and_gradients(
             logits=logits.detach(),
             targets=idx,
             single=single,
-            activations={n: acts[n].detach() for n in names},
-            gradients={n: torch.stack([g[i] for g in grads]) for i, n in enumerate(names)} if gradients else None,
+            activations=maps,
+            gradients={n: torch.stack([to_feature_maps(g[i], reshape, n) for g in grads]) for i, n in enumerate(names)} if gradients else None,
             input_gradients=torch.stack(input_grads) if want_input else None,
         )
 
@@ -331,6 +340,11 @@ def _fc_weight(model: nn.Module, fc_layer: LayerSpec | None, p: LayerPass) -> to
     weight = fc.weight.detach().float()
     bias = fc.bias.detach().float() if fc.bias is not None else 0.0
     logits = p.logits.float()
+    if fc.out_features != logits.shape[1]:
+        raise ValueError(
+            f"CAM does not apply at layer {next(iter(p.activations), '?')!r}: {name!r} has {fc.out_features} outputs but the "
+            f"model gives {logits.shape[1]} logits. Pass `fc_layer=` the final linear layer, or use method='gradcam'."
+        )
     tolerance = 1e-3 if p.logits.dtype in (torch.float32, torch.float64) else 3e-2  # half-precision models
     for layer, a in p.activations.items():
         if a.shape[1] != fc.in_features:
@@ -452,14 +466,16 @@ def class_activation_maps(
     fc_layer: LayerSpec | None = None,
     batch_size: int | None = None,
     input_rule: Callable[[], AbstractContextManager[Any]] | None = None,
+    reshape: Reshape = None,
 ) -> CAMResult:
     """Class activation maps of ``method`` for every layer in ``layers`` and their aggregate.
 
     Args:
         model: a classifier returning logits ``(N, K)``, in eval mode.
         images: model inputs.
-        layers: one or several layer names / modules, ``"auto"`` (the last module with a 4-D output), or a
-            resolved ``{name: module}`` dict.
+        layers: one or several layer names / modules, ``"auto"`` (the last module with a 4-D output; on a
+            transformer a token layer after the patch embedding, see :mod:`trainviz.layers`), or a resolved
+            ``{name: module}`` dict.
         targets: which classes to explain (see the module docstring).
         method: ``"cam"``, ``"gradcam"`` or ``"gradcam++"``.
         k: classes per image for ``targets="topk"``.
@@ -467,6 +483,8 @@ def class_activation_maps(
         fc_layer: for CAM, the final linear layer (default: the model's last ``nn.Linear``).
         batch_size: split ``images`` into batches of this size (one forward + backward each); ``None``: one batch.
         input_rule: see :func:`activations_and_gradients` (used by guided Grad-CAM).
+        reshape: layer outputs to feature maps ``(N, C, h, w)`` (see :func:`activations_and_gradients`);
+            ``None`` lays token layers ``(N, T, C)`` on a square grid, dropping a class token first.
 
     Returns:
         A :class:`CAMResult` on the images' device.
@@ -485,11 +503,11 @@ def class_activation_maps(
     check_choice("method", method, METHODS)
     check_choice("aggregate", aggregate, AGGREGATES)
     _check_images(images)
-    named = _layer_dict(model, layers, images)
+    named = _layer_dict(model, layers, images, reshape)
     size = tuple(images.shape[-2:])
     results = []
     for x, t in _batched(images, targets, batch_size):
-        p = activations_and_gradients(model, x, named, t, k=k, gradients=method != "cam", input_rule=input_rule)
+        p = activations_and_gradients(model, x, named, t, k=k, gradients=method != "cam", input_rule=input_rule, reshape=reshape)
         results.append(maps_from_pass(model, p, size, method, aggregate, fc_layer))
     return results[0] if len(results) == 1 else CAMResult.cat(results)
 
@@ -523,18 +541,19 @@ class ClassActivationMaps:
 
     def __init__(
         self, model: nn.Module, layers: Layers = "auto", method: Method = "gradcam",
-        aggregate: Aggregate = "mean", fc_layer: LayerSpec | None = None,
+        aggregate: Aggregate = "mean", fc_layer: LayerSpec | None = None, reshape: Reshape = None,
     ) -> None:
         self.model = model
         self.layers = layers
         self.method = check_choice("method", method, METHODS)
         self.aggregate = check_choice("aggregate", aggregate, AGGREGATES)
         self.fc_layer = fc_layer
+        self.reshape = reshape
 
     def __call__(self, images: torch.Tensor, targets: TargetSpec = "predicted", k: int = 1, batch_size: int | None = None) -> CAMResult:
         return class_activation_maps(
             self.model, images, self.layers, targets, method=self.method, k=k,
-            aggregate=self.aggregate, fc_layer=self.fc_layer, batch_size=batch_size,
+            aggregate=self.aggregate, fc_layer=self.fc_layer, batch_size=batch_size, reshape=self.reshape,
         )
 
 

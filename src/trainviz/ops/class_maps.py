@@ -49,6 +49,7 @@ from torch import nn
 from trainviz.checks import check_choice, check_positive_int
 from trainviz.hooks import capture
 from trainviz.layers import LayerSpec, resolve_layer
+from trainviz.outputs import expect_logits
 from trainviz.ops.cam import class_mean_maps
 from trainviz.ops.localization import map_correlation
 
@@ -113,10 +114,7 @@ def logits_and_maps(
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             with capture(model, {name: module}) as acts:
-                out = model(images[start : start + batch_size])
-            if not isinstance(out, torch.Tensor) or out.dim() != 2:
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"Expected the model to return logits of shape (N, K), got {shape}.")
+                out = expect_logits(model(images[start : start + batch_size]))
             got = acts.get(name)
             if got is None or got.dim() != 4 or got.shape[:2] != out.shape:
                 shape = "no tensor" if got is None else tuple(got.shape)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainviz.layers import LayerSpec
+from trainviz.layers import LayerSpec, Reshape
 from trainviz.ops.cam import (
     Aggregate,
     CAMResult,
@@ -50,6 +50,7 @@ from trainviz.ops.cam import (
     activations_and_gradients,
     class_activation_maps,
 )
+from trainviz.outputs import unwrap
 
 __all__ = ["GuidedSwitch", "guided_backprop", "guided_grad_cam", "guided_relu"]
 
@@ -71,7 +72,7 @@ def guided_relu(model: nn.Module) -> Iterator[GuidedSwitch]:
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         warnings.warn(
-            f"trainviz: guided backpropagation found no nn.ReLU module in {type(model).__name__}; a functional "
+            f"trainviz: guided backpropagation found no nn.ReLU module in {type(unwrap(model)).__name__}; a functional "
             "relu (torch.relu, F.relu) cannot be guided, so the result is the plain input gradient.",
             stacklevel=3,
         )
@@ -123,12 +124,14 @@ def guided_grad_cam(
     aggregate: Aggregate = "mean",
     fc_layer: LayerSpec | None = None,
     batch_size: int | None = None,
+    reshape: Reshape = None,
 ) -> CAMResult:
     """Class activation maps plus guided backpropagation from the same forward pass.
 
     Returns the :class:`~trainviz.ops.cam.CAMResult` of :func:`~trainviz.ops.cam.class_activation_maps`
     with ``guided`` (guided backpropagation) filled in; ``result.guided_grad_cam`` is Selvaraju et al.'s
     guided Grad-CAM, ``guided`` times the aggregated map (bilinearly upsampled) per input channel.
+    ``reshape`` lays token layers out as feature maps (see :func:`~trainviz.ops.cam.activations_and_gradients`).
 
     Shape:
         images ``(N, C, H, W)`` -> ``guided`` and ``guided_grad_cam`` ``(N, C, H, W)`` (``(N, k, C, H, W)`` for
@@ -136,5 +139,5 @@ def guided_grad_cam(
     """
     return class_activation_maps(
         model, images, layers, targets, method=method, k=k, aggregate=aggregate, fc_layer=fc_layer,
-        batch_size=batch_size, input_rule=partial(guided_relu, model),
+        batch_size=batch_size, input_rule=partial(guided_relu, model), reshape=reshape,
     )

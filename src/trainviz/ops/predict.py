@@ -12,14 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainviz.outputs import expect_logits
+
 __all__ = ["predict_logits"]
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits of ``model`` on ``images`` in batches, without building a graph.
 
+    ``model`` must return logits; for other outputs wrap it in :class:`trainviz.outputs.LogitsModel`.
+
     Shape:
         ``(N, C, H, W)`` -> ``(N, K)``
     """
     with torch.no_grad():
-        return torch.cat([model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+        return torch.cat([expect_logits(model(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)])
