@@ -49,12 +49,32 @@ if TYPE_CHECKING:  # pragma: no cover
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
-def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: Any) -> list[Any]:
+BUDGET_SHARES = {"dynamics": 0.1, "cam": 0.25, "robustness": 0.4, "embedding": 0.25, "decoder_maps": 0.2}
+"""How :func:`default_callbacks` divides its ``budget`` among the probe callbacks (rescaled over those present)."""
+
+
+def default_callbacks(
+    every_n_epochs: int = 1,
+    probe_seed: int = 0,
+    normalization: Any = None,
+    output: Any = None,
+    budget: float | None = 0.1,
+    **kwargs: Any,
+) -> list[Any]:
     """The full trainviz suite with shared settings, ready for ``Trainer(callbacks=...)``.
 
     Args:
         every_n_epochs: cadence of every probe.
         probe_seed: seed of every probe set.
+        normalization: the mapping from model inputs to pixels shared by every callback, a
+            :class:`trainviz.data.Normalization` or a ``(mean, std)`` pair (a callback's own ``normalization``
+            wins); ``None`` lets each callback find it (datamodule attribute, torchvision ``Normalize``).
+        output: how to get logits from the model's output, shared by every callback (a key, an index or a
+            callable; see :mod:`trainviz.outputs`); ``None`` handles tensors, ``(logits, ...)`` tuples and
+            objects with ``.logits``.
+        budget: the largest fraction of training wall time the whole suite may take, background work
+            included (default 0.1), divided among the probe callbacks by :data:`BUDGET_SHARES`; ``None`` runs
+            everything at its cadence. A callback's own ``budget`` option wins.
         **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``robustness``, ``embedding``,
             ``decoder_maps``), e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one,
             ``<name>=True`` keeps its defaults. ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a
@@ -62,8 +82,22 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
     """
     from trainviz import callbacks as cb
 
+    from trainviz.budget import check_budget
+    from trainviz.pixels import as_normalization
+
+    shared_norm = as_normalization(normalization)
+    total = check_budget(budget)
+
     def probe(cls: type) -> Any:
-        return lambda options: cls(**{"every_n_epochs": every_n_epochs, "probe_seed": probe_seed, **options})
+        def make(options: dict[str, Any]) -> Any:
+            base = {"every_n_epochs": every_n_epochs, "probe_seed": probe_seed}
+            if output is not None:
+                base["output"] = output
+            callback = cls(**{**base, **options})
+            callback.shared_normalization = shared_norm
+            return callback
+
+        return make
 
     factories = {
         "manifest": lambda options: cb.RunManifestCallback(**options),
@@ -86,5 +120,9 @@ def default_callbacks(every_n_epochs: int = 1, probe_seed: int = 0, **kwargs: An
             options = {}
         if not isinstance(options, dict):
             raise ValueError(f"Expected `{name}` to be a dict of options, True or False; got {options!r}.")
-        out.append(make(dict(options)))
-    return out
+        out.append((name, make(dict(options)), "budget" in options))
+    present = [name for name, _, own in out if name in BUDGET_SHARES and not own]
+    for name, callback, own in out:
+        if total is not None and name in present:
+            callback.budget = total * BUDGET_SHARES[name] / sum(BUDGET_SHARES[n] for n in present)
+    return [callback for _, callback, _ in out]

@@ -189,7 +189,7 @@ def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
     shift = table["cam_shift"]
     assert shift.shape == (len(cb.active), 24)
     assert list(cb._cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
-    inputs = cb._corrupted_inputs(cb.probe, 1).view(1 + len(cb.active), 24, 3, 32, 32)
+    inputs = cb._corrupted_inputs(cb.probe, cb.active, 1).view(1 + len(cb.active), 24, 3, 32, 32)
     model.eval()
     maps = [grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy() for block in inputs]
     for r in range(1, len(maps)):
@@ -226,11 +226,13 @@ def test_the_probe_set_is_corrupted_once_and_reused(fitted):
     cb, calls = fitted["cb"], fitted["calls"]
     full = [c for c in calls if c[2] == 24]  # setup checks use 8 images; the cache the whole probe set
     assert sorted((n, s) for n, s, _ in full) == sorted(cb.active)  # once for two epochs
-    inputs = cb._cache[1]
+    assert len(cb._cache) == len(cb.active)  # one cached block per row
+    inputs = cb._corrupted_inputs(cb.probe, cb.active, 5)
     assert inputs.shape == ((1 + len(cb.active)) * 24, 3, 32, 32)
-    assert cb._corrupted_inputs(cb.probe, 5) is inputs
+    assert torch.equal(cb._corrupted_inputs(cb.probe, cb.active, 5), inputs)
+    assert len([c for c in calls if c[2] == 24]) == len(full)  # served from the cache: no corruption ran again
     cb._on_probe_changed()
-    assert cb._cache is None
+    assert cb._cache == {}
 
 
 def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
@@ -238,12 +240,12 @@ def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
     other = RobustnessCallback(**SMALL)
     other.probe, other.norm, other.active, other.sink = cb.probe, cb.norm, list(cb.active), None
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    rebuilt = other._corrupted_inputs(cb.probe, 0)
+    rebuilt = other._corrupted_inputs(cb.probe, other.active, 0)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
-    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, 0))
+    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, cb.active, 0))
     other.probe_seed = 1  # another seed, other noise: the key changes and gaussian noise differs
-    changed = other._corrupted_inputs(cb.probe, 0)
+    changed = other._corrupted_inputs(cb.probe, other.active, 0)
     n = 24
     gaussian = cb.active.index(("gaussian_noise", 1)) + 1
     assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(changed[gaussian * n : (gaussian + 1) * n], rebuilt[gaussian * n : (gaussian + 1) * n])
@@ -260,9 +262,11 @@ def test_training_is_untouched_and_no_hook_remains(fitted):
 
 
 def _setup_only(cb: RobustnessCallback, dataset, norm, size: int = 16) -> RobustnessCallback:
+    from trainviz.models import DemoClassifier
+
     cb.probe = ProbeSet.from_dataset(dataset, size, 0)
     cb.norm = norm
-    cb._setup(None, None)
+    cb._setup(None, DemoClassifier(num_classes=10, in_channels=cb.probe.images.shape[1]))  # the model check runs too
     return cb
 
 

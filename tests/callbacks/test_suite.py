@@ -232,6 +232,10 @@ def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
     records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
     assert len((log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()) == 1
+    # every artifact write goes through a store that signs the folder once per writing process: rank 1 wrote none
+    from trainviz.sinks.artifacts import ArtifactStore
+
+    assert len(ArtifactStore(log_dir / "trainviz").writers()) == 1
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,12 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from trainviz.budget import Scheduler, check_budget
 from trainviz.checks import check_choice, check_positive_int
 from trainviz.data.base import Normalization
+from trainviz.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.guard import model_device, model_dtype, preserve_rng, probe_guard
+from trainviz.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.probeset import ProbeSet
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer, open_summary_writer
 
@@ -69,33 +72,47 @@ class ProbeCallback(Callback):
 
     Args:
         every_n_epochs: run every N epochs (at the end of the epoch, after its validation).
-        probe_size: number of probe examples (class-stratified, fixed for the whole run).
+        probe_size: number of probe examples (class-stratified, fixed for the whole run); ``None`` takes the
+            callback's default (``default_probe_size``), or the whole split when it is smaller.
         probe_seed: seed of the probe draw and of any randomness in the probe.
         split: where the probe set is drawn from, ``"val"`` (default) or ``"train"``.
         probe_data: a dataset or :class:`ProbeSet` to use instead of the trainer's data.
-        normalization: maps model inputs back to pixels for display (default: the datamodule's
-            ``normalization`` attribute if it has one, else the identity).
+        normalization: maps model inputs back to pixels in [0, 1], for corruptions, adversarial probes and
+            pictures: a :class:`~trainviz.data.Normalization` or a ``(mean, std)`` pair. ``None`` (default)
+            takes, in this order, ``default_callbacks(normalization=)``, the datamodule's ``normalization``
+            attribute, a torchvision ``Normalize`` in the probe dataset's transform pipeline, or the identity
+            (see :mod:`trainviz.pixels`). Setup raises ``ValueError`` if the probe images do not map into [0, 1].
         batch_size: probe batch size.
         run_at_fit_end: run once more when training ends if the last epoch was not a run.
         strict: re-raise probe errors instead of warning (for debugging).
         log_name: replaces the callback's name in tags and artifact folders
             (``trainviz/<log_name>/...``), so two instances of one callback do not write over each other.
+        output: where the logits are in what the model returns (:mod:`trainviz.outputs`): ``None`` (default: a
+            tensor, the first element of a tuple, ``.logits``, or a dict's ``"logits"``), a key, an index or a
+            callable ``out -> logits``; checked at fit start, before the first epoch.
+        budget: the largest fraction of training wall time this callback may take, background work included
+            (see :mod:`trainviz.budget`); ``None`` (default) runs everything at its cadence. The first and the
+            last epoch always produce a result, scaled down to its essential part if the credit is short; runs
+            and parts that do not fit are skipped and logged as ``trainviz/budget/<callback>/skipped``.
     """
 
     name: ClassVar[str] = "probe"
+    default_probe_size: ClassVar[int] = 64
 
     def __init__(
         self,
         every_n_epochs: int = 1,
-        probe_size: int = 64,
+        probe_size: int | None = None,
         probe_seed: int = 0,
         split: str = "val",
         probe_data: Any = None,
-        normalization: Normalization | None = None,
+        normalization: NormalizationSpec = None,
         batch_size: int = 64,
         run_at_fit_end: bool = True,
         strict: bool = False,
         log_name: str | None = None,
+        budget: float | None = None,
+        output: OutputSpec = None,
     ) -> None:
         super().__init__()
         if log_name is not None:
@@ -103,21 +120,34 @@ class ProbeCallback(Callback):
                 raise ValueError(f"Expected `log_name` to be a non-empty string without '/', got {log_name!r}.")
             self.name = log_name
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
-        self.probe_size = check_positive_int("probe_size", probe_size)
+        self._default_size = probe_size is None
+        self.probe_size = self.default_probe_size if probe_size is None else check_positive_int("probe_size", probe_size)
         self.batch_size = check_positive_int("batch_size", batch_size)
         if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
             raise ValueError(f"Expected `probe_seed` to be an int, got {probe_seed!r}.")
         self.probe_seed = probe_seed
         self.split = check_choice("split", split, ("val", "train"))
         self.probe_data = probe_data
-        self.normalization = normalization
+        self.normalization = as_normalization(normalization)
+        self.shared_normalization: Normalization | None = None  # set by default_callbacks(normalization=)
+        self.norm: Normalization | None = None
+        self.norm_source: str | None = None
         self.run_at_fit_end = bool(run_at_fit_end)
+        self.budget = check_budget(budget)
+        self.scheduler: Scheduler | None = None
+        self.plan: Any = True  # what this run contains, from `_plan` (True: everything)
+        self._last_cost: float | None = None  # seconds of the last whole run (training thread)
+        self._budget_sink: Sink | None = None
         self.strict = bool(strict)
+        self.output = check_output_spec(output)
         self.probe: ProbeSet | None = None
         self.sink: Sink | None = None
         self.done_epochs: list[int] = []
         self.failures = 0
         self._device_probe: ProbeSet | None = None
+        self._source: Any = None  # where the probe set is drawn from (a dataset, a ProbeSet or None)
+        self._trainer: pl.Trainer | None = None
+        self._pending: int | None = None  # from a checkpoint: an epoch probed just after it was saved
         self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
         self._warned = False  # per process: a resumed run warns again on its first failure
 
@@ -131,11 +161,22 @@ class ProbeCallback(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(**self._state_args())
 
+    def _pending_epoch(self) -> int | None:
+        """The epoch a checkpoint saved now would miss: saved at the validation that ends an epoch's training
+        batches, before this epoch's probe (which runs right after, in ``on_train_epoch_end``)."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or not trainer.validating:
+            return None
+        epoch = trainer.current_epoch
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        return epoch if last_batch and self._due(trainer) and epoch not in self.done_epochs else None
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "probe": None if self.probe is None else self.probe.state_dict(),
             "done_epochs": list(self.done_epochs),
+            "pending_epoch": self._pending_epoch(),
             "failures": self.failures,
             "extra": self._extra_state(),
         }
@@ -147,6 +188,7 @@ class ProbeCallback(Callback):
             self._device_probe = None
             self._on_probe_changed()
         self.done_epochs = list(state_dict.get("done_epochs", []))
+        self._pending = state_dict.get("pending_epoch")
         self.failures = int(state_dict.get("failures", 0))
         self._load_extra_state(state_dict.get("extra") or {})
 
@@ -170,11 +212,24 @@ class ProbeCallback(Callback):
             return None
         return _dataset_of(source.dataloader())
 
-    def _resolve_normalization(self, trainer: pl.Trainer, channels: int) -> Normalization:
-        if self.normalization is not None:
-            return self.normalization
-        dm_norm = getattr(trainer.datamodule, "normalization", None)
-        return dm_norm if isinstance(dm_norm, Normalization) else Normalization.identity(channels)
+    def _probe_size_for(self, source: Any) -> int:
+        """The probe size to draw from ``source``: ``probe_size``, or the class default capped by the split."""
+        return min(self.probe_size, len(source)) if self._default_size else self.probe_size
+
+    def _draw(self, trainer: pl.Trainer, source: Any) -> None:
+        class_names = getattr(trainer.datamodule, "class_names", None)
+        with preserve_rng():  # reading items may run random augmentations: keep the training stream
+            torch.manual_seed(self.probe_seed)
+            self.probe = ProbeSet.from_dataset(source, self._probe_size_for(source), self.probe_seed, class_names=class_names)
+
+    def _resolve_normalization(self, trainer: pl.Trainer, source: Any) -> None:
+        """``self.norm`` and ``self.norm_source`` (see :func:`trainviz.pixels.resolve_normalization`), checked on
+        the probe images."""
+        dataset = None if isinstance(source, ProbeSet) else source
+        self.norm, self.norm_source = resolve_normalization(
+            self.normalization, self.shared_normalization, trainer.datamodule, dataset, self.probe.images.shape[1]
+        )
+        check_pixel_range(self.probe.images, self.norm, self.norm_source, type(self).__name__)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -182,8 +237,9 @@ class ProbeCallback(Callback):
         when the model is configured, restored and on its device."""
         if stage != "fit":
             return
+        self._trainer = trainer
+        source = self._probe_source(trainer)
         if self.probe is None:
-            source = self._probe_source(trainer)
             if source is None:
                 what = "validation" if self.split == "val" else "training"
                 raise ValueError(
@@ -193,27 +249,39 @@ class ProbeCallback(Callback):
                 )
             if isinstance(source, ProbeSet):
                 self.probe = source
-            else:
-                class_names = getattr(trainer.datamodule, "class_names", None)
-                with preserve_rng():  # reading items may run random augmentations: keep the training stream
-                    torch.manual_seed(self.probe_seed)
-                    self.probe = ProbeSet.from_dataset(source, self.probe_size, self.probe_seed, class_names=class_names)
-        self.norm = self._resolve_normalization(trainer, self.probe.images.shape[1])
+            elif len(source) >= self._probe_size_for(source):
+                self._draw(trainer, source)
+            # else: a split smaller than the probe size. A resumed run's checkpoint brings its probe set (restored
+            # after setup); otherwise the draw at fit start raises, still before the first epoch.
+        self._source = source
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
             # fast_dev_run: probes still run (their errors show) but nothing is written
             self.sink = Sink(self.name, None, None, BackgroundWriter()) if trainer.fast_dev_run else make_sink(trainer, self.name, log_dir)
+            if self.budget is not None and not trainer.fast_dev_run:
+                self._budget_sink = make_sink(trainer, "budget", log_dir)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.budget is not None:
+            self.scheduler = Scheduler.for_trainer(trainer)
+            self.scheduler.register(self.name, self.budget)
+            self.scheduler.start()
+        if self.probe is None and self._source is not None:
+            self._draw(trainer, self._source)
         if self.probe is not None:
+            self._resolve_normalization(trainer, self._source)
             self._setup(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # After a restore from an earlier checkpoint, artifacts of the abandoned epochs must go.
+        # After a restore from an earlier checkpoint, artifacts of the abandoned epochs must go. A checkpoint
+        # saved at an epoch's last validation did not know the probe that ran after it: its artifacts tell.
         if self.sink is not None:
+            if self._pending is not None and self._pending in self.sink.epochs():
+                self.done_epochs = sorted({*self.done_epochs, self._pending})
             self.sink.prune_after(max(self.done_epochs, default=-1))
+        self._pending = None
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass model checks (layers exist, ...), at fit start before the first epoch. Raise
@@ -227,6 +295,11 @@ class ProbeCallback(Callback):
         if cached is None or cached.images.device != device or cached.images.dtype != dtype:
             self._device_probe = self.probe.to(device, dtype)
         return self._device_probe
+
+    def logits_model(self, pl_module: pl.LightningModule) -> LogitsModel:
+        """``pl_module`` as a model returning logits ``(N, K)`` (``output=`` applied), with the module's own
+        layer names and hooks (:class:`~trainviz.outputs.LogitsModel`): what the ops are given."""
+        return LogitsModel(pl_module, self.output)
 
     def example_indices(self, n: int) -> list[int]:
         """``n`` probe indices to show: the first image of each class, then the rest in order."""
@@ -245,12 +318,48 @@ class ProbeCallback(Callback):
         if self._due(trainer):
             self.run(trainer, pl_module, trainer.current_epoch)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        """Run the probe for ``epoch`` once (rank zero only), guarded, timed and fault-isolated."""
+    def _is_last(self, trainer: pl.Trainer, epoch: int) -> bool:
+        max_epochs = trainer.max_epochs
+        return bool(trainer.should_stop) or (max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1)
+
+    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+        """What a run under the budget contains, given ``credit`` seconds; ``None`` skips the run.
+
+        ``essential`` runs (the first and the last epoch) must return a plan. The default runs whole when the
+        last whole run cost no more than the credit. Subclasses with parts (corruptions, UMAP) scale them and
+        may call :meth:`_skip` for each part they leave out.
+        """
+        if essential or self._last_cost is None or self._last_cost <= credit:
+            return True
+        self._skip(epoch, "run", f"last run took {self._last_cost:.2f} s, credit {credit:.2f} s")
+        return None
+
+    def _skip(self, epoch: int, what: str, reason: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.skip(self.name, epoch, what, reason)
+
+    def _charge_background(self, seconds: float) -> None:
+        """Book background work (a worker thread's job) against the budget."""
+        if self.scheduler is not None:
+            self.scheduler.charge(self.name, seconds, foreground=False)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, final: bool = False) -> None:
+        """Run the probe for ``epoch`` once (rank zero only), guarded, timed, fault-isolated and, with a
+        ``budget``, planned to fit the credit (``final``: the fit-end run, which is essential)."""
         if not trainer.is_global_zero or epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
             return
-        self._attempted.add(epoch)
         start = time.perf_counter()
+        self.plan = True
+        if self.scheduler is not None:
+            credit = self.scheduler.credit(self.name)
+            essential = final or not self.done_epochs or self._is_last(trainer, epoch)
+            self.plan = self._plan(credit, essential, epoch)
+            if self._budget_sink is not None:
+                self._budget_sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
+                self._budget_sink.scalar(f"{self.name}/skipped", float(self.plan is None), epoch)
+            if self.plan is None:
+                return
+        self._attempted.add(epoch)
         try:
             with probe_guard(pl_module):
                 self._run(trainer, pl_module, epoch)
@@ -270,8 +379,17 @@ class ProbeCallback(Callback):
                 self.sink.scalar("failures", self.failures, epoch)
             return
         self.done_epochs.append(epoch)
+        seconds = time.perf_counter() - start
+        if self.plan is True:
+            self._last_cost = seconds
+        if self.scheduler is not None:
+            self.scheduler.charge(self.name, seconds, foreground=True, run=True)
+            if self._budget_sink is not None:
+                train = self.scheduler.training_seconds()
+                spent = self.scheduler.ledgers[self.name].spent
+                self._budget_sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
         if self.sink is not None:
-            self.sink.scalar("seconds", time.perf_counter() - start, epoch)
+            self.sink.scalar("seconds", seconds, epoch)
 
     def _describe(self) -> str:
         """Short description for warnings (subclasses add their layers)."""
@@ -287,8 +405,9 @@ class ProbeCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before the strategy's teardown moves the model to the CPU.
         if self.run_at_fit_end and trainer.current_epoch > 0:
-            self.run(trainer, pl_module, trainer.current_epoch - 1)
+            self.run(trainer, pl_module, trainer.current_epoch - 1, final=True)
         if trainer.is_global_zero and self.probe is not None:
+            start = time.perf_counter()
             try:
                 with probe_guard(pl_module):
                     self._finish(trainer, pl_module)
@@ -296,6 +415,8 @@ class ProbeCallback(Callback):
                 if self.strict:
                     raise
                 warnings.warn(f"trainviz: {type(self).__name__} fit-end summary failed: {type(err).__name__}: {err}", stacklevel=2)
+            if self.scheduler is not None:  # fit-end work counts against the budget too
+                self.scheduler.charge(self.name, time.perf_counter() - start, foreground=True)
         self._flush()
 
     @override

@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
@@ -110,6 +111,10 @@ class CAMCallback(ProbeCallback):
         deletion_steps: steps of the deletion curve.
         pointing_tolerance: pixels by which masks grow for the pointing game.
         max_strip: most epochs shown in the evolution strip.
+        reshape: a callable turning a layer's output into feature maps ``(N, C, h, w)``, for token layouts
+            other than the default (tokens ``(N, T, C)`` on a square grid, a class token first dropped; see
+            :func:`trainviz.layers.tokens_to_grid`). ``layers="auto"`` on a vision transformer picks the last
+            token layer whose patch tokens get a gradient (:mod:`trainviz.layers`) and logs its choice.
         **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``every_n_epochs``,
             ``probe_size`` (default 64), ``batch_size``, ...).
 
@@ -119,6 +124,7 @@ class CAMCallback(ProbeCallback):
     """
 
     name = "cam"
+    default_probe_size = 64
 
     def __init__(
         self,
@@ -133,7 +139,8 @@ class CAMCallback(ProbeCallback):
         deletion_steps: int = 16,
         pointing_tolerance: int = 0,
         max_strip: int = 12,
-        probe_size: int = 64,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        probe_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
@@ -154,6 +161,9 @@ class CAMCallback(ProbeCallback):
             raise ValueError(f"Expected `pointing_tolerance` to be a non-negative int, got {pointing_tolerance!r}.")
         self.pointing_tolerance = pointing_tolerance
         self.max_strip = check_positive_int("max_strip", max_strip)
+        if reshape is not None and not callable(reshape):
+            raise ValueError(f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {reshape!r}.")
+        self.reshape = reshape
         self._layers: dict[str, torch.nn.Module] = {}
         self._history: list[tuple[int, torch.Tensor]] = []  # (epoch, tracked aggregate maps) on the CPU, float16
         self._previous: dict[str, torch.Tensor] = {}  # last run's maps (shrunk) per key, for drift
@@ -197,14 +207,16 @@ class CAMCallback(ProbeCallback):
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         example = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
         with probe_guard(pl_module):
-            self._layers = resolve_layers(pl_module, list(self.layers), example[:1])
-            self._maps(pl_module, example, self.probe.labels[:2].to(example.device))  # raises if the method does not apply
+            self._layers = resolve_layers(self.logits_model(pl_module), list(self.layers), example[:1], self.reshape)
+            self._maps(pl_module, example, self.probe.labels[:2].to(example.device))  # raises if the method or `output=` does not apply
+        if "auto" in self.layers:
+            rank_zero_info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(self._layers)}")
 
     # running ---------------------------------------------------------------------------------------
     def _maps(self, pl_module: pl.LightningModule, images: torch.Tensor, labels: torch.Tensor) -> CAMResult:
         compute = guided_grad_cam if self.guided else class_activation_maps
         return compute(
-            pl_module,
+            self.logits_model(pl_module),
             images,
             self._layers,
             labels if self.target == "true" else "predicted",
@@ -212,6 +224,7 @@ class CAMCallback(ProbeCallback):
             aggregate=self.aggregate,
             fc_layer=self.fc_layer,
             batch_size=self.batch_size,
+            reshape=self.reshape,
         )
 
     def _indices(self, count: int) -> list[int]:
@@ -278,9 +291,10 @@ class CAMCallback(ProbeCallback):
             arrays["energy"] = energy_pointing_game(m, probe.masks)
             values["pointing_game"] = arrays["pointing_hit"].float().mean()
             values["energy_pointing_game"] = arrays["energy"].mean()
-        arrays["drop"], arrays["increase"] = confidence_change(pl_module, probe.images, m, targets, batch_size=self.batch_size)
+        model = self.logits_model(pl_module)
+        arrays["drop"], arrays["increase"] = confidence_change(model, probe.images, m, targets, batch_size=self.batch_size)
         arrays["deletion_curve"], arrays["deletion_auc"] = deletion_curve(
-            pl_module, probe.images, m, targets, steps=self.deletion_steps, batch_size=self.batch_size
+            model, probe.images, m, targets, steps=self.deletion_steps, batch_size=self.batch_size
         )
         values["average_drop"] = arrays["drop"].mean()
         values["increase_in_confidence"] = arrays["increase"].float().mean()

@@ -66,15 +66,17 @@ def _evenly(items: list[int], n: int) -> list[int]:
 
 
 class DecoderMapCallback(ProbeCallback):
-    """Per-class maps of a probe set (seed 003): the maps themselves, each class's pattern, how stable the
-    patterns are over training and when they form, and whether confident predictions have sharper maps.
+    """Per-class maps of a probe set (Zhang's encoder-decoder with group convolution): the maps themselves,
+    each class's pattern, how stable the patterns are over training and when they form, and whether confident
+    predictions have sharper maps.
 
     Works on any classifier whose logits are the global pooling of a layer with one channel per class
     (:class:`~trainviz.models.ClassMapNet`'s ``decoder.class_maps``, or a conv head with ``K`` output
     channels before GAP). One forward per probe batch gives both the logits and the maps.
 
-    Maps are normalised by seed eq. 10, ``f / max(f)``, after clamping negatives to 0 (the maps of
-    ``ClassMapNet`` are signed; a map with no positive value shows as all zeros). A class's *pattern* is
+    Maps are normalised by Zhang's eq. 10, ``f / max(f)``, after clamping negatives to 0 (the maps of
+    ``ClassMapNet(decoder="seed003")``, Zhang's decoder, end in a ReLU and are non-negative; those of
+    ``decoder="grouped"`` are signed; a map with no positive value shows as all zeros). A class's *pattern* is
     its mean normalised map over the probe images of that class; its *stability* is the Pearson correlation
     of the pattern with the previous run's; it *forms* at the first run from which the stability stays
     ``>= stability_threshold`` (:mod:`trainviz.ops.class_maps`). *Sharpness* of the predicted class's map
@@ -123,6 +125,7 @@ class DecoderMapCallback(ProbeCallback):
     """
 
     name = "decoder_maps"
+    default_probe_size = 96
 
     def __init__(
         self,
@@ -132,7 +135,7 @@ class DecoderMapCallback(ProbeCallback):
         n_examples: int = 8,
         stability_threshold: float = 0.9,
         sharpness: Sharpness = "peak_to_mean",
-        probe_size: int = 96,
+        probe_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
@@ -179,7 +182,7 @@ class DecoderMapCallback(ProbeCallback):
         try:
             self.layer_name = resolve_layer(pl_module, self.layer)[0]
             with probe_guard(pl_module):
-                logits_and_maps(pl_module, self.layer_name, images)
+                logits_and_maps(self.logits_model(pl_module), self.layer_name, images)  # also checks `output=`
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}: {err}") from err
 
@@ -195,7 +198,7 @@ class DecoderMapCallback(ProbeCallback):
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         probe = self.device_probe(pl_module)
-        logits, raw = logits_and_maps(pl_module, self.layer_name, probe.images, self.batch_size)
+        logits, raw = logits_and_maps(self.logits_model(pl_module), self.layer_name, probe.images, self.batch_size)
         maps = normalize_maps(raw.float())
         probs = logits.float().softmax(1)
         labels = probe.labels

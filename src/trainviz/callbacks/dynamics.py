@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_positive_int
+from trainviz.guard import model_device, model_dtype, probe_guard
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.render.images import confusion_matrix_image, probability_bars_image
@@ -53,15 +54,22 @@ class DynamicsCallback(ProbeCallback):
     """
 
     name = "dynamics"
+    default_probe_size = 256
 
-    def __init__(self, n_examples: int = 6, probe_size: int = 256, **kwargs: Any) -> None:
+    def __init__(self, n_examples: int = 6, probe_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
         self.n_examples = check_positive_int("n_examples", n_examples)
 
     @override
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        example = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
+        with probe_guard(pl_module):
+            predict_logits(self.logits_model(pl_module), example)  # raises now if the output is not logits (names `output=`)
+
+    @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         probe = self.device_probe(pl_module)
-        probs = predict_logits(pl_module, probe.images, self.batch_size).float().softmax(1)
+        probs = predict_logits(self.logits_model(pl_module), probe.images, self.batch_size).float().softmax(1)
         k = probs.shape[1]
         pred = probs.argmax(1)
         cm = confusion_matrix(pred, probe.labels, k)

@@ -24,12 +24,14 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.checks import check_positive_int
 from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.hooks import capture, first_tensor
+from trainviz.hooks import capture
+from trainviz.threads import background_threads
 from trainviz.layers import resolve_layers
 from trainviz.ops.embedding import (
     MIN_EMBED_POINTS,
@@ -59,6 +61,7 @@ MAX_POINTS = 10_000
 _DEFAULT_POINTS = 2_000  # default probe size: up to this many points of the split
 _MAX_PENDING_BYTES = 256 * 2**20  # features waiting for the worker before the training thread waits for it
 _TRUST_K = 5  # neighbours of the trustworthiness score
+_FIRST_SLOW_SECONDS = 25.0  # budget estimate of a first UMAP or t-SNE job (UMAP: ~18 s of numba compilation)
 
 
 def _unit_radius(frame: np.ndarray) -> np.ndarray:
@@ -228,6 +231,7 @@ class EmbeddingCallback(ProbeCallback):
         self._executor: ThreadPoolExecutor | None = None
         self._futures: list[tuple[Future, bool, int]] = []  # (job, runs UMAP/t-SNE, bytes of its features)
         self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
+        self._slow_cost: float | None = None  # seconds of the last background job with UMAP/t-SNE (the budget)
         self._errors: list[tuple[int, Exception]] = []
         self._projector_writer: ProjectorWriter | None = None
 
@@ -299,8 +303,10 @@ class EmbeddingCallback(ProbeCallback):
             raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
         example = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
         with probe_guard(pl_module):
-            self._layers = resolve_layers(pl_module, list(self.layers), example[:1])
-            self._capture(pl_module, example)  # raises now if a layer gives no tensor or the output is not (N, K)
+            self._layers = resolve_layers(self.logits_model(pl_module), list(self.layers), example[:1])
+            self._capture(pl_module, example)  # raises now if a layer gives no tensor or the output is not logits (names `output=`)
+        if "auto" in self.layers:
+            rank_zero_info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(self._layers)}")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -308,7 +314,8 @@ class EmbeddingCallback(ProbeCallback):
         if not trainer.is_global_zero or self.probe is None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainviz-embedding")
-        if "umap" in self.methods or self.aligned_umap_at_end:
+        if ("umap" in self.methods or self.aligned_umap_at_end) and self.budget is None:
+            # Under a budget the compilation is paid, and counted, with the first UMAP that fits.
             self._executor.submit(self._warmup, len(self.probe) >= 4096)
         self._recover_frames()
         writer = self.sink.writer if self.sink is not None else None
@@ -350,13 +357,11 @@ class EmbeddingCallback(ProbeCallback):
         feats: dict[str, list[torch.Tensor]] = {name: [] for name in self._layers}
         logits = []
         seed = self.probe_seed % 2**32
-        with torch.no_grad(), capture(pl_module, self._layers) as acts:
+        model = self.logits_model(pl_module)
+        with torch.no_grad(), capture(model, self._layers) as acts:
             for start in range(0, images.shape[0], self.batch_size):
                 acts.clear()
-                out = first_tensor(pl_module(images[start : start + self.batch_size]))
-                if out is None or out.dim() != 2:
-                    shape = None if out is None else tuple(out.shape)
-                    raise ValueError(f"EmbeddingCallback needs a classifier whose output is logits (N, K), got {shape}.")
+                out = model(images[start : start + self.batch_size])  # logits (N, K), else a ValueError naming `output=`
                 logits.append(out.detach())
                 for name in self._layers:
                     if name not in acts:
@@ -413,7 +418,8 @@ class EmbeddingCallback(ProbeCallback):
         feats, logits = captured
         cpu = {name: f.float().cpu().numpy() for name, f in feats.items()}
         preds = logits.argmax(1).cpu().numpy()
-        methods = self.methods if self._slow_due(trainer, epoch) else tuple(m for m in self.methods if m == "pca")
+        slow = (self.plan is True or self.plan.get("slow", False)) and self._slow_due(trainer, epoch)
+        methods = self.methods if slow else tuple(m for m in self.methods if m == "pca")
         self._submit(epoch, cpu, preds, methods)
 
     def _slow_due(self, trainer: pl.Trainer, epoch: int) -> bool:
@@ -439,12 +445,36 @@ class EmbeddingCallback(ProbeCallback):
         future = self._executor.submit(self._job, epoch, feats, preds, methods)
         self._futures.append((future, any(m != "pca" for m in methods), size))
 
+    @override
+    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+        """The capture (and PCA) when it fits or is essential; UMAP and t-SNE only when their estimated cost
+        (the last slow job's seconds, else a first-call estimate that includes numba's compilation) fits too."""
+        capture = self._last_cost or 0.0
+        if not essential and capture > credit:
+            self._skip(epoch, "run", f"capture took {capture:.2f} s, credit {credit:.2f} s")
+            return None
+        slow_methods = [m for m in self.methods if m != "pca"]
+        if not slow_methods:
+            return True
+        estimate = self._slow_cost if self._slow_cost is not None else _FIRST_SLOW_SECONDS * len(slow_methods)
+        if estimate > credit - capture:
+            self._skip(epoch, "+".join(slow_methods), f"estimated {estimate:.1f} s, credit {credit - capture:.2f} s")
+            return {"slow": False}
+        return {"slow": True}
+
     def _job(self, epoch: int, feats: dict[str, np.ndarray], preds: np.ndarray, methods: tuple[str, ...]) -> None:
+        start = time.perf_counter()
         try:
-            self._project(epoch, feats, preds, methods)
+            with background_threads():
+                self._project(epoch, feats, preds, methods)
         except Exception as err:  # reported on the training thread (warn once, or raise with strict)
             with self._lock:
                 self._errors.append((epoch, err))
+        finally:
+            seconds = time.perf_counter() - start
+            if any(m != "pca" for m in methods):
+                self._slow_cost = seconds
+            self._charge_background(seconds)
 
     def _report_errors(self) -> None:
         with self._lock:

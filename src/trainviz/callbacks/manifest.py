@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, make_sink
+from trainviz.budget import _SCHEDULERS
 
 __all__ = ["RunManifestCallback", "collect_manifest"]
 
@@ -63,7 +64,13 @@ def collect_manifest(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict
     status = _git("status", "--porcelain") if commit else None
     dm = trainer.datamodule
     probes = {
-        cb.state_key: {"fingerprint": cb.probe.fingerprint(), "size": len(cb.probe), "seed": cb.probe_seed, "split": cb.split}
+        cb.state_key: {
+            "fingerprint": cb.probe.fingerprint(),
+            "size": len(cb.probe),
+            "seed": cb.probe_seed,
+            "split": cb.split,
+            "normalization": None if cb.norm is None else {"mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source},
+        }
         for cb in trainer.callbacks
         if isinstance(cb, ProbeCallback) and cb.probe is not None
     }
@@ -108,13 +115,16 @@ def _markdown(manifest: dict[str, Any]) -> str:
 
 class RunManifestCallback(Callback):
     """Records a run manifest when training starts (after a checkpoint is restored): git commit and dirty flag, package versions, seeds,
-    hyperparameters of the model and datamodule, command line, trainer settings and the fingerprint
-    of every trainviz probe set.
+    hyperparameters of the model and datamodule, command line, trainer settings, and for every trainviz
+    probe set its fingerprint and the pixel mapping used (mean, std, and where it came from: ``callback``,
+    ``default_callbacks``, ``datamodule``, ``transform`` or ``identity``).
 
     Logged keys:
         - ``trainviz/manifest/manifest`` (text, step = start epoch): the manifest as a table.
-        - artifacts ``manifest/manifest.json`` (the latest fit) and ``manifest/runs.jsonl``
-          (one record per fit, so a resumed run keeps the first one).
+        - artifacts ``manifest/manifest.json`` (the latest fit; at fit end it gains ``budget``: training
+          seconds and, per callback with a ``budget``, its fraction, seconds spent and every skipped run or
+          part with the reason) and ``manifest/runs.jsonl`` (one record per fit, so a resumed run keeps the
+          first one).
 
     Example:
         ``Trainer(callbacks=[RunManifestCallback(), DynamicsCallback()])``
@@ -142,4 +152,15 @@ class RunManifestCallback(Callback):
         sink.text("manifest", _markdown(self.manifest), step)
         sink.json("manifest.json", self.manifest)
         sink.record("runs", {"start_epoch": step, **self.manifest})
+        sink.flush()
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After every callback's fit-end run: what the overhead budget let run, and what it skipped.
+        scheduler = _SCHEDULERS.get(trainer)
+        if self.manifest is None or scheduler is None or not trainer.is_global_zero:
+            return
+        self.manifest["budget"] = scheduler.summary()
+        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir)
+        sink.json("manifest.json", self.manifest)
         sink.flush()

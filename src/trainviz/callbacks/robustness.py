@@ -20,7 +20,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from trainviz.report.summary import eps_label, summary_from_record
 __all__ = ["RobustnessCallback"]
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+
 
 
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -108,7 +109,8 @@ class RobustnessCallback(ProbeCallback):
           corruption at its highest selected severity, captioned with prediction and confidence.
         - ``trainviz/robustness/cache_seconds`` (scalar, once): cost of corrupting the probe set.
         - ``trainviz/robustness/seconds`` (scalar): cost of the run.
-        - artifacts: ``robustness/metrics.jsonl`` (one record per epoch with the whole table),
+        - artifacts: ``robustness/metrics.jsonl`` (one record per epoch with the whole table, the probe size
+          ``n`` and the probe images per class ``class_counts``, from which the report draws its intervals),
           ``robustness/summary.json`` (the latest record's flat metrics, usable as another run's
           ``reference``), ``robustness/epoch_XXXX/table.npz`` (``corruption``, ``severity``, ``accuracy``,
           ``confidence``, ``nll``, ``ece``, ``flip_rate``, ``per_class_accuracy`` per row; row 0 is clean;
@@ -132,8 +134,13 @@ class RobustnessCallback(ProbeCallback):
         cam_shift: also compute the CAM shift. The logits then come from the Grad-CAM pass (one forward and a
             backward truncated at ``cam_layer``), which costs about 1.2-1.4x the plain forward passes.
         cam_layer: layer of the Grad-CAM (a name from ``trainviz.list_layers(model)``, or ``"auto"``: the
-            last module with a spatial output); resolved at setup, where an unknown name raises.
+            last module with a spatial output, or a vision transformer's token layer, see :mod:`trainviz.layers`);
+            resolved at setup, where an unknown name raises.
+        cam_reshape: the ``reshape=`` of the Grad-CAM (:func:`trainviz.ops.cam.class_activation_maps`): layer
+            output to ``(N, C, h, w)``, for token layouts other than a square grid with an optional class token.
         n_examples: probe images in the example grid.
+        probe_size: probe images (default 256, or the whole split when it is smaller: a 95% interval on an
+            accuracy of 0.8 is about +-0.05 at 256 images, +-0.1 at 64).
         **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``every_n_epochs``,
             ``probe_size``, ``probe_seed``, ``batch_size`` (default 256), ...).
 
@@ -143,6 +150,7 @@ class RobustnessCallback(ProbeCallback):
     """
 
     name = "robustness"
+    default_probe_size = 256  # a 95% interval on an accuracy of 0.8 is about +-0.05 at 256 images, +-0.1 at 64
 
     def __init__(
         self,
@@ -154,6 +162,7 @@ class RobustnessCallback(ProbeCallback):
         reference: str | None = None,
         cam_shift: bool = False,
         cam_layer: str = "auto",
+        cam_reshape: Callable[[Tensor], Tensor] | None = None,
         n_examples: int = 6,
         batch_size: int = 256,
         **kwargs: Any,
@@ -197,14 +206,19 @@ class RobustnessCallback(ProbeCallback):
         if not isinstance(cam_layer, str) or not cam_layer:
             raise ValueError(f"Expected `cam_layer` to be a layer name or 'auto', got {cam_layer!r}.")
         self.cam_shift, self.cam_layer = cam_shift, cam_layer
+        if cam_reshape is not None and not callable(cam_reshape):
+            raise ValueError(f"Expected `cam_reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {cam_reshape!r}.")
+        self.cam_reshape = cam_reshape
         self._cam_layers: dict[str, Any] = {}
         self.n_examples = check_positive_int("n_examples", n_examples)
         self.active: list[tuple[str, int]] = list(self.rows)
+        self._rows: list[tuple[str, int]] = list(self.rows)  # the rows of the current run
         self.skipped: dict[str, str] = {}
         self._reference_errors: tuple[float, dict[tuple[str, int], float]] | None = None
         self._fingerprint: str | None = None
-        self._cache: tuple[tuple, Tensor] | None = None
-        self._examples: tuple[list[int], list[int], np.ndarray, list[str]] | None = None
+        self._cache: dict[tuple, Tensor] = {}  # model inputs of each corrupted row, built when first run
+        self._costs: dict[str, float] = {}  # seconds of one row's forward, of FGSM and of steps-to-flip (budget)
+        self._rotation = 0  # under a budget: the corruption whose turn it is next
 
     # identity --------------------------------------------------------------------------------------
     @override
@@ -216,9 +230,18 @@ class RobustnessCallback(ProbeCallback):
     def _describe(self) -> str:
         return f"callback {self.name}, {len(self.active)} corruption settings"
 
+
     @override
     def _on_probe_changed(self) -> None:
-        self._cache, self._fingerprint, self._examples = None, None, None
+        self._cache, self._fingerprint = {}, None
+
+    @override
+    def _extra_state(self) -> dict[str, Any]:
+        return {"rotation": self._rotation}
+
+    @override
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._rotation = int(state.get("rotation", 0))
 
     # setup -----------------------------------------------------------------------------------------
     @override
@@ -231,11 +254,16 @@ class RobustnessCallback(ProbeCallback):
             raise ValueError(f"None of the corruptions {self.corruptions} applies to this data: {self.skipped}.")
         if self.reference is not None:
             self._reference_errors = self._load_reference(self.reference)
-        if self.cam_shift:
-            example = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
-            with probe_guard(pl_module):
-                self._cam_layers = resolve_layers(pl_module, self.cam_layer, example[:1])
-                grad_cam(pl_module, example, self._cam_layers, self.probe.labels[:2].to(example.device))  # raises if it does not apply
+        example = self.probe.images[:2].to(model_device(pl_module), model_dtype(pl_module))
+        with probe_guard(pl_module):
+            model = self.logits_model(pl_module)
+            if not self.cam_shift:
+                predict_logits(model, example)  # raises now if the output is not logits (names `output=`)
+            else:
+                self._cam_layers = resolve_layers(model, self.cam_layer, example[:1], self.cam_reshape)
+                grad_cam(model, example, self._cam_layers, self.probe.labels[:2].to(example.device), reshape=self.cam_reshape)  # raises if it does not apply
+        if self.cam_shift and self.cam_layer == "auto":
+            rank_zero_info(f"trainviz: RobustnessCallback cam_layer='auto' resolved to {list(self._cam_layers)}")
 
     def _check_applicable(self) -> None:
         """Keep the rows whose corruption runs on these images and changes them (tried on 8 probe images)."""
@@ -270,30 +298,79 @@ class RobustnessCallback(ProbeCallback):
         return 1.0 - summary["clean_accuracy"], {row: 1.0 - summary[key] for row, key in keys.items()}
 
     # the corrupted probe set -----------------------------------------------------------------------
-    def _corrupted_inputs(self, probe: ProbeSet, epoch: int) -> Tensor:
-        """Model inputs of the clean probe set (block 0) and of every active row (block r), cached.
+    def _corrupted_inputs(self, probe: ProbeSet, rows: list[tuple[str, int]], epoch: int) -> Tensor:
+        """Model inputs of the clean probe set (block 0) and of each row of ``rows`` (block r); every row is
+        corrupted once, when it first runs, and cached on the device.
 
         Shape: ``((1 + R) N, C, H, W)`` on the probe's device and dtype.
         """
         if self._fingerprint is None:
             self._fingerprint = self.probe.fingerprint()
-        params = [(n, s, repr((corruption_spec(n).params or [None] * s)[s - 1])) for n, s in self.active]
-        key = (self._fingerprint, self.probe_seed, str(probe.images.device), str(probe.images.dtype), tuple(params))
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        self._cache = self._examples = None  # free the old cache before building the new one
-        start = time.perf_counter()
-        n = len(probe)
-        pixels = self.norm.denormalize(probe.images)
-        inputs = torch.empty((1 + len(self.active)) * n, *probe.images.shape[1:], dtype=probe.images.dtype, device=probe.images.device)
-        inputs[:n] = probe.images
-        for r, (name, severity) in enumerate(self.active, start=1):
-            inputs[r * n : (r + 1) * n] = self.norm.normalize(corrupt(pixels, name, severity, seed=self.probe_seed))
-        self._cache = (key, inputs)
-        self._examples = self._example_tiles(inputs, n)
-        if self.sink is not None:
-            self.sink.scalar("cache_seconds", time.perf_counter() - start, epoch)
-        return inputs
+        where = (self._fingerprint, self.probe_seed, str(probe.images.device), str(probe.images.dtype))
+        keys = {row: (*where, *row, repr((corruption_spec(row[0]).params or [None] * row[1])[row[1] - 1])) for row in rows}
+        self._cache = {key: value for key, value in self._cache.items() if key[:4] == where}  # device or probe changed
+        missing = [row for row in rows if keys[row] not in self._cache]
+        if missing:
+            start = time.perf_counter()
+            pixels = self.norm.denormalize(probe.images)
+            for name, severity in missing:
+                self._cache[keys[(name, severity)]] = self.norm.normalize(corrupt(pixels, name, severity, seed=self.probe_seed))
+            if self.sink is not None:
+                self.sink.scalar("cache_seconds", time.perf_counter() - start, epoch)
+        return torch.cat([probe.images, *(self._cache[keys[row]] for row in rows)])
+
+    # the budget ------------------------------------------------------------------------------------
+    @override
+    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+        """Skip a non-essential run whose seed probes alone do not fit; else let :meth:`_scaled_parts` choose."""
+        core = self._costs.get("row", 0.0) * (1 + sum(1 for name, _ in self.active if name in SEED_PROBES))
+        if not essential and core > credit:
+            self._skip(epoch, "run", f"the seed probes take {core:.2f} s, credit {credit:.2f} s")
+            return None
+        return {"credit": credit, "start": time.perf_counter()}
+
+    def _scaled_parts(self, pl_module: pl.LightningModule, probe: ProbeSet, epoch: int) -> tuple[list[tuple[str, int]], bool, bool]:
+        """Which rows, and whether FGSM and steps-to-flip, run now: everything without a budget; under one, the
+        seed probes always, then FGSM, the other corruptions in turn (whole corruptions, all their severities,
+        resuming where the last run stopped) and steps-to-flip, as far as the credit goes."""
+        fgsm, flip = bool(self.epsilons), self.flip_max_steps > 0
+        if self.plan is True:
+            return list(self.active), fgsm, flip
+        if "row" not in self._costs:  # first run: time one clean forward to price a row
+            start = time.perf_counter()
+            predict_logits(self.logits_model(pl_module), probe.images, self.batch_size)
+            self._costs["row"] = time.perf_counter() - start
+        row = self._costs["row"] * (1.3 if self.cam_shift else 1.0)
+        rows = [r for r in self.active if r[0] in SEED_PROBES]
+        left = self.plan["credit"] - (time.perf_counter() - self.plan["start"]) - row * (1 + len(rows))
+        skipped = []
+        if fgsm:
+            cost = self._costs.get("fgsm", row * (3 + len(self.epsilons)))
+            fgsm = cost <= left
+            left -= cost if fgsm else 0.0
+            skipped += [] if fgsm else [f"fgsm ({cost:.2f} s)"]
+        others = list(dict.fromkeys(name for name, _ in self.active if name not in SEED_PROBES))
+        turn = [others[(self._rotation + i) % len(others)] for i in range(len(others))] if others else []
+        taken = 0
+        for name in turn:
+            cost = row * sum(1 for n, _ in self.active if n == name)
+            if cost > left:
+                break
+            left -= cost
+            taken += 1
+        chosen = set(turn[:taken])
+        self._rotation = (self._rotation + taken) % max(1, len(others))
+        rows += [r for r in self.active if r[0] in chosen]
+        if taken < len(turn):
+            skipped.append(f"{len(turn) - taken} of {len(turn)} corruptions ({', '.join(turn[taken:][:3])}{', ...' if len(turn) - taken > 3 else ''})")
+        if flip:
+            cost = self._costs.get("flip", row * 3 * self.flip_max_steps)
+            flip = cost <= left
+            skipped += [] if flip else [f"steps-to-flip ({cost:.2f} s)"]
+        if skipped:
+            self._skip(epoch, "parts", f"not in the credit of {self.plan['credit']:.2f} s: " + "; ".join(skipped))
+        order = {r: i for i, r in enumerate(self.active)}
+        return sorted(rows, key=order.__getitem__), fgsm, flip
 
     # running ---------------------------------------------------------------------------------------
     def _forward(self, pl_module: pl.LightningModule, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -303,13 +380,13 @@ class RobustnessCallback(ProbeCallback):
         Shape: inputs ``((1 + R) N, C, H, W)`` -> logits ``((1 + R) N, K)``, shift ``(R N,)`` or ``None``.
         """
         if not self.cam_shift:
-            return predict_logits(pl_module, inputs, self.batch_size).float(), None
+            return predict_logits(self.logits_model(pl_module), inputs, self.batch_size).float(), None
         n = labels.shape[0]
         targets = labels.repeat(inputs.shape[0] // n)
         logits, shifts, clean = [], [], []
         for a in range(0, inputs.shape[0], self.batch_size):
             b = min(a + self.batch_size, inputs.shape[0])
-            result = grad_cam(pl_module, inputs[a:b], self._cam_layers, targets[a:b])
+            result = grad_cam(self.logits_model(pl_module), inputs[a:b], self._cam_layers, targets[a:b], reshape=self.cam_reshape)
             logits.append(result.logits)
             split = max(0, min(n, b) - a)  # rows of this batch in the clean block, which comes first
             clean.append(result.aggregate[:split])
@@ -345,46 +422,59 @@ class RobustnessCallback(ProbeCallback):
             "confidences": confidences,
         }
 
-    def _adversarial(self, pl_module: pl.LightningModule, probe: ProbeSet, clean_pred: Tensor) -> dict[str, Tensor]:
-        """FGSM accuracy per ``eps`` and steps to flip per image, batch by batch, on the device."""
+    def _adversarial(
+        self, pl_module: pl.LightningModule, probe: ProbeSet, clean_pred: Tensor, fgsm: bool = True, flip: bool = True
+    ) -> dict[str, Tensor]:
+        """FGSM accuracy per ``eps`` and steps to flip per image (each when asked and configured), batch by
+        batch, on the device; their costs are kept for the budget."""
         pixels, out = self.norm.denormalize(probe.images), {}
         batches = list(probe.batches(self.batch_size))
-        if self.epsilons:
+        start = time.perf_counter()
+        if self.epsilons and fgsm:
             parts = [
-                fgsm_accuracy(pl_module, pixels[a:b], probe.labels[a:b], self.epsilons, preprocess=self.norm.normalize) * (b - a)
+                fgsm_accuracy(self.logits_model(pl_module), pixels[a:b], probe.labels[a:b], self.epsilons, preprocess=self.norm.normalize) * (b - a)
                 for a, b in batches
             ]
             out["fgsm_accuracy"] = torch.stack(parts).sum(0) / len(probe)
-        if self.flip_max_steps > 0:
+            self._costs["fgsm"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.flip_max_steps > 0 and flip:
             out["steps"] = torch.cat(
                 [
                     steps_to_flip(
-                        pl_module, pixels[a:b], clean_pred[a:b], step_size=self.flip_step_size,
+                        self.logits_model(pl_module), pixels[a:b], clean_pred[a:b], step_size=self.flip_step_size,
                         max_steps=self.flip_max_steps, preprocess=self.norm.normalize,
                     )
                     for a, b in batches
                 ]
             )
+            self._costs["flip"] = time.perf_counter() - start
         return out
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         probe = self.device_probe(pl_module)
-        inputs = self._corrupted_inputs(probe, epoch)
-        n, rows = len(probe), self.active
+        rows, fgsm, flip = self._scaled_parts(pl_module, probe, epoch)
+        self._rows = rows
+        inputs = self._corrupted_inputs(probe, rows, epoch)
+        n = len(probe)
+        self._examples = self._example_tiles(inputs, n)
+        start = time.perf_counter()
         logits, shift = self._forward(pl_module, inputs, probe.labels)
+        self._costs["row"] = (time.perf_counter() - start) / (1 + len(rows)) / (1.3 if self.cam_shift else 1.0)
         k = logits.shape[-1]
         device_values = self._row_metrics(logits.view(1 + len(rows), n, k), probe.labels, k)
         if shift is not None:
             device_values["cam_shift"] = shift.view(len(rows), n)
-        device_values.update(self._adversarial(pl_module, probe, device_values["pred"][0]))
+        device_values.update(self._adversarial(pl_module, probe, device_values["pred"][0], fgsm, flip))
         values = to_cpu(device_values)
         names = probe.class_names or [str(c) for c in range(k)]
         record = self._record(epoch, values, names)
         self._write(epoch, record, values, names, probe)
 
     def _record(self, epoch: int, v: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
-        """The JSON record of one run: clean and per-row metrics, per-corruption aggregates, mCE, adversarial."""
+        """The JSON record of one run: clean and per-row metrics, per-corruption aggregates, mCE, adversarial,
+        and the counts behind them (``n`` probe images, ``class_counts`` per class)."""
         stats = ("accuracy", "confidence", "nll", "ece")
         table = [
             {
@@ -393,7 +483,7 @@ class RobustnessCallback(ProbeCallback):
                 **{s: _plain(v[s][r]) for s in (*stats, "flip_rate")},
                 "per_class_accuracy": [_plain(a) for a in v["per_class_accuracy"][r]],
             }
-            for r, (name, severity) in enumerate(self.active, start=1)
+            for r, (name, severity) in enumerate(self._rows, start=1)
         ]
         shift = _nanmean(v["cam_shift"], axis=1) if "cam_shift" in v else None
         if shift is not None:
@@ -402,10 +492,10 @@ class RobustnessCallback(ProbeCallback):
         clean_err = 1.0 - v["accuracy"][0]
         ref_clean, ref_rows = self._reference_errors or (0.0, {})
         corruptions, ces, rces = {}, [], []
-        for name in dict.fromkeys(n for n, _ in self.active):
-            idx = [r for r, (n, _) in enumerate(self.active, start=1) if n == name]
+        for name in dict.fromkeys(n for n, _ in self._rows):
+            idx = [r for r, (n, _) in enumerate(self._rows, start=1) if n == name]
             err = torch.from_numpy(1.0 - v["accuracy"][idx])
-            ref = torch.tensor([ref_rows[self.active[r - 1]] for r in idx]) if ref_rows else torch.ones_like(err)
+            ref = torch.tensor([ref_rows[self._rows[r - 1]] for r in idx]) if ref_rows else torch.ones_like(err)
             ce, rce = corruption_error(err, ref), relative_corruption_error(err, clean_err, ref, ref_clean)
             ces.append(ce)
             rces.append(rce)
@@ -419,14 +509,24 @@ class RobustnessCallback(ProbeCallback):
         record: dict[str, Any] = {
             "epoch": epoch,
             "class_names": names,
+            "n": len(self.probe),  # probe images: with the accuracies, the counts behind the report's intervals
+            "class_counts": torch.bincount(self.probe.labels, minlength=len(names)).tolist(),
             "clean": {**{s: _plain(v[s][0]) for s in stats}, "per_class_accuracy": [_plain(a) for a in v["per_class_accuracy"][0]]},
             "corrupted": {s: _plain(v[s][1:].mean()) for s in (*stats, "flip_rate")},
             "table": table,
             "corruptions": corruptions,
-            "mce": _plain(torch.stack(ces).mean()),
-            "relative_mce": _plain(torch.stack(rces).mean()),
+            "mce": _plain(torch.stack(ces).mean()) if ces else None,
+            "relative_mce": _plain(torch.stack(rces).mean()) if rces else None,
             "reference": self.reference,
             "skipped": dict(self.skipped),
+            # what ran (under a budget, a part of the suite): rows of the table out of the active ones
+            "schedule": {
+                "rows": len(self._rows),
+                "of": len(self.active),
+                "corruptions": len(corruptions),
+                "of_corruptions": len(dict.fromkeys(n for n, _ in self.active)),
+                "budget": self.budget,
+            },
         }
         if shift is not None:
             record["cam_shift"] = _plain(_nanmean(shift))
@@ -462,17 +562,17 @@ class RobustnessCallback(ProbeCallback):
             scalars.update({"flip/steps_mean": record["flip"]["steps_mean"], "flip/never_fraction": record["flip"]["never_fraction"]})
         sink.scalars({key: value for key, value in scalars.items() if value is not None}, epoch)
 
-        corruptions, levels = list(record["corruptions"]), sorted({s for _, s in self.active})
+        corruptions, levels = list(record["corruptions"]), sorted({s for _, s in self._rows})
         heat = np.full((len(corruptions), len(levels)), np.nan)
-        for r, (name, severity) in enumerate(self.active, start=1):
+        for r, (name, severity) in enumerate(self._rows, start=1):
             heat[corruptions.index(name), levels.index(severity)] = v["accuracy"][r]
         sink.image("heatmap", table_heatmap_image(heat, corruptions, [f"s{s}" for s in levels]), epoch, artifact=True)
         sink.image("examples", self._examples_image(v, names), epoch, artifact=True)
 
         sink.npz(
             epoch, "table",
-            corruption=np.array(["clean"] + [n for n, _ in self.active]),
-            severity=np.array([0] + [s for _, s in self.active]),
+            corruption=np.array(["clean"] + [n for n, _ in self._rows]),
+            severity=np.array([0] + [s for _, s in self._rows]),
             **{s: v[s] for s in ("accuracy", "confidence", "nll", "ece", "flip_rate", "per_class_accuracy")},
             pred=v["pred"].astype(np.int64), confidences=v["confidences"].astype(np.float32),
             labels=probe.labels, ids=probe.ids, class_names=np.array(names),
@@ -490,15 +590,15 @@ class RobustnessCallback(ProbeCallback):
         """What the example grid shows, fixed for the run: the blocks of ``inputs`` (clean, then each
         corruption at its highest selected severity), the example images, their uint8 tiles and the titles."""
         columns = [0]
-        for r, (name, _) in enumerate(self.active, start=1):
-            if r == len(self.active) or self.active[r][0] != name:
+        for r, (name, _) in enumerate(self._rows, start=1):
+            if r == len(self._rows) or self._rows[r][0] != name:
                 columns.append(r)
         idx = self.example_indices(self.n_examples)
         chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
         flat = to_uint8(upscale(self.norm.denormalize(inputs.index_select(0, chosen).float()), 64))
         titles = ["clean"] + [
             name if corruption_spec(name).severities == 1 else f"{name}\ns{severity}"
-            for name, severity in (self.active[c - 1] for c in columns[1:])
+            for name, severity in (self._rows[c - 1] for c in columns[1:])
         ]
         return columns, idx, flat.reshape(len(columns), len(idx), *flat.shape[1:]), titles
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,17 +70,29 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+WRITERS_DIR = ".writers"
+
+
 class ArtifactStore:
     """Reads and atomically writes artifacts under one root folder."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._signed = False
 
     def path(self, relpath: str) -> Path:
         return self.root / relpath
 
     def write_bytes(self, relpath: str, data: bytes) -> Path:
+        if not self._signed:  # one marker per writing process: `writers()` shows who wrote to this folder
+            self._signed = True
+            atomic_write(self.root / WRITERS_DIR / f"{platform.node()}-{os.getpid()}", b"")
         return atomic_write(self.path(relpath), data)
+
+    def writers(self) -> list[str]:
+        """``host-pid`` of every process that wrote to this folder (under DDP, only rank zero should)."""
+        folder = self.root / WRITERS_DIR
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
     def write_text(self, relpath: str, text: str) -> Path:
         return self.write_bytes(relpath, text.encode("utf-8"))

@@ -121,6 +121,13 @@ class Sink:
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         self.background.submit(self.store.write_bytes, f"{self.callback}/{name}", payload)
 
+    def epochs(self) -> list[int]:
+        """Epochs with artifacts of this callback (written ones; queued writes are flushed first)."""
+        if self.store is None:
+            return []
+        self.background.flush()
+        return self.store.epochs(self.callback)
+
     def prune_after(self, epoch: int) -> None:
         """Drop this callback's artifacts of epochs after ``epoch`` (a run resumed from an earlier checkpoint)."""
         if self.store is None:

@@ -1,0 +1,138 @@
+"""The overhead budget: what share of training wall time trainviz's probes may take, and who decides what runs.
+
+One :class:`Scheduler` serves every trainviz callback of a Trainer (:meth:`Scheduler.for_trainer`). It measures
+the training time (wall time since fit start, less the time the training thread spent in probes) and keeps one
+ledger per callback: its budget fraction and the seconds it has spent, in the training thread and in the
+background (UMAP and t-SNE). A callback's credit is ``fraction * training_seconds - spent``; at each epoch end
+the callback asks for a plan that fits its credit (:meth:`ProbeCallback._plan
+<trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which corruptions run, the
+embedding callback whether UMAP and t-SNE run, the others run whole or wait. The first and the last epoch
+always produce a result (scaled down to what is essential if the credit is short), so every evolution has
+both ends; the overshoot this allows is the cost of those essential parts.
+
+Example:
+    >>> from trainviz.budget import Scheduler
+    >>> s = Scheduler()
+    >>> s.register("cam", 0.1)
+    >>> s.start(now=0.0)
+    >>> s.charge("cam", 1.0, foreground=True)
+    >>> round(s.credit("cam", now=31.0), 6)  # 30 s of training (31 s wall less 1 s of probe) at 10%, less 1 s spent
+    2.0
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Ledger", "Scheduler", "check_budget"]
+
+_SCHEDULERS: weakref.WeakKeyDictionary[Any, Scheduler] = weakref.WeakKeyDictionary()
+
+
+def check_budget(value: Any, name: str = "budget") -> float | None:
+    """``None`` or a fraction in (0, 1]; anything else is a ``ValueError``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(
+            f"Expected `{name}` to be None (run everything at its cadence) or the largest fraction of training "
+            f"time the probes may take, in (0, 1] (e.g. 0.1), got {value!r}."
+        )
+    return float(value)
+
+
+@dataclass
+class Ledger:
+    """One callback's account: its fraction, what it spent, and its runs and skips."""
+
+    fraction: float
+    foreground: float = 0.0
+    background: float = 0.0
+    runs: int = 0
+    skips: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def spent(self) -> float:
+        return self.foreground + self.background
+
+
+class Scheduler:
+    """Training time, and each callback's budget ledger (thread-safe: background work charges from its thread)."""
+
+    def __init__(self) -> None:
+        self.ledgers: dict[str, Ledger] = {}
+        self.started: float | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_trainer(cls, trainer: Any) -> Scheduler:
+        """The scheduler shared by every trainviz callback of ``trainer`` (made on first use)."""
+        scheduler = _SCHEDULERS.get(trainer)
+        if scheduler is None:
+            scheduler = _SCHEDULERS[trainer] = cls()
+        return scheduler
+
+    def register(self, name: str, fraction: float) -> None:
+        with self._lock:
+            if name not in self.ledgers:
+                self.ledgers[name] = Ledger(fraction)
+
+    def start(self, now: float | None = None) -> None:
+        """Start the training clock (fit start; the first call wins)."""
+        if self.started is None:
+            self.started = time.perf_counter() if now is None else now
+
+    def training_seconds(self, now: float | None = None) -> float:
+        """Wall time since :meth:`start`, less the time the training thread spent in trainviz probes."""
+        if self.started is None:
+            return 0.0
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            held = sum(ledger.foreground for ledger in self.ledgers.values())
+        return max(0.0, now - self.started - held)
+
+    def credit(self, name: str, now: float | None = None) -> float:
+        """Seconds callback ``name`` may still spend: ``fraction * training_seconds - spent``."""
+        train = self.training_seconds(now)
+        with self._lock:
+            ledger = self.ledgers[name]
+            return ledger.fraction * train - ledger.spent
+
+    def charge(self, name: str, seconds: float, *, foreground: bool, run: bool = False) -> None:
+        """Book ``seconds`` of work of callback ``name`` (``foreground``: the training thread waited for it;
+        ``run``: one probe run, counted)."""
+        with self._lock:
+            ledger = self.ledgers[name]
+            ledger.runs += int(run)
+            if foreground:
+                ledger.foreground += seconds
+            else:
+                ledger.background += seconds
+
+    def skip(self, name: str, epoch: int, what: str, reason: str) -> None:
+        """Record that part of a run (``what``) of callback ``name`` did not fit at ``epoch``."""
+        with self._lock:
+            self.ledgers[name].skips.append({"epoch": epoch, "what": what, "reason": reason})
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values for the manifest: training seconds and, per callback, fraction, spent seconds and skips."""
+        train = self.training_seconds()
+        with self._lock:
+            return {
+                "training_seconds": round(train, 3),
+                "callbacks": {
+                    name: {
+                        "fraction": ledger.fraction,
+                        "foreground_seconds": round(ledger.foreground, 3),
+                        "background_seconds": round(ledger.background, 3),
+                        "share_of_training": round(ledger.spent / train, 4) if train > 0 else None,
+                        "runs": ledger.runs,
+                        "skipped": list(ledger.skips),
+                    }
+                    for name, ledger in self.ledgers.items()
+                },
+            }

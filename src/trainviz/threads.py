@@ -1,0 +1,46 @@
+"""Thread caps for trainviz's background work, so that training is not starved on small machines.
+
+On a machine with 4 cores or fewer, UMAP (numba) and t-SNE or scikit-learn (OpenMP, BLAS) would each start as
+many threads as there are cores, next to the training thread's own. :func:`background_threads` caps them at
+one thread for the code run inside it (numba's cap is per thread, the others are threadpoolctl's limits).
+
+Example:
+    >>> from trainviz.threads import background_threads
+    >>> with background_threads(max_cores=10**6) as n:
+    ...     n
+    1
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+__all__ = ["SMALL_MACHINE_CORES", "background_threads"]
+
+SMALL_MACHINE_CORES = 4
+"""At or below this many cores, background work runs on one thread."""
+
+
+@contextmanager
+def background_threads(max_cores: int = SMALL_MACHINE_CORES) -> Iterator[int | None]:
+    """Cap OpenMP/BLAS and numba threads of the code inside at one when the machine has ``max_cores`` or fewer.
+
+    Yields the cap (``1``), or ``None`` on a larger machine (nothing is capped).
+    """
+    if (os.cpu_count() or 1) > max_cores:
+        yield None
+        return
+    with ExitStack() as stack:
+        from threadpoolctl import threadpool_limits
+
+        stack.enter_context(threadpool_limits(limits=1))
+        if importlib.util.find_spec("numba") is not None:
+            import numba
+
+            previous = numba.get_num_threads()
+            numba.set_num_threads(1)  # thread-local in numba: only this worker thread
+            stack.callback(numba.set_num_threads, previous)
+        yield 1
