@@ -1,6 +1,6 @@
 """Whole-fit overhead of ``trainviz.default_callbacks(budget=...)`` on a run where training dominates.
 
-    python benchmarks/budget_overhead.py [--epochs 10] [--n-train 5000] [--budgets 0.1 0.05]
+    python benchmarks/budget_overhead.py [--epochs 10] [--n-train 23000] [--budgets 0.1 0.05]
 
 A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos
 at 32x32 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs``
@@ -122,7 +122,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--n-train", type=int, default=5000)
+    parser.add_argument("--n-train", type=int, default=23000)
     parser.add_argument("--n-val", type=int, default=1024)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.05])
     args = parser.parse_args()

@@ -66,9 +66,9 @@ def capture_ratio(points: int, rounds: int, layers: list[str]) -> tuple[float, f
     """Median seconds of the bare forward and of the callback's capture, and the median per-round ratio."""
     from trainviz.callbacks.embedding import EmbeddingCallback
     from trainviz.data import ShapesDataModule
-    from trainviz.layers import resolve_layers
+    from trainviz.core.layers import resolve_layers
     from trainviz.models import DemoClassifier
-    from trainviz.probeset import ProbeSet
+    from trainviz.core.probeset import ProbeSet
 
     dm = ShapesDataModule(n_train=60, n_val=points, seed=0)
     dm.setup("fit")

@@ -32,11 +32,11 @@ def seconds(fn) -> float:
 def main() -> None:
     from trainviz.callbacks.robustness import RobustnessCallback
     from trainviz.data import DigitsDataModule, ShapesDataModule
-    from trainviz.guard import probe_guard
+    from trainviz.core.guard import probe_guard
     from trainviz.models import DemoClassifier
     from trainviz.ops.corruptions import corrupt
     from trainviz.ops.predict import predict_logits
-    from trainviz.probeset import ProbeSet
+    from trainviz.core.probeset import ProbeSet
     from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink
 
     parser = argparse.ArgumentParser()

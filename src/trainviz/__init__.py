@@ -25,9 +25,9 @@ _EXPORTS = {
     "ProbeCallback": "trainviz.callbacks.base",
     "RobustnessCallback": "trainviz.callbacks.robustness",
     "RunManifestCallback": "trainviz.callbacks.manifest",
-    "ProbeSet": "trainviz.probeset",
-    "list_layers": "trainviz.layers",
-    "resolve_layer": "trainviz.layers",
+    "ProbeSet": "trainviz.core.probeset",
+    "list_layers": "trainviz.core.layers",
+    "resolve_layer": "trainviz.core.layers",
 }
 
 __all__ = sorted([*_EXPORTS, "default_callbacks"])
@@ -42,8 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
         RobustnessCallback,
         RunManifestCallback,
     )
-    from trainviz.layers import list_layers, resolve_layer
-    from trainviz.probeset import ProbeSet
+    from trainviz.core.layers import list_layers, resolve_layer
+    from trainviz.core.probeset import ProbeSet
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -70,7 +70,7 @@ def default_callbacks(
             :class:`trainviz.data.Normalization` or a ``(mean, std)`` pair (a callback's own ``normalization``
             wins); ``None`` lets each callback find it (datamodule attribute, torchvision ``Normalize``).
         output: how to get logits from the model's output, shared by every callback (a key, an index or a
-            callable; see :mod:`trainviz.outputs`); ``None`` handles tensors, ``(logits, ...)`` tuples and
+            callable; see :mod:`trainviz.core.outputs`); ``None`` handles tensors, ``(logits, ...)`` tuples and
             objects with ``.logits``.
         budget: the largest fraction of training wall time the whole suite may take, background work
             included (default 0.1), divided among the probe callbacks by :data:`BUDGET_SHARES`; ``None`` runs
@@ -82,8 +82,8 @@ def default_callbacks(
     """
     from trainviz import callbacks as cb
 
-    from trainviz.budget import check_budget
-    from trainviz.pixels import as_normalization
+    from trainviz.core.budget import check_budget
+    from trainviz.core.pixels import as_normalization
 
     shared_norm = as_normalization(normalization)
     total = check_budget(budget)

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 __all__ = ["demo_callbacks", "main", "run_demo", "run_report"]
 
 
-def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0) -> list:
-    """The demo's callback suite: every trainviz callback that applies to the demo ``model``."""
+def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budget: float | None = None) -> list:
+    """The demo's callback suite: every trainviz callback that applies to the demo ``model``. No overhead budget
+    by default: the demo's epochs take about a second, so every probe would otherwise wait for its turn."""
     import trainviz
 
     probe = 24 if small else None
@@ -41,7 +42,7 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0) -> li
         "embedding": {"layers": depth, "methods": ["pca", "umap", "tsne"], "slow_every_k": 3, **({"probe_size": probe} if probe else {})},
         "decoder_maps": {"probe_size": probe or 96} if model == "classmap" else False,
     }
-    return trainviz.default_callbacks(probe_seed=seed, **options)
+    return trainviz.default_callbacks(probe_seed=seed, budget=budget, **options)
 
 
 def run_demo(
@@ -54,6 +55,7 @@ def run_demo(
     progress: bool = True,
     model: str = "cnn",
     decoder: str = "seed003",
+    budget: float | None = None,
 ) -> str:
     """Train a demo model with the full callback suite and write the robustness report; returns the run's
     log folder.
@@ -70,6 +72,8 @@ def run_demo(
             encoder-decoder with group convolution; adds the decoder-map callback).
         decoder: with ``model="classmap"``, ``"seed003"`` (Zhang's decoder, only the last stage grouped) or
             ``"grouped"`` (every stage grouped); see :class:`trainviz.models.GroupConvDecoder`.
+        budget: the suite's overhead budget (``default_callbacks(budget=)``); ``None`` runs every probe every
+            epoch.
     """
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -99,7 +103,7 @@ def run_demo(
         accelerator=accelerator,
         devices=1,
         logger=logger,
-        callbacks=demo_callbacks(model, small, seed),
+        callbacks=demo_callbacks(model, small, seed, budget),
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=10,
@@ -154,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--model", choices=("cnn", "classmap"), default="cnn", help="cnn: small CNN with GAP + linear; classmap: Zhang's encoder-decoder with group convolution (adds decoder maps)")
     demo.add_argument("--decoder", choices=("seed003", "grouped"), default="seed003", help="with --model classmap: seed003 = Zhang's decoder (ungrouped, then grouped transposed convolution), grouped = every stage grouped")
     demo.add_argument("--small", action="store_true", help="tiny data set (smoke test)")
+    demo.add_argument("--budget", type=float, default=None, help="overhead budget of the suite, e.g. 0.1 (default: none, every probe every epoch)")
     demo.add_argument("--no-progress", action="store_true")
     report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
     report.add_argument("run_dir", metavar="RUN_DIR", help="the run's log folder (version_N), its trainviz folder, or a parent of one run")
@@ -178,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epochs < 1:
             parser.error(f"--epochs must be a positive int, got {args.epochs}")
         start = time.perf_counter()
-        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model, args.decoder)
+        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model, args.decoder, args.budget)
         print(f"\ntrainviz demo finished in {time.perf_counter() - start:.0f} s.")
         print(f"  TensorBoard:  tensorboard --logdir {args.out}")
         print(f"  Artifacts:    {os.path.join(log_dir, 'trainviz')}")

@@ -10,8 +10,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainviz.callbacks.cam import CAMCallback
-from trainviz.hooks import count_hooks
-from trainviz.probeset import ProbeSet
+from trainviz.core.hooks import count_hooks
+from trainviz.core.probeset import ProbeSet
 
 from conftest import demo_model, make_trainer
 

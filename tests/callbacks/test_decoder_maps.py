@@ -16,7 +16,7 @@ from torch import nn
 
 from trainviz.callbacks.decoder_maps import DecoderMapCallback
 from trainviz.data import ShapesDataModule
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 from trainviz.models import DemoClassifier
 from trainviz.models.lightning import ClassMapClassifier
 from trainviz.ops.class_maps import logits_and_maps, normalize_maps

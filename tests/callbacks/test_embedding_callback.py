@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import trainviz.callbacks.embedding as embedding_module
 from trainviz.callbacks.embedding import EmbeddingCallback
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 from trainviz.ops.embedding import knn_accuracy, pca, procrustes_align, silhouette, umap_embed
 from trainviz.render.embedding import PALETTE, animation_figure, depth_image, scatter_image
 
@@ -340,7 +340,7 @@ def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_
     trainer = make_trainer(tmp_path, [cb], max_epochs=2, strategy="ddp_spawn", devices=2, deterministic=False)
     trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=32))
     stored = npz(tmp_path, 1, "net.fc")  # the last run: the final weights, which ddp_spawn hands back to `model`
-    from trainviz.probeset import ProbeSet
+    from trainviz.core.probeset import ProbeSet
 
     dm = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
     dm.setup("fit")

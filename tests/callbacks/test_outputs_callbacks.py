@@ -20,7 +20,7 @@ from trainviz.callbacks.decoder_maps import DecoderMapCallback
 from trainviz.callbacks.dynamics import DynamicsCallback
 from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.callbacks.robustness import RobustnessCallback
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 from trainviz.ops.cam import minmax_scale
 
 from conftest import make_trainer

@@ -16,9 +16,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from trainviz.callbacks import robustness as robustness_module
 from trainviz.callbacks.robustness import RobustnessCallback
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt
-from trainviz.probeset import ProbeSet
+from trainviz.core.probeset import ProbeSet
 from trainviz.report.summary import summary_from_record
 
 from conftest import demo_model, make_trainer

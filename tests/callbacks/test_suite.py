@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 import trainviz
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 
 from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer
 

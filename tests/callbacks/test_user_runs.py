@@ -5,6 +5,7 @@ overhead budget, and the resume and checkpoint cases of real runs."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torchvision import transforms
 from torchvision.datasets import FakeData
 
 import trainviz
-from trainviz.budget import Scheduler
+from trainviz.core.budget import Scheduler
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.ops.corruptions import corrupt
 
@@ -270,3 +271,16 @@ def test_yaml_takes_a_mean_std_pair_and_a_budget(tmp_path, monkeypatch):
     cli = main(args=["--config", str(config), "--model", "trainviz.models.DemoClassifier", "--trainer.logger", "false"], run=False)
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, trainviz.RobustnessCallback)]
     assert cb.normalization == Normalization((0.5,) * 3, (0.25,) * 3) and cb.budget == 0.05
+
+
+def test_shared_writers_are_closed_after_the_fit_and_a_second_fit_gets_new_ones(tmp_path, tiny_dm):
+    from trainviz.callbacks import base
+
+    for run in range(2):  # the same folder, twice in one process
+        callbacks = [trainviz.DynamicsCallback(probe_size=8), trainviz.RunManifestCallback()]
+        make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1, logger=False, default_root_dir=str(tmp_path)).fit(demo_model(), tiny_dm)
+        assert os.path.abspath(str(tmp_path)) not in base._SHARED  # released by the last callback's teardown
+        background = callbacks[0].sink.background
+        assert background._thread is None  # its writer thread was closed
+        assert [r["epoch"] for r in _records(tmp_path, "dynamics")] == [0]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one writer per fit, both closed

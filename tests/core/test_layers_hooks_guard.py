@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainviz.guard import probe_guard
-from trainviz.hooks import capture, count_hooks
-from trainviz.layers import list_layers, resolve_layer, resolve_layers
+from trainviz.core.guard import probe_guard
+from trainviz.core.hooks import capture, count_hooks
+from trainviz.core.layers import list_layers, resolve_layer, resolve_layers
 
 
 def net():

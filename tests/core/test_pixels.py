@@ -10,7 +10,7 @@ from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
 from trainviz.data import Normalization
-from trainviz.pixels import as_normalization, check_pixel_range, find_normalization, resolve_normalization
+from trainviz.core.pixels import as_normalization, check_pixel_range, find_normalization, resolve_normalization
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from trainviz.data import DigitsDataModule, ShapesDataModule, make_shapes
-from trainviz.probeset import ProbeSet, stratified_indices
+from trainviz.core.probeset import ProbeSet, stratified_indices
 
 
 def test_stratified_and_deterministic():

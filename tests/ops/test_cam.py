@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainviz.hooks import count_hooks
+from trainviz.core.hooks import count_hooks
 from trainviz.ops.cam import (
     ClassActivationMaps,
     activations_and_gradients,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainviz.hooks import count_hooks
-from trainviz.layers import find_last_spatial_layer, resolve_layer, token_grid, tokens_to_grid
+from trainviz.core.hooks import count_hooks
+from trainviz.core.layers import find_last_spatial_layer, resolve_layer, token_grid, tokens_to_grid
 from trainviz.ops.cam import activations_and_gradients, cam, class_activation_maps, grad_cam, minmax_scale, resize_maps
 from trainviz.ops.guided import guided_grad_cam
 
@@ -274,7 +274,7 @@ def patch_gradient(net: nn.Module, layer: str, x: torch.Tensor, skip: int) -> to
 def test_auto_picks_a_token_layer_with_a_patch_gradient_not_the_patch_embedding(pool, blocks, expected, blank, caplog):
     net, x = make_vit(pool, blocks), images()
     skip = int(pool == "cls")
-    with caplog.at_level(logging.INFO, logger="trainviz.layers"):
+    with caplog.at_level(logging.INFO, logger="trainviz.core.layers"):
         name, module = resolve_layer(net, "auto", x[:1])
     assert name == expected and module is net.get_submodule(expected)
     assert f"chose {expected!r}" in caplog.text and "patch_embed" in caplog.text

@@ -1,4 +1,4 @@
-"""``output=`` specs (trainviz.outputs): defaults, keys, indices, callables, the error for an unknown output,
+"""``output=`` specs (trainviz.core.outputs): defaults, keys, indices, callables, the error for an unknown output,
 and :class:`LogitsModel` as a transparent adapter (layer names, hooks, modes) checked against Captum."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from trainviz.hooks import capture, count_hooks
-from trainviz.layers import list_layers, resolve_layer, resolve_layers
+from trainviz.core.hooks import capture, count_hooks
+from trainviz.core.layers import list_layers, resolve_layer, resolve_layers
 from trainviz.ops.adversarial import fgsm_accuracy
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.class_maps import logits_and_maps
 from trainviz.ops.predict import predict_logits
-from trainviz.outputs import LogitsModel, as_logits_model, check_output_spec, describe_output, to_logits, unwrap
+from trainviz.core.outputs import LogitsModel, as_logits_model, check_output_spec, describe_output, to_logits, unwrap
 
 HOW = "pass `output=` to the callback (or `default_callbacks(output=...)`): a key, an index or a callable"
 L = torch.arange(6.0).reshape(2, 3)

@@ -3,7 +3,7 @@
 It owns what every probe needs and nothing else: the cadence (every N epochs at the end of the training
 epoch, after its last validation, so the probe sees the epoch's final weights; optionally once more at the
 end of training), rank-zero computing and writing (other
-ranks neither write nor wait), the fixed :class:`~trainviz.probeset.ProbeSet`, the no-trace guard, fault
+ranks neither write nor wait), the fixed :class:`~trainviz.core.probeset.ProbeSet`, the no-trace guard, fault
 isolation (a failing probe warns once and training goes on; ``strict=True`` re-raises), checkpoint state,
 and the cost of each run logged as ``trainviz/<callback>/seconds``.
 
@@ -21,42 +21,62 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from trainviz.budget import Scheduler, check_budget
-from trainviz.checks import check_choice, check_positive_int
+from trainviz.core.budget import Scheduler, check_budget
+from trainviz.core.threads import contention
+from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.data.base import Normalization
-from trainviz.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
-from trainviz.guard import model_device, model_dtype, preserve_rng, probe_guard
-from trainviz.outputs import LogitsModel, OutputSpec, check_output_spec
-from trainviz.probeset import ProbeSet
+from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
+from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
+from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
+from trainviz.core.common import WarnOnce, example_indices
+from trainviz.core.layers import resolve_layers
+from trainviz.core.probeset import ProbeSet
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer, open_summary_writer
 
-__all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink"]
+__all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink", "release_sinks"]
 
 
-# One TensorBoard writer, artifact store and background thread per log folder, shared by all callbacks.
-_SHARED: dict[str, tuple[Any, ArtifactStore, BackgroundWriter]] = {}
+# One TensorBoard writer, artifact store and background thread per log folder, shared by the callbacks using
+# it; the last of them to tear down closes them (a second fit opens new ones).
+_SHARED: dict[str, dict[str, Any]] = {}
 
 
-def make_sink(trainer: pl.Trainer, name: str, log_dir: str) -> Sink:
-    """The :class:`Sink` of callback ``name``, sharing writer, store and thread with the others in ``log_dir``."""
-    return Sink(name, *_shared_outputs(trainer, log_dir))
+def make_sink(trainer: pl.Trainer, name: str, log_dir: str, user: object | None = None) -> Sink:
+    """The :class:`Sink` of callback ``name``, sharing writer, store and thread with the others in ``log_dir``.
 
-
-def _shared_outputs(trainer: pl.Trainer, log_dir: str) -> tuple[Any, ArtifactStore, BackgroundWriter]:
+    ``user`` (the callback) is registered until :func:`release_sinks`; when the last user of a folder is
+    released, its writer thread is closed, and its TensorBoard writer too if trainviz opened it.
+    """
     key = os.path.abspath(log_dir)
-    writer = find_summary_writer(trainer)
-    if key in _SHARED:
-        old_writer, store, background = _SHARED[key]
-        if writer is None:
-            writer = old_writer
-    else:
-        store, background = ArtifactStore(os.path.join(log_dir, "trainviz")), BackgroundWriter()
-    if writer is None:
-        writer = open_summary_writer(os.path.join(log_dir, "tensorboard"))
-    _SHARED[key] = (writer, store, background)
-    return writer, store, background
+    entry = _SHARED.get(key)
+    if entry is None:
+        writer = find_summary_writer(trainer)
+        own = writer is None
+        if own:
+            writer = open_summary_writer(os.path.join(log_dir, "tensorboard"))
+        entry = _SHARED[key] = {
+            "writer": writer, "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
+            "background": BackgroundWriter(), "own_writer": own, "users": set(),
+        }
+    entry["users"].add(id(user))
+    return Sink(name, entry["writer"], entry["store"], entry["background"])
+
+
+def release_sinks(user: object) -> None:
+    """``user`` is done with its sinks: close every folder's writers that it was the last user of."""
+    for key, entry in list(_SHARED.items()):
+        entry["users"].discard(id(user))
+        if entry["users"]:
+            continue
+        del _SHARED[key]
+        entry["background"].close()
+        if entry["own_writer"]:
+            entry["writer"].close()
+        elif entry["writer"] is not None:
+            entry["writer"].flush()
 
 
 def _dataset_of(loader: Any) -> Any:
@@ -81,17 +101,17 @@ class ProbeCallback(Callback):
             pictures: a :class:`~trainviz.data.Normalization` or a ``(mean, std)`` pair. ``None`` (default)
             takes, in this order, ``default_callbacks(normalization=)``, the datamodule's ``normalization``
             attribute, a torchvision ``Normalize`` in the probe dataset's transform pipeline, or the identity
-            (see :mod:`trainviz.pixels`). Setup raises ``ValueError`` if the probe images do not map into [0, 1].
+            (see :mod:`trainviz.core.pixels`). Setup raises ``ValueError`` if the probe images do not map into [0, 1].
         batch_size: probe batch size.
         run_at_fit_end: run once more when training ends if the last epoch was not a run.
         strict: re-raise probe errors instead of warning (for debugging).
         log_name: replaces the callback's name in tags and artifact folders
             (``trainviz/<log_name>/...``), so two instances of one callback do not write over each other.
-        output: where the logits are in what the model returns (:mod:`trainviz.outputs`): ``None`` (default: a
+        output: where the logits are in what the model returns (:mod:`trainviz.core.outputs`): ``None`` (default: a
             tensor, the first element of a tuple, ``.logits``, or a dict's ``"logits"``), a key, an index or a
             callable ``out -> logits``; checked at fit start, before the first epoch.
         budget: the largest fraction of training wall time this callback may take, background work included
-            (see :mod:`trainviz.budget`); ``None`` (default) runs everything at its cadence. The first and the
+            (see :mod:`trainviz.core.budget`); ``None`` (default) runs everything at its cadence. The first and the
             last epoch always produce a result, scaled down to its essential part if the credit is short; runs
             and parts that do not fit are skipped and logged as ``trainviz/budget/<callback>/skipped``.
     """
@@ -149,7 +169,7 @@ class ProbeCallback(Callback):
         self._trainer: pl.Trainer | None = None
         self._pending: int | None = None  # from a checkpoint: an epoch probed just after it was saved
         self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
-        self._warned = False  # per process: a resumed run warns again on its first failure
+        self._warn = WarnOnce()  # per process: a resumed run warns again on its first failure
 
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
@@ -223,7 +243,7 @@ class ProbeCallback(Callback):
             self.probe = ProbeSet.from_dataset(source, self._probe_size_for(source), self.probe_seed, class_names=class_names)
 
     def _resolve_normalization(self, trainer: pl.Trainer, source: Any) -> None:
-        """``self.norm`` and ``self.norm_source`` (see :func:`trainviz.pixels.resolve_normalization`), checked on
+        """``self.norm`` and ``self.norm_source`` (see :func:`trainviz.core.pixels.resolve_normalization`), checked on
         the probe images."""
         dataset = None if isinstance(source, ProbeSet) else source
         self.norm, self.norm_source = resolve_normalization(
@@ -257,9 +277,9 @@ class ProbeCallback(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
             # fast_dev_run: probes still run (their errors show) but nothing is written
-            self.sink = Sink(self.name, None, None, BackgroundWriter()) if trainer.fast_dev_run else make_sink(trainer, self.name, log_dir)
+            self.sink = Sink(self.name, None, None, BackgroundWriter()) if trainer.fast_dev_run else make_sink(trainer, self.name, log_dir, self)
             if self.budget is not None and not trainer.fast_dev_run:
-                self._budget_sink = make_sink(trainer, "budget", log_dir)
+                self._budget_sink = make_sink(trainer, "budget", log_dir, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -298,15 +318,37 @@ class ProbeCallback(Callback):
 
     def logits_model(self, pl_module: pl.LightningModule) -> LogitsModel:
         """``pl_module`` as a model returning logits ``(N, K)`` (``output=`` applied), with the module's own
-        layer names and hooks (:class:`~trainviz.outputs.LogitsModel`): what the ops are given."""
+        layer names and hooks (:class:`~trainviz.core.outputs.LogitsModel`): what the ops are given."""
         return LogitsModel(pl_module, self.output)
 
     def example_indices(self, n: int) -> list[int]:
-        """``n`` probe indices to show: the first image of each class, then the rest in order."""
-        labels = self.probe.labels.tolist()
-        firsts = [labels.index(c) for c in sorted(set(labels))]
-        taken = set(firsts)
-        return (firsts + [i for i in range(len(labels)) if i not in taken])[:n]
+        """``n`` probe indices to show (:func:`trainviz.core.common.example_indices`)."""
+        return example_indices(self.probe.labels, n)
+
+    def example_batch(self, pl_module: pl.LightningModule, n: int = 2) -> torch.Tensor:
+        """The first ``n`` probe images on the model's device and dtype (setup checks)."""
+        return self.probe.images[:n].to(model_device(pl_module), model_dtype(pl_module))
+
+    def setup_layers(
+        self,
+        pl_module: pl.LightningModule,
+        specs: Any,
+        reshape: Any = None,
+        check: Any = None,
+    ) -> dict[str, torch.nn.Module]:
+        """The setup sequence of a layer probe: an example batch, the guard, :func:`resolve_layers` on the
+        logits model (``"auto"`` is logged with what it chose), then ``check(model, example, layers)``, which
+        raises if the method does not apply to this model."""
+        example = self.example_batch(pl_module)
+        with probe_guard(pl_module):
+            model = self.logits_model(pl_module)
+            layers = resolve_layers(model, specs, example[:1], reshape)
+            if check is not None:
+                check(model, example, layers)
+        wanted = [specs] if isinstance(specs, str) else list(specs)
+        if "auto" in wanted:
+            rank_zero_info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(layers)}")
+        return layers
 
     def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -339,9 +381,10 @@ class ProbeCallback(Callback):
             self.scheduler.skip(self.name, epoch, what, reason)
 
     def _charge_background(self, seconds: float) -> None:
-        """Book background work (a worker thread's job) against the budget."""
+        """Book background work (a worker thread's job) against the budget, weighted by what it costs training
+        (:func:`trainviz.core.threads.contention`)."""
         if self.scheduler is not None:
-            self.scheduler.charge(self.name, seconds, foreground=False)
+            self.scheduler.charge(self.name, seconds * contention(), foreground=False)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, final: bool = False) -> None:
         """Run the probe for ``epoch`` once (rank zero only), guarded, timed, fault-isolated and, with a
@@ -351,6 +394,8 @@ class ProbeCallback(Callback):
         start = time.perf_counter()
         self.plan = True
         if self.scheduler is not None:
+            if self.sink is not None:
+                self.scheduler.set_writer(self.name, self.sink.busy_seconds() * contention())
             credit = self.scheduler.credit(self.name)
             essential = final or not self.done_epochs or self._is_last(trainer, epoch)
             self.plan = self._plan(credit, essential, epoch)
@@ -364,19 +409,7 @@ class ProbeCallback(Callback):
             with probe_guard(pl_module):
                 self._run(trainer, pl_module, epoch)
         except Exception as err:
-            if self.strict:
-                raise
-            self.failures += 1
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"trainviz: {type(self).__name__} probe failed at epoch {epoch} ({self._describe()}): "
-                    f"{type(err).__name__}: {err}. Training goes on; later failures of this callback are counted "
-                    f"in `{self.sink.tag('failures') if self.sink else 'failures'}`. Pass strict=True to raise.",
-                    stacklevel=2,
-                )
-            if self.sink is not None:
-                self.sink.scalar("failures", self.failures, epoch)
+            self._failed(epoch, err)
             return
         self.done_epochs.append(epoch)
         seconds = time.perf_counter() - start
@@ -390,6 +423,20 @@ class ProbeCallback(Callback):
                 self._budget_sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
         if self.sink is not None:
             self.sink.scalar("seconds", seconds, epoch)
+
+    def _failed(self, epoch: int, err: Exception, what: str = "probe") -> None:
+        """A probe (or its background part, ``what``) failed: re-raise with ``strict``, else count it, warn the
+        first time in this process, and log the count."""
+        if self.strict:
+            raise err
+        self.failures += 1
+        self._warn(
+            f"trainviz: {type(self).__name__} {what} failed at epoch {epoch} ({self._describe()}): "
+            f"{type(err).__name__}: {err}. Training goes on; later failures of this callback are counted "
+            f"in `{self.sink.tag('failures') if self.sink else 'failures'}`. Pass strict=True to raise."
+        )
+        if self.sink is not None:
+            self.sink.scalar("failures", self.failures, epoch)
 
     def _describe(self) -> str:
         """Short description for warnings (subclasses add their layers)."""
@@ -422,6 +469,13 @@ class ProbeCallback(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._flush()
+        release_sinks(self)  # Lightning skips `teardown` after an exception
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._flush()
+            release_sinks(self)
 
     def _flush(self) -> None:
         if self.sink is not None:

@@ -23,9 +23,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.checks import check_choice, check_positive_int
-from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.layers import resolve_layers
+from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.guard import model_device, model_dtype, probe_guard
+from trainviz.core.layers import resolve_layers
 from trainviz.ops.cam import AGGREGATES, METHODS, CAMResult, class_activation_maps, class_mean_maps, resize_maps
 from trainviz.ops.guided import guided_grad_cam
 from trainviz.ops.localization import (
@@ -113,8 +113,8 @@ class CAMCallback(ProbeCallback):
         max_strip: most epochs shown in the evolution strip.
         reshape: a callable turning a layer's output into feature maps ``(N, C, h, w)``, for token layouts
             other than the default (tokens ``(N, T, C)`` on a square grid, a class token first dropped; see
-            :func:`trainviz.layers.tokens_to_grid`). ``layers="auto"`` on a vision transformer picks the last
-            token layer whose patch tokens get a gradient (:mod:`trainviz.layers`) and logs its choice.
+            :func:`trainviz.core.layers.tokens_to_grid`). ``layers="auto"`` on a vision transformer picks the last
+            token layer whose patch tokens get a gradient (:mod:`trainviz.core.layers`) and logs its choice.
         **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``every_n_epochs``,
             ``probe_size`` (default 64), ``batch_size``, ...).
 

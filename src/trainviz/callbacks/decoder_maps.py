@@ -20,8 +20,8 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_choice, check_positive_int
-from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.layers import resolve_layer
+from trainviz.core.guard import model_device, model_dtype, probe_guard
+from trainviz.core.layers import resolve_layer
 from trainviz.ops.class_maps import (
     SHARPNESS_MEASURES,
     PatternTracker,
@@ -109,7 +109,7 @@ class DecoderMapCallback(ProbeCallback):
     Args:
         layer: dotted name of the layer with the per-class maps, checked at setup (it must exist and give
             ``(N, K, H, W)`` with ``K`` = number of logits). A name that is not found is also looked up as
-            a unique suffix (:func:`trainviz.layers.resolve_layer`), so ``"decoder.class_maps"`` finds
+            a unique suffix (:func:`trainviz.core.layers.resolve_layer`), so ``"decoder.class_maps"`` finds
             ``"net.decoder.class_maps"``.
         n_tracked: probe images followed across epochs in the evolution strip.
         n_grid: probe images shown with all their class maps.

@@ -20,11 +20,11 @@ import pytorch_lightning as pl
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_positive_int
-from trainviz.guard import model_device, model_dtype, probe_guard
+from trainviz.core.guard import model_device, model_dtype, probe_guard
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.render.images import confusion_matrix_image, probability_bars_image
-from trainviz.transfer import to_cpu
+from trainviz.core.transfer import to_cpu
 
 __all__ = ["DynamicsCallback"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
@@ -28,11 +27,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.checks import check_positive_int
-from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.hooks import capture
-from trainviz.threads import background_threads
-from trainviz.layers import resolve_layers
+from trainviz.core.checks import check_positive_int
+from trainviz.core.guard import model_device, model_dtype, probe_guard
+from trainviz.core.hooks import capture
+from trainviz.core.threads import background_threads, contention
+from trainviz.core.layers import resolve_layers
 from trainviz.ops.embedding import (
     MIN_EMBED_POINTS,
     aligned_umap,
@@ -103,7 +102,7 @@ class EmbeddingCallback(ProbeCallback):
     What a run does:
 
     1. **Capture** (training thread; all that training waits for): one forward per probe batch with hooks on
-       every layer (:func:`trainviz.hooks.capture`), each activation reduced by
+       every layer (:func:`trainviz.core.hooks.capture`), each activation reduced by
        :func:`trainviz.ops.embedding.pool_features` (global average pooling for ``(N, C, H, W)``, flattening
        otherwise, and beyond ``max_dim`` features a fixed Gaussian random projection that keeps pairwise
        distances, Johnson-Lindenstrauss), and the logits for the predictions; copied to the CPU once. Under DDP
@@ -321,7 +320,7 @@ class EmbeddingCallback(ProbeCallback):
         writer = self.sink.writer if self.sink is not None else None
         if self.projector and writer is not None:
             log_dir = getattr(writer, "log_dir", None) or writer.get_logdir()
-            self._projector_writer = ProjectorWriter(log_dir, self.probe.fingerprint()[:12], self.sink.background)
+            self._projector_writer = ProjectorWriter(log_dir, self.probe.fingerprint()[:12], self.sink.background, self.name)
             self._projector_writer.sprite(to_uint8(self.norm.denormalize(self.probe.images.float())))
 
     @staticmethod
@@ -439,11 +438,15 @@ class EmbeddingCallback(ProbeCallback):
         self._futures = [job for job in self._futures if not job[0].done()]
         while self._futures and sum(job[2] for job in self._futures) + size > _MAX_PENDING_BYTES:
             self._futures.pop(0)[0].result()  # the worker is far behind: wait rather than pile up features
-        if self._executor is None:  # no fit start (a direct call): compute inline
-            self._job(epoch, feats, preds, methods)
+        slow = any(m != "pca" for m in methods)
+        if self._executor is None or (self.budget is not None and not slow and not self._futures):
+            # No fit start (a direct call), or under a budget a PCA-only run with the worker idle: inline. A
+            # Python thread beside training holds the GIL between its numpy calls, which slowed the training
+            # steps by about 2.5 times its own time on 2 cores: the training thread's wait is cheaper, and counted.
+            self._job(epoch, feats, preds, methods, inline=True)
             return
         future = self._executor.submit(self._job, epoch, feats, preds, methods)
-        self._futures.append((future, any(m != "pca" for m in methods), size))
+        self._futures.append((future, slow, size))
 
     @override
     def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
@@ -456,13 +459,14 @@ class EmbeddingCallback(ProbeCallback):
         slow_methods = [m for m in self.methods if m != "pca"]
         if not slow_methods:
             return True
-        estimate = self._slow_cost if self._slow_cost is not None else _FIRST_SLOW_SECONDS * len(slow_methods)
+        raw = self._slow_cost if self._slow_cost is not None else _FIRST_SLOW_SECONDS * len(slow_methods)
+        estimate = raw * contention()  # what it will be charged: it runs beside training
         if estimate > credit - capture:
             self._skip(epoch, "+".join(slow_methods), f"estimated {estimate:.1f} s, credit {credit - capture:.2f} s")
             return {"slow": False}
         return {"slow": True}
 
-    def _job(self, epoch: int, feats: dict[str, np.ndarray], preds: np.ndarray, methods: tuple[str, ...]) -> None:
+    def _job(self, epoch: int, feats: dict[str, np.ndarray], preds: np.ndarray, methods: tuple[str, ...], inline: bool = False) -> None:
         start = time.perf_counter()
         try:
             with background_threads():
@@ -474,23 +478,14 @@ class EmbeddingCallback(ProbeCallback):
             seconds = time.perf_counter() - start
             if any(m != "pca" for m in methods):
                 self._slow_cost = seconds
-            self._charge_background(seconds)
+            if not inline:  # inline work is in the training thread's timing already
+                self._charge_background(seconds)
 
     def _report_errors(self) -> None:
         with self._lock:
             errors, self._errors = self._errors, []
         for epoch, err in errors:
-            if self.strict:
-                raise err
-            self.failures += 1
-            if self.failures == 1:
-                warnings.warn(
-                    f"trainviz: EmbeddingCallback background projection failed at epoch {epoch} ({self._describe()}): "
-                    f"{type(err).__name__}: {err}. Training goes on; later failures are counted in "
-                    f"`{self.sink.tag('failures')}`. Pass strict=True to raise.",
-                    stacklevel=2,
-                )
-            self.sink.scalar("failures", self.failures, epoch)
+            self._failed(epoch, err, "background projection")
 
     # background job --------------------------------------------------------------------------------
     def _class_names(self, k: int) -> list[str]:
@@ -596,11 +591,7 @@ class EmbeddingCallback(ProbeCallback):
         if not self.html or not frames:
             return
         names = self._class_names(max([int(labels.max())] + [int(p.max()) for p in predictions.values()]) + 1)
-        store = self.sink.store
-        if store is not None and not store.path(f"{self.name}/plotly.min.js").exists():
-            import plotly.offline
-
-            self.sink.file("plotly.min.js", plotly.offline.get_plotlyjs())
+        self.sink.plotly_js()
         for (layer, method), fr in frames.items():
             fig = animation_figure({f"{layer} / {method}": fr}, labels, ids, names, predictions=predictions,
                                    title=f"{layer}: {method} of the probe set over epochs")

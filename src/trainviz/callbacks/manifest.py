@@ -22,8 +22,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
-from trainviz.callbacks.base import ProbeCallback, make_sink
-from trainviz.budget import _SCHEDULERS
+from trainviz.callbacks.base import ProbeCallback, make_sink, release_sinks
+from trainviz.core.budget import _SCHEDULERS
 
 __all__ = ["RunManifestCallback", "collect_manifest"]
 
@@ -147,12 +147,21 @@ class RunManifestCallback(Callback):
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         self.manifest = collect_manifest(trainer, pl_module)
-        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir)
+        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir, self)
         step = trainer.current_epoch
         sink.text("manifest", _markdown(self.manifest), step)
         sink.json("manifest.json", self.manifest)
         sink.record("runs", {"start_epoch": step, **self.manifest})
         sink.flush()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            release_sinks(self)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        release_sinks(self)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -161,6 +170,6 @@ class RunManifestCallback(Callback):
         if self.manifest is None or scheduler is None or not trainer.is_global_zero:
             return
         self.manifest["budget"] = scheduler.summary()
-        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir)
+        sink = make_sink(trainer, self.name, self._log_dir or trainer.default_root_dir, self)
         sink.json("manifest.json", self.manifest)
         sink.flush()

@@ -31,8 +31,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_positive_int
-from trainviz.guard import model_device, model_dtype, probe_guard
-from trainviz.layers import resolve_layers
+from trainviz.core.guard import model_device, model_dtype, probe_guard
+from trainviz.core.layers import resolve_layers
 from trainviz.ops.adversarial import fgsm_accuracy, steps_to_flip
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt, corruption_spec, list_corruptions
@@ -47,8 +47,8 @@ from trainviz.ops.robustness import (
     per_class_accuracy,
     relative_corruption_error,
 )
-from trainviz.probeset import ProbeSet
-from trainviz.transfer import to_cpu
+from trainviz.core.probeset import ProbeSet
+from trainviz.core.transfer import to_cpu
 from trainviz.render.images import to_uint8, upscale
 from trainviz.render.robustness import example_grid_image, table_heatmap_image
 from trainviz.report.summary import eps_label, summary_from_record
@@ -134,7 +134,7 @@ class RobustnessCallback(ProbeCallback):
         cam_shift: also compute the CAM shift. The logits then come from the Grad-CAM pass (one forward and a
             backward truncated at ``cam_layer``), which costs about 1.2-1.4x the plain forward passes.
         cam_layer: layer of the Grad-CAM (a name from ``trainviz.list_layers(model)``, or ``"auto"``: the
-            last module with a spatial output, or a vision transformer's token layer, see :mod:`trainviz.layers`);
+            last module with a spatial output, or a vision transformer's token layer, see :mod:`trainviz.core.layers`);
             resolved at setup, where an unknown name raises.
         cam_reshape: the ``reshape=`` of the Grad-CAM (:func:`trainviz.ops.cam.class_activation_maps`): layer
             output to ``(N, C, h, w)``, for token layouts other than a square grid with an optional class token.

@@ -52,7 +52,7 @@ class TensorImageDataset(Dataset):
     """Images (already normalised), labels and optional masks held in memory.
 
     Items are ``(image, label)`` or ``(image, label, mask)``; ``targets`` and ``class_names`` are exposed
-    so a :class:`~trainviz.probeset.ProbeSet` can stratify without reading every image.
+    so a :class:`~trainviz.core.probeset.ProbeSet` can stratify without reading every image.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainviz.checks import check_positive_int
+from trainviz.core.checks import check_positive_int
 
 __all__ = [
     "BasicBlock",

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainviz.outputs import expect_logits
+from trainviz.core.outputs import expect_logits
 
 __all__ = ["fgsm", "fgsm_accuracy", "steps_to_flip"]
 

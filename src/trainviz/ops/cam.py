@@ -18,11 +18,11 @@ Per layer, for target class ``c`` with score ``y_c`` (the logit) and activations
 
 Transformers: a token layer ``(N, T, C)`` is laid out as feature maps ``(N, C, h, w)`` before the maps are
 computed, by ``reshape=`` (a callable, applied to every layer's output as pytorch-grad-cam's
-``reshape_transform``) or by default :func:`trainviz.layers.tokens_to_grid` (``T = h*w`` on a square grid, or
+``reshape_transform``) or by default :func:`trainviz.core.layers.tokens_to_grid` (``T = h*w`` on a square grid, or
 ``h*w + 1`` with a class token first, which is dropped). The gradient is taken w.r.t. the layer's own output
 (the tensor in the graph), then activations and gradients are both reshaped, so CAM, Grad-CAM, Grad-CAM++
 and the aggregate apply unchanged. For a class-token ViT use a layer on the input side of the last block
-(``"auto"`` finds one, see :mod:`trainviz.layers`): the last block's output reaches the head only through
+(``"auto"`` finds one, see :mod:`trainviz.core.layers`): the last block's output reaches the head only through
 the class token, so its patch tokens have zero gradient.
 
 Every map is ReLU'd (also CAM's), min-max scaled to [0, 1] at its own resolution, then bilinearly resized
@@ -37,7 +37,7 @@ integer tensor ``(N, k)`` (several classes per image) or a list of ints (the sam
 image). Single-target specs give maps of shape ``(N, H, W)``, several targets ``(N, k, H, W)``. Several
 targets cost one ``autograd.grad`` call per target on the one retained graph (still one forward).
 
-The model's train/eval mode is the caller's business: call these in eval mode (``trainviz.guard.probe_guard``
+The model's train/eval mode is the caller's business: call these in eval mode (``trainviz.core.guard.probe_guard``
 does it), else BatchNorm updates its running statistics during the forward. The routine turns inference
 mode off and gradients on for itself, so it also works inside ``torch.inference_mode()``.
 
@@ -62,10 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainviz.checks import check_choice, check_positive_int
-from trainviz.hooks import capture
-from trainviz.layers import LayerSpec, Reshape, resolve_layer, resolve_layers, to_feature_maps, tokens_to_grid
-from trainviz.outputs import expect_logits
+from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.hooks import capture
+from trainviz.core.layers import LayerSpec, Reshape, resolve_layer, resolve_layers, to_feature_maps, tokens_to_grid
+from trainviz.core.outputs import expect_logits
 
 __all__ = [
     "AGGREGATES",
@@ -210,7 +210,7 @@ def activations_and_gradients(
         model: the network, in the mode the caller wants (eval for probes).
         images: a batch of model inputs.
         layers: layer names, modules, ``"auto"`` (the last 4-D layer, or a token layer of a transformer:
-            see :mod:`trainviz.layers`), or a resolved ``{name: module}``.
+            see :mod:`trainviz.core.layers`), or a resolved ``{name: module}``.
         targets: see :func:`resolve_targets`.
         k: classes per image for ``targets="topk"``.
         gradients: ``False`` runs the forward under ``torch.no_grad()`` (CAM).
@@ -219,7 +219,7 @@ def activations_and_gradients(
             ``active`` attribute is set ``True`` only while the input gradient is computed.
         reshape: a callable turning each layer's output into feature maps ``(N, C, h, w)``, e.g. for token
             layouts other than a square grid with an optional class token first; ``None``: 4-D outputs as
-            they are, tokens ``(N, T, C)`` by :func:`~trainviz.layers.tokens_to_grid`.
+            they are, tokens ``(N, T, C)`` by :func:`~trainviz.core.layers.tokens_to_grid`.
 
     Shape:
         images ``(N, C, H, W)``; see :class:`LayerPass` for the outputs.
@@ -474,7 +474,7 @@ def class_activation_maps(
         model: a classifier returning logits ``(N, K)``, in eval mode.
         images: model inputs.
         layers: one or several layer names / modules, ``"auto"`` (the last module with a 4-D output; on a
-            transformer a token layer after the patch embedding, see :mod:`trainviz.layers`), or a resolved
+            transformer a token layer after the patch embedding, see :mod:`trainviz.core.layers`), or a resolved
             ``{name: module}`` dict.
         targets: which classes to explain (see the module docstring).
         method: ``"cam"``, ``"gradcam"`` or ``"gradcam++"``.

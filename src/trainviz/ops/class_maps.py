@@ -46,10 +46,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from trainviz.checks import check_choice, check_positive_int
-from trainviz.hooks import capture
-from trainviz.layers import LayerSpec, resolve_layer
-from trainviz.outputs import expect_logits
+from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.hooks import capture
+from trainviz.core.layers import LayerSpec, resolve_layer
+from trainviz.core.outputs import expect_logits
 from trainviz.ops.cam import class_mean_maps
 from trainviz.ops.localization import map_correlation
 
@@ -83,7 +83,7 @@ def logits_and_maps(
     """Logits and the per-class maps of ``layer``, from one forward per batch (no graph, detached).
 
     The model's train/eval mode is the caller's business (call it in eval mode, e.g. inside
-    :func:`trainviz.guard.probe_guard`, else BatchNorm statistics change).
+    :func:`trainviz.core.guard.probe_guard`, else BatchNorm statistics change).
 
     Args:
         model: a classifier returning logits ``(N, K)``.

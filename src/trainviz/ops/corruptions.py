@@ -113,7 +113,7 @@ from kornia.filters import filter2d, filter2d_separable
 from kornia.geometry.transform import elastic_transform2d, warp_affine
 from torch import Tensor, nn
 
-from trainviz.checks import check_choice, check_positive_int
+from trainviz.core.checks import check_choice, check_positive_int
 
 __all__ = [
     "CORRUPTION_PARAMS",

@@ -38,7 +38,7 @@ import torch
 from scipy.linalg import orthogonal_procrustes
 from torch import Tensor
 
-from trainviz.checks import check_choice, check_positive_int
+from trainviz.core.checks import check_choice, check_positive_int
 
 __all__ = [
     "aligned_umap",

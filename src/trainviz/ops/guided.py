@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainviz.layers import LayerSpec, Reshape
+from trainviz.core.layers import LayerSpec, Reshape
 from trainviz.ops.cam import (
     Aggregate,
     CAMResult,
@@ -50,7 +50,7 @@ from trainviz.ops.cam import (
     activations_and_gradients,
     class_activation_maps,
 )
-from trainviz.outputs import unwrap
+from trainviz.core.outputs import unwrap
 
 __all__ = ["GuidedSwitch", "guided_backprop", "guided_grad_cam", "guided_relu"]
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainviz.checks import check_positive_int
+from trainviz.core.checks import check_positive_int
 from trainviz.ops.predict import predict_logits
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainviz.outputs import expect_logits
+from trainviz.core.outputs import expect_logits
 
 __all__ = ["predict_logits"]
 
@@ -20,7 +20,7 @@ __all__ = ["predict_logits"]
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits of ``model`` on ``images`` in batches, without building a graph.
 
-    ``model`` must return logits; for other outputs wrap it in :class:`trainviz.outputs.LogitsModel`.
+    ``model`` must return logits; for other outputs wrap it in :class:`trainviz.core.outputs.LogitsModel`.
 
     Shape:
         ``(N, C, H, W)`` -> ``(N, K)``

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainviz.checks import check_positive_int
+from trainviz.core.checks import check_positive_int
 from trainviz.ops import metrics
 
 __all__ = [

@@ -41,7 +41,7 @@ from trainviz.report.summary import (
 )
 from trainviz.report.template import PAGE
 
-from trainviz.sinks.artifacts import atomic_write
+from trainviz.sinks.artifacts import atomic_write, write_plotly_js
 
 __all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run", "reliability_bins"]
 
@@ -439,10 +439,7 @@ def build_report(
     if plotlyjs == "inline":
         script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
     else:
-        js = out.parent / "plotly.min.js"
-        source = plotly.offline.get_plotlyjs()
-        if not js.exists() or js.stat().st_size != len(source.encode("utf-8")):
-            atomic_write(js, source.encode("utf-8"))
+        write_plotly_js(out.parent)
         script = '<script src="plotly.min.js"></script>'
     run_name = run.root.parent.name
     page = PAGE.substitute(

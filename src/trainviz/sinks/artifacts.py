@@ -70,6 +70,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def write_plotly_js(folder: str | os.PathLike) -> Path:
+    """``plotly.min.js`` (4.8 MB) in ``folder``, written atomically unless the same version is there already:
+    the one copy the offline HTML pages beside it load."""
+    import plotly.offline
+
+    js = Path(folder) / "plotly.min.js"
+    source = plotly.offline.get_plotlyjs().encode("utf-8")
+    if not js.exists() or js.stat().st_size != len(source):
+        atomic_write(js, source)
+    return js
+
+
 WRITERS_DIR = ".writers"
 
 

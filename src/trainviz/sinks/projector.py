@@ -156,12 +156,12 @@ class ProjectorWriter:
             writer, so config merges never interleave).
     """
 
-    def __init__(self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter) -> None:
+    def __init__(self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter, owner: str = "embedding") -> None:
         if not isinstance(key, str) or not key or not all(ch.isalnum() or ch in "-_" for ch in key):
             raise ValueError(f"Expected `key` to be a non-empty name of letters, digits, '-' or '_', got {key!r}.")
         self.log_dir = Path(log_dir)
         self.folder = f"projector/{key}"
-        self.background = background
+        self.background, self.owner = background, owner  # owner: whose budget the writes count against
         self._sprite_dim: tuple[int, int] | None = None
 
     def _rel(self, name: str) -> str:
@@ -172,7 +172,7 @@ class ProjectorWriter:
         reference it. Kept when it already exists (a resumed run has the same probe set)."""
         sprite, dim = sprite_grid(images)  # computed now: validates, and fixes the tile size for the config
         self._sprite_dim = dim
-        self.background.submit(self._write_sprite, sprite)
+        self.background.submit_as(self.owner, self._write_sprite, sprite)
 
     def _write_sprite(self, sprite: np.ndarray) -> None:
         from PIL import Image
@@ -202,7 +202,7 @@ class ProjectorWriter:
             shapes = {k: a.shape for k, a in arrays.items()}
             raise ValueError(f"Expected 2-D tensors and metadata columns with the same number of rows, got {shapes} "
                              f"and {({c: len(v) for c, v in columns.items()})}.")
-        self.background.submit(self._write_epoch, epoch, arrays, columns, self._sprite_dim)
+        self.background.submit_as(self.owner, self._write_epoch, epoch, arrays, columns, self._sprite_dim)
 
     def _write_epoch(self, epoch: int, arrays: dict[str, np.ndarray], columns: dict[str, list], sprite_dim: Any) -> None:
         from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo

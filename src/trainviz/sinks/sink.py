@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainviz.sinks.artifacts import ArtifactStore, epoch_dir
+from trainviz.sinks.artifacts import ArtifactStore, epoch_dir, write_plotly_js
 from trainviz.sinks.writer import BackgroundWriter
 
 __all__ = ["Sink"]
@@ -57,7 +57,7 @@ class Sink:
         else:
             floats = [float(v) for v in values.values()]
         pairs = [(self.tag(n), f) for n, f in zip(names, floats)]
-        self.background.submit(self._write_scalars, pairs, step)
+        self.background.submit_as(self.callback, self._write_scalars, pairs, step)
 
     def scalar(self, name: str, value: Any, step: int) -> None:
         self.scalars({name: value}, step)
@@ -73,9 +73,9 @@ class Sink:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"Expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}.")
         if self.writer is not None:
-            self.background.submit(self.writer.add_image, self.tag(name), image, step, dataformats="HWC")
+            self.background.submit_as(self.callback, self.writer.add_image, self.tag(name), image, step, dataformats="HWC")
         if artifact and self.store is not None:
-            self.background.submit(self._write_png, f"{epoch_dir(self.callback, step)}/{name}.png", image)
+            self.background.submit_as(self.callback, self._write_png, f"{epoch_dir(self.callback, step)}/{name}.png", image)
 
     def _write_png(self, relpath: str, image: np.ndarray) -> None:
         import io
@@ -89,12 +89,12 @@ class Sink:
     def histogram(self, name: str, values: Any, step: int) -> None:
         if self.writer is None:
             return
-        self.background.submit(self.writer.add_histogram, self.tag(name), _to_numpy(values).ravel(), step)
+        self.background.submit_as(self.callback, self.writer.add_histogram, self.tag(name), _to_numpy(values).ravel(), step)
 
     def text(self, name: str, text: str, step: int) -> None:
         if self.writer is None:
             return
-        self.background.submit(self.writer.add_text, self.tag(name), text, step)
+        self.background.submit_as(self.callback, self.writer.add_text, self.tag(name), text, step)
 
     # Artifacts -------------------------------------------------------------------------------------
     def npz(self, epoch: int, name: str, **arrays: Any) -> None:
@@ -102,24 +102,66 @@ class Sink:
         if self.store is None:
             return
         data = {k: _to_numpy(v) for k, v in arrays.items()}
-        self.background.submit(self.store.write_npz, f"{epoch_dir(self.callback, epoch)}/{name}.npz", **data)
+        self.background.submit_as(self.callback, self.store.write_npz, f"{epoch_dir(self.callback, epoch)}/{name}.npz", **data)
 
     def record(self, name: str, record: Mapping[str, Any]) -> None:
         """Append a JSON record to ``<callback>/<name>.jsonl`` (same ``epoch`` replaces)."""
         if self.store is None:
             return
-        self.background.submit(self.store.append_jsonl, f"{self.callback}/{name}.jsonl", dict(record))
+        self.background.submit_as(self.callback, self.store.append_jsonl, f"{self.callback}/{name}.jsonl", dict(record))
 
     def json(self, name: str, obj: Any) -> None:
         if self.store is None:
             return
-        self.background.submit(self.store.write_json, f"{self.callback}/{name}", obj)
+        self.background.submit_as(self.callback, self.store.write_json, f"{self.callback}/{name}", obj)
 
     def file(self, name: str, data: bytes | str) -> None:
         if self.store is None:
             return
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        self.background.submit(self.store.write_bytes, f"{self.callback}/{name}", payload)
+        self.background.submit_as(self.callback, self.store.write_bytes, f"{self.callback}/{name}", payload)
+
+    def write(self, result: Any) -> None:
+        """Write a :class:`~trainviz.core.result.Result` of epoch ``result.epoch``: its scalars (``None`` left
+        out), rendered images (TensorBoard and PNG artifacts), histograms, arrays (npz), record (JSON lines)
+        and documents (JSON)."""
+        epoch = result.epoch
+        scalars = {name: value for name, value in result.scalars().items() if value is not None}
+        if scalars:
+            self.scalars(scalars, epoch)
+        for name, image in result.render().items():
+            self.image(name, image, epoch, artifact=True)
+        for name, values in result.histograms().items():
+            self.histogram(name, values, epoch)
+        for name, arrays in result.arrays().items():
+            self.npz(epoch, name, **arrays)
+        self.record(result.record_name, result.record())
+        for name, document in result.documents().items():
+            self.json(name, document)
+
+    def read_records(self, name: str = "metrics") -> list[dict[str, Any]]:
+        """This callback's JSON-lines records ``<callback>/<name>.jsonl`` (queued writes flushed first)."""
+        if self.store is None:
+            return []
+        self.background.flush()
+        return self.store.read_jsonl(f"{self.callback}/{name}.jsonl")
+
+    def read_npz(self, epoch: int, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of ``epoch_XXXX/<name>.npz`` of this callback, or ``None`` if there is none."""
+        if self.store is None:
+            return None
+        self.background.flush()
+        relpath = f"{epoch_dir(self.callback, epoch)}/{name}.npz"
+        return self.store.read_npz(relpath) if self.store.path(relpath).exists() else None
+
+    def plotly_js(self) -> None:
+        """Write ``plotly.min.js`` once into this callback's folder, for its offline HTML figures."""
+        if self.store is not None:
+            self.background.submit_as(self.callback, write_plotly_js, self.store.path(self.callback))
+
+    def busy_seconds(self) -> float:
+        """Seconds the writer thread has spent on this callback's writes."""
+        return self.background.busy.get(self.callback, 0.0)
 
     def epochs(self) -> list[int]:
         """Epochs with artifacts of this callback (written ones; queued writes are flushed first)."""
@@ -132,7 +174,7 @@ class Sink:
         """Drop this callback's artifacts of epochs after ``epoch`` (a run resumed from an earlier checkpoint)."""
         if self.store is None:
             return
-        self.background.submit(self.store.prune_after, self.callback, epoch)
+        self.background.submit_as(self.callback, self.store.prune_after, self.callback, epoch)
 
     def flush(self) -> None:
         """Wait for queued writes, then flush TensorBoard's event file."""

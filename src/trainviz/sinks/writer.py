@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self.busy: dict[str, float] = {}  # seconds of work per owner (``submit_as``), for the overhead budget
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -40,7 +42,8 @@ class BackgroundWriter:
                 self._thread = threading.Thread(target=self._loop, name="trainviz-writer", daemon=True)
                 self._thread.start()
 
-    def _execute(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def _execute(self, fn: Callable[..., Any], args: tuple, kwargs: dict, owner: str = "") -> None:
+        start = time.perf_counter()
         try:
             fn(*args, **kwargs)
         except Exception as err:  # a failed write must not stop the others or training
@@ -48,6 +51,8 @@ class BackgroundWriter:
             if kind not in self._warned:
                 self._warned.add(kind)
                 warnings.warn(f"trainviz: a background write failed ({kind}: {err}); later writes go on.", stacklevel=2)
+        finally:
+            self.busy[owner] = self.busy.get(owner, 0.0) + time.perf_counter() - start
 
     def _loop(self) -> None:
         while True:
@@ -61,11 +66,15 @@ class BackgroundWriter:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Queue ``fn(*args, **kwargs)``. Arguments must not be mutated afterwards (pass copies)."""
+        self.submit_as("", fn, *args, **kwargs)
+
+    def submit_as(self, owner: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """:meth:`submit`, with the job's seconds added to ``busy[owner]``."""
         if self.synchronous:
-            self._execute(fn, args, kwargs)
+            self._execute(fn, args, kwargs, owner)
             return
         self._ensure_thread()
-        self._queue.put((fn, args, kwargs))
+        self._queue.put((fn, args, kwargs, owner))
 
     def flush(self) -> None:
         """Wait until all queued jobs are done."""

@@ -5,7 +5,7 @@ many threads as there are cores, next to the training thread's own. :func:`backg
 one thread for the code run inside it (numba's cap is per thread, the others are threadpoolctl's limits).
 
 Example:
-    >>> from trainviz.threads import background_threads
+    >>> from trainviz.core.threads import background_threads
     >>> with background_threads(max_cores=10**6) as n:
     ...     n
     1
@@ -18,10 +18,21 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-__all__ = ["SMALL_MACHINE_CORES", "background_threads"]
+__all__ = ["SMALL_MACHINE_CORES", "background_threads", "contention"]
 
 SMALL_MACHINE_CORES = 4
 """At or below this many cores, background work runs on one thread."""
+
+SMALL_MACHINE_CONTENTION = 2.5
+"""Seconds of training a second of background work costs on a small machine (measured on 2 cores: a capped
+embedding job of 1.2 s slowed the training steps by about 3 s; a Python thread holds the GIL between its numpy
+calls, and torch's two threads wait for a preempted one)."""
+
+
+def contention(max_cores: int = SMALL_MACHINE_CORES) -> float:
+    """What the overhead budget charges for a second of background work: :data:`SMALL_MACHINE_CONTENTION` on
+    machines with ``max_cores`` cores or fewer, else 1."""
+    return SMALL_MACHINE_CONTENTION if (os.cpu_count() or 1) <= max_cores else 1.0
 
 
 @contextmanager

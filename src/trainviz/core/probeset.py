@@ -3,7 +3,7 @@
 Example:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
-    >>> from trainviz.probeset import ProbeSet
+    >>> from trainviz.core.probeset import ProbeSet
     >>> ds = TensorDataset(torch.rand(100, 3, 8, 8), torch.arange(100) % 4)
     >>> probe = ProbeSet.from_dataset(ds, size=20, seed=0)
     >>> probe.images.shape, probe.labels.bincount().tolist()

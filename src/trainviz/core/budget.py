@@ -11,7 +11,7 @@ always produce a result (scaled down to what is essential if the credit is short
 both ends; the overshoot this allows is the cost of those essential parts.
 
 Example:
-    >>> from trainviz.budget import Scheduler
+    >>> from trainviz.core.budget import Scheduler
     >>> s = Scheduler()
     >>> s.register("cam", 0.1)
     >>> s.start(now=0.0)
@@ -51,13 +51,14 @@ class Ledger:
 
     fraction: float
     foreground: float = 0.0
-    background: float = 0.0
+    background: float = 0.0  # worker threads (UMAP, t-SNE), weighted by contention
+    writer: float = 0.0  # the sink's writer thread (PNG, npz, TensorBoard), weighted by contention
     runs: int = 0
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spent(self) -> float:
-        return self.foreground + self.background
+        return self.foreground + self.background + self.writer
 
 
 class Scheduler:
@@ -113,6 +114,11 @@ class Scheduler:
             else:
                 ledger.background += seconds
 
+    def set_writer(self, name: str, seconds: float) -> None:
+        """Set the (weighted) seconds the sink's writer thread has worked for callback ``name`` so far."""
+        with self._lock:
+            self.ledgers[name].writer = seconds
+
     def skip(self, name: str, epoch: int, what: str, reason: str) -> None:
         """Record that part of a run (``what``) of callback ``name`` did not fit at ``epoch``."""
         with self._lock:
@@ -129,6 +135,7 @@ class Scheduler:
                         "fraction": ledger.fraction,
                         "foreground_seconds": round(ledger.foreground, 3),
                         "background_seconds": round(ledger.background, 3),
+                        "writer_seconds": round(ledger.writer, 3),
                         "share_of_training": round(ledger.spent / train, 4) if train > 0 else None,
                         "runs": ledger.runs,
                         "skipped": list(ledger.skips),

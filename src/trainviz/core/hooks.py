@@ -4,7 +4,7 @@ Hooks exist only inside the ``with`` block and are removed in ``finally``, also 
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from trainviz.hooks import capture
+    >>> from trainviz.core.hooks import capture
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True))
     >>> with capture(net, {"conv": net[0]}) as acts:
     ...     _ = net(torch.randn(2, 3, 8, 8))
@@ -45,7 +45,7 @@ def capture(
 
     Args:
         model: the network (only used for documentation symmetry; hooks go on ``layers``).
-        layers: ``{name: module}``, e.g. from :func:`trainviz.layers.resolve_layers`.
+        layers: ``{name: module}``, e.g. from :func:`trainviz.core.layers.resolve_layers`.
         keep_graph: ``False`` stores detached copies. ``True`` stores the layer's own output tensor
             (attached to the autograd graph, so ``torch.autograd.grad(score, acts[name])`` works) and
             passes a *clone* downstream, so a later in-place op (``ReLU(inplace=True)``) cannot modify

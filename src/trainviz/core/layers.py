@@ -13,11 +13,11 @@ the input side of the last block: ``blocks[-1].norm1`` of a pre-norm (timm-style
 pytorch-grad-cam recommends, or the output of the second-to-last ``nn.TransformerEncoderLayer`` (post-norm,
 whose ``norm1`` comes after the attention). For a mean-pooled ViT every token layer gets a gradient, and the
 rule takes the last one (e.g. the final norm before the pooling), as the last conv layer of a CNN. The choice
-is logged (``logging.getLogger("trainviz.layers")``, level INFO); callbacks also report it.
+is logged (``logging.getLogger("trainviz.core.layers")``, level INFO); callbacks also report it.
 
 Example:
     >>> import torch.nn as nn
-    >>> from trainviz.layers import resolve_layer, list_layers
+    >>> from trainviz.core.layers import resolve_layer, list_layers
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     >>> resolve_layer(net, "0")[0]
     '0'
@@ -34,8 +34,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from trainviz.hooks import capture
-from trainviz.outputs import to_logits, unwrap
+from trainviz.core.hooks import capture
+from trainviz.core.outputs import to_logits, unwrap
 
 LayerSpec = Union[str, nn.Module]
 Reshape = Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -148,8 +148,8 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
 
     Runs one forward pass of ``example`` under ``torch.no_grad()`` with temporary hooks (removed in
     ``finally``), and for token layers one more forward and one ``torch.autograd.grad`` (so ``model`` must
-    return logits, e.g. a :class:`trainviz.outputs.LogitsModel`). The caller is responsible for eval mode and
-    RNG (see :func:`trainviz.guard.probe_guard`).
+    return logits, e.g. a :class:`trainviz.core.outputs.LogitsModel`). The caller is responsible for eval mode and
+    RNG (see :func:`trainviz.core.guard.probe_guard`).
 
     Args:
         model: the network.

@@ -13,7 +13,7 @@ Inside the guard a probe may run forwards and ``torch.autograd.grad`` on the mod
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from trainviz.guard import probe_guard
+    >>> from trainviz.core.guard import probe_guard
     >>> net = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)).train()
     >>> with torch.inference_mode(), probe_guard(net):
     ...     x = torch.randn(4, 3, requires_grad=True)

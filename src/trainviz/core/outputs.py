@@ -60,7 +60,7 @@ OutputSpec = Optional[Union[int, str, Callable[[Any], torch.Tensor]]]
 _HOW = (
     "pass `output=` to the callback (or `default_callbacks(output=...)`): a key, an index or a callable "
     "that returns the logits, e.g. output=0 for (logits, aux), output='logits' for a dict, "
-    "output=lambda out: out['head'][0]; with the ops, wrap the model in `trainviz.outputs.LogitsModel(model, output=...)`"
+    "output=lambda out: out['head'][0]; with the ops, wrap the model in `trainviz.core.outputs.LogitsModel(model, output=...)`"
 )
 
 
@@ -174,7 +174,7 @@ class LogitsModel(nn.Module):
 
     The model is not registered as a child: the wrapper's module tree is the model's own, with the same
     layer names (``named_modules``, ``modules``, ``parameters``, ``buffers``, ``train``/``eval``, ``to``
-    delegate to it), so :func:`trainviz.layers.resolve_layers` and hooks see the real layers. Save the model
+    delegate to it), so :func:`trainviz.core.layers.resolve_layers` and hooks see the real layers. Save the model
     itself, not the wrapper (its ``state_dict`` is empty).
 
     Args:

@@ -17,7 +17,7 @@ and then refuses (:func:`check_pixel_range`) a mapping that does not bring the p
 Example:
     >>> import torch
     >>> from torchvision import transforms
-    >>> from trainviz.pixels import find_normalization, as_normalization
+    >>> from trainviz.core.pixels import find_normalization, as_normalization
     >>> pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))])
     >>> find_normalization(pipeline)
     Normalization(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))

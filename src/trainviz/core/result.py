@@ -1,0 +1,75 @@
+"""The shape every capability's outcome takes: one typed result per run, written by the sink, read back by the
+report.
+
+A capability is a pure computation ``compute(model, probe, config) -> SomeResult`` (torch, no Lightning). The
+result is a dataclass deriving from :class:`Result`; its JSON record schema is defined once, in ``record()`` and
+``from_record()``, next to the fields, so that the callback writes it, the report reads it and the CI gates come
+from it without any module parsing another's string keys. :meth:`Sink.write <trainviz.sinks.Sink.write>` is the
+one way a result leaves the process: scalars, rendered images, arrays, the record and any documents.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> from trainviz.core.result import Result
+    >>> @dataclass
+    ... class Accuracy(Result):
+    ...     epoch: int
+    ...     accuracy: float
+    ...     def scalars(self):
+    ...         return {"accuracy": self.accuracy}
+    ...     def record(self):
+    ...         return {"epoch": self.epoch, "accuracy": self.accuracy}
+    ...     @classmethod
+    ...     def from_record(cls, record):
+    ...         return cls(record["epoch"], record["accuracy"])
+    >>> r = Accuracy(3, 0.75)
+    >>> Accuracy.from_record(r.record()) == r, r.scalars()
+    (True, {'accuracy': 0.75})
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Result"]
+
+
+class Result:
+    """Base of the typed results. Subclasses are dataclasses with an ``epoch`` field and override what they have.
+
+    Attributes:
+        record_name: the JSON-lines file of the records (``<callback>/<record_name>.jsonl``).
+    """
+
+    record_name: ClassVar[str] = "metrics"
+    epoch: int
+
+    def scalars(self) -> dict[str, float | None]:
+        """Scalars to log, ``{name: value}`` (tags ``trainviz/<callback>/<name>``); ``None`` values are not logged."""
+        return {}
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record of the run (plain values, ``None`` for non-finite numbers)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Result:
+        """The result back from :meth:`record` (what the report reads)."""
+        raise NotImplementedError
+
+    def render(self) -> dict[str, np.ndarray]:
+        """Images to log, ``{name: (H, W, 3) uint8}``, also saved as ``epoch_XXXX/<name>.png``."""
+        return {}
+
+    def arrays(self) -> dict[str, dict[str, Any]]:
+        """Arrays to save, ``{file: {key: array}}`` as ``epoch_XXXX/<file>.npz``."""
+        return {}
+
+    def histograms(self) -> dict[str, Any]:
+        """Value sets to log as TensorBoard histograms, ``{name: array}``."""
+        return {}
+
+    def documents(self) -> dict[str, Any]:
+        """JSON documents to (over)write in the callback's folder, ``{file name: object}``."""
+        return {}
