@@ -18,13 +18,17 @@ from trainviz.ops.corruptions import (
     IMAGENET_C,
     SEED_PROBES,
     Corruption,
+    blur,
     channel_order,
     corrupt,
+    digital,
     gaussian_blur,
     grayscale,
     list_corruptions,
     register_corruption,
+    registry,
     salt_and_pepper,
+    weather,
 )
 
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"}
@@ -419,10 +423,10 @@ def test_jpeg_matches_pil_exactly(quality_severity):
     ref = torch.from_numpy(np.stack(ref)).permute(0, 3, 1, 2)
     y = corrupt(x, "jpeg_compression", quality_severity)
     assert torch.equal((y * 255).round().to(torch.uint8), ref)
-    assert torch.equal(C._jpeg_pil(u8, quality), ref)  # the fallback without torchvision
+    assert torch.equal(digital._jpeg_pil(u8, quality), ref)  # the fallback without torchvision
     gray = u8[:, :1]
     gray_out = corrupt(x[:, :1], "jpeg_compression", quality_severity)
-    assert torch.equal(C._jpeg_pil(gray, quality), (gray_out * 255).round().to(torch.uint8))
+    assert torch.equal(digital._jpeg_pil(gray, quality), (gray_out * 255).round().to(torch.uint8))
 
 
 def test_brightness_matches_hsv_round_trip():
@@ -455,7 +459,7 @@ def test_glass_blur_severity_1_only_permutes_pixels_locally():
 
 
 def test_motion_kernel_is_imagemagicks():
-    k = C._motion_kernels(6, 1.5, torch.tensor([0.0, 90.0]))
+    k = blur._motion_kernels(6, 1.5, torch.tensor([0.0, 90.0]))
     width = 13
     w = np.exp(-np.arange(width) ** 2 / (2 * 1.5**2))
     w /= w.sum()
@@ -465,7 +469,7 @@ def test_motion_kernel_is_imagemagicks():
     assert k.sum(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0])
     # applied with replicated edges: out[y, x] = sum_i w_i in[y, min(x + i, W - 1)]
     x = scene(n=1, size=16).double()
-    out = C._motion_blur(x, 6, 1.5, torch.tensor([0.0]))
+    out = blur._motion_blur(x, 6, 1.5, torch.tensor([0.0]))
     idx = torch.clamp(torch.arange(16)[:, None] + torch.arange(width)[None], max=15)
     ref = (x[..., idx] * torch.from_numpy(w)).sum(-1)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
@@ -504,12 +508,12 @@ def test_plasma_fractal_and_fog_follow_make_cifar_c():
         return low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64).numpy()
 
     ref = _plasma_numpy(uniform, 32, 2.5)
-    ours = C._plasma_fractal(1, 32, 2.5, torch.Generator().manual_seed(9))[0].numpy()
+    ours = weather._plasma_fractal(1, 32, 2.5, torch.Generator().manual_seed(9))[0].numpy()
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
     assert ours.min() == 0 and ours.max() == 1
     # fog: (x + s plasma) max / (max + s), with the plasma drawn from the same seed
     x = scene(n=2).double()
-    plasma = C._plasma_fractal(2, 32, 2.5, torch.Generator().manual_seed(3))[:, None]
+    plasma = weather._plasma_fractal(2, 32, 2.5, torch.Generator().manual_seed(3))[:, None]
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
     ref = ((x + 0.75 * plasma) * peak / (peak + 0.75)).clamp(0, 1)
     torch.testing.assert_close(corrupt(x, "fog", 3, seed=3), ref, rtol=0, atol=1e-12)
@@ -591,7 +595,7 @@ def test_register_custom_corruption():
         with pytest.raises(ValueError, match="one entry per severity"):
             register_corruption("test_bad", invert, severities=3, params=[1])
     finally:
-        C._REGISTRY.pop("test_invert", None)
+        registry._REGISTRY.pop("test_invert", None)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainviz.core.checks import check_positive_int
+
 __all__ = ["Normalization", "TensorImageDataset", "TensorImageDataModule"]
 
 
@@ -91,8 +93,7 @@ class TensorImageDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected `batch_size` to be a positive int, got {batch_size!r}.")
+        check_positive_int("batch_size", batch_size)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainviz.core.checks import check_float
 from trainviz.data.base import Normalization, TensorImageDataModule, TensorImageDataset
 
 __all__ = ["DigitsDataModule", "load_digits_images"]
@@ -47,10 +48,12 @@ class DigitsDataModule(TensorImageDataModule):
     class_names = [str(d) for d in range(10)]
     in_channels = 1
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, size: int = 32, val_fraction: float = 0.2):
+    def __init__(
+        self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, size: int = 32, val_fraction: float = 0.2
+    ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"Expected `val_fraction` in (0, 1), got {val_fraction!r}.")
+        if not 0 < check_float("val_fraction", val_fraction) < 1:
+            raise ValueError(f"Expected `val_fraction` to be in (0, 1), got {val_fraction!r}.")
         self.size, self.val_fraction = size, val_fraction
 
     def build(self) -> tuple[TensorImageDataset, TensorImageDataset]:

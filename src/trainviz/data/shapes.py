@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from trainviz.core.checks import check_float, check_int, check_positive_int
 from trainviz.data.base import Normalization, TensorImageDataModule, TensorImageDataset
 
 __all__ = ["ShapesDataModule", "make_shapes", "SHAPE_CLASSES"]
@@ -74,10 +75,8 @@ def make_shapes(
     Shape:
         images ``(n, 3, size, size)``, labels ``(n,)``, masks ``(n, size, size)`` bool.
     """
-    if size < 16:
-        raise ValueError(f"Expected `size` >= 16 pixels, got {size}.")
-    if not 0 <= colour_bias <= 1:
-        raise ValueError(f"Expected `colour_bias` in [0, 1], got {colour_bias}.")
+    check_int("size", size, minimum=16)
+    check_float("colour_bias", colour_bias, 0, 1)
     rng = np.random.default_rng(seed)
     photos = _photos()
     k = len(SHAPE_CLASSES)
@@ -131,9 +130,8 @@ class ShapesDataModule(TensorImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        for name, value in (("n_train", n_train), ("n_val", n_val)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive int, got {value!r}.")
+        check_positive_int("n_train", n_train)
+        check_positive_int("n_val", n_val)
         self.n_train, self.n_val, self.size, self.colour_bias = n_train, n_val, size, colour_bias
 
     def build(self) -> tuple[TensorImageDataset, TensorImageDataset]:

@@ -1,5 +1,8 @@
 """Zhang's encoder-decoder with group convolution: one spatial map per class, read off directly.
 
+Xiaohan Zhang, "Visualization of encoder-decoder structure of Deep Convolutional Neural Network" (sections 3
+and 4; eqs. 8-10).
+
 An encoder (ResNet-18 without ``avgpool``/``fc``: 512x2x2 for a 64x64 image) is followed by
 :class:`GroupConvDecoder`: a 1x1 convolution to ``K`` channels (one per class), x2 upsampling stages whose
 last is a group convolution with ``groups=K``, giving ``K`` maps of 8x8; global average pooling turns each
@@ -40,7 +43,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainviz.core.checks import check_positive_int
+from trainviz.core.checks import check_choice, check_float, check_int, check_positive_int
 from trainviz.models.resnet import (
     ResNetBackbone,
     load_pretrained,
@@ -112,16 +115,11 @@ class GroupConvDecoder(nn.Module):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("num_classes", num_classes)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if not 0 <= check_float("dropout", dropout) < 1:
             raise ValueError(f"Expected `dropout` to be a float in [0, 1), got {dropout!r}")
-        if variant not in DECODERS:
-            raise ValueError(f"Expected `variant` to be one of {DECODERS}, got {variant!r}")
-        least = 1 if variant == "seed003" else 0
-        if isinstance(upsample_stages, bool) or not isinstance(upsample_stages, int) or upsample_stages < least:
-            kind = "a positive" if least else "a non-negative"
-            raise ValueError(
-                f"Expected `upsample_stages` to be {kind} int with variant={variant!r}, got {upsample_stages!r}"
-            )
+        check_choice("variant", variant, DECODERS)
+        if check_int("upsample_stages", upsample_stages, minimum=0) == 0 and variant == "seed003":
+            raise ValueError(f"Expected `upsample_stages` to be a positive int with variant={variant!r}, got 0")
         self.variant: str = variant
         c = num_classes
         if variant == "seed003":
@@ -277,8 +275,7 @@ class ClassMapNet(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes)
-        if decoder not in DECODERS:
-            raise ValueError(f"Expected `decoder` to be one of {DECODERS}, got {decoder!r}")
+        check_choice("decoder", decoder, DECODERS)
         check_positive_int("in_channels", in_channels)
         if encoder_channels is not None:
             check_positive_int("encoder_channels", encoder_channels)

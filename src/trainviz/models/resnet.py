@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainviz.core.checks import check_positive_int
+from trainviz.core.checks import check_choice, check_positive_int
 
 __all__ = [
     "BasicBlock",
@@ -139,8 +139,7 @@ class ResNetBackbone(nn.Module):
         _check_positive_ints("widths", widths)
         _check_positive_ints("blocks", blocks, len(widths))
         check_positive_int("in_channels", in_channels)
-        if stem not in _STEMS:
-            raise ValueError(f"Expected `stem` to be one of {_STEMS}, got {stem!r}")
+        check_choice("stem", stem, _STEMS)
         if strides is None:
             strides = (1,) + (2,) * (len(widths) - 1)
         _check_positive_ints("strides", strides, len(widths))
@@ -185,7 +184,8 @@ def resnet18_backbone(in_channels: int = 3, width: int = 64, stem: Stem = "image
 
     With the default ``width=64`` and ``stem="imagenet"`` this is torchvision's
     ``resnet18`` up to ``layer4`` (same names, shapes and initialisation), so a
-    64x64 image gives a 512x2x2 feature map, the encoder of seed 003.
+    64x64 image gives a 512x2x2 feature map, the encoder of Zhang's encoder-decoder
+    with group convolution.
 
     Args:
         in_channels: channels of the input images.
@@ -299,8 +299,7 @@ def load_pretrained(
         >>> load_pretrained(resnet18_backbone(width=8), path)
         ([], [])
     """
-    if strict not in (True, False, "missing"):
-        raise ValueError(f"Expected `strict` to be True, False or 'missing', got {strict!r}")
+    check_choice("strict", strict, (True, False, "missing"))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Expected `path` to be an existing weights file, got {str(path)!r}")
     state = torch.load(path, map_location="cpu", weights_only=True)

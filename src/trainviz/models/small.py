@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainviz.core.checks import check_choice
+
 __all__ = ["SmallCNN", "DemoClassifier"]
 
 
@@ -30,7 +32,8 @@ class SmallCNN(nn.Module):
     """Three conv blocks (stride 1, 2, 2) -> global average pooling -> linear.
 
     Shape:
-        input ``(N, in_channels, H, W)``; ``features`` output ``(N, widths[-1], H/4, W/4)``; logits ``(N, num_classes)``.
+        input ``(N, in_channels, H, W)``; ``features`` output ``(N, widths[-1], H/4, W/4)``;
+        logits ``(N, num_classes)``.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
@@ -59,7 +62,9 @@ class DemoClassifier(pl.LightningModule):
     Batches are ``(x, y)`` or ``(x, y, mask)`` (the mask is ignored for training).
     """
 
-    def __init__(self, num_classes: int = 6, in_channels: int = 3, arch: Literal["cnn", "resnet"] = "cnn", lr: float = 3e-3):
+    def __init__(
+        self, num_classes: int = 6, in_channels: int = 3, arch: Literal["cnn", "resnet"] = "cnn", lr: float = 3e-3
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = self._build_net()
@@ -67,13 +72,11 @@ class DemoClassifier(pl.LightningModule):
     def _build_net(self) -> nn.Module:
         """The wrapped network, built from ``self.hparams`` (subclasses override it to wrap another net)."""
         arch, num_classes, in_channels = self.hparams.arch, self.hparams.num_classes, self.hparams.in_channels
-        if arch == "cnn":
+        if check_choice("arch", arch, ("cnn", "resnet")) == "cnn":
             return SmallCNN(num_classes, in_channels)
-        if arch == "resnet":
-            from trainviz.models.resnet import ResNetClassifier
+        from trainviz.models.resnet import ResNetClassifier
 
-            return ResNetClassifier(num_classes, in_channels=in_channels)
-        raise ValueError(f"Expected `arch` to be one of 'cnn', 'resnet', got {arch!r}.")
+        return ResNetClassifier(num_classes, in_channels=in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,4 +1,6 @@
-"""Adversarial probes by gradient ascent on the input (seed 001): FGSM and the number of steps to flip a prediction.
+"""Adversarial probes by gradient ascent on the input: FGSM (Goodfellow et al. 2015, "Explaining and Harnessing
+Adversarial Examples") and the number of steps to flip a prediction (the adversarial samples of François Fleuret's
+EE-559 lecture "Under the hood").
 
 Images are in pixel space ``[0, 1]``; ``preprocess`` maps them to the model's input (e.g. normalisation), and
 gradients are taken with respect to the pixel images, so adversarial images stay valid images (clamped to
@@ -23,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainviz.core.checks import check_float, check_int
 from trainviz.core.outputs import expect_logits
 
 __all__ = ["fgsm", "fgsm_accuracy", "steps_to_flip"]
@@ -48,12 +50,6 @@ def _check_inputs(model: Any, x: Any, target: Any, preprocess: Any) -> None:
         raise ValueError(f"Expected `target` to be an integer tensor of shape ({x.shape[0]},), got {shape}")
     if preprocess is not None and not callable(preprocess):
         raise TypeError(f"Expected `preprocess` to be callable or None, got {type(preprocess).__name__}")
-
-
-def _check_eps(eps: Any, name: str = "eps") -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"Expected `{name}` to be a finite number >= 0, got {eps!r}")
-    return float(eps)
 
 
 def _logits_and_input_grad(
@@ -99,7 +95,7 @@ def fgsm(
     """
     _check_inputs(model, x, target, preprocess)
     many = not isinstance(eps, (int, float))
-    values = [_check_eps(e) for e in eps] if many else [_check_eps(eps)]
+    values = [check_float("eps", e, minimum=0) for e in (eps if many else [eps])]
     if many and not values:
         raise ValueError("Expected `eps` to be a number or a non-empty sequence of numbers, got an empty sequence")
     _, grad = _logits_and_input_grad(model, x, target, preprocess)
@@ -143,7 +139,7 @@ def fgsm_accuracy(
     _check_inputs(model, x, y, preprocess)
     if isinstance(epsilons, (int, float)) or len(epsilons) == 0:
         raise ValueError(f"Expected `epsilons` to be a non-empty sequence of numbers, got {epsilons!r}")
-    values = [_check_eps(e, "epsilons") for e in epsilons]
+    values = [check_float("epsilons", e, minimum=0) for e in epsilons]
     _, grad = _logits_and_input_grad(model, x, y, preprocess)
     step = grad.sign()
     accuracies = []
@@ -165,11 +161,11 @@ def steps_to_flip(
     preprocess: Preprocess = None,
 ) -> Tensor:
     """Number of gradient-ascent steps ``x <- clamp(x + step_size grad_x CE(model(x), y), 0, 1)`` until the
-    prediction is no longer ``y`` (seed 001's iterative adversarial samples).
+    prediction is no longer ``y`` (the iterative adversarial samples of Fleuret's lecture).
 
     All images step together; an image stops moving once its prediction has left ``y``. An image already
     predicted as another class counts 0 steps; one still predicted ``y`` after ``max_steps`` steps gets ``-1``.
-    Seed 001 ascends the loss of the model's own prediction: pass ``y = model(x).argmax(1)`` for that.
+    Fleuret's lecture ascends the loss of the model's own prediction: pass ``y = model(x).argmax(1)`` for that.
 
     Args:
         model: maps ``preprocess(x)`` to logits of shape (N, K).
@@ -192,10 +188,8 @@ def steps_to_flip(
         torch.Size([5])
     """
     _check_inputs(model, x, y, preprocess)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
-        raise ValueError(f"Expected `step_size` to be a positive number, got {step_size!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"Expected `max_steps` to be an int >= 0, got {max_steps!r}")
+    step_size = check_float("step_size", step_size, minimum=0, strict_minimum=True)
+    check_int("max_steps", max_steps, minimum=0)
     n = x.shape[0]
     steps = torch.full((n,), -1, dtype=torch.long, device=x.device)
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
