@@ -20,16 +20,19 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import trainviz.callbacks.embedding as embedding_module
+import trainviz.probes.embedding as embedding_module  # the computation: where the ops are looked up
 from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.core.hooks import count_hooks
+from trainviz.probes.embedding import EmbeddingResult
 from trainviz.ops.embedding import knn_accuracy, pca, procrustes_align, silhouette, umap_embed
 from trainviz.render.embedding import PALETTE, animation_figure, depth_image, scatter_image
 
 from conftest import demo_model, make_trainer
 
 LAYERS = ["net.features.1", "net.features", "net.fc"]
-_spec = importlib.util.spec_from_file_location("projector_helpers", Path(__file__).parents[1] / "sinks" / "test_projector.py")
+_spec = importlib.util.spec_from_file_location(
+    "projector_helpers", Path(__file__).parents[1] / "sinks" / "test_projector.py"
+)
 tb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tb)  # start_tensorboard, get, projector_info
 
@@ -58,7 +61,7 @@ class WaitForWorker(Callback):
         self.cb = cb
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.cb._wait()
+        self.cb.worker.wait()
 
 
 def npz(root, epoch, layer):
@@ -74,8 +77,15 @@ def frame_names(html: str) -> list[str]:
 
 
 def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
-    cb = EmbeddingCallback(layers=LAYERS, methods=["umap", "pca"], slow_every_k=2, linear_probe_folds=2,
-                           save_features=True, n_neighbors=10, strict=True)
+    cb = EmbeddingCallback(
+        layers=LAYERS,
+        methods=["umap", "pca"],
+        slow_every_k=2,
+        linear_probe_folds=2,
+        save_features=True,
+        n_neighbors=10,
+        strict=True,
+    )
     model, _ = fit(tmp_path, [cb, WaitForWorker(cb)], dm, epochs=4)
     assert cb.done_epochs == [0, 1, 2, 3] and cb.failures == 0 and count_hooks(model) == 0
     assert len(cb.probe) == 120 and cb.methods == ("pca", "umap")  # probe_size=None: the whole 120-image split
@@ -84,8 +94,11 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
     probe, labels = cb.probe, cb.probe.labels.numpy()
     model.eval()
     with torch.no_grad():
-        direct = {"net.features.1": model.net.features[:2](probe.images).mean((2, 3)),
-                  "net.features": model.net.features(probe.images).mean((2, 3)), "net.fc": model(probe.images)}
+        direct = {
+            "net.features.1": model.net.features[:2](probe.images).mean((2, 3)),
+            "net.features": model.net.features(probe.images).mean((2, 3)),
+            "net.fc": model(probe.images),
+        }
     last = {layer: npz(tmp_path, 3, layer) for layer in LAYERS}
     for layer in LAYERS:
         np.testing.assert_allclose(last[layer]["features"], direct[layer].numpy(), rtol=1e-5, atol=1e-5)
@@ -94,13 +107,21 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
 
     # Frames: PCA every run, UMAP on runs 0 and 2 (k=2) and at the last epoch, each aligned to the previous.
     runs = [{layer: npz(tmp_path, e, layer) for layer in LAYERS} for e in range(4)]
-    assert [sorted(k for k in r["net.fc"] if k in ("pca", "umap")) for r in runs] == [["pca", "umap"], ["pca"], ["pca", "umap"], ["pca", "umap"]]
+    assert [sorted(k for k in r["net.fc"] if k in ("pca", "umap")) for r in runs] == [
+        ["pca", "umap"],
+        ["pca"],
+        ["pca", "umap"],
+        ["pca", "umap"],
+    ]
+
     def unit(frame):  # centred, RMS radius 1
         centred = frame - frame.mean(0)
         return centred / np.sqrt((centred**2).sum(1).mean())
 
     f0, f1 = runs[0]["net.fc"]["features"], runs[1]["net.fc"]["features"]
-    np.testing.assert_allclose(runs[0]["net.fc"]["pca"], unit(pca(torch.from_numpy(f0), 2).numpy()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        runs[0]["net.fc"]["pca"], unit(pca(torch.from_numpy(f0), 2).numpy()), rtol=1e-4, atol=1e-4
+    )
     expected = procrustes_align(unit(pca(torch.from_numpy(f1), 2).numpy()), runs[0]["net.fc"]["pca"])
     np.testing.assert_allclose(runs[1]["net.fc"]["pca"], expected, rtol=1e-4, atol=1e-4)
     prev = runs[0]["net.features"]["umap"]
@@ -115,18 +136,36 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
     assert [r["methods"] for r in records] == [["pca", "umap"], ["pca"], ["pca", "umap"], ["pca", "umap"]]
     assert records[3]["net.fc/knn_accuracy"] == pytest.approx(knn_accuracy(last["net.fc"]["features"], labels, k=5))
     assert records[3]["net.features/silhouette"] == pytest.approx(silhouette(last["net.features"]["features"], labels))
+    typed = EmbeddingResult.from_record(records[3])  # the record schema, read back through its type
+    assert typed.methods == ("pca", "umap") and typed.record() == records[3]
+    assert typed.layers["net.fc"].scores["knn_accuracy"] == records[3]["net.fc/knn_accuracy"]
     acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars, images = set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
-    per_layer = ["knn_accuracy", "silhouette", "linear_probe_accuracy", "pca/trustworthiness", "pca/explained_variance",
-                 "pca/stability", "umap/trustworthiness", "umap/stability"]
+    per_layer = [
+        "knn_accuracy",
+        "silhouette",
+        "linear_probe_accuracy",
+        "pca/trustworthiness",
+        "pca/explained_variance",
+        "pca/stability",
+        "umap/trustworthiness",
+        "umap/stability",
+    ]
     assert {f"trainviz/embedding/{layer}/{key}" for layer in LAYERS for key in per_layer} <= scalars
-    assert {"trainviz/embedding/seconds", "trainviz/embedding/worker_seconds", "trainviz/embedding/projection_seconds/umap"} <= scalars
+    assert {
+        "trainviz/embedding/seconds",
+        "trainviz/embedding/worker_seconds",
+        "trainviz/embedding/projection_seconds/umap",
+    } <= scalars
     assert [e.step for e in acc.Scalars("trainviz/embedding/net.fc/knn_accuracy")] == [0, 1, 2, 3]
     assert [e.step for e in acc.Scalars("trainviz/embedding/net.fc/umap/trustworthiness")] == [0, 2, 3]
     assert [e.step for e in acc.Scalars("trainviz/embedding/net.fc/umap/stability")] == [2, 3]
     assert all(0.5 < e.value <= 1 for e in acc.Scalars("trainviz/embedding/net.fc/pca/trustworthiness"))
-    assert {f"trainviz/embedding/{layer}/{m}" for layer in LAYERS for m in ("pca", "umap")} | {"trainviz/embedding/depth/pca", "trainviz/embedding/depth/umap"} == images
+    assert {f"trainviz/embedding/{layer}/{m}" for layer in LAYERS for m in ("pca", "umap")} | {
+        "trainviz/embedding/depth/pca",
+        "trainviz/embedding/depth/umap",
+    } == images
     assert [e.step for e in acc.Images("trainviz/embedding/depth/umap")] == [0, 2, 3]
 
     # Animations: one frame per run of the method, a relative plotly.js written once.
@@ -140,18 +179,27 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
     # The checkpoint state round-trips the frame history.
     fresh = EmbeddingCallback(layers=LAYERS, methods=["umap", "pca"])
     fresh.load_state_dict(cb.state_dict())
-    assert fresh._frames.keys() == cb._frames.keys()
-    assert all(np.array_equal(fresh._frames[k][e], f) for k, fr in cb._frames.items() for e, f in fr.items())
+    assert fresh.history.frames.keys() == cb.history.frames.keys()
+    assert all(
+        np.array_equal(fresh.history.frames[k][e], f) for k, fr in cb.history.frames.items() for e, f in fr.items()
+    )
 
 
 def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_path, dm, monkeypatch):
     ckpt = tmp_path / "ckpt"
 
     def run(epochs, resume):
-        cb = EmbeddingCallback(layers=["net.features", "net.fc"], methods="pca", linear_probe_folds=0, save_features=True, strict=True)
+        cb = EmbeddingCallback(
+            layers=["net.features", "net.fc"], methods="pca", linear_probe_folds=0, save_features=True, strict=True
+        )
         pl.seed_everything(0, verbose=False)
-        trainer = make_trainer(tmp_path, [cb, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=epochs,
-                               enable_checkpointing=True, logger=TensorBoardLogger(str(tmp_path), name="", version=""))
+        trainer = make_trainer(
+            tmp_path,
+            [cb, ModelCheckpoint(dirpath=ckpt, save_last=True)],
+            max_epochs=epochs,
+            enable_checkpointing=True,
+            logger=TensorBoardLogger(str(tmp_path), name="", version=""),
+        )
         trainer.fit(demo_model(), dm, ckpt_path=str(ckpt / "last.ckpt") if resume else None)
         return cb
 
@@ -164,13 +212,17 @@ def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_pa
 
     url = tb.start_tensorboard(tmp_path)  # started after the fit: the plugin reads its config once
     info = tb.projector_info(url, ".")
-    assert [e["tensorName"] for e in info["embeddings"]] == [f"{layer}@epoch{e}" for e in range(4) for layer in ("net.features", "net.fc")]
+    assert [e["tensorName"] for e in info["embeddings"]] == [
+        f"{layer}@epoch{e}" for e in range(4) for layer in ("net.features", "net.fc")
+    ]
     names = cb.probe.class_names
     for epoch in (0, 3):
         stored = npz(tmp_path, epoch, "net.fc")
         raw = tb.get(url, "/data/plugin/projector/tensor", run=".", name=f"net.fc@epoch{epoch}")
         np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(120, 6), stored["features"])
-        table = tb.get(url, "/data/plugin/projector/metadata", run=".", name=f"net.fc@epoch{epoch}").decode().splitlines()
+        table = (
+            tb.get(url, "/data/plugin/projector/metadata", run=".", name=f"net.fc@epoch{epoch}").decode().splitlines()
+        )
         rows = [line.split("\t") for line in table]
         assert rows[0] == ["id", "label", "prediction", "correct"] and len(rows) == 121
         assert [int(r[0]) for r in rows[1:]] == stored["ids"].tolist()
@@ -193,10 +245,12 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
         def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the probe's own epoch-end run
             if trainer.current_epoch == 1:
                 release.set()
-                cb._wait()
+                cb.worker.wait()
 
     monkeypatch.setattr(embedding_module, "umap_embed", blocked_umap)
-    cb = EmbeddingCallback(layers="net.fc", methods=["pca", "umap"], slow_every_k=1, probe_size=24, linear_probe_folds=0, strict=True)
+    cb = EmbeddingCallback(
+        layers="net.fc", methods=["pca", "umap"], slow_every_k=1, probe_size=24, linear_probe_folds=0, strict=True
+    )
     model, trainer = fit(tmp_path, [cb, Release()], dm, epochs=4)
     umap_epochs = [e for e in range(4) if "umap" in npz(tmp_path, e, "net.fc")]
     assert umap_epochs == [0, 2, 3]  # epoch 1 was due but the worker was busy: its UMAP moved to epoch 2
@@ -204,8 +258,15 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
 
 
 def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm):
-    cb = EmbeddingCallback(layers="net.fc", methods="pca", aligned_umap_at_end=True, probe_size=30, linear_probe_folds=0,
-                           n_neighbors=5, strict=True)
+    cb = EmbeddingCallback(
+        layers="net.fc",
+        methods="pca",
+        aligned_umap_at_end=True,
+        probe_size=30,
+        linear_probe_folds=0,
+        n_neighbors=5,
+        strict=True,
+    )
     fit(tmp_path, [cb], dm, epochs=3)
     stored = npz(tmp_path, 2, "net.fc_aligned_umap")
     assert stored["frames"].shape == (3, 30, 2) and stored["epochs"].tolist() == [0, 1, 2]
@@ -218,7 +279,9 @@ def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_pat
         raise RuntimeError("tsne exploded")
 
     monkeypatch.setattr(embedding_module, "tsne", boom)
-    cb = EmbeddingCallback(layers="net.fc", methods=["pca", "tsne"], slow_every_k=1, probe_size=24, linear_probe_folds=0)
+    cb = EmbeddingCallback(
+        layers="net.fc", methods=["pca", "tsne"], slow_every_k=1, probe_size=24, linear_probe_folds=0
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, trainer = fit(tmp_path, [cb], dm, epochs=3)
@@ -324,8 +387,12 @@ def test_default_probe_takes_up_to_2000_points_of_the_split(tmp_path):
 
 
 def test_state_key_tells_instances_apart():
-    keys = {EmbeddingCallback(layers="a").state_key, EmbeddingCallback(layers="b").state_key,
-            EmbeddingCallback(layers="a", methods="pca").state_key, EmbeddingCallback(layers="a", probe_size=100).state_key}
+    keys = {
+        EmbeddingCallback(layers="a").state_key,
+        EmbeddingCallback(layers="b").state_key,
+        EmbeddingCallback(layers="a", methods="pca").state_key,
+        EmbeddingCallback(layers="a", probe_size=100).state_key,
+    }
     assert len(keys) == 4
 
 
@@ -333,8 +400,14 @@ def test_state_key_tells_instances_apart():
 def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_path):
     from trainviz.data import ShapesDataModule
 
-    cb = EmbeddingCallback(layers=["net.features", "net.fc"], methods="pca", probe_size=45, save_features=True,
-                           linear_probe_folds=0, strict=True)  # 45 points: unequal shares on 2 ranks
+    cb = EmbeddingCallback(
+        layers=["net.features", "net.fc"],
+        methods="pca",
+        probe_size=45,
+        save_features=True,
+        linear_probe_folds=0,
+        strict=True,
+    )  # 45 points: unequal shares on 2 ranks
     pl.seed_everything(0, verbose=False)
     model = demo_model()
     trainer = make_trainer(tmp_path, [cb], max_epochs=2, strategy="ddp_spawn", devices=2, deterministic=False)
@@ -370,7 +443,10 @@ def test_scatter_image_puts_classes_where_their_points_are_with_y_up():
 
 def test_depth_image_has_one_panel_per_layer_and_rejects_bad_shapes():
     f = np.random.default_rng(0).normal(size=(20, 2))
-    one, three = depth_image({"a": f}, np.arange(20) % 2, legend=False), depth_image({"a": f, "b": f, "c": f}, np.arange(20) % 2, legend=False)
+    one, three = (
+        depth_image({"a": f}, np.arange(20) % 2, legend=False),
+        depth_image({"a": f, "b": f, "c": f}, np.arange(20) % 2, legend=False),
+    )
     assert three.shape[1] == 3 * one.shape[1] + 2 * 6
     with pytest.raises(ValueError, match=r"frame of shape \(20, 2\)"):
         depth_image({"a": f[:5]}, np.arange(20) % 2)
@@ -391,7 +467,10 @@ def test_animation_keeps_ids_and_axis_ranges_fixed_and_shows_predictions():
         assert fig.data[i].ids == fig.frames[0].data[i].ids == fig.frames[1].data[i].ids
     assert fig.frames[0].data[0].ids == ("10", "11")
     assert fig.frames[0].data[0].marker.symbol == ("circle", "circle-open")  # id 11 is misclassified at epoch 0
-    assert "prediction y" in fig.frames[0].data[0].text[1] and fig.frames[1].data[0].marker.symbol == ("circle", "circle")
+    assert "prediction y" in fig.frames[0].data[0].text[1] and fig.frames[1].data[0].marker.symbol == (
+        "circle",
+        "circle",
+    )
     everything = np.concatenate(list(frames.values()))
     for axis in (fig.layout.xaxis, fig.layout.xaxis2):
         assert axis.range[0] <= everything[:, 0].min() and axis.range[1] >= everything[:, 0].max()

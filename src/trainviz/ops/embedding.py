@@ -52,6 +52,7 @@ __all__ = [
     "trustworthiness",
     "tsne",
     "umap_embed",
+    "unit_radius",
     "warmup_umap",
 ]
 
@@ -492,6 +493,25 @@ def procrustes_align(cur: ArrayLike, prev: ArrayLike, *, scale: bool = False) ->
             raise ValueError("Expected `cur` to have distinct points to fit a scale, got a frame where all coincide.")
         factor = singular_sum / norm2
     return factor * (ac @ rotation) + b_mean
+
+
+def unit_radius(frame: ArrayLike) -> np.ndarray:
+    """``frame`` centred, with a root-mean-square distance of 1 to the centre (unchanged if all points coincide),
+    so frames neither grow nor shrink over epochs (early features are tiny).
+
+    Shape:
+        frame ``(N, C)`` -> ``(N, C)`` float32
+
+    Example:
+        >>> import numpy as np
+        >>> f = unit_radius(np.array([[0.0, 0.0], [4.0, 0.0]]))
+        >>> f.tolist(), float(np.sqrt((f**2).sum(1).mean()))
+        ([[-1.0, 0.0], [1.0, 0.0]], 1.0)
+    """
+    arr = np.asarray(frame)
+    centred = arr - arr.mean(0)
+    radius = float(np.sqrt((centred**2).sum(1).mean()))
+    return (centred / radius if radius > 0 else centred).astype(np.float32)
 
 
 def frame_stability(prev: ArrayLike, cur: ArrayLike, *, scale: bool = True) -> float:

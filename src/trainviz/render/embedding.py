@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["PALETTE", "animation_figure", "depth_image", "figure_html", "scatter_image"]
+__all__ = ["PALETTE", "animation_figure", "animation_pages", "depth_image", "figure_html", "scatter_image"]
 
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
     tuple(int(h[i : i + 2], 16) for i in (1, 3, 5))
@@ -286,7 +286,8 @@ def animation_figure(
                     go.Scatter(
                         x=xy[idx, 0], y=xy[idx, 1], ids=point_ids, mode="markers", name=names[c],
                         legendgroup=names[c], showlegend=False, text=text, hovertemplate="%{text}<extra></extra>",
-                        marker={"color": _hex(c), "size": size, "symbol": symbols, "line": {"width": 1.5, "color": _hex(c)}},
+                        marker={"color": _hex(c), "size": size, "symbol": symbols,
+                                "line": {"width": 1.5, "color": _hex(c)}},
                         xaxis=f"x{p + 1 if p else ''}", yaxis=f"y{p + 1 if p else ''}",
                     )
                 )
@@ -299,7 +300,8 @@ def animation_figure(
     fig.frames = [go.Frame(data=traces(e), name=f"epoch {e}", traces=list(range(len(fig.data)))) for e in epochs]
     for c, _ in members:  # legend entries (filled discs; clicking one hides the class in every panel)
         marker = {"color": _hex(c), "size": 9}
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=names[c], legendgroup=names[c], marker=marker))
+        legend = go.Scatter(x=[None], y=[None], mode="markers", name=names[c], legendgroup=names[c], marker=marker)
+        fig.add_trace(legend)
     for p, frames in enumerate(checked.values()):
         centre, half = _square_range(np.concatenate(list(frames.values())))
         axis = {"autorange": False, "zeroline": False, "showticklabels": False}
@@ -314,7 +316,8 @@ def animation_figure(
             "type": "buttons", "direction": "left", "x": 0.0, "y": -0.06, "xanchor": "left", "yanchor": "top",
             "buttons": [
                 {"label": "Play", "method": "animate", "args": [None, play]},
-                {"label": "Pause", "method": "animate", "args": [[None], {"frame": {"duration": 0}, "mode": "immediate"}]},
+                {"label": "Pause", "method": "animate",
+                 "args": [[None], {"frame": {"duration": 0}, "mode": "immediate"}]},
             ],
         }],
         sliders=[{
@@ -334,3 +337,46 @@ def figure_html(fig: go.Figure) -> str:
         True
     """
     return fig.to_html(include_plotlyjs="directory", full_html=True, auto_play=False)
+
+
+def animation_pages(
+    frames: Mapping[tuple[str, str], Mapping[int, np.ndarray]],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    predictions: Mapping[int, np.ndarray] | None = None,
+) -> dict[str, str]:
+    """The fit-end pages of the embedding frames: ``{file name: HTML}``.
+
+    ``<layer>_<method>.html`` animates one layer's frames of one method over epochs; ``depth_<method>.html``
+    (several layers with frames at common epochs) shows all layers side by side over those epochs. The pages
+    load ``plotly.min.js`` from their own folder (:func:`figure_html`).
+
+    Args:
+        frames: ``{(layer, method): {epoch: frame}}``.
+        labels: class index of each point.
+        ids: stable id of each point.
+        class_names: class names.
+        predictions: ``{epoch: predicted class of each point}``.
+
+    Example:
+        >>> f = np.random.default_rng(0).normal(size=(10, 2))
+        >>> frames = {("a", "pca"): {0: f, 1: f}, ("b", "pca"): {1: f}}
+        >>> sorted(animation_pages(frames, np.arange(10) % 2, np.arange(10)))
+        ['a_pca.html', 'b_pca.html', 'depth_pca.html']
+    """
+    pages = {}
+    for (layer, method), fr in frames.items():
+        fig = animation_figure({f"{layer} / {method}": fr}, labels, ids, class_names, predictions=predictions,
+                               title=f"{layer}: {method} of the probe set over epochs")
+        pages[f"{layer}_{method}.html"] = figure_html(fig)
+    for method in dict.fromkeys(m for _, m in frames):
+        panels = {layer: fr for (layer, m), fr in frames.items() if m == method}
+        common = set.intersection(*(set(fr) for fr in panels.values()))
+        if len(panels) > 1 and common:
+            panels = {layer: {e: fr[e] for e in common} for layer, fr in panels.items()}
+            fig = animation_figure(panels, labels, ids, class_names, predictions=predictions,
+                                   title=f"Layers as embeddings ({method}): classes across depth, over epochs")
+            pages[f"depth_{method}.html"] = figure_html(fig)
+    return pages

@@ -42,7 +42,14 @@ import numpy as np
 from trainviz.sinks.artifacts import atomic_write
 from trainviz.sinks.writer import BackgroundWriter
 
-__all__ = ["CONFIG_NAME", "MAX_SPRITE_SIDE", "ProjectorWriter", "merge_projector_config", "read_projector_config", "sprite_grid"]
+__all__ = [
+    "CONFIG_NAME",
+    "MAX_SPRITE_SIDE",
+    "ProjectorWriter",
+    "merge_projector_config",
+    "read_projector_config",
+    "sprite_grid",
+]
 
 CONFIG_NAME = "projector_config.pbtxt"
 MAX_SPRITE_SIDE = 8192
@@ -156,7 +163,9 @@ class ProjectorWriter:
             writer, so config merges never interleave).
     """
 
-    def __init__(self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter, owner: str = "embedding") -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter, owner: str = "embedding"
+    ) -> None:
         if not isinstance(key, str) or not key or not all(ch.isalnum() or ch in "-_" for ch in key):
             raise ValueError(f"Expected `key` to be a non-empty name of letters, digits, '-' or '_', got {key!r}.")
         self.log_dir = Path(log_dir)
@@ -204,7 +213,9 @@ class ProjectorWriter:
                              f"and {({c: len(v) for c, v in columns.items()})}.")
         self.background.submit_as(self.owner, self._write_epoch, epoch, arrays, columns, self._sprite_dim)
 
-    def _write_epoch(self, epoch: int, arrays: dict[str, np.ndarray], columns: dict[str, list], sprite_dim: Any) -> None:
+    def _write_epoch(
+        self, epoch: int, arrays: dict[str, np.ndarray], columns: dict[str, list], sprite_dim: Any
+    ) -> None:
         from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo
 
         names = list(columns)
