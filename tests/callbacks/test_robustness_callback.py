@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from trainviz.callbacks import robustness as robustness_module
 from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.core.hooks import count_hooks
-from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt
 from trainviz.core.probeset import ProbeSet
+from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt
+from trainviz.probes import robustness as robustness_module
+from trainviz.probes.robustness import corruption_errors
+from trainviz.probes.robustness_result import RobustnessResult
 from trainviz.report.summary import summary_from_record
-
-from conftest import demo_model, make_trainer
 
 SMALL = dict(
     corruptions=["grayscale", "channels_bgr", "gaussian_noise", "contrast"],
@@ -37,7 +38,9 @@ SMALL = dict(
 
 
 def _records(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (log_dir / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (log_dir / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +61,23 @@ def fitted(tmp_path_factory):
         cb = RobustnessCallback(**SMALL)
         pl.seed_everything(0, verbose=False)
         model = demo_model()
-        make_trainer(root / "probed", [cb], max_epochs=2).fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=32))
+        make_trainer(root / "probed", [cb], max_epochs=2).fit(
+            model, ShapesDataModule(n_train=96, n_val=48, batch_size=32)
+        )
     finally:
         robustness_module.corrupt = original
     rng_after_probed = torch.rand(4)
     pl.seed_everything(0, verbose=False)
     plain = demo_model()
     make_trainer(root / "plain", [], max_epochs=2).fit(plain, ShapesDataModule(n_train=96, n_val=48, batch_size=32))
-    return {"cb": cb, "model": model, "plain": plain, "log_dir": root / "probed", "calls": calls,
-            "rng": (rng_after_probed, torch.rand(4))}
+    return {
+        "cb": cb,
+        "model": model,
+        "plain": plain,
+        "log_dir": root / "probed",
+        "calls": calls,
+        "rng": (rng_after_probed, torch.rand(4)),
+    }
 
 
 # arguments ------------------------------------------------------------------------------------------
@@ -140,11 +151,17 @@ def _reference_metrics(model, cb: RobustnessCallback):
         for b in range(15):
             inside = (conf[r] > b / 15) & (conf[r] <= (b + 1) / 15) if b else conf[r] <= 1 / 15
             if inside.any():
-                total += inside.sum() / len(labels) * abs((pred[r][inside] == labels[inside]).mean() - conf[r][inside].mean())
+                total += (
+                    inside.sum()
+                    / len(labels)
+                    * abs((pred[r][inside] == labels[inside]).mean() - conf[r][inside].mean())
+                )
         ece.append(total)
     out["ece"] = np.array(ece)
     k = probs.shape[-1]
-    out["per_class_accuracy"] = np.array([[(pred[r][labels == c] == c).mean() for c in range(k)] for r in range(len(blocks))])
+    out["per_class_accuracy"] = np.array(
+        [[(pred[r][labels == c] == c).mean() for c in range(k)] for r in range(len(blocks))]
+    )
     return out
 
 
@@ -156,7 +173,15 @@ def test_a_fit_writes_every_epoch_and_matches_a_numpy_recomputation(fitted):
     expected = _reference_metrics(fitted["model"], cb)  # the final model is the one probed at epoch 1
     for key in ("accuracy", "confidence", "nll", "flip_rate", "ece", "per_class_accuracy"):
         np.testing.assert_allclose(table[key], expected[key], atol=1e-5, err_msg=key)
-    assert list(table["corruption"]) == ["clean", "grayscale", "channels_bgr", "gaussian_noise", "gaussian_noise", "contrast", "contrast"]
+    assert list(table["corruption"]) == [
+        "clean",
+        "grayscale",
+        "channels_bgr",
+        "gaussian_noise",
+        "gaussian_noise",
+        "contrast",
+        "contrast",
+    ]
     assert list(table["severity"]) == [0, 1, 1, 1, 5, 1, 5]
     last = records[-1]
     assert last["clean"]["accuracy"] == pytest.approx(expected["accuracy"][0])
@@ -178,7 +203,16 @@ def test_a_fit_writes_every_epoch_and_matches_a_numpy_recomputation(fitted):
     assert last["flip"]["never_flipped"] == int((steps < 0).sum())
     summary = json.loads((log_dir / "trainviz" / "robustness" / "summary.json").read_text())
     assert summary == pytest.approx(summary_from_record(last))
-    assert {"clean_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0157", "corruption_accuracy/contrast/s5"} <= set(summary)
+    assert {"clean_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0157", "corruption_accuracy/contrast/s5"} <= set(
+        summary
+    )
+
+
+def test_the_record_reads_back_as_the_same_result(fitted):
+    for record in _records(fitted["log_dir"]):
+        result = RobustnessResult.from_record(record)
+        assert result.record() == record and result.summary() == summary_from_record(record)
+        assert [(row.corruption, row.severity) for row in result.table] == fitted["cb"].active
 
 
 def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
@@ -191,7 +225,10 @@ def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
     assert list(cb._cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
     inputs = cb._corrupted_inputs(cb.probe, cb.active, 1).view(1 + len(cb.active), 24, 3, 32, 32)
     model.eval()
-    maps = [grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy() for block in inputs]
+    maps = [
+        grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy()
+        for block in inputs
+    ]
     for r in range(1, len(maps)):
         for i in range(24):
             a, b = maps[0][i], maps[r][i]
@@ -214,12 +251,18 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
     from trainviz.render.images import to_uint8, upscale
 
     cb = fitted["cb"]
-    first = cb.example_indices(cb.n_examples)[0]  # the first probe image of class 0, clean then contrast s5 (last column)
+    first = cb.example_indices(cb.n_examples)[
+        0
+    ]  # the first probe image of class 0, clean then contrast s5 (last column)
     pixels = cb.norm.denormalize(cb.probe.images[first : first + 1])
-    contrast = cb.norm.denormalize(cb.norm.normalize(corrupt(cb.norm.denormalize(cb.probe.images), "contrast", 5)))[first : first + 1]
+    contrast = cb.norm.denormalize(cb.norm.normalize(corrupt(cb.norm.denormalize(cb.probe.images), "contrast", 5)))[
+        first : first + 1
+    ]
     for column, image in ((0, pixels), (4, contrast)):
         x = 2 + column * (64 + 2)
-        np.testing.assert_allclose(grid[38:102, x : x + 64].astype(int), to_uint8(upscale(image, 64))[0].astype(int), atol=1)
+        np.testing.assert_allclose(
+            grid[38:102, x : x + 64].astype(int), to_uint8(upscale(image, 64))[0].astype(int), atol=1
+        )
 
 
 def test_the_probe_set_is_corrupted_once_and_reused(fitted):
@@ -232,7 +275,7 @@ def test_the_probe_set_is_corrupted_once_and_reused(fitted):
     assert torch.equal(cb._corrupted_inputs(cb.probe, cb.active, 5), inputs)
     assert len([c for c in calls if c[2] == 24]) == len(full)  # served from the cache: no corruption ran again
     cb._on_probe_changed()
-    assert cb._cache == {}
+    assert len(cb._cache) == 0
 
 
 def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
@@ -248,7 +291,9 @@ def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
     changed = other._corrupted_inputs(cb.probe, other.active, 0)
     n = 24
     gaussian = cb.active.index(("gaussian_noise", 1)) + 1
-    assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(changed[gaussian * n : (gaussian + 1) * n], rebuilt[gaussian * n : (gaussian + 1) * n])
+    assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(
+        changed[gaussian * n : (gaussian + 1) * n], rebuilt[gaussian * n : (gaussian + 1) * n]
+    )
 
 
 def test_training_is_untouched_and_no_hook_remains(fitted):
@@ -275,7 +320,9 @@ def test_corruptions_that_do_not_apply_are_skipped_with_one_info_line(caplog):
 
     dm = DigitsDataModule()
     dm.setup()
-    cb = RobustnessCallback(corruptions=["grayscale", "channels_bgr", "channels_brg", "salt_pepper_0.005", "fog"], severities=[1])
+    cb = RobustnessCallback(
+        corruptions=["grayscale", "channels_bgr", "channels_brg", "salt_pepper_0.005", "fog"], severities=[1]
+    )
     with caplog.at_level(logging.INFO):
         _setup_only(cb, dm.val_set, dm.normalization)
     assert set(cb.skipped) == {"grayscale", "channels_bgr", "channels_brg"}
@@ -290,31 +337,44 @@ def test_corruptions_that_do_not_apply_are_skipped_with_one_info_line(caplog):
 def test_reference_normalises_ce_and_is_checked_at_setup(tmp_path, tiny_dm):
     tiny_dm.setup()
     rows = [("grayscale", 1), ("fog", 1), ("fog", 3)]
-    ref = {"clean_accuracy": 0.9, "corruption_accuracy/grayscale/s1": 0.5, "corruption_accuracy/fog/s1": 0.8, "corruption_accuracy/fog/s3": 0.6}
+    ref = {
+        "clean_accuracy": 0.9,
+        "corruption_accuracy/grayscale/s1": 0.5,
+        "corruption_accuracy/fog/s1": 0.8,
+        "corruption_accuracy/fog/s3": 0.6,
+    }
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(ref))
-    cb = _setup_only(RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)), tiny_dm.val_set, tiny_dm.normalization)
+    cb = _setup_only(
+        RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)),
+        tiny_dm.val_set,
+        tiny_dm.normalization,
+    )
     assert cb.active == rows
-    acc = np.array([0.8, 0.4, 0.7, 0.5])  # clean, grayscale, fog s1, fog s3
-    values = {
-        "accuracy": acc, "confidence": acc, "nll": acc, "ece": acc, "flip_rate": acc,
-        "per_class_accuracy": np.zeros((4, 6)),
-    }
-    record = cb._record(0, values, [str(c) for c in range(6)])
+    acc = [0.8, 0.4, 0.7, 0.5]  # clean, grayscale, fog s1, fog s3
+    errors, mce, _ = corruption_errors(acc, cb.active, cb.reference_run)  # the reference read at setup
     # CE_c = sum_s E / sum_s E_ref; relative CE_c = sum_s (E - E_clean) / sum_s (E_ref - E_ref_clean)
-    assert record["corruptions"]["grayscale"]["ce"] == pytest.approx(0.6 / 0.5)
-    assert record["corruptions"]["fog"]["ce"] == pytest.approx((0.3 + 0.5) / (0.2 + 0.4))
-    assert record["corruptions"]["fog"]["relative_ce"] == pytest.approx((0.1 + 0.3) / (0.1 + 0.3))
-    assert record["corruptions"]["grayscale"]["relative_ce"] == pytest.approx(0.4 / 0.4)
-    assert record["mce"] == pytest.approx((1.2 + 0.8 / 0.6) / 2)
-    assert record["reference"] == str(path)
+    assert errors["grayscale"][0] == pytest.approx(0.6 / 0.5)
+    assert errors["fog"][0] == pytest.approx((0.3 + 0.5) / (0.2 + 0.4))
+    assert errors["fog"][1] == pytest.approx((0.1 + 0.3) / (0.1 + 0.3))
+    assert errors["grayscale"][1] == pytest.approx(0.4 / 0.4)
+    assert mce == pytest.approx((1.2 + 0.8 / 0.6) / 2)
+    assert cb.reference_run.path == str(path)  # what the record's "reference" holds
 
     del ref["corruption_accuracy/fog/s3"]
     path.write_text(json.dumps(ref))
     with pytest.raises(ValueError, match="lacks 1 metric.*fog/s3"):
-        _setup_only(RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)), tiny_dm.val_set, tiny_dm.normalization)
+        _setup_only(
+            RobustnessCallback(corruptions=["grayscale", "fog"], severities=[1, 3], reference=str(path)),
+            tiny_dm.val_set,
+            tiny_dm.normalization,
+        )
     with pytest.raises(ValueError, match="Cannot read the `reference`"):
-        _setup_only(RobustnessCallback(corruptions=["fog"], reference=str(tmp_path / "missing.json")), tiny_dm.val_set, tiny_dm.normalization)
+        _setup_only(
+            RobustnessCallback(corruptions=["fog"], reference=str(tmp_path / "missing.json")),
+            tiny_dm.val_set,
+            tiny_dm.normalization,
+        )
 
 
 def test_a_bad_reference_fails_the_fit_before_the_first_epoch(tmp_path, tiny_dm):
@@ -329,13 +389,21 @@ def test_a_bad_reference_fails_the_fit_before_the_first_epoch(tmp_path, tiny_dm)
 
 
 def test_resume_keeps_one_record_per_epoch(tmp_path, tiny_dm):
-    small = dict(SMALL, corruptions=["contrast"], severities=[2], epsilons=[], flip_max_steps=0, cam_shift=False, probe_size=12)
+    small = dict(
+        SMALL, corruptions=["contrast"], severities=[2], epsilons=[], flip_max_steps=0, cam_shift=False, probe_size=12
+    )
     ckpt = tmp_path / "ckpt"
     pl.seed_everything(0, verbose=False)
-    make_trainer(tmp_path, [RobustnessCallback(**small), ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=2,
-                 enable_checkpointing=True).fit(demo_model(), tiny_dm)
+    make_trainer(
+        tmp_path,
+        [RobustnessCallback(**small), ModelCheckpoint(dirpath=ckpt, save_last=True)],
+        max_epochs=2,
+        enable_checkpointing=True,
+    ).fit(demo_model(), tiny_dm)
     second = RobustnessCallback(**small)
-    trainer = make_trainer(tmp_path, [second, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=3, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path, [second, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=3, enable_checkpointing=True
+    )
     trainer.fit(demo_model(), tiny_dm, ckpt_path=str(ckpt / "last.ckpt"))
     records = _records(Path(trainer.log_dir))
     assert [r["epoch"] for r in records] == [0, 1, 2]

@@ -10,14 +10,15 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
+from trainviz.ops.metrics import per_class_accuracy
 from trainviz.ops.robustness import (
     accuracy,
+    calibration_bins,
     corruption_error,
     expected_calibration_error,
     flip_rate,
     mean_corruption_error,
     nll,
-    per_class_accuracy,
     relative_corruption_error,
     wilson_interval,
 )
@@ -46,6 +47,21 @@ def test_ece_matches_numpy_loop(n_bins):
     ours = expected_calibration_error(probs, labels, n_bins)
     assert ours.dtype == torch.float64 and ours.ndim == 0
     assert float(ours) == pytest.approx(ece_numpy_loop(probs.double().numpy(), labels.numpy(), n_bins), abs=1e-12)
+
+
+def test_calibration_bins_give_the_ece_and_match_the_textbook_bins():
+    g = torch.Generator().manual_seed(1)
+    probs = (3 * torch.randn(300, 5, generator=g)).softmax(1)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    conf, pred = probs.double().max(1)
+    mean_conf, acc, count = calibration_bins(conf, pred == labels)
+    assert float(count.sum()) == 300 and mean_conf.shape == acc.shape == (15,)
+    gaps = (count / 300 * (acc - mean_conf).abs()).nansum()
+    assert float(gaps) == pytest.approx(float(expected_calibration_error(probs, labels)), abs=1e-12)
+    edges = np.linspace(0, 1, 16)  # bins (lower, upper]
+    hand = [((conf.numpy() > lo) & (conf.numpy() <= hi)).sum() for lo, hi in zip(edges[:-1], edges[1:])]
+    assert count.tolist() == hand
+    assert torch.isnan(mean_conf[count == 0]).all() and torch.isnan(acc[count == 0]).all()
 
 
 def test_ece_identities():
@@ -101,6 +117,13 @@ def test_corruption_errors_by_hand_and_identities():
     rel = relative_corruption_error(err, 0.05, ref, 0.1)
     assert rel.tolist() == pytest.approx([(1.5 - 0.25) / (2.0 - 0.5), (0.5 - 0.25) / (1.0 - 0.5)])
     assert relative_corruption_error(err, 0.0, ref, 0.0).tolist() == pytest.approx(ce.tolist())
+    # NaN marks a severity not measured: a corruption with fewer severities in the same table
+    padded, padded_ref = err.clone(), ref.clone()
+    padded[1, 2:], padded_ref[1, 2:] = float("nan"), float("nan")
+    assert corruption_error(padded, padded_ref)[1].item() == pytest.approx(0.1 / 0.2)
+    assert float(mean_corruption_error(padded, padded_ref)) == pytest.approx((0.75 + 0.5) / 2)
+    relative = relative_corruption_error(padded, 0.0, padded_ref, 0.05)[1].item()
+    assert relative == pytest.approx((0.05 + 0.05) / (0.05 + 0.05))
     per_row = relative_corruption_error(err, torch.tensor([0.05, 0.0]), ref, torch.tensor([0.1, 0.0]))
     assert per_row.tolist() == pytest.approx([(1.5 - 0.25) / 1.5, 0.5])
     assert float(mean_corruption_error(err, ref, clean_err=0.05, ref_clean_err=0.1)) == pytest.approx(float(rel.mean()))
@@ -125,7 +148,21 @@ def test_argument_errors():
 
 def test_wilson_interval_matches_scipy_vectorised():
     """Against scipy's Wilson interval for several k and n, k = 0 and k = n included, in one batched call."""
-    pairs = [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (0, 64), (1, 64), (32, 64), (48, 64), (63, 64), (64, 64), (7, 24), (999, 1000)]
+    pairs = [
+        (0, 1),
+        (1, 1),
+        (0, 10),
+        (10, 10),
+        (3, 10),
+        (0, 64),
+        (1, 64),
+        (32, 64),
+        (48, 64),
+        (63, 64),
+        (64, 64),
+        (7, 24),
+        (999, 1000),
+    ]
     k = torch.tensor([p[0] for p in pairs])
     n = torch.tensor([p[1] for p in pairs])
     ci = [binomtest(a, b).proportion_ci(confidence_level=0.95, method="wilson") for a, b in pairs]
@@ -145,7 +182,11 @@ def test_wilson_interval_broadcasts_and_checks():
     assert low.shape == high.shape == (2, 2)
     assert float(high[1, 1]) == pytest.approx(binomtest(5, 20).proportion_ci(method="wilson").high, abs=1e-4)
     low, high = wilson_interval(48, 64)  # plain numbers
-    assert low.ndim == 0 and float(low) == pytest.approx(0.6318, abs=1e-4) and float(high) == pytest.approx(0.8399, abs=1e-4)
+    assert (
+        low.ndim == 0
+        and float(low) == pytest.approx(0.6318, abs=1e-4)
+        and float(high) == pytest.approx(0.8399, abs=1e-4)
+    )
     assert bool(((low < 0.75) & (0.75 < high)).all())
     with pytest.raises(ValueError, match="0 <= successes <= n"):
         wilson_interval(torch.tensor([11]), 10)

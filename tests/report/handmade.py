@@ -1,7 +1,8 @@
 """A run folder written by hand: one ``robustness/metrics.jsonl`` record whose accuracies are built from known
 counts, so that a test knows every ``k`` and ``n`` behind the summary without trusting the code under test.
 
-The record has the layout ``RobustnessCallback._record`` writes (the keys the report reads); its numbers are
+The record has the layout ``RobustnessResult.record()`` writes (what the report reads back with
+``RobustnessResult.from_record``); its numbers are
 made up but consistent: every accuracy is ``correct / images`` of the counts below.
 """
 
@@ -37,20 +38,23 @@ def record(class_counts: list[int] | None = None, with_counts: bool = True) -> d
             "per_class_accuracy": [c / m for c, m in zip(correct, CLASS_COUNTS)],
         }
 
-    table = [
-        {"corruption": c, "severity": s, **stats(correct), "flip_rate": 0.2}
-        for (c, s), correct in TABLE.items()
-    ]
+    table = [{"corruption": c, "severity": s, **stats(correct), "flip_rate": 0.2} for (c, s), correct in TABLE.items()]
     corruptions = {}
     for name in dict.fromkeys(c for c, _ in TABLE):
         rows = [row for row in table if row["corruption"] == name]
-        mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("accuracy", "confidence", "nll", "ece", "flip_rate")}
+        mean = {
+            key: sum(row[key] for row in rows) / len(rows)
+            for key in ("accuracy", "confidence", "nll", "ece", "flip_rate")
+        }
         corruptions[name] = {**mean, "ce": 1.0 - mean["accuracy"], "relative_ce": 0.25}
     rec: dict[str, Any] = {
         "epoch": 4,
         "class_names": CLASS_NAMES,
         "clean": stats(CLEAN),
-        "corrupted": {key: sum(row[key] for row in table) / len(table) for key in ("accuracy", "confidence", "nll", "ece", "flip_rate")},
+        "corrupted": {
+            key: sum(row[key] for row in table) / len(table)
+            for key in ("accuracy", "confidence", "nll", "ece", "flip_rate")
+        },
         "table": table,
         "corruptions": corruptions,
         "mce": MCE,
@@ -58,7 +62,14 @@ def record(class_counts: list[int] | None = None, with_counts: bool = True) -> d
         "reference": None,
         "skipped": {},
         "fgsm": {"epsilons": list(FGSM), "accuracy": [k / N for k in FGSM.values()]},
-        "flip": {"step_size": 0.5, "max_steps": 5, "steps_mean": 2.5, "steps_median": 2.0, "never_flipped": 4, "never_fraction": 0.2},
+        "flip": {
+            "step_size": 0.5,
+            "max_steps": 5,
+            "steps_mean": 2.5,
+            "steps_median": 2.0,
+            "never_flipped": 4,
+            "never_fraction": 0.2,
+        },
     }
     if with_counts:
         rec["n"], rec["class_counts"] = N, list(counts)

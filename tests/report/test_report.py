@@ -6,27 +6,25 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
-import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import chromium
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-
-import chromium
-from trainviz.callbacks.robustness import RobustnessCallback
-from trainviz.cli import main
-from trainviz.report import build_report, find_run, reliability_bins, summary_from_record
 from scipy.stats import binomtest
 
-from conftest import demo_model, make_trainer
+from trainviz.callbacks.robustness import RobustnessCallback
+from trainviz.cli import main
+from trainviz.report import build_report, find_run, summary_from_record
 
 EVIL_CLASS = "<script>alert(1)</script>"
 EVIL_RUN = "<img src=x onerror=alert(2)>"
@@ -37,8 +35,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def run(tmp_path_factory):
     """A 2-epoch run with the manifest, dynamics and robustness callbacks, a hostile class name and run name;
     its checkpoints are deleted before any report is built."""
-    from trainviz.data import ShapesDataModule
     from trainviz import DynamicsCallback, RunManifestCallback
+    from trainviz.data import ShapesDataModule
 
     root = tmp_path_factory.mktemp("report")
     dm = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
@@ -47,14 +45,25 @@ def run(tmp_path_factory):
         RunManifestCallback(),
         DynamicsCallback(probe_size=24),
         RobustnessCallback(
-            corruptions=["grayscale", "gaussian_blur_5x5", "gaussian_noise"], severities=[1, 3], epsilons=[2 / 255, 4 / 255],
-            flip_max_steps=3, probe_size=24, n_examples=3, cam_shift=True, strict=True,
+            corruptions=["grayscale", "gaussian_blur_5x5", "gaussian_noise"],
+            severities=[1, 3],
+            epsilons=[2 / 255, 4 / 255],
+            flip_max_steps=3,
+            probe_size=24,
+            n_examples=3,
+            cam_shift=True,
+            strict=True,
         ),
         ModelCheckpoint(dirpath=root / "ckpt"),
     ]
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=2, enable_checkpointing=True,
-                           logger=TensorBoardLogger(str(root / "runs"), name="", version=EVIL_RUN))
+    trainer = make_trainer(
+        root,
+        callbacks,
+        max_epochs=2,
+        enable_checkpointing=True,
+        logger=TensorBoardLogger(str(root / "runs"), name="", version=EVIL_RUN),
+    )
     trainer.fit(demo_model(), dm)
     log_dir = Path(trainer.log_dir)
     shutil.rmtree(root / "ckpt")  # the report needs the artifacts only
@@ -77,15 +86,28 @@ def test_find_run_accepts_the_log_dir_its_trainviz_folder_or_a_parent_of_one_run
 def test_summary_json_holds_the_flat_metrics_of_the_last_record(run, tmp_path):
     page = build_report(run, tmp_path / "out" / "report.html")
     summary = json.loads((page.parent / "summary.json").read_text())
-    records = [json.loads(line) for line in (run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()
+    ]
     metrics = {k: v for k, v in summary.items() if k not in ("intervals", "probe")}
     assert set(summary) - set(metrics) == {"intervals", "probe"}
     assert metrics == pytest.approx(summary_from_record(records[-1]))
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert summary["epoch"] == 1
-    for key in ("clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0078",
-                "fgsm_accuracy@0.0157", "corruption_accuracy/grayscale", "corruption_accuracy/gaussian_noise/s3",
-                "ce/gaussian_blur_5x5", "flip_never_fraction", "cam_shift", "cam_shift/grayscale"):
+    for key in (
+        "clean_accuracy",
+        "corruption_accuracy",
+        "mce",
+        "relative_mce",
+        "fgsm_accuracy@0.0078",
+        "fgsm_accuracy@0.0157",
+        "corruption_accuracy/grayscale",
+        "corruption_accuracy/gaussian_noise/s3",
+        "ce/gaussian_blur_5x5",
+        "flip_never_fraction",
+        "cam_shift",
+        "cam_shift/grayscale",
+    ):
         assert key in summary, key
     table = records[-1]["table"]
     gn = [row["accuracy"] for row in table if row["corruption"] == "gaussian_noise"]
@@ -105,34 +127,65 @@ def test_the_record_carries_its_counts_and_the_intervals_equal_scipys(run, tmp_p
     assert record["n"] == len(labels) == 24
     counts = np.bincount(labels, minlength=6).tolist()
     assert record["class_counts"] == counts and sum(counts) == 24
-    assert summary["probe"] == {"n": 24, "class_counts": dict(zip(record["class_names"], counts)),
-                                "low_count_classes": record["class_names"], "low_count_threshold": 10}  # all under 10
-    keys = ["clean_accuracy"] + [f"corruption_accuracy/{c}/s{s}" for c, s in zip(table["corruption"][1:], table["severity"][1:])]
+    assert summary["probe"] == {
+        "n": 24,
+        "class_counts": dict(zip(record["class_names"], counts)),
+        "low_count_classes": record["class_names"],
+        "low_count_threshold": 10,
+    }  # all under 10
+    keys = ["clean_accuracy"] + [
+        f"corruption_accuracy/{c}/s{s}" for c, s in zip(table["corruption"][1:], table["severity"][1:])
+    ]
     correct = (pred == labels[None]).sum(1)
     for key, k in zip(keys, correct):
         ci = binomtest(int(k), 24).proportion_ci(confidence_level=0.95, method="wilson")
         assert summary["intervals"][key] == pytest.approx([ci.low, ci.high], abs=1e-12), key
-    assert {k for k in summary["intervals"] if k.startswith("fgsm_accuracy@")} == {"fgsm_accuracy@0.0078", "fgsm_accuracy@0.0157"}
+    assert {k for k in summary["intervals"] if k.startswith("fgsm_accuracy@")} == {
+        "fgsm_accuracy@0.0078",
+        "fgsm_accuracy@0.0157",
+    }
 
 
 def test_reliability_bins_agree_with_the_ece_op(run):
+    """The record's reliability bins (what the report draws, read through the result type) give the ECE of the
+    op on the table's per-image confidences."""
     from trainviz.ops.robustness import expected_calibration_error
+    from trainviz.probes.robustness_result import RobustnessResult
 
+    last = json.loads((run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()[-1])
+    result = RobustnessResult.from_record(last)
+    bins = result.reliability["clean"]
+    mean_conf, acc, count = (np.array(v, dtype=np.float64) for v in (bins.confidence, bins.accuracy, bins.count))
+    ece = np.nansum(count / count.sum() * np.abs(acc - mean_conf))
     table = np.load(run / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
     conf, pred, labels = table["confidences"][0], table["pred"][0], table["labels"]
-    mean_conf, acc, count = reliability_bins(conf, pred == labels)
-    ece = np.nansum(count / count.sum() * np.abs(acc - mean_conf))
     probs = torch.zeros(len(labels), 6, dtype=torch.float64)  # top probability `conf` on class `pred`, rest spread
     probs[torch.arange(len(labels)), torch.from_numpy(pred)] = torch.from_numpy(conf.astype(np.float64))
     assert float(expected_calibration_error(probs, torch.from_numpy(labels))) == pytest.approx(ece, abs=1e-6)
+    assert ece == pytest.approx(result.clean.ece, abs=1e-9) and count.sum() == len(labels)
+    assert sum(result.reliability["corrupted"].count) == (len(table["pred"]) - 1) * len(labels)
 
 
 def test_fail_under_and_fail_over_exit_codes(run, tmp_path, capsys):
     out = str(tmp_path / "r" / "index.html")
     summary = json.loads((build_report(run, out).parent / "summary.json").read_text())
     acc, mce = summary["clean_accuracy"], summary["mce"]
-    assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc - 0.01}", "corruption_accuracy=0",
-                 "--fail-over", f"mce={mce + 0.01}"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(run),
+                "--out",
+                out,
+                "--fail-under",
+                f"clean_accuracy={acc - 0.01}",
+                "corruption_accuracy=0",
+                "--fail-over",
+                f"mce={mce + 0.01}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["report", str(run), "--out", out, "--fail-under", f"clean_accuracy={acc + 0.01}"]) == 1
     assert f"clean_accuracy = {acc:.6g} is below" in capsys.readouterr().err
@@ -176,7 +229,9 @@ print(build_report({str(run)!r}, {str(tmp_path / "nt" / "index.html")!r}))
     assert (tmp_path / "nt" / "index.html").exists() and (tmp_path / "nt" / "summary.json").exists()
 
 
-@pytest.mark.skipif(not chromium.available(), reason="needs Debian's chromium (make browser / apt-get install chromium)")
+@pytest.mark.skipif(
+    not chromium.available(), reason="needs Debian's chromium (make browser / apt-get install chromium)"
+)
 @pytest.mark.parametrize("inline", [False, True], ids=["plotly-directory", "plotly-inline"])
 def test_the_page_renders_in_headless_chromium(run, tmp_path, inline):
     folder = tmp_path / "site"
@@ -215,7 +270,9 @@ def test_trainviz_demo_runs_every_callback_and_writes_the_report(tmp_path, capsy
     assert ("DecoderMapCallback" in names) == (model == "classmap")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="trainviz:.*")  # a failing probe warns "trainviz: ..."
-        log_dir = run_demo(epochs=2, out=str(tmp_path / "demo"), accelerator="cpu", small=True, progress=False, model=model)
+        log_dir = run_demo(
+            epochs=2, out=str(tmp_path / "demo"), accelerator="cpu", small=True, progress=False, model=model
+        )
     trainviz_dir = Path(log_dir) / "trainviz"
     assert {p.name for p in trainviz_dir.iterdir()} >= {"manifest", "dynamics", "cam", "robustness", "report"}
     page = Path(log_dir) / "trainviz" / "report" / "index.html"

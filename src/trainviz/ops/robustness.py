@@ -7,7 +7,9 @@ your own):
 - ``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``, ``mCE`` the mean of ``CE_c`` over corruptions;
 - ``relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean)``, relative mCE its mean.
 
-Errors may be fractions or percentages (the ratios do not care), as long as model and reference agree.
+Errors may be fractions or percentages (the ratios do not care), as long as model and reference agree. A NaN
+error marks a severity that was not measured (a table whose corruptions have different numbers of severities,
+padded with NaN) and is left out of the sums.
 
 Accuracies measured on a probe set of ``n`` images are binomial proportions: :func:`wilson_interval` gives
 their confidence interval (on 64 images an accuracy of 0.75 is 0.63-0.84 at 95%).
@@ -27,32 +29,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainviz.core.checks import check_positive_int
-from trainviz.ops import metrics
+from trainviz.ops.metrics import check_same_samples, predicted_labels
 
 __all__ = [
     "accuracy",
+    "calibration_bins",
     "corruption_error",
     "expected_calibration_error",
     "flip_rate",
     "mean_corruption_error",
     "nll",
-    "per_class_accuracy",
     "relative_corruption_error",
     "wilson_interval",
 ]
-
-
-def _labels(pred: Any, name: str) -> Tensor:
-    """Predicted labels from labels (N,) or from scores (N, K) by argmax."""
-    if not isinstance(pred, Tensor) or pred.ndim not in (1, 2):
-        shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
-        raise ValueError(f"Expected `{name}` to be labels (N,) or scores (N, K), got {shape}")
-    return pred.argmax(dim=1) if pred.ndim == 2 else pred
-
-
-def _check_same_length(a: Tensor, b: Tensor, names: str) -> None:
-    if a.shape[0] != b.shape[0] or b.ndim != 1:
-        raise ValueError(f"Expected {names} to describe the same N samples, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def accuracy(pred: Tensor, labels: Tensor) -> Tensor:
@@ -70,8 +59,8 @@ def accuracy(pred: Tensor, labels: Tensor) -> Tensor:
         >>> accuracy(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]))
         tensor(0.7500, dtype=torch.float64)
     """
-    pred = _labels(pred, "pred")
-    _check_same_length(pred, labels, "`pred` and `labels`")
+    pred = predicted_labels(pred, "pred")
+    check_same_samples(pred, labels, "`pred` and `labels`")
     return (pred == labels).double().mean()
 
 
@@ -113,28 +102,6 @@ def wilson_interval(successes: Any, n: Any, z: float = 1.96) -> tuple[Tensor, Te
     return low, high
 
 
-def per_class_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Accuracy (recall) of each true class; NaN for a class with no samples.
-
-    Args:
-        pred: predicted labels, or scores whose argmax is the prediction.
-        labels: true labels in ``0..num_classes-1``.
-        num_classes: number of classes ``K``.
-
-    Shape:
-        - pred: :math:`(N,)` or :math:`(N, K)`, labels: :math:`(N,)`
-        - output: :math:`(K,)`, float64
-
-    Example:
-        >>> per_class_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3).tolist()
-        [0.5, 1.0, nan]
-    """
-    check_positive_int("num_classes", num_classes)
-    pred = _labels(pred, "pred")
-    _check_same_length(pred, labels, "`pred` and `labels`")
-    return metrics.per_class_accuracy(metrics.confusion_matrix(pred, labels, num_classes))
-
-
 def flip_rate(pred: Tensor, clean_pred: Tensor) -> Tensor:
     """Fraction of samples whose prediction differs from the clean prediction (a corruption's flip rate).
 
@@ -150,8 +117,8 @@ def flip_rate(pred: Tensor, clean_pred: Tensor) -> Tensor:
         >>> flip_rate(torch.tensor([0, 2, 1, 1]), torch.tensor([0, 1, 1, 2]))
         tensor(0.5000, dtype=torch.float64)
     """
-    pred, clean_pred = _labels(pred, "pred"), _labels(clean_pred, "clean_pred")
-    _check_same_length(pred, clean_pred, "`pred` and `clean_pred`")
+    pred, clean_pred = predicted_labels(pred, "pred"), predicted_labels(clean_pred, "clean_pred")
+    check_same_samples(pred, clean_pred, "`pred` and `clean_pred`")
     return (pred != clean_pred).double().mean()
 
 
@@ -178,13 +145,49 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) 
     check_positive_int("n_bins", n_bins)
     if not isinstance(probs, Tensor) or probs.ndim != 2:
         raise ValueError(f"Expected `probs` to be a tensor of shape (N, K), got {probs!r:.80}")
-    _check_same_length(probs, labels, "`probs` and `labels`")
+    check_same_samples(probs, labels, "`probs` and `labels`")
     confidence, pred = probs.double().max(dim=1)
-    correct = (pred == labels).double()
-    uppers = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=probs.device)[1:]
+    confidence_sum, correct_sum, _ = _bin_sums(confidence, (pred == labels).double(), n_bins)
+    return (correct_sum - confidence_sum).abs().sum() / max(probs.shape[0], 1)
+
+
+def _bin_sums(confidence: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sums of confidence and correctness and counts per bin ``(b / n_bins, (b + 1) / n_bins]`` (float64)."""
+    confidence, correct = confidence.double().reshape(-1), correct.double().reshape(-1)
+    uppers = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=confidence.device)[1:]
     bins = torch.bucketize(confidence, uppers).clamp(max=n_bins - 1)
-    gap = torch.zeros(n_bins, dtype=torch.float64, device=probs.device).index_add_(0, bins, correct - confidence)
-    return gap.abs().sum() / max(probs.shape[0], 1)
+    zeros = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device)
+    sums = [zeros.index_add(0, bins, values) for values in (confidence, correct, torch.ones_like(correct))]
+    return sums[0], sums[1], sums[2]
+
+
+def calibration_bins(confidence: Tensor, correct: Tensor, n_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean confidence, accuracy and count per equal-width confidence bin: the bins of
+    :func:`expected_calibration_error`, what a reliability diagram draws.
+
+    Args:
+        confidence: top probability of each prediction.
+        correct: whether each prediction is right (bool or 0/1).
+        n_bins: number of bins (positive int).
+
+    Shape:
+        - confidence, correct: any shape with ``N`` elements
+        - output: three :math:`(n_bins,)` float64 tensors (NaN means in empty bins)
+
+    Raises:
+        ValueError: ``n_bins`` is not a positive int, or the inputs differ in size.
+
+    Example:
+        >>> conf, acc, count = calibration_bins(torch.tensor([0.95, 0.9, 0.3]), torch.tensor([1, 0, 1]), n_bins=2)
+        >>> count.tolist(), acc.tolist()
+        ([1.0, 2.0], [1.0, 0.5])
+    """
+    check_positive_int("n_bins", n_bins)
+    if confidence.numel() != correct.numel():
+        sizes = f"{confidence.numel()} and {correct.numel()}"
+        raise ValueError(f"Expected `confidence` and `correct` of one size, got {sizes}")
+    confidence_sum, correct_sum, count = _bin_sums(confidence, correct, n_bins)
+    return confidence_sum / count, correct_sum / count, count
 
 
 def nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -207,7 +210,7 @@ def nll(logits: Tensor, labels: Tensor) -> Tensor:
     """
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise ValueError(f"Expected `logits` to be a tensor of shape (N, K), got {logits!r:.80}")
-    _check_same_length(logits, labels, "`logits` and `labels`")
+    check_same_samples(logits, labels, "`logits` and `labels`")
     return F.cross_entropy(logits, labels.long())
 
 
@@ -227,8 +230,8 @@ def corruption_error(err_by_severity: Tensor, ref_err_by_severity: Tensor) -> Te
     """``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``, the error summed over severities relative to a reference.
 
     Args:
-        err_by_severity: the model's error rates, severities along the last dimension.
-        ref_err_by_severity: the reference model's error rates, same shape.
+        err_by_severity: the model's error rates, severities along the last dimension (NaN: not measured).
+        ref_err_by_severity: the reference model's error rates, same shape (NaN where ``err_by_severity`` is).
 
     Shape:
         - inputs: :math:`(*, S)`, e.g. :math:`(S,)` for one corruption or :math:`(C, S)` for several
@@ -240,7 +243,7 @@ def corruption_error(err_by_severity: Tensor, ref_err_by_severity: Tensor) -> Te
     """
     err, ref = _errors(err_by_severity, "err_by_severity"), _errors(ref_err_by_severity, "ref_err_by_severity")
     _same_shape(err, ref, "`err_by_severity` and `ref_err_by_severity`")
-    return err.sum(dim=-1) / ref.sum(dim=-1)
+    return err.nansum(dim=-1) / ref.nansum(dim=-1)
 
 
 def relative_corruption_error(err: Tensor, clean_err: Tensor, ref_err: Tensor, ref_clean_err: Tensor) -> Tensor:
@@ -266,7 +269,7 @@ def relative_corruption_error(err: Tensor, clean_err: Tensor, ref_err: Tensor, r
     _same_shape(err, ref, "`err` and `ref_err`")
     clean = torch.as_tensor(clean_err, dtype=torch.float64).unsqueeze(-1)
     ref_clean = torch.as_tensor(ref_clean_err, dtype=torch.float64).unsqueeze(-1)
-    return (err - clean).sum(dim=-1) / (ref - ref_clean).sum(dim=-1)
+    return (err - clean).nansum(dim=-1) / (ref - ref_clean).nansum(dim=-1)
 
 
 def mean_corruption_error(

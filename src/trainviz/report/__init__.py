@@ -1,7 +1,8 @@
 """HTML robustness reports rebuilt from a run's artifacts alone (``trainviz report RUN_DIR``), and the flat
-``summary.json`` metrics used for CI gates and as a reference run. Imports neither torch nor Lightning."""
+``summary.json`` metrics used for CI gates and as a reference run, read through
+:class:`~trainviz.probes.robustness_result.RobustnessResult`. Imports neither torch nor Lightning."""
 
-from trainviz.report.builder import RunArtifacts, build_report, default_report_path, find_run, load_run, reliability_bins
+from trainviz.report.builder import RunArtifacts, build_report, default_report_path, find_run, load_run
 from trainviz.report.summary import (
     HIGHER_IS_BETTER,
     BoundDirectionError,
@@ -31,7 +32,6 @@ __all__ = [
     "load_run",
     "parse_bounds",
     "proportion_interval",
-    "reliability_bins",
     "report_summary",
     "summary_from_record",
 ]

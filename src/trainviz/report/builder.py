@@ -1,6 +1,7 @@
 """Build the HTML robustness report of a run from its artifacts alone (no model, no torch, no retraining).
 
-Reads, under the run's ``trainviz`` folder: ``robustness/metrics.jsonl`` (curves, tables),
+Reads, under the run's ``trainviz`` folder: ``robustness/metrics.jsonl`` (curves, tables, reliability bins; each
+record read as a :class:`~trainviz.probes.robustness_result.RobustnessResult`),
 ``robustness/epoch_XXXX/{table,adversarial}.npz`` and ``examples.png`` of the latest epoch,
 ``manifest/manifest.json`` and, when present, ``dynamics/metrics.jsonl``. Writes ``index.html`` (or ``out``)
 and ``summary.json`` beside it (see :mod:`trainviz.report.summary`), plus ``plotly.min.js`` unless the page
@@ -30,20 +31,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainviz.report.summary import (
+from trainviz.probes.robustness_result import (
     LOW_COUNT_THRESHOLD,
-    accuracy_intervals,
+    PerImage,
+    RobustnessResult,
     eps_label,
-    probe_counts,
     proportion_interval,
-    report_summary,
-    summary_from_record,
 )
 from trainviz.report.template import PAGE
+from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir, write_plotly_js
 
-from trainviz.sinks.artifacts import atomic_write, write_plotly_js
-
-__all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run", "reliability_bins"]
+__all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run"]
 
 _MARKERS = ("robustness", "manifest", "dynamics")
 
@@ -70,7 +68,8 @@ def find_run(path: str | os.PathLike) -> Path:
             return candidate
     found = sorted(p for p in root.rglob("trainviz") if p.is_dir() and _is_trainviz_dir(p))
     if not found:
-        raise FileNotFoundError(f"No trainviz run under {root} (looked for a `trainviz` folder with {', '.join(_MARKERS)}).")
+        markers = ", ".join(_MARKERS)
+        raise FileNotFoundError(f"No trainviz run under {root} (looked for a `trainviz` folder with {markers}).")
     if len(found) > 1:
         runs = "\n  ".join(str(p.parent) for p in found)
         raise ValueError(f"{root} holds {len(found)} trainviz runs; pass one of them:\n  {runs}")
@@ -82,78 +81,50 @@ def default_report_path(run_dir: str | os.PathLike) -> Path:
     return find_run(run_dir) / "report" / "index.html"
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    return sorted(records, key=lambda r: r.get("epoch", 0))
+def _read_jsonl(store: ArtifactStore, relpath: str) -> list[dict[str, Any]]:
+    return sorted(store.read_jsonl(relpath), key=lambda r: r.get("epoch", 0))
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def _read_npz(store: ArtifactStore, relpath: str) -> dict[str, np.ndarray]:
+    return store.read_npz(relpath) if store.path(relpath).exists() else {}
 
 
 @dataclass
 class RunArtifacts:
-    """What the report reads from one run."""
+    """What the report reads from one run: the robustness results of every epoch (the latest with its per-image
+    arrays when they were saved), its example grid, the manifest and the dynamics records."""
 
     root: Path
-    robustness: list[dict[str, Any]] = field(default_factory=list)
-    table: dict[str, np.ndarray] = field(default_factory=dict)
-    adversarial: dict[str, np.ndarray] = field(default_factory=dict)
+    robustness: list[RobustnessResult] = field(default_factory=list)
     examples_png: bytes | None = None
     manifest: dict[str, Any] | None = None
     dynamics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def latest(self) -> dict[str, Any] | None:
+    def latest(self) -> RobustnessResult | None:
         return self.robustness[-1] if self.robustness else None
 
 
 def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
     """Read a run's artifacts (see the module docstring); missing parts are left empty."""
     root = find_run(run_dir)
-    run = RunArtifacts(root=root, robustness=_read_jsonl(root / "robustness" / "metrics.jsonl"))
+    store = ArtifactStore(root)
+    records = _read_jsonl(store, "robustness/metrics.jsonl")
+    run = RunArtifacts(root=root, robustness=[RobustnessResult.from_record(r) for r in records])
     if run.latest is not None:
-        epoch_dir = root / "robustness" / f"epoch_{run.latest['epoch']:04d}"
-        run.table = _read_npz(epoch_dir / "table.npz")
-        run.adversarial = _read_npz(epoch_dir / "adversarial.npz")
-        if (epoch_dir / "examples.png").exists():
-            run.examples_png = (epoch_dir / "examples.png").read_bytes()
-    if (root / "manifest" / "manifest.json").exists():
-        run.manifest = json.loads((root / "manifest" / "manifest.json").read_text("utf-8"))
-    run.dynamics = _read_jsonl(root / "dynamics" / "metrics.jsonl")
+        folder = epoch_dir("robustness", run.latest.epoch)
+        table = _read_npz(store, f"{folder}/table.npz")
+        if table:
+            run.latest.images = PerImage.from_arrays(table, _read_npz(store, f"{folder}/adversarial.npz"))
+        if store.path(f"{folder}/examples.png").exists():
+            run.examples_png = store.path(f"{folder}/examples.png").read_bytes()
+    if store.path("manifest/manifest.json").exists():
+        run.manifest = store.read_json("manifest/manifest.json")
+    run.dynamics = _read_jsonl(store, "dynamics/metrics.jsonl")
     return run
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean confidence, accuracy and count per equal-width confidence bin (the bins of the ECE).
-
-    Shape:
-        confidence, correct ``(N,)`` -> three ``(n_bins,)`` arrays (NaN in empty bins)
-
-    Example:
-        >>> conf, acc, count = reliability_bins(np.array([0.95, 0.9, 0.3]), np.array([1, 0, 1]), n_bins=2)
-        >>> count.tolist(), acc.tolist()
-        ([1, 2], [1.0, 0.5])
-    """
-    confidence, correct = np.asarray(confidence, np.float64).ravel(), np.asarray(correct, np.float64).ravel()
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.bincount(bins, confidence, n_bins) / count
-        acc = np.bincount(bins, correct, n_bins) / count
-    return conf, acc, count
-
-
 # figures --------------------------------------------------------------------------------------------
-
-
-def _nan(values: list[Any]) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _ci(interval: list[float] | tuple[float, float] | None) -> str:
@@ -164,42 +135,40 @@ def _ci(interval: list[float] | tuple[float, float] | None) -> str:
 LOW_COUNT_MARK = "\u2020"  # dagger after a class with fewer than LOW_COUNT_THRESHOLD probe images
 
 
-def _class_labels(rec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def _class_labels(rec: RobustnessResult) -> tuple[list[str], list[str]]:
     """The class names as the report shows them (low-count classes marked) and the low-count classes."""
-    names = [str(n) for n in rec["class_names"]]
-    low = set((probe_counts(rec) or {}).get("low_count_classes", []))
+    names = rec.class_names
+    low = set((rec.probe_counts() or {}).get("low_count_classes", []))
     return [f"{n} {LOW_COUNT_MARK}" if n in low else n for n in names], [n for n in names if n in low]
 
 
-def _class_hover(rec: Mapping[str, Any], clean_pc: np.ndarray) -> list[str]:
+def _class_hover(rec: RobustnessResult, clean_pc: np.ndarray) -> list[str]:
     """Per class: its clean accuracy, 95% interval and number of probe images (``""`` without counts)."""
-    if "class_counts" not in (probe_counts(rec) or {}):
+    if "class_counts" not in (rec.probe_counts() or {}):
         return [""] * len(clean_pc)
     out = []
-    for acc, m in zip(clean_pc, rec["class_counts"]):
+    for acc, m in zip(clean_pc, rec.class_counts):
         k = None if np.isnan(acc) or m == 0 else round(float(acc) * m)
         ci = _ci(proportion_interval(k, m)) if k is not None and abs(acc * m - k) < 1e-6 * m else ""
         low = f" (fewer than {LOW_COUNT_THRESHOLD})" if m < LOW_COUNT_THRESHOLD else ""
-        out.append(f"clean accuracy {acc:.3f} {ci}, 95% Wilson, on {m} images{low}" if k is not None else f"{m} images{low}")
+        text = f"clean accuracy {acc:.3f} {ci}, 95% Wilson, on {m} images{low}" if k is not None else f"{m} images{low}"
+        out.append(text)
     return out
 
 
-def _accuracy_table(rec: Mapping[str, Any], intervals: Mapping[str, list[float]]) -> str:
+def _accuracy_table(rec: RobustnessResult, intervals: Mapping[str, list[float]]) -> str:
     """Accuracy per corruption (rows) and severity (columns) with its 95% interval, as an HTML table."""
-    corruptions = list(dict.fromkeys(row["corruption"] for row in rec["table"]))
-    levels = sorted({row["severity"] for row in rec["table"]})
-    cells = {(row["corruption"], row["severity"]): row.get("accuracy") for row in rec["table"]}
+    heat, corruptions, levels = rec.heatmap()
     head = "".join(f"<th>s{_esc(s)}</th>" for s in levels)
     body = []
-    for c in corruptions:
+    for i, c in enumerate(corruptions):
         tds = []
-        for s in levels:
-            acc = cells.get((c, s))
+        for j, s in enumerate(levels):
             ci = _ci(intervals.get(f"corruption_accuracy/{c}/s{s}"))
-            value = "" if acc is None else f"{acc:.3f}"
+            value = "" if np.isnan(heat[i, j]) else f"{heat[i, j]:.3f}"
             tds.append(f"<td>{value} <span class=ci>{ci}</span></td>")
         body.append(f"<tr><th>{_esc(c)}</th>{''.join(tds)}</tr>")
-    clean = f'clean {rec["clean"]["accuracy"]:.3f} {_ci(intervals.get("clean_accuracy"))}'.rstrip()
+    clean = f'clean {rec.clean.accuracy:.3f} {_ci(intervals.get("clean_accuracy"))}'.rstrip()
     title = "Accuracy per corruption and severity" + (", with 95% Wilson intervals" if intervals else "")
     return (
         f'<details class="cells"><summary>{title} ({clean})</summary><table class="cells"><tr><th></th>{head}</tr>'
@@ -207,20 +176,20 @@ def _accuracy_table(rec: Mapping[str, Any], intervals: Mapping[str, list[float]]
     )
 
 
-def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
-    """``(section, caption, figure)`` for every robustness figure."""
-    from trainviz.render.figures import bars_figure, heatmap_figure, lines_figure, reliability_figure
+def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]]) -> list[tuple[str, str, Any]]:
+    """The corruption x severity heat map (every metric, accuracy with its intervals) and the curves over epochs."""
+    from trainviz.render.figures import heatmap_figure, lines_figure
 
     rec, out = run.latest, []
-    intervals = accuracy_intervals(rec)
-    corruptions = list(dict.fromkeys(row["corruption"] for row in rec["table"]))  # run order (the JSON sorts keys)
-    levels = sorted({row["severity"] for row in rec["table"]})
-    metrics = ("accuracy", "flip_rate", "confidence", "ece", "nll") + (("cam_shift",) if "cam_shift" in rec else ())
+    _, corruptions, levels = rec.heatmap()
+    metrics = ("accuracy", "flip_rate", "confidence", "ece", "nll")
+    metrics += ("cam_shift",) if rec.cam_shift is not None else ()
     tables = {m: np.full((len(corruptions), len(levels)), np.nan) for m in metrics}
-    for row in rec["table"]:
-        i, j = corruptions.index(row["corruption"]), levels.index(row["severity"])
+    for row in rec.table:
+        i, j = corruptions.index(row.corruption), levels.index(row.severity)
         for m in metrics:
-            tables[m][i, j] = np.nan if row.get(m) is None else row[m]
+            value = getattr(row, m)
+            tables[m][i, j] = np.nan if value is None else value
     ranges = {m: (0.0, 1.0) for m in ("accuracy", "flip_rate", "confidence")} | {"cam_shift": (-1.0, 1.0)}
     heat = heatmap_figure(tables, [f"s{s}" for s in levels], corruptions, "Corruption x severity", ranges=ranges)
     clean_ci = intervals.get("clean_accuracy")
@@ -228,84 +197,107 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
         text = [[_ci(intervals.get(f"corruption_accuracy/{c}/s{s}")) for s in levels] for c in corruptions]
         heat.update_traces(text=text, hovertemplate="%{y}, %{x}: %{z:.3f}, 95% CI %{text}<extra>accuracy</extra>",
                            selector={"name": "accuracy"})
-    out.append(("corruptions", f"Corruption x severity at epoch {rec['epoch']} (clean accuracy {rec['clean']['accuracy']:.3f}"
-                + (f", 95% CI {_ci(clean_ci)} on {rec['n']} images; the hover shows each cell's interval" if clean_ci else "")
-                + "); the menu switches the metric.", heat))
+    counts = f", 95% CI {_ci(clean_ci)} on {rec.n} images; the hover shows each cell's interval" if clean_ci else ""
+    out.append(("corruptions", f"Corruption x severity at epoch {rec.epoch} (clean accuracy {rec.clean.accuracy:.3f}"
+                f"{counts}); the menu switches the metric.", heat))
 
-    epochs = [r["epoch"] for r in run.robustness]
+    results = run.robustness
+    epochs = [r.epoch for r in results]
     curves = {
-        "clean accuracy": [r["clean"]["accuracy"] for r in run.robustness],
-        "corrupted accuracy (mean)": [r["corrupted"]["accuracy"] for r in run.robustness],
+        "clean accuracy": [r.clean.accuracy for r in results],
+        "corrupted accuracy (mean)": [r.corrupted.accuracy for r in results],
     }
-    for eps in rec.get("fgsm", {}).get("epsilons", []):
+    for eps in rec.fgsm.epsilons if rec.fgsm is not None else []:
         label = eps_label(eps)
-        curves[f"FGSM accuracy, eps {label}"] = [summary_from_record(r).get(f"fgsm_accuracy@{label}") for r in run.robustness]
+        curves[f"FGSM accuracy, eps {label}"] = [r.summary().get(f"fgsm_accuracy@{label}") for r in results]
     if run.dynamics:
         by_epoch = {d["epoch"]: d.get("accuracy") for d in run.dynamics}
         curves["dynamics probe accuracy"] = [by_epoch.get(e) for e in epochs]
     out.append(("curves", "Accuracy over epochs on the clean, corrupted and adversarial probe sets.",
                 lines_figure(epochs, curves, "Accuracy over epochs", "epoch", "accuracy", y_range=(0, 1.02))))
-    per_corruption = {name: [r["corruptions"].get(name, {}).get("accuracy") for r in run.robustness] for name in corruptions}
+    per_corruption = {name: [_stat(r, name, "accuracy") for r in results] for name in corruptions}
+    figure = lines_figure(epochs, per_corruption, "Accuracy per corruption", "epoch", "accuracy", y_range=(0, 1.02))
     out.append(("curves", "Accuracy under each corruption (mean over severities); click the legend to hide lines.",
-                lines_figure(epochs, per_corruption, "Accuracy per corruption", "epoch", "accuracy", y_range=(0, 1.02))))
-    errors = {"mCE": [r.get("mce") for r in run.robustness], "relative mCE": [r.get("relative_mce") for r in run.robustness]}
-    reference = "normalised by the reference run" if rec.get("reference") else "unnormalised: mean error and mean error increase over clean"
-    out.append(("curves", f"Mean corruption error over epochs ({reference}); lower is better.",
+                figure))
+    errors = {"mCE": [r.mce for r in results], "relative mCE": [r.relative_mce for r in results]}
+    normalised = "normalised by the reference run" if rec.reference else \
+        "unnormalised: mean error and mean error increase over clean"
+    out.append(("curves", f"Mean corruption error over epochs ({normalised}); lower is better.",
                 lines_figure(epochs, errors, "Mean corruption error", "epoch", "mCE")))
-    if "cam_shift" in rec:
-        shifts = {name: [r["corruptions"].get(name, {}).get("cam_shift") for r in run.robustness] for name in corruptions}
+    if rec.cam_shift is not None:
+        shifts = {name: [_stat(r, name, "cam_shift") for r in results] for name in corruptions}
+        figure = lines_figure(epochs, shifts, "CAM shift per corruption", "epoch", "correlation", y_range=(-1, 1.02))
         out.append(("curves", "CAM shift: correlation of the true class's Grad-CAM on clean and corrupted images "
-                    "(1 = the model looks at the same place), mean over severities.",
-                    lines_figure(epochs, shifts, "CAM shift per corruption", "epoch", "correlation", y_range=(-1, 1.02))))
+                    "(1 = the model looks at the same place), mean over severities.", figure))
+    return out
+
+
+def _stat(result: RobustnessResult, corruption: str, name: str) -> float | None:
+    """One corruption's statistic in a result (``None`` when that run did not have the corruption)."""
+    stats = result.corruptions.get(corruption)
+    return None if stats is None else getattr(stats, name)
+
+
+def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
+    """``(section, caption, figure)`` for every robustness figure."""
+    from trainviz.render.figures import bars_figure, heatmap_figure, lines_figure, reliability_figure
+
+    rec = run.latest
+    intervals = rec.intervals()
+    out = _corruption_figures(run, intervals)
+    corruptions = list(rec.corruptions)
 
     names, low = _class_labels(rec)
-    clean_pc = _nan(rec["clean"]["per_class_accuracy"])
+    clean_pc = np.array(rec.clean.per_class_accuracy, dtype=np.float64)
     drops = np.full((len(corruptions), len(names)), np.nan)
     for i, name in enumerate(corruptions):
-        rows = [clean_pc - _nan(row["per_class_accuracy"]) for row in rec["table"] if row["corruption"] == name]
+        rows = [clean_pc - np.array(row.per_class_accuracy, dtype=np.float64)
+                for row in rec.table if row.corruption == name]
         drops[i] = np.mean(rows, axis=0)
     drop_fig = heatmap_figure({"accuracy drop": drops}, names, corruptions, "Per-class accuracy drop", diverging=True)
     hover = _class_hover(rec, clean_pc)
     if any(hover):
         drop_fig.update_traces(text=[hover] * len(corruptions),
                                hovertemplate="%{y}, %{x}: drop %{z:.3f}<br>%{text}<extra>accuracy drop</extra>")
-    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a corruption hurts"
-                + ("; the hover shows the class's clean accuracy, its 95% interval and its number of images." if any(hover) else "."),
-                drop_fig))
+    how = "; the hover shows the class's clean accuracy, its 95% interval and its number of images."
+    how = how if any(hover) else "."
+    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a "
+                f"corruption hurts{how}", drop_fig))
 
-    if run.table:
-        conf, pred, labels = run.table["confidences"], run.table["pred"], run.table["labels"]
-        correct = pred == labels[None]
-        curves = {"clean": reliability_bins(conf[0], correct[0]), "all corruptions": reliability_bins(conf[1:], correct[1:])}
+    if rec.reliability is not None:
+        labels = {"clean": "clean", "corrupted": "all corruptions"}
+        curves = {labels.get(k, k): (b.confidence, b.accuracy, b.count) for k, b in rec.reliability.items()}
         out.append(("calibration", "Reliability diagram of the latest epoch: a calibrated model lies on the diagonal.",
                     reliability_figure(curves, "Reliability")))
     cal = {
-        "accuracy": [rec["corruptions"][c]["accuracy"] for c in corruptions],
-        "mean confidence": [rec["corruptions"][c]["confidence"] for c in corruptions],
-        "ECE": [rec["corruptions"][c]["ece"] for c in corruptions],
+        "accuracy": [rec.corruptions[c].accuracy for c in corruptions],
+        "mean confidence": [rec.corruptions[c].confidence for c in corruptions],
+        "ECE": [rec.corruptions[c].ece for c in corruptions],
     }
-    out.append(("calibration", f"Confidence against accuracy per corruption (clean: accuracy {rec['clean']['accuracy']:.3f}, "
-                f"confidence {rec['clean']['confidence']:.3f}, ECE {rec['clean']['ece']:.3f}).",
+    clean = rec.clean
+    out.append(("calibration", f"Confidence against accuracy per corruption (clean: accuracy {clean.accuracy:.3f}, "
+                f"confidence {clean.confidence:.3f}, ECE {clean.ece:.3f}).",
                 bars_figure(corruptions, cal, "Calibration per corruption", "fraction")))
 
-    if "fgsm" in rec:
-        eps = [0.0, *rec["fgsm"]["epsilons"]]
-        acc = [rec["clean"]["accuracy"], *rec["fgsm"]["accuracy"]]
-        fgsm_fig = lines_figure(eps, {"FGSM accuracy": acc}, "FGSM", "eps (pixels in [0, 1])", "accuracy", y_range=(0, 1.02))
-        keys = ["clean_accuracy", *(f"fgsm_accuracy@{eps_label(e)}" for e in rec["fgsm"]["epsilons"])]
-        if all(k in intervals for k in keys):
+    if rec.fgsm is not None:
+        eps, acc = [0.0, *rec.fgsm.epsilons], np.array([clean.accuracy, *rec.fgsm.accuracy])
+        fgsm_fig = lines_figure(eps, {"FGSM accuracy": acc.tolist()}, "FGSM", "eps (pixels in [0, 1])", "accuracy",
+                                y_range=(0, 1.02))
+        keys = ["clean_accuracy", *(f"fgsm_accuracy@{eps_label(e)}" for e in rec.fgsm.epsilons)]
+        bars = all(k in intervals for k in keys)
+        if bars:
             lo, hi = np.array([intervals[k][0] for k in keys]), np.array([intervals[k][1] for k in keys])
-            fgsm_fig.update_traces(error_y={"type": "data", "symmetric": False, "array": hi - np.array(acc), "arrayminus": np.array(acc) - lo})
+            bounds = {"type": "data", "symmetric": False, "array": hi - acc, "arrayminus": acc - lo}
+            fgsm_fig.update_traces(error_y=bounds)
         out.append(("adversarial", "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy)"
-                    + ("; bars: 95% Wilson intervals." if all(k in intervals for k in keys) else "."), fgsm_fig))
-    if "steps" in run.adversarial:
-        steps, cap = run.adversarial["steps"], int(run.adversarial["max_steps"])
+                    + ("; bars: 95% Wilson intervals." if bars else "."), fgsm_fig))
+    if rec.images is not None and rec.images.steps is not None and rec.flip is not None:
+        steps, cap, flip = rec.images.steps, rec.flip.max_steps, rec.flip
         counts = np.bincount(steps[steps >= 0], minlength=cap + 1)
         labels = [str(k) for k in range(cap + 1)] + ["never"]
-        flip = rec["flip"]
-        out.append(("adversarial", f"Gradient-ascent steps until the prediction changes (step {flip['step_size']:g}, cap {cap}): "
-                    f"{flip['never_flipped']} of {len(steps)} images never flipped.",
-                    bars_figure(labels, {"images": [*counts.tolist(), int((steps < 0).sum())]}, "Steps to flip", "images")))
+        figure = bars_figure(labels, {"images": [*counts.tolist(), int((steps < 0).sum())]}, "Steps to flip", "images")
+        out.append(("adversarial", f"Gradient-ascent steps until the prediction changes (step {flip.step_size:g}, "
+                    f"cap {cap}): {flip.never_flipped} of {len(steps)} images never flipped.", figure))
     return out
 
 
@@ -321,7 +313,9 @@ def _figure_json(fig: Any) -> str:
     from plotly.utils import PlotlyJSONEncoder
 
     text = json.dumps(fig.to_plotly_json(), cls=PlotlyJSONEncoder)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
 
 
 def _flatten(prefix: str, value: Any, rows: list[tuple[str, Any]]) -> None:
@@ -351,7 +345,8 @@ def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
     intervals = summary.get("intervals") or {}
     keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "clean_ece", "corruption_ece"]
     keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
-    rows = [(k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else "")) for k in keys if k in summary]
+    rows = [(k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else ""))
+            for k in keys if k in summary]
     notes = []
     probe = summary.get("probe")
     if probe:
@@ -359,20 +354,20 @@ def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
                      "reuse the same images and carry none).")
     else:
         notes.append("This record has no probe counts (written before trainviz recorded them): no intervals.")
-    if rec.get("reference"):
-        notes.append(f"CE normalised by the reference run {_esc(rec['reference'])}.")
-    if rec.get("skipped"):
-        skipped = "; ".join(f"{_esc(n)} ({_esc(r)})" for n, r in rec["skipped"].items())
+    if rec.reference:
+        notes.append(f"CE normalised by the reference run {_esc(rec.reference)}.")
+    if rec.skipped:
+        skipped = "; ".join(f"{_esc(n)} ({_esc(r)})" for n, r in rec.skipped.items())
         notes.append(f"Skipped (not applicable to this data): {skipped}.")
     return _key_table(rows) + "".join(f"<p class=note>{n}</p>" for n in notes)
 
 
-def _low_count_note(rec: Mapping[str, Any]) -> str:
+def _low_count_note(rec: RobustnessResult) -> str:
     """One line under the per-class drops naming the classes with few probe images (``""`` when none)."""
     _, low = _class_labels(rec)
     if not low:
         return ""
-    counts = (probe_counts(rec) or {}).get("class_counts", {})
+    counts = (rec.probe_counts() or {}).get("class_counts", {})
     listed = ", ".join(f"{_esc(n)} ({counts[n]})" for n in low)
     return (f'<p class="note low-count">{LOW_COUNT_MARK} fewer than {LOW_COUNT_THRESHOLD} probe images: {listed}; '
             "their per-class accuracies and drops are too noisy to read (raise <code>probe_size</code>).</p>")
@@ -400,7 +395,7 @@ def build_report(
         raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.root / "report" / "index.html"
-    summary = report_summary(run.latest) if run.latest else {}
+    summary = run.latest.report_summary() if run.latest else {}
     atomic_write(out.parent / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
     figures = _robustness_figures(run) if run.latest else []
@@ -410,8 +405,9 @@ def build_report(
         for section, caption, fig in figures:
             if section == key:
                 data.append(f'<script type="application/json" id="fig-{len(data)}">{_figure_json(fig)}</script>')
-                parts.append(f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div><figcaption>{_esc(caption)}</figcaption></figure>')
-        if parts and key == "corruptions" and run.latest.get("table"):
+                parts.append(f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div>'
+                             f'<figcaption>{_esc(caption)}</figcaption></figure>')
+        if parts and key == "corruptions" and run.latest.table:
             parts.append(_accuracy_table(run.latest, summary.get("intervals") or {}))
         if parts and key == "classes":
             parts.append(_low_count_note(run.latest))
@@ -421,18 +417,16 @@ def build_report(
         img = base64.b64encode(run.examples_png).decode("ascii")
         sections.append(
             '<section id="examples"><h2>Examples</h2><figure><img class="grid" alt="clean and corrupted examples" '
-            f'src="data:image/png;base64,{img}"><figcaption>Probe images at epoch {_esc(run.latest["epoch"])}: clean, then '
-            "each corruption at its highest severity; prediction and confidence under each image (green right, red wrong)."
-            "</figcaption></figure></section>"
+            f'src="data:image/png;base64,{img}"><figcaption>Probe images at epoch {_esc(run.latest.epoch)}: clean, '
+            "then each corruption at its highest severity; prediction and confidence under each image (green right, "
+            "red wrong).</figcaption></figure></section>"
         )
     manifest_rows: list[tuple[str, Any]] = []
     if run.manifest:
         _flatten("", run.manifest, manifest_rows)
-    sections.append(
-        '<section id="manifest"><h2>Run manifest</h2>'
-        + (_key_table(manifest_rows) if manifest_rows else "<p class=note>No manifest recorded (add RunManifestCallback).</p>")
-        + "</section>"
-    )
+    no_manifest = "<p class=note>No manifest recorded (add RunManifestCallback).</p>"
+    manifest = _key_table(manifest_rows) if manifest_rows else no_manifest
+    sections.append(f'<section id="manifest"><h2>Run manifest</h2>{manifest}</section>')
     if run.latest is None:
         sections.insert(0, "<p class=note>No robustness artifacts in this run (add RobustnessCallback).</p>")
 

@@ -1,0 +1,547 @@
+"""The robustness probe (torch, no Lightning): how a model copes with corrupted and adversarial inputs, as one
+:class:`~trainviz.probes.robustness_result.RobustnessResult`.
+
+The probes of Zhang's encoder-decoder paper (Xiaohan Zhang, "Visualization of encoder-decoder structure of Deep
+Convolutional Neural Network", section 5.3: grey, blurred, channel-shuffled and salt-and-pepper images, their
+predictions and confidences against the clean ones, and the shift of the class activation maps) with the
+ImageNet-C corruptions of Hendrycks & Dietterich 2019 at CIFAR-10-C parameters (:mod:`trainviz.ops.corruptions`)
+and their corruption errors; FGSM, and the gradient ascent of Fleuret's EE-559 lecture "Under the hood" that
+pushes an image up the loss until its class changes (:mod:`trainviz.ops.adversarial`).
+
+Here: the suite's rows (:func:`suite`), which apply to the data (:func:`applicable`), the probe set corrupted
+once per row (:class:`CorruptionCache`), a reference run (:func:`load_reference`), what fits a time budget
+(:func:`plan_parts`) and one run (:func:`compute`).
+
+Example:
+    >>> import torch
+    >>> from trainviz.core.probeset import ProbeSet
+    >>> from trainviz.data import Normalization
+    >>> from trainviz.models import DemoClassifier
+    >>> probe = ProbeSet(images=torch.rand(8, 3, 32, 32), labels=torch.arange(8) % 2, ids=torch.arange(8))
+    >>> _, _, rows = suite(["grayscale", "contrast"], [1, 3])
+    >>> config = RobustnessConfig(Normalization.identity(3), epsilons=(4 / 255,), flip_max_steps=2)
+    >>> inputs, _ = CorruptionCache().inputs(probe, rows, config.norm, seed=0, source=probe)
+    >>> result = compute(DemoClassifier(num_classes=2).eval(), probe, inputs, Plan(rows), config, epoch=0)
+    >>> [(row.corruption, row.severity) for row in result.table], sorted(result.corruptions)
+    ([('grayscale', 1), ('contrast', 1), ('contrast', 3)], ['contrast', 'grayscale'])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trainviz.core.common import class_names
+from trainviz.core.probeset import ProbeSet
+from trainviz.core.transfer import to_cpu
+from trainviz.data.base import Normalization
+from trainviz.ops.adversarial import fgsm_accuracy, steps_to_flip
+from trainviz.ops.cam import grad_cam
+from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions
+from trainviz.ops.localization import map_correlation
+from trainviz.ops.metrics import per_class_accuracy
+from trainviz.ops.predict import predict_logits
+from trainviz.ops.robustness import (
+    accuracy,
+    calibration_bins,
+    corruption_error,
+    expected_calibration_error,
+    flip_rate,
+    mean_corruption_error,
+    nll,
+    relative_corruption_error,
+)
+from trainviz.probes.robustness_result import (
+    AGGREGATES,
+    STATS,
+    CorruptionStats,
+    Examples,
+    Fgsm,
+    Flip,
+    Means,
+    PerImage,
+    Reliability,
+    RobustnessResult,
+    Row,
+    Schedule,
+    eps_label,
+)
+from trainviz.render.images import to_uint8, upscale
+
+__all__ = [
+    "CorruptionCache",
+    "Plan",
+    "Reference",
+    "RobustnessConfig",
+    "applicable",
+    "check_epsilons",
+    "compute",
+    "core_seconds",
+    "corruption_errors",
+    "load_reference",
+    "plan_parts",
+    "suite",
+]
+
+CAM_COST = 1.3  # a Grad-CAM pass costs about 1.2-1.4x a plain forward pass
+
+Rows = list[tuple[str, int]]
+
+
+# the suite -----------------------------------------------------------------------------------------
+
+
+def suite(corruptions: Sequence[str], severities: Sequence[int]) -> tuple[list[str], list[int], Rows]:
+    """The corruption names, the sorted severities and the table's rows ``(name, severity)``: single-level
+    corruptions (Zhang's probes) at their one level, the others at each of ``severities`` they have.
+
+    Raises:
+        ValueError: unknown or repeated names, severities that are not distinct ints in 1..5, or a corruption
+            with none of the severities.
+    """
+    names, valid = list(corruptions), list_corruptions()
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"Expected `corruptions` to be distinct names from {', '.join(valid)}; got {names!r}"
+            + (f" (unknown: {', '.join(map(repr, unknown))})." if unknown else ".")
+        )
+    sevs = list(severities)
+    if not sevs or len(set(sevs)) != len(sevs) or any(isinstance(s, bool) or s not in range(1, 6) for s in sevs):
+        raise ValueError(f"Expected `severities` to be distinct ints in 1..5, got {severities!r}.")
+    rows: Rows = []
+    for name in names:
+        levels = corruption_spec(name).severities
+        picked = [1] if levels == 1 else [s for s in sorted(sevs) if s <= levels]
+        if not picked:
+            raise ValueError(f"Corruption {name!r} has {levels} severities; none of `severities` {sorted(sevs)}.")
+        rows += [(name, s) for s in picked]
+    return names, sorted(sevs), rows
+
+
+def check_epsilons(epsilons: Sequence[float]) -> list[float]:
+    """FGSM step sizes as floats.
+
+    Raises:
+        ValueError: a value is not a finite number >= 0, or two agree in their first 4 decimals (their metric
+            names, ``fgsm_accuracy@<eps>``, would collide).
+    """
+    eps = list(epsilons)
+    if any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < math.inf for e in eps):
+        raise ValueError(f"Expected `epsilons` to be finite numbers >= 0, got {epsilons!r}.")
+    if len({eps_label(e) for e in eps}) != len(eps):
+        raise ValueError(f"Expected `epsilons` to differ in their first 4 decimals, got {eps!r}.")
+    return [float(e) for e in eps]
+
+
+def applicable(pixels: Tensor, rows: Rows, seed: int) -> tuple[Rows, dict[str, str]]:
+    """The rows whose corruption runs on these pixel images and changes them, and why the others do not.
+
+    Shape: pixels ``(n, C, H, W)`` in [0, 1] (a few probe images are enough).
+    """
+    active: Rows = []
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(n for n, _ in rows):
+        mine = [(n, s) for n, s in rows if n == name]
+        try:
+            changed = any(not torch.equal(corrupt(pixels, n, s, seed=seed), pixels) for n, s in mine)
+        except (ValueError, RuntimeError) as err:
+            skipped[name] = str(err)
+            continue
+        if changed:
+            active += mine
+        else:
+            skipped[name] = "leaves these images unchanged"
+    return active, skipped
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference run's clean error and error of each row, read from its ``summary.json``."""
+
+    path: str
+    clean_error: float
+    errors: dict[tuple[str, int], float]
+
+
+def load_reference(path: str | os.PathLike, rows: Rows) -> Reference:
+    """The reference errors of ``rows`` from another run's ``summary.json``.
+
+    Raises:
+        ValueError: the file cannot be read, or it lacks a metric of ``rows``.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"Cannot read the `reference` summary {path!r}: {err}") from err
+    keys = {row: f"corruption_accuracy/{row[0]}/s{row[1]}" for row in rows}
+    missing = [k for k in ["clean_accuracy", *keys.values()] if not isinstance(summary.get(k), (int, float))]
+    if missing:
+        raise ValueError(
+            f"The `reference` summary {path!r} lacks {len(missing)} metric(s) this run needs, e.g. "
+            f"{', '.join(missing[:4])}: make the reference with the same corruptions and severities."
+        )
+    return Reference(path, 1.0 - summary["clean_accuracy"], {row: 1.0 - summary[key] for row, key in keys.items()})
+
+
+class CorruptionCache:
+    """Model inputs of each corrupted row, built when the row first runs and kept on the device, keyed by the
+    probe set's fingerprint, seed, device, dtype, corruption, severity and parameters: each run then costs
+    forward passes only, and the curves measure the model, not fresh noise (the same noise at every epoch).
+    It holds ``rows x probe_size`` images (12 MB per 1000 images of 3x32x32 in float32)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple, Tensor] = {}
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def clear(self) -> None:
+        """Forget every block (the probe set changed)."""
+        self._blocks, self._fingerprint = {}, None
+
+    def inputs(
+        self, probe: ProbeSet, rows: Rows, norm: Normalization, seed: int, source: ProbeSet
+    ) -> tuple[Tensor, float | None]:
+        """The clean probe images (block 0) and those of each row (block r), and the seconds spent corrupting
+        (``None`` when every row was cached). ``source`` is the probe set as drawn, whose fingerprint (taken
+        once) keys the cache.
+
+        Shape: ``((1 + R) N, C, H, W)`` on the probe's device and dtype.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = source.fingerprint()
+        where = (self._fingerprint, seed, str(probe.images.device), str(probe.images.dtype))
+        params = {row: (corruption_spec(row[0]).params or [None] * row[1])[row[1] - 1] for row in rows}
+        keys = {row: (*where, *row, repr(params[row])) for row in rows}
+        self._blocks = {key: value for key, value in self._blocks.items() if key[:4] == where}  # device or seed changed
+        missing = [row for row in rows if keys[row] not in self._blocks]
+        seconds = None
+        if missing:
+            start = time.perf_counter()
+            pixels = norm.denormalize(probe.images)
+            for name, severity in missing:
+                self._blocks[keys[(name, severity)]] = norm.normalize(corrupt(pixels, name, severity, seed=seed))
+            seconds = time.perf_counter() - start
+        return torch.cat([probe.images, *(self._blocks[keys[row]] for row in rows)]), seconds
+
+
+# the budget ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What one run contains: the rows of the table, whether FGSM and steps-to-flip run, whose turn it is next
+    among the rotating corruptions, and what was left out (for the budget log)."""
+
+    rows: Rows
+    fgsm: bool = True
+    flip: bool = True
+    rotation: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def core_seconds(active: Rows, costs: dict[str, float]) -> float:
+    """Seconds of the part that always runs: the clean probe set and Zhang's probes (0 before the first run)."""
+    return costs.get("row", 0.0) * (1 + sum(1 for name, _ in active if name in SEED_PROBES))
+
+
+def plan_parts(
+    active: Rows, costs: dict[str, float], seconds: float, rotation: int, *, epsilons: int, flip_max_steps: int,
+    cam_shift: bool,
+) -> Plan:
+    """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), the other
+    corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and steps-to-flip,
+    as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed), of FGSM and of
+    steps-to-flip (estimated from a row until measured).
+
+    Example:
+        >>> active = [("grayscale", 1), ("fog", 1), ("fog", 2), ("contrast", 1)]
+        >>> plan = plan_parts(active, {"row": 1.0}, 4.5, 0, epsilons=0, flip_max_steps=0, cam_shift=False)
+        >>> plan.rows, plan.rotation, plan.skipped
+        ([('grayscale', 1), ('fog', 1), ('fog', 2)], 1, ['1 of 2 corruptions (contrast)'])
+    """
+    fgsm, flip = epsilons > 0, flip_max_steps > 0
+    row = costs["row"] * (CAM_COST if cam_shift else 1.0)
+    rows = [r for r in active if r[0] in SEED_PROBES]
+    left = seconds - row * (1 + len(rows))
+    skipped = []
+    if fgsm:
+        cost = costs.get("fgsm", row * (3 + epsilons))
+        fgsm = cost <= left
+        left -= cost if fgsm else 0.0
+        skipped += [] if fgsm else [f"fgsm ({cost:.2f} s)"]
+    others = list(dict.fromkeys(name for name, _ in active if name not in SEED_PROBES))
+    turn = [others[(rotation + i) % len(others)] for i in range(len(others))]
+    taken = 0
+    for name in turn:
+        cost = row * sum(1 for n, _ in active if n == name)
+        if cost > left:
+            break
+        left -= cost
+        taken += 1
+    rows += [r for r in active if r[0] in set(turn[:taken])]
+    if taken < len(turn):
+        more = ", ..." if len(turn) - taken > 3 else ""
+        skipped.append(f"{len(turn) - taken} of {len(turn)} corruptions ({', '.join(turn[taken:][:3])}{more})")
+    if flip:
+        cost = costs.get("flip", row * 3 * flip_max_steps)
+        flip = cost <= left
+        skipped += [] if flip else [f"steps-to-flip ({cost:.2f} s)"]
+    order = {r: i for i, r in enumerate(active)}
+    return Plan(sorted(rows, key=order.__getitem__), fgsm, flip, (rotation + taken) % max(1, len(others)), skipped)
+
+
+# one run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RobustnessConfig:
+    """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
+    those of the Grad-CAM; ``reference`` normalises the corruption errors."""
+
+    norm: Normalization
+    epsilons: tuple[float, ...] = ()
+    flip_step_size: float = 0.5
+    flip_max_steps: int = 0
+    cam_layers: dict[str, torch.nn.Module] | None = None
+    cam_reshape: Callable[[Tensor], Tensor] | None = None
+    batch_size: int = 256
+    n_examples: int = 6
+    reference: Reference | None = None
+
+
+def compute(
+    model: torch.nn.Module,
+    probe: ProbeSet,
+    inputs: Tensor,
+    plan: Plan,
+    config: RobustnessConfig,
+    epoch: int,
+    examples: list[int] | None = None,
+    skipped: dict[str, str] | None = None,
+    schedule: Schedule | None = None,
+) -> RobustnessResult:
+    """One run: the metrics of every row of ``plan`` (accuracy, confidence, NLL, ECE, flip rate, per-class
+    accuracy, with ``cam_layers`` the CAM shift), the corruption errors, FGSM and steps-to-flip when planned,
+    the example tiles and what each part cost (``result.seconds``).
+
+    Args:
+        model: returns logits ``(N, K)``; run inside trainviz's probe guard (eval mode, gradients on).
+        probe: the probe set on the model's device.
+        inputs: :meth:`CorruptionCache.inputs` of ``plan.rows``.
+        plan: the rows and parts to run.
+        config: how.
+        epoch: recorded with the result.
+        examples: probe indices of the example grid (default: the first ``n_examples``).
+        skipped: corruptions left out at setup and why (recorded).
+        schedule: what ran under a budget (recorded).
+
+    Shape: inputs ``((1 + R) N, C, H, W)``.
+    """
+    n, rows = len(probe), plan.rows
+    examples = list(range(min(config.n_examples, n))) if examples is None else examples
+    tiles = _example_tiles(inputs, n, rows, examples, config.norm)
+    start = time.perf_counter()
+    logits, shift = _forward(model, inputs, probe.labels, config)
+    seconds = {"row": (time.perf_counter() - start) / (1 + len(rows)) / (CAM_COST if config.cam_layers else 1.0)}
+    k = logits.shape[-1]
+    values = _row_metrics(logits.view(1 + len(rows), n, k), probe.labels, k)
+    if shift is not None:
+        values["cam_shift"] = shift.view(len(rows), n)
+    values.update(_adversarial(model, probe, values["pred"][0], config, plan, seconds))
+    values.update(labels=probe.labels, ids=probe.ids, class_counts=torch.bincount(probe.labels, minlength=k))
+    host = to_cpu(values)
+    result = _result(epoch, host, rows, config, class_names(probe.class_names, k))
+    result.examples, result.seconds = tiles, seconds
+    result.skipped, result.schedule = dict(skipped or {}), schedule
+    return result
+
+
+def _example_tiles(inputs: Tensor, n: int, rows: Rows, idx: list[int], norm: Normalization) -> Examples:
+    """The example grid's tiles: the probe images ``idx``, clean, then each corruption at its highest severity."""
+    columns = [0] + [r for r, (name, _) in enumerate(rows, start=1) if r == len(rows) or rows[r][0] != name]
+    chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
+    flat = to_uint8(upscale(norm.denormalize(inputs.index_select(0, chosen).float()), 64))
+    titles = ["clean"] + [
+        name if corruption_spec(name).severities == 1 else f"{name}\ns{severity}"
+        for name, severity in (rows[c - 1] for c in columns[1:])
+    ]
+    return Examples(columns, idx, flat.reshape(len(columns), len(idx), *flat.shape[1:]), titles)
+
+
+def _forward(
+    model: torch.nn.Module, inputs: Tensor, labels: Tensor, config: RobustnessConfig
+) -> tuple[Tensor, Tensor | None]:
+    """Logits of every block and, with ``cam_layers``, the correlation of each corrupted image's Grad-CAM (true
+    class) with its clean copy's, from the same forward passes, batch after batch.
+
+    Shape: inputs ``((1 + R) N, C, H, W)`` -> logits ``((1 + R) N, K)``, shift ``(R N,)`` or ``None``.
+    """
+    if not config.cam_layers:
+        return predict_logits(model, inputs, config.batch_size).float(), None
+    n, size = labels.shape[0], config.batch_size
+    targets = labels.repeat(inputs.shape[0] // n)
+    logits, shifts, clean = [], [], []
+    for a in range(0, inputs.shape[0], size):
+        b = min(a + size, inputs.shape[0])
+        cam = grad_cam(model, inputs[a:b], config.cam_layers, targets[a:b], reshape=config.cam_reshape)
+        logits.append(cam.logits)
+        split = max(0, min(n, b) - a)  # rows of this batch in the clean block, which comes first
+        clean.append(cam.aggregate[:split])
+        if split < b - a:
+            clean = [torch.cat(clean)]
+            rows = torch.arange(a + split, b, device=inputs.device) % n
+            shifts.append(map_correlation(cam.aggregate[split:], clean[0][rows]))
+    return torch.cat(logits).float(), torch.cat(shifts)
+
+
+def _row_metrics(logits: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
+    """Metrics of each block of logits ``(1 + R, N, K)`` on the device, stacked along the rows, and the
+    reliability bins of the clean block and of all corrupted ones."""
+    probs = logits.softmax(-1)
+    confidences, pred = probs.max(-1)
+    per_row = [
+        (accuracy(pred[r], labels), nll(logits[r], labels), expected_calibration_error(probs[r], labels),
+         flip_rate(pred[r], pred[0]), per_class_accuracy(pred[r], labels, k))
+        for r in range(logits.shape[0])
+    ]
+    acc, nl, ece, flips, per_class = (torch.stack(column) for column in zip(*per_row))
+    correct = pred == labels
+    parts = {"clean": (confidences[0], correct[0]), "corrupted": (confidences[1:], correct[1:])}
+    bins = {
+        f"{name}_{part}": value
+        for name, (conf, right) in parts.items()
+        for part, value in zip(("confidence", "accuracy", "count"), calibration_bins(conf, right))
+    }
+    return {
+        "accuracy": acc, "confidence": confidences.double().mean(1), "nll": nl.double(), "ece": ece, "flip_rate": flips,
+        "per_class_accuracy": per_class, "pred": pred, "confidences": confidences, **bins,
+    }
+
+
+def _adversarial(
+    model: torch.nn.Module, probe: ProbeSet, clean_pred: Tensor, config: RobustnessConfig, plan: Plan,
+    seconds: dict[str, float],
+) -> dict[str, Tensor]:
+    """FGSM accuracy per ``eps`` and steps to flip per image (each when planned and configured), batch by batch,
+    on the device; their costs go to ``seconds``."""
+    pixels, out, norm = config.norm.denormalize(probe.images), {}, config.norm
+    batches = list(probe.batches(config.batch_size))
+    start = time.perf_counter()
+    if config.epsilons and plan.fgsm:
+        parts = [
+            fgsm_accuracy(model, pixels[a:b], probe.labels[a:b], config.epsilons, preprocess=norm.normalize) * (b - a)
+            for a, b in batches
+        ]
+        out["fgsm_accuracy"] = torch.stack(parts).sum(0) / len(probe)
+        seconds["fgsm"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if config.flip_max_steps > 0 and plan.flip:
+        out["steps"] = torch.cat([
+            steps_to_flip(model, pixels[a:b], clean_pred[a:b], step_size=config.flip_step_size,
+                          max_steps=config.flip_max_steps, preprocess=norm.normalize)
+            for a, b in batches
+        ])
+        seconds["flip"] = time.perf_counter() - start
+    return out
+
+
+def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Mean without the NaNs (flat CAMs); NaN, silently, where everything is NaN (or nothing is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def corruption_errors(
+    accuracies: Sequence[float], rows: Rows, reference: Reference | None = None
+) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """Hendrycks & Dietterich's corruption error ``CE`` and relative ``CE`` of each corruption, and their means
+    (mCE, relative mCE), from the accuracy of the clean probe set (first) and of each row. Without a
+    ``reference`` the reference error is 1 at every severity and 0 on clean images.
+
+    Example:
+        >>> ces, mce, _ = corruption_errors([0.8, 0.4, 0.7, 0.5], [("grayscale", 1), ("fog", 1), ("fog", 3)])
+        >>> {name: round(ce, 3) for name, (ce, _) in ces.items()}, round(mce, 3)
+        ({'grayscale': 0.6, 'fog': 0.4}, 0.5)
+    """
+    names = list(dict.fromkeys(name for name, _ in rows))
+    if not names:
+        return {}, math.nan, math.nan
+    levels = sorted({s for _, s in rows})
+    err = torch.full((len(names), len(levels)), math.nan, dtype=torch.float64)
+    ref = err.clone()
+    for (name, severity), acc in zip(rows, accuracies[1:]):
+        i, j = names.index(name), levels.index(severity)
+        err[i, j] = 1.0 - acc
+        ref[i, j] = 1.0 if reference is None else reference.errors[(name, severity)]
+    clean, ref_clean = 1.0 - accuracies[0], 0.0 if reference is None else reference.clean_error
+    ce, rce = corruption_error(err, ref), relative_corruption_error(err, clean, ref, ref_clean)
+    mce = mean_corruption_error(err, ref)
+    relative = mean_corruption_error(err, ref, clean_err=clean, ref_clean_err=ref_clean)
+    per = {name: (float(a), float(b)) for name, a, b in zip(names, ce.tolist(), rce.tolist())}
+    return per, float(mce), float(relative)
+
+
+def _result(
+    epoch: int, v: dict[str, np.ndarray], rows: Rows, config: RobustnessConfig, names: list[str]
+) -> RobustnessResult:
+    """The typed result of one run from its host values."""
+    shift = _nanmean(v["cam_shift"], axis=1) if "cam_shift" in v else None
+
+    def means(r: Any, flip: bool = True) -> dict[str, Any]:
+        flips = float(np.mean(v["flip_rate"][r])) if flip else None
+        return {s: float(np.mean(v[s][r])) for s in STATS} | {"flip_rate": flips}
+
+    clean = Row(**means(0, flip=False), corruption="clean", severity=0,
+                per_class_accuracy=v["per_class_accuracy"][0].tolist())
+    table = [
+        Row(**means(r), corruption=name, severity=severity, per_class_accuracy=v["per_class_accuracy"][r].tolist(),
+            cam_shift=None if shift is None else float(shift[r - 1]))
+        for r, (name, severity) in enumerate(rows, start=1)
+    ]
+    errors, mce, relative_mce = corruption_errors(v["accuracy"].tolist(), rows, config.reference)
+    corruptions = {}
+    for name, (ce, rce) in errors.items():
+        idx = [r for r, (n, _) in enumerate(rows, start=1) if n == name]
+        cam = None if shift is None else float(_nanmean(shift[[r - 1 for r in idx]]))
+        corruptions[name] = CorruptionStats(**means(idx), ce=ce, relative_ce=rce, cam_shift=cam)
+    corrupted = Means(**{s: float(_nanmean(v[s][1:])) if len(rows) else math.nan for s in AGGREGATES})
+    flip = None
+    if "steps" in v:
+        steps = v["steps"]
+        flipped = steps[steps >= 0]
+        mean, median = (float(flipped.mean()), float(np.median(flipped))) if flipped.size else (math.nan, math.nan)
+        flip = Flip(config.flip_step_size, config.flip_max_steps, mean, median, int((steps < 0).sum()),
+                    float((steps < 0).mean()))
+    reliability = {
+        part: Reliability(v[f"{part}_confidence"].tolist(), v[f"{part}_accuracy"].tolist(),
+                          v[f"{part}_count"].astype(np.int64).tolist())
+        for part in ("clean", "corrupted")
+    }
+    images = PerImage(
+        v["pred"].astype(np.int64), v["confidences"], v["labels"].astype(np.int64), v["ids"].astype(np.int64),
+        None if shift is None else v["cam_shift"], v["steps"].astype(np.int64) if "steps" in v else None,
+    )
+    return RobustnessResult(
+        epoch=epoch, class_names=names, clean=clean, table=table, corrupted=corrupted, corruptions=corruptions,
+        mce=mce, relative_mce=relative_mce, reference=None if config.reference is None else config.reference.path,
+        n=len(v["labels"]), class_counts=v["class_counts"].astype(np.int64).tolist(),
+        cam_shift=None if shift is None else float(_nanmean(shift)),
+        fgsm=Fgsm(list(config.epsilons), v["fgsm_accuracy"].tolist()) if "fgsm_accuracy" in v else None,
+        flip=flip, reliability=reliability, images=images,
+    )

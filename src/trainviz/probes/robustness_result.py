@@ -1,0 +1,570 @@
+"""The typed result of the robustness probe, without torch: :class:`RobustnessResult`, the one definition of its
+JSON record (``robustness/metrics.jsonl``), its arrays (``epoch_XXXX/{table,adversarial}.npz``), its flat
+metrics (``summary.json``), their direction and their 95% Wilson intervals. The callback writes it; the offline
+report (which runs without torch) and the CI gates read it back with :meth:`RobustnessResult.from_record`.
+
+Methods: corruption errors after Hendrycks & Dietterich 2019 (ImageNet-C), expected calibration error after Guo
+et al. 2017, intervals after Wilson 1927; the probes of Zhang's encoder-decoder paper (Xiaohan Zhang,
+"Visualization of encoder-decoder structure of Deep Convolutional Neural Network", section 5.3) and the
+gradient ascent of Fleuret's EE-559 lecture "Under the hood" (see :mod:`trainviz.probes.robustness`).
+
+Flat metric names (all values are numbers; accuracies, confidences, errors and rates are fractions in [0, 1])
+and their direction (:data:`HIGHER_IS_BETTER`, by the name's family: the part before the first ``/`` or ``@``;
+``-`` means no direction, such a metric cannot be gated):
+
+==========================================  ======  ==========================================================
+name                                        better  meaning
+==========================================  ======  ==========================================================
+``epoch``                                   ``-``   epoch of the record
+``clean_accuracy``                          higher  on the clean probe set: accuracy,
+``clean_confidence``                        ``-``   mean top probability (higher is not better: overconfidence),
+``clean_nll``, ``clean_ece``                lower   mean negative log-likelihood, expected calibration error
+                                                    (15 bins)
+``corruption_accuracy``                     higher  the same, and the flip rate against the clean prediction,
+``corruption_confidence``                   ``-``   averaged over every corruption and severity
+``corruption_nll``, ``corruption_ece``,     lower
+``corruption_flip_rate``
+``corruption_accuracy/<name>``              higher  per corruption, averaged over its severities
+``corruption_ece/<name>``,                  lower
+``corruption_flip_rate/<name>``
+``corruption_accuracy/<name>/s<k>``         higher  one cell of the corruption x severity table (what a
+                                                    reference needs)
+``ce/<name>``, ``mce``                      lower   corruption error ``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``
+                                                    and its mean over corruptions
+``relative_ce/<name>``, ``relative_mce``    lower   ``sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} -
+                                                    E^ref_clean)`` and its mean
+``fgsm_accuracy@<eps>``                     higher  accuracy under FGSM at ``eps`` (pixel units, 4 decimals:
+                                                    ``@0.0157``)
+``flip_steps_mean``                         higher  mean gradient-ascent steps to flip a prediction, over
+                                                    flipped images
+``flip_never_fraction``                     higher  fraction of images still predicted the same after the cap
+``cam_shift``, ``cam_shift/<name>``         higher  mean correlation of clean and corrupted Grad-CAM (1 = same
+                                                    maps)
+==========================================  ======  ==========================================================
+
+Without a reference run, ``E^ref`` is 1 at every severity and ``E^ref_clean`` is 0, so ``ce/<name>`` is the
+mean error over severities and ``relative_ce/<name>`` the mean error increase over clean (Hendrycks &
+Dietterich's unnormalised CE); with ``RobustnessCallback(reference=...)`` they are normalised by the reference
+run and 1.0 means "as robust as the reference". Metrics that are undefined (no image flipped, no class
+present) are left out.
+
+With its counts (``n`` and ``class_counts``; older records have neither), a result also gives
+:meth:`~RobustnessResult.intervals`, the 95% Wilson interval (:func:`proportion_interval`) of every accuracy
+measured once on the ``n`` probe images (``clean_accuracy``, ``corruption_accuracy/<name>/s<k>``,
+``fgsm_accuracy@<eps>``; means over severities or corruptions reuse the same images: no interval), and
+:meth:`~RobustnessResult.probe_counts`, the classes with fewer than :data:`LOW_COUNT_THRESHOLD` probe images.
+
+Inside a result, numbers are floats with NaN where undefined (``None`` in the record, JSON has no NaN) and
+``None`` marks a part that was not measured (its key is then absent from the record).
+
+Example:
+    >>> record = {"epoch": 3, "clean": {"accuracy": 0.9}, "table": [], "corruptions": {}}
+    >>> RobustnessResult.from_record(record).summary()
+    {'epoch': 3, 'clean_accuracy': 0.9}
+    >>> full = RobustnessResult.from_record({**record, "n": 10, "class_names": ["cat", "dog"], "class_counts": [6, 4]})
+    >>> [round(b, 3) for b in full.intervals()["clean_accuracy"]], full.probe_counts()["low_count_classes"]
+    ([0.596, 0.982], ['cat', 'dog'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from statistics import NormalDist
+from typing import Any, ClassVar
+
+import numpy as np
+
+from trainviz.core.common import json_number
+from trainviz.core.result import Result
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "LOW_COUNT_THRESHOLD",
+    "NO_DIRECTION",
+    "CorruptionStats",
+    "Examples",
+    "Fgsm",
+    "Flip",
+    "Means",
+    "PerImage",
+    "Reliability",
+    "RobustnessResult",
+    "Row",
+    "Schedule",
+    "eps_label",
+    "proportion_interval",
+]
+
+STATS = ("accuracy", "confidence", "nll", "ece")
+AGGREGATES = (*STATS, "flip_rate")
+_PER_CORRUPTION = ("accuracy", "ece", "flip_rate")
+
+HIGHER_IS_BETTER: Mapping[str, bool | None] = {
+    "epoch": None,
+    "clean_accuracy": True,
+    "clean_confidence": None,
+    "clean_nll": False,
+    "clean_ece": False,
+    "corruption_accuracy": True,
+    "corruption_confidence": None,
+    "corruption_nll": False,
+    "corruption_ece": False,
+    "corruption_flip_rate": False,
+    "ce": False,
+    "mce": False,
+    "relative_ce": False,
+    "relative_mce": False,
+    "fgsm_accuracy": True,
+    "flip_steps_mean": True,
+    "flip_never_fraction": True,
+    "cam_shift": True,
+}
+"""Whether a higher value is better, for every family of metric (the name before its first ``/`` or ``@``);
+``None`` where neither is (such a metric cannot be gated). Like torchmetrics' ``Metric.higher_is_better``: the
+direction is metadata, which a CI gate needs."""
+
+_CONFIDENCE = "a higher mean confidence is not better (overconfidence); gate calibration with {0}_ece or {0}_nll"
+NO_DIRECTION: Mapping[str, str] = {
+    "epoch": "it is the epoch of the record, not a quality",
+    "clean_confidence": _CONFIDENCE.format("clean"),
+    "corruption_confidence": _CONFIDENCE.format("corruption"),
+}
+"""Why a family of :data:`HIGHER_IS_BETTER` has no direction (what a gate on it is told)."""
+
+LOW_COUNT_THRESHOLD = 10
+"""Per-class numbers resting on fewer probe images than this are flagged (``probe_counts()["low_count_classes"]``,
+a marker in the report)."""
+
+_Z95 = NormalDist().inv_cdf(0.975)  # 1.959964: scipy's two-sided 95% quantile
+
+
+def eps_label(eps: float) -> str:
+    """How an FGSM ``eps`` appears in metric names: 4 decimals (``4 / 255`` -> ``"0.0157"``)."""
+    return f"{eps:.4f}"
+
+
+def proportion_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """95% Wilson interval of ``successes / n`` (``z`` the normal quantile), as ``scipy.stats.binomtest(successes,
+    n).proportion_ci(method="wilson")``; the torch-free twin of :func:`trainviz.ops.robustness.wilson_interval`
+    (a test checks they agree) for the report, which runs without torch.
+
+    Raises:
+        ValueError: unless ``0 <= successes <= n`` and ``n > 0``.
+
+    Example:
+        >>> [round(b, 4) for b in proportion_interval(48, 64)]
+        [0.6318, 0.8399]
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"Expected 0 <= successes <= n and n > 0, got {successes} and {n}.")
+    p = successes / n
+    denom = 2 * (n + z * z)
+    center = (2 * n * p + z * z) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z * z)
+    return (0.0 if successes == 0 else center - delta, 1.0 if successes == n else center + delta)
+
+
+# reading and writing numbers ---------------------------------------------------------------------
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _num(value: Any) -> float:
+    """A record's number as a float, NaN for ``None`` (undefined) or anything else."""
+    return float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
+
+
+def _opt(record: Mapping[str, Any], key: str) -> float | None:
+    """A number that may not have been measured: ``None`` when the key is absent."""
+    return _num(record[key]) if key in record else None
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    return value
+
+
+def _plain(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's fields for JSON (NaN as ``None``), leaving out ``drop`` and the fields that are ``None``."""
+    values = ((f.name, getattr(obj, f.name)) for f in fields(obj) if f.name not in drop)
+    return {name: _json(value) for name, value in values if value is not None}
+
+
+# the parts -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Means:
+    """Accuracy, mean confidence (top probability), NLL, ECE (15 bins) and flip rate against the clean prediction
+    of a set of images (the flip rate is ``None`` for the clean set itself)."""
+
+    accuracy: float
+    confidence: float
+    nll: float
+    ece: float
+    flip_rate: float | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Means:
+        return cls(*(_num(record.get(s)) for s in STATS), _opt(record, "flip_rate"))
+
+
+@dataclass
+class Row(Means):
+    """One row of the corruption x severity table (``"clean"``, severity 0, for the clean probe set), with the
+    accuracy of each class (NaN for a class without images) and, when measured, the mean CAM shift."""
+
+    corruption: str
+    severity: int
+    per_class_accuracy: list[float]
+    cam_shift: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        clean = self.corruption == "clean" and self.severity == 0
+        return _plain(self, drop=("corruption", "severity") if clean else ())
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], corruption: str = "clean", severity: int = 0) -> Row:
+        means = Means.from_record(record)
+        per_class = [_num(v) for v in record.get("per_class_accuracy") or []]
+        condition = (record.get("corruption", corruption), record.get("severity", severity))
+        return cls(**asdict(means), corruption=condition[0], severity=condition[1], per_class_accuracy=per_class,
+                   cam_shift=_opt(record, "cam_shift"))
+
+
+@dataclass
+class CorruptionStats(Means):
+    """One corruption, averaged over its severities, with its corruption error ``ce`` and relative ``ce``."""
+
+    ce: float
+    relative_ce: float
+    cam_shift: float | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> CorruptionStats:
+        return cls(**asdict(Means.from_record(record)), ce=_num(record.get("ce")),
+                   relative_ce=_num(record.get("relative_ce")), cam_shift=_opt(record, "cam_shift"))
+
+
+@dataclass
+class Fgsm:
+    """Accuracy under FGSM at each ``eps`` (pixel units)."""
+
+    epsilons: list[float]
+    accuracy: list[float]
+
+
+@dataclass
+class Flip:
+    """Gradient-ascent steps until the prediction changes: mean and median over the images that flipped, and how
+    many never did within ``max_steps``."""
+
+    step_size: float
+    max_steps: int
+    steps_mean: float
+    steps_median: float
+    never_flipped: int
+    never_fraction: float
+
+
+@dataclass
+class Schedule:
+    """What ran (under a budget, a part of the suite): rows of the table out of the active ones, corruptions out of
+    the active ones, and the budget."""
+
+    rows: int
+    of: int
+    corruptions: int
+    of_corruptions: int
+    budget: float | None
+
+    @classmethod
+    def of_run(cls, rows: list[tuple[str, int]], active: list[tuple[str, int]], budget: float | None) -> Schedule:
+        distinct = (len(dict.fromkeys(name for name, _ in part)) for part in (rows, active))
+        return cls(len(rows), len(active), *distinct, budget)
+
+
+@dataclass
+class Reliability:
+    """Equal-width confidence bins (those of the ECE): mean confidence and accuracy (NaN in empty bins) and count."""
+
+    confidence: list[float]
+    accuracy: list[float]
+    count: list[int]
+
+
+@dataclass
+class PerImage:
+    """Per-image outcomes (not in the record; ``table.npz`` and ``adversarial.npz``): predictions and confidences
+    of every row (row 0 clean), labels and ids, the CAM shift of each corrupted image (NaN for flat maps) and the
+    steps to flip (-1: never)."""
+
+    pred: np.ndarray  # (1 + R, N) int
+    confidences: np.ndarray  # (1 + R, N)
+    labels: np.ndarray  # (N,)
+    ids: np.ndarray  # (N,)
+    cam_shift: np.ndarray | None = None  # (R, N)
+    steps: np.ndarray | None = None  # (N,)
+
+    @classmethod
+    def from_arrays(cls, table: Mapping[str, np.ndarray], adversarial: Mapping[str, np.ndarray] | None) -> PerImage:
+        """Back from the arrays :meth:`RobustnessResult.arrays` wrote."""
+        steps = (adversarial or {}).get("steps")
+        return cls(table["pred"], table["confidences"], table["labels"], table["ids"], table.get("cam_shift"), steps)
+
+
+@dataclass
+class Examples:
+    """The example grid's pictures: the blocks shown (``columns``: 0 clean, then each corruption at its highest
+    severity), the probe images shown (``indices``), their uint8 tiles ``(S, n, H, W, 3)`` and column titles."""
+
+    columns: list[int]
+    indices: list[int]
+    tiles: np.ndarray
+    titles: list[str]
+
+
+# the result ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RobustnessResult(Result):
+    """One run of the robustness probe (see the module docstring for the flat metrics).
+
+    Record (``robustness/metrics.jsonl``, one per epoch): ``epoch``, ``class_names``, ``n`` (probe images) and
+    ``class_counts`` (images per class), ``clean`` (:class:`Row` without condition and flip rate), ``corrupted``
+    (:class:`Means` over every corrupted row), ``table`` (a :class:`Row` per corruption and severity),
+    ``corruptions`` (:class:`CorruptionStats` by name, in run order), ``mce``, ``relative_mce``, ``reference``
+    (path or ``None``), ``skipped`` (corruption -> why), and when measured ``schedule``, ``cam_shift``,
+    ``fgsm``, ``flip`` and ``reliability`` (``"clean"`` and ``"corrupted"`` :class:`Reliability` bins).
+    """
+
+    record_name: ClassVar[str] = "metrics"
+
+    epoch: int
+    class_names: list[str]
+    clean: Row
+    table: list[Row]
+    corrupted: Means
+    corruptions: dict[str, CorruptionStats]
+    mce: float
+    relative_mce: float
+    reference: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    n: int | None = None
+    class_counts: list[int] | None = None
+    schedule: Schedule | None = None
+    cam_shift: float | None = None
+    fgsm: Fgsm | None = None
+    flip: Flip | None = None
+    reliability: dict[str, Reliability] | None = None
+    images: PerImage | None = None  # not in the record
+    examples: Examples | None = None  # not in the record
+    seconds: dict[str, float] = field(default_factory=dict)  # what each part cost (the budget); not in the record
+
+    # the record --------------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "epoch": self.epoch,
+            "class_names": list(self.class_names),
+            "clean": self.clean.record(),
+            "corrupted": _plain(self.corrupted),
+            "table": [row.record() for row in self.table],
+            "corruptions": {name: _plain(stats) for name, stats in self.corruptions.items()},
+            "mce": json_number(self.mce),
+            "relative_mce": json_number(self.relative_mce),
+            "reference": self.reference,
+            "skipped": dict(self.skipped),
+        }
+        if self.n is not None:
+            out["n"] = self.n
+        if self.class_counts is not None:
+            out["class_counts"] = list(self.class_counts)
+        if self.schedule is not None:
+            out["schedule"] = asdict(self.schedule)
+        if self.cam_shift is not None:
+            out["cam_shift"] = json_number(self.cam_shift)
+        for name in ("fgsm", "flip"):
+            if getattr(self, name) is not None:
+                out[name] = _plain(getattr(self, name))
+        if self.reliability is not None:
+            out["reliability"] = {name: _plain(bins) for name, bins in self.reliability.items()}
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RobustnessResult:
+        """The result of a record, also of an older or partial one (missing numbers are NaN, missing parts
+        ``None``); per-image arrays and examples are not in the record (see :meth:`PerImage.from_arrays`)."""
+        n = record.get("n")
+        fgsm, flip, schedule, bins = (record.get(k) for k in ("fgsm", "flip", "schedule", "reliability"))
+        return cls(
+            epoch=record.get("epoch"),
+            class_names=[str(c) for c in record.get("class_names") or []],
+            clean=Row.from_record(record.get("clean") or {}),
+            table=[Row.from_record(row) for row in record.get("table") or []],
+            corrupted=Means.from_record(record.get("corrupted") or {}),
+            corruptions={k: CorruptionStats.from_record(v) for k, v in (record.get("corruptions") or {}).items()},
+            mce=_num(record.get("mce")),
+            relative_mce=_num(record.get("relative_mce")),
+            reference=record.get("reference"),
+            skipped=dict(record.get("skipped") or {}),
+            n=n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None,
+            class_counts=list(record["class_counts"]) if isinstance(record.get("class_counts"), list) else None,
+            schedule=None if schedule is None else Schedule(**schedule),
+            cam_shift=_opt(record, "cam_shift"),
+            fgsm=None if fgsm is None else Fgsm(list(fgsm["epsilons"]), [_num(a) for a in fgsm["accuracy"]]),
+            flip=None if flip is None else Flip(**{k: _num(v) if k.startswith("steps_") else v
+                                                   for k, v in flip.items()}),
+            reliability=None if bins is None else {
+                k: Reliability([_num(c) for c in b["confidence"]], [_num(a) for a in b["accuracy"]], list(b["count"]))
+                for k, b in bins.items()
+            },
+        )
+
+    # what is logged ----------------------------------------------------------------------------------
+    def scalars(self) -> dict[str, float | None]:
+        """``clean/<stat>``, ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``,
+        and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``,
+        ``flip/{steps_mean,never_fraction}``; ``None`` where undefined."""
+        out: dict[str, Any] = {f"clean/{s}": getattr(self.clean, s) for s in STATS}
+        out |= {f"corrupted/{s}": getattr(self.corrupted, s) for s in AGGREGATES}
+        for name, stats in self.corruptions.items():
+            out[f"accuracy/{name}"], out[f"flip_rate/{name}"] = stats.accuracy, stats.flip_rate
+            if stats.cam_shift is not None:
+                out[f"cam_shift/{name}"] = stats.cam_shift
+        out |= {"mce": self.mce, "relative_mce": self.relative_mce}
+        if self.cam_shift is not None:
+            out["corrupted/cam_shift"] = self.cam_shift
+        if self.fgsm is not None:
+            out |= {f"fgsm/accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
+        if self.flip is not None:
+            out |= {"flip/steps_mean": self.flip.steps_mean, "flip/never_fraction": self.flip.never_fraction}
+        return {name: None if value is None else json_number(value) for name, value in out.items()}
+
+    def heatmap(self) -> tuple[np.ndarray, list[str], list[int]]:
+        """Accuracy by corruption (rows, run order) and severity (columns), NaN where not run; the two labels."""
+        corruptions = list(dict.fromkeys(row.corruption for row in self.table))  # run order (JSON sorts keys)
+        levels = sorted({row.severity for row in self.table})
+        heat = np.full((len(corruptions), len(levels)), np.nan)
+        for row in self.table:
+            heat[corruptions.index(row.corruption), levels.index(row.severity)] = row.accuracy
+        return heat, corruptions, levels
+
+    def render(self) -> dict[str, np.ndarray]:
+        """``heatmap`` (accuracy, corruption x severity) and, with the examples, ``examples`` (the probe images,
+        clean and corrupted, captioned with this run's prediction and confidence)."""
+        from trainviz.render.robustness import example_grid_image, table_heatmap_image  # torch: not for the report
+
+        heat, corruptions, levels = self.heatmap()
+        out = {"heatmap": table_heatmap_image(heat, corruptions, [f"s{s}" for s in levels])}
+        if self.examples is not None and self.images is not None:
+            ex, names = self.examples, self.class_names
+            pred = self.images.pred[ex.columns][:, ex.indices].astype(int)
+            conf = self.images.confidences[ex.columns][:, ex.indices]
+            captions = [[f"{names[p][:10]}\n{c:.2f}" for p, c in zip(prow, crow)] for prow, crow in zip(pred, conf)]
+            correct = pred == np.asarray(self.images.labels)[ex.indices][None]
+            out["examples"] = example_grid_image(ex.tiles, ex.titles, captions, correct)
+        return out
+
+    def arrays(self) -> dict[str, dict[str, Any]]:
+        """``table`` (``corruption``, ``severity``, the row statistics and ``per_class_accuracy``, row 0 clean;
+        per image ``pred`` and ``confidences``; ``labels``, ``ids``, ``class_names``; ``cam_shift`` (R, N) when
+        measured) and, with FGSM or steps-to-flip, ``adversarial`` (``epsilons``, ``fgsm_accuracy``, ``steps``
+        with -1 for never flipped, ``max_steps``)."""
+        if self.images is None:
+            return {}
+        rows, im = [self.clean, *self.table], self.images
+        table: dict[str, Any] = {
+            "corruption": np.array([row.corruption for row in rows]),
+            "severity": np.array([row.severity for row in rows]),
+            **{s: np.array([getattr(row, s) for row in rows], dtype=np.float64) for s in STATS},
+            "flip_rate": np.array([0.0] + [row.flip_rate for row in self.table], dtype=np.float64),
+            "per_class_accuracy": np.array([row.per_class_accuracy for row in rows], dtype=np.float64),
+            "pred": im.pred.astype(np.int64), "confidences": im.confidences.astype(np.float32),
+            "labels": im.labels, "ids": im.ids, "class_names": np.array(self.class_names),
+        }
+        if im.cam_shift is not None:
+            table["cam_shift"] = im.cam_shift.astype(np.float32)
+        out = {"table": table}
+        if self.fgsm is not None or self.flip is not None:
+            fgsm = self.fgsm or Fgsm([], [])
+            out["adversarial"] = {"epsilons": np.array(fgsm.epsilons, dtype=np.float64),
+                                  "fgsm_accuracy": np.array(fgsm.accuracy, dtype=np.float64)}
+            if im.steps is not None and self.flip is not None:
+                out["adversarial"] |= {"steps": im.steps.astype(np.int64), "max_steps": np.array(self.flip.max_steps)}
+        return out
+
+    def documents(self) -> dict[str, Any]:
+        """``summary.json``: the latest run's flat metrics (usable as another run's ``reference``)."""
+        return {"summary.json": self.summary()}
+
+    # what is read back ---------------------------------------------------------------------------------
+    def summary(self) -> dict[str, float]:
+        """The flat metrics (see the module's table), undefined values left out."""
+        out: dict[str, Any] = {"epoch": self.epoch}
+        out |= {f"clean_{s}": getattr(self.clean, s) for s in STATS}
+        out |= {f"corruption_{s}": getattr(self.corrupted, s) for s in AGGREGATES}
+        for name, stats in self.corruptions.items():
+            out |= {f"corruption_{key}/{name}": getattr(stats, key) for key in _PER_CORRUPTION}
+            out |= {f"ce/{name}": stats.ce, f"relative_ce/{name}": stats.relative_ce}
+            out[f"cam_shift/{name}"] = stats.cam_shift
+        out |= {f"corruption_accuracy/{row.corruption}/s{row.severity}": row.accuracy for row in self.table}
+        out |= {"mce": self.mce, "relative_mce": self.relative_mce, "cam_shift": self.cam_shift}
+        if self.fgsm is not None:
+            out |= {f"fgsm_accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
+        if self.flip is not None:
+            out |= {"flip_steps_mean": self.flip.steps_mean, "flip_never_fraction": self.flip.never_fraction}
+        return {k: v for k, v in out.items() if _finite(v)}
+
+    def intervals(self) -> dict[str, list[float]]:
+        """``{metric: [low, high]}``: the 95% Wilson interval of every accuracy measured once on the ``n`` probe
+        images; empty without ``n`` (a record written before trainviz recorded it)."""
+        if self.n is None:
+            return {}
+        metrics = self.summary()
+        names = ["clean_accuracy", *(k for k in metrics if k.startswith("corruption_accuracy/") and k.count("/") == 2)]
+        names += [k for k in metrics if k.startswith("fgsm_accuracy@")]
+        out = {}
+        for name in names:
+            k = _successes(metrics.get(name), self.n)
+            if k is not None:
+                out[name] = list(proportion_interval(k, self.n))
+        return out
+
+    def probe_counts(self) -> dict[str, Any] | None:
+        """``{"n", "class_counts", "low_count_classes", "low_count_threshold"}``; ``None`` without ``n``, and
+        without the class keys when there are no ``class_counts``."""
+        if self.n is None:
+            return None
+        out: dict[str, Any] = {"n": self.n}
+        names, counts = self.class_names, self.class_counts
+        if counts is not None and len(counts) == len(names):
+            out["class_counts"] = dict(zip(names, counts))
+            out["low_count_classes"] = [c for c, m in zip(names, counts) if m < LOW_COUNT_THRESHOLD]
+            out["low_count_threshold"] = LOW_COUNT_THRESHOLD
+        return out
+
+    def report_summary(self) -> dict[str, Any]:
+        """What the report writes to ``summary.json``: :meth:`summary`, and with the counts ``"intervals"`` and
+        ``"probe"`` (:meth:`intervals`, :meth:`probe_counts`)."""
+        out: dict[str, Any] = dict(self.summary())
+        counts = self.probe_counts()
+        if counts is not None:
+            out["intervals"] = self.intervals()
+            out["probe"] = counts
+        return out
+
+
+def _successes(fraction: Any, n: int) -> int | None:
+    """The count behind a fraction of ``n`` (``None`` when the fraction is undefined or is no ``k / n``)."""
+    if not _finite(fraction) or n <= 0:
+        return None
+    k = round(fraction * n)
+    return k if 0 <= k <= n and abs(fraction * n - k) < 1e-6 * max(n, 1) else None
