@@ -65,22 +65,19 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm,
     assert count_hooks(model) == 0
     if not isinstance(cb, ProbeCallback):
         return
-    # A probe that dies inside the model's forward, with the callback's own hooks in place.
-    from contextlib import contextmanager
-
+    # A probe that dies inside the model's forward, with the callback's own hooks in place (in a run: a setup
+    # check that dies raises before the first epoch, by design).
     import trainviz.callbacks.base as base
 
     state = {"probing": False}
-    real_guard = base.probe_guard
+    real_run = base.ProbeCallback.run
 
-    @contextmanager
-    def flagged_guard(module):
-        with real_guard(module):
-            state["probing"] = True
-            try:
-                yield
-            finally:
-                state["probing"] = False
+    def flagged_run(self, *args, **kwargs):
+        state["probing"] = True
+        try:
+            return real_run(self, *args, **kwargs)
+        finally:
+            state["probing"] = False
 
     net_cls = type(model.net)
     real_forward = net_cls.forward
@@ -90,7 +87,7 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm,
             raise RuntimeError("probe exploded")
         return real_forward(self, x)
 
-    monkeypatch.setattr(base, "probe_guard", flagged_guard)
+    monkeypatch.setattr(base.ProbeCallback, "run", flagged_run)
     monkeypatch.setattr(net_cls, "forward", exploding_forward)
     cb2 = _callback_named(kind, name)
     with pytest.warns(UserWarning, match="probe exploded"):

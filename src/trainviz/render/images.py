@@ -28,6 +28,7 @@ __all__ = [
     "caption_tiles",
     "confusion_matrix_image",
     "probability_bars_image",
+    "probability_panels",
 ]
 
 # Polynomial fit of Google's Turbo colour map (Mikhailov 2019), input t in [0, 1].
@@ -110,7 +111,9 @@ def image_grid(tiles: np.ndarray, ncols: int | None = None, pad: int = 2, fill: 
     return out
 
 
-def caption_tiles(tiles: np.ndarray, captions: Sequence[str], colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+def caption_tiles(
+    tiles: np.ndarray, captions: Sequence[str], colours: Sequence[tuple[int, int, int]] | None = None
+) -> np.ndarray:
     """Add a caption strip (one or two short lines) under each tile.
 
     Shape:
@@ -150,7 +153,8 @@ def confusion_matrix_image(cm: torch.Tensor, class_names: Sequence[str], cell: i
             x0, y0 = margin + j * cell, margin + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=tuple(int(v) for v in colours[i, j]))
             value = rows[i, j].item()
-            draw.text((x0 + 3, y0 + cell // 3), str(int(cm[i, j].item())), fill=(255, 255, 255) if value < 0.35 or value > 0.85 else (0, 0, 0))
+            ink = (255, 255, 255) if value < 0.35 or value > 0.85 else (0, 0, 0)
+            draw.text((x0 + 3, y0 + cell // 3), str(int(cm[i, j].item())), fill=ink)
     return np.asarray(canvas)
 
 
@@ -181,3 +185,17 @@ def probability_bars_image(
         draw.rectangle([x0 + 66, y + 2, x0 + 66 + int(100 * probs[c]), y + 10], fill=colour)
         draw.text((x0 + 170, y), f"{probs[c]:.2f}", fill=(0, 0, 0))
     return np.asarray(canvas)
+
+
+def probability_panels(
+    pixels: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str], labels: Sequence[int], pad: int = 4
+) -> np.ndarray:
+    """:func:`probability_bars_image` of several images, stacked top to bottom (``pad`` white pixels between).
+
+    Shape:
+        pixels ``(N, C, H, W)`` in [0, 1], probs ``(N, K)``, labels ``(N,)`` -> ``(H', W', 3)`` uint8
+    """
+    panels = [probability_bars_image(pixels[j], probs[j], class_names, labels[j]) for j in range(len(labels))]
+    width = max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, pad), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    return np.concatenate(panels, axis=0)

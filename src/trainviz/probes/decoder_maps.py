@@ -1,0 +1,260 @@
+"""Per-class decoder maps of a probe set, after Xiaohan Zhang, "Visualization of encoder-decoder structure of Deep
+Convolutional Neural Network": the encoder-decoder with group convolution gives one spatial map per class before
+global pooling; maps are max-normalised (Zhang's eq. 10), each class's mean map is its pattern, patterns are
+followed over training (section 5.1) and sharper maps are checked against confident predictions (section 5.2).
+
+:func:`compute` is one run (pure torch; the maths is :mod:`trainviz.ops.class_maps`), :func:`evolution` and
+:func:`formation` the fit-end outputs. :class:`~trainviz.callbacks.decoder_maps.DecoderMapCallback` runs them.
+
+Example:
+    >>> import torch
+    >>> from trainviz.core.probeset import ProbeSet
+    >>> from trainviz.models import ClassMapNet
+    >>> from trainviz.ops.class_maps import PatternTracker
+    >>> from trainviz.probes.decoder_maps import DecoderMapConfig, DecoderMapResult, compute
+    >>> probe = ProbeSet(torch.rand(8, 3, 32, 32), torch.tensor([0, 1, 2, 3] * 2), torch.arange(8))
+    >>> net = ClassMapNet(num_classes=4, encoder="small").eval()
+    >>> result = compute(net, probe, DecoderMapConfig("decoder.class_maps"), epoch=0, tracker=PatternTracker())
+    >>> result.stability is None, DecoderMapResult.from_record(result.record()).record() == result.record()
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainviz.core.common import class_names, example_indices, json_number, json_numbers, strip_epochs
+from trainviz.core.probeset import ProbeSet
+from trainviz.core.result import Result
+from trainviz.core.transfer import to_cpu
+from trainviz.data.base import Normalization
+from trainviz.ops.class_maps import (
+    PatternTracker,
+    class_pattern_means,
+    logits_and_maps,
+    normalize_maps,
+    select_class_maps,
+    sharpness_confidence,
+)
+from trainviz.render.maps import class_map_grid, class_pattern_image, prediction_grid
+from trainviz.render.strips import evolution_strip
+
+__all__ = ["SHARPNESS_KEYS", "DecoderMapConfig", "DecoderMapResult", "compute", "evolution", "formation"]
+
+SHARPNESS_KEYS = ("corr_correct", "corr_wrong", "mean_correct", "mean_wrong")
+MAX_STRIP_EPOCHS = 16  # evolution strips show at most this many runs (first and last included, evenly spread)
+
+
+@dataclass
+class DecoderMapConfig:
+    """What a run computes and shows.
+
+    Attributes:
+        layer: the resolved name of the layer with the per-class maps.
+        n_tracked: probe images followed across epochs (one per class first).
+        n_grid: probe images shown with all their class maps.
+        n_examples: images in each of the correct / wrong grids.
+        sharpness: ``"peak_to_mean"`` or ``"entropy"`` (:func:`trainviz.ops.class_maps.map_sharpness`).
+        batch_size: images per forward.
+        norm: maps model inputs back to pixels (``None``: the identity).
+    """
+
+    layer: str
+    n_tracked: int = 4
+    n_grid: int = 4
+    n_examples: int = 8
+    sharpness: str = "peak_to_mean"
+    batch_size: int = 64
+    norm: Normalization | None = None
+
+
+def _pick(labels: list[int], candidates: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` of ``candidates`` (probe indices), one per class first (:func:`example_indices`)."""
+    return [candidates[i] for i in example_indices([labels[i] for i in candidates], n)] if candidates else []
+
+
+@dataclass
+class DecoderMapResult(Result):
+    """One run. The record: ``{"epoch", "layer", "accuracy", "stability": {class: value} or None (first run),
+    "sharpness_measure", "sharpness": {corr_correct, corr_wrong, mean_correct, mean_wrong}, "n_correct",
+    "n_wrong"}``, ``None`` for undefined values (NaN here). The tensors and pictures' inputs are not recorded and
+    are ``None`` in a result read back.
+
+    Shape:
+        maps ``(N, K, h, w)`` normalised, probs ``(N, K)``, labels and ids ``(N,)``, class_means ``(K, h, w)``,
+        counts ``(K,)``, pixels ``(N, C, H, W)`` in [0, 1], tracked ``(n_tracked, h, w)`` float16 on the CPU.
+    """
+
+    epoch: int
+    layer: str
+    accuracy: float
+    stability: dict[str, float] | None
+    sharpness_measure: str
+    sharpness: dict[str, float]
+    n_correct: int
+    n_wrong: int
+    maps: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    probs: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    ids: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    class_means: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    counts: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    pixels: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    names: list[str] | None = field(default=None, repr=False, compare=False)
+    shown: dict[str, list[int]] | None = field(default=None, repr=False, compare=False)  # grid, correct, wrong
+    tracked: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def scalars(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {f"sharpness/{k}": json_number(v) for k, v in self.sharpness.items()}
+        if self.stability is not None:
+            out.update({f"stability/{n}": json_number(v) for n, v in self.stability.items()})
+            out["mean_stability"] = json_number(torch.tensor(list(self.stability.values())).nanmean())
+        return out
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "layer": self.layer,
+            "accuracy": self.accuracy,
+            "stability": None if self.stability is None else {n: json_number(v) for n, v in self.stability.items()},
+            "sharpness_measure": self.sharpness_measure,
+            "sharpness": {k: json_number(v) for k, v in self.sharpness.items()},
+            "n_correct": self.n_correct,
+            "n_wrong": self.n_wrong,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DecoderMapResult:
+        def floats(values: dict[str, Any]) -> dict[str, float]:
+            return {k: float("nan") if v is None else float(v) for k, v in values.items()}
+
+        stability = None if record["stability"] is None else floats(record["stability"])
+        return cls(
+            record["epoch"], record["layer"], record["accuracy"], stability, record["sharpness_measure"],
+            floats(record["sharpness"]), record["n_correct"], record["n_wrong"],
+        )
+
+    def render(self) -> dict[str, np.ndarray]:
+        if self.maps is None:
+            return {}
+        names, probs, labels, grid = self.names, self.probs, self.labels, self.shown["grid"]
+        stability = None if self.stability is None else torch.tensor(list(self.stability.values()))
+        out = {
+            "class_maps": class_map_grid(self.pixels[grid], self.maps[grid], probs[grid], labels[grid], names),
+            "class_means": class_pattern_image(self.class_means, self.counts, names, stability),
+        }
+        pred_maps = select_class_maps(self.maps, probs.argmax(1))
+        for group in ("correct", "wrong"):
+            idx = self.shown[group]
+            if idx:
+                out[group] = prediction_grid(self.pixels[idx], pred_maps[idx], probs[idx], labels[idx], names)
+        return out
+
+    def arrays(self) -> dict[str, dict[str, Any]]:
+        if self.maps is None:
+            return {}
+        return {
+            "maps": {
+                "maps": self.maps.half(), "probs": self.probs, "labels": self.labels, "ids": self.ids,
+                "class_means": self.class_means, "counts": self.counts,
+            }
+        }
+
+
+def _pixels(images: torch.Tensor, norm: Normalization | None) -> torch.Tensor:
+    return images.float() if norm is None else norm.denormalize(images.float())
+
+
+def compute(
+    model: nn.Module, probe: ProbeSet, config: DecoderMapConfig, *, epoch: int, tracker: PatternTracker
+) -> DecoderMapResult:
+    """One run: the maps of ``config.layer`` (one forward per batch), the class patterns (added to ``tracker``,
+    which gives their stability against its previous run), sharpness against confidence, and what to show.
+
+    Raises:
+        ValueError: the layer does not give one map per logit, or the model does not return logits.
+    """
+    logits, raw = logits_and_maps(model, config.layer, probe.images, config.batch_size)
+    maps = normalize_maps(raw.float())
+    probs = logits.float().softmax(1)
+    labels = probe.labels
+    names = class_names(probe.class_names, probs.shape[1])
+    means, counts = class_pattern_means(maps, labels)
+    stability = tracker.update(epoch, means)
+    sharp = sharpness_confidence(maps, probs, labels, config.sharpness)
+    label_list = labels.tolist()
+    tracked = example_indices(label_list, config.n_tracked)
+    correct = probs.argmax(1) == labels
+    host = to_cpu({
+        "accuracy": correct.double().mean(),
+        "sharpness": torch.stack([sharp[key].double() for key in SHARPNESS_KEYS]),
+        "counts": torch.stack([sharp["n_correct"], sharp["n_wrong"]]),
+        "correct": correct,
+        "tracked": select_class_maps(maps[tracked], labels[tracked]).half(),
+    })
+    correct_list = host["correct"].astype(bool).tolist()
+    shown = {"grid": example_indices(label_list, config.n_grid)}
+    for group, wanted in (("correct", True), ("wrong", False)):
+        shown[group] = _pick(label_list, [i for i, ok in enumerate(correct_list) if ok == wanted], config.n_examples)
+    n_correct, n_wrong = (int(v) for v in host["counts"].tolist())
+    return DecoderMapResult(
+        epoch=epoch,
+        layer=config.layer,
+        accuracy=float(host["accuracy"]),
+        stability=None if stability is None else dict(zip(names, stability.tolist(), strict=True)),
+        sharpness_measure=config.sharpness,
+        sharpness=dict(zip(SHARPNESS_KEYS, host["sharpness"].tolist(), strict=True)),
+        n_correct=n_correct,
+        n_wrong=n_wrong,
+        maps=maps, probs=probs, labels=labels, ids=probe.ids, class_means=means, counts=counts,
+        pixels=_pixels(probe.images, config.norm), names=names, shown=shown,
+        tracked=torch.from_numpy(host["tracked"]).half(),
+    )
+
+
+def evolution(
+    tracked_maps: dict[int, torch.Tensor], probe: ProbeSet, n_tracked: int, norm: Normalization | None,
+    num_classes: int, limit: int = MAX_STRIP_EPOCHS,
+) -> np.ndarray:
+    """Fit end: rows = the ``n_tracked`` tracked probe images, columns = at most ``limit`` runs (evenly spread,
+    first and last included), the true class's map over the image."""
+    shown = strip_epochs(sorted(tracked_maps), limit)
+    tracked = example_indices(probe.labels, n_tracked)
+    names = class_names(probe.class_names, num_classes)
+    rows = [names[c] for c in probe.labels[tracked].tolist()]
+    maps = torch.stack([tracked_maps[e].float() for e in shown])
+    return evolution_strip(_pixels(probe.images[tracked], norm), maps, shown, row_labels=rows)
+
+
+def formation(
+    tracker: PatternTracker, names: Sequence[str], layer: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Fit end: when each class's pattern formed (stability at or above the tracker's threshold from that run on),
+    as a markdown table and as the ``formation.json`` document ``{"layer", "threshold", "epochs", "formed_at":
+    {class: epoch or None}, "stability": {class: [value or None per run after the first]}}``."""
+    formed = tracker.formation_epochs().tolist()
+    series = tracker.stability()
+    final = series[-1].tolist() if series.shape[0] else [float("nan")] * len(formed)
+    lines = [
+        f"Pattern formation (stability >= {tracker.threshold:g} from that run on; epoch index = step)",
+        "",
+        "| class | formed at epoch | last stability |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {names[c]} | {'not yet' if formed[c] < 0 else formed[c]} | {final[c]:.3f} |" for c in range(len(formed))
+    ]
+    document = {
+        "layer": layer,
+        "threshold": tracker.threshold,
+        "epochs": tracker.epochs,
+        "formed_at": {names[c]: (None if formed[c] < 0 else formed[c]) for c in range(len(formed))},
+        "stability": {names[c]: json_numbers(series[:, c]) for c in range(len(formed))},
+    }
+    return "\n".join(lines), document
