@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from trainviz.core.budget import Scheduler, check_budget
 from trainviz.core.threads import contention
-from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.checks import check_choice, check_int, check_positive_int
 from trainviz.data.base import Normalization
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
@@ -34,7 +34,8 @@ from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.common import WarnOnce, example_indices
 from trainviz.core.layers import resolve_layers
 from trainviz.core.probeset import ProbeSet
-from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer, open_summary_writer
+from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
+from trainviz.sinks.loggers import logger_backends
 
 __all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink", "release_sinks"]
 
@@ -47,22 +48,23 @@ _SHARED: dict[str, dict[str, Any]] = {}
 def make_sink(trainer: pl.Trainer, name: str, log_dir: str, user: object | None = None) -> Sink:
     """The :class:`Sink` of callback ``name``, sharing writer, store and thread with the others in ``log_dir``.
 
-    ``user`` (the callback) is registered until :func:`release_sinks`; when the last user of a folder is
-    released, its writer thread is closed, and its TensorBoard writer too if trainviz opened it.
+    The sink writes to every logger of the trainer: TensorBoard through its ``SummaryWriter``, the others
+    through :func:`trainviz.sinks.loggers.logger_backends` (W&B, MLflow, Comet, CSV); with no logger, to the
+    artifact store alone. ``user`` (the callback) is registered until :func:`release_sinks`; when the last user
+    of a folder is released, the loggers get the finished artifact folder and the writer thread is closed.
     """
     key = os.path.abspath(log_dir)
     entry = _SHARED.get(key)
     if entry is None:
-        writer = find_summary_writer(trainer)
-        own = writer is None
-        if own:
-            writer = open_summary_writer(os.path.join(log_dir, "tensorboard"))
         entry = _SHARED[key] = {
-            "writer": writer, "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
-            "background": BackgroundWriter(), "own_writer": own, "users": set(),
+            "writer": find_summary_writer(trainer),
+            "loggers": logger_backends(list(getattr(trainer, "loggers", None) or [])),
+            "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
+            "background": BackgroundWriter(),
+            "users": set(),
         }
     entry["users"].add(id(user))
-    return Sink(name, entry["writer"], entry["store"], entry["background"])
+    return Sink(name, entry["writer"], entry["store"], entry["background"], entry["loggers"])
 
 
 def release_sinks(user: object) -> None:
@@ -72,11 +74,30 @@ def release_sinks(user: object) -> None:
         if entry["users"]:
             continue
         del _SHARED[key]
+        for logger in entry["loggers"]:
+            entry["background"].submit(logger.finish, str(entry["store"].root))
         entry["background"].close()
-        if entry["own_writer"]:
-            entry["writer"].close()
-        elif entry["writer"] is not None:
+        if entry["writer"] is not None:
             entry["writer"].flush()
+        _where_to_look(key, entry)
+
+
+def _where_to_look(log_dir: str, entry: dict[str, Any]) -> None:
+    """The fit-end line: the artifact folder, the report command and each logger's folder or URL."""
+    store = entry["store"].root
+    if not store.is_dir():
+        return
+    lines = [f"trainviz: artifacts in {store}", f"  report: trainviz report {log_dir}"]
+    if entry["writer"] is not None:
+        lines.append(f"  TensorBoard: tensorboard --logdir {getattr(entry['writer'], 'log_dir', log_dir)}")
+    for logger in entry["loggers"]:
+        try:
+            where = logger.where()
+        except Exception:  # a logger that cannot say where it is must not fail the fit's end
+            where = None
+        if where:
+            lines.append(f"  {logger.name}: {where}")
+    rank_zero_info("\n".join(lines))
 
 
 def _dataset_of(loader: Any) -> Any:
@@ -143,9 +164,7 @@ class ProbeCallback(Callback):
         self._default_size = probe_size is None
         self.probe_size = self.default_probe_size if probe_size is None else check_positive_int("probe_size", probe_size)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
-            raise ValueError(f"Expected `probe_seed` to be an int, got {probe_seed!r}.")
-        self.probe_seed = probe_seed
+        self.probe_seed = check_int("probe_seed", probe_seed)
         self.split = check_choice("split", split, ("val", "train"))
         self.probe_data = probe_data
         self.normalization = as_normalization(normalization)

@@ -1,10 +1,6 @@
-"""``RunManifestCallback``: what is needed to reproduce a run (seed 000, DeepForge's provenance).
-
-Example:
-    >>> from trainviz import RunManifestCallback
-    >>> cb = RunManifestCallback()
-    >>> cb.state_key
-    'RunManifestCallback'
+"""``RunManifestCallback``: what is needed to reproduce a run, after the provenance DeepForge records (Broll &
+Whitaker, "DeepForge: An Open Source, Collaborative Environment for Reproducible Deep Learning": code version,
+data, seeds and library versions of every run).
 """
 
 from __future__ import annotations
@@ -24,10 +20,14 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, make_sink, release_sinks
 from trainviz.core.budget import _SCHEDULERS
+from trainviz.core.common import json_number
 
 __all__ = ["RunManifestCallback", "collect_manifest"]
 
-PACKAGES = ("trainviz", "torch", "torchvision", "pytorch-lightning", "numpy", "scikit-learn", "umap-learn", "plotly", "tensorboard", "kornia")
+PACKAGES = (
+    "trainviz", "torch", "torchvision", "pytorch-lightning", "numpy", "scikit-learn", "umap-learn", "plotly",
+    "tensorboard", "kornia",
+)
 
 
 def _git(*args: str) -> str | None:
@@ -53,7 +53,9 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, float):
+        return json_number(value)  # JSON has no NaN or infinity
+    if isinstance(value, (str, int, bool)) or value is None:
         return value
     return repr(value)
 
@@ -69,7 +71,9 @@ def collect_manifest(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict
             "size": len(cb.probe),
             "seed": cb.probe_seed,
             "split": cb.split,
-            "normalization": None if cb.norm is None else {"mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source},
+            "normalization": None if cb.norm is None else {
+                "mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source
+            },
         }
         for cb in trainer.callbacks
         if isinstance(cb, ProbeCallback) and cb.probe is not None
@@ -83,7 +87,10 @@ def collect_manifest(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict
         "versions": _versions(),
         "seeds": {"PL_GLOBAL_SEED": os.environ.get("PL_GLOBAL_SEED"), "torch_initial_seed": torch.initial_seed()},
         "model": {"class": type(pl_module).__qualname__, "hparams": _plain(dict(pl_module.hparams))},
-        "data": {"class": type(dm).__qualname__ if dm is not None else None, "hparams": _plain(dict(dm.hparams)) if dm is not None else {}},
+        "data": {
+            "class": type(dm).__qualname__ if dm is not None else None,
+            "hparams": _plain(dict(dm.hparams)) if dm is not None else {},
+        },
         "trainer": {
             "max_epochs": trainer.max_epochs,
             "precision": str(trainer.precision),
@@ -114,10 +121,12 @@ def _markdown(manifest: dict[str, Any]) -> str:
 
 
 class RunManifestCallback(Callback):
-    """Records a run manifest when training starts (after a checkpoint is restored): git commit and dirty flag, package versions, seeds,
-    hyperparameters of the model and datamodule, command line, trainer settings, and for every trainviz
-    probe set its fingerprint and the pixel mapping used (mean, std, and where it came from: ``callback``,
-    ``default_callbacks``, ``datamodule``, ``transform`` or ``identity``).
+    """Records a run manifest when training starts (after a checkpoint is restored): git commit and dirty flag,
+    package versions, seeds, hyperparameters of the model and datamodule, command line, trainer settings, and for
+    every trainviz probe set its fingerprint and the pixel mapping used (mean, std, and where it came from:
+    ``callback``, ``default_callbacks``, ``datamodule``, ``transform`` or ``identity``). Not a probe callback: it
+    has no probe set and computes nothing on the model. Hyperparameters that are not JSON values are stored as
+    their ``repr``, non-finite numbers as ``null``.
 
     Logged keys:
         - ``trainviz/manifest/manifest`` (text, step = start epoch): the manifest as a table.
@@ -126,8 +135,23 @@ class RunManifestCallback(Callback):
           part with the reason) and ``manifest/runs.jsonl`` (one record per fit, so a resumed run keeps the
           first one).
 
+    Raises:
+        Nothing of its own: a missing ``git`` or package records ``None``; it writes on rank zero only and not under
+        ``fast_dev_run``.
+
     Example:
-        ``Trainer(callbacks=[RunManifestCallback(), DynamicsCallback()])``
+        >>> import json, pathlib, tempfile, pytorch_lightning as pl
+        >>> from trainviz import RunManifestCallback
+        >>> from trainviz.data import ShapesDataModule
+        >>> from trainviz.models import DemoClassifier
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[RunManifestCallback()], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...                      default_root_dir=root)
+        >>> trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=64, n_val=32))
+        >>> manifest = json.loads((pathlib.Path(root) / "trainviz" / "manifest" / "manifest.json").read_text())
+        >>> manifest["model"]["class"], manifest["trainer"]["max_epochs"]
+        ('DemoClassifier', 1)
     """
 
     name = "manifest"

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainviz.core.checks import check_positive_int
+
 __all__ = ["ProbeSet", "split_item", "stratified_indices"]
 
 
@@ -127,8 +129,7 @@ class ProbeSet:
         cls, dataset: Dataset, size: int = 64, seed: int = 0, class_names: list[str] | None = None
     ) -> ProbeSet:
         """Draw ``size`` examples, stratified by class, with a private generator seeded by ``seed``."""
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"Expected `probe_size` to be a positive int, got {size!r}.")
+        check_positive_int("probe_size", size)
         n = len(dataset)  # type: ignore[arg-type]
         if size > n:
             raise ValueError(f"Expected `probe_size` <= the {n} examples of the probe split, got {size}.")

@@ -70,6 +70,11 @@ class Result:
         """Value sets to log as TensorBoard histograms, ``{name: array}``."""
         return {}
 
+    def embeddings(self) -> dict[str, tuple[Any, list[str], list[str]]]:
+        """2-D frames to show in the loggers that draw them (a W&B table), ``{name: (coords (N, 2), labels,
+        predictions)}``."""
+        return {}
+
     def documents(self) -> dict[str, Any]:
         """JSON documents to (over)write in the callback's folder, ``{file name: object}``."""
         return {}

@@ -14,13 +14,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from trainviz.sinks.artifacts import ArtifactStore, epoch_dir, write_plotly_js
+from trainviz.sinks.projector import ProjectorWriter
 from trainviz.sinks.writer import BackgroundWriter
 
 __all__ = ["Sink"]
@@ -34,13 +35,22 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 class Sink:
     """Writes for one callback. ``writer`` is a TensorBoard ``SummaryWriter`` (or ``None`` to skip
-    TensorBoard); ``store`` an :class:`ArtifactStore` (or ``None`` to skip artifacts)."""
+    TensorBoard); ``store`` an :class:`ArtifactStore` (or ``None`` to skip artifacts); ``loggers`` the
+    backends of the trainer's other loggers (:mod:`trainviz.sinks.loggers`), each given what it can show."""
 
-    def __init__(self, callback: str, writer: Any | None, store: ArtifactStore | None, background: BackgroundWriter) -> None:
+    def __init__(
+        self,
+        callback: str,
+        writer: Any | None,
+        store: ArtifactStore | None,
+        background: BackgroundWriter,
+        loggers: Sequence[Any] = (),
+    ) -> None:
         self.callback = callback
         self.writer = writer
         self.store = store
         self.background = background
+        self.loggers = list(loggers)
 
     def tag(self, name: str) -> str:
         return f"trainviz/{self.callback}/{name}"
@@ -48,7 +58,7 @@ class Sink:
     # TensorBoard -----------------------------------------------------------------------------------
     def scalars(self, values: Mapping[str, Any], step: int) -> None:
         """Several scalars at once (tensors are stacked and moved to the CPU in one transfer)."""
-        if self.writer is None or not values:
+        if (self.writer is None and not self.loggers) or not values:
             return
         names = list(values)
         tensors = [v for v in values.values() if isinstance(v, torch.Tensor)]
@@ -63,19 +73,28 @@ class Sink:
         self.scalars({name: value}, step)
 
     def _write_scalars(self, pairs: list[tuple[str, float]], step: int) -> None:
-        for tag, value in pairs:
-            self.writer.add_scalar(tag, value, step)
+        if self.writer is not None:
+            for tag, value in pairs:
+                self.writer.add_scalar(tag, value, step)
+        for logger in self.loggers:
+            logger.scalars(pairs, step)
 
-    def image(self, name: str, image: np.ndarray, step: int, artifact: bool = False) -> None:
+    def image(self, name: str, image: np.ndarray, step: int, artifact: bool = False, caption: str | None = None) -> None:
         """A uint8 ``(H, W, 3)`` picture (see :mod:`trainviz.render.images`); with ``artifact=True`` also
-        saved as ``<callback>/epoch_XXXX/<name>.png`` for offline reports."""
+        saved as ``<callback>/epoch_XXXX/<name>.png`` for offline reports. ``caption`` goes to the loggers
+        that show one (W&B)."""
         image = np.ascontiguousarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"Expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}.")
         if self.writer is not None:
-            self.background.submit_as(self.callback, self.writer.add_image, self.tag(name), image, step, dataformats="HWC")
+            tag = self.tag(name)
+            self.background.submit_as(self.callback, self.writer.add_image, tag, image, step, dataformats="HWC")
         if artifact and self.store is not None:
-            self.background.submit_as(self.callback, self._write_png, f"{epoch_dir(self.callback, step)}/{name}.png", image)
+            relpath = f"{epoch_dir(self.callback, step)}/{name}.png"
+            self.background.submit_as(self.callback, self._write_png, relpath, image)
+        for logger in self.loggers:
+            caption = caption or f"{self.callback} {name}, epoch {step}"
+            self.background.submit_as(self.callback, logger.image, self.tag(name), image, step, caption)
 
     def _write_png(self, relpath: str, image: np.ndarray) -> None:
         import io
@@ -87,9 +106,25 @@ class Sink:
         self.store.write_bytes(relpath, buf.getvalue())
 
     def histogram(self, name: str, values: Any, step: int) -> None:
-        if self.writer is None:
+        values = _to_numpy(values).ravel()
+        if self.writer is not None:
+            self.background.submit_as(self.callback, self.writer.add_histogram, self.tag(name), values, step)
+        for logger in self.loggers:
+            self.background.submit_as(self.callback, logger.histogram, self.tag(name), values, step)
+
+    def embedding(self, name: str, coords: Any, labels: Sequence[str], predictions: Sequence[str], step: int) -> None:
+        """A 2-D frame ``(N, 2)`` with each point's label and prediction, for the loggers that draw one (a W&B
+        table; TensorBoard gets the projector through :meth:`projector`)."""
+        coords = _to_numpy(coords)
+        for logger in self.loggers:
+            self.background.submit_as(self.callback, logger.embedding, self.tag(name), coords, list(labels), list(predictions), step)
+
+    def finish_loggers(self) -> None:
+        """Fit end: hand the complete artifact folder to the loggers that keep artifacts (MLflow)."""
+        if self.store is None:
             return
-        self.background.submit_as(self.callback, self.writer.add_histogram, self.tag(name), _to_numpy(values).ravel(), step)
+        for logger in self.loggers:
+            self.background.submit_as(self.callback, logger.finish, str(self.store.root))
 
     def text(self, name: str, text: str, step: int) -> None:
         if self.writer is None:
@@ -102,7 +137,8 @@ class Sink:
         if self.store is None:
             return
         data = {k: _to_numpy(v) for k, v in arrays.items()}
-        self.background.submit_as(self.callback, self.store.write_npz, f"{epoch_dir(self.callback, epoch)}/{name}.npz", **data)
+        relpath = f"{epoch_dir(self.callback, epoch)}/{name}.npz"
+        self.background.submit_as(self.callback, self.store.write_npz, relpath, **data)
 
     def record(self, name: str, record: Mapping[str, Any]) -> None:
         """Append a JSON record to ``<callback>/<name>.jsonl`` (same ``epoch`` replaces)."""
@@ -133,6 +169,8 @@ class Sink:
             self.image(name, image, epoch, artifact=True)
         for name, values in result.histograms().items():
             self.histogram(name, values, epoch)
+        for name, (coords, labels, predictions) in result.embeddings().items():
+            self.embedding(name, coords, labels, predictions, epoch)
         for name, arrays in result.arrays().items():
             self.npz(epoch, name, **arrays)
         self.record(result.record_name, result.record())
@@ -158,6 +196,15 @@ class Sink:
         """Write ``plotly.min.js`` once into this callback's folder, for its offline HTML figures."""
         if self.store is not None:
             self.background.submit_as(self.callback, write_plotly_js, self.store.path(self.callback))
+
+    def projector(self, key: str) -> ProjectorWriter | None:
+        """A TensorBoard Embedding Projector writer into the TensorBoard run folder, for the probe set ``key``
+        (:class:`~trainviz.sinks.projector.ProjectorWriter`; its writes on this sink's thread, counted as this
+        callback's), or ``None`` without a TensorBoard writer."""
+        if self.writer is None:
+            return None
+        log_dir = getattr(self.writer, "log_dir", None) or self.writer.get_logdir()
+        return ProjectorWriter(log_dir, key, self.background, self.callback)
 
     def busy_seconds(self) -> float:
         """Seconds the writer thread has spent on this callback's writes."""

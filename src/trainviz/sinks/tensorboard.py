@@ -1,4 +1,5 @@
-"""TensorBoard writing: the trainer's TensorBoardLogger when present, else trainviz's own SummaryWriter."""
+"""TensorBoard writing: the trainer's TensorBoardLogger when it has one (with other loggers or none, trainviz opens no
+private TensorBoard writer: see :mod:`trainviz.sinks.loggers`)."""
 
 from __future__ import annotations
 

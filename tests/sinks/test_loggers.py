@@ -1,0 +1,136 @@
+"""Every Lightning logger gets what it can show, read back with the logger's own client: W&B offline (its run
+file and media), MLflow on a local sqlite store (MlflowClient), CSVLogger (metrics.csv), all in one fit."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, WandbLogger
+
+import trainviz
+
+from conftest import demo_model
+
+pytest.importorskip("wandb")
+pytest.importorskip("mlflow")
+
+
+def wandb_rows(run_file: str) -> tuple[list[dict], list]:
+    """History rows and metric definitions of an offline W&B run file (a LevelDB-style log of ``Record``
+    protobufs after a 7-byte ``:W&B`` header), read with W&B's own protobuf classes."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(run_file).read_bytes()
+    pos, block, chunks, buf = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the rest of a block is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            chunks.append(buf + chunk if kind == 4 else chunk)
+            buf = b""
+        else:
+            buf += chunk
+    rows, metrics = [], []
+    for chunk in chunks:
+        record = pb.Record()
+        record.ParseFromString(chunk)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind == "metric":
+            metrics.append((record.metric.name or record.metric.glob_name, record.metric.step_metric))
+    return rows, metrics
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loggers")
+    mp = pytest.MonkeyPatch()
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root)}.items():
+        mp.setenv(key, value)
+    uri = f"sqlite:///{root}/mlflow.db"
+    loggers = [WandbLogger(save_dir=str(root), offline=True, project="trainviz-test"), MLFlowLogger("t", tracking_uri=uri), CSVLogger(str(root), name="csv")]
+    callbacks = [
+        trainviz.DynamicsCallback(probe_size=24),
+        trainviz.CAMCallback(probe_size=12, deletion_steps=2),
+        trainviz.EmbeddingCallback(layers=["net.features"], methods=["pca"], probe_size=24, linear_probe_folds=0),
+    ]
+    pl.seed_everything(0, verbose=False)
+    from trainviz.data import ShapesDataModule
+
+    trainer = pl.Trainer(
+        max_epochs=3, callbacks=callbacks, logger=loggers, enable_progress_bar=False, enable_checkpointing=False,
+        default_root_dir=str(root), limit_train_batches=2, accelerator="cpu",
+    )
+    trainer.fit(demo_model(), ShapesDataModule(n_train=64, n_val=48, batch_size=32))
+    loggers[0].experiment.finish()  # as a script's end does: W&B commits its last history row then
+    mp.undo()
+    return {"root": root, "loggers": loggers, "uri": uri, "trainer": trainer}
+
+
+def test_wandb_gets_scalars_on_an_epoch_axis_and_captioned_images(fitted):
+    (run_file,) = glob.glob(str(fitted["root"] / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows, metrics = wandb_rows(run_file)
+    assert ("trainviz/*", "epoch") in metrics  # the x-axis declared with define_metric
+    accuracy = [(r["epoch"], r["trainviz/dynamics/accuracy"]) for r in rows if "trainviz/dynamics/accuracy" in r]
+    assert [e for e, _ in accuracy] == [0, 1, 2]
+    records = [json.loads(line) for line in (fitted["root"] / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    assert [a for _, a in accuracy] == pytest.approx([r["accuracy"] for r in records])
+    images = [r for r in rows if "trainviz/dynamics/confusion_matrix/filenames" in r]
+    assert [r["epoch"] for r in images] == [0, 1, 2]
+    assert images[-1]["trainviz/dynamics/confusion_matrix/captions"] == ["dynamics confusion_matrix, epoch 2"]
+    media = Path(run_file).parent / "files"
+    for row in images:
+        (name,) = row["trainviz/dynamics/confusion_matrix/filenames"]
+        assert (media / name).is_file() and name.startswith("media/images/trainviz/dynamics/confusion_matrix_")
+    steps = [r["_step"] for r in rows if "_step" in r]
+    assert steps == sorted(steps)  # W&B's own step only grows
+    tables = [r for r in rows if r.get("trainviz/embedding/net.features/pca/table/_type") == "table-file"]
+    assert [r["epoch"] for r in tables] == [0, 1, 2]
+    table_file = tables[-1]["trainviz/embedding/net.features/pca/table/path"]
+    table = json.loads((media / table_file).read_text())
+    assert table["columns"] == ["x", "y", "label", "prediction", "epoch"] and len(table["data"]) == 24
+    frame = np.load(fitted["root"] / "trainviz" / "embedding" / "epoch_0002" / "net.features.npz")["pca"]
+    np.testing.assert_allclose(np.array([row[:2] for row in table["data"]]), frame, atol=1e-5)
+
+
+def test_mlflow_gets_metrics_per_epoch_images_per_step_and_the_artifact_folder(fitted):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(fitted["uri"])
+    run_id = fitted["loggers"][1].run_id
+    history = client.get_metric_history(run_id, "trainviz/dynamics/accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    cam = client.get_metric_history(run_id, "trainviz/cam/aggregate/average_drop")
+    assert sorted(m.step for m in cam) == [0, 1, 2]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert any("confusion_matrix" in path for path in images), images
+    assert [a.path for a in client.list_artifacts(run_id, "trainviz")] == sorted(
+        f"trainviz/{p.name}" for p in (fitted["root"] / "trainviz").iterdir()
+    )
+
+
+def test_csv_logger_gets_the_scalars_with_an_epoch_column(fitted):
+    path = Path(fitted["loggers"][2].log_dir) / "metrics.csv"
+    rows = list(csv.DictReader(path.open()))
+    columns = set(rows[0])
+    assert {"epoch", "trainviz/dynamics/accuracy", "trainviz/cam/aggregate/average_drop"} <= columns
+    epochs = [int(float(r["epoch"])) for r in rows if r["trainviz/dynamics/accuracy"]]
+    assert epochs == [0, 1, 2]
+
+
+def test_no_private_tensorboard_beside_other_loggers(fitted):
+    assert not (fitted["root"] / "tensorboard").exists()
+    assert not list(fitted["root"].rglob("events.out.tfevents.*"))
