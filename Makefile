@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EPOCHS ?= 6
 DATA ?= shapes
 
-.PHONY: demo test setup setup-dev browser benchmarks clean
+.PHONY: demo test lint setup setup-dev browser benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ browser:
 demo: setup
 	$(BIN)/trainviz demo --data $(DATA) --epochs $(EPOCHS) --out runs/demo
 
-test: setup-dev browser
+# Lint and types (ruff, mypy on the public API: see pyproject.toml); part of `make test`, so CI runs it.
+lint: setup-dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+
+test: setup-dev browser lint
 	$(BIN)/python -m pytest -q
 
 benchmarks: setup-dev

@@ -86,8 +86,13 @@ def fit(callbacks, args, root: str):
     train, val = make_loaders(args.n_train, args.n_val)
     model = UserCNN(6)
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, default_root_dir=root,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
         logger=pl.loggers.TensorBoardLogger(root, name="", version=""),
     )
     start = time.perf_counter()
@@ -129,7 +134,10 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as root:
         bare, model, val = fit([], args, os.path.join(root, "bare"))
-        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.epochs} epochs of {args.n_train} images")
+        print(
+            f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"{args.epochs} epochs of {args.n_train} images"
+        )
         print(f"fit without trainviz: {bare:.1f} s ({bare / args.epochs:.1f} s per epoch)")
         for budget in args.budgets:
             run = os.path.join(root, f"budget{budget}")
@@ -139,11 +147,15 @@ def main() -> None:
             for name, ledger in manifest["budget"]["callbacks"].items():
                 skipped = [f"{s['epoch']}:{s['what']}" for s in ledger["skipped"]]
                 print(
-                    f"  {name}: {ledger['runs']} runs, {ledger['foreground_seconds']:.1f} s + {ledger['background_seconds']:.1f} s "
+                    f"  {name}: {ledger['runs']} runs, {ledger['foreground_seconds']:.1f} s + "
+                    f"{ledger['background_seconds']:.1f} s "
                     f"background (budget {ledger['fraction']:.3f}); skipped {', '.join(skipped) or 'nothing'}"
                 )
             records = [json.loads(line) for line in open(os.path.join(run, "trainviz", "robustness", "metrics.jsonl"))]
-            print("  robustness rows per run:", [f"{r['epoch']}:{r['schedule']['rows']}/{r['schedule']['of']}" for r in records])
+            print(
+                "  robustness rows per run:",
+                [f"{r['epoch']}:{r['schedule']['rows']}/{r['schedule']['of']}" for r in records],
+            )
         print("seed probes, right pixels against identity + clamp:", json.dumps(clamp_effect(model, val), indent=1))
 
 

@@ -7,8 +7,8 @@ Everything is timed in one run, on the same batch and model: trainviz's Grad-CAM
 Captum's ``LayerGradCam`` (+ bilinear interpolation; looped over the layers for 3) and pytorch-grad-cam's
 ``GradCAM``. After two warm-up calls each, every round times each variant once (rotated order); the ratio is
 the median over rounds of the variant's time over that round's training step, which keeps the ratios stable on
-a loaded machine. Maps include the ReLU, scaling and resizing to the input size. Targets: ``at most 0.4x`` a training step for 1 layer and
-``0.6x`` for 3 layers.
+a loaded machine. Maps include the ReLU, scaling and resizing to the input size. Targets: ``at most 0.4x`` a
+training step for 1 layer and ``0.6x`` for 3 layers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def interleaved_ratios(fns: dict[str, Callable[[], object]], reference: str, rounds: int) -> dict[str, tuple[float, float]]:
+def interleaved_ratios(
+    fns: dict[str, Callable[[], object]], reference: str, rounds: int
+) -> dict[str, tuple[float, float]]:
     """Median seconds and median ratio to ``fns[reference]`` per variant. Every round times each variant once
     (in a rotated order), so load changes on a shared machine hit all variants alike; each round's ratio is
     taken to that round's reference time."""
@@ -129,7 +131,8 @@ def main() -> None:
     fns.update(variants(model, x, y, layers))
     results = interleaved_ratios(fns, "training step (forward + full backward)", args.rounds)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch}x3x{args.size}x{args.size}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}, "
+        f"batch {args.batch}x3x{args.size}x{args.size}, "
         f"layers {layers}, median of {args.rounds} interleaved rounds"
     )
     print("| variant | ms | ratio to a training step |\n| --- | ---: | ---: |")

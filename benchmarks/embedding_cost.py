@@ -65,10 +65,10 @@ class ForwardTimer(Callback):
 def capture_ratio(points: int, rounds: int, layers: list[str]) -> tuple[float, float, float]:
     """Median seconds of the bare forward and of the callback's capture, and the median per-round ratio."""
     from trainviz.callbacks.embedding import EmbeddingCallback
-    from trainviz.data import ShapesDataModule
     from trainviz.core.layers import resolve_layers
-    from trainviz.models import DemoClassifier
     from trainviz.core.probeset import ProbeSet
+    from trainviz.data import ShapesDataModule
+    from trainviz.models import DemoClassifier
 
     dm = ShapesDataModule(n_train=60, n_val=points, seed=0)
     dm.setup("fit")
@@ -106,13 +106,19 @@ def fit(points: int, epochs: int, with_callback: bool) -> tuple[list[float], lis
     from trainviz.models import DemoClassifier
 
     pl.seed_everything(0, verbose=False)
-    embedding = EmbeddingCallback(layers=LAYERS, methods=["pca", "umap", "tsne"], slow_every_k=2) if with_callback else None
+    embedding = (
+        EmbeddingCallback(layers=LAYERS, methods=["pca", "umap", "tsne"], slow_every_k=2) if with_callback else None
+    )
     timer = ForwardTimer(embedding)
     root = tempfile.mkdtemp(prefix="trainviz-embedding-bench-")
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=TensorBoardLogger(root, name="", version=""),
-        callbacks=[timer] + ([embedding] if embedding else []), enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name="", version=""),
+        callbacks=[timer] + ([embedding] if embedding else []),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=2400, n_val=points, seed=0))
     if embedding is None:
@@ -169,18 +175,26 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for layers in (["auto"], LAYERS):
         forward, captured, ratio = capture_ratio(args.points, args.rounds, layers)
-        print(f"Capture of {layers} + logits, {args.points} points, median of {args.rounds} interleaved rounds: "
-              f"bare forward {forward:.3f} s, capture {captured:.3f} s, ratio {ratio:.2f} (target <= 1.5)")
+        print(
+            f"Capture of {layers} + logits, {args.points} points, median of {args.rounds} interleaved rounds: "
+            f"bare forward {forward:.3f} s, capture {captured:.3f} s, ratio {ratio:.2f} (target <= 1.5)"
+        )
     if not args.skip_fit:
         print(f"Fit: demo CNN, {args.points} probe points, layers {LAYERS}, PCA every epoch, UMAP + t-SNE every 2nd")
         _, _, plain_epochs = fit(args.points, args.epochs, with_callback=False)
         held, forward, epochs = fit(args.points, args.epochs, with_callback=True)
-        print("| epoch | training thread held (s) | bare forward of the probe set (s) | ratio |\n| --- | ---: | ---: | ---: |")
+        print(
+            "| epoch | training thread held (s) | bare forward of the probe set (s) | ratio |\n"
+            "| --- | ---: | ---: | ---: |"
+        )
         for e, (h, f) in enumerate(zip(held, forward)):
             print(f"| {e} | {h:.3f} | {f:.3f} | {h / f:.2f} |")
         print(f"median ratio: {statistics.median(h / f for h, f in zip(held, forward)):.2f} (target <= 1.5)")
-        print(f"mean training epoch: {statistics.mean(epochs):.1f} s with the callback, {statistics.mean(plain_epochs):.1f} s "
-              f"without ({statistics.mean(epochs) / statistics.mean(plain_epochs):.2f}x)")
+        print(
+            f"mean training epoch: {statistics.mean(epochs):.1f} s with the callback, "
+            f"{statistics.mean(plain_epochs):.1f} s "
+            f"without ({statistics.mean(epochs) / statistics.mean(plain_epochs):.2f}x)"
+        )
     for n in args.sizes:
         print(f"\nProjections, {n} points x 256-D, 6 classes")
         print("| step | seconds |\n| --- | ---: |")

@@ -26,8 +26,13 @@ def fit_seconds(callbacks, epochs: int, data: str, root: str) -> float:
     dm = ShapesDataModule() if data == "shapes" else DigitsDataModule()
     model = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=TensorBoardLogger(root, name=""), callbacks=callbacks,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name=""),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     start = time.perf_counter()
     trainer.fit(model, dm)

@@ -8,8 +8,9 @@ The probe run (cache built, default corruptions and severities, adversarial part
 metrics and pictures are in its time; the file writes it queues run on the sink's background thread (they
 overlap training) and are timed apart, when the writer is flushed.
 The CAM shift (Grad-CAM from the same forward passes, truncated backward) and the adversarial parts (FGSM at
-4 eps, steps to flip with a cap of 20) are timed separately, since they cost backward passes by design. The three are timed in turn, ``--repeats`` times, in one process; the ratios are
-medians of the per-round ratios, so that a load change on a shared machine hits both sides of a ratio.
+4 eps, steps to flip with a cap of 20) are timed separately, since they cost backward passes by design. The three
+are timed in turn, ``--repeats`` times, in one process; the ratios are medians of the per-round ratios, so that a
+load change on a shared machine hits both sides of a ratio.
 """
 
 from __future__ import annotations
@@ -31,19 +32,21 @@ def seconds(fn) -> float:
 
 def main() -> None:
     from trainviz.callbacks.robustness import RobustnessCallback
-    from trainviz.data import DigitsDataModule, ShapesDataModule
     from trainviz.core.guard import probe_guard
+    from trainviz.core.probeset import ProbeSet
+    from trainviz.data import DigitsDataModule, ShapesDataModule
     from trainviz.models import DemoClassifier
     from trainviz.ops.corruptions import corrupt
     from trainviz.ops.predict import predict_logits
-    from trainviz.core.probeset import ProbeSet
     from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--probe-size", type=int, default=128)
     parser.add_argument("--data", default="shapes", choices=("shapes", "digits"))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives steadier ratios on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 gives steadier ratios on a busy machine)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,7 +71,7 @@ def main() -> None:
     forward_only = callback(epsilons=[], flip_max_steps=0)
     with probe_guard(model):
         start = time.perf_counter()
-        inputs = forward_only._corrupted_inputs(forward_only.probe, 0)
+        inputs = forward_only._corrupted_inputs(forward_only.probe, forward_only.active, 0)
         cache_seconds = time.perf_counter() - start
     n_images = inputs.shape[0]
     n_corrupted = n_images - args.probe_size
@@ -86,7 +89,7 @@ def main() -> None:
     for _ in range(args.repeats):
         times = [seconds(bare)]
         for cb in (forward_only, with_cam, full):
-            times.append(seconds(lambda: run(cb)))
+            times.append(seconds(lambda cb=cb: run(cb)))
             flushed = seconds(cb.sink.flush)  # what the background writer still had to do
             if cb is forward_only:
                 writes.append(flushed)
@@ -101,19 +104,35 @@ def main() -> None:
         corrupt(pixels, name, severity, seed=0)
         per_corruption[name] += time.perf_counter() - start
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data {args.data}, probe_size {args.probe_size}, "
-          f"{len(forward_only.active)} corruption rows, batch_size {forward_only.batch_size}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, data {args.data}, "
+        f"probe_size {args.probe_size}, "
+        f"{len(forward_only.active)} corruption rows, batch_size {forward_only.batch_size}"
+    )
     print(f"bare forward passes of {n_images} images: {t_bare:.3f} s (median of {args.repeats})")
     print(f"probe run (forwards + metrics + pictures): {t_probe:.3f} s; ratio {probe_ratio:.2f}x (target <= 1.15x)")
-    print(f"its background writes (PNG, npz, jsonl): {statistics.median(writes):.3f} s; ratio with them "
-          f"{statistics.median((r[1] + w) / r[0] for r, w in zip(rounds, writes)):.2f}x")
+    print(
+        f"its background writes (PNG, npz, jsonl): {statistics.median(writes):.3f} s; ratio with them "
+        f"{statistics.median((r[1] + w) / r[0] for r, w in zip(rounds, writes)):.2f}x"
+    )
     print(f"probe run with CAM shift: {t_cam:.3f} s; ratio {cam_ratio:.2f}x")
     print(f"probe run with CAM shift, FGSM (4 eps) and steps-to-flip (cap 20): {t_full:.3f} s; ratio {full_ratio:.2f}x")
-    print("per-round ratios (probe / cam / full):", ", ".join(f"{p / b:.2f}/{c / b:.2f}/{f / b:.2f}" for b, p, c, f in rounds))
-    print(f"one-time corruption of the probe set: {cache_seconds:.2f} s, {1000 * cache_seconds / n_corrupted:.3f} ms per corrupted image")
+    print(
+        "per-round ratios (probe / cam / full):",
+        ", ".join(f"{p / b:.2f}/{c / b:.2f}/{f / b:.2f}" for b, p, c, f in rounds),
+    )
+    print(
+        f"one-time corruption of the probe set: {cache_seconds:.2f} s, "
+        f"{1000 * cache_seconds / n_corrupted:.3f} ms per corrupted image"
+    )
     slowest = sorted(per_corruption.items(), key=lambda kv: -kv[1])[:5]
-    print("slowest corruptions (ms per image, all severities):", ", ".join(
-        f"{name} {1000 * seconds / (args.probe_size * sum(1 for n, _ in forward_only.active if n == name)):.2f}" for name, seconds in slowest))
+    print(
+        "slowest corruptions (ms per image, all severities):",
+        ", ".join(
+            f"{name} {1000 * seconds / (args.probe_size * sum(1 for n, _ in forward_only.active if n == name)):.2f}"
+            for name, seconds in slowest
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ from trainviz.data import ShapesDataModule
 
 def main(args=None, run: bool = True) -> LightningCLI:
     return LightningCLI(
-        pl.LightningModule, ShapesDataModule, subclass_mode_model=True, args=args, run=run,
+        pl.LightningModule,
+        ShapesDataModule,
+        subclass_mode_model=True,
+        args=args,
+        run=run,
         save_config_kwargs={"overwrite": True},
     )
 

@@ -1,4 +1,5 @@
-"""Training dynamics (seed 002) on scikit-learn's digits: confusion matrices, per-class accuracy,
+"""Training dynamics (Iuzzolino et al., Interactive Deep CNN Visualization) on scikit-learn's digits: confusion
+matrices, per-class accuracy,
 probability histograms and class-probability bars, every epoch.
 
     python examples/dynamics.py              # then: tensorboard --logdir runs/dynamics

@@ -1,4 +1,4 @@
-"""Seed 003's group-convolution decoder, trained with :class:`DecoderMapCallback` watching its class maps.
+"""Zhang's encoder-decoder with group convolution, trained with :class:`DecoderMapCallback` watching its class maps.
 
 On the embedded ``shapes`` data (no download)::
 

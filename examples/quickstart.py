@@ -1,6 +1,6 @@
 """The full trainviz suite on the embedded shapes data, in a few lines.
 
-    python examples/quickstart.py            # then: tensorboard --logdir runs/quickstart
+python examples/quickstart.py            # then: tensorboard --logdir runs/quickstart
 """
 
 import pytorch_lightning as pl

@@ -24,7 +24,9 @@ def all_callbacks(kind: str = "cnn"):
     import trainviz
 
     small = {"probe_size": 24, "every_n_epochs": 1}
-    return trainviz.default_callbacks(budget=None, **{name: {**small, **opts} for name, opts in suite_options(kind).items()})
+    return trainviz.default_callbacks(
+        budget=None, **{name: {**small, **opts} for name, opts in suite_options(kind).items()}
+    )
 
 
 def suite_options(kind: str = "cnn") -> dict[str, dict]:

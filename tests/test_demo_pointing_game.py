@@ -2,7 +2,6 @@
 game on the probe set must be far above chance (issue 3; the numbers are in BENCHMARKS.md)."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -81,7 +81,6 @@ def default_callbacks(
             model with per-class maps such as :class:`trainviz.models.ClassMapClassifier`.
     """
     from trainviz import callbacks as cb
-
     from trainviz.core.budget import check_budget
     from trainviz.core.pixels import as_normalization
 
@@ -122,7 +121,7 @@ def default_callbacks(
             raise ValueError(f"Expected `{name}` to be a dict of options, True or False; got {options!r}.")
         out.append((name, make(dict(options)), "budget" in options))
     present = [name for name, _, own in out if name in BUDGET_SHARES and not own]
-    for name, callback, own in out:
+    for name, callback, _own in out:
         if total is not None and name in present:
             callback.budget = total * BUDGET_SHARES[name] / sum(BUDGET_SHARES[n] for n in present)
     return [callback for _, callback, _ in out]

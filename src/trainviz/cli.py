@@ -33,13 +33,21 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budge
 
     probe = 24 if small else None
     cam_layers = ["net.features.1", "net.features"] if model == "cnn" else ["net.encoder.layer2", "net.encoder"]
-    depth = ["net.features.0", "net.features.1", "net.features", "net.fc"] if model == "cnn" else [
-        "net.encoder.layer1", "net.encoder.layer2", "net.encoder", "net.decoder.flatten"]
+    depth = (
+        ["net.features.0", "net.features.1", "net.features", "net.fc"]
+        if model == "cnn"
+        else ["net.encoder.layer1", "net.encoder.layer2", "net.encoder", "net.decoder.flatten"]
+    )
     options = {
         "dynamics": {"probe_size": probe or 256},
         "cam": {"layers": cam_layers, "probe_size": probe or 64},
         "robustness": {"probe_size": probe or 64, "cam_shift": True},
-        "embedding": {"layers": depth, "methods": ["pca", "umap", "tsne"], "slow_every_k": 3, **({"probe_size": probe} if probe else {})},
+        "embedding": {
+            "layers": depth,
+            "methods": ["pca", "umap", "tsne"],
+            "slow_every_k": 3,
+            **({"probe_size": probe} if probe else {}),
+        },
         "decoder_maps": {"probe_size": probe or 96} if model == "classmap" else False,
     }
     return trainviz.default_callbacks(probe_seed=seed, budget=budget, **options)
@@ -93,7 +101,10 @@ def run_demo(
         net = DemoClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
     elif model == "classmap":
         net = ClassMapClassifier(
-            num_classes=dm.num_classes, in_channels=dm.in_channels, encoder="small", decoder=decoder  # type: ignore[arg-type]
+            num_classes=dm.num_classes,
+            in_channels=dm.in_channels,
+            encoder="small",
+            decoder=decoder,  # type: ignore[arg-type]
         )
     else:
         raise ValueError(f"Expected `model` to be one of 'cnn', 'classmap', got {model!r}.")
@@ -155,21 +166,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--accelerator", default="auto")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--model", choices=("cnn", "classmap"), default="cnn", help="cnn: small CNN with GAP + linear; classmap: Zhang's encoder-decoder with group convolution (adds decoder maps)")
-    demo.add_argument("--decoder", choices=("seed003", "grouped"), default="seed003", help="with --model classmap: seed003 = Zhang's decoder (ungrouped, then grouped transposed convolution), grouped = every stage grouped")
+    demo.add_argument(
+        "--model",
+        choices=("cnn", "classmap"),
+        default="cnn",
+        help=(
+            "cnn: small CNN with GAP + linear; "
+            "classmap: Zhang's encoder-decoder with group convolution (adds decoder maps)"
+        ),
+    )
+    demo.add_argument(
+        "--decoder",
+        choices=("seed003", "grouped"),
+        default="seed003",
+        help=(
+            "with --model classmap: seed003 = Zhang's decoder (ungrouped, then grouped transposed convolution), "
+            "grouped = every stage grouped"
+        ),
+    )
     demo.add_argument("--small", action="store_true", help="tiny data set (smoke test)")
-    demo.add_argument("--budget", type=float, default=None, help="overhead budget of the suite, e.g. 0.1 (default: none, every probe every epoch)")
+    demo.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="overhead budget of the suite, e.g. 0.1 (default: none, every probe every epoch)",
+    )
     demo.add_argument("--no-progress", action="store_true")
     report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
-    report.add_argument("run_dir", metavar="RUN_DIR", help="the run's log folder (version_N), its trainviz folder, or a parent of one run")
+    report.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="the run's log folder (version_N), its trainviz folder, or a parent of one run",
+    )
     report.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/trainviz/report/index.html)")
     report.add_argument(
-        "--fail-under", nargs="+", action="extend", default=[], metavar="METRIC=VALUE",
+        "--fail-under",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="METRIC=VALUE",
         help="exit with 1 when a higher-is-better summary.json metric (accuracies, fgsm_accuracy@EPS, "
         "flip_steps_mean, flip_never_fraction, cam_shift) is below VALUE, e.g. clean_accuracy=0.9",
     )
     report.add_argument(
-        "--fail-over", nargs="+", action="extend", default=[], metavar="METRIC=VALUE",
+        "--fail-over",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="METRIC=VALUE",
         help="exit with 1 when a lower-is-better summary.json metric (mce, relative_mce, ce/NAME, relative_ce/NAME, "
         "*_ece, *_nll, *_flip_rate) is above VALUE, e.g. mce=0.3; a bound given the wrong way exits with 2",
     )
@@ -183,11 +227,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epochs < 1:
             parser.error(f"--epochs must be a positive int, got {args.epochs}")
         start = time.perf_counter()
-        log_dir = run_demo(args.data, args.epochs, args.out, args.accelerator, args.seed, args.small, not args.no_progress, args.model, args.decoder, args.budget)
+        log_dir = run_demo(
+            args.data,
+            args.epochs,
+            args.out,
+            args.accelerator,
+            args.seed,
+            args.small,
+            not args.no_progress,
+            args.model,
+            args.decoder,
+            args.budget,
+        )
         print(f"\ntrainviz demo finished in {time.perf_counter() - start:.0f} s.")
         print(f"  TensorBoard:  tensorboard --logdir {args.out}")
         print(f"  Artifacts:    {os.path.join(log_dir, 'trainviz')}")
-        print(f"  Report:       {os.path.join(log_dir, 'trainviz', 'report', 'index.html')}  (rebuild: trainviz report {log_dir})")
+        print(
+            f"  Report:       {os.path.join(log_dir, 'trainviz', 'report', 'index.html')}  "
+            f"(rebuild: trainviz report {log_dir})"
+        )
         return 0
     return 2  # pragma: no cover
 

@@ -7,13 +7,12 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import demo_model, make_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainviz.callbacks.cam import CAMCallback
 from trainviz.core.hooks import count_hooks
 from trainviz.core.probeset import ProbeSet
-
-from conftest import demo_model, make_trainer
 
 LAYERS = ["net.features.1", "net.features"]
 METRICS = ["average_drop", "increase_in_confidence", "deletion_auc"]
@@ -48,11 +47,20 @@ def test_two_epoch_fit_writes_every_key_and_artifact(tmp_path, dm):
     assert cb.done_epochs == [0, 1] and count_hooks(model) == 0
     acc = events(tmp_path)
     keys = [*LAYERS, "aggregate"]
-    expected = {f"trainviz/cam/{k}/{m}" for k in keys for m in [*METRICS, "pointing_game", "energy_pointing_game", "drift_correlation"]}
+    expected = {
+        f"trainviz/cam/{k}/{m}"
+        for k in keys
+        for m in [*METRICS, "pointing_game", "energy_pointing_game", "drift_correlation"]
+    }
     expected |= {"trainviz/cam/pointing_game_chance", "trainviz/cam/target_probability", "trainviz/cam/seconds"}
     assert {t for t in acc.Tags()["scalars"] if t.startswith("trainviz/")} == expected
     images = {f"trainviz/cam/{k}/overlay" for k in keys}
-    images |= {"trainviz/cam/layers", "trainviz/cam/aggregate/class_mean", "trainviz/cam/aggregate/guided_grad_cam", "trainviz/cam/evolution"}
+    images |= {
+        "trainviz/cam/layers",
+        "trainviz/cam/aggregate/class_mean",
+        "trainviz/cam/aggregate/guided_grad_cam",
+        "trainviz/cam/evolution",
+    }
     assert set(acc.Tags()["images"]) == images
     assert [e.step for e in acc.Scalars("trainviz/cam/aggregate/pointing_game")] == [0, 1]
     assert [e.step for e in acc.Scalars("trainviz/cam/aggregate/drift_correlation")] == [1]  # needs a previous run
@@ -68,7 +76,14 @@ def test_two_epoch_fit_writes_every_key_and_artifact(tmp_path, dm):
     assert arrays["maps/aggregate"].shape == (24, 32, 32) and arrays["deletion_curve/net.features"].shape == (24, 5)
     assert arrays["ids"].tolist() == cb.probe.ids.tolist()
     for key in keys:
-        assert {f"pointing_hit/{key}", f"energy/{key}", f"drop/{key}", f"increase/{key}", f"deletion_auc/{key}", f"drift/{key}"} <= set(arrays)
+        assert {
+            f"pointing_hit/{key}",
+            f"energy/{key}",
+            f"drop/{key}",
+            f"increase/{key}",
+            f"deletion_auc/{key}",
+            f"drift/{key}",
+        } <= set(arrays)
     evolution = store.read_npz("cam/epoch_0001/evolution.npz")
     assert evolution["maps"].shape == (2, 3, 32, 32) and evolution["epochs"].tolist() == [0, 1]
     assert (store.root / "cam" / "epoch_0001" / "evolution.png").exists()

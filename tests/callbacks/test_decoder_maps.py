@@ -10,18 +10,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from trainviz.callbacks.decoder_maps import DecoderMapCallback
-from trainviz.data import ShapesDataModule
 from trainviz.core.hooks import count_hooks
+from trainviz.data import ShapesDataModule
 from trainviz.models import DemoClassifier
 from trainviz.models.lightning import ClassMapClassifier
 from trainviz.ops.class_maps import logits_and_maps, normalize_maps
-
-from conftest import make_trainer
 
 K = 6
 NAMES = ["circle", "square", "triangle", "cross", "ring", "bar"]
@@ -109,7 +108,7 @@ def test_fit_writes_what_it_documents_matches_the_model_and_leaves_no_trace(tmp_
     images = {t for t in acc.Tags()["images"] if t.startswith(PREFIX)}
     documented = {f"stability/{n}" for n in NAMES} | {"mean_stability", "seconds"}
     documented |= {f"sharpness/{k}" for k in ("corr_correct", "corr_wrong", "mean_correct", "mean_wrong")}
-    assert {t[len(PREFIX):] for t in scalars} <= documented
+    assert {t[len(PREFIX) :] for t in scalars} <= documented
     assert {PREFIX + "seconds", PREFIX + "sharpness/mean_correct", PREFIX + "sharpness/mean_wrong"} <= scalars
     for name, value in records[1]["sharpness"].items():
         if value is not None:
@@ -185,7 +184,11 @@ def test_a_model_from_elsewhere_works_via_layer(tmp_path, dm):
 @pytest.mark.parametrize(
     "layer, model, message",
     [
-        ("stem", TinyMapNet, r"DecoderMapCallback: Expected layer 'stem' to output per-class maps.* K = 6.*\(2, 8, 16, 16\)"),
+        (
+            "stem",
+            TinyMapNet,
+            r"DecoderMapCallback: Expected layer 'stem' to output per-class maps.* K = 6.*\(2, 8, 16, 16\)",
+        ),
         ("haed", TinyMapNet, r"Layer 'haed' not found.*Closest matches: 'head'"),
         ("decoder.class_maps", lambda: DemoClassifier(K, 3), r"Layer 'decoder.class_maps' not found"),
     ],

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,11 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import trainviz.probes.embedding as embedding_module  # the computation: where the ops are looked up
 from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.core.hooks import count_hooks
-from trainviz.probes.embedding import EmbeddingResult
 from trainviz.ops.embedding import knn_accuracy, pca, procrustes_align, silhouette, umap_embed
+from trainviz.probes.embedding import EmbeddingResult
 from trainviz.render.embedding import PALETTE, animation_figure, depth_image, scatter_image
-
-from conftest import demo_model, make_trainer
 
 LAYERS = ["net.features.1", "net.features", "net.fc"]
 _spec = importlib.util.spec_from_file_location(

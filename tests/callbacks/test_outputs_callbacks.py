@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,8 +24,6 @@ from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.core.hooks import count_hooks
 from trainviz.ops.cam import minmax_scale
 
-from conftest import make_trainer
-
 HOW = "pass `output=` to the callback (or `default_callbacks(output=...)`): a key, an index or a callable"
 
 
@@ -35,7 +34,9 @@ class AuxNet(pl.LightningModule):
     def __init__(self, layout: str = "tuple", classes: int = 3) -> None:
         super().__init__()
         self.layout = layout
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, classes)
         self.aux = nn.Linear(8, 2)
@@ -72,7 +73,9 @@ def loaders(n: int = 48, size: int = 16, classes: int = 3):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, size, size, generator=g)  # pixels in [0, 1]
     y = torch.arange(n) % classes
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False), DataLoader(TensorDataset(x[:24], y[:24]), batch_size=12)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False), DataLoader(
+        TensorDataset(x[:24], y[:24]), batch_size=12
+    )
 
 
 def fit(root: Path, model: pl.LightningModule, callbacks: list, **kwargs) -> pl.Trainer:
@@ -85,7 +88,9 @@ def fit(root: Path, model: pl.LightningModule, callbacks: list, **kwargs) -> pl.
     return trainer
 
 
-@pytest.mark.parametrize(("layout", "output"), [("tuple", None), ("tuple", 0), ("dict", "scores"), ("tuple", lambda out: out[0])])
+@pytest.mark.parametrize(
+    ("layout", "output"), [("tuple", None), ("tuple", 0), ("dict", "scores"), ("tuple", lambda out: out[0])]
+)
 def test_cam_and_dynamics_run_on_a_model_returning_more_than_logits(tmp_path, layout, output):
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -107,18 +112,24 @@ def test_cam_and_dynamics_run_on_a_model_returning_more_than_logits(tmp_path, la
     maps = torch.as_tensor(cam.sink.store.read_npz("cam/epoch_0000/maps.npz")["maps/net"]).float()
     raw = LayerGradCam(model.logits, model.net).attribute(probe.images, probe.labels, relu_attributions=True).detach()
     assert raw.abs().amax() > 0
-    reference = LayerAttribution.interpolate(minmax_scale(raw), (16, 16), interpolate_mode="bilinear")[:, 0]  # scaled at 8 x 8
+    reference = LayerAttribution.interpolate(minmax_scale(raw), (16, 16), interpolate_mode="bilinear")[
+        :, 0
+    ]  # scaled at 8 x 8
     torch.testing.assert_close(maps, reference, atol=2e-3, rtol=0)  # maps are stored as float16
 
 
 PROBES = {
     "dynamics": lambda **kw: DynamicsCallback(probe_size=12, **kw),
     "cam": lambda **kw: CAMCallback(probe_size=12, layers="net.2", **kw),
-    "robustness": lambda **kw: RobustnessCallback(corruptions=["grayscale"], epsilons=[], flip_max_steps=0, probe_size=12, **kw),
+    "robustness": lambda **kw: RobustnessCallback(
+        corruptions=["grayscale"], epsilons=[], flip_max_steps=0, probe_size=12, **kw
+    ),
     "robustness_cam": lambda **kw: RobustnessCallback(
         corruptions=["grayscale"], epsilons=[], flip_max_steps=0, probe_size=12, cam_shift=True, cam_layer="net.2", **kw
     ),
-    "embedding": lambda **kw: EmbeddingCallback(layers=["net.2"], methods=["pca"], probe_size=12, linear_probe_folds=0, **kw),
+    "embedding": lambda **kw: EmbeddingCallback(
+        layers=["net.2"], methods=["pca"], probe_size=12, linear_probe_folds=0, **kw
+    ),
     "decoder_maps": lambda **kw: DecoderMapCallback(layer="net.2", probe_size=12, **kw),
 }
 
@@ -126,7 +137,13 @@ PROBES = {
 @pytest.mark.parametrize("name", list(PROBES))
 def test_an_unreadable_output_fails_at_fit_start_naming_output(tmp_path, name):
     model = AuxNet("maps_first")
-    with pytest.raises(ValueError, match="Expected the model to return logits of shape \\(N, K\\), but it returned tuple\\(Tensor\\[2, 8, 8, 8\\], Tensor\\[2, 3\\]\\)") as info:
+    with pytest.raises(
+        ValueError,
+        match=(
+            "Expected the model to return logits of shape \\(N, K\\), "
+            "but it returned tuple\\(Tensor\\[2, 8, 8, 8\\], Tensor\\[2, 3\\]\\)"
+        ),
+    ) as info:
         fit(tmp_path, model, [PROBES[name](strict=True)])
     assert HOW in str(info.value) and model.steps == 0 and count_hooks(model) == 0  # before the first epoch
 
@@ -140,14 +157,17 @@ def test_output_index_reads_the_logits_second(tmp_path, name):
 
 
 def test_output_is_checked_in_init():
-    with pytest.raises(ValueError, match="Expected `output` to be None, a key \\(str\\), an index \\(int\\) or a callable"):
+    with pytest.raises(
+        ValueError, match="Expected `output` to be None, a key \\(str\\), an index \\(int\\) or a callable"
+    ):
         CAMCallback(output=2.5)
     with pytest.raises(ValueError, match="Expected `reshape` to be a callable"):
         CAMCallback(reshape="tokens")
 
 
 class ViTModule(pl.LightningModule):
-    """A LightningModule around the small class-token ViT of tests/ops/test_cam_vit.py, returning ``(logits, tokens)``."""
+    """A LightningModule around the small class-token ViT of tests/ops/test_cam_vit.py, returning
+    ``(logits, tokens)``."""
 
     size = 16
 

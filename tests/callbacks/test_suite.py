@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import trainviz
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.hooks import count_hooks
-
-from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +37,9 @@ def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind):
     dm2 = ShapesDataModule(n_train=96, n_val=48, batch_size=32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a failing probe would warn: make it fail the test
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches|TensorBoard|tensorboardX).*")
+        warnings.filterwarnings(
+            "ignore", ".*(does not have many workers|number of training batches|TensorBoard|tensorboardX).*"
+        )
         probed, trainer = _fit(tmp_path / "probed", all_callbacks(kind), dm2, kind=kind)
     next_probed = torch.rand(4)
     for (name, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
@@ -54,7 +55,8 @@ def _callback_named(kind: str, name: str):
 
 # Every callback, on a demo model it applies to (the decoder-map callback needs the encoder-decoder).
 HYGIENE_CASES = [
-    ("classmap" if type(cb).__name__ == "DecoderMapCallback" else "cnn", type(cb).__name__) for cb in all_callbacks("classmap")
+    ("classmap" if type(cb).__name__ == "DecoderMapCallback" else "cnn", type(cb).__name__)
+    for cb in all_callbacks("classmap")
 ]
 
 
@@ -129,21 +131,31 @@ def test_resume_continues_the_same_series(tmp_path, tiny_dm):
     ckpt_dir = tmp_path / "ckpt"
     first = all_callbacks()
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(tmp_path, first + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=2, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path, first + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=2, enable_checkpointing=True
+    )
     trainer.fit(demo_model(), tiny_dm)
     ids_before = {type(cb).__name__: cb.probe.ids.tolist() for cb in first if isinstance(cb, ProbeCallback)}
 
     # A different data seed would draw a different probe set: the resumed run must keep the saved one.
     second = all_callbacks()
-    trainer = make_trainer(tmp_path, second + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=4, enable_checkpointing=True)
-    trainer.fit(demo_model(), ShapesDataModule(n_train=96, n_val=48, batch_size=32, seed=5), ckpt_path=str(ckpt_dir / "last.ckpt"))
+    trainer = make_trainer(
+        tmp_path, second + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=4, enable_checkpointing=True
+    )
+    trainer.fit(
+        demo_model(),
+        ShapesDataModule(n_train=96, n_val=48, batch_size=32, seed=5),
+        ckpt_path=str(ckpt_dir / "last.ckpt"),
+    )
     log_dir = Path(trainer.log_dir)
     for cb in second:
         if isinstance(cb, ProbeCallback):
             assert cb.probe.ids.tolist() == ids_before[type(cb).__name__]
             assert cb.done_epochs == [0, 1, 2, 3]
             assert _artifact_epochs(log_dir, cb.name) == [0, 1, 2, 3]
-    records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     runs = (log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()
     assert [json.loads(r)["start_epoch"] for r in runs] == [0, 2]
@@ -226,7 +238,9 @@ def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
     for cb in callbacks:
         if isinstance(cb, ProbeCallback):
             assert _artifact_epochs(log_dir, cb.name) == [0, 1]
-    records = [json.loads(l) for l in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (log_dir / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in records] == [0, 1]
     assert len((log_dir / "trainviz" / "manifest" / "runs.jsonl").read_text().splitlines()) == 1
     # every artifact write goes through a store that signs the folder once per writing process: rank 1 wrote none
@@ -261,7 +275,9 @@ def test_fast_dev_run_writes_nothing(tmp_path, tiny_dm, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cbs = all_callbacks()
     pl.seed_everything(0, verbose=False)
-    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=cbs, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", callbacks=cbs, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(demo_model(), tiny_dm)
     assert list(tmp_path.iterdir()) == []
     assert all(cb.failures == 0 for cb in cbs if isinstance(cb, ProbeCallback))
@@ -310,7 +326,9 @@ def test_probe_draw_does_not_consume_the_training_rng(tmp_path):
         model = demo_model()
         data = Flipping(48)
         make_trainer(root, callbacks, max_epochs=1).fit(
-            model, DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)), DataLoader(data, batch_size=16)
+            model,
+            DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)),
+            DataLoader(data, batch_size=16),
         )
         return model, torch.rand(3)
 
@@ -326,7 +344,12 @@ def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_agai
     ckpt_dir = tmp_path / "ckpt"
     pl.seed_everything(0, verbose=False)
     first = DynamicsCallback(probe_size=12)
-    trainer = make_trainer(tmp_path, [first, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, filename="{epoch}")], max_epochs=3, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path,
+        [first, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, filename="{epoch}")],
+        max_epochs=3,
+        enable_checkpointing=True,
+    )
     trainer.fit(demo_model(), tiny_dm)
     assert _artifact_epochs(tmp_path, "dynamics") == [0, 1, 2]
 
@@ -340,7 +363,10 @@ def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_agai
         trainer.fit(demo_model(), tiny_dm, ckpt_path=str(ckpt_dir / "epoch=0.ckpt"))
     second.sink.flush()
     assert _artifact_epochs(tmp_path, "dynamics") == [0]
-    records = [json.loads(l)["epoch"] for l in (tmp_path / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records == [0]
 
 
@@ -359,7 +385,9 @@ def test_default_callbacks_options():
 def test_full_suite_on_the_gpu(tmp_path, tiny_dm, precision):
     callbacks = all_callbacks()
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, accelerator="gpu", precision=precision, deterministic=False)
+    trainer = make_trainer(
+        tmp_path, callbacks, max_epochs=2, accelerator="gpu", precision=precision, deterministic=False
+    )
     trainer.fit(demo_model(), tiny_dm)
     for cb in callbacks:
         if isinstance(cb, ProbeCallback):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -19,14 +20,18 @@ from torchvision import transforms
 from torchvision.datasets import FakeData
 
 import trainviz
-from trainviz.core.budget import Scheduler
 from trainviz.callbacks.base import ProbeCallback
+from trainviz.core.budget import Scheduler
 from trainviz.ops.corruptions import corrupt
 
-from conftest import demo_model, make_trainer
-
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-ROBUST = dict(corruptions=["grayscale", "gaussian_blur_3x3", "gaussian_noise"], severities=[1], epsilons=[4 / 255], flip_max_steps=2, probe_size=16)
+ROBUST = dict(
+    corruptions=["grayscale", "gaussian_blur_3x3", "gaussian_noise"],
+    severities=[1],
+    epsilons=[4 / 255],
+    flip_max_steps=2,
+    probe_size=16,
+)
 
 
 class DictItems(Dataset):
@@ -48,7 +53,9 @@ class UserModule(pl.LightningModule):
 
     def __init__(self, classes: int = 4):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(8, classes)
 
     def forward(self, x):
@@ -70,8 +77,15 @@ def _pipeline(normalize: bool = True):
 
 
 def _loaders(normalize: bool = True):
-    train = DictItems(FakeData(size=48, image_size=(3, 16, 16), num_classes=4, transform=_pipeline(normalize), random_offset=0))
-    val = DictItems(Subset(FakeData(size=40, image_size=(3, 16, 16), num_classes=4, transform=_pipeline(normalize), random_offset=100), range(32)))
+    train = DictItems(
+        FakeData(size=48, image_size=(3, 16, 16), num_classes=4, transform=_pipeline(normalize), random_offset=0)
+    )
+    val = DictItems(
+        Subset(
+            FakeData(size=40, image_size=(3, 16, 16), num_classes=4, transform=_pipeline(normalize), random_offset=100),
+            range(32),
+        )
+    )
     return DataLoader(train, batch_size=16), DataLoader(val, batch_size=16)
 
 
@@ -93,7 +107,11 @@ def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(t
     assert inferred.norm_source == "transform" and inferred.norm.std == pytest.approx(STD)
     manifest = json.loads((tmp_path / "inferred" / "trainviz" / "manifest" / "manifest.json").read_text())
     (entry,) = manifest["probe_sets"].values()
-    assert entry["normalization"] == {"mean": pytest.approx(list(MEAN)), "std": pytest.approx(list(STD)), "source": "transform"}
+    assert entry["normalization"] == {
+        "mean": pytest.approx(list(MEAN)),
+        "std": pytest.approx(list(STD)),
+        "source": "transform",
+    }
 
     # The same numbers with the normalisation given explicitly.
     explicit = trainviz.RobustnessCallback(normalization=(MEAN, STD), **ROBUST)
@@ -124,7 +142,9 @@ def test_normalised_tensors_without_information_fail_before_the_first_epoch(tmp_
     class Net(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+            self.net = nn.Sequential(
+                nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)
+            )
             self.steps = 0
 
         def forward(self, x):
@@ -143,7 +163,9 @@ def test_normalised_tensors_without_information_fail_before_the_first_epoch(tmp_
         trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
     assert "default_callbacks(normalization=" in str(err.value) and model.steps == 0
     # given the mapping, the same data runs
-    trainer = make_trainer(tmp_path, [trainviz.RobustnessCallback(normalization=((0.5,) * 3, (0.2,) * 3), **ROBUST)], max_epochs=1)
+    trainer = make_trainer(
+        tmp_path, [trainviz.RobustnessCallback(normalization=((0.5,) * 3, (0.2,) * 3), **ROBUST)], max_epochs=1
+    )
     trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
 
 
@@ -176,7 +198,9 @@ def test_scheduler_credit_counts_training_not_probe_time():
 
 
 def test_robustness_rotates_corruptions_within_the_credit():
-    cb = trainviz.RobustnessCallback(corruptions=["grayscale", "channels_bgr", "gaussian_noise", "fog", "contrast"], severities=[1, 2])
+    cb = trainviz.RobustnessCallback(
+        corruptions=["grayscale", "channels_bgr", "gaussian_noise", "fog", "contrast"], severities=[1, 2]
+    )
     cb._costs = {"row": 1.0, "fgsm": 1.5, "flip": 100.0}
     seen = []
     for _ in range(3):
@@ -200,13 +224,17 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm):
     probes = [cb for cb in callbacks if isinstance(cb, ProbeCallback)]
     for cb in probes:
         assert cb.done_epochs[0] == 0 and cb.done_epochs[-1] == 3, (cb.name, cb.done_epochs)
-        assert cb.budget == pytest.approx(0.001 * trainviz.BUDGET_SHARES[cb.name] / sum(trainviz.BUDGET_SHARES[p.name] for p in probes))
+        assert cb.budget == pytest.approx(
+            0.001 * trainviz.BUDGET_SHARES[cb.name] / sum(trainviz.BUDGET_SHARES[p.name] for p in probes)
+        )
     manifest = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())
     ledgers = manifest["budget"]["callbacks"]
     assert set(ledgers) == {cb.name for cb in probes}
     assert any(skip["what"] == "run" for ledger in ledgers.values() for skip in ledger["skipped"])
     record = _records(tmp_path, "robustness")[-1]
-    assert record["schedule"]["rows"] <= record["schedule"]["of"] and record["schedule"]["budget"] == pytest.approx(probes[-1].budget)
+    assert record["schedule"]["rows"] <= record["schedule"]["of"] and record["schedule"]["budget"] == pytest.approx(
+        probes[-1].budget
+    )
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     assert "trainviz/budget/robustness/skipped" in acc.Tags()["scalars"]
@@ -226,7 +254,9 @@ def test_resume_with_a_validation_split_smaller_than_the_probe_size(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     first = trainviz.DynamicsCallback(probe_size=40)
-    trainer = make_trainer(tmp_path, [first, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=1, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path, [first, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=1, enable_checkpointing=True
+    )
     trainer.fit(demo_model(), ShapesDataModule(n_train=64, n_val=48, batch_size=32))
     second = trainviz.DynamicsCallback(probe_size=40)
     trainer = make_trainer(tmp_path, [second], max_epochs=2, enable_checkpointing=True)
@@ -268,7 +298,10 @@ def test_yaml_takes_a_mean_std_pair_and_a_budget(tmp_path, monkeypatch):
         "trainer:\n  callbacks:\n    - class_path: trainviz.RobustnessCallback\n      init_args:\n"
         "        normalization: [[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]\n        budget: 0.05\n"
     )
-    cli = main(args=["--config", str(config), "--model", "trainviz.models.DemoClassifier", "--trainer.logger", "false"], run=False)
+    cli = main(
+        args=["--config", str(config), "--model", "trainviz.models.DemoClassifier", "--trainer.logger", "false"],
+        run=False,
+    )
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, trainviz.RobustnessCallback)]
     assert cb.normalization == Normalization((0.5,) * 3, (0.25,) * 3) and cb.budget == 0.05
 
@@ -276,9 +309,11 @@ def test_yaml_takes_a_mean_std_pair_and_a_budget(tmp_path, monkeypatch):
 def test_shared_writers_are_closed_after_the_fit_and_a_second_fit_gets_new_ones(tmp_path, tiny_dm):
     from trainviz.callbacks import base
 
-    for run in range(2):  # the same folder, twice in one process
+    for _run in range(2):  # the same folder, twice in one process
         callbacks = [trainviz.DynamicsCallback(probe_size=8), trainviz.RunManifestCallback()]
-        make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1, logger=False, default_root_dir=str(tmp_path)).fit(demo_model(), tiny_dm)
+        make_trainer(
+            tmp_path, callbacks, max_epochs=1, limit_train_batches=1, logger=False, default_root_dir=str(tmp_path)
+        ).fit(demo_model(), tiny_dm)
         assert os.path.abspath(str(tmp_path)) not in base._SHARED  # released by the last callback's teardown
         background = callbacks[0].sink.background
         assert background._thread is None  # its writer thread was closed

@@ -9,8 +9,8 @@ from torchvision import transforms
 from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
-from trainviz.data import Normalization
 from trainviz.core.pixels import as_normalization, check_pixel_range, find_normalization, resolve_normalization
+from trainviz.data import Normalization
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -23,7 +23,9 @@ def _fake(transform):
     "pipeline",
     [
         transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
-        transforms.Compose([transforms.Compose([transforms.Resize(8), transforms.ToTensor()]), transforms.Normalize(MEAN, STD)]),
+        transforms.Compose(
+            [transforms.Compose([transforms.Resize(8), transforms.ToTensor()]), transforms.Normalize(MEAN, STD)]
+        ),
         v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(MEAN), list(STD))]),
         torch.nn.Sequential(transforms.Normalize(MEAN, STD)),
     ],

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from trainviz.data import DigitsDataModule, ShapesDataModule, make_shapes
 from trainviz.core.probeset import ProbeSet, stratified_indices
+from trainviz.data import DigitsDataModule, ShapesDataModule, make_shapes
 
 
 def test_stratified_and_deterministic():

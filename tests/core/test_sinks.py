@@ -55,8 +55,8 @@ def test_background_writer_order_flush_and_failure_warns_once():
 
 
 def test_sink_writes_tensorboard_and_artifacts(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "tb"))
     sink = Sink("demo", writer, ArtifactStore(tmp_path / "art"), BackgroundWriter())

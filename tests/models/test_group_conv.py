@@ -69,8 +69,11 @@ def leaves_in_forward_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module
 def test_seed003_decoder_is_zhangs_layer_for_layer():
     k = 7
     net = ClassMapNet(num_classes=k, decoder="seed003").eval()
-    ours = [m for m in leaves_in_forward_order(net.decoder, torch.randn(2, 512, 2, 2))
-            if not isinstance(m, (nn.Identity, nn.Flatten))]
+    ours = [
+        m
+        for m in leaves_in_forward_order(net.decoder, torch.randn(2, 512, 2, 2))
+        if not isinstance(m, (nn.Identity, nn.Flatten))
+    ]
     reference = zhang_decoder_layers(k)
     assert [type(m) for m in ours] == [type(m) for m in reference]
     for mine, zhang in zip(ours, reference, strict=True):

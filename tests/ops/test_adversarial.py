@@ -85,8 +85,10 @@ def test_preprocess_gradient_is_taken_in_pixel_space():
     inner = linear([[1.0, -2.0], [0.5, 1.5]], [0.1, 0.0])
     folded = linear(inner.weight.detach() / std, inner.bias.detach() - (inner.weight.detach() / std) @ mean)
     x, y = blobs(20, 2)
+
     def preprocess(p):
         return (p - mean) / std
+
     assert torch.equal(fgsm(inner, x, y, 0.03, preprocess=preprocess), fgsm(folded, x, y, 0.03))
     np.testing.assert_allclose(
         fgsm_accuracy(inner, x, y, [0.0, 0.1], preprocess=preprocess).numpy(),
@@ -165,8 +167,10 @@ def test_works_under_inference_mode():
     model = trained_logistic_regression(x, y, steps=50)
 
     def probes(x, y):
-        return fgsm(model, x, y, 0.05), fgsm_accuracy(model, x, y, [0.0, 0.05]), steps_to_flip(
-            model, x, y, step_size=1.0, max_steps=5
+        return (
+            fgsm(model, x, y, 0.05),
+            fgsm_accuracy(model, x, y, [0.0, 0.05]),
+            steps_to_flip(model, x, y, step_size=1.0, max_steps=5),
         )
 
     expected = probes(x, y)

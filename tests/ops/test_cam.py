@@ -42,23 +42,40 @@ def make_net(kind: str, seed: int = 0, inplace: bool = False) -> nn.Module:
         torch.manual_seed(seed)
         if kind == "plain":
             net = nn.Sequential(
-                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=inplace),
-                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(inplace=inplace),
-                nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(inplace=inplace),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.BatchNorm2d(8),
+                nn.ReLU(inplace=inplace),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                nn.ReLU(inplace=inplace),
+                nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                nn.ReLU(inplace=inplace),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(16, 5),
             )
         elif kind == "maxpool":
             net = nn.Sequential(
-                nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
-                nn.Conv2d(6, 12, 3), nn.ReLU(inplace=inplace),
-                nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(inplace=inplace),
-                nn.Flatten(), nn.Linear(12 * 8 * 8, 5),
+                nn.Conv2d(3, 6, 5, padding=2),
+                nn.ReLU(inplace=inplace),
+                nn.MaxPool2d(2),
+                nn.Conv2d(6, 12, 3),
+                nn.ReLU(inplace=inplace),
+                nn.Conv2d(12, 12, 3, padding=1),
+                nn.ReLU(inplace=inplace),
+                nn.Flatten(),
+                nn.Linear(12 * 8 * 8, 5),
             )
         elif kind == "residual":
             net = nn.Sequential(
-                nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(inplace=inplace),
-                Residual(8), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=inplace), Residual(8),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+                nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                nn.ReLU(inplace=inplace),
+                Residual(8),
+                nn.Conv2d(8, 8, 3, padding=1),
+                nn.ReLU(inplace=inplace),
+                Residual(8),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(8, 5),
             )
         else:
             raise AssertionError(kind)
@@ -126,7 +143,9 @@ def test_max_aggregate_scales_each_layer_at_its_own_resolution_first():
     net, x = make_net("plain"), images()
     names = LAYERS["plain"]
     result = grad_cam(net, x, names, 2, aggregate="max")
-    per_layer = [F.interpolate(minmax_scale(result.raw[n])[:, None], (SIZE, SIZE), mode="bilinear")[:, 0] for n in names]
+    per_layer = [
+        F.interpolate(minmax_scale(result.raw[n])[:, None], (SIZE, SIZE), mode="bilinear")[:, 0] for n in names
+    ]
     expected = minmax_scale(torch.stack(per_layer).amax(0))
     torch.testing.assert_close(result.aggregate, expected, atol=1e-6, rtol=0)
     mean = grad_cam(net, x, names, 2, aggregate="mean").aggregate
@@ -155,8 +174,15 @@ def test_cam_explains_when_it_does_not_apply():
         cam(net, images(), "6")
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        mlp_head = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+        mlp_head = nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 4),
+            nn.ReLU(),
+            nn.Linear(4, 3),
+        ).eval()
     with pytest.raises(ValueError, match="logits are not 6\\(global average pooling of 1\\)"):
         cam(mlp_head, images(), "1")
     with pytest.raises(ValueError, match="Expected `fc_layer` '0' to be an nn.Linear"):
@@ -168,7 +194,9 @@ def test_cam_explains_when_it_does_not_apply():
 # ------------------------------------------------------------------------------------------------
 def tiny_net() -> nn.Module:
     """x (1x2x2) -> 1x1 conv with weights [1, -1] -> ReLU (A) -> GAP -> linear W = [[1, 2], [3, -1]]."""
-    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False)
+    )
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
         net[4].weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
@@ -364,7 +392,7 @@ def test_guided_grad_cam_is_guided_backprop_times_the_map():
     torch.testing.assert_close(result.aggregate, grad_cam(net, x, names, 1).aggregate)
     torch.testing.assert_close(result.guided_grad_cam, result.guided * result.aggregate[:, None])
     with pytest.raises(ValueError, match="no guided backpropagation"):
-        grad_cam(net, x, names, 1).guided_grad_cam
+        _ = grad_cam(net, x, names, 1).guided_grad_cam
 
 
 def test_guided_warns_without_relu_modules():

@@ -54,7 +54,14 @@ class ViT(nn.Module):
     """``pool="cls"``: the head reads the class token; ``"mean"``: the mean of the patch tokens (no class
     token). ``blocks="prenorm"``: :class:`Block`; ``"postnorm"``: ``nn.TransformerEncoderLayer``."""
 
-    def __init__(self, pool: str = "cls", blocks: str = "prenorm", size: tuple[int, int] = (16, 16), patch: int = 4, dim: int = 16) -> None:
+    def __init__(
+        self,
+        pool: str = "cls",
+        blocks: str = "prenorm",
+        size: tuple[int, int] = (16, 16),
+        patch: int = 4,
+        dim: int = 16,
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
@@ -114,7 +121,9 @@ class FromGrid(nn.Module):
         return torch.cat([head, grid.flatten(2).transpose(1, 2)], 1)
 
 
-def captum_reference(net: nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor, h: int = 4, w: int = 4, skip: int = 1):
+def captum_reference(
+    net: nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor, h: int = 4, w: int = 4, skip: int = 1
+):
     """Captum's LayerGradCam on a copy of ``net`` whose ``layer`` is followed by ToGrid -> FromGrid."""
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -125,7 +134,9 @@ def captum_reference(net: nn.Module, layer: str, x: torch.Tensor, targets: torch
     setattr(parent, child, nn.Sequential(getattr(parent, child), to_grid, FromGrid()))
     torch.testing.assert_close(ref(x), net(x))  # the plumbing changes nothing
     raw = LayerGradCam(ref, to_grid).attribute(x, targets, relu_attributions=True)[0]
-    return raw[:, 0].detach(), LayerAttribution.interpolate(raw, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
+    return raw[:, 0].detach(), LayerAttribution.interpolate(raw, tuple(x.shape[-2:]), interpolate_mode="bilinear")[
+        :, 0
+    ].detach()
 
 
 def vit_reshape(h: int = 4, w: int = 4):
@@ -134,7 +145,9 @@ def vit_reshape(h: int = 4, w: int = 4):
     return partial(vit_reshape_transform, height=h, width=w)
 
 
-def pgc_maps(net: nn.Module, layers: list[str], x: torch.Tensor, targets: list[int], method: str = "gradcam", reshape=None) -> torch.Tensor:
+def pgc_maps(
+    net: nn.Module, layers: list[str], x: torch.Tensor, targets: list[int], method: str = "gradcam", reshape=None
+) -> torch.Tensor:
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -163,7 +176,10 @@ def test_tokens_to_grid_drops_the_class_token_and_keeps_row_major_order():
 # ------------------------------------------------------------------------------------------------
 # references
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("pool", "blocks", "layer"), [("cls", "prenorm", "blocks.1.norm1"), ("cls", "postnorm", "blocks.0"), ("mean", "prenorm", "blocks.1")])
+@pytest.mark.parametrize(
+    ("pool", "blocks", "layer"),
+    [("cls", "prenorm", "blocks.1.norm1"), ("cls", "postnorm", "blocks.0"), ("mean", "prenorm", "blocks.1")],
+)
 def test_grad_cam_on_tokens_matches_captum_on_a_grid_layer(pool, blocks, layer):
     net, x = make_vit(pool, blocks), images()
     targets = torch.tensor([0, 1, 4, 2])
@@ -219,9 +235,17 @@ def test_gradient_is_taken_at_the_token_layer_then_reshaped():
     finally:
         handle.remove()
     (g,) = torch.autograd.grad(logits[0, 2] + logits[1, 3], acts["t"])
-    assert p.activations["blocks.1.norm1"].shape == (2, 16, 4, 4) and p.gradients["blocks.1.norm1"].shape == (1, 2, 16, 4, 4)
+    assert p.activations["blocks.1.norm1"].shape == (2, 16, 4, 4) and p.gradients["blocks.1.norm1"].shape == (
+        1,
+        2,
+        16,
+        4,
+        4,
+    )
     torch.testing.assert_close(p.gradients["blocks.1.norm1"][0], g[:, 1:].transpose(1, 2).reshape(2, 16, 4, 4))
-    torch.testing.assert_close(p.activations["blocks.1.norm1"], acts["t"][:, 1:].detach().transpose(1, 2).reshape(2, 16, 4, 4))
+    torch.testing.assert_close(
+        p.activations["blocks.1.norm1"], acts["t"][:, 1:].detach().transpose(1, 2).reshape(2, 16, 4, 4)
+    )
 
 
 def test_reshape_for_a_non_square_grid_matches_pytorch_grad_cam():
@@ -309,6 +333,7 @@ def test_auto_with_a_custom_reshape_and_without_a_patch_embedding():
     net, x = Unfolded().eval(), images()
     # the last module returning the last token tensor, as for CNNs (the container, whose output is blocks.1's)
     assert find_last_spatial_layer(net, x[:1]) == "blocks"
+
     def column_major(t: torch.Tensor) -> torch.Tensor:  # a layout of its own: tokens in column-major order
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], 4, 4).transpose(2, 3)
 
@@ -322,7 +347,13 @@ def test_auto_with_a_custom_reshape_and_without_a_patch_embedding():
 
 def test_auto_on_cnns_is_unchanged():
     net = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
     ).eval()
     assert resolve_layer(net, "auto", torch.rand(1, 3, 8, 8))[0] == "3"
     with pytest.raises(ValueError, match="found no module with a 4-D"):
@@ -332,4 +363,6 @@ def test_auto_on_cnns_is_unchanged():
 def test_token_maps_resize_like_grid_maps():
     net, x = make_vit(), images(2)
     result = grad_cam(net, x, "blocks.1.norm1", 0)
-    torch.testing.assert_close(result.maps["blocks.1.norm1"], resize_maps(minmax_scale(result.raw["blocks.1.norm1"]), (16, 16)))
+    torch.testing.assert_close(
+        result.maps["blocks.1.norm1"], resize_maps(minmax_scale(result.raw["blocks.1.norm1"]), (16, 16))
+    )

@@ -68,7 +68,9 @@ def test_logits_and_maps_match_the_models_own_forward_in_batches():
 def test_logits_and_maps_reject_a_layer_without_one_map_per_class():
     net = ClassMapNet(num_classes=5, encoder="small").eval()
     x = torch.randn(2, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"layer 'encoder' to output per-class maps \(N, K, H, W\) with K = 5.*\(2, 64, 4"):
+    with pytest.raises(
+        ValueError, match=r"layer 'encoder' to output per-class maps \(N, K, H, W\) with K = 5.*\(2, 64, 4"
+    ):
         logits_and_maps(net, "encoder", x)
     with pytest.raises(ValueError, match="Closest matches: 'decoder.class_maps'"):
         logits_and_maps(net, "decoder.class_map", x)

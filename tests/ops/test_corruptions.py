@@ -116,8 +116,9 @@ def test_opencv_sigma_zero_is_a_fixed_kernel_not_the_sigma_rule():
     for k in (1, 3, 5, 7):
         kernel = cv2.getGaussianKernel(k, 0)
         r = k // 2
-        np.testing.assert_allclose(gaussian_blur(delta, k)[0, 0, 4 - r : 5 + r, 4 - r : 5 + r].numpy(),
-                                   kernel @ kernel.T, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            gaussian_blur(delta, k)[0, 0, 4 - r : 5 + r, 4 - r : 5 + r].numpy(), kernel @ kernel.T, rtol=0, atol=1e-7
+        )
     np.testing.assert_allclose(cv2.getGaussianKernel(3, 0).ravel(), [0.25, 0.5, 0.25])
     x = _random_image("float32")
     for k, rule in ((3, 0.8), (5, 1.1)):
@@ -368,9 +369,7 @@ def test_defocus_blur_matches_make_cifar_c_with_opencv():
         disk = np.array((X**2 + Y**2) <= radius**2, dtype=np.float32)
         disk /= disk.sum()
         kernel = cv2.GaussianBlur(disk, ksize=(3, 3), sigmaX=alias)
-        ref = np.stack(
-            [np.stack([cv2.filter2D(img[c], -1, kernel) for c in range(3)]) for img in x.numpy()]
-        ).clip(0, 1)
+        ref = np.stack([np.stack([cv2.filter2D(img[c], -1, kernel) for c in range(3)]) for img in x.numpy()]).clip(0, 1)
         np.testing.assert_allclose(corrupt(x, "defocus_blur", severity).numpy(), ref, atol=2e-6)
 
 
@@ -461,7 +460,7 @@ def test_glass_blur_severity_1_only_permutes_pixels_locally():
 def test_motion_kernel_is_imagemagicks():
     k = blur._motion_kernels(6, 1.5, torch.tensor([0.0, 90.0]))
     width = 13
-    w = np.exp(-np.arange(width) ** 2 / (2 * 1.5**2))
+    w = np.exp(-(np.arange(width) ** 2) / (2 * 1.5**2))
     w /= w.sum()
     centre = width - 1
     np.testing.assert_allclose(k[0, centre, centre:].numpy(), w)  # angle 0: trail along +x

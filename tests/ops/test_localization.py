@@ -162,11 +162,22 @@ def test_no_trace_on_model_or_global_rng():
         (lambda m, k: pointing_game(m, k[:3]), "Expected `masks` with 4 items of size \\(6, 6\\)"),
         (lambda m, k: pointing_game(m, k, tolerance=-1), "Expected `tolerance` to be a non-negative int"),
         (lambda m, k: energy_pointing_game(m, k[:, :5]), "Expected `masks` with 4 items"),
-        (lambda m, k: deletion_curve(Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4, dtype=torch.long), steps=0),
-         "Expected `steps` to be a positive int"),
-        (lambda m, k: confidence_change(Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4)), "Expected integer `targets`"),
-        (lambda m, k: confidence_change(Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4, dtype=torch.long), batch_size=0),
-         "Expected `batch_size` to be a positive int"),
+        (
+            lambda m, k: deletion_curve(
+                Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4, dtype=torch.long), steps=0
+            ),
+            "Expected `steps` to be a positive int",
+        ),
+        (
+            lambda m, k: confidence_change(Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4)),
+            "Expected integer `targets`",
+        ),
+        (
+            lambda m, k: confidence_change(
+                Quadrant(), torch.rand(4, 1, 6, 6), m, torch.ones(4, dtype=torch.long), batch_size=0
+            ),
+            "Expected `batch_size` to be a positive int",
+        ),
         (lambda m, k: map_correlation(m, m[:2]), "same shape"),
     ],
 )

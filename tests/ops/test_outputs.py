@@ -13,11 +13,11 @@ from torch import nn
 
 from trainviz.core.hooks import capture, count_hooks
 from trainviz.core.layers import list_layers, resolve_layer, resolve_layers
+from trainviz.core.outputs import LogitsModel, as_logits_model, check_output_spec, describe_output, to_logits, unwrap
 from trainviz.ops.adversarial import fgsm_accuracy
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.class_maps import logits_and_maps
 from trainviz.ops.predict import predict_logits
-from trainviz.core.outputs import LogitsModel, as_logits_model, check_output_spec, describe_output, to_logits, unwrap
 
 HOW = "pass `output=` to the callback (or `default_callbacks(output=...)`): a key, an index or a callable"
 L = torch.arange(6.0).reshape(2, 3)
@@ -39,7 +39,15 @@ Pair = namedtuple("Pair", ["aux", "scores"])
 
 @pytest.mark.parametrize(
     "out",
-    [L, (L, AUX), [L, AUX], (L,), ModelOutput(loss=torch.tensor(1.0), logits=L), SimpleNamespace(logits=L, hidden=AUX), {"aux": AUX, "logits": L}],
+    [
+        L,
+        (L, AUX),
+        [L, AUX],
+        (L,),
+        ModelOutput(loss=torch.tensor(1.0), logits=L),
+        SimpleNamespace(logits=L, hidden=AUX),
+        {"aux": AUX, "logits": L},
+    ],
     ids=["tensor", "tuple", "list", "1-tuple", "model-output", "attribute", "dict"],
 )
 def test_defaults_find_the_logits(out):
@@ -58,7 +66,16 @@ def test_defaults_find_the_logits(out):
         (SimpleNamespace(head=L), "head"),
         ({"head": (L, AUX)}, lambda out: out["head"][0]),
     ],
-    ids=["index", "negative-index", "list-index", "key", "model-output-key", "namedtuple-field", "attribute", "callable"],
+    ids=[
+        "index",
+        "negative-index",
+        "list-index",
+        "key",
+        "model-output-key",
+        "namedtuple-field",
+        "attribute",
+        "callable",
+    ],
 )
 def test_specs_pick_the_logits(out, spec):
     assert to_logits(out, spec) is L
@@ -89,7 +106,9 @@ def test_errors_say_what_the_model_returned_and_how_to_pass_output(out, spec, me
 
 @pytest.mark.parametrize("bad", [1.5, True, "", ["logits"], b"logits"])
 def test_spec_type_is_checked(bad):
-    with pytest.raises(ValueError, match="Expected `output` to be None, a key \\(str\\), an index \\(int\\) or a callable"):
+    with pytest.raises(
+        ValueError, match="Expected `output` to be None, a key \\(str\\), an index \\(int\\) or a callable"
+    ):
         check_output_spec(bad)
     with pytest.raises(ValueError, match="Expected `output`"):
         LogitsModel(nn.Identity(), bad)
@@ -110,7 +129,13 @@ class TupleNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 4)
         self.aux = nn.Linear(8, 2)
@@ -137,7 +162,9 @@ def images(n: int = 4) -> torch.Tensor:
 def test_layer_names_parameters_and_modes_are_the_models_own():
     net = tuple_net()
     model = LogitsModel(net, 0)
-    assert list_layers(model) == list_layers(net) and list(dict(model.named_modules())) == list(dict(net.named_modules()))
+    assert list_layers(model) == list_layers(net) and list(dict(model.named_modules())) == list(
+        dict(net.named_modules())
+    )
     assert [id(p) for p in model.parameters()] == [id(p) for p in net.parameters()]
     assert resolve_layer(model, "features.3")[1] is net.features[3]
     assert resolve_layers(model, "auto", images(1)) == {"features": net.features}  # the CNN rule on the real tree
@@ -169,7 +196,9 @@ def test_grad_cam_through_the_wrapper_matches_captum_on_the_tuple_model(spec):
     net, x = tuple_net(), images()
     targets = torch.tensor([0, 3, 1, 2])
     result = grad_cam(LogitsModel(net, spec), x, "features.3", targets)
-    reference = LayerGradCam(lambda inp: net(inp)[0], net.features[3]).attribute(x, targets, relu_attributions=True)[:, 0]
+    reference = LayerGradCam(lambda inp: net(inp)[0], net.features[3]).attribute(x, targets, relu_attributions=True)[
+        :, 0
+    ]
     assert reference.abs().amax() > 0
     torch.testing.assert_close(result.raw["features.3"], reference.detach(), atol=1e-5, rtol=1e-4)
     assert count_hooks(net) == 0 and all(p.grad is None for p in net.parameters())
@@ -187,7 +216,9 @@ def test_cam_fc_layer_and_guided_see_the_real_tree():
     with torch.no_grad():
         a = net.features(x)
     expected = torch.einsum("c,nchw->nhw", net.fc.weight[0].detach(), a).clamp_min(0)  # CAM by hand
-    torch.testing.assert_close(cam(model, x, "features.4", 0, fc_layer="fc").raw["features.4"], expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        cam(model, x, "features.4", 0, fc_layer="fc").raw["features.4"], expected, atol=1e-4, rtol=1e-5
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the ReLU modules are found through the wrapper: no "no nn.ReLU" warning
         guided = guided_backprop(model, x, 0)

@@ -18,8 +18,17 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=15000",
 ]
 
 _PROBE = """<script>
@@ -79,7 +88,9 @@ def load(page: Path, screenshot: Path | None = None, size: tuple[int, int] = (12
             if screenshot is not None:
                 shot = subprocess.run(
                     [*args, f"--window-size={size[0]},{size[1]}", f"--screenshot={screenshot}", probed.as_uri()],
-                    capture_output=True, text=True, timeout=120,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
                 )
                 console += [line for line in shot.stderr.splitlines() if ":CONSOLE" in line]
     finally:

@@ -8,9 +8,9 @@ import json
 import subprocess
 import sys
 
+import handmade
 import pytest
 
-import handmade
 from trainviz.cli import main
 from trainviz.report import (
     HIGHER_IS_BETTER,
@@ -22,10 +22,30 @@ from trainviz.report import (
 )
 
 # by hand, from the module's table: what a CI gate may assume about each kind of metric
-HIGHER = ["clean_accuracy", "corruption_accuracy", "corruption_accuracy/fog", "corruption_accuracy/fog/s3",
-          "fgsm_accuracy@0.0157", "flip_steps_mean", "flip_never_fraction", "cam_shift", "cam_shift/fog"]
-LOWER = ["mce", "relative_mce", "ce/fog", "relative_ce/fog", "clean_ece", "corruption_ece", "corruption_ece/fog",
-         "clean_nll", "corruption_nll", "corruption_flip_rate", "corruption_flip_rate/fog"]
+HIGHER = [
+    "clean_accuracy",
+    "corruption_accuracy",
+    "corruption_accuracy/fog",
+    "corruption_accuracy/fog/s3",
+    "fgsm_accuracy@0.0157",
+    "flip_steps_mean",
+    "flip_never_fraction",
+    "cam_shift",
+    "cam_shift/fog",
+]
+LOWER = [
+    "mce",
+    "relative_mce",
+    "ce/fog",
+    "relative_ce/fog",
+    "clean_ece",
+    "corruption_ece",
+    "corruption_ece/fog",
+    "clean_nll",
+    "corruption_nll",
+    "corruption_flip_rate",
+    "corruption_flip_rate/fog",
+]
 NONE = ["epoch", "clean_confidence", "corruption_confidence"]
 
 
@@ -71,7 +91,10 @@ def test_check_bounds_each_direction_passes_and_fails():
 
 def test_fail_under_passes_and_fails_on_higher_is_better_metrics(run, capsys):
     # clean accuracy 15 / 20, fog at severity 3 8 / 20, FGSM at 2/255 5 / 20 (handmade's counts)
-    assert report(run, "--fail-under", "clean_accuracy=0.7", "corruption_accuracy/fog/s3=0.4", "fgsm_accuracy@0.0078=0.2") == 0
+    assert (
+        report(run, "--fail-under", "clean_accuracy=0.7", "corruption_accuracy/fog/s3=0.4", "fgsm_accuracy@0.0078=0.2")
+        == 0
+    )
     assert "3 bound(s) hold" in capsys.readouterr().out
     assert report(run, "--fail-under", "clean_accuracy=0.8") == 1
     assert "FAIL clean_accuracy = 0.75 is below 0.8" in capsys.readouterr().err
@@ -120,8 +143,12 @@ def test_unknown_metrics_list_close_matches(run, capsys):
 
 def test_exit_codes_of_the_command_as_a_process(run):
     def exit_code(*args):
-        done = subprocess.run([sys.executable, "-m", "trainviz.cli", "report", str(run), *args],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "trainviz.cli", "report", str(run), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return done.returncode, done.stderr
 
     code, err = exit_code("--fail-under", "clean_accuracy=0.7", "--fail-over", "mce=0.4")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
+import handmade
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-import handmade
 from trainviz.report import build_report, proportion_interval, report_summary, summary_from_record
 
 
@@ -35,7 +35,9 @@ def test_summary_intervals_equal_scipy_for_the_records_counts(tmp_path):
         assert summary["intervals"][key] == pytest.approx(ci, abs=1e-12), key
     assert summary["intervals"]["fgsm_accuracy@0.0157"][0] == 0.0  # k = 0
     # the metrics themselves are unchanged, at the top level
-    assert {k: v for k, v in summary.items() if k not in ("intervals", "probe")} == pytest.approx(summary_from_record(handmade.record()))
+    assert {k: v for k, v in summary.items() if k not in ("intervals", "probe")} == pytest.approx(
+        summary_from_record(handmade.record())
+    )
 
 
 @pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 24), (24, 24), (7, 24), (48, 64), (1, 3), (63, 64), (500, 1000)])
@@ -45,8 +47,12 @@ def test_proportion_interval_equals_scipy(k, n):
 
 def test_the_low_count_flag_is_for_classes_under_10_images(tmp_path):
     text, summary = built(tmp_path)
-    assert summary["probe"] == {"n": 20, "class_counts": {"disc": 12, "square": 8}, "low_count_classes": ["square"],
-                                "low_count_threshold": 10}
+    assert summary["probe"] == {
+        "n": 20,
+        "class_counts": {"disc": 12, "square": 8},
+        "low_count_classes": ["square"],
+        "low_count_threshold": 10,
+    }
     assert '<p class="note low-count">\u2020 fewer than 10 probe images: square (8);' in text
     assert '"square \\u2020"' in text and '"disc \\u2020"' not in text  # the marker on the figure's axis label
 
@@ -77,7 +83,9 @@ def test_an_old_record_without_counts_still_builds_without_intervals(tmp_path):
     assert summary == pytest.approx(summary_from_record(handmade.record()))
     assert "95% CI" not in text and "95% Wilson" not in text and "low-count" not in text.split("</style>")[1]
     assert "no probe counts" in text
-    assert text.count('class="plot" data-figure=') == 7  # heat map, 3 curves, class drops, calibration bars, FGSM: all drawn
+    assert (
+        text.count('class="plot" data-figure=') == 7
+    )  # heat map, 3 curves, class drops, calibration bars, FGSM: all drawn
 
 
 def test_the_torch_twin_agrees(tmp_path):

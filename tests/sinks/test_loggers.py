@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+from conftest import demo_model
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
 import trainviz
-
-from conftest import demo_model
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
@@ -48,7 +47,9 @@ def wandb_rows(run_file: str) -> tuple[list[dict], list]:
         record.ParseFromString(chunk)
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "metric":
             metrics.append((record.metric.name or record.metric.glob_name, record.metric.step_metric))
     return rows, metrics
@@ -61,7 +62,11 @@ def fitted(tmp_path_factory):
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root)}.items():
         mp.setenv(key, value)
     uri = f"sqlite:///{root}/mlflow.db"
-    loggers = [WandbLogger(save_dir=str(root), offline=True, project="trainviz-test"), MLFlowLogger("t", tracking_uri=uri), CSVLogger(str(root), name="csv")]
+    loggers = [
+        WandbLogger(save_dir=str(root), offline=True, project="trainviz-test"),
+        MLFlowLogger("t", tracking_uri=uri, artifact_location=str(root / "mlflow-artifacts")),
+        CSVLogger(str(root), name="csv"),
+    ]
     callbacks = [
         trainviz.DynamicsCallback(probe_size=24),
         trainviz.CAMCallback(probe_size=12, deletion_steps=2),
@@ -71,8 +76,14 @@ def fitted(tmp_path_factory):
     from trainviz.data import ShapesDataModule
 
     trainer = pl.Trainer(
-        max_epochs=3, callbacks=callbacks, logger=loggers, enable_progress_bar=False, enable_checkpointing=False,
-        default_root_dir=str(root), limit_train_batches=2, accelerator="cpu",
+        max_epochs=3,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+        limit_train_batches=2,
+        accelerator="cpu",
     )
     trainer.fit(demo_model(), ShapesDataModule(n_train=64, n_val=48, batch_size=32))
     loggers[0].experiment.finish()  # as a script's end does: W&B commits its last history row then
@@ -86,7 +97,10 @@ def test_wandb_gets_scalars_on_an_epoch_axis_and_captioned_images(fitted):
     assert ("trainviz/*", "epoch") in metrics  # the x-axis declared with define_metric
     accuracy = [(r["epoch"], r["trainviz/dynamics/accuracy"]) for r in rows if "trainviz/dynamics/accuracy" in r]
     assert [e for e, _ in accuracy] == [0, 1, 2]
-    records = [json.loads(line) for line in (fitted["root"] / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (fitted["root"] / "trainviz" / "dynamics" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [a for _, a in accuracy] == pytest.approx([r["accuracy"] for r in records])
     images = [r for r in rows if "trainviz/dynamics/confusion_matrix/filenames" in r]
     assert [r["epoch"] for r in images] == [0, 1, 2]

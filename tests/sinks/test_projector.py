@@ -57,7 +57,11 @@ def write_epochs(log_dir, epochs, n=30, dim=5, writer=None):
     tensors = {}
     for e in epochs:
         tensors[e] = rng.normal(size=(n, dim)).astype(np.float32)
-        meta = {"id": list(range(n)), "label": [f"class {i % 3}" for i in range(n)], "correct": [i % 2 == 0 for i in range(n)]}
+        meta = {
+            "id": list(range(n)),
+            "label": [f"class {i % 3}" for i in range(n)],
+            "correct": [i % 2 == 0 for i in range(n)],
+        }
         writer.add_epoch(e, {f"fc@epoch{e}": tensors[e]}, meta)
     return writer, tensors
 
@@ -86,14 +90,20 @@ def test_tensorboard_serves_tensors_metadata_and_sprite_and_a_new_writer_keeps_e
     assert sprite.size == (6 * 8, 6 * 8)  # ceil(sqrt(30)) = 6 tiles a side
     np.testing.assert_array_equal(np.asarray(sprite)[8:16, 0:8], images[6])  # row 1, column 0
     entry = info["embeddings"][1]
-    assert [int(v) for v in entry["tensorShape"]] == [30, 5] and [int(v) for v in entry["sprite"]["singleImageDim"]] == [8, 8]
+    assert [int(v) for v in entry["tensorShape"]] == [30, 5] and [
+        int(v) for v in entry["sprite"]["singleImageDim"]
+    ] == [8, 8]
 
 
 def test_merge_keeps_order_and_replaces_an_entry_of_the_same_name(tmp_path):
     from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo
 
-    merge_projector_config(tmp_path, [EmbeddingInfo(tensor_name="a", tensor_path="a.tsv"), EmbeddingInfo(tensor_name="b")])
-    merged = merge_projector_config(tmp_path, [EmbeddingInfo(tensor_name="a", tensor_path="a2.tsv"), EmbeddingInfo(tensor_name="c")])
+    merge_projector_config(
+        tmp_path, [EmbeddingInfo(tensor_name="a", tensor_path="a.tsv"), EmbeddingInfo(tensor_name="b")]
+    )
+    merged = merge_projector_config(
+        tmp_path, [EmbeddingInfo(tensor_name="a", tensor_path="a2.tsv"), EmbeddingInfo(tensor_name="c")]
+    )
     assert [(e.tensor_name, e.tensor_path) for e in merged.embeddings] == [("a", "a2.tsv"), ("b", ""), ("c", "")]
     assert read_projector_config(tmp_path) == merged
     assert [p.name for p in tmp_path.iterdir()] == [CONFIG_NAME]  # written atomically: no temporary file left

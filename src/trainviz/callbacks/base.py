@@ -25,15 +25,15 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.core.budget import Scheduler, check_budget
-from trainviz.core.threads import contention
 from trainviz.core.checks import check_choice, check_int, check_positive_int
-from trainviz.data.base import Normalization
-from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
-from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
-from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.common import WarnOnce, example_indices
+from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.core.layers import resolve_layers
+from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
+from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
+from trainviz.core.threads import contention
+from trainviz.data.base import Normalization
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
 from trainviz.sinks.loggers import logger_backends
 
@@ -159,10 +159,12 @@ class ProbeCallback(Callback):
         if log_name is not None:
             if not isinstance(log_name, str) or not log_name or "/" in log_name:
                 raise ValueError(f"Expected `log_name` to be a non-empty string without '/', got {log_name!r}.")
-            self.name = log_name
+            self.name = log_name  # type: ignore[misc]  # an instance's own name
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
         self._default_size = probe_size is None
-        self.probe_size = self.default_probe_size if probe_size is None else check_positive_int("probe_size", probe_size)
+        self.probe_size = (
+            self.default_probe_size if probe_size is None else check_positive_int("probe_size", probe_size)
+        )
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.probe_seed = check_int("probe_seed", probe_seed)
         self.split = check_choice("split", split, ("val", "train"))
@@ -193,7 +195,12 @@ class ProbeCallback(Callback):
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
         """Arguments that distinguish two instances of the callback (subclasses extend)."""
-        return {"name": self.name, "every_n_epochs": self.every_n_epochs, "probe_size": self.probe_size, "probe_seed": self.probe_seed}
+        return {
+            "name": self.name,
+            "every_n_epochs": self.every_n_epochs,
+            "probe_size": self.probe_size,
+            "probe_seed": self.probe_seed,
+        }
 
     @property
     @override
@@ -259,7 +266,9 @@ class ProbeCallback(Callback):
         class_names = getattr(trainer.datamodule, "class_names", None)
         with preserve_rng():  # reading items may run random augmentations: keep the training stream
             torch.manual_seed(self.probe_seed)
-            self.probe = ProbeSet.from_dataset(source, self._probe_size_for(source), self.probe_seed, class_names=class_names)
+            self.probe = ProbeSet.from_dataset(
+                source, self._probe_size_for(source), self.probe_seed, class_names=class_names
+            )
 
     def _resolve_normalization(self, trainer: pl.Trainer, source: Any) -> None:
         """``self.norm`` and ``self.norm_source`` (see :func:`trainviz.core.pixels.resolve_normalization`), checked on
@@ -296,7 +305,11 @@ class ProbeCallback(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
             # fast_dev_run: probes still run (their errors show) but nothing is written
-            self.sink = Sink(self.name, None, None, BackgroundWriter()) if trainer.fast_dev_run else make_sink(trainer, self.name, log_dir, self)
+            self.sink = (
+                Sink(self.name, None, None, BackgroundWriter())
+                if trainer.fast_dev_run
+                else make_sink(trainer, self.name, log_dir, self)
+            )
             if self.budget is not None and not trainer.fast_dev_run:
                 self._budget_sink = make_sink(trainer, "budget", log_dir, self)
 
@@ -480,7 +493,9 @@ class ProbeCallback(Callback):
             except Exception as err:
                 if self.strict:
                     raise
-                warnings.warn(f"trainviz: {type(self).__name__} fit-end summary failed: {type(err).__name__}: {err}", stacklevel=2)
+                warnings.warn(
+                    f"trainviz: {type(self).__name__} fit-end summary failed: {type(err).__name__}: {err}", stacklevel=2
+                )
             if self.scheduler is not None:  # fit-end work counts against the budget too
                 self.scheduler.charge(self.name, time.perf_counter() - start, foreground=True)
         self._flush()

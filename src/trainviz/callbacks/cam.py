@@ -182,8 +182,19 @@ class CAMCallback(ProbeCallback):
     # setup and running -----------------------------------------------------------------------------
     def _config(self, layers: dict[str, torch.nn.Module]) -> CAMConfig:
         return CAMConfig(
-            layers, self.method, self.aggregate, self.target, self.guided, self.fc_layer, self.deletion_steps,
-            self.pointing_tolerance, self.n_grid, self.n_tracked, self.max_strip, self.batch_size, self.reshape,
+            layers,
+            self.method,
+            self.aggregate,
+            self.target,
+            self.guided,
+            self.fc_layer,
+            self.deletion_steps,
+            self.pointing_tolerance,
+            self.n_grid,
+            self.n_tracked,
+            self.max_strip,
+            self.batch_size,
+            self.reshape,
             self.norm,
         )
 

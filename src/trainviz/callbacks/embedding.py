@@ -131,8 +131,16 @@ class EmbeddingCallback(ProbeCallback):
         super().__init__(probe_size=probe_size or _DEFAULT_POINTS, batch_size=batch_size, **kwargs)
         self.requested_probe_size = probe_size
         self.layers = check_layers("layers", layers)
-        self.config = EmbeddingConfig(methods, max_dim, n_neighbors, perplexity, linear_probe_folds, save_features,
-                                      self.probe_seed % 2**32, self.batch_size)
+        self.config = EmbeddingConfig(
+            methods,  # type: ignore[arg-type]  # checked by EmbeddingConfig
+            max_dim,
+            n_neighbors,
+            perplexity,
+            linear_probe_folds,
+            save_features,
+            self.probe_seed % 2**32,
+            self.batch_size,
+        )
         self.methods = self.config.methods
         self.slow_every_k = check_int("slow_every_k", slow_every_k, minimum=1)
         self.aligned_umap_at_end = check_bool("aligned_umap_at_end", aligned_umap_at_end)
@@ -212,7 +220,12 @@ class EmbeddingCallback(ProbeCallback):
             images, model = self.device_probe(pl_module).images, self.logits_model(pl_module)
             with probe_guard(pl_module):
                 self._gathered[trainer.current_epoch] = capture_share(
-                    model, self._layers, images, self.config, trainer.global_rank, trainer.world_size,
+                    model,
+                    self._layers,
+                    images,
+                    self.config,
+                    trainer.global_rank,
+                    trainer.world_size,
                     trainer.strategy.all_gather,
                 )
         try:
@@ -235,8 +248,14 @@ class EmbeddingCallback(ProbeCallback):
         slow = any(m != "pca" for m in methods)
         # Under a budget a PCA-only run with the worker idle runs inline: a Python thread beside training holds
         # the GIL between its numpy calls (about 2.5 times its own time on 2 cores); the wait is counted.
-        self.worker.submit(epoch, partial(self._project, epoch, captured, methods), captured.nbytes, slow,
-                           self._charge_background, inline_when_idle=self.budget is not None and not slow)
+        self.worker.submit(
+            epoch,
+            partial(self._project, epoch, captured, methods),
+            captured.nbytes,
+            slow,
+            self._charge_background,
+            inline_when_idle=self.budget is not None and not slow,
+        )
 
     def _slow_due(self, trainer: pl.Trainer, epoch: int) -> bool:
         """UMAP/t-SNE are due every ``slow_every_k`` runs and at the last epoch; while the worker still runs an

@@ -19,14 +19,22 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, make_sink, release_sinks
-from trainviz.core.budget import _SCHEDULERS
+from trainviz.core.budget import Scheduler
 from trainviz.core.common import json_number
 
 __all__ = ["RunManifestCallback", "collect_manifest"]
 
 PACKAGES = (
-    "trainviz", "torch", "torchvision", "pytorch-lightning", "numpy", "scikit-learn", "umap-learn", "plotly",
-    "tensorboard", "kornia",
+    "trainviz",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "numpy",
+    "scikit-learn",
+    "umap-learn",
+    "plotly",
+    "tensorboard",
+    "kornia",
 )
 
 
@@ -71,9 +79,9 @@ def collect_manifest(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict
             "size": len(cb.probe),
             "seed": cb.probe_seed,
             "split": cb.split,
-            "normalization": None if cb.norm is None else {
-                "mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source
-            },
+            "normalization": None
+            if cb.norm is None
+            else {"mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source},
         }
         for cb in trainer.callbacks
         if isinstance(cb, ProbeCallback) and cb.probe is not None
@@ -190,7 +198,7 @@ class RunManifestCallback(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After every callback's fit-end run: what the overhead budget let run, and what it skipped.
-        scheduler = _SCHEDULERS.get(trainer)
+        scheduler = Scheduler.of(trainer)
         if self.manifest is None or scheduler is None or not trainer.is_global_zero:
             return
         self.manifest["budget"] = scheduler.summary()

@@ -126,7 +126,8 @@ class RobustnessCallback(ProbeCallback):
             raise ValueError(f"Expected `cam_reshape` to be {what}, got {cam_reshape!r}.")
         self.cam_layer, self.cam_reshape = cam_layer, cam_reshape
         self.n_examples = check_positive_int("n_examples", n_examples)
-        self.active, self.skipped = list(self.rows), {}  # the rows that apply to the data (setup)
+        self.skipped: dict[str, str] = {}  # corruptions that do not apply to the data, with the reason (setup)
+        self.active = list(self.rows)  # the rows that apply to the data (setup)
         self.reference_run: probes.Reference | None = None
         self._cam_layers: dict[str, Any] = {}
         self._cache = probes.CorruptionCache()
@@ -135,8 +136,15 @@ class RobustnessCallback(ProbeCallback):
 
     @override
     def _state_args(self) -> dict[str, Any]:
-        config = [self.rows, self.epsilons, self.flip_step_size, self.flip_max_steps, self.reference, self.cam_shift,
-                  self.cam_layer]
+        config = [
+            self.rows,
+            self.epsilons,
+            self.flip_step_size,
+            self.flip_max_steps,
+            self.reference,
+            self.cam_shift,
+            self.cam_layer,
+        ]
         return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
 
     @override
@@ -200,8 +208,15 @@ class RobustnessCallback(ProbeCallback):
             predict_logits(self.logits_model(pl_module), probe.images, self.batch_size)
             self._costs["row"] = time.perf_counter() - start
         left = self.plan["credit"] - (time.perf_counter() - self.plan["start"])
-        plan = probes.plan_parts(self.active, self._costs, left, self._rotation, epsilons=len(self.epsilons),
-                                 flip_max_steps=self.flip_max_steps, cam_shift=self.cam_shift)
+        plan = probes.plan_parts(
+            self.active,
+            self._costs,
+            left,
+            self._rotation,
+            epsilons=len(self.epsilons),
+            flip_max_steps=self.flip_max_steps,
+            cam_shift=self.cam_shift,
+        )
         self._rotation = plan.rotation
         if plan.skipped:
             self._skip(epoch, "parts", f"not in the credit of {self.plan['credit']:.2f} s: " + "; ".join(plan.skipped))
@@ -212,14 +227,27 @@ class RobustnessCallback(ProbeCallback):
         probe = self.device_probe(pl_module)
         rows, fgsm, flip = self._scaled_parts(pl_module, probe, epoch)
         config = probes.RobustnessConfig(
-            self.norm, tuple(self.epsilons), self.flip_step_size, self.flip_max_steps,
-            self._cam_layers if self.cam_shift else None, self.cam_reshape, self.batch_size, self.n_examples,
+            self.norm,
+            tuple(self.epsilons),
+            self.flip_step_size,
+            self.flip_max_steps,
+            self._cam_layers if self.cam_shift else None,
+            self.cam_reshape,
+            self.batch_size,
+            self.n_examples,
             self.reference_run,
         )
         inputs = self._corrupted_inputs(probe, rows, epoch)
         result = probes.compute(
-            self.logits_model(pl_module), probe, inputs, probes.Plan(rows, fgsm, flip), config, epoch,
-            self.example_indices(self.n_examples), self.skipped, Schedule.of_run(rows, self.active, self.budget),
+            self.logits_model(pl_module),
+            probe,
+            inputs,
+            probes.Plan(rows, fgsm, flip),
+            config,
+            epoch,
+            self.example_indices(self.n_examples),
+            self.skipped,
+            Schedule.of_run(rows, self.active, self.budget),
         )
         self._costs.update(result.seconds)
         self.sink.write(result)

@@ -70,6 +70,11 @@ class Scheduler:
         self._lock = threading.Lock()
 
     @classmethod
+    def of(cls, trainer: Any) -> Scheduler | None:
+        """The scheduler of ``trainer`` if one of its callbacks has a budget, else ``None``."""
+        return _SCHEDULERS.get(trainer)
+
+    @classmethod
     def for_trainer(cls, trainer: Any) -> Scheduler:
         """The scheduler shared by every trainviz callback of ``trainer`` (made on first use)."""
         scheduler = _SCHEDULERS.get(trainer)

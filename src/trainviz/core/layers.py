@@ -126,7 +126,9 @@ def to_feature_maps(x: torch.Tensor, reshape: Reshape = None, name: str = "") ->
         out = reshape(x)
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"Expected `reshape` to turn the output {tuple(x.shape)} of {layer} into (N, C, h, w), got {shape}.")
+            raise ValueError(
+                f"Expected `reshape` to turn the output {tuple(x.shape)} of {layer} into (N, C, h, w), got {shape}."
+            )
         return out
     if x.dim() == 4:
         return x
@@ -164,7 +166,7 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
     def make_hook(name: str):
         def hook(_m, _inp, out):
             if isinstance(out, torch.Tensor):
-                calls.append((name, out.shape, out if reshape is not None and out.dim() == 3 else None))
+                calls.append((name, out.shape, out if reshape is not None and out.dim() == 3 else None))  # noqa: F821
 
         return hook
 
@@ -179,12 +181,14 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
             h.remove()
     spatial = [i for i, (_, shape, _) in enumerate(calls) if len(shape) == 4 and shape[-1] * shape[-2] > 1]
     last = spatial[-1] if spatial else -1
-    grid = tuple(calls[last][1][-2:]) if spatial else None
+    grid = (int(calls[last][1][-2]), int(calls[last][1][-1])) if spatial else None
     after: dict[str, int] = {}  # 3-D outputs after the last spatial one: width, by each module's last call
     for name, shape, out in calls[last + 1 :]:
         if len(shape) != 3:
             continue
-        fits = _patch_count(shape[1], grid) is not None if reshape is None else _patch_part(out, grid, reshape) is not None
+        fits = (
+            _patch_count(shape[1], grid) is not None if reshape is None else _patch_part(out, grid, reshape) is not None
+        )
         if fits:
             after.pop(name, None)
             after[name] = shape[-1]
@@ -207,7 +211,9 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
     live = _token_layers_with_gradient(model, example, tokens, grid, reshape)
     chosen = live[-1] if live else tokens[-1]
     skipped = f" (after the patch embedding {embed!r})" if embed else ""
-    why = "whose patch tokens receive a gradient" if live else "(no token layer receives a gradient at its patch tokens)"
+    why = (
+        "whose patch tokens receive a gradient" if live else "(no token layer receives a gradient at its patch tokens)"
+    )
     _log.info("layer='auto' chose %r, the last token layer %s%s.", chosen, why, skipped)
     return chosen
 
@@ -238,12 +244,20 @@ def _token_layers_with_gradient(
 ) -> list[str]:
     """The token layers among ``names`` whose patch tokens get a nonzero gradient of the predicted class's score."""
     modules = dict(model.named_modules())
-    with torch.inference_mode(False), torch.enable_grad(), capture(model, {n: modules[n] for n in names}, keep_graph=True) as acts:
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        capture(model, {n: modules[n] for n in names}, keep_graph=True) as acts,
+    ):
         x = example.detach().clone().requires_grad_(True)
         logits = to_logits(model(x))
         score = logits.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
         present = [n for n in names if n in acts and acts[n].requires_grad]
-        grads = torch.autograd.grad(score, [acts[n] for n in present], allow_unused=True, materialize_grads=True) if present else ()
+        grads = (
+            torch.autograd.grad(score, [acts[n] for n in present], allow_unused=True, materialize_grads=True)
+            if present
+            else ()
+        )
     return [n for n, g in zip(present, grads) if bool(_patch_part(g, grid, reshape).abs().amax() > 0)]
 
 

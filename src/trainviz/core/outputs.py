@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -55,12 +55,13 @@ __all__ = [
 ]
 
 # int before str so that LightningCLI reads `output: 0` from YAML as an index
-OutputSpec = Optional[Union[int, str, Callable[[Any], torch.Tensor]]]
+OutputSpec = Optional[int | str | Callable[[Any], torch.Tensor]]
 
 _HOW = (
     "pass `output=` to the callback (or `default_callbacks(output=...)`): a key, an index or a callable "
     "that returns the logits, e.g. output=0 for (logits, aux), output='logits' for a dict, "
-    "output=lambda out: out['head'][0]; with the ops, wrap the model in `trainviz.core.outputs.LogitsModel(model, output=...)`"
+    "output=lambda out: out['head'][0]; with the ops, wrap the model in "
+    "`trainviz.core.outputs.LogitsModel(model, output=...)`"
 )
 
 
@@ -120,7 +121,10 @@ def _default(out: Any) -> Any:
 def _pick(out: Any, spec: int | str) -> Any:
     if isinstance(spec, int):
         if not isinstance(out, (tuple, list)):
-            raise ValueError(f"`output={spec!r}` is an index, but the model returned {describe_output(out)}, not a tuple or list; {_HOW}.")
+            raise ValueError(
+                f"`output={spec!r}` is an index, but the model returned {describe_output(out)}, "
+                f"not a tuple or list; {_HOW}."
+            )
         if not -len(out) <= spec < len(out):
             raise ValueError(f"`output={spec!r}` is out of range for the model's {describe_output(out)}; {_HOW}.")
         return out[spec]
@@ -146,7 +150,9 @@ def to_logits(out: Any, output: OutputSpec = None) -> torch.Tensor:
     if output is None:
         logits = _default(out)
         if logits is None:
-            raise ValueError(f"Expected the model to return logits of shape (N, K), but it returned {describe_output(out)}; {_HOW}.")
+            raise ValueError(
+                f"Expected the model to return logits of shape (N, K), but it returned {describe_output(out)}; {_HOW}."
+            )
     elif callable(output):
         logits = output(out)
     else:
@@ -156,7 +162,9 @@ def to_logits(out: Any, output: OutputSpec = None) -> torch.Tensor:
             what = f"the model returned {describe_output(out)}"
         else:
             name = getattr(output, "__name__", None) if callable(output) else None
-            what = f"`output={name or output!r}` picked {describe_output(logits)} from the model's {describe_output(out)}"
+            what = (
+                f"`output={name or output!r}` picked {describe_output(logits)} from the model's {describe_output(out)}"
+            )
         raise ValueError(f"Expected logits of shape (N, K), but {what}; {_HOW}.")
     return logits
 
@@ -166,7 +174,9 @@ def expect_logits(out: Any) -> torch.Tensor:
     to pass ``output=`` (callbacks) or wrap the model in :class:`LogitsModel` (ops)."""
     if isinstance(out, torch.Tensor) and out.dim() == 2:
         return out
-    raise ValueError(f"Expected the model to return logits of shape (N, K), but it returned {describe_output(out)}; {_HOW}.")
+    raise ValueError(
+        f"Expected the model to return logits of shape (N, K), but it returned {describe_output(out)}; {_HOW}."
+    )
 
 
 class LogitsModel(nn.Module):
@@ -185,6 +195,9 @@ class LogitsModel(nn.Module):
         inputs as the model's; output ``(N, K)``.
     """
 
+    model: nn.Module
+    output: OutputSpec
+
     def __init__(self, model: nn.Module, output: OutputSpec = None) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # not a child: layer names stay the model's own
@@ -194,7 +207,9 @@ class LogitsModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return to_logits(self.model(*args, **kwargs), self.output)
 
-    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
+    def named_modules(
+        self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Module]]:
         return self.model.named_modules(memo, prefix, remove_duplicate)
 
     def train(self, mode: bool = True) -> LogitsModel:

@@ -74,11 +74,17 @@ def as_normalization(value: Any, name: str = "normalization") -> Normalization |
             f"or None, got {value!r}."
         )
     try:
-        mean_t, std_t = (tuple(float(v) for v in torch.as_tensor(s, dtype=torch.float64).reshape(-1).tolist()) for s in (mean, std))
+        mean_t, std_t = (
+            tuple(float(v) for v in torch.as_tensor(s, dtype=torch.float64).reshape(-1).tolist()) for s in (mean, std)
+        )
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"Expected `{name}` mean and std to be numbers or sequences of numbers, got {value!r}.") from err
+        raise ValueError(
+            f"Expected `{name}` mean and std to be numbers or sequences of numbers, got {value!r}."
+        ) from err
     if not mean_t or len(mean_t) != len(std_t):
-        raise ValueError(f"Expected `{name}` mean and std of the same non-zero length, got {len(mean_t)} and {len(std_t)}.")
+        raise ValueError(
+            f"Expected `{name}` mean and std of the same non-zero length, got {len(mean_t)} and {len(std_t)}."
+        )
     if not all(math.isfinite(v) for v in mean_t + std_t) or min(std_t) <= 0:
         raise ValueError(f"Expected `{name}` to have finite means and positive standard deviations, got {value!r}.")
     return Normalization(mean=mean_t, std=std_t)
@@ -95,11 +101,13 @@ def _compose(first: Normalization, then: Normalization) -> Normalization:
     """``then(first(x))`` as one mapping: ``((x - m1) / s1 - m2) / s2 = (x - (m1 + m2 s1)) / (s1 s2)``."""
     if len(first.mean) != len(then.mean):
         if len(first.mean) == 1:
-            first = Normalization(first.mean * len(then.mean), first.std * len(then.mean))
+            first = Normalization(tuple(first.mean) * len(then.mean), tuple(first.std) * len(then.mean))
         elif len(then.mean) == 1:
-            then = Normalization(then.mean * len(first.mean), then.std * len(first.mean))
+            then = Normalization(tuple(then.mean) * len(first.mean), tuple(then.std) * len(first.mean))
         else:
-            raise ValueError(f"Two Normalize steps with {len(first.mean)} and {len(then.mean)} channels in one pipeline.")
+            raise ValueError(
+                f"Two Normalize steps with {len(first.mean)} and {len(then.mean)} channels in one pipeline."
+            )
     return Normalization(
         mean=tuple(m1 + m2 * s1 for m1, m2, s1 in zip(first.mean, then.mean, first.std)),
         std=tuple(s1 * s2 for s1, s2 in zip(first.std, then.std)),
@@ -179,14 +187,17 @@ def resolve_normalization(
     candidates = (
         ("callback", lambda: as_normalization(own)),
         ("default_callbacks", lambda: as_normalization(shared)),
-        ("datamodule", lambda: as_normalization(getattr(datamodule, "normalization", None), "datamodule.normalization")),
+        (
+            "datamodule",
+            lambda: as_normalization(getattr(datamodule, "normalization", None), "datamodule.normalization"),
+        ),
         ("transform", lambda: find_normalization(dataset)),
     )
     for source, get in candidates:
         norm = get()
         if norm is not None:
             if len(norm.mean) == 1 and channels > 1:
-                norm = Normalization(norm.mean * channels, norm.std * channels)
+                norm = Normalization(tuple(norm.mean) * channels, tuple(norm.std) * channels)
             if len(norm.mean) != channels:
                 raise ValueError(
                     f"The normalisation from the {source} has {len(norm.mean)} channels but the probe images have "
@@ -211,7 +222,11 @@ def check_pixel_range(images: torch.Tensor, norm: Normalization, source: str, ow
     bad = bool((low < -PIXEL_TOLERANCE).any() or (high > 1 + PIXEL_TOLERANCE).any())
     if not math.isfinite(float(pixels.sum())) or bad:
         ranges = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(low.tolist(), high.tolist()))
-        how = "with no normalisation found (the identity)" if source == "identity" else f"with the normalisation from the {source} {tuple(norm.mean)}, {tuple(norm.std)}"
+        how = (
+            "with no normalisation found (the identity)"
+            if source == "identity"
+            else f"with the normalisation from the {source} {tuple(norm.mean)}, {tuple(norm.std)}"
+        )
         raise ValueError(
             f"{owner}: the probe images, mapped back to pixels {how}, lie outside [0, 1]: per-channel range {ranges}. "
             "Corruptions, adversarial probes and pictures need the mapping from model inputs to pixels; trainviz "

@@ -39,7 +39,9 @@ def split_item(item: Any) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     if isinstance(item, (tuple, list)) and len(item) in (2, 3):
         image, label = item[0], item[1]
         if not isinstance(image, torch.Tensor):
-            raise ValueError(f"Expected the first element of a dataset item to be an image tensor, got {type(image).__name__}.")
+            raise ValueError(
+                f"Expected the first element of a dataset item to be an image tensor, got {type(image).__name__}."
+            )
         label_t = torch.as_tensor(label)
         if label_t.numel() != 1 or label_t.is_floating_point():
             raise ValueError(f"Expected an integer class label as the second element of a dataset item, got {label!r}.")
@@ -54,12 +56,12 @@ def split_item(item: Any) -> tuple[torch.Tensor, int, torch.Tensor | None]:
 def _dataset_labels(dataset: Dataset) -> np.ndarray:
     for attr in ("targets", "labels"):
         values = getattr(dataset, attr, None)
-        if values is not None and len(values) == len(dataset):
+        if values is not None and len(values) == len(dataset):  # type: ignore[arg-type]
             return np.asarray(values, dtype=np.int64)
     tensors = getattr(dataset, "tensors", None)  # TensorDataset
     if tensors is not None and len(tensors) >= 2:
         return tensors[1].cpu().numpy().astype(np.int64)
-    return np.asarray([split_item(dataset[i])[1] for i in range(len(dataset))], dtype=np.int64)
+    return np.asarray([split_item(dataset[i])[1] for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
 
 
 def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -111,7 +113,9 @@ class ProbeSet:
             )
         n = self.images.shape[0]
         if self.labels.shape != (n,) or self.ids.shape != (n,):
-            raise ValueError(f"Expected {n} labels and ids, got {tuple(self.labels.shape)} and {tuple(self.ids.shape)}.")
+            raise ValueError(
+                f"Expected {n} labels and ids, got {tuple(self.labels.shape)} and {tuple(self.ids.shape)}."
+            )
         if self.masks is not None and tuple(self.masks.shape) != (n, *self.images.shape[-2:]):
             raise ValueError(f"Expected masks of shape {(n, *self.images.shape[-2:])}, got {tuple(self.masks.shape)}.")
 

@@ -36,7 +36,6 @@ Stem = Literal["imagenet", "small"]
 _STEMS = ("imagenet", "small")
 
 
-
 def _check_positive_ints(name: str, values: object, length: int | None = None) -> None:
     ok = (
         isinstance(values, Sequence)
@@ -207,9 +206,7 @@ def resnet18_backbone(in_channels: int = 3, width: int = 64, stem: Stem = "image
         torch.Size([1, 512, 2, 2])
     """
     check_positive_int("width", width)
-    return ResNetBackbone(
-        tuple(width * m for m in (1, 2, 4, 8)), (2, 2, 2, 2), in_channels=in_channels, stem=stem
-    )
+    return ResNetBackbone(tuple(width * m for m in (1, 2, 4, 8)), (2, 2, 2, 2), in_channels=in_channels, stem=stem)
 
 
 class ResNetClassifier(nn.Module):
@@ -368,9 +365,7 @@ def torchvision_resnet18_backbone(path: str | os.PathLike[str] | None = None) ->
     try:
         import torchvision
     except ImportError as err:
-        raise ImportError(
-            "torchvision_resnet18_backbone needs torchvision: `pip install torchvision`"
-        ) from err
+        raise ImportError("torchvision_resnet18_backbone needs torchvision: `pip install torchvision`") from err
     backbone = resnet18_backbone(stem="imagenet")
     if path is None:
         reference = torchvision.models.resnet18(weights=None).state_dict()

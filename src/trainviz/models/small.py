@@ -39,9 +39,7 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
         super().__init__()
         a, b, c = widths
-        self.features = nn.Sequential(
-            _conv_block(in_channels, a, 1), _conv_block(a, b, 2), _conv_block(b, c, 2)
-        )
+        self.features = nn.Sequential(_conv_block(in_channels, a, 1), _conv_block(a, b, 2), _conv_block(b, c, 2))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
 

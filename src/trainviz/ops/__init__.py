@@ -1,9 +1,10 @@
 """Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk.
 
-Sub-modules: ``class_maps`` (per-class decoder maps: eq. 10, pattern stability, sharpness), ``cam`` (CAM, Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization``
-(pointing game, faithfulness, drift), ``corruptions`` (seed 003 probes, ImageNet-C-style suite, registry), ``adversarial``
-(FGSM, steps-to-flip), ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics``
-(confusion matrix), ``predict`` (batched logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
+Sub-modules: ``class_maps`` (per-class decoder maps: eq. 10, pattern stability, sharpness), ``cam`` (CAM,
+Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization`` (pointing game, faithfulness,
+drift), ``corruptions`` (Zhang's noise probes, ImageNet-C-style suite, registry), ``adversarial`` (FGSM, steps-to-flip),
+``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics`` (confusion matrix), ``predict`` (batched
+logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
 """
 
 from trainviz.ops.adversarial import fgsm, fgsm_accuracy, steps_to_flip

@@ -8,7 +8,8 @@ and runs the forward alone.
 Per layer, for target class ``c`` with score ``y_c`` (the logit) and activations ``A`` of shape
 ``(C, h, w)``:
 
-* **CAM** (Zhou et al. 2016; seed 003 eq. 6): ``M = sum_k w_k^c A_k`` with ``w^c`` the row of the final
+* **CAM** (Zhou et al. 2016; eq. 6 of Zhang's encoder-decoder paper): ``M = sum_k w_k^c A_k`` with ``w^c`` the row of
+  the final
   linear layer. Applies only when the logits are ``linear(global_average_pool(A))``; this is checked
   numerically and a ``ValueError`` says so otherwise.
 * **Grad-CAM** (Selvaraju et al. 2017): ``w_k = mean_ij dy_c/dA_kij``, ``M = ReLU(sum_k w_k A_k)``.
@@ -125,14 +126,23 @@ def resolve_targets(logits: torch.Tensor, targets: TargetSpec, k: int = 1) -> tu
     if isinstance(targets, int):
         idx, single = torch.full((n, 1), targets, dtype=torch.long, device=logits.device), True
     elif isinstance(targets, torch.Tensor):
-        if targets.is_floating_point() or targets.dtype == torch.bool or targets.dim() not in (1, 2) or targets.shape[0] != n:
+        if (
+            targets.is_floating_point()
+            or targets.dtype == torch.bool
+            or targets.dim() not in (1, 2)
+            or targets.shape[0] != n
+        ):
             raise ValueError(
                 f"Expected `targets` to be an integer tensor of shape ({n},) or ({n}, k), "
                 f"got {targets.dtype} {tuple(targets.shape)}."
             )
         single = targets.dim() == 1
         idx = targets.to(logits.device, torch.long).reshape(n, -1)
-    elif isinstance(targets, Sequence) and targets and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+    elif (
+        isinstance(targets, Sequence)
+        and targets
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in targets)
+    ):
         idx, single = torch.tensor(list(targets), dtype=torch.long, device=logits.device).expand(n, -1), False
     else:
         raise ValueError(
@@ -144,7 +154,9 @@ def resolve_targets(logits: torch.Tensor, targets: TargetSpec, k: int = 1) -> tu
     return idx, single
 
 
-def _layer_dict(model: nn.Module, layers: Layers, images: torch.Tensor, reshape: Reshape = None) -> dict[str, nn.Module]:
+def _layer_dict(
+    model: nn.Module, layers: Layers, images: torch.Tensor, reshape: Reshape = None
+) -> dict[str, nn.Module]:
     if isinstance(layers, Mapping):
         return dict(layers)
     if isinstance(layers, (str, nn.Module)):
@@ -251,7 +263,11 @@ def activations_and_gradients(
             if gradients and names:
                 grads.append(
                     torch.autograd.grad(
-                        score, [acts[n] for n in names], retain_graph=more or want_input, allow_unused=True, materialize_grads=True
+                        score,
+                        [acts[n] for n in names],
+                        retain_graph=more or want_input,
+                        allow_unused=True,
+                        materialize_grads=True,
                     )
                 )
             if want_input:
@@ -265,7 +281,9 @@ def activations_and_gradients(
             targets=idx,
             single=single,
             activations=maps,
-            gradients={n: torch.stack([to_feature_maps(g[i], reshape, n) for g in grads]) for i, n in enumerate(names)} if gradients else None,
+            gradients={n: torch.stack([to_feature_maps(g[i], reshape, n) for g in grads]) for i, n in enumerate(names)}
+            if gradients
+            else None,
             input_gradients=torch.stack(input_grads) if want_input else None,
         )
 
@@ -285,7 +303,9 @@ def minmax_scale(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(-2)
     flat = flat - flat.amin(-1, keepdim=True)
     top = flat.amax(-1, keepdim=True)
-    return torch.where(top > 0, flat / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(flat)).view_as(maps)
+    return torch.where(top > 0, flat / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(flat)).view_as(
+        maps
+    )
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -331,7 +351,10 @@ def _fc_weight(model: nn.Module, fc_layer: LayerSpec | None, p: LayerPass) -> to
     if fc_layer is None:
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError("CAM needs a final nn.Linear layer after global average pooling; the model has none. Use method='gradcam'.")
+            raise ValueError(
+                "CAM needs a final nn.Linear layer after global average pooling; the model has none. "
+                "Use method='gradcam'."
+            )
         name, fc = linears[-1]
     else:
         name, fc = resolve_layer(model, fc_layer)
@@ -342,7 +365,8 @@ def _fc_weight(model: nn.Module, fc_layer: LayerSpec | None, p: LayerPass) -> to
     logits = p.logits.float()
     if fc.out_features != logits.shape[1]:
         raise ValueError(
-            f"CAM does not apply at layer {next(iter(p.activations), '?')!r}: {name!r} has {fc.out_features} outputs but the "
+            f"CAM does not apply at layer {next(iter(p.activations), '?')!r}: "
+            f"{name!r} has {fc.out_features} outputs but the "
             f"model gives {logits.shape[1]} logits. Pass `fc_layer=` the final linear layer, or use method='gradcam'."
         )
     tolerance = 1e-3 if p.logits.dtype in (torch.float32, torch.float64) else 3e-2  # half-precision models
@@ -350,13 +374,15 @@ def _fc_weight(model: nn.Module, fc_layer: LayerSpec | None, p: LayerPass) -> to
         if a.shape[1] != fc.in_features:
             raise ValueError(
                 f"CAM does not apply at layer {layer!r}: it has {a.shape[1]} channels but {name!r} takes "
-                f"{fc.in_features} inputs. CAM needs `{layer} -> global average pooling -> {name}`; use method='gradcam'."
+                f"{fc.in_features} inputs. CAM needs `{layer} -> global average pooling -> {name}`; "
+                "use method='gradcam'."
             )
         pooled = a.float().mean((2, 3)) @ weight.T + bias
         if bool((pooled - logits).abs().max() > tolerance * (1 + logits.abs().max())):
             raise ValueError(
                 f"CAM does not apply at layer {layer!r}: the logits are not {name}(global average pooling of "
-                f"{layer}). Pass the layer just before the pooling, `fc_layer=` the final linear layer, or use method='gradcam'."
+                f"{layer}). Pass the layer just before the pooling, `fc_layer=` the final linear layer, "
+                "or use method='gradcam'."
             )
     return weight
 
@@ -427,8 +453,12 @@ class CAMResult:
 
 
 def maps_from_pass(
-    model: nn.Module, p: LayerPass, size: tuple[int, int], method: Method = "gradcam",
-    aggregate: Aggregate = "mean", fc_layer: LayerSpec | None = None,
+    model: nn.Module,
+    p: LayerPass,
+    size: tuple[int, int],
+    method: Method = "gradcam",
+    aggregate: Aggregate = "mean",
+    fc_layer: LayerSpec | None = None,
 ) -> CAMResult:
     """Build the :class:`CAMResult` of ``method`` from a :class:`LayerPass` (maps of every layer, aggregate)."""
     raw = _raw_maps(p, method, _fc_weight(model, fc_layer, p) if method == "cam" else None)
@@ -507,23 +537,31 @@ def class_activation_maps(
     size = tuple(images.shape[-2:])
     results = []
     for x, t in _batched(images, targets, batch_size):
-        p = activations_and_gradients(model, x, named, t, k=k, gradients=method != "cam", input_rule=input_rule, reshape=reshape)
+        p = activations_and_gradients(
+            model, x, named, t, k=k, gradients=method != "cam", input_rule=input_rule, reshape=reshape
+        )
         results.append(maps_from_pass(model, p, size, method, aggregate, fc_layer))
     return results[0] if len(results) == 1 else CAMResult.cat(results)
 
 
-def cam(model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any) -> CAMResult:
+def cam(
+    model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any
+) -> CAMResult:
     """CAM (Zhou et al.): final linear weights x last feature maps, forward pass only.
     See :func:`class_activation_maps` for the arguments."""
     return class_activation_maps(model, images, layers, targets, method="cam", **kwargs)
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any) -> CAMResult:
+def grad_cam(
+    model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any
+) -> CAMResult:
     """Grad-CAM (Selvaraju et al.). See :func:`class_activation_maps` for the arguments."""
     return class_activation_maps(model, images, layers, targets, method="gradcam", **kwargs)
 
 
-def grad_cam_pp(model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any) -> CAMResult:
+def grad_cam_pp(
+    model: nn.Module, images: torch.Tensor, layers: Layers = "auto", targets: TargetSpec = "predicted", **kwargs: Any
+) -> CAMResult:
     """Grad-CAM++ (Chattopadhay et al.). See :func:`class_activation_maps` for the arguments."""
     return class_activation_maps(model, images, layers, targets, method="gradcam++", **kwargs)
 
@@ -540,8 +578,13 @@ class ClassActivationMaps:
     """
 
     def __init__(
-        self, model: nn.Module, layers: Layers = "auto", method: Method = "gradcam",
-        aggregate: Aggregate = "mean", fc_layer: LayerSpec | None = None, reshape: Reshape = None,
+        self,
+        model: nn.Module,
+        layers: Layers = "auto",
+        method: Method = "gradcam",
+        aggregate: Aggregate = "mean",
+        fc_layer: LayerSpec | None = None,
+        reshape: Reshape = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -550,10 +593,20 @@ class ClassActivationMaps:
         self.fc_layer = fc_layer
         self.reshape = reshape
 
-    def __call__(self, images: torch.Tensor, targets: TargetSpec = "predicted", k: int = 1, batch_size: int | None = None) -> CAMResult:
+    def __call__(
+        self, images: torch.Tensor, targets: TargetSpec = "predicted", k: int = 1, batch_size: int | None = None
+    ) -> CAMResult:
         return class_activation_maps(
-            self.model, images, self.layers, targets, method=self.method, k=k,
-            aggregate=self.aggregate, fc_layer=self.fc_layer, batch_size=batch_size, reshape=self.reshape,
+            self.model,
+            images,
+            self.layers,
+            targets,
+            method=self.method,
+            k=k,
+            aggregate=self.aggregate,
+            fc_layer=self.fc_layer,
+            batch_size=batch_size,
+            reshape=self.reshape,
         )
 
 

@@ -1,4 +1,5 @@
-"""Per-class spatial maps before global pooling (seed 003): normalisation, class patterns, their
+"""Per-class spatial maps before global pooling (Zhang, Visualization of encoder-decoder structure of DCNNs):
+normalisation, class patterns, their
 stability over training, and how sharp a map is (pure torch).
 
 A model with per-class maps ends in ``maps (N, K, H, W) -> global average pool -> logits (N, K)``

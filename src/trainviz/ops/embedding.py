@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Literal, Union
 
 import numpy as np
 import torch

@@ -1,7 +1,8 @@
 """Guided backpropagation and guided Grad-CAM (pure torch).
 
 Backpropagation, deconvolution and guided backpropagation differ only in what goes back through a ReLU
-``x = max(0, s)`` (seed 001): back-propagation passes ``1{s>0} dl/dx``, deconvolution ``1{dl/dx>0} dl/dx``,
+``x = max(0, s)`` (Fleuret, EE-559 'Under the hood'): back-propagation passes ``1{s>0} dl/dx``, deconvolution
+``1{dl/dx>0} dl/dx``,
 guided backpropagation (Springenberg et al. 2014) ``1{s>0} 1{dl/dx>0} dl/dx``.
 
 :func:`guided_relu` swaps in the guided rule for the duration of a ``with`` block: a forward hook on every
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from trainviz.core.layers import LayerSpec, Reshape
+from trainviz.core.outputs import unwrap
 from trainviz.ops.cam import (
     Aggregate,
     CAMResult,
@@ -50,7 +52,6 @@ from trainviz.ops.cam import (
     activations_and_gradients,
     class_activation_maps,
 )
-from trainviz.core.outputs import unwrap
 
 __all__ = ["GuidedSwitch", "guided_backprop", "guided_grad_cam", "guided_relu"]
 
@@ -95,7 +96,9 @@ def guided_relu(model: nn.Module) -> Iterator[GuidedSwitch]:
             handle.remove()
 
 
-def guided_backprop(model: nn.Module, images: torch.Tensor, targets: TargetSpec = "predicted", *, k: int = 1) -> torch.Tensor:
+def guided_backprop(
+    model: nn.Module, images: torch.Tensor, targets: TargetSpec = "predicted", *, k: int = 1
+) -> torch.Tensor:
     """Guided backpropagation: the gradient of each image's target score w.r.t. the image, with the guided
     ReLU rule. One forward and one backward per target class.
 
@@ -108,7 +111,9 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, targets: TargetSpec 
     Shape:
         ``(N, C, H, W)`` -> ``(N, C, H, W)``, or ``(N, k, C, H, W)`` for several targets per image.
     """
-    p = activations_and_gradients(model, images, {}, targets, k=k, gradients=False, input_rule=partial(guided_relu, model))
+    p = activations_and_gradients(
+        model, images, {}, targets, k=k, gradients=False, input_rule=partial(guided_relu, model)
+    )
     grads = p.input_gradients.transpose(0, 1)
     return grads[:, 0] if p.single else grads
 
@@ -138,6 +143,15 @@ def guided_grad_cam(
         several targets per image), maps as in :class:`~trainviz.ops.cam.CAMResult`.
     """
     return class_activation_maps(
-        model, images, layers, targets, method=method, k=k, aggregate=aggregate, fc_layer=fc_layer,
-        batch_size=batch_size, input_rule=partial(guided_relu, model), reshape=reshape,
+        model,
+        images,
+        layers,
+        targets,
+        method=method,
+        k=k,
+        aggregate=aggregate,
+        fc_layer=fc_layer,
+        batch_size=batch_size,
+        input_rule=partial(guided_relu, model),
+        reshape=reshape,
     )

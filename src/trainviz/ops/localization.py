@@ -55,7 +55,8 @@ def _check_maps(maps: torch.Tensor, other: torch.Tensor, other_name: str) -> Non
         raise ValueError(f"Expected `maps` of shape (N, H, W), got {tuple(maps.shape)}.")
     if other.shape[0] != maps.shape[0] or tuple(other.shape[-2:]) != tuple(maps.shape[-2:]):
         raise ValueError(
-            f"Expected `{other_name}` with {maps.shape[0]} items of size {tuple(maps.shape[-2:])}, got {tuple(other.shape)}."
+            f"Expected `{other_name}` with {maps.shape[0]} items of size {tuple(maps.shape[-2:])}, "
+            f"got {tuple(other.shape)}."
         )
 
 
@@ -107,7 +108,9 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     flat = maps.flatten(1).float()
     inside = (flat * masks.flatten(1).float()).sum(1)
     total = flat.sum(1)
-    return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+    return torch.where(
+        total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total)
+    )
 
 
 def _target_probs(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -120,7 +123,9 @@ def _check_faithfulness_args(images: torch.Tensor, maps: torch.Tensor, targets: 
         raise ValueError(f"Expected `images` of shape (N, C, H, W), got {tuple(images.shape)}.")
     _check_maps(maps, images, "images")
     if targets.shape != (images.shape[0],) or targets.is_floating_point():
-        raise ValueError(f"Expected integer `targets` of shape ({images.shape[0]},), got {targets.dtype} {tuple(targets.shape)}.")
+        raise ValueError(
+            f"Expected integer `targets` of shape ({images.shape[0]},), got {targets.dtype} {tuple(targets.shape)}."
+        )
     check_positive_int("batch_size", batch_size)
 
 
@@ -210,7 +215,9 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ``(N, H, W)``, ``(N, H, W)`` -> ``(N,)``
     """
     if a.shape != b.shape or a.dim() < 2:
-        raise ValueError(f"Expected two stacks of maps of the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise ValueError(
+            f"Expected two stacks of maps of the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     x = a.flatten(1).double()
     y = b.flatten(1).double()
     x = x - x.mean(1, keepdim=True)

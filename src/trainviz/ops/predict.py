@@ -26,4 +26,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
         ``(N, C, H, W)`` -> ``(N, K)``
     """
     with torch.no_grad():
-        return torch.cat([expect_logits(model(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)])
+        return torch.cat(
+            [expect_logits(model(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
+        )

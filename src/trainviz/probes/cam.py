@@ -184,8 +184,15 @@ def class_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
     """
     explain = guided_grad_cam if config.guided else class_activation_maps
     return explain(
-        model, images, config.layers, labels if config.target == "true" else "predicted", method=config.method,
-        aggregate=config.aggregate, fc_layer=config.fc_layer, batch_size=config.batch_size, reshape=config.reshape,
+        model,
+        images,
+        config.layers,
+        labels if config.target == "true" else "predicted",
+        method=config.method,  # type: ignore[arg-type]
+        aggregate=config.aggregate,  # type: ignore[arg-type]
+        fc_layer=config.fc_layer,
+        batch_size=config.batch_size,
+        reshape=config.reshape,
     )
 
 
@@ -196,8 +203,13 @@ def _shrink(maps: torch.Tensor) -> torch.Tensor:
 
 
 def _map_metrics(
-    model: nn.Module, probe: ProbeSet, targets: torch.Tensor, m: torch.Tensor, small: torch.Tensor,
-    previous: torch.Tensor | None, config: CAMConfig,
+    model: nn.Module,
+    probe: ProbeSet,
+    targets: torch.Tensor,
+    m: torch.Tensor,
+    small: torch.Tensor,
+    previous: torch.Tensor | None,
+    config: CAMConfig,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Metrics of one stack of maps: means (scalars) and per-image values (arrays)."""
     values, arrays = {}, {}
@@ -248,11 +260,16 @@ def compute(
     names = class_names(probe.class_names, result.logits.shape[1])
     conf, pred = probs[idx].max(1)
     counts = torch.bincount(probe.labels, minlength=len(names))[: len(names)]  # as class_mean_maps counts
-    host = to_cpu({
-        **{f"scalar/{k}": v.float() for k, v in scalars.items()},
-        **{f"small/{k}": v for k, v in small.items()},
-        "labels": probe.labels[idx], "pred": pred, "conf": conf, "counts": counts,
-    })
+    host = to_cpu(
+        {
+            **{f"scalar/{k}": v.float() for k, v in scalars.items()},
+            **{f"small/{k}": v for k, v in small.items()},
+            "labels": probe.labels[idx],
+            "pred": pred,
+            "conf": conf,
+            "counts": counts,
+        }
+    )
     labels = [int(v) for v in host["labels"].tolist()]
     pred_host, conf_host = [int(v) for v in host["pred"].tolist()], host["conf"].tolist()
     floats = {k: float(host[f"scalar/{k}"]) for k in scalars}
@@ -263,15 +280,27 @@ def compute(
             per_map.setdefault(key, {})[metric] = value
     pixels = probe.images[idx].float()
     return CAMProbeResult(
-        epoch, floats["target_probability"], floats.get("pointing_game_chance"), per_map,
-        maps=maps, probs=probs, labels=probe.labels, ids=probe.ids, targets=result.targets, per_image=per_image,
+        epoch,
+        floats["target_probability"],
+        floats.get("pointing_game_chance"),
+        per_map,
+        maps=maps,
+        probs=probs,
+        labels=probe.labels,
+        ids=probe.ids,
+        targets=result.targets,
+        per_image=per_image,
         small={k: torch.from_numpy(host[f"small/{k}"]).half() for k in small},
-        pixels=pixels if config.norm is None else config.norm.denormalize(pixels), grid=idx,
+        pixels=pixels if config.norm is None else config.norm.denormalize(pixels),
+        grid=idx,
         captions=[f"true {names[t]}\npred {names[p]} {c:.2f}" for t, p, c in zip(labels, pred_host, conf_host)],
-        grid_labels=labels, correct=[t == p for t, p in zip(labels, pred_host)], names=names,
+        grid_labels=labels,
+        correct=[t == p for t, p in zip(labels, pred_host)],
+        names=names,
         counts=[int(n) for n in host["counts"].tolist()],
         guided=None if result.guided is None else result.guided_grad_cam[idx],
-        n_rows=min(config.n_tracked, len(idx)), n_layers=len(result.maps),
+        n_rows=min(config.n_tracked, len(idx)),
+        n_layers=len(result.maps),
     )
 
 

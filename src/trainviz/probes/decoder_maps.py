@@ -136,8 +136,14 @@ class DecoderMapResult(Result):
 
         stability = None if record["stability"] is None else floats(record["stability"])
         return cls(
-            record["epoch"], record["layer"], record["accuracy"], stability, record["sharpness_measure"],
-            floats(record["sharpness"]), record["n_correct"], record["n_wrong"],
+            record["epoch"],
+            record["layer"],
+            record["accuracy"],
+            stability,
+            record["sharpness_measure"],
+            floats(record["sharpness"]),
+            record["n_correct"],
+            record["n_wrong"],
         )
 
     def render(self) -> dict[str, np.ndarray]:
@@ -161,8 +167,12 @@ class DecoderMapResult(Result):
             return {}
         return {
             "maps": {
-                "maps": self.maps.half(), "probs": self.probs, "labels": self.labels, "ids": self.ids,
-                "class_means": self.class_means, "counts": self.counts,
+                "maps": self.maps.half(),
+                "probs": self.probs,
+                "labels": self.labels,
+                "ids": self.ids,
+                "class_means": self.class_means,
+                "counts": self.counts,
             }
         }
 
@@ -187,17 +197,19 @@ def compute(
     names = class_names(probe.class_names, probs.shape[1])
     means, counts = class_pattern_means(maps, labels)
     stability = tracker.update(epoch, means)
-    sharp = sharpness_confidence(maps, probs, labels, config.sharpness)
+    sharp = sharpness_confidence(maps, probs, labels, config.sharpness)  # type: ignore[arg-type]
     label_list = labels.tolist()
     tracked = example_indices(label_list, config.n_tracked)
     correct = probs.argmax(1) == labels
-    host = to_cpu({
-        "accuracy": correct.double().mean(),
-        "sharpness": torch.stack([sharp[key].double() for key in SHARPNESS_KEYS]),
-        "counts": torch.stack([sharp["n_correct"], sharp["n_wrong"]]),
-        "correct": correct,
-        "tracked": select_class_maps(maps[tracked], labels[tracked]).half(),
-    })
+    host = to_cpu(
+        {
+            "accuracy": correct.double().mean(),
+            "sharpness": torch.stack([sharp[key].double() for key in SHARPNESS_KEYS]),
+            "counts": torch.stack([sharp["n_correct"], sharp["n_wrong"]]),
+            "correct": correct,
+            "tracked": select_class_maps(maps[tracked], labels[tracked]).half(),
+        }
+    )
     correct_list = host["correct"].astype(bool).tolist()
     shown = {"grid": example_indices(label_list, config.n_grid)}
     for group, wanted in (("correct", True), ("wrong", False)):
@@ -212,15 +224,26 @@ def compute(
         sharpness=dict(zip(SHARPNESS_KEYS, host["sharpness"].tolist(), strict=True)),
         n_correct=n_correct,
         n_wrong=n_wrong,
-        maps=maps, probs=probs, labels=labels, ids=probe.ids, class_means=means, counts=counts,
-        pixels=_pixels(probe.images, config.norm), names=names, shown=shown,
+        maps=maps,
+        probs=probs,
+        labels=labels,
+        ids=probe.ids,
+        class_means=means,
+        counts=counts,
+        pixels=_pixels(probe.images, config.norm),
+        names=names,
+        shown=shown,
         tracked=torch.from_numpy(host["tracked"]).half(),
     )
 
 
 def evolution(
-    tracked_maps: dict[int, torch.Tensor], probe: ProbeSet, n_tracked: int, norm: Normalization | None,
-    num_classes: int, limit: int = MAX_STRIP_EPOCHS,
+    tracked_maps: dict[int, torch.Tensor],
+    probe: ProbeSet,
+    n_tracked: int,
+    norm: Normalization | None,
+    num_classes: int,
+    limit: int = MAX_STRIP_EPOCHS,
 ) -> np.ndarray:
     """Fit end: rows = the ``n_tracked`` tracked probe images, columns = at most ``limit`` runs (evenly spread,
     first and last included), the true class's map over the image."""
@@ -232,9 +255,7 @@ def evolution(
     return evolution_strip(_pixels(probe.images[tracked], norm), maps, shown, row_labels=rows)
 
 
-def formation(
-    tracker: PatternTracker, names: Sequence[str], layer: str | None
-) -> tuple[str, dict[str, Any]]:
+def formation(tracker: PatternTracker, names: Sequence[str], layer: str | None) -> tuple[str, dict[str, Any]]:
     """Fit end: when each class's pattern formed (stability at or above the tracker's threshold from that run on),
     as a markdown table and as the ``formation.json`` document ``{"layer", "threshold", "epochs", "formed_at":
     {class: epoch or None}, "stability": {class: [value or None per run after the first]}}``."""

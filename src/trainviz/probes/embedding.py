@@ -309,8 +309,13 @@ class EmbeddingResult(Result):
         out = {}
         for layer, emb in self.layers.items():
             extra = {"features": emb.features} if self.save_features else {}
-            out[layer] = {"ids": self.ids, "labels": self.labels, "predictions": self.predictions,
-                          **emb.frames, **extra}
+            out[layer] = {
+                "ids": self.ids,
+                "labels": self.labels,
+                "predictions": self.predictions,
+                **emb.frames,
+                **extra,
+            }
         return out
 
     def embeddings(self) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
@@ -329,8 +334,12 @@ class EmbeddingResult(Result):
     def projector(self) -> tuple[dict[str, np.ndarray], dict[str, list]]:
         """The TensorBoard projector's tensors ``{<layer>@epoch<k>: features}`` and metadata columns."""
         names = self.class_names
-        columns = {"id": self.ids.tolist(), "label": [names[c] for c in self.labels],
-                   "prediction": [names[c] for c in self.predictions], "correct": (~self._wrong()).tolist()}
+        columns = {
+            "id": self.ids.tolist(),
+            "label": [names[c] for c in self.labels],
+            "prediction": [names[c] for c in self.predictions],
+            "correct": (~self._wrong()).tolist(),
+        }
         return {f"{layer}@epoch{self.epoch}": emb.features for layer, emb in self.layers.items()}, columns
 
 
@@ -394,8 +403,11 @@ class EmbeddingHistory:
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
-            frames = [[layer, method, e, torch.from_numpy(f.copy())]
-                      for (layer, method), fr in self.frames.items() for e, f in fr.items()]
+            frames = [
+                [layer, method, e, torch.from_numpy(f.copy())]
+                for (layer, method), fr in self.frames.items()
+                for e, f in fr.items()
+            ]
             predictions = {e: torch.from_numpy(p.copy()) for e, p in self.predictions.items()}
             return {"frames": frames, "predictions": predictions}
 
@@ -429,11 +441,15 @@ def _frame(method: str, x: np.ndarray, prev: np.ndarray | None, config: Embeddin
         projected, ratio = pca(torch.from_numpy(x), 2, return_variance=True)
         raw, variance = projected.numpy(), float(ratio.sum())
     elif method == "umap":
-        raw, variance = umap_embed(x, init="spectral" if prev is None else prev, seed=config.seed,
-                                   n_neighbors=config.n_neighbors), None
+        raw, variance = (
+            umap_embed(x, init="spectral" if prev is None else prev, seed=config.seed, n_neighbors=config.n_neighbors),
+            None,
+        )
     else:
-        raw, variance = tsne(x, init="pca" if prev is None else prev, seed=config.seed,
-                             perplexity=config.perplexity), None
+        raw, variance = (
+            tsne(x, init="pca" if prev is None else prev, seed=config.seed, perplexity=config.perplexity),
+            None,
+        )
     frame = unit_radius(raw)
     if prev is not None:
         frame = procrustes_align(frame, prev).astype(np.float32)
@@ -474,8 +490,9 @@ def compute(
             emb.frames[method], emb.frame_scores[method] = _frame(method, x, history.previous(layer, method), config)
             seconds[method] += time.perf_counter() - t0
         layers[layer] = emb
-    return EmbeddingResult(epoch, methods, layers, seconds, time.perf_counter() - start, ids, labels, preds, names,
-                           config.save_features)
+    return EmbeddingResult(
+        epoch, methods, layers, seconds, time.perf_counter() - start, ids, labels, preds, names, config.save_features
+    )
 
 
 def probe_arrays(probe: ProbeSet) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +549,7 @@ class EmbeddingWorker:
         return {"max_pending_bytes": self.max_pending_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        type(self).__init__(self, **state)
 
     def start(self, warmup: bool = False, approximate: bool = True) -> None:
         """Open the thread; with ``warmup``, compile umap-learn's numba code on it first."""

@@ -260,7 +260,13 @@ def core_seconds(active: Rows, costs: dict[str, float]) -> float:
 
 
 def plan_parts(
-    active: Rows, costs: dict[str, float], seconds: float, rotation: int, *, epsilons: int, flip_max_steps: int,
+    active: Rows,
+    costs: dict[str, float],
+    seconds: float,
+    rotation: int,
+    *,
+    epsilons: int,
+    flip_max_steps: int,
     cam_shift: bool,
 ) -> Plan:
     """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), the other
@@ -415,8 +421,13 @@ def _row_metrics(logits: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
     probs = logits.softmax(-1)
     confidences, pred = probs.max(-1)
     per_row = [
-        (accuracy(pred[r], labels), nll(logits[r], labels), expected_calibration_error(probs[r], labels),
-         flip_rate(pred[r], pred[0]), per_class_accuracy(pred[r], labels, k))
+        (
+            accuracy(pred[r], labels),
+            nll(logits[r], labels),
+            expected_calibration_error(probs[r], labels),
+            flip_rate(pred[r], pred[0]),
+            per_class_accuracy(pred[r], labels, k),
+        )
         for r in range(logits.shape[0])
     ]
     acc, nl, ece, flips, per_class = (torch.stack(column) for column in zip(*per_row))
@@ -428,13 +439,24 @@ def _row_metrics(logits: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
         for part, value in zip(("confidence", "accuracy", "count"), calibration_bins(conf, right))
     }
     return {
-        "accuracy": acc, "confidence": confidences.double().mean(1), "nll": nl.double(), "ece": ece, "flip_rate": flips,
-        "per_class_accuracy": per_class, "pred": pred, "confidences": confidences, **bins,
+        "accuracy": acc,
+        "confidence": confidences.double().mean(1),
+        "nll": nl.double(),
+        "ece": ece,
+        "flip_rate": flips,
+        "per_class_accuracy": per_class,
+        "pred": pred,
+        "confidences": confidences,
+        **bins,
     }
 
 
 def _adversarial(
-    model: torch.nn.Module, probe: ProbeSet, clean_pred: Tensor, config: RobustnessConfig, plan: Plan,
+    model: torch.nn.Module,
+    probe: ProbeSet,
+    clean_pred: Tensor,
+    config: RobustnessConfig,
+    plan: Plan,
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
     """FGSM accuracy per ``eps`` and steps to flip per image (each when planned and configured), batch by batch,
@@ -451,11 +473,19 @@ def _adversarial(
         seconds["fgsm"] = time.perf_counter() - start
     start = time.perf_counter()
     if config.flip_max_steps > 0 and plan.flip:
-        out["steps"] = torch.cat([
-            steps_to_flip(model, pixels[a:b], clean_pred[a:b], step_size=config.flip_step_size,
-                          max_steps=config.flip_max_steps, preprocess=norm.normalize)
-            for a, b in batches
-        ])
+        out["steps"] = torch.cat(
+            [
+                steps_to_flip(
+                    model,
+                    pixels[a:b],
+                    clean_pred[a:b],
+                    step_size=config.flip_step_size,
+                    max_steps=config.flip_max_steps,
+                    preprocess=norm.normalize,
+                )
+                for a, b in batches
+            ]
+        )
         seconds["flip"] = time.perf_counter() - start
     return out
 
@@ -490,7 +520,7 @@ def corruption_errors(
         err[i, j] = 1.0 - acc
         ref[i, j] = 1.0 if reference is None else reference.errors[(name, severity)]
     clean, ref_clean = 1.0 - accuracies[0], 0.0 if reference is None else reference.clean_error
-    ce, rce = corruption_error(err, ref), relative_corruption_error(err, clean, ref, ref_clean)
+    ce, rce = corruption_error(err, ref), relative_corruption_error(err, clean, ref, ref_clean)  # type: ignore[arg-type]
     mce = mean_corruption_error(err, ref)
     relative = mean_corruption_error(err, ref, clean_err=clean, ref_clean_err=ref_clean)
     per = {name: (float(a), float(b)) for name, a, b in zip(names, ce.tolist(), rce.tolist())}
@@ -507,11 +537,17 @@ def _result(
         flips = float(np.mean(v["flip_rate"][r])) if flip else None
         return {s: float(np.mean(v[s][r])) for s in STATS} | {"flip_rate": flips}
 
-    clean = Row(**means(0, flip=False), corruption="clean", severity=0,
-                per_class_accuracy=v["per_class_accuracy"][0].tolist())
+    clean = Row(
+        **means(0, flip=False), corruption="clean", severity=0, per_class_accuracy=v["per_class_accuracy"][0].tolist()
+    )
     table = [
-        Row(**means(r), corruption=name, severity=severity, per_class_accuracy=v["per_class_accuracy"][r].tolist(),
-            cam_shift=None if shift is None else float(shift[r - 1]))
+        Row(
+            **means(r),
+            corruption=name,
+            severity=severity,
+            per_class_accuracy=v["per_class_accuracy"][r].tolist(),
+            cam_shift=None if shift is None else float(shift[r - 1]),
+        )
         for r, (name, severity) in enumerate(rows, start=1)
     ]
     errors, mce, relative_mce = corruption_errors(v["accuracy"].tolist(), rows, config.reference)
@@ -526,22 +562,45 @@ def _result(
         steps = v["steps"]
         flipped = steps[steps >= 0]
         mean, median = (float(flipped.mean()), float(np.median(flipped))) if flipped.size else (math.nan, math.nan)
-        flip = Flip(config.flip_step_size, config.flip_max_steps, mean, median, int((steps < 0).sum()),
-                    float((steps < 0).mean()))
+        flip = Flip(
+            config.flip_step_size,
+            config.flip_max_steps,
+            mean,
+            median,
+            int((steps < 0).sum()),
+            float((steps < 0).mean()),
+        )
     reliability = {
-        part: Reliability(v[f"{part}_confidence"].tolist(), v[f"{part}_accuracy"].tolist(),
-                          v[f"{part}_count"].astype(np.int64).tolist())
+        part: Reliability(
+            v[f"{part}_confidence"].tolist(),
+            v[f"{part}_accuracy"].tolist(),
+            v[f"{part}_count"].astype(np.int64).tolist(),
+        )
         for part in ("clean", "corrupted")
     }
     images = PerImage(
-        v["pred"].astype(np.int64), v["confidences"], v["labels"].astype(np.int64), v["ids"].astype(np.int64),
-        None if shift is None else v["cam_shift"], v["steps"].astype(np.int64) if "steps" in v else None,
+        v["pred"].astype(np.int64),
+        v["confidences"],
+        v["labels"].astype(np.int64),
+        v["ids"].astype(np.int64),
+        None if shift is None else v["cam_shift"],
+        v["steps"].astype(np.int64) if "steps" in v else None,
     )
     return RobustnessResult(
-        epoch=epoch, class_names=names, clean=clean, table=table, corrupted=corrupted, corruptions=corruptions,
-        mce=mce, relative_mce=relative_mce, reference=None if config.reference is None else config.reference.path,
-        n=len(v["labels"]), class_counts=v["class_counts"].astype(np.int64).tolist(),
+        epoch=epoch,
+        class_names=names,
+        clean=clean,
+        table=table,
+        corrupted=corrupted,
+        corruptions=corruptions,
+        mce=mce,
+        relative_mce=relative_mce,
+        reference=None if config.reference is None else config.reference.path,
+        n=len(v["labels"]),
+        class_counts=v["class_counts"].astype(np.int64).tolist(),
         cam_shift=None if shift is None else float(_nanmean(shift)),
         fgsm=Fgsm(list(config.epsilons), v["fgsm_accuracy"].tolist()) if "fgsm_accuracy" in v else None,
-        flip=flip, reliability=reliability, images=images,
+        flip=flip,
+        reliability=reliability,
+        images=images,
     )

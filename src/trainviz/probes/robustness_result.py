@@ -213,7 +213,7 @@ class Means:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Means:
-        return cls(*(_num(record.get(s)) for s in STATS), _opt(record, "flip_rate"))
+        return cls(*(_num(record.get(s)) for s in STATS), _opt(record, "flip_rate"))  # type: ignore[call-arg]
 
 
 @dataclass
@@ -235,8 +235,13 @@ class Row(Means):
         means = Means.from_record(record)
         per_class = [_num(v) for v in record.get("per_class_accuracy") or []]
         condition = (record.get("corruption", corruption), record.get("severity", severity))
-        return cls(**asdict(means), corruption=condition[0], severity=condition[1], per_class_accuracy=per_class,
-                   cam_shift=_opt(record, "cam_shift"))
+        return cls(
+            **asdict(means),
+            corruption=condition[0],
+            severity=condition[1],
+            per_class_accuracy=per_class,
+            cam_shift=_opt(record, "cam_shift"),
+        )
 
 
 @dataclass
@@ -249,8 +254,12 @@ class CorruptionStats(Means):
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> CorruptionStats:
-        return cls(**asdict(Means.from_record(record)), ce=_num(record.get("ce")),
-                   relative_ce=_num(record.get("relative_ce")), cam_shift=_opt(record, "cam_shift"))
+        return cls(
+            **asdict(Means.from_record(record)),
+            ce=_num(record.get("ce")),
+            relative_ce=_num(record.get("relative_ce")),
+            cam_shift=_opt(record, "cam_shift"),
+        )
 
 
 @dataclass
@@ -288,7 +297,7 @@ class Schedule:
     @classmethod
     def of_run(cls, rows: list[tuple[str, int]], active: list[tuple[str, int]], budget: float | None) -> Schedule:
         distinct = (len(dict.fromkeys(name for name, _ in part)) for part in (rows, active))
-        return cls(len(rows), len(active), *distinct, budget)
+        return cls(len(rows), len(active), *distinct, budget)  # type: ignore[call-arg]
 
 
 @dataclass
@@ -420,9 +429,12 @@ class RobustnessResult(Result):
             schedule=None if schedule is None else Schedule(**schedule),
             cam_shift=_opt(record, "cam_shift"),
             fgsm=None if fgsm is None else Fgsm(list(fgsm["epsilons"]), [_num(a) for a in fgsm["accuracy"]]),
-            flip=None if flip is None else Flip(**{k: _num(v) if k.startswith("steps_") else v
-                                                   for k, v in flip.items()}),
-            reliability=None if bins is None else {
+            flip=None
+            if flip is None
+            else Flip(**{k: _num(v) if k.startswith("steps_") else v for k, v in flip.items()}),  # type: ignore[arg-type]
+            reliability=None
+            if bins is None
+            else {
                 k: Reliability([_num(c) for c in b["confidence"]], [_num(a) for a in b["accuracy"]], list(b["count"]))
                 for k, b in bins.items()
             },
@@ -487,16 +499,21 @@ class RobustnessResult(Result):
             **{s: np.array([getattr(row, s) for row in rows], dtype=np.float64) for s in STATS},
             "flip_rate": np.array([0.0] + [row.flip_rate for row in self.table], dtype=np.float64),
             "per_class_accuracy": np.array([row.per_class_accuracy for row in rows], dtype=np.float64),
-            "pred": im.pred.astype(np.int64), "confidences": im.confidences.astype(np.float32),
-            "labels": im.labels, "ids": im.ids, "class_names": np.array(self.class_names),
+            "pred": im.pred.astype(np.int64),
+            "confidences": im.confidences.astype(np.float32),
+            "labels": im.labels,
+            "ids": im.ids,
+            "class_names": np.array(self.class_names),
         }
         if im.cam_shift is not None:
             table["cam_shift"] = im.cam_shift.astype(np.float32)
         out = {"table": table}
         if self.fgsm is not None or self.flip is not None:
             fgsm = self.fgsm or Fgsm([], [])
-            out["adversarial"] = {"epsilons": np.array(fgsm.epsilons, dtype=np.float64),
-                                  "fgsm_accuracy": np.array(fgsm.accuracy, dtype=np.float64)}
+            out["adversarial"] = {
+                "epsilons": np.array(fgsm.epsilons, dtype=np.float64),
+                "fgsm_accuracy": np.array(fgsm.accuracy, dtype=np.float64),
+            }
             if im.steps is not None and self.flip is not None:
                 out["adversarial"] |= {"steps": im.steps.astype(np.int64), "max_steps": np.array(self.flip.max_steps)}
         return out

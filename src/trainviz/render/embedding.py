@@ -30,8 +30,26 @@ __all__ = ["PALETTE", "animation_figure", "animation_pages", "depth_image", "fig
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
     tuple(int(h[i : i + 2], 16) for i in (1, 3, 5))
     for h in (
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-        "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+        "#aec7e8",
+        "#ffbb78",
+        "#98df8a",
+        "#ff9896",
+        "#c5b0d5",
+        "#c49c94",
+        "#f7b6d2",
+        "#c7c7c7",
+        "#dbdb8d",
+        "#9edae5",
     )
 )
 """Categorical colours (matplotlib's tab10, then tab20's light shades); class ``c`` gets ``PALETTE[c % 20]``."""
@@ -45,7 +63,8 @@ def _colour(c: int) -> tuple[int, int, int]:
 
 
 def _hex(c: int) -> str:
-    return "#%02x%02x%02x" % _colour(c)
+    r, g, b = _colour(c)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _check_frame(frame: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -284,11 +303,23 @@ def animation_figure(
                 text, symbols = hover(epoch, c, idx)
                 out.append(
                     go.Scatter(
-                        x=xy[idx, 0], y=xy[idx, 1], ids=point_ids, mode="markers", name=names[c],
-                        legendgroup=names[c], showlegend=False, text=text, hovertemplate="%{text}<extra></extra>",
-                        marker={"color": _hex(c), "size": size, "symbol": symbols,
-                                "line": {"width": 1.5, "color": _hex(c)}},
-                        xaxis=f"x{p + 1 if p else ''}", yaxis=f"y{p + 1 if p else ''}",
+                        x=xy[idx, 0],
+                        y=xy[idx, 1],
+                        ids=point_ids,
+                        mode="markers",
+                        name=names[c],
+                        legendgroup=names[c],
+                        showlegend=False,
+                        text=text,
+                        hovertemplate="%{text}<extra></extra>",
+                        marker={
+                            "color": _hex(c),
+                            "size": size,
+                            "symbol": symbols,
+                            "line": {"width": 1.5, "color": _hex(c)},
+                        },
+                        xaxis=f"x{p + 1 if p else ''}",
+                        yaxis=f"y{p + 1 if p else ''}",
                     )
                 )
         return out
@@ -310,20 +341,38 @@ def animation_figure(
     play = {"frame": {"duration": 700, "redraw": False}, "transition": {"duration": 400}, "fromcurrent": True}
     jump = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate", "transition": {"duration": 300}}
     fig.update_layout(
-        title=title, template="plotly_white", height=520, width=max(640, 440 * n_panels + 160),
+        title=title,
+        template="plotly_white",
+        height=520,
+        width=max(640, 440 * n_panels + 160),
         legend={"title": {"text": "label (open: misclassified)" if predictions else "label"}, "itemsizing": "constant"},
-        updatemenus=[{
-            "type": "buttons", "direction": "left", "x": 0.0, "y": -0.06, "xanchor": "left", "yanchor": "top",
-            "buttons": [
-                {"label": "Play", "method": "animate", "args": [None, play]},
-                {"label": "Pause", "method": "animate",
-                 "args": [[None], {"frame": {"duration": 0}, "mode": "immediate"}]},
-            ],
-        }],
-        sliders=[{
-            "x": 0.12, "y": -0.02, "len": 0.88, "currentvalue": {"prefix": ""},
-            "steps": [{"label": f"epoch {e}", "method": "animate", "args": [[f"epoch {e}"], jump]} for e in epochs],
-        }],
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "left",
+                "x": 0.0,
+                "y": -0.06,
+                "xanchor": "left",
+                "yanchor": "top",
+                "buttons": [
+                    {"label": "Play", "method": "animate", "args": [None, play]},
+                    {
+                        "label": "Pause",
+                        "method": "animate",
+                        "args": [[None], {"frame": {"duration": 0}, "mode": "immediate"}],
+                    },
+                ],
+            }
+        ],
+        sliders=[
+            {
+                "x": 0.12,
+                "y": -0.02,
+                "len": 0.88,
+                "currentvalue": {"prefix": ""},
+                "steps": [{"label": f"epoch {e}", "method": "animate", "args": [[f"epoch {e}"], jump]} for e in epochs],
+            }
+        ],
     )
     return fig
 
@@ -368,15 +417,27 @@ def animation_pages(
     """
     pages = {}
     for (layer, method), fr in frames.items():
-        fig = animation_figure({f"{layer} / {method}": fr}, labels, ids, class_names, predictions=predictions,
-                               title=f"{layer}: {method} of the probe set over epochs")
+        fig = animation_figure(
+            {f"{layer} / {method}": fr},
+            labels,
+            ids,
+            class_names,
+            predictions=predictions,
+            title=f"{layer}: {method} of the probe set over epochs",
+        )
         pages[f"{layer}_{method}.html"] = figure_html(fig)
     for method in dict.fromkeys(m for _, m in frames):
         panels = {layer: fr for (layer, m), fr in frames.items() if m == method}
         common = set.intersection(*(set(fr) for fr in panels.values()))
         if len(panels) > 1 and common:
             panels = {layer: {e: fr[e] for e in common} for layer, fr in panels.items()}
-            fig = animation_figure(panels, labels, ids, class_names, predictions=predictions,
-                                   title=f"Layers as embeddings ({method}): classes across depth, over epochs")
+            fig = animation_figure(
+                panels,
+                labels,
+                ids,
+                class_names,
+                predictions=predictions,
+                title=f"Layers as embeddings ({method}): classes across depth, over epochs",
+            )
             pages[f"depth_{method}.html"] = figure_html(fig)
     return pages

@@ -59,9 +59,18 @@ def heatmap_figure(
         zmin, zmax = ranges.get(name, (None, None))
         traces.append(
             go.Heatmap(
-                z=z, x=list(x), y=list(y), name=name, visible=i == 0, zmin=zmin, zmax=zmax,
-                colorscale="RdBu" if diverging else "Viridis", reversescale=diverging, zmid=0 if diverging else None,
-                texttemplate="%{z:.2f}", hovertemplate="%{y}, %{x}: %{z:.3f}<extra>" + name + "</extra>",
+                z=z,
+                x=list(x),
+                y=list(y),
+                name=name,
+                visible=i == 0,
+                zmin=zmin,
+                zmax=zmax,
+                colorscale="RdBu" if diverging else "Viridis",
+                reversescale=diverging,
+                zmid=0 if diverging else None,
+                texttemplate="%{z:.2f}",
+                hovertemplate="%{y}, %{x}: %{z:.3f}<extra>" + name + "</extra>",
                 colorbar={"title": {"text": name}},
             )
         )
@@ -94,7 +103,9 @@ def lines_figure(
         >>> len(lines_figure([1, 2], {"a": [1, 2], "b": [2, None]}, "t", "x", "y").data)
         2
     """
-    fig = go.Figure([go.Scatter(x=list(x), y=list(values), mode="lines+markers", name=name) for name, values in series.items()])
+    fig = go.Figure(
+        [go.Scatter(x=list(x), y=list(values), mode="lines+markers", name=name) for name, values in series.items()]
+    )
     fig.update_layout(**_LAYOUT, title=title, xaxis_title=x_title, yaxis_title=y_title)
     if len(x) and all(isinstance(v, int) for v in x):  # epochs: whole-number ticks
         fig.update_xaxes(tick0=0, dtick=max(1, -(-(max(x) - min(x)) // 10)))
@@ -133,13 +144,23 @@ def reliability_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.nda
         >>> len(reliability_figure({"clean": (conf, acc, count)}, "t").data[1].x)
         1
     """
-    fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dot", "color": "grey"})])
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dot", "color": "grey"}
+            )
+        ]
+    )
     for name, (conf, acc, count) in curves.items():
         keep = np.asarray(count) > 0
         fig.add_trace(
             go.Scatter(
-                x=np.asarray(conf)[keep], y=np.asarray(acc)[keep], mode="lines+markers", name=name,
-                customdata=np.asarray(count)[keep], hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} (%{customdata} images)",
+                x=np.asarray(conf)[keep],
+                y=np.asarray(acc)[keep],
+                mode="lines+markers",
+                name=name,
+                customdata=np.asarray(count)[keep],
+                hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} (%{customdata} images)",
             )
         )
     fig.update_layout(**_LAYOUT, title=title, xaxis_title="confidence (top probability)", yaxis_title="accuracy")

@@ -1,4 +1,5 @@
-"""Per-class map pictures (seed 003): every class's map for a few images, the predicted class's map with
+"""Per-class map pictures (Zhang's encoder-decoder paper): every class's map for a few images, the predicted class's
+map with
 true label, prediction and confidence (figures 6-7), and each class's mean pattern.
 
 Maps are expected in [0, 1] (e.g. :func:`trainviz.ops.class_maps.normalize_maps`). Raw maps are shown

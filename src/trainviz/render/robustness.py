@@ -90,7 +90,7 @@ def example_grid_image(
     pad: int = 2,
 ) -> np.ndarray:
     """Example images in columns (clean, then each corruption) and rows (images), each captioned with its
-    prediction and confidence, green when right and red when wrong (seed 003, figures 9-12).
+    prediction and confidence, green when right and red when wrong (Zhang's encoder-decoder paper, figures 9-12).
 
     All text is drawn on one canvas (cheap enough to redraw at every epoch).
 

@@ -1,11 +1,14 @@
-"""Evolution strips (one probe image's map across epochs, seed 003 figures 3-5) and gradient pictures.
+"""Evolution strips (one probe image's map across epochs, figures 3-5 of Zhang's encoder-decoder paper) and gradient
+pictures.
 
 Returns ``numpy.uint8`` arrays ``(H, W, 3)`` ready for a sink; nothing is written.
 
 Example:
     >>> import torch
     >>> from trainviz.render.strips import evolution_strip
-    >>> strip = evolution_strip(torch.rand(2, 3, 32, 32), torch.rand(3, 2, 32, 32), epochs=[0, 4, 9], row_labels=["a", "b"])
+    >>> strip = evolution_strip(
+    ...     torch.rand(2, 3, 32, 32), torch.rand(3, 2, 32, 32), epochs=[0, 4, 9], row_labels=["a", "b"]
+    ... )
     >>> strip.shape
     (236, 394, 3)
 """

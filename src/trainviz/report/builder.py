@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trainviz.core.common import json_number
+from trainviz.probes.dynamics_result import DynamicsResult
 from trainviz.probes.robustness_result import (
     LOW_COUNT_THRESHOLD,
     PerImage,
@@ -98,7 +100,7 @@ class RunArtifacts:
     robustness: list[RobustnessResult] = field(default_factory=list)
     examples_png: bytes | None = None
     manifest: dict[str, Any] | None = None
-    dynamics: list[dict[str, Any]] = field(default_factory=list)
+    dynamics: list[DynamicsResult] = field(default_factory=list)
 
     @property
     def latest(self) -> RobustnessResult | None:
@@ -120,7 +122,7 @@ def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
             run.examples_png = store.path(f"{folder}/examples.png").read_bytes()
     if store.path("manifest/manifest.json").exists():
         run.manifest = store.read_json("manifest/manifest.json")
-    run.dynamics = _read_jsonl(store, "dynamics/metrics.jsonl")
+    run.dynamics = [DynamicsResult.from_record(r) for r in _read_jsonl(store, "dynamics/metrics.jsonl")]
     return run
 
 
@@ -168,11 +170,11 @@ def _accuracy_table(rec: RobustnessResult, intervals: Mapping[str, list[float]])
             value = "" if np.isnan(heat[i, j]) else f"{heat[i, j]:.3f}"
             tds.append(f"<td>{value} <span class=ci>{ci}</span></td>")
         body.append(f"<tr><th>{_esc(c)}</th>{''.join(tds)}</tr>")
-    clean = f'clean {rec.clean.accuracy:.3f} {_ci(intervals.get("clean_accuracy"))}'.rstrip()
+    clean = f"clean {rec.clean.accuracy:.3f} {_ci(intervals.get('clean_accuracy'))}".rstrip()
     title = "Accuracy per corruption and severity" + (", with 95% Wilson intervals" if intervals else "")
     return (
         f'<details class="cells"><summary>{title} ({clean})</summary><table class="cells"><tr><th></th>{head}</tr>'
-        f'{"".join(body)}</table></details>'
+        f"{''.join(body)}</table></details>"
     )
 
 
@@ -182,7 +184,7 @@ def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]])
 
     rec, out = run.latest, []
     _, corruptions, levels = rec.heatmap()
-    metrics = ("accuracy", "flip_rate", "confidence", "ece", "nll")
+    metrics: tuple[str, ...] = ("accuracy", "flip_rate", "confidence", "ece", "nll")
     metrics += ("cam_shift",) if rec.cam_shift is not None else ()
     tables = {m: np.full((len(corruptions), len(levels)), np.nan) for m in metrics}
     for row in rec.table:
@@ -195,11 +197,20 @@ def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]])
     clean_ci = intervals.get("clean_accuracy")
     if intervals:
         text = [[_ci(intervals.get(f"corruption_accuracy/{c}/s{s}")) for s in levels] for c in corruptions]
-        heat.update_traces(text=text, hovertemplate="%{y}, %{x}: %{z:.3f}, 95% CI %{text}<extra>accuracy</extra>",
-                           selector={"name": "accuracy"})
+        heat.update_traces(
+            text=text,
+            hovertemplate="%{y}, %{x}: %{z:.3f}, 95% CI %{text}<extra>accuracy</extra>",
+            selector={"name": "accuracy"},
+        )
     counts = f", 95% CI {_ci(clean_ci)} on {rec.n} images; the hover shows each cell's interval" if clean_ci else ""
-    out.append(("corruptions", f"Corruption x severity at epoch {rec.epoch} (clean accuracy {rec.clean.accuracy:.3f}"
-                f"{counts}); the menu switches the metric.", heat))
+    out.append(
+        (
+            "corruptions",
+            f"Corruption x severity at epoch {rec.epoch} (clean accuracy {rec.clean.accuracy:.3f}"
+            f"{counts}); the menu switches the metric.",
+            heat,
+        )
+    )
 
     results = run.robustness
     epochs = [r.epoch for r in results]
@@ -211,24 +222,44 @@ def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]])
         label = eps_label(eps)
         curves[f"FGSM accuracy, eps {label}"] = [r.summary().get(f"fgsm_accuracy@{label}") for r in results]
     if run.dynamics:
-        by_epoch = {d["epoch"]: d.get("accuracy") for d in run.dynamics}
+        by_epoch = {d.epoch: json_number(d.accuracy) for d in run.dynamics}
         curves["dynamics probe accuracy"] = [by_epoch.get(e) for e in epochs]
-    out.append(("curves", "Accuracy over epochs on the clean, corrupted and adversarial probe sets.",
-                lines_figure(epochs, curves, "Accuracy over epochs", "epoch", "accuracy", y_range=(0, 1.02))))
+    out.append(
+        (
+            "curves",
+            "Accuracy over epochs on the clean, corrupted and adversarial probe sets.",
+            lines_figure(epochs, curves, "Accuracy over epochs", "epoch", "accuracy", y_range=(0, 1.02)),
+        )
+    )
     per_corruption = {name: [_stat(r, name, "accuracy") for r in results] for name in corruptions}
     figure = lines_figure(epochs, per_corruption, "Accuracy per corruption", "epoch", "accuracy", y_range=(0, 1.02))
-    out.append(("curves", "Accuracy under each corruption (mean over severities); click the legend to hide lines.",
-                figure))
+    out.append(
+        ("curves", "Accuracy under each corruption (mean over severities); click the legend to hide lines.", figure)
+    )
     errors = {"mCE": [r.mce for r in results], "relative mCE": [r.relative_mce for r in results]}
-    normalised = "normalised by the reference run" if rec.reference else \
-        "unnormalised: mean error and mean error increase over clean"
-    out.append(("curves", f"Mean corruption error over epochs ({normalised}); lower is better.",
-                lines_figure(epochs, errors, "Mean corruption error", "epoch", "mCE")))
+    normalised = (
+        "normalised by the reference run"
+        if rec.reference
+        else "unnormalised: mean error and mean error increase over clean"
+    )
+    out.append(
+        (
+            "curves",
+            f"Mean corruption error over epochs ({normalised}); lower is better.",
+            lines_figure(epochs, errors, "Mean corruption error", "epoch", "mCE"),
+        )
+    )
     if rec.cam_shift is not None:
         shifts = {name: [_stat(r, name, "cam_shift") for r in results] for name in corruptions}
         figure = lines_figure(epochs, shifts, "CAM shift per corruption", "epoch", "correlation", y_range=(-1, 1.02))
-        out.append(("curves", "CAM shift: correlation of the true class's Grad-CAM on clean and corrupted images "
-                    "(1 = the model looks at the same place), mean over severities.", figure))
+        out.append(
+            (
+                "curves",
+                "CAM shift: correlation of the true class's Grad-CAM on clean and corrupted images "
+                "(1 = the model looks at the same place), mean over severities.",
+                figure,
+            )
+        )
     return out
 
 
@@ -251,53 +282,87 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
     clean_pc = np.array(rec.clean.per_class_accuracy, dtype=np.float64)
     drops = np.full((len(corruptions), len(names)), np.nan)
     for i, name in enumerate(corruptions):
-        rows = [clean_pc - np.array(row.per_class_accuracy, dtype=np.float64)
-                for row in rec.table if row.corruption == name]
+        rows = [
+            clean_pc - np.array(row.per_class_accuracy, dtype=np.float64) for row in rec.table if row.corruption == name
+        ]
         drops[i] = np.mean(rows, axis=0)
     drop_fig = heatmap_figure({"accuracy drop": drops}, names, corruptions, "Per-class accuracy drop", diverging=True)
     hover = _class_hover(rec, clean_pc)
     if any(hover):
-        drop_fig.update_traces(text=[hover] * len(corruptions),
-                               hovertemplate="%{y}, %{x}: drop %{z:.3f}<br>%{text}<extra>accuracy drop</extra>")
+        drop_fig.update_traces(
+            text=[hover] * len(corruptions),
+            hovertemplate="%{y}, %{x}: drop %{z:.3f}<br>%{text}<extra>accuracy drop</extra>",
+        )
     how = "; the hover shows the class's clean accuracy, its 95% interval and its number of images."
     how = how if any(hover) else "."
-    out.append(("classes", "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a "
-                f"corruption hurts{how}", drop_fig))
+    out.append(
+        (
+            "classes",
+            "Per-class accuracy drop (clean minus corrupted, mean over severities): which classes a "
+            f"corruption hurts{how}",
+            drop_fig,
+        )
+    )
 
     if rec.reliability is not None:
         labels = {"clean": "clean", "corrupted": "all corruptions"}
         curves = {labels.get(k, k): (b.confidence, b.accuracy, b.count) for k, b in rec.reliability.items()}
-        out.append(("calibration", "Reliability diagram of the latest epoch: a calibrated model lies on the diagonal.",
-                    reliability_figure(curves, "Reliability")))
+        out.append(
+            (
+                "calibration",
+                "Reliability diagram of the latest epoch: a calibrated model lies on the diagonal.",
+                reliability_figure(curves, "Reliability"),  # type: ignore[arg-type]
+            )
+        )
     cal = {
         "accuracy": [rec.corruptions[c].accuracy for c in corruptions],
         "mean confidence": [rec.corruptions[c].confidence for c in corruptions],
         "ECE": [rec.corruptions[c].ece for c in corruptions],
     }
     clean = rec.clean
-    out.append(("calibration", f"Confidence against accuracy per corruption (clean: accuracy {clean.accuracy:.3f}, "
-                f"confidence {clean.confidence:.3f}, ECE {clean.ece:.3f}).",
-                bars_figure(corruptions, cal, "Calibration per corruption", "fraction")))
+    out.append(
+        (
+            "calibration",
+            f"Confidence against accuracy per corruption (clean: accuracy {clean.accuracy:.3f}, "
+            f"confidence {clean.confidence:.3f}, ECE {clean.ece:.3f}).",
+            bars_figure(corruptions, cal, "Calibration per corruption", "fraction"),
+        )
+    )
 
     if rec.fgsm is not None:
         eps, acc = [0.0, *rec.fgsm.epsilons], np.array([clean.accuracy, *rec.fgsm.accuracy])
-        fgsm_fig = lines_figure(eps, {"FGSM accuracy": acc.tolist()}, "FGSM", "eps (pixels in [0, 1])", "accuracy",
-                                y_range=(0, 1.02))
+        fgsm_fig = lines_figure(
+            eps, {"FGSM accuracy": acc.tolist()}, "FGSM", "eps (pixels in [0, 1])", "accuracy", y_range=(0, 1.02)
+        )
         keys = ["clean_accuracy", *(f"fgsm_accuracy@{eps_label(e)}" for e in rec.fgsm.epsilons)]
         bars = all(k in intervals for k in keys)
         if bars:
             lo, hi = np.array([intervals[k][0] for k in keys]), np.array([intervals[k][1] for k in keys])
             bounds = {"type": "data", "symmetric": False, "array": hi - acc, "arrayminus": acc - lo}
             fgsm_fig.update_traces(error_y=bounds)
-        out.append(("adversarial", "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy)"
-                    + ("; bars: 95% Wilson intervals." if bars else "."), fgsm_fig))
+        out.append(
+            (
+                "adversarial",
+                "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy)"
+                + ("; bars: 95% Wilson intervals." if bars else "."),
+                fgsm_fig,
+            )
+        )
     if rec.images is not None and rec.images.steps is not None and rec.flip is not None:
         steps, cap, flip = rec.images.steps, rec.flip.max_steps, rec.flip
         counts = np.bincount(steps[steps >= 0], minlength=cap + 1)
-        labels = [str(k) for k in range(cap + 1)] + ["never"]
-        figure = bars_figure(labels, {"images": [*counts.tolist(), int((steps < 0).sum())]}, "Steps to flip", "images")
-        out.append(("adversarial", f"Gradient-ascent steps until the prediction changes (step {flip.step_size:g}, "
-                    f"cap {cap}): {flip.never_flipped} of {len(steps)} images never flipped.", figure))
+        bar_labels = [str(k) for k in range(cap + 1)] + ["never"]
+        figure = bars_figure(
+            bar_labels, {"images": [*counts.tolist(), int((steps < 0).sum())]}, "Steps to flip", "images"
+        )
+        out.append(
+            (
+                "adversarial",
+                f"Gradient-ascent steps until the prediction changes (step {flip.step_size:g}, "
+                f"cap {cap}): {flip.never_flipped} of {len(steps)} images never flipped.",
+                figure,
+            )
+        )
     return out
 
 
@@ -345,13 +410,18 @@ def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
     intervals = summary.get("intervals") or {}
     keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "clean_ece", "corruption_ece"]
     keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
-    rows = [(k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else ""))
-            for k in keys if k in summary]
+    rows = [
+        (k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else ""))
+        for k in keys
+        if k in summary
+    ]
     notes = []
     probe = summary.get("probe")
     if probe:
-        notes.append(f"Intervals: 95% Wilson, on the {probe['n']} probe images (means over severities or corruptions "
-                     "reuse the same images and carry none).")
+        notes.append(
+            f"Intervals: 95% Wilson, on the {probe['n']} probe images (means over severities or corruptions "
+            "reuse the same images and carry none)."
+        )
     else:
         notes.append("This record has no probe counts (written before trainviz recorded them): no intervals.")
     if rec.reference:
@@ -369,8 +439,10 @@ def _low_count_note(rec: RobustnessResult) -> str:
         return ""
     counts = (rec.probe_counts() or {}).get("class_counts", {})
     listed = ", ".join(f"{_esc(n)} ({counts[n]})" for n in low)
-    return (f'<p class="note low-count">{LOW_COUNT_MARK} fewer than {LOW_COUNT_THRESHOLD} probe images: {listed}; '
-            "their per-class accuracies and drops are too noisy to read (raise <code>probe_size</code>).</p>")
+    return (
+        f'<p class="note low-count">{LOW_COUNT_MARK} fewer than {LOW_COUNT_THRESHOLD} probe images: {listed}; '
+        "their per-class accuracies and drops are too noisy to read (raise <code>probe_size</code>).</p>"
+    )
 
 
 def build_report(
@@ -399,14 +471,17 @@ def build_report(
     atomic_write(out.parent / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
     figures = _robustness_figures(run) if run.latest else []
-    sections, data = [], []
+    sections: list[str] = []
+    data: list[Any] = []
     for key, heading in _SECTIONS.items():
         parts = []
         for section, caption, fig in figures:
             if section == key:
                 data.append(f'<script type="application/json" id="fig-{len(data)}">{_figure_json(fig)}</script>')
-                parts.append(f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div>'
-                             f'<figcaption>{_esc(caption)}</figcaption></figure>')
+                parts.append(
+                    f'<figure><div class="plot" data-figure="fig-{len(data) - 1}"></div>'
+                    f"<figcaption>{_esc(caption)}</figcaption></figure>"
+                )
         if parts and key == "corruptions" and run.latest.table:
             parts.append(_accuracy_table(run.latest, summary.get("intervals") or {}))
         if parts and key == "classes":

@@ -147,8 +147,9 @@ def _unknown(name: str, metrics: Mapping[str, float]) -> str:
         hint = f"close matches: {', '.join(close)}"
     else:
         top = sorted(k for k in metrics if metric_family(k) == k)
-        hint = f"this run's metrics include {', '.join(top)} and per-corruption ones such as ce/<name> " \
-            "(see summary.json)"
+        hint = (
+            f"this run's metrics include {', '.join(top)} and per-corruption ones such as ce/<name> (see summary.json)"
+        )
     known = metric_family(name) in HIGHER_IS_BETTER
     why = "is not in this run's summary (not measured, or undefined)" if known else "is unknown"
     return f"Metric {name!r} {why}; {hint}."
@@ -161,11 +162,15 @@ def _wrong_way(name: str, bound: float, flag: str) -> str | None:
         reason = NO_DIRECTION.get(metric_family(name), "it has no better direction")
         return f"{name} cannot be gated: {reason}."
     if flag == "--fail-under" and direction is False:
-        return (f"{name} is lower-is-better, so --fail-under would fail when it improves: "
-                f"use --fail-over {name}={bound:g} (fails when {name} is above {bound:g}).")
+        return (
+            f"{name} is lower-is-better, so --fail-under would fail when it improves: "
+            f"use --fail-over {name}={bound:g} (fails when {name} is above {bound:g})."
+        )
     if flag == "--fail-over" and direction is True:
-        return (f"{name} is higher-is-better, so --fail-over would fail when it improves: "
-                f"use --fail-under {name}={bound:g} (fails when {name} is below {bound:g}).")
+        return (
+            f"{name} is higher-is-better, so --fail-over would fail when it improves: "
+            f"use --fail-under {name}={bound:g} (fails when {name} is below {bound:g})."
+        )
     return None
 
 

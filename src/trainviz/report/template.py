@@ -18,7 +18,8 @@ PAGE = Template(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$title</title>
 <style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; color: #1d2433; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px; \
+padding: 0 24px 48px; color: #1d2433; }
 header { border-bottom: 1px solid #d8dce6; margin-bottom: 12px; }
 h1 { font-size: 1.5rem; margin: 24px 0 4px; }
 h2 { font-size: 1.2rem; margin-top: 32px; border-bottom: 1px solid #eef0f5; padding-bottom: 4px; }
@@ -27,7 +28,8 @@ nav a { margin-right: 14px; color: #2c5fd4; text-decoration: none; }
 figure { margin: 12px 0 24px; }
 figcaption { color: #4b5468; font-size: 0.9rem; margin-top: 4px; }
 table.kv { border-collapse: collapse; font-size: 0.85rem; margin: 8px 0; }
-table.kv th { text-align: left; font-weight: 600; padding: 2px 16px 2px 0; vertical-align: top; max-width: 460px; word-break: break-all; }
+table.kv th { text-align: left; font-weight: 600; padding: 2px 16px 2px 0; vertical-align: top; max-width: 460px; \
+word-break: break-all; }
 table.kv td { padding: 2px 0; font-family: ui-monospace, monospace; word-break: break-all; }
 img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #eef0f5; }
 .note { color: #69738a; font-size: 0.9rem; }
@@ -44,7 +46,9 @@ $plotly
 <header>
 <h1>Robustness report: $run_name</h1>
 <p class="path">$run_path</p>
-<nav><a href="#corruptions">Corruptions</a><a href="#curves">Over epochs</a><a href="#classes">Classes</a><a href="#calibration">Calibration</a><a href="#adversarial">Adversarial</a><a href="#examples">Examples</a><a href="#manifest">Manifest</a></nav>
+<nav><a href="#corruptions">Corruptions</a><a href="#curves">Over epochs</a><a href="#classes">Classes</a>\
+<a href="#calibration">Calibration</a><a href="#adversarial">Adversarial</a><a href="#examples">Examples</a>\
+<a href="#manifest">Manifest</a></nav>
 </header>
 $headline
 $sections

@@ -114,7 +114,7 @@ class ArtifactStore:
 
     def write_npz(self, relpath: str, **arrays: Any) -> Path:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
         return self.write_bytes(relpath, buf.getvalue())
 
     def append_jsonl(self, relpath: str, record: dict[str, Any], key: str | None = "epoch") -> Path:

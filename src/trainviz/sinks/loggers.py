@@ -101,7 +101,7 @@ class WandbBackend(LoggerBackend):
         import wandb
 
         self._declare()
-        self.logger.experiment.log({tag: wandb.Histogram(np.asarray(values).ravel()), "epoch": epoch})
+        self.logger.experiment.log({tag: wandb.Histogram(np.asarray(values).ravel().tolist()), "epoch": epoch})
 
     def embedding(self, tag: str, coords: np.ndarray, labels: list[str], predictions: list[str], epoch: int) -> None:
         self._declare()
@@ -186,7 +186,12 @@ def logger_backends(loggers: list[Any]) -> list[LoggerBackend]:
     """A backend for every logger of a trainer that is not TensorBoard (which the sink writes itself)."""
     from pytorch_lightning.loggers import CometLogger, CSVLogger, MLFlowLogger, WandbLogger
 
-    kinds = ((WandbLogger, WandbBackend), (MLFlowLogger, MLflowBackend), (CometLogger, CometBackend), (CSVLogger, CSVBackend))
+    kinds = (
+        (WandbLogger, WandbBackend),
+        (MLFlowLogger, MLflowBackend),
+        (CometLogger, CometBackend),
+        (CSVLogger, CSVBackend),
+    )
     out: list[LoggerBackend] = []
     for logger in loggers or []:
         for kind, backend in kinds:

@@ -209,8 +209,10 @@ class ProjectorWriter:
         n = {a.shape[0] for a in arrays.values()} | {len(v) for v in columns.values()}
         if len(n) != 1 or any(a.ndim != 2 for a in arrays.values()) or not columns:
             shapes = {k: a.shape for k, a in arrays.items()}
-            raise ValueError(f"Expected 2-D tensors and metadata columns with the same number of rows, got {shapes} "
-                             f"and {({c: len(v) for c, v in columns.items()})}.")
+            raise ValueError(
+                f"Expected 2-D tensors and metadata columns with the same number of rows, got {shapes} "
+                f"and { ({c: len(v) for c, v in columns.items()}) }."
+            )
         self.background.submit_as(self.owner, self._write_epoch, epoch, arrays, columns, self._sprite_dim)
 
     def _write_epoch(

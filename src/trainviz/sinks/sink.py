@@ -79,7 +79,9 @@ class Sink:
         for logger in self.loggers:
             logger.scalars(pairs, step)
 
-    def image(self, name: str, image: np.ndarray, step: int, artifact: bool = False, caption: str | None = None) -> None:
+    def image(
+        self, name: str, image: np.ndarray, step: int, artifact: bool = False, caption: str | None = None
+    ) -> None:
         """A uint8 ``(H, W, 3)`` picture (see :mod:`trainviz.render.images`); with ``artifact=True`` also
         saved as ``<callback>/epoch_XXXX/<name>.png`` for offline reports. ``caption`` goes to the loggers
         that show one (W&B)."""
@@ -117,7 +119,9 @@ class Sink:
         table; TensorBoard gets the projector through :meth:`projector`)."""
         coords = _to_numpy(coords)
         for logger in self.loggers:
-            self.background.submit_as(self.callback, logger.embedding, self.tag(name), coords, list(labels), list(predictions), step)
+            self.background.submit_as(
+                self.callback, logger.embedding, self.tag(name), coords, list(labels), list(predictions), step
+            )
 
     def finish_loggers(self) -> None:
         """Fit end: hand the complete artifact folder to the loggers that keep artifacts (MLflow)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
 __all__ = ["find_summary_writer", "open_summary_writer"]
 
 
@@ -25,4 +24,3 @@ def open_summary_writer(log_dir: str | os.PathLike) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir))
-

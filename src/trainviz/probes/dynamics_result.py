@@ -1,0 +1,74 @@
+"""The result of the training-dynamics probe (Iuzzolino et al., Interactive Deep CNN Visualization): torch-free,
+so that the report reads it back without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainviz.core.common import json_number
+from trainviz.core.result import Result
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["DynamicsResult"]
+
+
+@dataclass
+class DynamicsResult(Result):
+    """One run. The record is ``{"epoch", "accuracy", "per_class_accuracy": {name: value}, "class_names"}``
+    (NaN, ``None`` in the record, for a class without probe images); the tensors (``probs``, ``labels``, ``ids``,
+    ``confusion``) and the example panels are not recorded and are ``None`` in a result read back.
+
+    Shape:
+        probs ``(N, K)``, labels and ids ``(N,)``, confusion ``(K, K)``.
+    """
+
+    epoch: int
+    accuracy: float
+    per_class_accuracy: dict[str, float]
+    class_names: list[str]
+    probs: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    ids: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    confusion: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    examples: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def scalars(self) -> dict[str, float | None]:
+        per_class = {f"per_class_accuracy/{n}": v for n, v in self.per_class_accuracy.items()}
+        return {"accuracy": self.accuracy, **per_class}
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "accuracy": json_number(self.accuracy),
+            "per_class_accuracy": {n: json_number(v) for n, v in self.per_class_accuracy.items()},
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DynamicsResult:
+        per_class = {n: float("nan") if v is None else v for n, v in record["per_class_accuracy"].items()}
+        return cls(record["epoch"], record["accuracy"], per_class, list(record["class_names"]))
+
+    def render(self) -> dict[str, np.ndarray]:
+        if self.confusion is None:
+            return {}
+        from trainviz.render.images import confusion_matrix_image
+
+        confusion = confusion_matrix_image(self.confusion, self.class_names)
+        return {"confusion_matrix": confusion, "probabilities": self.examples}
+
+    def histograms(self) -> dict[str, Any]:
+        if self.probs is None:
+            return {}
+        return {"prob_true_class": self.probs.gather(1, self.labels[:, None]), "confidence": self.probs.max(1).values}
+
+    def arrays(self) -> dict[str, dict[str, Any]]:
+        if self.probs is None:
+            return {}
+        arrays = {"probs": self.probs, "labels": self.labels, "ids": self.ids, "confusion": self.confusion}
+        return {"predictions": arrays}
