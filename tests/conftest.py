@@ -90,3 +90,17 @@ def demo_model(kind: str = "cnn", num_classes: int = 6, in_channels: int = 3, se
     if kind == "classmap":
         return ClassMapClassifier(num_classes=num_classes, in_channels=in_channels, encoder="small")
     return DemoClassifier(num_classes=num_classes, in_channels=in_channels)
+
+
+class DictItems(torch.utils.data.Dataset):
+    """Wraps a dataset of ``(image, label)`` into ``{"image", "label"}`` items, as many user datasets are."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        return {"image": image, "label": label}

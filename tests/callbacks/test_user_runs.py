@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
+from conftest import DictItems, demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import FakeData
 
@@ -32,20 +32,6 @@ ROBUST = dict(
     flip_max_steps=2,
     probe_size=16,
 )
-
-
-class DictItems(Dataset):
-    """Wraps a dataset of ``(image, label)`` into ``{"image", "label"}`` items, as many user datasets are."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        image, label = self.dataset[i]
-        return {"image": image, "label": label}
 
 
 class UserModule(pl.LightningModule):

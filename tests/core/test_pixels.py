@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DictItems
 from torch.utils.data import ConcatDataset, Subset, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import FakeData
@@ -39,18 +40,7 @@ def test_normalize_is_found_in_the_pipeline(pipeline):
 def test_normalize_is_found_through_subset_concat_and_wrappers():
     ds = _fake(transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
 
-    class Wrapper(torch.utils.data.Dataset):
-        def __init__(self, dataset):
-            self.dataset = dataset
-
-        def __len__(self):
-            return len(self.dataset)
-
-        def __getitem__(self, i):
-            image, label = self.dataset[i]
-            return {"image": image, "label": label}
-
-    for wrapped in (Subset(ds, [0, 1]), ConcatDataset([ds, ds]), Wrapper(Subset(ds, [2, 3]))):
+    for wrapped in (Subset(ds, [0, 1]), ConcatDataset([ds, ds]), DictItems(Subset(ds, [2, 3]))):
         assert find_normalization(wrapped).mean == pytest.approx(MEAN)
     assert find_normalization(TensorDataset(torch.rand(2, 3, 4, 4), torch.zeros(2))) is None
     # a Normalize applied only at random is not followed
