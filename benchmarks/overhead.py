@@ -45,10 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="shapes", choices=("shapes", "digits"))
+    parser.add_argument("--budget", type=float, default=None, help="default_callbacks(budget=); default: none")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         bare = fit_seconds([], args.epochs, args.data, root + "/bare")
-        suite = fit_seconds(trainviz.default_callbacks(), args.epochs, args.data, root + "/suite")
+        suite = fit_seconds(trainviz.default_callbacks(budget=args.budget), args.epochs, args.data, root + "/suite")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data {args.data}, epochs {args.epochs}")
     print(f"fit without trainviz: {bare:.1f} s; with default_callbacks(): {suite:.1f} s; ratio {suite / bare:.2f}x")
 

@@ -161,15 +161,21 @@ def bumped_maps(net: ClassMapNet, layer: str, x: torch.Tensor, k: int) -> torch.
         handle.remove()
 
 
-@pytest.mark.parametrize("layer", ["decoder.group_conv", "decoder.stages.1", "decoder.stages.0.upsample"])
-def test_grouped_class_channel_reaches_only_its_own_map(layer):
-    num_classes = 5
-    net = ClassMapNet(num_classes, encoder="small", decoder="grouped")
+def _net_input_and_maps(decoder: str, num_classes: int):
+    """An eval-mode net with random BatchNorm statistics, an input and its class maps."""
+    net = ClassMapNet(num_classes, encoder="small", decoder=decoder)
     randomize_bn(net)
     net.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        _, base = net.forward_with_maps(x)
+        return net, x, net.forward_with_maps(x)[1]
+
+
+@pytest.mark.parametrize("layer", ["decoder.group_conv", "decoder.stages.1", "decoder.stages.0.upsample"])
+def test_grouped_class_channel_reaches_only_its_own_map(layer):
+    num_classes = 5
+    net, x, base = _net_input_and_maps("grouped", num_classes)
+    with torch.no_grad():
         for k in range(num_classes):
             maps = bumped_maps(net, layer, x, k)
             others = [c for c in range(num_classes) if c != k]
@@ -179,12 +185,8 @@ def test_grouped_class_channel_reaches_only_its_own_map(layer):
 
 def test_seed003_only_the_last_stage_keeps_classes_apart():
     num_classes = 5
-    net = ClassMapNet(num_classes, encoder="small", decoder="seed003")
-    randomize_bn(net)
-    net.eval()
-    x = torch.randn(2, 3, 32, 32)
+    net, x, base = _net_input_and_maps("seed003", num_classes)
     with torch.no_grad():
-        _, base = net.forward_with_maps(x)
         for k in range(num_classes):
             others = [c for c in range(num_classes) if c != k]
             last = bumped_maps(net, "decoder.stages.1", x, k)  # the grouped stage: class k only

@@ -97,9 +97,8 @@ def check_layers(name: str, value: Any) -> tuple[str, ...]:
 
 def check_images(images: Any, name: str = "images") -> torch.Tensor:
     """A floating-point image batch ``(N, C, H, W)`` with N >= 1."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"Expected `{name}` to be an image batch of shape (N, C, H, W) with N >= 1, got {shape}.")
-    if not images.is_floating_point():
-        raise ValueError(f"Expected `{name}` to be floating point (model inputs), got {images.dtype}.")
+    ok = isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] > 0 and images.is_floating_point()
+    if not ok:
+        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"Expected `{name}` to be a floating tensor of shape (N, C, H, W) with N >= 1, got {got}.")
     return images

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.checks import check_choice, check_images, check_positive_int
 from trainviz.core.hooks import capture
 from trainviz.core.layers import LayerSpec, Reshape, resolve_layer, resolve_layers, to_feature_maps, tokens_to_grid
 from trainviz.core.outputs import expect_logits
@@ -167,12 +167,6 @@ def _layer_dict(
         return resolve_layers(model, list(layers), example=images[:1], reshape=reshape)
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"Expected `images` to be a floating tensor of shape (N, C, H, W), got {shape}.")
-
-
 # --------------------------------------------------------------------------------------------------
 # the one forward + one truncated backward
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +230,7 @@ def activations_and_gradients(
     Shape:
         images ``(N, C, H, W)``; see :class:`LayerPass` for the outputs.
     """
-    _check_images(images)
+    check_images(images)
     named = _layer_dict(model, layers, images, reshape)
     names = list(named)
     want_input = input_rule is not None
@@ -532,7 +526,7 @@ def class_activation_maps(
     """
     check_choice("method", method, METHODS)
     check_choice("aggregate", aggregate, AGGREGATES)
-    _check_images(images)
+    check_images(images)
     named = _layer_dict(model, layers, images, reshape)
     size = tuple(images.shape[-2:])
     results = []
