@@ -13,9 +13,11 @@ Subclasses set ``name``, implement :meth:`_run` and may extend :meth:`_setup` (e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -32,6 +34,7 @@ from trainviz.core.layers import resolve_layers
 from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
+from trainviz.core.progress import Task, task
 from trainviz.core.threads import contention
 from trainviz.data.base import Normalization
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
@@ -135,6 +138,33 @@ class ProbeCallback(Callback):
             (see :mod:`trainviz.core.budget`); ``None`` (default) runs everything at its cadence. The first and the
             last epoch always produce a result, scaled down to its essential part if the credit is short; runs
             and parts that do not fit are skipped and logged as ``trainviz/budget/<callback>/skipped``.
+
+    Raises:
+        ValueError: in ``__init__``, an argument of the wrong type or out of range (the message names it and the
+            valid values); at setup, before the first epoch: no data to draw the probe set from, a split smaller
+            than ``probe_size``, probe images that do not map into [0, 1] with the resolved normalisation, or a
+            model output that ``output=`` cannot turn into logits.
+
+    Example:
+        A probe of one's own: the base draws the probe set, guards the run and isolates its failures.
+
+        >>> import tempfile
+        >>> import pytorch_lightning as pl
+        >>> from trainviz.callbacks.base import ProbeCallback
+        >>> from trainviz.data import ShapesDataModule
+        >>> from trainviz.models import DemoClassifier
+        >>> class MeanLogit(ProbeCallback):
+        ...     name = "mean_logit"
+        ...     def _run(self, trainer, pl_module, epoch):
+        ...         logits = self.logits_model(pl_module)(self.device_probe(pl_module).images)
+        ...         self.sink.scalar("mean", logits.mean(), epoch)
+        >>> cb = MeanLogit(probe_size=12)
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[cb], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...                      default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=64, n_val=32))
+        >>> cb.done_epochs, len(cb.probe)
+        ([0], 12)
     """
 
     name: ClassVar[str] = "probe"
@@ -191,6 +221,7 @@ class ProbeCallback(Callback):
         self._pending: int | None = None  # from a checkpoint: an epoch probed just after it was saved
         self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
         self._warn = WarnOnce()  # per process: a resumed run warns again on its first failure
+        self.progress = Task(None, self.name)  # the running work's progress (`self.progress.update`); idle between runs
 
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
@@ -438,7 +469,8 @@ class ProbeCallback(Callback):
                 return
         self._attempted.add(epoch)
         try:
-            with probe_guard(pl_module):
+            # long runs show on the progress bar (trainviz.core.progress); the estimate is the last whole run
+            with self._progress(trainer, f"epoch {epoch}", self._last_cost), probe_guard(pl_module):
                 self._run(trainer, pl_module, epoch)
         except Exception as err:
             self._failed(epoch, err)
@@ -455,6 +487,17 @@ class ProbeCallback(Callback):
                 self._budget_sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
         if self.sink is not None:
             self.sink.scalar("seconds", seconds, epoch)
+
+    @contextlib.contextmanager
+    def _progress(self, trainer: pl.Trainer, what: str, estimate: float | None = None) -> Iterator[Task]:
+        """``self.progress`` for the duration: a :class:`~trainviz.core.progress.Task` on the trainer's progress bar,
+        shown when the work is long (estimated or measured over a second); idle again afterwards."""
+        self.progress = task(trainer, f"trainviz: {self.name} {what}", estimate=estimate)
+        try:
+            yield self.progress
+        finally:
+            self.progress.close()
+            self.progress = Task(None, self.name)
 
     def _failed(self, epoch: int, err: Exception, what: str = "probe") -> None:
         """A probe (or its background part, ``what``) failed: re-raise with ``strict``, else count it, warn the
@@ -488,7 +531,7 @@ class ProbeCallback(Callback):
         if trainer.is_global_zero and self.probe is not None:
             start = time.perf_counter()
             try:
-                with probe_guard(pl_module):
+                with self._progress(trainer, "fit end"), probe_guard(pl_module):
                     self._finish(trainer, pl_module)
             except Exception as err:
                 if self.strict:

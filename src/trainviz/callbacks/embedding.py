@@ -255,6 +255,7 @@ class EmbeddingCallback(ProbeCallback):
             slow,
             self._charge_background,
             inline_when_idle=self.budget is not None and not slow,
+            progress=self.progress.update,  # shows the queue when the pending-bytes bound makes training wait
         )
 
     def _slow_due(self, trainer: pl.Trainer, epoch: int) -> bool:
@@ -300,7 +301,7 @@ class EmbeddingCallback(ProbeCallback):
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.worker.wait()
+        self.worker.wait(progress=self.progress.update)  # jobs running and pending, shown when the wait is long
         self._report_errors()
         frames, predictions = self.history.snapshot()
         if self.aligned_umap_at_end:

@@ -184,7 +184,9 @@ class RobustnessCallback(ProbeCallback):
 
     def _corrupted_inputs(self, probe: ProbeSet, rows: list[tuple[str, int]], epoch: int) -> Tensor:
         """The clean probe images and each row's, corrupted when the row first runs (:class:`CorruptionCache`)."""
-        inputs, seconds = self._cache.inputs(probe, rows, self.norm, self.probe_seed, source=self.probe)
+        inputs, seconds = self._cache.inputs(
+            probe, rows, self.norm, self.probe_seed, source=self.probe, progress=self.progress.update
+        )
         if seconds is not None and self.sink is not None:
             self.sink.scalar("cache_seconds", seconds, epoch)
         return inputs

@@ -214,11 +214,18 @@ class CorruptionCache:
         self._blocks, self._fingerprint = {}, None
 
     def inputs(
-        self, probe: ProbeSet, rows: Rows, norm: Normalization, seed: int, source: ProbeSet
+        self,
+        probe: ProbeSet,
+        rows: Rows,
+        norm: Normalization,
+        seed: int,
+        source: ProbeSet,
+        progress: Callable[[int, int | None, str], None] | None = None,
     ) -> tuple[Tensor, float | None]:
         """The clean probe images (block 0) and those of each row (block r), and the seconds spent corrupting
         (``None`` when every row was cached). ``source`` is the probe set as drawn, whose fingerprint (taken
-        once) keys the cache.
+        once) keys the cache. ``progress(done, total, note)`` (:data:`trainviz.core.progress.Reporter`) is told
+        before each missing row is corrupted and once when all are.
 
         Shape: ``((1 + R) N, C, H, W)`` on the probe's device and dtype.
         """
@@ -233,8 +240,12 @@ class CorruptionCache:
         if missing:
             start = time.perf_counter()
             pixels = norm.denormalize(probe.images)
-            for name, severity in missing:
+            for done, (name, severity) in enumerate(missing):
+                if progress is not None:
+                    progress(done, len(missing), f"corrupting {name} {severity}")
                 self._blocks[keys[(name, severity)]] = norm.normalize(corrupt(pixels, name, severity, seed=seed))
+            if progress is not None:
+                progress(len(missing), len(missing), "corrupted rows cached")
             seconds = time.perf_counter() - start
         return torch.cat([probe.images, *(self._blocks[keys[row]] for row in rows)]), seconds
 
