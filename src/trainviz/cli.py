@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="overhead budget of the suite, e.g. 0.1 (default: none, every probe every epoch)",
     )
     demo.add_argument("--no-progress", action="store_true")
-    report = sub.add_parser("report", help="build the HTML robustness report of a run from its artifacts")
+    report = sub.add_parser("report", help="build the HTML report of a run from its artifacts")
     report.add_argument(
         "run_dir",
         metavar="RUN_DIR",

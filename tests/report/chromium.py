@@ -74,12 +74,20 @@ class Page:
         return self.root_attribute("data-errors")
 
 
-def load(page: Path, screenshot: Path | None = None, size: tuple[int, int] = (1280, 6000)) -> Page:
-    """Load ``page`` in headless Chromium with the dialog/error probe; ``screenshot`` also saves a PNG."""
+def load(
+    page: Path, screenshot: Path | None = None, size: tuple[int, int] = (1280, 6000), script: str | None = None
+) -> Page:
+    """Load ``page`` in headless Chromium with the dialog/error probe; ``screenshot`` also saves a PNG.
+    ``script`` (JavaScript) runs after the page's own scripts; it may write results into attributes of
+    ``document.documentElement`` (read them with :meth:`Page.root_attribute`)."""
     html = page.read_text("utf-8")
     head = html.index("<head>") + len("<head>")
+    html = html[:head] + _PROBE + html[head:]
+    if script is not None:
+        end = html.rindex("</body>")
+        html = html[:end] + f"<script>{script}</script>" + html[end:]
     probed = page.with_name(f".probe-{page.name}")
-    probed.write_text(html[:head] + _PROBE + html[head:], "utf-8")
+    probed.write_text(html, "utf-8")
     try:
         with tempfile.TemporaryDirectory() as profile:
             args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]

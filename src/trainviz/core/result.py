@@ -78,3 +78,21 @@ class Result:
     def documents(self) -> dict[str, Any]:
         """JSON documents to (over)write in the callback's folder, ``{file name: object}``."""
         return {}
+
+    def section(self) -> dict[str, Any] | None:
+        """The callback's section of the HTML report, as plain JSON data (written as ``<callback>/section.json``
+        and drawn by :mod:`trainviz.report.sections`), or ``None`` for none. The spec (every key but ``title``
+        optional; paths are relative to the callback's folder; a missing file or record key is left out)::
+
+            {"version": 1, "title": str, "description": str, "order": int (lower first),
+             "curves": [{"title", "description", "y" (axis label), "y_range": [lo, hi],
+                         "series": [{"name": str, "key": [record key, nested key, ...]}]}],
+             "bars": [{"title", "description", "y", "document": "<file>.json", "key": [key, ...]}],
+             "galleries": [{"title", "description", "images": ["<name>", ...] (epoch_XXXX/<name>.png),
+                            "labels": [str, ...], "maps": bool (detailed view: full screen, synchronised zoom)}],
+             "files": [{"title", "description", "glob": "<pattern>", "kind": "image" | "html"}]}
+
+        Curves plot the values at ``key`` of each record of ``<callback>/<record_name>.jsonl`` over epochs;
+        galleries show one epoch at a time with a slider; ``files`` are fit-end outputs (an image: its latest
+        match; html: every match, linked and embedded on demand)."""
+        return None

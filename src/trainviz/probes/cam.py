@@ -174,6 +174,80 @@ class CAMProbeResult(Result):
         head = {"ids": self.ids, "labels": self.labels, "targets": self.targets, "probs": self.probs}
         return {"maps": {**head, **maps, **self.per_image}}
 
+    def section(self) -> dict[str, Any]:
+        """The report section: each map's localisation, faithfulness and drift over epochs, the overlays of every
+        layer in one synchronised grid per epoch, the per-class mean maps and the fit-end evolution strip (see
+        :meth:`Result.section <trainviz.core.result.Result.section>`)."""
+        keys = list(self.per_map)
+        titles = {
+            "pointing_game": ("Pointing game", "hit rate: the map's peak inside the object", [0, 1.02]),
+            "energy_pointing_game": ("Energy pointing game", "map energy inside the object", [0, 1.02]),
+            "average_drop": ("Average drop", "confidence drop keeping the map's region (lower is better)", None),
+            "increase_in_confidence": ("Increase in confidence", "images whose confidence rises", [0, 1.02]),
+            "deletion_auc": ("Deletion AUC", "area under the deletion curve (lower is better)", None),
+            "drift_correlation": ("Drift", "correlation of each map with the previous run's", [-1, 1.02]),
+        }
+        curves: list[dict[str, Any]] = [
+            {
+                "title": "Target probability",
+                "y": "probability",
+                "y_range": [0, 1.02],
+                "series": [{"name": "target class probability", "key": ["target_probability"]}],
+            }
+        ]
+        for metric, (title, what, y_range) in titles.items():
+            series = [{"name": k, "key": [f"{k}/{metric}"]} for k in keys if metric in self.per_map[k]]
+            if metric == "pointing_game" and self.pointing_game_chance is not None:
+                series.append({"name": "chance", "key": ["pointing_game_chance"]})
+            if series:
+                curves.append(
+                    {
+                        "title": title,
+                        "description": f"{title}: {what}.",
+                        "y": metric,
+                        "y_range": y_range,
+                        "series": series,
+                    }
+                )
+        return {
+            "version": 1,
+            "order": 30,
+            "title": "Class activation maps",
+            "description": "Maps of each layer and their aggregate (Strezoski & Worring), followed over epochs: "
+            "localisation (pointing game), faithfulness (average drop, increase in confidence, deletion) and drift.",
+            "curves": curves,
+            "galleries": [
+                {
+                    "title": "Maps per layer",
+                    "description": "The same probe images under each layer's map and the aggregate (captions green "
+                    "when the prediction is right, red when wrong); zoom one map and every map follows.",
+                    "images": [f"{k}/overlay" for k in keys] + ["aggregate/guided_grad_cam"],
+                    "labels": [*keys, "guided Grad-CAM"],
+                    "maps": True,
+                },
+                {
+                    "title": "Layers side by side",
+                    "description": "Tracked images: the input, then each layer's map.",
+                    "images": ["layers"],
+                    "maps": True,
+                },
+                {
+                    "title": "Per-class mean maps",
+                    "description": "The aggregate map averaged over each class's probe images.",
+                    "images": ["aggregate/class_mean"],
+                    "maps": True,
+                },
+            ],
+            "files": [
+                {
+                    "title": "Evolution",
+                    "description": "Fit end: the tracked images' aggregate maps across epochs.",
+                    "glob": "epoch_*/evolution.png",
+                    "kind": "image",
+                }
+            ],
+        }
+
 
 def class_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: CAMConfig) -> CAMResult:
     """The maps of ``config.layers`` (and guided backpropagation with ``config.guided``) of ``images``.

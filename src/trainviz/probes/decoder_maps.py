@@ -176,6 +176,87 @@ class DecoderMapResult(Result):
             }
         }
 
+    def section(self) -> dict[str, Any]:
+        """The report section: class patterns and maps per epoch, correct against wrong predictions, stability
+        and formation epoch per class, sharpness against confidence (see :meth:`Result.section
+        <trainviz.core.result.Result.section>`)."""
+        names = list(self.stability or {}) or list(self.names or [])
+        sharp = {
+            "corr_correct": "correlation with confidence, correct",
+            "corr_wrong": "correlation with confidence, wrong",
+            "mean_correct": "mean, correct",
+            "mean_wrong": "mean, wrong",
+        }
+        return {
+            "version": 1,
+            "order": 40,
+            "title": "Decoder maps",
+            "description": f"Per-class maps of {self.layer} (Zhang's encoder-decoder with group convolution): "
+            "each class's pattern, when it formed and whether sharper maps go with confident predictions.",
+            "curves": [
+                {
+                    "title": "Pattern stability",
+                    "description": "Correlation of each class's mean map with the previous run's.",
+                    "y": "stability",
+                    "y_range": [-1, 1.02],
+                    "series": [{"name": n, "key": ["stability", n]} for n in names],
+                },
+                {
+                    "title": f"Sharpness ({self.sharpness_measure}) against confidence",
+                    "description": "Correlation of map sharpness with confidence, and mean sharpness, for right "
+                    "and wrong predictions (Zhang, section 5.2).",
+                    "y": "sharpness",
+                    "series": [{"name": label, "key": ["sharpness", k]} for k, label in sharp.items()],
+                },
+                {
+                    "title": "Probe accuracy",
+                    "y": "accuracy",
+                    "y_range": [0, 1.02],
+                    "series": [{"name": "accuracy", "key": ["accuracy"]}],
+                },
+            ],
+            "bars": [
+                {
+                    "title": "Formation epoch per class",
+                    "description": "Fit end: the epoch from which each class's pattern stays stable (no bar: "
+                    "not formed yet).",
+                    "y": "epoch",
+                    "document": "formation.json",
+                    "key": ["formed_at"],
+                }
+            ],
+            "galleries": [
+                {
+                    "title": "Class patterns",
+                    "description": "Each class's mean map over its probe images.",
+                    "images": ["class_means"],
+                    "maps": True,
+                },
+                {
+                    "title": "Class maps",
+                    "description": "Probe images and the map of every class.",
+                    "images": ["class_maps"],
+                    "maps": True,
+                },
+                {
+                    "title": "Correct and wrong predictions",
+                    "description": "The predicted class's map of right and wrong predictions; zoom one and the "
+                    "other follows.",
+                    "images": ["correct", "wrong"],
+                    "labels": ["correct", "wrong"],
+                    "maps": True,
+                },
+            ],
+            "files": [
+                {
+                    "title": "Evolution",
+                    "description": "Fit end: the tracked images' true-class maps across epochs.",
+                    "glob": "epoch_*/evolution.png",
+                    "kind": "image",
+                }
+            ],
+        }
+
 
 def _pixels(images: torch.Tensor, norm: Normalization | None) -> torch.Tensor:
     return images.float() if norm is None else norm.denormalize(images.float())

@@ -72,3 +72,43 @@ class DynamicsResult(Result):
             return {}
         arrays = {"probs": self.probs, "labels": self.labels, "ids": self.ids, "confusion": self.confusion}
         return {"predictions": arrays}
+
+    def section(self) -> dict[str, Any]:
+        """The report section: probe accuracy and per-class accuracy over epochs, the confusion matrix and the
+        example probabilities of each epoch (see :meth:`Result.section <trainviz.core.result.Result.section>`)."""
+        unit = [0, 1.02]
+        return {
+            "version": 1,
+            "order": 10,
+            "title": "Training dynamics",
+            "description": "The fixed probe set's accuracy over epochs (Iuzzolino et al.), per class, and the "
+            "confusion matrix and predicted probabilities of each epoch (training loss is in TensorBoard).",
+            "curves": [
+                {
+                    "title": "Probe accuracy",
+                    "y": "accuracy",
+                    "y_range": unit,
+                    "series": [{"name": "probe accuracy", "key": ["accuracy"]}],
+                },
+                {
+                    "title": "Per-class accuracy",
+                    "description": "Accuracy of each class's probe images; click the legend to hide lines.",
+                    "y": "accuracy",
+                    "y_range": unit,
+                    "series": [{"name": n, "key": ["per_class_accuracy", n]} for n in self.class_names],
+                },
+            ],
+            "galleries": [
+                {
+                    "title": "Confusion matrix",
+                    "description": "Rows: true class, columns: predicted class; the slider picks the epoch.",
+                    "images": ["confusion_matrix"],
+                    "maps": True,
+                },
+                {
+                    "title": "Predicted probabilities",
+                    "description": "Example probe images with their predicted class probabilities.",
+                    "images": ["probabilities"],
+                },
+            ],
+        }

@@ -342,6 +342,73 @@ class EmbeddingResult(Result):
         }
         return {f"{layer}@epoch{self.epoch}": emb.features for layer, emb in self.layers.items()}, columns
 
+    def section(self) -> dict[str, Any]:
+        """The report section: the feature and frame scores of each layer over epochs, each layer's frames and
+        the depth view per epoch, and the fit-end animation pages (see :meth:`Result.section
+        <trainviz.core.result.Result.section>`)."""
+        layers, methods = list(self.layers), list(self.methods)
+        scores = {
+            "knn_accuracy": ("kNN accuracy", [0, 1.02]),
+            "linear_probe_accuracy": ("Linear probe accuracy", [0, 1.02]),
+            "silhouette": ("Silhouette", [-1, 1.02]),
+        }
+        curves: list[dict[str, Any]] = [
+            {
+                "title": title,
+                "y": key,
+                "y_range": y_range,
+                "series": [{"name": layer, "key": [f"{layer}/{key}"]} for layer in layers],
+            }
+            for key, (title, y_range) in scores.items()
+        ]
+        for score in ("trustworthiness", "stability", "explained_variance"):
+            series = [{"name": f"{layer} / {m}", "key": [f"{layer}/{m}/{score}"]} for layer in layers for m in methods]
+            curves.append(
+                {
+                    "title": score.replace("_", " ").capitalize() + " of the 2-D frames",
+                    "y": score,
+                    "y_range": [0, 1.02],
+                    "series": series,
+                }
+            )
+        galleries: list[dict[str, Any]] = [
+            {
+                "title": f"Frames per layer ({m})",
+                "description": "Each layer's 2-D frame coloured by class (rings: misclassified points).",
+                "images": [f"{layer}/{m}" for layer in layers],
+                "labels": layers,
+                "maps": True,
+            }
+            for m in methods
+        ]
+        if len(layers) > 1:
+            galleries.insert(
+                0,
+                {
+                    "title": "Depth view",
+                    "description": "Every layer side by side, per method.",
+                    "images": [f"depth/{m}" for m in methods],
+                    "labels": methods,
+                },
+            )
+        return {
+            "version": 1,
+            "order": 20,
+            "title": "Embeddings",
+            "description": "Probe-set features of each layer projected to 2-D (aligned across epochs), with their "
+            "neighbourhood and separability scores.",
+            "curves": curves,
+            "galleries": galleries,
+            "files": [
+                {
+                    "title": "Animations",
+                    "description": "Fit end: each layer's frames over epochs, and the depth view (one page each).",
+                    "glob": "*.html",
+                    "kind": "html",
+                }
+            ],
+        }
+
 
 # history ---------------------------------------------------------------------------------------------
 class EmbeddingHistory:
@@ -535,7 +602,9 @@ class EmbeddingWorker:
     """The one background thread of the projections: jobs run in order; when the features waiting exceed
     ``max_pending_bytes`` the submitting thread waits for the oldest job; errors are kept for
     :meth:`errors`; ``slow_cost`` is the seconds of the last job with UMAP/t-SNE (what the budget plans with).
-    Without :meth:`start` (a direct call) jobs run inline."""
+    Without :meth:`start` (a direct call) jobs run inline. :meth:`counts` says how many jobs run and wait; a
+    ``progress(done, total, note)`` given to :meth:`submit` and :meth:`wait` (:data:`trainviz.core.progress.Reporter`)
+    is told them while the training thread waits for the worker."""
 
     def __init__(self, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.max_pending_bytes = max_pending_bytes
@@ -561,6 +630,29 @@ class EmbeddingWorker:
         """Whether a submitted UMAP/t-SNE job is still running or queued."""
         return any(slow and not future.done() for future, slow, _ in self._jobs)
 
+    def counts(self) -> tuple[int, int]:
+        """``(running, pending)``: submitted jobs running on the worker, and queued behind it."""
+        live = [future for future, _, _ in self._jobs if not future.done()]
+        running = sum(1 for future in live if future.running())
+        return running, len(live) - running
+
+    def _report(self, progress: Callable[[int, int | None, str], None] | None, done: int, total: int | None) -> None:
+        if progress is not None:
+            running, pending = self.counts()
+            progress(done, total, f"embedding worker: {running} running, {pending} pending")
+
+    def _await(
+        self, future: Future, progress: Callable[[int, int | None, str], None] | None, done: int, total: int | None
+    ) -> None:
+        """Wait for ``future``, telling ``progress`` the queue now and every quarter of a second."""
+        if progress is not None:
+            finished = threading.Event()
+            future.add_done_callback(lambda _: finished.set())
+            while not finished.is_set():
+                self._report(progress, done, total)
+                finished.wait(0.25)
+        future.result()
+
     def submit(
         self,
         epoch: int,
@@ -569,13 +661,15 @@ class EmbeddingWorker:
         slow: bool,
         charge: Callable[[float], None],
         inline_when_idle: bool = False,
+        progress: Callable[[int, int | None, str], None] | None = None,
     ) -> None:
         """Queue ``job`` (``nbytes`` of features, ``slow``: with UMAP/t-SNE); run it on the calling thread
         without a started worker, or with ``inline_when_idle`` when nothing is queued. ``charge(seconds)`` books
-        the seconds of a job that ran on the worker."""
+        the seconds of a job that ran on the worker; ``progress`` hears the queue while the call waits."""
         self._jobs = [j for j in self._jobs if not j[0].done()]
         while self._jobs and sum(j[2] for j in self._jobs) + nbytes > self.max_pending_bytes:
-            self._jobs.pop(0)[0].result()  # the worker is far behind: wait rather than pile up features
+            self._await(self._jobs[0][0], progress, 0, None)  # the worker is far behind: wait rather than pile up
+            self._jobs.pop(0)
         if self._executor is None or (inline_when_idle and not self._jobs):
             self._run(epoch, job, slow, None)
             return
@@ -602,10 +696,13 @@ class EmbeddingWorker:
             errors, self._errors = self._errors, []
         return errors
 
-    def wait(self) -> None:
-        """Wait for every submitted job."""
-        for future, _, _ in self._jobs:
-            future.result()
+    def wait(self, progress: Callable[[int, int | None, str], None] | None = None) -> None:
+        """Wait for every submitted job; ``progress(finished, jobs, note)`` hears the queue meanwhile."""
+        jobs = [j for j in self._jobs if not j[0].done()]
+        for done, (future, _, _) in enumerate(jobs):
+            self._await(future, progress, done, len(jobs))
+        if progress is not None and jobs:
+            progress(len(jobs), len(jobs), "embedding jobs done")
         self._jobs = []
 
     def shutdown(self) -> None:

@@ -40,6 +40,7 @@ from trainviz.probes.robustness_result import (
     eps_label,
     proportion_interval,
 )
+from trainviz.report.sections import SPEC_FILE, render_sections
 from trainviz.report.template import PAGE
 from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir, write_plotly_js
 
@@ -49,7 +50,7 @@ _MARKERS = ("robustness", "manifest", "dynamics")
 
 
 def _is_trainviz_dir(path: Path) -> bool:
-    return path.name == "trainviz" and any((path / m).is_dir() for m in _MARKERS)
+    return path.name == "trainviz" and (any((path / m).is_dir() for m in _MARKERS) or any(path.glob(f"*/{SPEC_FILE}")))
 
 
 def find_run(path: str | os.PathLike) -> Path:
@@ -449,6 +450,7 @@ def build_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
     plotlyjs: Literal["directory", "inline"] = "directory",
+    progress: bool | None = None,
 ) -> Path:
     """Write the report page of a run and ``summary.json`` beside it; returns the page's path.
 
@@ -456,7 +458,9 @@ def build_report(
         run_dir: the run's log folder, its ``trainviz`` folder, or a parent holding exactly one run.
         out: the HTML file to write (default ``<run>/trainviz/report/index.html``).
         plotlyjs: ``"directory"`` writes ``plotly.min.js`` (4.8 MB) once beside the page; ``"inline"`` puts
-            it in the page (one self-contained file). Both work offline.
+            it in the page (one self-contained file). Both work offline; the images of the callbacks' sections
+            are linked from the run folder either way.
+        progress: a line per section on stderr (tqdm when installed); ``None``: only on large runs.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`find_run`.
@@ -496,6 +500,12 @@ def build_report(
             "then each corruption at its highest severity; prediction and confidence under each image (green right, "
             "red wrong).</figcaption></figure></section>"
         )
+    nav = [(key, heading) for key, heading in _SECTIONS.items() if f'id="{key}"' in "".join(sections)]
+    nav += [("examples", "Examples")] if run.examples_png is not None else []
+    generic_nav, generic, generic_data = render_sections(run.root, out.parent.resolve(), progress)
+    sections.append(generic)
+    data.append(generic_data)
+    nav += [*generic_nav, ("manifest", "Manifest")]
     manifest_rows: list[tuple[str, Any]] = []
     if run.manifest:
         _flatten("", run.manifest, manifest_rows)
@@ -516,6 +526,7 @@ def build_report(
         run_name=_esc(run_name),
         run_path=_esc(run.root.parent),
         headline=_headline(run, summary) if run.latest else "",
+        nav="".join(f'<a href="#{_esc(key)}">{_esc(heading)}</a>' for key, heading in nav),
         plotly=script,
         sections="".join(sections),
         data="".join(data),

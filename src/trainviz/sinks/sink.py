@@ -164,7 +164,7 @@ class Sink:
     def write(self, result: Any) -> None:
         """Write a :class:`~trainviz.core.result.Result` of epoch ``result.epoch``: its scalars (``None`` left
         out), rendered images (TensorBoard and PNG artifacts), histograms, arrays (npz), record (JSON lines)
-        and documents (JSON)."""
+        documents (JSON) and its report section (``section.json``)."""
         epoch = result.epoch
         scalars = {name: value for name, value in result.scalars().items() if value is not None}
         if scalars:
@@ -180,6 +180,9 @@ class Sink:
         self.record(result.record_name, result.record())
         for name, document in result.documents().items():
             self.json(name, document)
+        section = result.section()
+        if section is not None:
+            self.json("section.json", section)  # the report's section of this callback (see Result.section)
 
     def read_records(self, name: str = "metrics") -> list[dict[str, Any]]:
         """This callback's JSON-lines records ``<callback>/<name>.jsonl`` (queued writes flushed first)."""
