@@ -5,6 +5,7 @@ Example:
     $ trainviz demo --data shapes --epochs 6 --out runs/demo
     $ tensorboard --logdir runs/demo
     $ trainviz report runs/demo/version_0 --fail-under clean_accuracy=0.8 corruption_accuracy=0.5 --fail-over mce=0.3
+    $ trainviz report runs/demo/version_0 --compare runs/demo/version_1
 
 ``trainviz report`` gates on ``summary.json``: ``--fail-under`` takes higher-is-better metrics (accuracies,
 FGSM accuracy, steps to flip, CAM shift) and fails below the bound, ``--fail-over`` takes lower-is-better ones
@@ -130,10 +131,31 @@ def run_report(
     fail_under: Sequence[str] = (),
     inline: bool = False,
     fail_over: Sequence[str] = (),
+    compare: str | None = None,
 ) -> int:
     """Build a run's report and check its ``METRIC=VALUE`` bounds (``fail_under`` for higher-is-better metrics,
-    ``fail_over`` for lower-is-better ones); returns the exit code (0, 1 on the wrong side of a bound, 2 usage)."""
+    ``fail_over`` for lower-is-better ones); returns the exit code (0, 1 on the wrong side of a bound, 2 usage).
+    With ``compare`` (run B), build the page comparing the two runs instead (exit code 2 when their probe sets
+    differ; bounds do not apply)."""
+    import warnings
+
     from trainviz.report import build_report, check_bounds, parse_bounds
+
+    if compare is not None:
+        if fail_under or fail_over:
+            print("trainviz report: error: --fail-under/--fail-over do not apply with --compare", file=sys.stderr)
+            return 2
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                path = build_report(run_dir, out, plotlyjs="inline" if inline else "directory", compare=compare)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"trainviz report: error: {err}", file=sys.stderr)
+            return 2
+        for warning in caught:
+            print(f"trainviz report: warning: {warning.message}", file=sys.stderr)
+        print(f"trainviz report: comparison: {path}")
+        return 0
 
     try:
         under, over = parse_bounds(list(fail_under)), parse_bounds(list(fail_over))
@@ -218,10 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "*_ece, *_nll, *_flip_rate) is above VALUE, e.g. mce=0.3; a bound given the wrong way exits with 2",
     )
     report.add_argument("--inline", action="store_true", help="put plotly.js inside the page (one self-contained file)")
+    report.add_argument(
+        "--compare",
+        metavar="RUN_B",
+        help="build instead one page comparing RUN_DIR (A) with RUN_B: overlaid curves, deltas B - A, CAM drift "
+        "(default RUN_DIR/trainviz/report/compare.html); the runs' probe sets must match",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "report":
-        return run_report(args.run_dir, args.out, args.fail_under, args.inline, args.fail_over)
+        return run_report(args.run_dir, args.out, args.fail_under, args.inline, args.fail_over, args.compare)
 
     if args.command == "demo":
         if args.epochs < 1:

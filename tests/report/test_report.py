@@ -243,7 +243,9 @@ def test_the_page_renders_in_headless_chromium(run, tmp_path, inline):
     assert loaded.console == []  # no console message at all: no error, no warning
     assert loaded.dialogs is None and loaded.errors is None  # no alert fired, no uncaught error
     n_figures = page.read_text().count('class="plot" data-figure=')
-    assert n_figures == 10  # heat map, 4 curves (with CAM shift), class drops, 2 calibration, 2 adversarial
+    robustness = page.read_text().split('id="corruptions"', 1)[1].count('class="plot" data-figure=')
+    assert robustness == 10  # heat map, 4 curves (with CAM shift), class drops, 2 calibration, 2 adversarial
+    assert n_figures == robustness + 2  # and the logged training loss and accuracy, before them
     assert f'data-rendered="{n_figures}"' in loaded.dom
     assert loaded.dom.count('class="main-svg"') >= n_figures  # plotly drew every figure
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in loaded.dom  # the class name is visible as text

@@ -3,6 +3,7 @@
 :class:`~trainviz.probes.robustness_result.RobustnessResult`. Imports neither torch nor Lightning."""
 
 from trainviz.report.builder import RunArtifacts, build_report, default_report_path, find_run, load_run
+from trainviz.report.compare import ProbeSetMismatchError, build_comparison
 from trainviz.report.summary import (
     HIGHER_IS_BETTER,
     BoundDirectionError,
@@ -20,9 +21,11 @@ from trainviz.report.summary import (
 __all__ = [
     "HIGHER_IS_BETTER",
     "BoundDirectionError",
+    "ProbeSetMismatchError",
     "RunArtifacts",
     "UnknownMetricError",
     "accuracy_intervals",
+    "build_comparison",
     "build_report",
     "check_bounds",
     "default_report_path",

@@ -40,6 +40,7 @@ from trainviz.probes.robustness_result import (
     eps_label,
     proportion_interval,
 )
+from trainviz.report.logged import logged_curves
 from trainviz.report.sections import SPEC_FILE, render_sections
 from trainviz.report.template import PAGE
 from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir, write_plotly_js
@@ -270,6 +271,22 @@ def _stat(result: RobustnessResult, corruption: str, name: str) -> float | None:
     return None if stats is None else getattr(stats, name)
 
 
+def _training_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
+    """Loss and accuracy over epochs as the run's own logger recorded them (:mod:`trainviz.report.logged`)."""
+    from trainviz.render.figures import lines_figure
+
+    curves = logged_curves(run.root.parent)
+    epochs = sorted({e for curve in curves.values() for e in curve})
+    out = []
+    for kind, label in (("loss", "loss"), ("acc", "accuracy")):
+        series = {tag: [curve.get(e) for e in epochs] for tag, curve in curves.items() if kind in tag.lower()}
+        if series:
+            title = f"Training {label} (as logged)"
+            caption = f"The {label} your LightningModule logged, per epoch (the last value of each epoch)."
+            out.append(("training", caption, lines_figure(epochs, series, title, "epoch", label)))
+    return out
+
+
 def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
     """``(section, caption, figure)`` for every robustness figure."""
     from trainviz.render.figures import bars_figure, heatmap_figure, lines_figure, reliability_figure
@@ -398,6 +415,7 @@ def _key_table(rows: list[tuple[str, Any]]) -> str:
 
 
 _SECTIONS = {
+    "training": "Training curves",
     "corruptions": "Corruptions",
     "curves": "Over epochs",
     "classes": "Per-class drops",
@@ -451,8 +469,12 @@ def build_report(
     out: str | os.PathLike | None = None,
     plotlyjs: Literal["directory", "inline"] = "directory",
     progress: bool | None = None,
+    compare: str | os.PathLike | None = None,
 ) -> Path:
     """Write the report page of a run and ``summary.json`` beside it; returns the page's path.
+
+    With ``compare`` (another run), write instead the page setting the two runs side by side (default
+    ``<run>/trainviz/report/compare.html``; no ``summary.json``): see :mod:`trainviz.report.compare`.
 
     Args:
         run_dir: the run's log folder, its ``trainviz`` folder, or a parent holding exactly one run.
@@ -461,11 +483,18 @@ def build_report(
             it in the page (one self-contained file). Both work offline; the images of the callbacks' sections
             are linked from the run folder either way.
         progress: a line per section on stderr (tqdm when installed); ``None``: only on large runs.
+        compare: run B of a comparison (this run is run A).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`find_run`.
+        ProbeSetMismatchError: with ``compare``, the runs have different probe sets.
     """
     import plotly.offline
+
+    if compare is not None:
+        from trainviz.report.compare import build_comparison
+
+        return build_comparison(run_dir, compare, out, plotlyjs)
 
     if plotlyjs not in ("directory", "inline"):
         raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
@@ -474,7 +503,7 @@ def build_report(
     summary = run.latest.report_summary() if run.latest else {}
     atomic_write(out.parent / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
-    figures = _robustness_figures(run) if run.latest else []
+    figures = _training_figures(run) + (_robustness_figures(run) if run.latest else [])
     sections: list[str] = []
     data: list[Any] = []
     for key, heading in _SECTIONS.items():

@@ -48,7 +48,7 @@ details.tv-section > summary h2 .note { font-weight: 400; margin-left: 8px; }
 .tv-controls { font-size: 0.9rem; color: #4b5468; margin: 4px 0; }
 .tv-controls input { vertical-align: middle; width: 240px; }
 .tv-grid { display: flex; flex-wrap: wrap; gap: 10px; }
-.tv-cell { margin: 0; flex: 1 1 360px; max-width: 100%; }
+.tv-cell { margin: 0; flex: 0 1 360px; max-width: 100%; }
 .tv-images .tv-cell img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eef0f5; }
 .tv-map { width: 100%; border: 1px solid #eef0f5; }
 .tv-full { position: fixed; inset: 0; z-index: 1000; background: #fff; overflow: auto; padding: 12px 20px; margin: 0; }
