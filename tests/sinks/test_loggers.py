@@ -148,3 +148,16 @@ def test_csv_logger_gets_the_scalars_with_an_epoch_column(fitted):
 def test_no_private_tensorboard_beside_other_loggers(fitted):
     assert not (fitted["root"] / "tensorboard").exists()
     assert not list(fitted["root"].rglob("events.out.tfevents.*"))
+
+
+def test_a_missing_logger_package_names_its_extra(monkeypatch):
+    from trainviz.sinks import loggers
+
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
+    for backend, extra in (
+        (loggers.WandbBackend, "wandb"),
+        (loggers.MLflowBackend, "mlflow"),
+        (loggers.CometBackend, "comet"),
+    ):
+        with pytest.raises(ImportError, match=rf"pip install trainviz\[{extra}\]"):
+            backend(object())

@@ -133,7 +133,7 @@ class MLflowBackend(LoggerBackend):
         self.logger.experiment.log_batch(self.logger.run_id, metrics=metrics)
 
     def image(self, tag: str, image: np.ndarray, epoch: int, caption: str | None = None) -> None:
-        self.logger.experiment.log_image(self.logger.run_id, image, key=tag.replace("/", "."), step=epoch)
+        self.logger.experiment.log_image(self.logger.run_id, image, key=tag, step=epoch)
 
     def finish(self, artifact_dir: str) -> None:
         self.logger.experiment.log_artifacts(self.logger.run_id, artifact_dir, artifact_path="trainviz")
