@@ -464,6 +464,16 @@ def _low_count_note(rec: RobustnessResult) -> str:
     )
 
 
+def plotly_script(plotlyjs: str, folder: Path) -> str:
+    """The page's plotly.js tag: inline, or ``plotly.min.js`` written once into ``folder`` and loaded from it."""
+    if plotlyjs == "inline":
+        import plotly.offline
+
+        return f"<script>{plotly.offline.get_plotlyjs()}</script>"
+    write_plotly_js(folder)
+    return '<script src="plotly.min.js"></script>'
+
+
 def build_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -489,7 +499,6 @@ def build_report(
         FileNotFoundError, ValueError: see :func:`find_run`.
         ProbeSetMismatchError: with ``compare``, the runs have different probe sets.
     """
-    import plotly.offline
 
     if compare is not None:
         from trainviz.report.compare import build_comparison
@@ -544,11 +553,7 @@ def build_report(
     if run.latest is None:
         sections.insert(0, "<p class=note>No robustness artifacts in this run (add RobustnessCallback).</p>")
 
-    if plotlyjs == "inline":
-        script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
-    else:
-        write_plotly_js(out.parent)
-        script = '<script src="plotly.min.js"></script>'
+    script = plotly_script(plotlyjs, out.parent)
     run_name = run.root.parent.name
     page = PAGE.substitute(
         title=_esc(f"trainviz report: {run_name}"),

@@ -35,7 +35,7 @@ import numpy as np
 from trainviz.probes.robustness_result import RobustnessResult
 from trainviz.report.sections import _lookup, discover, plotly_text, script_json
 from trainviz.report.template import PAGE
-from trainviz.sinks.artifacts import ArtifactStore, atomic_write, write_plotly_js
+from trainviz.sinks.artifacts import ArtifactStore, atomic_write
 
 __all__ = ["ProbeSetMismatchError", "build_comparison", "cam_drift", "probe_fingerprints", "run_labels"]
 
@@ -388,7 +388,6 @@ def build_comparison(
         ProbeSetMismatchError: the runs' manifests record different probe sets.
         FileNotFoundError, ValueError: see :func:`~trainviz.report.find_run`.
     """
-    import plotly.offline
 
     from trainviz.report.builder import find_run
 
@@ -454,11 +453,9 @@ def build_comparison(
     if not shared:
         body.insert(0, "<p class=note>The runs share no section.</p>")
 
-    if plotlyjs == "inline":
-        script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
-    else:
-        write_plotly_js(out.parent)
-        script = '<script src="plotly.min.js"></script>'
+    from trainviz.report.builder import plotly_script  # builder hands comparisons to this module
+
+    script = plotly_script(plotlyjs, out.parent)
     head = (
         f"<p class=note>Run A: <b>{_esc(labels[0])}</b> (solid lines); run B: <b>{_esc(labels[1])}</b> (dashed). "
         "Deltas are B minus A at the epochs both runs recorded.</p>"
