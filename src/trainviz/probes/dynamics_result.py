@@ -57,10 +57,12 @@ class DynamicsResult(Result):
     def render(self) -> dict[str, np.ndarray]:
         if self.confusion is None:
             return {}
-        from trainviz.render.images import confusion_matrix_image
+        from trainviz.render.images import confusion_matrix_image, histogram_image
 
         confusion = confusion_matrix_image(self.confusion, self.class_names)
-        return {"confusion_matrix": confusion, "probabilities": self.examples}
+        hist = {name: values.float().cpu().numpy() for name, values in self.histograms().items()}
+        histograms = histogram_image(hist, title=f"Probabilities over the probe set, epoch {self.epoch}")
+        return {"confusion_matrix": confusion, "probabilities": self.examples, "probability_histograms": histograms}
 
     def histograms(self) -> dict[str, Any]:
         if self.probs is None:
@@ -82,7 +84,7 @@ class DynamicsResult(Result):
             "order": 10,
             "title": "Training dynamics",
             "description": "The fixed probe set's accuracy over epochs (Iuzzolino et al.), per class, and the "
-            "confusion matrix and predicted probabilities of each epoch (training loss is in TensorBoard).",
+            "confusion matrix and predicted probabilities of each epoch (the training loss is under Training curves).",
             "curves": [
                 {
                     "title": "Probe accuracy",
@@ -104,6 +106,12 @@ class DynamicsResult(Result):
                     "description": "Rows: true class, columns: predicted class; the slider picks the epoch.",
                     "images": ["confusion_matrix"],
                     "maps": True,
+                },
+                {
+                    "title": "Probability histograms",
+                    "description": "Over the whole probe set: the probability given to the true class, and the "
+                    "confidence (top probability); the slider picks the epoch.",
+                    "images": ["probability_histograms"],
                 },
                 {
                     "title": "Predicted probabilities",

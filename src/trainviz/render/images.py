@@ -13,12 +13,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "histogram_image",
     "turbo",
     "to_uint8",
     "upscale",
@@ -199,3 +201,41 @@ def probability_panels(
     width = max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, pad), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
     return np.concatenate(panels, axis=0)
+
+
+def histogram_image(
+    sets: dict[str, Any], bins: int = 10, bar: int = 18, height: int = 110, title: str = ""
+) -> np.ndarray:
+    """Histograms of values in [0, 1] (one panel per named set, ``bins`` equal bins), as a uint8 picture: the
+    bars are the fraction of the values in each bin, the tallest panel bar reaching ``height`` pixels.
+
+    Example:
+        >>> import numpy as np
+        >>> histogram_image({"confidence": np.array([0.95, 0.97, 0.12])}).shape[2]
+        3
+
+    Shape:
+        each set ``(N,)`` -> ``(H, W, 3)`` uint8
+    """
+    from PIL import Image, ImageDraw
+
+    width_panel = bins * bar + 40
+    canvas = Image.new("RGB", (width_panel * len(sets) + 10, height + 52), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 2), title, fill=(0, 0, 0))
+    for p, (name, values) in enumerate(sets.items()):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
+        share = counts / max(1, values.size)
+        x0, y0 = 10 + p * width_panel, 16
+        draw.text((x0, y0), f"{name} (n={values.size})", fill=(0, 0, 0))
+        base = y0 + 14 + height
+        for b, frac in enumerate(share):
+            top = base - int(round(frac * height))
+            if frac > 0:
+                draw.rectangle([x0 + b * bar + 1, top, x0 + (b + 1) * bar - 2, base], fill=(70, 110, 200))
+        draw.line([x0, base + 1, x0 + bins * bar, base + 1], fill=(0, 0, 0))
+        draw.text((x0, base + 4), "0", fill=(0, 0, 0))
+        draw.text((x0 + bins * bar - 6, base + 4), "1", fill=(0, 0, 0))
+    return np.asarray(canvas)
