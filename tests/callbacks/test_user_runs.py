@@ -227,6 +227,18 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm):
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
 
 
+def test_a_second_fit_of_the_same_trainer_starts_a_new_budget_clock(tmp_path, tiny_dm):
+    callbacks = [trainviz.DynamicsCallback(probe_size=8, budget=0.5)]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
+    trainer.fit(demo_model(), tiny_dm)
+    first = callbacks[0].scheduler
+    assert first is not None and Scheduler.of(trainer) is None  # forgotten when the fit tore down
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(demo_model(), tiny_dm)
+    second = callbacks[0].scheduler
+    assert second is not first and second.ledgers["dynamics"].runs == 1  # its own ledger, not the first fit's
+
+
 def test_bad_budget_is_refused_with_the_valid_range():
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         trainviz.default_callbacks(budget=1.5)

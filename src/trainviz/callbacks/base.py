@@ -553,6 +553,7 @@ class ProbeCallback(Callback):
         if stage == "fit":
             self._flush()
             release_sinks(self)
+            Scheduler.forget(trainer)  # after on_fit_end, where the manifest reads it
 
     def _flush(self) -> None:
         if self.sink is not None:

@@ -75,6 +75,11 @@ class Scheduler:
         return _SCHEDULERS.get(trainer)
 
     @classmethod
+    def forget(cls, trainer: Any) -> None:
+        """Drop ``trainer``'s scheduler when its fit ends, so that another ``fit`` starts a new clock and ledgers."""
+        _SCHEDULERS.pop(trainer, None)
+
+    @classmethod
     def for_trainer(cls, trainer: Any) -> Scheduler:
         """The scheduler shared by every trainviz callback of ``trainer`` (made on first use)."""
         scheduler = _SCHEDULERS.get(trainer)

@@ -94,8 +94,8 @@ class Sink:
         if artifact and self.store is not None:
             relpath = f"{epoch_dir(self.callback, step)}/{name}.png"
             self.background.submit_as(self.callback, self._write_png, relpath, image)
+        caption = caption or f"{self.callback} {name}, epoch {step}"
         for logger in self.loggers:
-            caption = caption or f"{self.callback} {name}, epoch {step}"
             self.background.submit_as(self.callback, logger.image, self.tag(name), image, step, caption)
 
     def _write_png(self, relpath: str, image: np.ndarray) -> None:
