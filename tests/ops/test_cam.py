@@ -405,7 +405,10 @@ def test_guided_warns_without_relu_modules():
         def forward(self, x):
             return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
-    with pytest.warns(UserWarning, match="no nn.ReLU module.*cannot be guided"):
+    import warnings
+
+    with warnings.catch_warnings():  # functional relus are guided now (relu_rule): no "plain gradient" warning
+        warnings.simplefilter("error")
         guided_backprop(Functional().eval(), images())
 
 
