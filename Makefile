@@ -15,8 +15,15 @@ $(VENV)/.setup: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# Quantus (a test oracle) without its opencv-python dependency: the dev extra has opencv-python-headless.
 $(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0"
+	touch $@
+
+# torch-lucent, the MaxOut benchmark's reference, without its pinned kornia<=0.4.1 and notebook dependencies.
+$(VENV)/.setup-bench: $(VENV)/.setup-dev
+	$(BIN)/python -m pip install --quiet --no-deps "torch-lucent==0.1.8" "decorator>=5"
 	touch $@
 
 setup: $(VENV)/.setup
@@ -40,7 +47,7 @@ lint: setup-dev
 test: setup-dev browser lint
 	$(BIN)/python -m pytest -q
 
-benchmarks: setup-dev
+benchmarks: $(VENV)/.setup-bench
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -14,6 +14,9 @@ them for a score). Maps are non-negative, one per image, at the input size (e.g.
 * :func:`deletion_curve` (Petsiuk et al. 2018, RISE): pixels are replaced by ``baseline`` in order of
   decreasing map value, ``1/steps`` of them at a time; the target probability after each step gives a curve
   whose area (trapezoid rule over the deleted fraction 0..1) is the deletion AUC: lower is more faithful.
+* :func:`insertion_curve` (Petsiuk et al. 2018): the reverse, from an all-``baseline`` input the most salient
+  pixels are put back first; the area under the target probability is the insertion AUC: higher is more
+  faithful. (RISE starts insertion from a blurred image; here from ``baseline``, as deletion ends.)
 * :func:`map_correlation`: Pearson correlation of two maps of each image (e.g. the same probe image at two
   epochs: CAM drift).
 
@@ -44,6 +47,7 @@ __all__ = [
     "confidence_change",
     "deletion_curve",
     "energy_pointing_game",
+    "insertion_curve",
     "map_correlation",
     "pointing_game",
     "pointing_game_chance",
@@ -194,6 +198,67 @@ def deletion_curve(
     Shape:
         images ``(N, C, H, W)``, maps ``(N, H, W)``, targets ``(N,)`` -> ``(N, steps + 1)``, ``(N,)``
     """
+    return _pixel_curve(model, images, maps, targets, steps, baseline, batch_size, insert=False)
+
+
+def insertion_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int = 16,
+    baseline: float | torch.Tensor = 0.0,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target probability as the most salient pixels are inserted into an all-``baseline`` input, and its
+    area (insertion AUC, higher is more faithful): the mirror of :func:`deletion_curve`.
+
+    Step ``s`` (0..steps) keeps the ``round(s H W / steps)`` highest-ranked pixels (all channels) of the image
+    and ``baseline`` elsewhere (step 0: the baseline alone, step ``steps``: the image); ties are ranked in
+    row-major order, as in :func:`deletion_curve`, so insertion step ``s`` shows exactly the pixels deletion step
+    ``s`` removed. ``steps + 1`` forward passes, no gradients.
+
+    Args:
+        model: the classifier, in eval mode.
+        images: model inputs.
+        maps: saliency maps at the input size (only their order matters).
+        targets: the class each map explains.
+        steps: number of insertion steps.
+        baseline: value of the pixels not yet inserted (model-input space).
+        batch_size: forward batch size.
+
+    Returns:
+        ``(curve, auc)``: probabilities after 0, 1/steps, ..., 1 of the pixels are inserted, and the
+        trapezoid area under them over the inserted fraction in [0, 1].
+
+    Shape:
+        images ``(N, C, H, W)``, maps ``(N, H, W)``, targets ``(N,)`` -> ``(N, steps + 1)``, ``(N,)``
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from trainviz.ops.localization import insertion_curve
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+        >>> curve, auc = insertion_curve(net, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), torch.tensor([0, 1, 0]),
+        ...                              steps=4)
+        >>> curve.shape, auc.shape
+        (torch.Size([3, 5]), torch.Size([3]))
+    """
+    return _pixel_curve(model, images, maps, targets, steps, baseline, batch_size, insert=True)
+
+
+def _pixel_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    baseline: float | torch.Tensor,
+    batch_size: int,
+    *,
+    insert: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deletion (``insert=False``) or insertion curve and its trapezoid AUC."""
     _check_faithfulness_args(images, maps, targets, batch_size)
     check_positive_int("steps", steps)
     n, _, h, w = images.shape
@@ -202,8 +267,9 @@ def deletion_curve(
     rank = rank.view(n, 1, h, w)
     curve = []
     for s in range(steps + 1):
-        deleted = rank < round(s * h * w / steps)
-        curve.append(_target_probs(model, torch.where(deleted, baseline, images), targets, batch_size))
+        top = rank < round(s * h * w / steps)
+        step = torch.where(top, images, baseline) if insert else torch.where(top, baseline, images)
+        curve.append(_target_probs(model, step, targets, batch_size))
     curve_t = torch.stack(curve, 1)
     return curve_t, torch.trapezoid(curve_t, dx=1.0 / steps, dim=1)
 

@@ -1,0 +1,300 @@
+"""``SaliencyCallback``: input-space saliency maps of a fixed probe set during training (saliency maps, SmoothGrad,
+deconvolution, guided backpropagation and occlusion sensitivity, as Fleuret's EE-559 'Under the hood' shows them,
+and integrated gradients), scored for faithfulness (deletion, insertion), localisation (pointing game) and by the
+sanity checks of Adebayo et al. 2018 (cascading randomisation, random logit).
+
+The computation is :mod:`trainviz.probes.saliency`; this module is the Lightning lifecycle around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from typing_extensions import override
+
+from trainviz.callbacks.base import ProbeCallback
+from trainviz.core.checks import check_bool, check_choice, check_float, check_int, check_positive_int
+from trainviz.core.guard import probe_guard
+from trainviz.ops.sanity import randomizable_layers
+from trainviz.probes.saliency import METHODS, SaliencyConfig, attribute, compute, evolution, run_seed
+
+__all__ = ["SaliencyCallback"]
+
+Method = Literal[
+    "gradient", "input_x_gradient", "smoothgrad", "deconvnet", "guided_backprop", "integrated_gradients", "occlusion"
+]
+
+
+class SaliencyCallback(ProbeCallback):
+    """Saliency maps of a fixed probe set every N epochs, one batched pass per method: a grid of the maps,
+    deletion and insertion AUCs, the pointing game (with masks), Adebayo et al.'s sanity checks every
+    ``sanity_every`` runs, and at fit end one strip per method of the tracked images' maps across epochs.
+
+    Costs, in forward(+backward) rows per run, ``N = probe_size``: ``N`` (+ backward) for ``gradient``,
+    ``input_x_gradient``, ``deconvnet``, ``guided_backprop``; ``N x smoothgrad_samples`` for ``smoothgrad``;
+    ``N x ig_steps`` for ``integrated_gradients``; ``N x windows`` forward rows for occlusion, with ``windows =
+    (ceil((H - occlusion_window) / occlusion_stride) + 1) * (same for W)`` (49 for 32 px images and the default
+    8 / 4). Each method's deletion and insertion curves add ``2 (deletion_steps + 1)`` forwards of the probe set.
+    A sanity run adds, on ``sanity_images`` images, all methods once per layer with parameters (the cascade) and
+    once more for the random logit, on a deep copy of the model.
+
+    Maps are ``|attribution|`` summed over channels (:func:`trainviz.ops.saliency.saliency_map`; for occlusion,
+    ``|score drop|``), computed w.r.t. the model's inputs; the pictures show them over the probe images as
+    PIXELS (the normalisation undone), scaled per map by its 99th percentile. Deletion and insertion replace
+    pixels by 0 in model-input space (the mean colour for normalised inputs), as the CAM callback does;
+    integrated gradients start from that same 0. SmoothGrad noise and the sanity re-initialisation come from
+    private generators seeded from ``probe_seed`` and the epoch (:func:`trainviz.probes.saliency.run_seed`);
+    the training model and the global random streams are never changed.
+
+    The sanity checks (Adebayo et al. 2018): the Spearman rank correlation of each map with the map of the
+    model whose layers are re-initialised (``reset_parameters()``) from the output down, cumulatively, and with
+    the map of a random other class. A method that explains the model decorrelates; Adebayo et al. found guided
+    backpropagation does not (its maps stay close to an edge image of the input), plain gradients do.
+
+    Logged keys (step = epoch index; ``<method>`` each of ``methods``, ``<layer>`` each module with parameters
+    of its own, top down):
+        - ``trainviz/saliency/maps`` (image): the first ``n_grid`` probe images (one per class first), a row
+          each: the image, captioned with the true class, the predicted class and its probability (green when
+          right, red when wrong), then each method's map over it.
+        - ``trainviz/saliency/<method>/deletion_auc`` (lower is more faithful) and
+          ``trainviz/saliency/<method>/insertion_auc`` (higher is more faithful) (scalars): areas under the target
+          probability as the most salient pixels are removed / put back in ``deletion_steps`` steps.
+        - ``trainviz/saliency/<method>/pointing_game`` and ``trainviz/saliency/pointing_game_chance`` (scalars,
+          only when the probe set has masks, e.g. the ``shapes`` data).
+        - ``trainviz/saliency/target_probability`` (scalar): mean probability of the explained class.
+        - at sanity runs (the first run and every ``sanity_every``-th): ``trainviz/saliency/<method>/sanity/<layer>``
+          (scalar): mean Spearman correlation of the maps after re-initialising the layers from the top down to
+          ``<layer>`` with the original maps; ``trainviz/saliency/<method>/random_logit`` (scalar): mean Spearman
+          correlation with the maps of a random other class; ``trainviz/saliency/sanity`` (image): the first
+          sanity image, rows = methods, columns = the original map and the maps as the cascade goes down (at most
+          12 steps shown, evenly spread).
+        - ``trainviz/saliency/<method>/evolution`` (image, at fit end, step = last epoch): the ``n_tracked``
+          images' maps across (at most ``max_strip`` evenly spaced) epochs.
+        - ``trainviz/saliency/seconds``, ``trainviz/saliency/failures`` (scalars, from the base class).
+        - artifacts: ``saliency/epoch_XXXX/maps.npz`` (``maps/<method>`` float16 ``(N, H, W)``, ``ids``,
+          ``labels``, ``targets``, ``probs``, and per image ``deletion_curve/<method>``, ``deletion_auc/<method>``,
+          ``insertion_curve/<method>``, ``insertion_auc/<method>``, ``pointing_hit/<method>``),
+          ``saliency/epoch_XXXX/sanity.npz`` at sanity runs (``layers``, ``ids``, ``spearman/<method>``
+          ``(layers, sanity_images)``, ``random_logit/<method>``), ``saliency/metrics.jsonl``
+          (:class:`~trainviz.probes.saliency.SaliencyResult` records), PNGs of every image above, and at fit end
+          ``saliency/epoch_XXXX/evolution.npz`` (``maps/<method>`` ``(epochs, n_tracked, h, w)``, ``epochs``,
+          ``ids``).
+
+    Args:
+        methods: attribution methods, any of ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``,
+            ``"deconvnet"``, ``"guided_backprop"``, ``"integrated_gradients"`` (:mod:`trainviz.ops.saliency`)
+            and ``"occlusion"`` (:mod:`trainviz.ops.occlusion`).
+        target: explain the ``"true"`` class or the ``"predicted"`` one.
+        smoothgrad_samples: SmoothGrad's noisy copies per image.
+        smoothgrad_sigma: SmoothGrad's noise level, a fraction of each image's value range (>= 0).
+        ig_steps: integrated gradients' quadrature points.
+        occlusion: add ``"occlusion"`` to ``methods`` (``probe_size x windows`` forward rows, see above).
+        occlusion_window: side of the occluding patch (pixels; at most the image side, checked at setup).
+        occlusion_stride: step between patch positions (pixels).
+        occlusion_baseline: what the patch is filled with, as a PIXEL value in [0, 1] (0: black), mapped through
+            the normalisation into model-input space.
+        deletion_steps: steps of the deletion and insertion curves.
+        sanity_every: run the sanity checks at the first run and every ``sanity_every``-th run of this callback
+            after it; 0 disables them. Under a ``budget`` a sanity run that does not fit the credit runs without
+            its checks (``trainviz/budget/saliency/skipped`` logs it) and the checks come at the next run.
+        sanity_images: probe images in the sanity checks (the first shown ones).
+        n_grid: probe images in the maps grid.
+        n_tracked: probe images followed across epochs in the evolution strips.
+        max_strip: most epochs shown in an evolution strip.
+        **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``every_n_epochs``,
+            ``probe_size`` (default 32), ``batch_size``, ``output``, ...).
+
+    Raises:
+        ValueError: in ``__init__``, for an argument out of range (``methods`` empty, repeated or unknown, or
+            ``"occlusion"`` listed with ``occlusion=False``; an unknown ``target``; a count not a positive int;
+            ``smoothgrad_sigma`` negative; ``occlusion_baseline`` outside [0, 1]; ``sanity_every`` negative); at
+            fit start, before the first epoch, when ``occlusion_window`` exceeds the images, or the model's output
+            is not logits (see ``output=``).
+
+    Example:
+        >>> import tempfile, pytorch_lightning as pl
+        >>> from trainviz.callbacks.saliency import SaliencyCallback
+        >>> from trainviz.data import ShapesDataModule
+        >>> from trainviz.models import DemoClassifier
+        >>> cb = SaliencyCallback(methods=["gradient"], occlusion=False, probe_size=6, deletion_steps=2,
+        ...                       sanity_images=2)
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[cb], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...                      default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=64, n_val=32))
+        >>> cb.done_epochs, cb.sanity_epochs
+        ([0], [0])
+    """
+
+    name = "saliency"
+    default_probe_size = 32
+
+    def __init__(
+        self,
+        methods: Sequence[Method] = ("gradient", "smoothgrad", "guided_backprop"),
+        target: Literal["true", "predicted"] = "true",
+        smoothgrad_samples: int = 16,
+        smoothgrad_sigma: float = 0.15,
+        ig_steps: int = 16,
+        occlusion: bool = True,
+        occlusion_window: int = 8,
+        occlusion_stride: int = 4,
+        occlusion_baseline: float = 0.0,
+        deletion_steps: int = 16,
+        sanity_every: int = 5,
+        sanity_images: int = 8,
+        n_grid: int = 8,
+        n_tracked: int = 4,
+        max_strip: int = 12,
+        probe_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(probe_size=probe_size, **kwargs)
+        if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
+            raise ValueError(f"Expected `methods` to be a non-empty list of {', '.join(map(repr, METHODS))}; "
+                             f"got {methods!r}.")  # fmt: skip
+        chosen = [check_choice("methods", m, METHODS) for m in methods]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"Expected `methods` to be distinct, got {list(methods)!r}.")
+        self.occlusion = check_bool("occlusion", occlusion)
+        if "occlusion" in chosen and not occlusion:
+            raise ValueError("Expected `occlusion=True` when `methods` lists 'occlusion', got occlusion=False.")
+        self.methods = tuple(chosen + (["occlusion"] if occlusion and "occlusion" not in chosen else []))
+        self.target = check_choice("target", target, ("true", "predicted"))
+        self.smoothgrad_samples = check_positive_int("smoothgrad_samples", smoothgrad_samples)
+        self.smoothgrad_sigma = check_float("smoothgrad_sigma", smoothgrad_sigma, minimum=0)
+        self.ig_steps = check_positive_int("ig_steps", ig_steps)
+        self.occlusion_window = check_positive_int("occlusion_window", occlusion_window)
+        self.occlusion_stride = check_positive_int("occlusion_stride", occlusion_stride)
+        self.occlusion_baseline = check_float("occlusion_baseline", occlusion_baseline, minimum=0, maximum=1)
+        self.deletion_steps = check_positive_int("deletion_steps", deletion_steps)
+        self.sanity_every = check_int("sanity_every", sanity_every, minimum=0)
+        self.sanity_images = check_positive_int("sanity_images", sanity_images)
+        self.n_grid = check_positive_int("n_grid", n_grid)
+        self.n_tracked = check_positive_int("n_tracked", n_tracked)
+        self.max_strip = check_positive_int("max_strip", max_strip)
+        self._costs: dict[str, float] = {}  # seconds of the last run with ("sanity") and without ("maps") checks
+        self._sanity_layers: list[str] = []
+        self.sanity_epochs: list[int] = []
+        self._history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (epoch, {method: tracked maps}), CPU fp16
+
+    # identity & state ------------------------------------------------------------------------------
+    @override
+    def _state_args(self) -> dict[str, Any]:
+        return {**super()._state_args(), "methods": list(self.methods), "target": self.target}
+
+    @override
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "history_epochs": [e for e, _ in self._history],
+            "history_maps": {m: torch.stack([h[m] for _, h in self._history]) for m in self._history_methods()},
+            "sanity_epochs": list(self.sanity_epochs),
+        }
+
+    @override
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        maps = state.get("history_maps") or {}
+        epochs = state.get("history_epochs", [])
+        self._history = [(e, {m: v[i] for m, v in maps.items()}) for i, e in enumerate(epochs)]
+        self.sanity_epochs = list(state.get("sanity_epochs", []))
+
+    @override
+    def _on_probe_changed(self) -> None:
+        self._history = []
+
+    @override
+    def _describe(self) -> str:
+        return f"callback {self.name}, methods {list(self.methods)}"
+
+    def _history_methods(self) -> list[str]:
+        return [m for m in self.methods if self._history and all(m in h for _, h in self._history)]
+
+    # setup and running -----------------------------------------------------------------------------
+    def _config(self, epoch: int = 0) -> SaliencyConfig:
+        return SaliencyConfig(
+            self.methods,
+            self.target,
+            self.smoothgrad_samples,
+            self.smoothgrad_sigma,
+            self.ig_steps,
+            self.occlusion_window,
+            self.occlusion_stride,
+            self.occlusion_baseline,
+            self.deletion_steps,
+            self.sanity_images,
+            self._sanity_layers,
+            self.n_grid,
+            self.n_tracked,
+            self.max_strip,
+            self.batch_size,
+            self.norm,
+            run_seed(self.probe_seed, epoch),
+        )
+
+    @override
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        h, w = self.probe.images.shape[-2:]
+        if "occlusion" in self.methods and self.occlusion_window > min(h, w):
+            raise ValueError(
+                f"Expected `occlusion_window` <= the probe images' side {min(h, w)} (images {h}x{w}), "
+                f"got {self.occlusion_window}."
+            )
+        example = self.example_batch(pl_module)
+        labels = self.probe.labels[: example.shape[0]].to(example.device)
+        config = self._config()
+        config.smoothgrad_samples, config.ig_steps = 1, 1
+        model = self.logits_model(pl_module)
+        with probe_guard(pl_module):
+            for method in self.methods:  # raises if a method or `output=` does not apply
+                attribute(model, example, labels, method, config)
+        self._sanity_layers = randomizable_layers(model)
+
+    def _sanity_due(self) -> bool:
+        """The first run, then once ``sanity_every`` runs have passed since the last sanity run (every K-th run;
+        a sanity part skipped under a budget comes at the next run)."""
+        if self.sanity_every == 0:
+            return False
+        if not self.sanity_epochs:
+            return True
+        return sum(e > self.sanity_epochs[-1] for e in self.done_epochs) + 1 >= self.sanity_every
+
+    @override
+    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+        """Under a budget: the whole run if its last cost (sanity runs and plain runs timed apart) fits the
+        credit, else the maps without the sanity checks (``"maps"``, logged as a skipped part), else nothing."""
+        sanity = self._sanity_due()
+        cost = self._costs.get("sanity" if sanity else "maps")
+        if essential or cost is None or cost <= credit:
+            return True
+        maps = self._costs.get("maps")
+        if sanity and (maps is None or maps <= credit):
+            self._skip(epoch, "sanity", f"the last sanity run took {cost:.2f} s, credit {credit:.2f} s")
+            return "maps"
+        self._skip(epoch, "run", f"the last run took {cost:.2f} s, credit {credit:.2f} s")
+        return None
+
+    @override
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        start = time.perf_counter()
+        sanity = self._sanity_due() and self.plan is True
+        probe = self.device_probe(pl_module)
+        result = compute(self.logits_model(pl_module), probe, self._config(epoch), epoch=epoch, sanity=sanity)
+        self.sink.write(result)
+        self._history.append((epoch, dict(result.tracked or {})))
+        if sanity:
+            self.sanity_epochs.append(epoch)
+        self._costs["sanity" if sanity else "maps"] = time.perf_counter() - start
+
+    @override
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._history:
+            return
+        strips, arrays = evolution(self._history, self.probe, self._config())
+        last = self._history[-1][0]
+        for method, strip in strips.items():
+            self.sink.image(f"{method}/evolution", strip, last, artifact=True)
+        self.sink.npz(last, "evolution", **arrays)

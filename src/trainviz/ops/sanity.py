@@ -1,0 +1,228 @@
+"""Sanity checks for saliency maps (Adebayo et al. 2018, "Sanity Checks for Saliency Maps") (pure torch).
+
+A saliency method that explains the *model* must change its maps when the model's weights are destroyed. The
+checks:
+
+* :func:`cascading_randomization` (the model parameter randomisation test, MPRT): on a deep copy of the model,
+  the layers with parameters are re-initialised one after another from the output down, cumulatively, and the
+  maps recomputed after each step. Compare each with the original maps by :func:`spearman` rank correlation:
+  a method that passes decorrelates quickly (plain gradients, Grad-CAM); one that fails keeps a high
+  correlation even with most of the network random. **The finding of Adebayo et al.: guided backpropagation
+  (and guided Grad-CAM) fails this check: with the top layers, even the whole classifier re-initialised, its
+  maps barely change, because they mostly reconstruct the input (edges) rather than explain the decision**;
+  the tests reproduce it on a small CNN.
+* :func:`random_logit` (Adebayo et al. 2018; Sixt et al. 2020): the maps for a random *other* class; a
+  class-sensitive method gives maps that differ from those of the explained class (low correlation).
+
+The layer order and re-initialisation match Quantus' ``MPRT`` (``layer_order="top_down"``): modules in reverse
+registration order, each re-initialised by its own ``reset_parameters()`` (Quantus: modules that have one;
+here: modules with parameters of their own, and those without ``reset_parameters`` redrawn from a normal law
+with their current mean and standard deviation). Quantus seeds the global generator (``torch.manual_seed(seed +
+1)`` before each layer); here the global random streams are forked (:func:`trainviz.core.guard.preserve_rng`) and
+seeded with ``seed`` before each layer, so training's random stream is unchanged: ``seed=s`` here draws the
+weights of Quantus' ``seed=s - 1``. Quantus' default similarity is Spearman's rank correlation, as here.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from trainviz.ops.sanity import cascading_randomization, spearman
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ...                     nn.Linear(4, 2)).eval()
+    >>> def explain(model, images, targets):
+    ...     x = images.clone().requires_grad_(True)
+    ...     score = model(x).gather(1, targets[:, None]).sum()
+    ...     return torch.autograd.grad(score, x)[0].abs().sum(1)
+    >>> x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    >>> steps = cascading_randomization(net, x, y, explain)
+    >>> [name for name, _ in steps], steps[0][1].shape
+    (['4', '0'], torch.Size([2, 8, 8]))
+    >>> spearman(explain(net, x, y), explain(net, x, y)).tolist()
+    [1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from trainviz.core.guard import preserve_rng
+
+__all__ = ["Explain", "cascading_randomization", "random_classes", "random_logit", "randomizable_layers", "spearman"]
+
+Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``explain(model, images, targets) -> maps``: the saliency maps ``(N, H, W)`` of ``images`` for ``targets``."""
+
+
+def _ranks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Average ranks (1-based, ties get the mean of their positions) of each row of ``x``."""
+    x = x.contiguous()
+    ordered = x.sort(dim=1).values
+    low = torch.searchsorted(ordered, x, side="left")
+    high = torch.searchsorted(ordered, x, side="right")
+    return (low + high + 1).to(dtype) / 2
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = False) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps ``a[i]``, ``b[i]`` over their flattened values (ties take
+    their average rank, as ``scipy.stats.spearmanr``); NaN when a map is constant or holds a NaN.
+
+    Args:
+        a, b: two stacks of maps of the same shape (any trailing dimensions).
+        absolute: correlate ``|a|`` and ``|b|`` (Adebayo et al. report both, for signed attributions).
+
+    Shape:
+        ``(N, ...)``, ``(N, ...)`` -> ``(N,)``
+
+    Example:
+        >>> import torch
+        >>> from trainviz.ops.sanity import spearman
+        >>> [round(v, 6) for v in spearman(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[10.0, 20, 30, 0]])).tolist()]
+        [-0.2]
+    """
+    if a.shape != b.shape or a.dim() < 2 or a.shape[0] == 0:
+        raise ValueError(
+            f"Expected two stacks of maps of the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    x, y = a.flatten(1), b.flatten(1).to(a.device)
+    if absolute:
+        x, y = x.abs(), y.abs()
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    rx, ry = _ranks(x, dtype), _ranks(y, dtype)
+    rx = rx - rx.mean(1, keepdim=True)
+    ry = ry - ry.mean(1, keepdim=True)
+    rho = (rx * ry).sum(1) / (rx.norm(dim=1) * ry.norm(dim=1))
+    bad = x.isnan().any(1) | y.isnan().any(1)
+    rho = torch.where(bad, torch.full_like(rho, float("nan")), rho)
+    return rho.to(torch.promote_types(a.dtype, torch.float32)) if a.is_floating_point() else rho.float()
+
+
+def randomizable_layers(model: nn.Module) -> list[str]:
+    """Names of the modules with parameters of their own, in the top-down order of the cascade: reverse
+    registration order (``model.named_modules()`` reversed; a module shared under two names counts once).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from trainviz.ops.sanity import randomizable_layers
+        >>> randomizable_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2), nn.Linear(2, 2)))
+        ['3', '2', '0']
+    """
+    return [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))][::-1]
+
+
+@torch.no_grad()
+def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
+    """``module.reset_parameters()`` (the global streams are forked and seeded by the caller); a module without
+    one gets each own parameter redrawn from a normal law with that parameter's mean and standard deviation."""
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+        return
+    for p in module.parameters(recurse=False):
+        values = p.detach().float()
+        std = values.std() if values.numel() > 1 else values.abs().mean()
+        noise = torch.randn(p.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        p.copy_((values.mean() + std * noise.to(p.device)).to(p.dtype))
+
+
+def cascading_randomization(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    explain: Explain,
+    *,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[tuple[str, torch.Tensor]]:
+    """Cascading randomisation (Adebayo et al. 2018, section 3.1): the maps after re-initialising the layers
+    from the top down, cumulatively, on a deep copy of ``model`` (the model itself is never changed).
+
+    Step ``k`` re-initialises layer ``k`` (its ``reset_parameters()``, or a redraw; see the module docstring) in
+    the copy that already has layers ``0..k-1`` re-initialised, then calls ``explain(copy, images, targets)``.
+    The global random streams are forked and seeded with ``seed`` before each layer, so the draw is reproducible
+    and training's random stream is unchanged. The copy keeps the model's train/eval flags (run it in eval mode,
+    as a probe does). Cost: one deep copy, and one ``explain`` per layer.
+
+    Args:
+        model: the classifier returning logits (e.g. a :class:`~trainviz.core.outputs.LogitsModel`).
+        images: model inputs.
+        targets: class explained per image.
+        explain: ``explain(model, images, targets) -> maps``; any tensor it returns is kept as is (e.g. the maps of
+            several methods stacked, to randomise once for all of them).
+        layers: names of the layers to randomise, in this order; ``None``: every module with parameters of its
+            own, top down (:func:`randomizable_layers`).
+        seed: seed of the re-initialisation.
+
+    Returns:
+        ``[(layer name, maps after randomising down to that layer), ...]`` in cascade order.
+
+    Raises:
+        ValueError: an unknown layer name, or a layer without parameters.
+
+    Shape:
+        images ``(N, C, H, W)``, targets ``(N,)`` -> each maps as ``explain`` returns, e.g. ``(N, H, W)``
+    """
+    names = randomizable_layers(model) if layers is None else list(layers)
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            close = [n for n in modules if n and (name in n or n in name)][:5]
+            raise ValueError(f"Layer {name!r} not found in the model; close matches: {close}.")
+        if not any(True for _ in modules[name].parameters()):
+            raise ValueError(f"Expected layer {name!r} to have parameters to randomise; it has none.")
+    randomized = copy.deepcopy(model)
+    copies = dict(randomized.named_modules())
+    device = next(iter(randomized.parameters()), torch.empty(0)).device
+    out = []
+    for name in names:
+        with preserve_rng():
+            torch.manual_seed(seed)
+            generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+            _reinitialize(copies[name], generator)
+        out.append((name, explain(randomized, images, targets)))
+    return out
+
+
+def random_classes(targets: torch.Tensor, num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One class per image drawn uniformly among the ``num_classes - 1`` classes other than its target.
+
+    Shape:
+        ``(N,)`` -> ``(N,)`` on the targets' device
+
+    Example:
+        >>> import torch
+        >>> from trainviz.ops.sanity import random_classes
+        >>> t = torch.tensor([0, 1, 2, 0])
+        >>> bool((random_classes(t, 3, torch.Generator().manual_seed(0)) != t).all())
+        True
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"Expected `num_classes` to be an int >= 2, got {num_classes!r}.")
+    if targets.dim() != 1 or targets.is_floating_point():
+        raise ValueError(f"Expected integer `targets` of shape (N,), got {targets.dtype} {tuple(targets.shape)}.")
+    where = generator.device if generator is not None else torch.device("cpu")
+    draw = torch.randint(0, num_classes - 1, targets.shape, generator=generator, device=where).to(targets.device)
+    return draw + (draw >= targets).long()
+
+
+def random_logit(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    explain: Explain,
+    *,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The random-logit test's maps: ``explain`` for a random class other than each image's target
+    (:func:`random_classes` from ``generator``). Their :func:`spearman` correlation with the maps of the targets
+    is the score: near 1, the method does not depend on the class it explains.
+
+    Quantus' ``RandomLogit`` draws the other class the same way (uniformly among the others) from numpy's global
+    generator and compares by SSIM; here the draw comes from ``generator`` and the comparison is the caller's.
+
+    Shape:
+        images ``(N, C, H, W)``, targets ``(N,)`` -> maps as ``explain`` returns, e.g. ``(N, H, W)``
+    """
+    return explain(model, images, random_classes(targets, num_classes, generator))
