@@ -29,6 +29,7 @@ SMALL = dict(
     severities=[1, 5],
     epsilons=[0.0, 4 / 255],
     flip_max_steps=3,
+    trajectory_steps=15,  # the seed's 15 iterations; trajectory_images (8) and random_directions (1000) default
     probe_size=24,
     batch_size=10,  # batches straddle the clean and corrupted blocks
     cam_shift=True,
@@ -411,3 +412,252 @@ def test_resume_keeps_one_record_per_epoch(tmp_path, tiny_dm):
     assert "fgsm" not in records[-1] and "flip" not in records[-1]
     assert not (Path(trainer.log_dir) / "trainviz" / "robustness" / "epoch_0002" / "adversarial.npz").exists()
     assert all(math.isfinite(r["clean"]["accuracy"]) for r in records)
+
+
+# adversarial trajectories and the random-direction control (Fleuret's "Under the hood") ------------------
+
+
+def _trajectory_record(fitted) -> dict:
+    return _records(fitted["log_dir"])[-1]["trajectory"]
+
+
+def test_trajectories_are_recorded_and_match_an_independent_recomputation(fitted):
+    from trainviz.ops.adversarial import adversarial_trajectory, random_direction_flips
+
+    cb, model = fitted["cb"], fitted["model"]
+    t = _trajectory_record(fitted)
+    assert cb.trajectory_images == 8 and cb.random_directions == 1000 and cb.trajectory_steps == 15
+    chosen = cb.example_indices(8)
+    assert t["ids"] == cb.probe.ids[chosen].tolist() and t["labels"] == cb.probe.labels[chosen].tolist()
+    model.eval()
+    pixels = cb.norm.denormalize(cb.probe.images)[chosen]
+    with torch.no_grad():
+        clean = model(cb.probe.images[chosen]).argmax(1)
+    path = adversarial_trajectory(model, pixels, clean, step_size=0.5, max_steps=15, preprocess=cb.norm.normalize)
+    assert t["predictions"] == path.predictions.tolist() and t["flip_step"] == path.flip_step.tolist()
+    # the trajectory extends steps-to-flip: the same images' steps in adversarial.npz (all probe images, batched)
+    steps = np.load(fitted["log_dir"] / "trainviz" / "robustness" / "epoch_0001" / "adversarial.npz")["steps"]
+    capped = [f if 0 <= f <= cb.flip_max_steps else -1 for f in t["flip_step"]]
+    assert capped == steps[chosen].tolist()
+    flipped = path.flip_step >= 0
+    assert flipped.any(), "no trajectory image flipped: the checks below would be empty"
+    distance = (path.x_adv - pixels).flatten(1).norm(dim=1)
+    np.testing.assert_allclose([d for d in t["distance"] if d is not None], distance[flipped].numpy(), rtol=1e-5)
+    fractions = random_direction_flips(
+        model,
+        pixels[flipped],
+        path.x_adv[flipped],
+        clean[flipped],
+        samples=1000,
+        generator=torch.Generator().manual_seed(cb.probe_seed),
+        preprocess=cb.norm.normalize,
+        batch_size=cb.batch_size,
+    )
+    np.testing.assert_allclose([r for r in t["random_flip"] if r is not None], fractions.numpy(), atol=1e-12)
+    assert t["flip_rate"] == pytest.approx(flipped.double().mean().item())
+    assert t["random_direction_flip_rate"] == pytest.approx(fractions.double().mean().item())
+    assert t["flip_step_mean"] == pytest.approx(path.flip_step[flipped].double().mean().item())
+    result = RobustnessResult.from_record(_records(fitted["log_dir"])[-1])
+    assert result.trajectory.predictions == t["predictions"] and result.record()["trajectory"] == t
+
+
+def test_the_seed_s_observation_random_directions_flip_far_less_than_the_ascent(tmp_path, tiny_dm):
+    # "if we sample 1,000 images on the sphere centered on x of radius 2||x - x_adv||, we do not observe any
+    # change of label": on the demo model after a short fit, the control stays below the adversarial rate
+    cb = RobustnessCallback(
+        corruptions=["grayscale"],
+        epsilons=[],
+        flip_max_steps=0,
+        flip_step_size=10.0,
+        trajectory_steps=15,
+        probe_size=16,
+        strict=True,
+    )
+    pl.seed_everything(0, verbose=False)
+    make_trainer(tmp_path, [cb], max_epochs=2).fit(demo_model(), tiny_dm)
+    for record in _records(tmp_path):
+        t = record["trajectory"]
+        assert t["samples"] == 1000 and t["radius_factor"] == 2.0 and len(t["flip_step"]) == 8
+        assert t["flip_rate"] >= 0.5, t["flip_step"]  # the ascent flips most images within 15 steps
+        assert t["random_direction_flip_rate"] <= t["flip_rate"]
+        assert t["random_direction_flip_rate"] < t["flip_rate"]
+        summary = RobustnessResult.from_record(record).summary()
+        assert summary["random_direction_flip_rate"] <= summary["adversarial_flip_rate"]
+
+
+def test_trajectory_scalars_table_image_and_report_section_are_written(fitted):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainviz.render.robustness import trajectory_table_image
+    from trainviz.report.sections import curve_figure, discover, gallery_data
+
+    log_dir = fitted["log_dir"]
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert [e.step for e in acc.Scalars("trainviz/robustness/adversarial/flip_rate")] == [0, 1]
+    flipped = [r["epoch"] for r in _records(log_dir) if r["trajectory"]["flip_rate"] > 0]  # defined there only
+    assert flipped and flipped[-1] == 1
+    for name in ("random_direction_flip_rate", "flip_step_mean", "distance_mean"):
+        tag = f"trainviz/robustness/adversarial/{name}"
+        assert [e.step for e in acc.Scalars(tag)] == flipped, tag
+    last = _trajectory_record(fitted)
+    assert acc.Scalars("trainviz/robustness/adversarial/flip_rate")[-1].value == pytest.approx(last["flip_rate"])
+    assert "trainviz/robustness/adversarial_table" in tags["images"]
+    png = np.asarray(Image.open(log_dir / "trainviz" / "robustness" / "epoch_0001" / "adversarial_table.png"))
+    result = RobustnessResult.from_record(_records(log_dir)[-1])
+    assert np.array_equal(png[..., :3], result.render()["adversarial_table"])  # rebuilt from the record alone
+    assert png.shape[0] == 18 + 8 * 14 + 4 and png.shape[1] > 4 * 64
+    section = {s.name: s for s in discover(log_dir / "trainviz")}["robustness"]
+    assert section.spec == result.section()
+    figure = curve_figure(section.spec["curves"][0], section.records())
+    assert [trace["name"] for trace in figure["data"]] == ["adversarial", "random directions"]
+    assert figure["data"][0]["y"][-1] == pytest.approx(last["flip_rate"])
+    frames = gallery_data(section.spec["galleries"][0], section, section.epochs(), log_dir)
+    assert sorted(frames["items"][0]["frames"]) == ["0", "1"]
+    assert trajectory_table_image(result.trajectory.predictions, result.class_names).shape[2] == 3
+
+
+def test_trajectory_table_highlights_the_changed_cells():
+    from trainviz.render.robustness import trajectory_table_image
+
+    image = trajectory_table_image([[0, 0, 1, 2], [2, 2, 2, 2]], ["cat", "dog", "ship"], ["a", "b"], cell=(40, 14))
+    margin, top = 8 + 6, 18
+
+    def cell(i, k):
+        return image[top + i * 14 : top + (i + 1) * 14, margin + k * 40 : margin + (k + 1) * 40].reshape(-1, 3)
+
+    red = np.array([250, 200, 195])
+    frame = np.array([180, 20, 20])
+    assert (cell(0, 2) == red).all(1).any() and (cell(0, 3) == red).all(1).any()  # changed from iteration 0
+    assert not (cell(0, 1) == red).all(1).any() and not (cell(1, 3) == red).all(1).any()
+    assert (cell(0, 2) == frame).all(1).any() and not (cell(0, 3) == frame).all(1).any()  # the first flip framed
+    with pytest.raises(ValueError, match="row labels"):
+        trajectory_table_image([[0, 1]], ["a", "b"], ["x", "y"])
+
+
+def test_normalised_user_data_gives_the_trajectory_in_pixel_space(tmp_path):
+    from test_user_runs import MEAN, STD, _fit
+
+    from trainviz.ops.adversarial import adversarial_trajectory
+
+    cb = RobustnessCallback(
+        corruptions=["grayscale"],
+        epsilons=[],
+        flip_max_steps=0,
+        flip_step_size=10.0,
+        trajectory_steps=6,
+        trajectory_images=4,
+        random_directions=50,
+        probe_size=16,
+        strict=True,
+    )
+    _fit(tmp_path, [cb])
+    assert cb.norm.std == pytest.approx(STD) and cb.norm.mean == pytest.approx(MEAN)  # found in the Normalize
+    record = _records(tmp_path)[-1]
+    assert "flip" not in record  # steps-to-flip off, the trajectories on their own
+    assert record["trajectory"]["samples"] == 50 and len(record["trajectory"]["predictions"][0]) == 7
+    # the user's model on FakeData collapses to one class; the check of the pixel space uses a fresh
+    # torchvision-style net (varied predictions) through the same probe computation and normalisation
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 4),
+    ).eval()
+    config = robustness_module.RobustnessConfig(
+        cb.norm, flip_step_size=10.0, trajectory_images=4, trajectory_steps=6, random_directions=50, seed=0
+    )
+    inputs, _ = robustness_module.CorruptionCache().inputs(cb.probe, [], cb.norm, 0, source=cb.probe)
+    chosen = cb.example_indices(4)
+    result = robustness_module.compute(
+        model, cb.probe, inputs, robustness_module.Plan([]), config, 0, trajectory=chosen
+    )
+    t = result.trajectory
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    pixels = cb.probe.images[chosen] * std + mean  # the images as the user's loader saw them before Normalize
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    with torch.no_grad():
+        clean = model(cb.probe.images[chosen]).argmax(1)
+    path = adversarial_trajectory(
+        model, pixels, clean, step_size=10.0, max_steps=6, preprocess=lambda p: (p - mean) / std
+    )
+    assert t.predictions == path.predictions.tolist()
+    flipped = path.flip_step >= 0
+    assert flipped.any(), t.predictions
+    distance = (path.x_adv - pixels).flatten(1).norm(dim=1)[flipped]  # pixel units
+    np.testing.assert_allclose([d for d in t.distance if d == d], distance.numpy(), rtol=1e-4)
+    assert path.x_adv.min() >= 0 and path.x_adv.max() <= 1  # pixels, clamped
+    # the same ascent on the normalised tensors (no pixel space) is another trajectory
+    in_input_space = adversarial_trajectory(model, cb.probe.images[chosen], clean, step_size=10.0, max_steps=6)
+    other = (in_input_space.x_adv - cb.probe.images[chosen]).flatten(1).norm(dim=1)[in_input_space.flip_step >= 0]
+    assert not np.allclose(sorted(other.tolist()), sorted(distance.tolist()), rtol=0.05)
+
+
+def test_the_budget_prices_trajectories_with_steps_to_flip():
+    from trainviz.probes.robustness import plan_parts, trajectory_rows
+
+    active = [("grayscale", 1), ("fog", 1)]
+    base = dict(epsilons=0, flip_max_steps=2, cam_shift=False)
+    extra = trajectory_rows(8, 16, 5, 10)  # 8 of 16 images, 5 steps, 10 directions: 0.5 * (15 + 1 + 10) rows
+    assert extra == pytest.approx(13.0)
+    # clean + grayscale 2 s, fog 1 s, steps-to-flip 3 * 2 = 6 s, trajectories 13 s
+    assert plan_parts(active, {"row": 1.0}, 2 + 1 + 6 + 13, 0, **base, trajectory_rows=extra).flip
+    plan = plan_parts(active, {"row": 1.0}, 2 + 1 + 6 + 12, 0, **base, trajectory_rows=extra)
+    assert not plan.flip and plan.skipped == ["steps-to-flip and trajectories (19.00 s)"]
+    measured = {"row": 1.0, "flip": 1.0, "trajectory": 2.0}
+    assert plan_parts(active, measured, 2 + 1 + 3, 0, **base, trajectory_rows=extra).flip
+    assert plan_parts(active, {"row": 1.0}, 2 + 1 + 6, 0, **base).flip  # without trajectories as before
+    only = dict(base, flip_max_steps=0)
+    assert plan_parts(active, {"row": 1.0}, 3 + 13, 0, **only, trajectory_rows=extra).flip
+    cb = RobustnessCallback(corruptions=["grayscale"], flip_max_steps=0, trajectory_steps=4)
+    cb.plan = True
+    assert cb._scaled_parts(None, None, epoch=0)[2]  # no budget: the trajectories run without steps-to-flip
+    assert RobustnessCallback(corruptions=["grayscale"], flip_max_steps=0)._trajectory_rows(None) == 0.0
+
+
+def test_a_run_with_trajectories_leaves_no_trace():
+    from trainviz.data import Normalization
+    from trainviz.models import DemoClassifier
+
+    torch.manual_seed(0)
+    model = DemoClassifier(num_classes=3).eval()
+    probe = ProbeSet(images=torch.rand(12, 3, 32, 32), labels=torch.arange(12) % 3, ids=torch.arange(12))
+    config = robustness_module.RobustnessConfig(
+        Normalization.identity(3),
+        flip_step_size=50.0,
+        trajectory_images=4,
+        trajectory_steps=5,
+        random_directions=30,
+        batch_size=16,
+    )
+    inputs, _ = robustness_module.CorruptionCache().inputs(probe, [("grayscale", 1)], config.norm, 0, source=probe)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    with torch.inference_mode():  # as in Lightning's validation
+        result = robustness_module.compute(model, probe, inputs, robustness_module.Plan([("grayscale", 1)]), config, 0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.grad is None for p in model.parameters()) and count_hooks(model) == 0 and not model.training
+    t = result.trajectory
+    assert len(t.predictions) == 4 and len(t.predictions[0]) == 6 and t.ids == [0, 1, 2, 3]
+    assert "adversarial/flip_rate" in result.scalars()
+    again = robustness_module.compute(model, probe, inputs, robustness_module.Plan([("grayscale", 1)]), config, 0)
+    assert any(f >= 0 for f in t.flip_step), t.flip_step  # the control ran
+    assert again.trajectory.record() == t.record()  # the private generator: the same directions every time
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"trajectory_images": -1}, r"Expected `trajectory_images` to be an int >= 0, got -1"),
+        ({"trajectory_steps": -1}, r"Expected `trajectory_steps` to be an int >= 0"),
+        ({"random_directions": 1.5}, r"Expected `random_directions` to be an int >= 0"),
+        ({"random_radius_factor": 0}, r"Expected `random_radius_factor` to be a positive number"),
+    ],
+)
+def test_bad_trajectory_arguments_raise_at_init(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RobustnessCallback(**kwargs)

@@ -34,24 +34,33 @@ __all__ = ["RobustnessCallback"]
 
 
 class RobustnessCallback(ProbeCallback):
-    """Accuracy, calibration and prediction flips under corruptions, FGSM accuracy and steps to flip.
+    """Accuracy, calibration and prediction flips under corruptions, FGSM accuracy, steps to flip and adversarial
+    trajectories with their random-direction control.
 
     At every run, for every corruption and severity: accuracy, mean confidence, NLL, ECE (15 bins), flip rate
     against the clean prediction and per-class accuracy; per corruption the corruption error ``CE`` and relative
     ``CE`` (normalised by a ``reference`` run if given); FGSM accuracy at each ``eps`` (pixel space) and the
-    gradient-ascent steps until the prediction changes; with ``cam_shift=True``, the correlation of the true
-    class's Grad-CAM on each clean image and its corrupted copy. The probe set is corrupted once per row, when
-    the row first runs (same noise at every epoch), and cached on the model's device. Corruptions that do not
-    apply to the data are skipped at setup with one info line. Under a ``budget``, Zhang's probes always run, then
-    FGSM, the other corruptions in turn and steps-to-flip as far as the credit goes.
+    gradient-ascent steps until the prediction changes; on ``trajectory_images`` probe images (one of each class
+    first), the class predicted at every step of the ascent (Fleuret's table, steps continue after the first
+    change) and the lecture's control, the share of ``random_directions`` random points on the sphere of radius
+    ``2 ||x - x_adv||`` around each flipped image that change its label; with ``cam_shift=True``, the
+    correlation of the true class's Grad-CAM on each clean image and its corrupted copy. The probe set is
+    corrupted once per row, when the row first runs (same noise at every epoch), and cached on the model's
+    device. Corruptions that do not apply to the data are skipped at setup with one info line. Under a
+    ``budget``, Zhang's probes always run, then FGSM, the other corruptions in turn and the gradient ascent
+    (steps-to-flip and the trajectories, one part) as far as the credit goes.
 
     Logged keys (step = epoch; ``<c>`` a corruption; see :meth:`RobustnessResult.scalars
     <trainviz.probes.robustness_result.RobustnessResult.scalars>`):
         - ``trainviz/robustness/{clean,corrupted}/{accuracy,confidence,nll,ece}``, ``corrupted/flip_rate``,
           ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce`` (scalars); with ``cam_shift``
           ``corrupted/cam_shift`` and ``cam_shift/<c>``; ``fgsm/accuracy@<eps>``; ``flip/steps_mean`` and
-          ``flip/never_fraction``; ``cache_seconds`` when rows are corrupted; ``seconds``.
-        - ``trainviz/robustness/heatmap`` and ``examples`` (images, also ``epoch_XXXX/*.png``).
+          ``flip/never_fraction``; with trajectories ``adversarial/flip_rate`` (share of the trajectory images
+          whose class changed within the steps), ``adversarial/random_direction_flip_rate`` (mean over the flipped
+          images; with ``random_directions``), ``adversarial/flip_step_mean`` and ``adversarial/distance_mean``
+          (L2, pixels); ``cache_seconds`` when rows are corrupted; ``seconds``.
+        - ``trainviz/robustness/heatmap``, ``examples`` and with trajectories ``adversarial_table`` (images, also
+          ``epoch_XXXX/*.png``); the report section ``robustness/section.json`` (the trajectories).
         - artifacts: ``robustness/metrics.jsonl`` (the record), ``robustness/summary.json`` (flat metrics, usable
           as another run's ``reference``), ``robustness/epoch_XXXX/{table,adversarial}.npz``.
 
@@ -63,6 +72,12 @@ class RobustnessCallback(ProbeCallback):
         flip_step_size: gradient-ascent step on pixels (times the raw gradient; at 0.5 a demo CNN flips most
             shapes images in 2-18 steps, digits in 1).
         flip_max_steps: cap on the gradient-ascent steps; ``0`` skips steps-to-flip.
+        trajectory_images: probe images whose whole trajectory is recorded (Fleuret's table); ``0`` skips them.
+        trajectory_steps: iterations of the trajectories (default ``flip_max_steps``; the lecture takes 15), at
+            ``flip_step_size``; ``0`` skips them.
+        random_directions: random points per flipped image for the control (the lecture's 1,000); ``0`` skips
+            it. The points are not clamped to ``[0, 1]`` (clamping would shorten the radius).
+        random_radius_factor: the control sphere's radius in units of ``||x - x_adv||`` (the lecture's 2).
         reference: another run's ``summary.json``, to normalise ``CE``; it must cover every row run here.
         cam_shift: also compute the CAM shift (about 1.2-1.4x the cost of the forward passes).
         cam_layer: layer of the Grad-CAM (a name, or ``"auto"``), resolved at setup.
@@ -100,6 +115,10 @@ class RobustnessCallback(ProbeCallback):
         epsilons: Sequence[float] | None = None,
         flip_step_size: float = 0.5,
         flip_max_steps: int = 20,
+        trajectory_images: int = 8,
+        trajectory_steps: int | None = None,
+        random_directions: int = 1000,
+        random_radius_factor: float = 2.0,
         reference: str | None = None,
         cam_shift: bool = False,
         cam_layer: str = "auto",
@@ -115,6 +134,11 @@ class RobustnessCallback(ProbeCallback):
         self.epsilons = probes.check_epsilons([1 / 255, 2 / 255, 4 / 255, 8 / 255] if epsilons is None else epsilons)
         self.flip_step_size = check_float("flip_step_size", flip_step_size, 0, strict_minimum=True)
         self.flip_max_steps = check_int("flip_max_steps", flip_max_steps, minimum=0)
+        self.trajectory_images = check_int("trajectory_images", trajectory_images, minimum=0)
+        steps = self.flip_max_steps if trajectory_steps is None else trajectory_steps
+        self.trajectory_steps = check_int("trajectory_steps", steps, minimum=0)
+        self.random_directions = check_int("random_directions", random_directions, minimum=0)
+        self.random_radius_factor = check_float("random_radius_factor", random_radius_factor, 0, strict_minimum=True)
         if reference is not None and not isinstance(reference, (str, os.PathLike)):
             raise ValueError(f"Expected `reference` to be a path to a summary.json or None, got {reference!r}.")
         self.reference = None if reference is None else os.fspath(reference)
@@ -144,8 +168,18 @@ class RobustnessCallback(ProbeCallback):
             self.reference,
             self.cam_shift,
             self.cam_layer,
+            *([self._trajectory_args()] if self._trajectories_on() else []),
         ]
         return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
+
+    def _trajectory_args(self) -> list[Any]:
+        """The trajectory settings, empty when they are off (the state key of such a callback is unchanged)."""
+        if not self._trajectories_on():
+            return []
+        return [self.trajectory_images, self.trajectory_steps, self.random_directions, self.random_radius_factor]
+
+    def _trajectories_on(self) -> bool:
+        return self.trajectory_images > 0 and self.trajectory_steps > 0
 
     @override
     def _describe(self) -> str:
@@ -201,10 +235,10 @@ class RobustnessCallback(ProbeCallback):
         return {"credit": credit, "start": time.perf_counter()}
 
     def _scaled_parts(self, pl_module: pl.LightningModule, probe: ProbeSet, epoch: int) -> tuple[list, bool, bool]:
-        """The rows, and whether FGSM and steps-to-flip run: everything without a budget, else what fits
-        (:func:`~trainviz.probes.robustness.plan_parts`), the rotation moving on."""
+        """The rows, and whether FGSM and the gradient ascent (steps-to-flip and trajectories) run: everything
+        without a budget, else what fits (:func:`~trainviz.probes.robustness.plan_parts`), the rotation moving on."""
         if self.plan is True:
-            return list(self.active), bool(self.epsilons), self.flip_max_steps > 0
+            return list(self.active), bool(self.epsilons), self.flip_max_steps > 0 or self._trajectories_on()
         if "row" not in self._costs:  # first run: time one clean forward to price a row
             start = time.perf_counter()
             predict_logits(self.logits_model(pl_module), probe.images, self.batch_size)
@@ -218,11 +252,21 @@ class RobustnessCallback(ProbeCallback):
             epsilons=len(self.epsilons),
             flip_max_steps=self.flip_max_steps,
             cam_shift=self.cam_shift,
+            trajectory_rows=self._trajectory_rows(probe),
         )
         self._rotation = plan.rotation
         if plan.skipped:
             self._skip(epoch, "parts", f"not in the credit of {self.plan['credit']:.2f} s: " + "; ".join(plan.skipped))
         return plan.rows, plan.fgsm, plan.flip
+
+    def _trajectory_rows(self, probe: ProbeSet | None) -> float:
+        """The trajectories' cost in row forwards (:func:`~trainviz.probes.robustness.trajectory_rows`)."""
+        if not self._trajectories_on():
+            return 0.0
+        drawn = probe if probe is not None else self.probe
+        size = len(drawn) if drawn is not None else self.trajectory_images  # unknown: price them as a whole row
+        images = min(self.trajectory_images, size)
+        return probes.trajectory_rows(images, size, self.trajectory_steps, self.random_directions)
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
@@ -238,6 +282,11 @@ class RobustnessCallback(ProbeCallback):
             self.batch_size,
             self.n_examples,
             self.reference_run,
+            self.trajectory_images if self._trajectories_on() else 0,
+            self.trajectory_steps,
+            self.random_directions,
+            self.random_radius_factor,
+            self.probe_seed,
         )
         inputs = self._corrupted_inputs(probe, rows, epoch)
         result = probes.compute(
@@ -250,6 +299,7 @@ class RobustnessCallback(ProbeCallback):
             self.example_indices(self.n_examples),
             self.skipped,
             Schedule.of_run(rows, self.active, self.budget),
+            trajectory=self.example_indices(self.trajectory_images),
         )
         self._costs.update(result.seconds)
         self.sink.write(result)

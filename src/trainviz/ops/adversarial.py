@@ -1,6 +1,6 @@
 """Adversarial probes by gradient ascent on the input: FGSM (Goodfellow et al. 2015, "Explaining and Harnessing
-Adversarial Examples") and the number of steps to flip a prediction (the adversarial samples of François Fleuret's
-EE-559 lecture "Under the hood").
+Adversarial Examples"), the number of steps to flip a prediction, the whole trajectory of predicted classes and
+its random-direction control (the adversarial samples of François Fleuret's EE-559 lecture "Under the hood").
 
 Images are in pixel space ``[0, 1]``; ``preprocess`` maps them to the model's input (e.g. normalisation), and
 gradients are taken with respect to the pixel images, so adversarial images stay valid images (clamped to
@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,15 @@ from torch import Tensor
 from trainviz.core.checks import check_float, check_int
 from trainviz.core.outputs import expect_logits
 
-__all__ = ["fgsm", "fgsm_accuracy", "steps_to_flip"]
+__all__ = [
+    "Trajectory",
+    "adversarial_trajectory",
+    "fgsm",
+    "fgsm_accuracy",
+    "random_direction_flips",
+    "sphere_points",
+    "steps_to_flip",
+]
 
 Preprocess = Callable[[Tensor], Tensor] | None
 
@@ -151,6 +159,66 @@ def fgsm_accuracy(
     return torch.stack(accuracies)
 
 
+class Trajectory(NamedTuple):
+    """A gradient-ascent trajectory (:func:`adversarial_trajectory`).
+
+    Attributes:
+        predictions: the predicted class at every iteration, column 0 at the start, ``(N, max_steps + 1)`` long.
+        flip_step: the first iteration whose prediction differs from the target, ``-1`` if none, ``(N,)`` long.
+        x_adv: the image at that iteration (the first adversarial image), or at the end if it never flipped.
+    """
+
+    predictions: Tensor
+    flip_step: Tensor
+    x_adv: Tensor
+
+
+def _ascend(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    step_size: float,
+    max_steps: int,
+    preprocess: Preprocess,
+    clamp: bool,
+    stop_at_flip: bool,
+) -> Trajectory:
+    """The one ascent loop: ``x_{k+1} = x_k + step_size grad_x CE(model(preprocess(x_k)), target)`` (clamped to
+    ``[0, 1]`` with ``clamp``), recording the prediction at ``x_0 .. x_max_steps``. ``stop_at_flip`` freezes an
+    image once its prediction left ``target`` and ends when all have (the predictions then have fewer columns);
+    otherwise every image takes every step (the seed's table: the class keeps changing after the first flip)."""
+    n, view = x.shape[0], (-1, *([1] * (x.ndim - 1)))
+    flip_step = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    current = x.detach()
+    x_adv, predictions = current, []
+    for k in range(max_steps + 1):
+        if k == max_steps:  # the last iteration only needs the prediction
+            with torch.inference_mode(False), torch.no_grad():
+                logits, grad = expect_logits(model(current if preprocess is None else preprocess(current))), None
+        else:
+            logits, grad = _logits_and_input_grad(model, current, target, preprocess)
+        pred = logits.argmax(dim=1)
+        predictions.append(pred)
+        flipped = (pred != target) & ~done
+        flip_step = torch.where(flipped, k, flip_step)
+        x_adv = torch.where(flipped.view(view), current, x_adv)
+        done = done | flipped
+        if grad is None or (stop_at_flip and bool(done.all())):
+            break
+        moved = current + step_size * grad
+        moved = moved.clamp(0.0, 1.0) if clamp else moved
+        current = torch.where(done.view(view), current, moved) if stop_at_flip else moved
+    x_adv = torch.where(done.view(view), x_adv, current)
+    return Trajectory(torch.stack(predictions, dim=1), flip_step, x_adv)
+
+
+def _check_ascent(model: Any, x: Any, target: Any, step_size: Any, max_steps: Any, preprocess: Any) -> float:
+    _check_inputs(model, x, target, preprocess)
+    check_int("max_steps", max_steps, minimum=0)
+    return check_float("step_size", step_size, minimum=0, strict_minimum=True)
+
+
 def steps_to_flip(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -163,9 +231,10 @@ def steps_to_flip(
     """Number of gradient-ascent steps ``x <- clamp(x + step_size grad_x CE(model(x), y), 0, 1)`` until the
     prediction is no longer ``y`` (the iterative adversarial samples of Fleuret's lecture).
 
-    All images step together; an image stops moving once its prediction has left ``y``. An image already
-    predicted as another class counts 0 steps; one still predicted ``y`` after ``max_steps`` steps gets ``-1``.
-    Fleuret's lecture ascends the loss of the model's own prediction: pass ``y = model(x).argmax(1)`` for that.
+    All images step together; an image stops moving once its prediction has left ``y``, and the ascent ends when
+    every image has flipped (the same loop as :func:`adversarial_trajectory`, which keeps going). An image
+    already predicted as another class counts 0 steps; one still predicted ``y`` after ``max_steps`` steps gets
+    ``-1``. Fleuret's lecture ascends the loss of the model's own prediction: pass ``y = model(x).argmax(1)``.
 
     Args:
         model: maps ``preprocess(x)`` to logits of shape (N, K).
@@ -187,20 +256,152 @@ def steps_to_flip(
         >>> steps_to_flip(model, torch.rand(5, 2), torch.zeros(5, dtype=torch.long), step_size=1.0, max_steps=3).shape
         torch.Size([5])
     """
-    _check_inputs(model, x, y, preprocess)
-    step_size = check_float("step_size", step_size, minimum=0, strict_minimum=True)
-    check_int("max_steps", max_steps, minimum=0)
+    step_size = _check_ascent(model, x, y, step_size, max_steps, preprocess)
+    return _ascend(model, x, y, step_size, max_steps, preprocess, clamp=True, stop_at_flip=True).flip_step
+
+
+def adversarial_trajectory(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    *,
+    step_size: float,
+    max_steps: int,
+    preprocess: Preprocess = None,
+    clamp: bool = True,
+) -> Trajectory:
+    """The gradient ascent of Fleuret's lecture "Under the hood" ("Adversarial examples"), with the predicted
+    class at every iteration: ``x_{k+1} = clamp(x_k + step_size grad_x CE(model(preprocess(x_k)), target), 0, 1)``.
+
+    The step is the plain gradient (not its sign, not normalised), as the lecture's ``optim.SGD([input], lr)``
+    on ``-cross_entropy``, with two differences: the loss is summed over the batch, so each image moves by its
+    own gradient whatever the batch (the lecture's ``nn.CrossEntropyLoss()`` averages: its ``lr`` on a batch of
+    ``B`` images is ``step_size = lr / B`` here), and images are pixels clamped to ``[0, 1]`` with the gradient
+    taken through ``preprocess`` (the lecture steps on the normalised tensor and does not clamp; ``clamp=False``
+    and ``preprocess=None`` on that tensor reproduce it). Every image takes every step: its class may change
+    again after the first flip, as in the lecture's table. Pass ``target = model(x).argmax(1)`` (the lecture's
+    target, the model's own prediction at the start) or the true labels.
+
+    Args:
+        model: maps ``preprocess(x)`` to logits of shape (N, K).
+        x: pixel images in ``[0, 1]``.
+        target: the class whose loss is increased.
+        step_size: ``eta`` (positive), times the raw gradient.
+        max_steps: iterations (int >= 0); the lecture takes 15.
+        preprocess: maps pixel images to the model's input; ``None`` is the identity.
+        clamp: keep the images in ``[0, 1]`` after every step.
+
+    Returns:
+        :class:`Trajectory`: ``predictions`` (iteration 0 is the start), ``flip_step`` (the first iteration
+        whose prediction is not ``target``, ``-1`` if none; 0 if ``x`` itself is not predicted ``target``) and
+        ``x_adv`` (the image at ``flip_step``, or after the last step), all detached.
+
+    Shape:
+        - x: :math:`(N, *)`, target: :math:`(N,)`
+        - predictions: :math:`(N, max\\_steps + 1)`, flip_step: :math:`(N,)`, x_adv: :math:`(N, *)`
+
+    Example:
+        >>> model = torch.nn.Linear(2, 3)
+        >>> x = torch.rand(4, 2)
+        >>> path = adversarial_trajectory(model, x, model(x).argmax(1), step_size=0.5, max_steps=15)
+        >>> path.predictions.shape, path.flip_step.shape, path.x_adv.shape
+        (torch.Size([4, 16]), torch.Size([4]), torch.Size([4, 2]))
+    """
+    step_size = _check_ascent(model, x, target, step_size, max_steps, preprocess)
+    return _ascend(model, x, target, step_size, max_steps, preprocess, clamp=bool(clamp), stop_at_flip=False)
+
+
+def sphere_points(center: Tensor, radius: Tensor, samples: int, *, generator: torch.Generator) -> Tensor:
+    """``samples`` points drawn uniformly on the sphere of radius ``radius[i]`` around each ``center[i]`` (the
+    L2 norm over all of an image's elements): Gaussian directions divided by their norm, drawn from
+    ``generator`` (on its device, then moved to ``center``'s). Not clamped to ``[0, 1]``.
+
+    Shape:
+        center :math:`(N, *)`, radius :math:`(N,)` -> :math:`(N, samples, *)`
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> p = sphere_points(torch.zeros(2, 3), torch.tensor([1.0, 2.0]), 5, generator=g)
+        >>> p.shape, p.norm(dim=-1).round(decimals=4).tolist()[1]
+        (torch.Size([2, 5, 3]), [2.0, 2.0, 2.0, 2.0, 2.0])
+    """
+    n, shape = center.shape[0], center.shape[1:]
+    noise = torch.randn((n, samples, shape.numel()), generator=generator, device=generator.device, dtype=center.dtype)
+    noise = noise.to(center.device)
+    directions = noise / noise.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(center.dtype).tiny)
+    points = center.detach().flatten(1).unsqueeze(1) + radius.to(center.dtype).view(n, 1, 1) * directions
+    return points.view(n, samples, *shape)
+
+
+def random_direction_flips(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    x_adv: Tensor,
+    labels: Tensor,
+    *,
+    samples: int = 1000,
+    radius_factor: float = 2.0,
+    generator: torch.Generator,
+    preprocess: Preprocess = None,
+    batch_size: int = 1024,
+) -> Tensor:
+    """The control of Fleuret's lecture: the fraction of ``samples`` random points on the sphere of radius
+    ``radius_factor * ||x - x_adv||`` around each ``x`` whose predicted class differs from ``labels`` ("if we
+    sample 1,000 images on the sphere centered on x of radius 2||x - x_adv||, we do not observe any change of
+    label").
+
+    Points are uniform on the sphere (:func:`sphere_points`, normalised Gaussian directions from the private
+    ``generator``, never the global RNG) and are not clamped to ``[0, 1]``: clamping would pull them inside the
+    sphere, closer to ``x`` than ``x_adv``'s multiple, and make the control look more stable than it is (the
+    lecture does not clamp either). The model sees ``preprocess(points)``. Points are evaluated ``batch_size`` at
+    a time (the memory cap: one batch of images), without gradients, on ``x``'s device.
+
+    Args:
+        model: maps ``preprocess(points)`` to logits of shape (N, K).
+        x: pixel images (the sphere's centres).
+        x_adv: adversarial images (:attr:`Trajectory.x_adv`), which set the radii.
+        labels: the class a point must keep (usually the clean prediction).
+        samples: points per image (positive int).
+        radius_factor: radius in units of ``||x - x_adv||`` (positive).
+        generator: the private source of the directions.
+        preprocess: maps pixel images to the model's input; ``None`` is the identity.
+        batch_size: points per forward pass.
+
+    Returns:
+        Fraction of flipped points per image (``x``'s dtype); 0 where ``x_adv == x`` (radius 0).
+
+    Shape:
+        - x, x_adv: :math:`(N, *)`, labels: :math:`(N,)`
+        - output: :math:`(N,)`
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> x = torch.rand(3, 2)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> random_direction_flips(model, x, x + 0.1, model(x).argmax(1), samples=50, generator=g).shape
+        torch.Size([3])
+    """
+    _check_inputs(model, x, labels, preprocess)
+    if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        shape = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
+        raise ValueError(f"Expected `x_adv` to be a tensor of the shape of `x` {tuple(x.shape)}, got {shape}")
+    samples = check_int("samples", samples, minimum=1)
+    factor = check_float("radius_factor", radius_factor, minimum=0, strict_minimum=True)
+    size = check_int("batch_size", batch_size, minimum=1)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"Expected `generator` to be a torch.Generator, got {type(generator).__name__}")
     n = x.shape[0]
-    steps = torch.full((n,), -1, dtype=torch.long, device=x.device)
-    done = torch.zeros(n, dtype=torch.bool, device=x.device)
-    current = x.detach()
-    for k in range(max_steps + 1):
-        logits, grad = _logits_and_input_grad(model, current, y, preprocess)
-        flipped = (logits.argmax(dim=1) != y) & ~done
-        steps = torch.where(flipped, k, steps)
-        done = done | flipped
-        if k == max_steps or bool(done.all()):
-            break
-        moved = (current + step_size * grad).clamp(0.0, 1.0)
-        current = torch.where(done.view(-1, *([1] * (x.ndim - 1))), current, moved)
-    return steps
+    per_batch = max(1, size // samples)  # whole images per batch when they fit, else chunks of one image's points
+    chunk = min(samples, size)
+    with torch.inference_mode(False), torch.no_grad():
+        radius = factor * (x_adv.detach() - x.detach()).flatten(1).norm(dim=1)
+        flips = torch.zeros(n, dtype=torch.long, device=x.device)
+        for a in range(0, n, per_batch):
+            b = min(a + per_batch, n)
+            for c in range(0, samples, chunk):
+                m = min(chunk, samples - c)
+                points = sphere_points(x[a:b], radius[a:b], m, generator=generator).flatten(0, 1)
+                logits = expect_logits(model(points if preprocess is None else preprocess(points)))
+                changed = logits.argmax(dim=1).view(b - a, m) != labels[a:b].view(-1, 1)
+                flips[a:b] += changed.sum(dim=1)
+    return flips.to(x.dtype) / samples

@@ -6,7 +6,9 @@ Convolutional Neural Network", section 5.3: grey, blurred, channel-shuffled and 
 predictions and confidences against the clean ones, and the shift of the class activation maps) with the
 ImageNet-C corruptions of Hendrycks & Dietterich 2019 at CIFAR-10-C parameters (:mod:`trainviz.ops.corruptions`)
 and their corruption errors; FGSM, and the gradient ascent of Fleuret's EE-559 lecture "Under the hood" that
-pushes an image up the loss until its class changes (:mod:`trainviz.ops.adversarial`).
+pushes an image up the loss until its class changes: the steps to flip of every probe image, and on a few images
+the whole trajectory of predicted classes with the lecture's control, random points on the sphere of radius
+``2 ||x - x_adv||`` (:mod:`trainviz.ops.adversarial`).
 
 Here: the suite's rows (:func:`suite`), which apply to the data (:func:`applicable`), the probe set corrupted
 once per row (:class:`CorruptionCache`), a reference run (:func:`load_reference`), what fits a time budget
@@ -45,7 +47,7 @@ from trainviz.core.common import class_names
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
-from trainviz.ops.adversarial import fgsm_accuracy, steps_to_flip
+from trainviz.ops.adversarial import adversarial_trajectory, fgsm_accuracy, random_direction_flips, steps_to_flip
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions
 from trainviz.ops.localization import map_correlation
@@ -74,6 +76,7 @@ from trainviz.probes.robustness_result import (
     RobustnessResult,
     Row,
     Schedule,
+    Trajectories,
     eps_label,
 )
 from trainviz.render.images import to_uint8, upscale
@@ -91,6 +94,7 @@ __all__ = [
     "load_reference",
     "plan_parts",
     "suite",
+    "trajectory_rows",
 ]
 
 CAM_COST = 1.3  # a Grad-CAM pass costs about 1.2-1.4x a plain forward pass
@@ -255,8 +259,9 @@ class CorruptionCache:
 
 @dataclass
 class Plan:
-    """What one run contains: the rows of the table, whether FGSM and steps-to-flip run, whose turn it is next
-    among the rotating corruptions, and what was left out (for the budget log)."""
+    """What one run contains: the rows of the table, whether FGSM and the gradient ascent (steps-to-flip and the
+    trajectories, one part) run, whose turn it is next among the rotating corruptions, and what was left out (for
+    the budget log)."""
 
     rows: Rows
     fgsm: bool = True
@@ -270,6 +275,20 @@ def core_seconds(active: Rows, costs: dict[str, float]) -> float:
     return costs.get("row", 0.0) * (1 + sum(1 for name, _ in active if name in SEED_PROBES))
 
 
+def trajectory_rows(images: int, probe_size: int, steps: int, samples: int) -> float:
+    """The cost of the trajectories in row forwards (one row: a forward pass of the ``probe_size`` probe images):
+    ``images`` images, ``steps`` gradient steps (a forward and a backward, about 3 forwards) and a last forward
+    each, and ``samples`` random-direction forwards for each (at most all of them flip).
+
+    Example:
+        >>> trajectory_rows(8, 256, 20, 1000)
+        33.15625
+    """
+    if images <= 0 or steps <= 0:
+        return 0.0
+    return images / max(1, probe_size) * (3 * steps + 1 + samples)
+
+
 def plan_parts(
     active: Rows,
     costs: dict[str, float],
@@ -279,11 +298,14 @@ def plan_parts(
     epsilons: int,
     flip_max_steps: int,
     cam_shift: bool,
+    trajectory_rows: float = 0.0,
 ) -> Plan:
     """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), the other
-    corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and steps-to-flip,
-    as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed), of FGSM and of
-    steps-to-flip (estimated from a row until measured).
+    corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and the gradient
+    ascent (steps-to-flip and the trajectories with their random directions, one part: the trajectories extend
+    steps-to-flip), as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed),
+    of FGSM, of steps-to-flip and of the trajectories (``"fgsm"``, ``"flip"``, ``"trajectory"``; estimated from a
+    row until measured: ``trajectory_rows`` rows, see :func:`trajectory_rows`, for the trajectories).
 
     Example:
         >>> active = [("grayscale", 1), ("fog", 1), ("fog", 2), ("contrast", 1)]
@@ -291,7 +313,7 @@ def plan_parts(
         >>> plan.rows, plan.rotation, plan.skipped
         ([('grayscale', 1), ('fog', 1), ('fog', 2)], 1, ['1 of 2 corruptions (contrast)'])
     """
-    fgsm, flip = epsilons > 0, flip_max_steps > 0
+    fgsm, flip = epsilons > 0, flip_max_steps > 0 or trajectory_rows > 0
     row = costs["row"] * (CAM_COST if cam_shift else 1.0)
     rows = [r for r in active if r[0] in SEED_PROBES]
     left = seconds - row * (1 + len(rows))
@@ -315,9 +337,11 @@ def plan_parts(
         more = ", ..." if len(turn) - taken > 3 else ""
         skipped.append(f"{len(turn) - taken} of {len(turn)} corruptions ({', '.join(turn[taken:][:3])}{more})")
     if flip:
-        cost = costs.get("flip", row * 3 * flip_max_steps)
+        cost = costs.get("flip", row * 3 * flip_max_steps) if flip_max_steps > 0 else 0.0
+        cost += costs.get("trajectory", row * trajectory_rows) if trajectory_rows > 0 else 0.0
         flip = cost <= left
-        skipped += [] if flip else [f"steps-to-flip ({cost:.2f} s)"]
+        what = "steps-to-flip and trajectories" if trajectory_rows > 0 else "steps-to-flip"
+        skipped += [] if flip else [f"{what} ({cost:.2f} s)"]
     order = {r: i for i, r in enumerate(active)}
     return Plan(sorted(rows, key=order.__getitem__), fgsm, flip, (rotation + taken) % max(1, len(others)), skipped)
 
@@ -328,7 +352,9 @@ def plan_parts(
 @dataclass
 class RobustnessConfig:
     """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
-    those of the Grad-CAM; ``reference`` normalises the corruption errors."""
+    those of the Grad-CAM; ``reference`` normalises the corruption errors. The trajectories (``trajectory_images``
+    images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
+    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``."""
 
     norm: Normalization
     epsilons: tuple[float, ...] = ()
@@ -339,6 +365,11 @@ class RobustnessConfig:
     batch_size: int = 256
     n_examples: int = 6
     reference: Reference | None = None
+    trajectory_images: int = 0
+    trajectory_steps: int = 0
+    random_directions: int = 0
+    radius_factor: float = 2.0
+    seed: int = 0
 
 
 def compute(
@@ -351,6 +382,7 @@ def compute(
     examples: list[int] | None = None,
     skipped: dict[str, str] | None = None,
     schedule: Schedule | None = None,
+    trajectory: list[int] | None = None,
 ) -> RobustnessResult:
     """One run: the metrics of every row of ``plan`` (accuracy, confidence, NLL, ECE, flip rate, per-class
     accuracy, with ``cam_layers`` the CAM shift), the corruption errors, FGSM and steps-to-flip when planned,
@@ -366,6 +398,7 @@ def compute(
         examples: probe indices of the example grid (default: the first ``n_examples``).
         skipped: corruptions left out at setup and why (recorded).
         schedule: what ran under a budget (recorded).
+        trajectory: probe indices of the trajectories (default: the first ``config.trajectory_images``).
 
     Shape: inputs ``((1 + R) N, C, H, W)``.
     """
@@ -380,6 +413,9 @@ def compute(
     if shift is not None:
         values["cam_shift"] = shift.view(len(rows), n)
     values.update(_adversarial(model, probe, values["pred"][0], config, plan, seconds))
+    if config.trajectory_images > 0 and config.trajectory_steps > 0 and plan.flip:
+        chosen = list(range(min(config.trajectory_images, n))) if trajectory is None else trajectory
+        values.update(_trajectories(model, probe, values["pred"][0], config, chosen, seconds))
     values.update(labels=probe.labels, ids=probe.ids, class_counts=torch.bincount(probe.labels, minlength=k))
     host = to_cpu(values)
     result = _result(epoch, host, rows, config, class_names(probe.class_names, k))
@@ -501,6 +537,57 @@ def _adversarial(
     return out
 
 
+def _trajectories(
+    model: torch.nn.Module,
+    probe: ProbeSet,
+    clean_pred: Tensor,
+    config: RobustnessConfig,
+    chosen: list[int],
+    seconds: dict[str, float],
+) -> dict[str, Tensor]:
+    """The trajectories of the probe images ``chosen`` (target: the clean prediction), the distance to each first
+    adversarial image and, for the images that flipped, the random-direction flip fraction (NaN elsewhere), on
+    the device; their cost goes to ``seconds["trajectory"]``."""
+    start = time.perf_counter()
+    idx = torch.tensor(chosen, dtype=torch.long, device=probe.images.device)
+    x, target = config.norm.denormalize(probe.images.index_select(0, idx)), clean_pred.index_select(0, idx)
+    path = adversarial_trajectory(
+        model,
+        x,
+        target,
+        step_size=config.flip_step_size,
+        max_steps=config.trajectory_steps,
+        preprocess=config.norm.normalize,
+    )
+    flipped = path.flip_step >= 0
+    nan = torch.full((len(chosen),), math.nan, dtype=torch.float64, device=x.device)
+    distance = torch.where(flipped, (path.x_adv - x).flatten(1).norm(dim=1).double(), nan)
+    random = nan
+    which = flipped.nonzero().squeeze(1)  # one synchronisation per run
+    if config.random_directions > 0 and which.numel() > 0:
+        generator = torch.Generator(device=x.device).manual_seed(config.seed)
+        fractions = random_direction_flips(
+            model,
+            x.index_select(0, which),
+            path.x_adv.index_select(0, which),
+            target.index_select(0, which),
+            samples=config.random_directions,
+            radius_factor=config.radius_factor,
+            generator=generator,
+            preprocess=config.norm.normalize,
+            batch_size=config.batch_size,
+        )
+        random = nan.index_copy(0, which, fractions.double())
+    seconds["trajectory"] = time.perf_counter() - start
+    return {
+        "trajectory_index": idx,
+        "trajectory_predictions": path.predictions,
+        "trajectory_flip": path.flip_step,
+        "trajectory_distance": distance,
+        "trajectory_random": random,
+    }
+
+
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
     """Mean without the NaNs (flat CAMs); NaN, silently, where everything is NaN (or nothing is)."""
     with warnings.catch_warnings():
@@ -581,6 +668,21 @@ def _result(
             int((steps < 0).sum()),
             float((steps < 0).mean()),
         )
+    trajectory = None
+    if "trajectory_predictions" in v:
+        picked = v["trajectory_index"].astype(np.int64)
+        trajectory = Trajectories(
+            config.flip_step_size,
+            config.trajectory_steps,
+            config.random_directions,
+            config.radius_factor,
+            v["ids"].astype(np.int64)[picked].tolist(),
+            v["labels"].astype(np.int64)[picked].tolist(),
+            v["trajectory_predictions"].astype(np.int64).tolist(),
+            v["trajectory_flip"].astype(np.int64).tolist(),
+            v["trajectory_distance"].tolist(),
+            v["trajectory_random"].tolist(),
+        )
     reliability = {
         part: Reliability(
             v[f"{part}_confidence"].tolist(),
@@ -613,5 +715,6 @@ def _result(
         fgsm=Fgsm(list(config.epsilons), v["fgsm_accuracy"].tolist()) if "fgsm_accuracy" in v else None,
         flip=flip,
         reliability=reliability,
+        trajectory=trajectory,
         images=images,
     )

@@ -38,6 +38,12 @@ name                                        better  meaning
 ``flip_steps_mean``                         higher  mean gradient-ascent steps to flip a prediction, over
                                                     flipped images
 ``flip_never_fraction``                     higher  fraction of images still predicted the same after the cap
+``adversarial_flip_rate``                   lower   fraction of the trajectory images whose class changed
+                                                    within the steps (Fleuret's adversarial trajectories)
+``adversarial_flip_step_mean``              higher  mean first iteration of a class change, over flipped images
+``random_direction_flip_rate``              lower   the control: fraction of random points on the sphere of
+                                                    radius ``2 ||x - x_adv||`` with another label, mean over
+                                                    the flipped images (well below the adversarial one)
 ``cam_shift``, ``cam_shift/<name>``         higher  mean correlation of clean and corrupted Grad-CAM (1 = same
                                                     maps)
 ==========================================  ======  ==========================================================
@@ -93,6 +99,7 @@ __all__ = [
     "RobustnessResult",
     "Row",
     "Schedule",
+    "Trajectories",
     "eps_label",
     "proportion_interval",
 ]
@@ -119,6 +126,9 @@ HIGHER_IS_BETTER: Mapping[str, bool | None] = {
     "fgsm_accuracy": True,
     "flip_steps_mean": True,
     "flip_never_fraction": True,
+    "adversarial_flip_rate": False,
+    "adversarial_flip_step_mean": True,
+    "random_direction_flip_rate": False,
     "cam_shift": True,
 }
 """Whether a higher value is better, for every family of metric (the name before its first ``/`` or ``@``);
@@ -284,6 +294,81 @@ class Flip:
 
 
 @dataclass
+class Trajectories:
+    """The adversarial trajectories of Fleuret's lecture "Under the hood" on a few probe images: the class
+    predicted at every gradient-ascent iteration (``predictions[i][k]``, iteration 0 the clean image), the first
+    iteration whose class differs from the clean prediction (``flip_step``, -1: never), the L2 distance from the
+    image to its first adversarial image (``distance``, NaN: never flipped) and the control, the fraction of
+    ``samples`` random points on the sphere of radius ``radius_factor * distance`` with another label
+    (``random_flip``, NaN where not measured). ``ids`` and ``labels`` are the images' probe ids and true classes.
+
+    Example:
+        >>> t = Trajectories(0.5, 2, 100, 2.0, [7, 9], [0, 1], [[0, 1, 1], [1, 1, 1]], [1, -1], [0.3, float("nan")],
+        ...                  [0.0, float("nan")])
+        >>> t.flip_rate, t.flip_step_mean, t.random_direction_flip_rate
+        (0.5, 1.0, 0.0)
+    """
+
+    step_size: float
+    steps: int
+    samples: int
+    radius_factor: float
+    ids: list[int]
+    labels: list[int]
+    predictions: list[list[int]]
+    flip_step: list[int]
+    distance: list[float]
+    random_flip: list[float]
+
+    @property
+    def flip_rate(self) -> float:
+        """Fraction of the images whose class changed within ``steps`` (NaN without images)."""
+        return sum(f >= 0 for f in self.flip_step) / len(self.flip_step) if self.flip_step else math.nan
+
+    @property
+    def flip_step_mean(self) -> float:
+        """Mean first iteration of a class change over the flipped images (NaN if none flipped)."""
+        flipped = [f for f in self.flip_step if f >= 0]
+        return sum(flipped) / len(flipped) if flipped else math.nan
+
+    @property
+    def random_direction_flip_rate(self) -> float:
+        """Mean random-direction flip fraction over the flipped images (NaN if none flipped or not measured)."""
+        values = [r for f, r in zip(self.flip_step, self.random_flip) if f >= 0 and _finite(r)]
+        return sum(values) / len(values) if values else math.nan
+
+    @property
+    def distance_mean(self) -> float:
+        """Mean L2 distance (pixel units) to the first adversarial image over the flipped images."""
+        values = [d for f, d in zip(self.flip_step, self.distance) if f >= 0 and _finite(d)]
+        return sum(values) / len(values) if values else math.nan
+
+    def record(self) -> dict[str, Any]:
+        out = _plain(self)
+        out |= {
+            "flip_rate": json_number(self.flip_rate),
+            "flip_step_mean": json_number(self.flip_step_mean),
+            "random_direction_flip_rate": json_number(self.random_direction_flip_rate),
+        }
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Trajectories:
+        return cls(
+            step_size=_num(record.get("step_size")),
+            steps=int(record.get("steps", 0)),
+            samples=int(record.get("samples", 0)),
+            radius_factor=_num(record.get("radius_factor")),
+            ids=[int(i) for i in record.get("ids") or []],
+            labels=[int(i) for i in record.get("labels") or []],
+            predictions=[[int(c) for c in row] for row in record.get("predictions") or []],
+            flip_step=[int(f) for f in record.get("flip_step") or []],
+            distance=[_num(d) for d in record.get("distance") or []],
+            random_flip=[_num(r) for r in record.get("random_flip") or []],
+        )
+
+
+@dataclass
 class Schedule:
     """What ran (under a budget, a part of the suite): rows of the table out of the active ones, corruptions out of
     the active ones, and the budget."""
@@ -352,7 +437,9 @@ class RobustnessResult(Result):
     (:class:`Means` over every corrupted row), ``table`` (a :class:`Row` per corruption and severity),
     ``corruptions`` (:class:`CorruptionStats` by name, in run order), ``mce``, ``relative_mce``, ``reference``
     (path or ``None``), ``skipped`` (corruption -> why), and when measured ``schedule``, ``cam_shift``,
-    ``fgsm``, ``flip`` and ``reliability`` (``"clean"`` and ``"corrupted"`` :class:`Reliability` bins).
+    ``fgsm``, ``flip``, ``reliability`` (``"clean"`` and ``"corrupted"`` :class:`Reliability` bins) and
+    ``trajectory`` (:class:`Trajectories`, with its ``flip_rate``, ``flip_step_mean`` and
+    ``random_direction_flip_rate``).
     """
 
     record_name: ClassVar[str] = "metrics"
@@ -374,6 +461,7 @@ class RobustnessResult(Result):
     fgsm: Fgsm | None = None
     flip: Flip | None = None
     reliability: dict[str, Reliability] | None = None
+    trajectory: Trajectories | None = None
     images: PerImage | None = None  # not in the record
     examples: Examples | None = None  # not in the record
     seconds: dict[str, float] = field(default_factory=dict)  # what each part cost (the budget); not in the record
@@ -405,6 +493,8 @@ class RobustnessResult(Result):
                 out[name] = _plain(getattr(self, name))
         if self.reliability is not None:
             out["reliability"] = {name: _plain(bins) for name, bins in self.reliability.items()}
+        if self.trajectory is not None:
+            out["trajectory"] = self.trajectory.record()
         return out
 
     @classmethod
@@ -413,6 +503,7 @@ class RobustnessResult(Result):
         ``None``); per-image arrays and examples are not in the record (see :meth:`PerImage.from_arrays`)."""
         n = record.get("n")
         fgsm, flip, schedule, bins = (record.get(k) for k in ("fgsm", "flip", "schedule", "reliability"))
+        trajectory = record.get("trajectory")
         return cls(
             epoch=record.get("epoch"),
             class_names=[str(c) for c in record.get("class_names") or []],
@@ -438,13 +529,15 @@ class RobustnessResult(Result):
                 k: Reliability([_num(c) for c in b["confidence"]], [_num(a) for a in b["accuracy"]], list(b["count"]))
                 for k, b in bins.items()
             },
+            trajectory=None if trajectory is None else Trajectories.from_record(trajectory),
         )
 
     # what is logged ----------------------------------------------------------------------------------
     def scalars(self) -> dict[str, float | None]:
         """``clean/<stat>``, ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``,
         and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``,
-        ``flip/{steps_mean,never_fraction}``; ``None`` where undefined."""
+        ``flip/{steps_mean,never_fraction}``, ``adversarial/{flip_rate,random_direction_flip_rate,flip_step_mean,
+        distance_mean}``; ``None`` where undefined."""
         out: dict[str, Any] = {f"clean/{s}": getattr(self.clean, s) for s in STATS}
         out |= {f"corrupted/{s}": getattr(self.corrupted, s) for s in AGGREGATES}
         for name, stats in self.corruptions.items():
@@ -458,6 +551,14 @@ class RobustnessResult(Result):
             out |= {f"fgsm/accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
         if self.flip is not None:
             out |= {"flip/steps_mean": self.flip.steps_mean, "flip/never_fraction": self.flip.never_fraction}
+        if self.trajectory is not None:
+            t = self.trajectory
+            out |= {
+                "adversarial/flip_rate": t.flip_rate,
+                "adversarial/random_direction_flip_rate": t.random_direction_flip_rate if t.samples else None,
+                "adversarial/flip_step_mean": t.flip_step_mean,
+                "adversarial/distance_mean": t.distance_mean,
+            }
         return {name: None if value is None else json_number(value) for name, value in out.items()}
 
     def heatmap(self) -> tuple[np.ndarray, list[str], list[int]]:
@@ -470,9 +571,14 @@ class RobustnessResult(Result):
         return heat, corruptions, levels
 
     def render(self) -> dict[str, np.ndarray]:
-        """``heatmap`` (accuracy, corruption x severity) and, with the examples, ``examples`` (the probe images,
-        clean and corrupted, captioned with this run's prediction and confidence)."""
-        from trainviz.render.robustness import example_grid_image, table_heatmap_image  # torch: not for the report
+        """``heatmap`` (accuracy, corruption x severity), with the examples ``examples`` (the probe images,
+        clean and corrupted, captioned with this run's prediction and confidence) and with the trajectories
+        ``adversarial_table`` (Fleuret's table: images x iterations, the predicted class, changes highlighted)."""
+        from trainviz.render.robustness import (  # torch: not for the report
+            example_grid_image,
+            table_heatmap_image,
+            trajectory_table_image,
+        )
 
         heat, corruptions, levels = self.heatmap()
         out = {"heatmap": table_heatmap_image(heat, corruptions, [f"s{s}" for s in levels])}
@@ -483,6 +589,10 @@ class RobustnessResult(Result):
             captions = [[f"{names[p][:10]}\n{c:.2f}" for p, c in zip(prow, crow)] for prow, crow in zip(pred, conf)]
             correct = pred == np.asarray(self.images.labels)[ex.indices][None]
             out["examples"] = example_grid_image(ex.tiles, ex.titles, captions, correct)
+        if self.trajectory is not None and self.trajectory.predictions:
+            t, names = self.trajectory, self.class_names
+            rows = [f"{i} {names[y] if 0 <= y < len(names) else y}"[:14] for i, y in zip(t.ids, t.labels)]
+            out["adversarial_table"] = trajectory_table_image(t.predictions, names, rows, t.flip_step)
         return out
 
     def arrays(self) -> dict[str, dict[str, Any]]:
@@ -522,6 +632,57 @@ class RobustnessResult(Result):
         """``summary.json``: the latest run's flat metrics (usable as another run's ``reference``)."""
         return {"summary.json": self.summary()}
 
+    def section(self) -> dict[str, Any] | None:
+        """The report's generic section of the adversarial trajectories (the rest of the robustness report is
+        the report's own, :mod:`trainviz.report.builder`): the two flip rates and the mean flip iteration over
+        epochs, and the table of predicted classes as a gallery; ``None`` without trajectories."""
+        if self.trajectory is None:
+            return None
+        t = self.trajectory
+        radius = f"{t.radius_factor:g} ||x - x_adv||"
+        return {
+            "version": 1,
+            "title": "Adversarial trajectories",
+            "description": (
+                f"Gradient ascent on the cross-entropy of the clean prediction (plain gradient steps of "
+                f"{t.step_size:g} in pixel units, {t.steps} iterations) on {len(t.flip_step)} probe images, after "
+                f"Fleuret's lecture 'Under the hood'; the control samples {t.samples} random points on the sphere "
+                f"of radius {radius} around each flipped image."
+            ),
+            "order": 50,
+            "curves": [
+                {
+                    "title": "Adversarial and random-direction flip rates",
+                    "description": (
+                        "Adversarial: fraction of the images whose class changed within the steps. Random "
+                        f"directions: fraction of random points at {radius} with another label, mean over the "
+                        "flipped images; far below the adversarial rate, the adversarial direction is special."
+                    ),
+                    "y": "fraction",
+                    "y_range": [0, 1.02],
+                    "series": [
+                        {"name": "adversarial", "key": ["trajectory", "flip_rate"]},
+                        {"name": "random directions", "key": ["trajectory", "random_direction_flip_rate"]},
+                    ],
+                },
+                {
+                    "title": "Mean flip iteration",
+                    "description": "First iteration whose class differs from the clean prediction, flipped images.",
+                    "y": "iteration",
+                    "series": [{"name": "mean flip iteration", "key": ["trajectory", "flip_step_mean"]}],
+                },
+            ],
+            "galleries": [
+                {
+                    "title": "Predicted class per iteration",
+                    "description": "One row per image (probe id, true class), one column per iteration; cells "
+                    "whose class differs from iteration 0 are highlighted, the first flip framed.",
+                    "images": ["adversarial_table"],
+                    "labels": ["classes along the ascent"],
+                }
+            ],
+        }
+
     # what is read back ---------------------------------------------------------------------------------
     def summary(self) -> dict[str, float]:
         """The flat metrics (see the module's table), undefined values left out."""
@@ -538,6 +699,10 @@ class RobustnessResult(Result):
             out |= {f"fgsm_accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
         if self.flip is not None:
             out |= {"flip_steps_mean": self.flip.steps_mean, "flip_never_fraction": self.flip.never_fraction}
+        if self.trajectory is not None:
+            t = self.trajectory
+            out |= {"adversarial_flip_rate": t.flip_rate, "adversarial_flip_step_mean": t.flip_step_mean}
+            out["random_direction_flip_rate"] = t.random_direction_flip_rate
         return {k: v for k, v in out.items() if _finite(v)}
 
     def intervals(self) -> dict[str, list[float]]:

@@ -1,4 +1,5 @@
-"""Robustness pictures for TensorBoard: a value table as a coloured heat map, and clean-vs-corrupted example grids.
+"""Robustness pictures for TensorBoard: a value table as a coloured heat map, clean-vs-corrupted example grids and
+the table of predicted classes along adversarial trajectories.
 
 Both return ``numpy.uint8`` arrays of shape ``(H, W, 3)``; nothing is written.
 
@@ -18,7 +19,7 @@ import torch
 
 from trainviz.render.images import turbo
 
-__all__ = ["example_grid_image", "table_heatmap_image"]
+__all__ = ["example_grid_image", "table_heatmap_image", "trajectory_table_image"]
 
 _CHAR_W = 6  # width of a character of PIL's default bitmap font, in pixels
 
@@ -133,3 +134,62 @@ def example_grid_image(
             colour = (30, 140, 50) if correct[c][r] else (200, 40, 40)
             draw.multiline_text((x + 2, y + 1), captions[c][r], fill=colour, spacing=1)
     return np.asarray(image)
+
+
+def trajectory_table_image(
+    predictions: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    row_labels: Sequence[str] | None = None,
+    flip_step: Sequence[int] | None = None,
+    cell: tuple[int, int] = (64, 14),
+) -> np.ndarray:
+    """The table of Fleuret's lecture ("Adversarial examples"): the class predicted at each gradient-ascent
+    iteration, one row per image and one column per iteration (0: the clean image). Cells whose class differs
+    from the row's iteration 0 are filled red, the first of them (``flip_step``, default the first change) is
+    framed; class names are cut to the cell width.
+
+    Args:
+        predictions: class indices, rows by iterations.
+        class_names: display name of each class index (indices beyond them are shown as numbers).
+        row_labels: one label per row (default ``#0``, ``#1``, ...).
+        flip_step: the first changed iteration of each row (-1: none), when known.
+        cell: cell width and height in pixels.
+
+    Shape:
+        predictions ``(N, T + 1)`` -> ``(18 + N * cell_h + 4, margin + (T + 1) * cell_w + 4, 3)`` uint8
+
+    Example:
+        >>> image = trajectory_table_image([[0, 0, 1], [2, 2, 2]], ["cat", "dog", "ship"], ["a", "b"])
+        >>> image.shape, image.dtype
+        ((50, 210, 3), dtype('uint8'))
+    """
+    from PIL import Image, ImageDraw
+
+    pred = np.asarray(predictions, dtype=np.int64)
+    if pred.ndim != 2 or pred.shape[1] == 0:
+        raise ValueError(f"Expected `predictions` of shape (N, T + 1), got {pred.shape}.")
+    n, t = pred.shape
+    labels = [f"#{i}" for i in range(n)] if row_labels is None else [str(r) for r in row_labels]
+    if len(labels) != n or (flip_step is not None and len(flip_step) != n):
+        raise ValueError(f"Expected {n} row labels and flip steps (one per row of `predictions`).")
+    changed = pred != pred[:, :1]
+    firsts = [int(np.argmax(row)) if row.any() else -1 for row in changed] if flip_step is None else list(flip_step)
+    cw, ch = cell
+    margin, top, chars = 8 + _CHAR_W * max((len(r) for r in labels), default=1), 18, max(1, (cw - 4) // _CHAR_W)
+    canvas = Image.new("RGB", (margin + cw * t + 4, top + ch * n + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    names = [str(c) for c in class_names]
+    for k in range(t):
+        draw.text((margin + k * cw + 2, 3), str(k), fill=(0, 0, 0))
+    for i, label in enumerate(labels):
+        y0 = top + i * ch
+        draw.text((3, y0 + 1), label, fill=(0, 0, 0))
+        for k in range(t):
+            x0, c = margin + k * cw, int(pred[i, k])
+            fill = (250, 200, 195) if changed[i, k] else ((240, 240, 240) if i % 2 else (255, 255, 255))
+            draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=fill)
+            if k == firsts[i]:
+                draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], outline=(180, 20, 20), width=2)
+            name = names[c] if 0 <= c < len(names) else str(c)
+            draw.text((x0 + 3, y0 + 1), name[:chars], fill=(120, 0, 0) if changed[i, k] else (0, 0, 0))
+    return np.asarray(canvas)
