@@ -1,14 +1,15 @@
 """Whole-fit overhead of ``trainviz.default_callbacks(budget=...)`` on a run where training dominates.
 
-    python benchmarks/budget_overhead.py [--epochs 10] [--n-train 23000] [--budgets 0.1 0.05]
+    python benchmarks/budget_overhead.py [--epochs 10] [--n-train 23000] [--budgets 0.1 0.05] [--opt-in 0.1]
 
 A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos
 at 32x32 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs``
 epochs of about 20 s on 2 CPU threads. One fit without trainviz, then one per budget, in the same process and
 order, each timed from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the
 background UMAP/t-SNE work it waits for, the fit-end summaries). Prints the ratios, what each callback ran and
-skipped (the manifest's ``budget``), and what the old identity-and-clamp treatment of normalised inputs did to
-the seed's blur and salt-and-pepper accuracies against the right pixels, on the bare run's final model.
+skipped (the manifest's ``budget``); ``--opt-in B`` adds a fit of the whole suite with the opt-in callbacks
+(``saliency={}``, ``maxact={}``) at budget ``B``, and what the old identity-and-clamp treatment of normalised
+inputs did to the seed's blur and salt-and-pepper accuracies against the right pixels, on the bare run's final model.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=23000)
     parser.add_argument("--n-val", type=int, default=1024)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.05])
+    parser.add_argument("--opt-in", type=float, nargs="*", default=[], help="budgets of fits with saliency and maxact")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as root:
@@ -139,11 +141,13 @@ def main() -> None:
             f"{args.epochs} epochs of {args.n_train} images"
         )
         print(f"fit without trainviz: {bare:.1f} s ({bare / args.epochs:.1f} s per epoch)")
-        for budget in args.budgets:
-            run = os.path.join(root, f"budget{budget}")
-            seconds, _, _ = fit(trainviz.default_callbacks(budget=budget), args, run)
+        runs = [(b, {}) for b in args.budgets] + [(b, {"saliency": {}, "maxact": {}}) for b in args.opt_in]
+        for budget, extra in runs:
+            run = os.path.join(root, f"budget{budget}{'_'.join(extra)}")
+            seconds, _, _ = fit(trainviz.default_callbacks(budget=budget, **extra), args, run)
             manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))
-            print(f"fit with default_callbacks(budget={budget}): {seconds:.1f} s; ratio {seconds / bare:.3f}")
+            call = f"default_callbacks(budget={budget}{''.join(f', {k}={{}}' for k in extra)})"
+            print(f"fit with {call}: {seconds:.1f} s; ratio {seconds / bare:.3f}")
             for name, ledger in manifest["budget"]["callbacks"].items():
                 skipped = [f"{s['epoch']}:{s['what']}" for s in ledger["skipped"]]
                 print(

@@ -44,6 +44,15 @@ def suite_options(kind: str = "cnn") -> dict[str, dict]:
             "cam_shift": True,
         },
         "embedding": {"layers": embed_layers, "methods": ["pca", "umap"], "linear_probe_folds": 0},
+        "features": {"layers": ["net.features.0", "net.features"] if kind == "cnn" else ["auto"], "n_channels": 4},
+        "maxact": {"steps": 4, "final_steps": 4, "probe_size": 8},
+        "saliency": {
+            "deletion_steps": 2,
+            "smoothgrad_samples": 2,
+            "sanity_images": 2,
+            "occlusion_window": 8,
+            "occlusion_stride": 8,
+        },
     }
     if kind == "classmap":
         options["decoder_maps"] = {}

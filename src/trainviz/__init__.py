@@ -5,8 +5,9 @@ Public names are imported lazily (``trainviz report`` starts without importing t
 Example:
     >>> import trainviz
     >>> callbacks = trainviz.default_callbacks(every_n_epochs=2)
-    >>> [type(cb).__name__ for cb in callbacks]
-    ['RunManifestCallback', 'DynamicsCallback', 'CAMCallback', 'RobustnessCallback', 'EmbeddingCallback']
+    >>> [type(cb).__name__ for cb in callbacks]  # doctest: +NORMALIZE_WHITESPACE
+    ['RunManifestCallback', 'DynamicsCallback', 'CAMCallback', 'FeatureMapCallback', 'RobustnessCallback',
+     'EmbeddingCallback']
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ _EXPORTS = {
     "DecoderMapCallback": "trainviz.callbacks.decoder_maps",
     "DynamicsCallback": "trainviz.callbacks.dynamics",
     "EmbeddingCallback": "trainviz.callbacks.embedding",
+    "FeatureMapCallback": "trainviz.callbacks.features",
+    "MaxActivationCallback": "trainviz.callbacks.maxact",
     "ProbeCallback": "trainviz.callbacks.base",
     "RobustnessCallback": "trainviz.callbacks.robustness",
     "RunManifestCallback": "trainviz.callbacks.manifest",
+    "SaliencyCallback": "trainviz.callbacks.saliency",
     "ProbeSet": "trainviz.core.probeset",
     "list_layers": "trainviz.core.layers",
     "resolve_layer": "trainviz.core.layers",
@@ -38,9 +42,12 @@ if TYPE_CHECKING:  # pragma: no cover
         DecoderMapCallback,
         DynamicsCallback,
         EmbeddingCallback,
+        FeatureMapCallback,
+        MaxActivationCallback,
         ProbeCallback,
         RobustnessCallback,
         RunManifestCallback,
+        SaliencyCallback,
     )
     from trainviz.core.layers import list_layers, resolve_layer
     from trainviz.core.probeset import ProbeSet
@@ -49,7 +56,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
-BUDGET_SHARES = {"dynamics": 0.1, "cam": 0.25, "robustness": 0.4, "embedding": 0.25, "decoder_maps": 0.2}
+BUDGET_SHARES = {
+    "dynamics": 0.1,
+    "cam": 0.25,
+    "features": 0.1,
+    "robustness": 0.4,
+    "embedding": 0.25,
+    "decoder_maps": 0.2,
+    "saliency": 0.25,
+    "maxact": 0.25,
+}
 """How :func:`default_callbacks` divides its ``budget`` among the probe callbacks (rescaled over those present)."""
 
 
@@ -75,10 +91,12 @@ def default_callbacks(
         budget: the largest fraction of training wall time the whole suite may take, background work
             included (default 0.1), divided among the probe callbacks by :data:`BUDGET_SHARES`; ``None`` runs
             everything at its cadence. A callback's own ``budget`` option wins.
-        **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``robustness``, ``embedding``,
-            ``decoder_maps``), e.g. ``dynamics={"probe_size": 128}``; ``<name>=False`` drops one,
-            ``<name>=True`` keeps its defaults. ``decoder_maps`` is opt-in (``decoder_maps={}``): it needs a
-            model with per-class maps such as :class:`trainviz.models.ClassMapClassifier`.
+        **kwargs: per-callback options by name (``manifest``, ``dynamics``, ``cam``, ``features``, ``robustness``,
+            ``embedding``, ``decoder_maps``, ``saliency``, ``maxact``), e.g. ``dynamics={"probe_size": 128}``;
+            ``<name>=False`` drops one, ``<name>=True`` keeps its defaults. Three are opt-in (``<name>={}`` or
+            ``True``): ``decoder_maps`` needs a model with per-class maps such as
+            :class:`trainviz.models.ClassMapClassifier`; ``saliency`` (occlusion, sanity checks) and ``maxact``
+            (an optimisation of one image per target each run) cost several passes per probe image.
     """
     from trainviz import callbacks as cb
     from trainviz.core.budget import check_budget
@@ -102,11 +120,16 @@ def default_callbacks(
         "manifest": lambda options: cb.RunManifestCallback(**options),
         "dynamics": probe(cb.DynamicsCallback),
         "cam": probe(cb.CAMCallback),
+        "features": probe(cb.FeatureMapCallback),
         "robustness": probe(cb.RobustnessCallback),
         "embedding": probe(cb.EmbeddingCallback),
         "decoder_maps": probe(cb.DecoderMapCallback),
+        "saliency": probe(cb.SaliencyCallback),
+        "maxact": probe(cb.MaxActivationCallback),
     }
-    opt_in = {"decoder_maps"}  # needs a model with per-class maps (ClassMapClassifier): only when asked for
+    # decoder_maps needs a model with per-class maps (ClassMapClassifier); saliency (occlusion, sanity checks) and
+    # maxact (an optimisation per run) cost several passes per image: each only when asked for
+    opt_in = {"decoder_maps", "saliency", "maxact"}
     unknown = set(kwargs) - set(factories)
     if unknown:
         raise ValueError(f"Unknown callback name(s) {sorted(unknown)}; valid names: {sorted(factories)}.")

@@ -50,6 +50,13 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budge
             **({"probe_size": probe} if probe else {}),
         },
         "decoder_maps": {"probe_size": probe or 96} if model == "classmap" else False,
+        "features": {"layers": cam_layers, **({"probe_size": probe} if probe else {})},
+        "saliency": {"probe_size": probe or 16, "sanity_every": 3},
+        "maxact": {
+            "steps": 16 if small else 64,
+            "final_steps": 32 if small else 256,
+            **({"probe_size": probe} if probe else {}),
+        },
     }
     return trainviz.default_callbacks(probe_seed=seed, budget=budget, **options)
 

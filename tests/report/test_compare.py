@@ -83,7 +83,7 @@ def test_curves_overlaid_and_deltas_match_each_runs_metrics(runs, tmp_path):
     assert page == tmp_path / "cmp.html" and (tmp_path / "plotly.min.js").exists()
     data = _data(page)
     assert data["runs"] == {"A": "a/version_0", "B": "b/version_0"} and data["notes"] == []
-    assert list(data["sections"]) == ["robustness", "dynamics", "embedding", "cam"]
+    assert list(data["sections"]) == ["robustness", "dynamics", "embedding", "cam", "features", "saliency", "maxact"]
 
     rob = [_jsonl(r / "trainviz/robustness/metrics.jsonl") for r in runs]
     expected = {
@@ -196,7 +196,8 @@ def test_different_callbacks_compare_the_common_sections(runs, tmp_path):
     shutil.rmtree(only_b / "trainviz/embedding")
     page = build_report(only_a, tmp_path / "cmp.html", compare=only_b)
     data = _data(page)
-    assert list(data["sections"]) == ["robustness", "dynamics"] and data["cam_drift"] is None
+    common = ["robustness", "dynamics", "features", "saliency", "maxact"]
+    assert list(data["sections"]) == common and data["cam_drift"] is None
     assert data["only_in"] == {"A": ["embedding"], "B": ["cam"]}
     note = (
         "only the sections both runs have are compared "

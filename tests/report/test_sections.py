@@ -75,8 +75,9 @@ def demo_run(request, tmp_path_factory):
 def test_every_callback_declares_its_section(demo_run):
     model, run = demo_run
     names = [s.name for s in discover(run / "trainviz")]
-    expected = ["dynamics", "embedding", "cam"] + (["decoder_maps"] if model == "classmap" else [])
-    assert names == expected  # in each spec's order; robustness and the manifest are the report's own
+    decoder = ["decoder_maps"] if model == "classmap" else []
+    expected = ["dynamics", "embedding", "cam", "features", "saliency", *decoder, "maxact", "robustness"]
+    assert names == expected  # in each spec's order; robustness declares its trajectories, the manifest is the report's
     for section in discover(run / "trainviz"):
         assert section.spec["version"] == 1 and section.spec["title"]
 

@@ -1,13 +1,26 @@
 """Pure tensor operations: no Lightning, TensorBoard or plotly, nothing written to disk.
 
 Sub-modules: ``class_maps`` (per-class decoder maps: eq. 10, pattern stability, sharpness), ``cam`` (CAM,
-Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (guided backprop), ``localization`` (pointing game, faithfulness,
-drift), ``corruptions`` (Zhang's noise probes, ImageNet-C-style suite, registry), ``adversarial`` (FGSM, steps-to-flip),
+Grad-CAM, Grad-CAM++, multi-layer), ``guided`` (the ReLU backward rules: gradient, deconvnet, guided; guided backprop),
+``saliency`` (gradient, input x gradient, SmoothGrad, deconvnet, guided backprop, integrated gradients),
+``occlusion`` (occlusion sensitivity), ``features`` (filters as images, lines of 2-D units, activation statistics),
+``maxact`` (activation maximisation: MaxOut, the multi-scale edge energy, Lucent's parameterisation),
+``localization`` (pointing game, faithfulness, drift), ``corruptions`` (Zhang's noise probes, ImageNet-C-style
+suite, registry), ``adversarial`` (FGSM, steps-to-flip, adversarial trajectories), ``sanity`` (the sanity checks
+of saliency maps: cascading randomisation, random logit, Spearman),
 ``robustness`` (accuracy, ECE, NLL, flip rate, CE/mCE), ``metrics`` (confusion matrix), ``predict`` (batched
 logits), ``embedding`` (PCA, t-SNE, UMAP, alignment, quality metrics).
 """
 
-from trainviz.ops.adversarial import fgsm, fgsm_accuracy, steps_to_flip
+from trainviz.ops.adversarial import (
+    Trajectory,
+    adversarial_trajectory,
+    fgsm,
+    fgsm_accuracy,
+    random_direction_flips,
+    sphere_points,
+    steps_to_flip,
+)
 from trainviz.ops.cam import (
     CAMResult,
     ClassActivationMaps,
@@ -46,16 +59,28 @@ from trainviz.ops.embedding import (
     tsne,
     umap_embed,
 )
-from trainviz.ops.guided import guided_backprop, guided_grad_cam
+from trainviz.ops.features import (
+    ActivationStats,
+    ActivationStatsAccumulator,
+    activation_stats,
+    filter_tiles,
+    line_segments,
+    scale_filters,
+    select_channels,
+)
+from trainviz.ops.guided import RULES, guided_backprop, guided_grad_cam, relu_rule
 from trainviz.ops.localization import (
     confidence_change,
     deletion_curve,
     energy_pointing_game,
+    insertion_curve,
     map_correlation,
     pointing_game,
     pointing_game_chance,
 )
+from trainviz.ops.maxact import MaxResult, edge_energy, gaussian_blur, maximize, total_variation
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
+from trainviz.ops.occlusion import occlusion, occlusion_windows
 from trainviz.ops.predict import predict_logits
 from trainviz.ops.robustness import (
     corruption_error,
@@ -66,6 +91,9 @@ from trainviz.ops.robustness import (
     relative_corruption_error,
     wilson_interval,
 )
+from trainviz.ops.saliency import METHODS as SALIENCY_METHODS
+from trainviz.ops.saliency import Saliency, gauss_legendre, saliency, saliency_map
+from trainviz.ops.sanity import cascading_randomization, random_classes, random_logit, randomizable_layers, spearman
 
 __all__ = [
     "PatternTracker",
@@ -119,4 +147,35 @@ __all__ = [
     "relative_corruption_error",
     "steps_to_flip",
     "wilson_interval",
+    "ActivationStats",
+    "ActivationStatsAccumulator",
+    "activation_stats",
+    "filter_tiles",
+    "line_segments",
+    "scale_filters",
+    "select_channels",
+    "RULES",
+    "relu_rule",
+    "MaxResult",
+    "edge_energy",
+    "gaussian_blur",
+    "maximize",
+    "total_variation",
+    "occlusion",
+    "occlusion_windows",
+    "SALIENCY_METHODS",
+    "Saliency",
+    "gauss_legendre",
+    "saliency",
+    "saliency_map",
+    "Trajectory",
+    "adversarial_trajectory",
+    "random_direction_flips",
+    "sphere_points",
+    "insertion_curve",
+    "cascading_randomization",
+    "random_classes",
+    "random_logit",
+    "randomizable_layers",
+    "spearman",
 ]
