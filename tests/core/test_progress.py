@@ -35,8 +35,13 @@ def _slow(monkeypatch, cb, seconds=1.2):
 def test_a_slow_probe_shows_below_lightnings_tqdm_bar(tmp_path, tiny_dm, monkeypatch, capfd):
     cb = Probe(probe_size=12, strict=True)
     _slow(monkeypatch, cb)
-    trainer = make_trainer(
-        tmp_path, [cb], max_epochs=2, enable_progress_bar=True, limit_train_batches=2, limit_val_batches=1
+    trainer = make_trainer(  # Lightning's default bar is Rich's when rich is installed: ask for TQDM's
+        tmp_path,
+        [cb, TQDMProgressBar()],
+        max_epochs=2,
+        enable_progress_bar=True,
+        limit_train_batches=2,
+        limit_val_batches=1,
     )
     assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)
     trainer.fit(demo_model(), tiny_dm)

@@ -101,7 +101,8 @@ class EmbeddingCallback(ProbeCallback):
         >>> from trainviz.models import DemoClassifier
         >>> cb = EmbeddingCallback(layers=["net.features", "net.fc"], methods="pca", linear_probe_folds=0)
         >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
-        ...                      enable_progress_bar=False, default_root_dir=tempfile.mkdtemp(), callbacks=[cb])
+        ...                      enable_progress_bar=False, enable_model_summary=False,
+        ...                      default_root_dir=tempfile.mkdtemp(), callbacks=[cb])
         >>> trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=64, n_val=32))
         >>> cb.done_epochs, sorted(cb.history.frames)
         ([0], [('net.fc', 'pca'), ('net.features', 'pca')])
