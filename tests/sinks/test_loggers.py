@@ -71,6 +71,11 @@ def fitted(tmp_path_factory):
         trainviz.DynamicsCallback(probe_size=24),
         trainviz.CAMCallback(probe_size=12, deletion_steps=2),
         trainviz.EmbeddingCallback(layers=["net.features"], methods=["pca"], probe_size=24, linear_probe_folds=0),
+        trainviz.FeatureMapCallback(layers=["net.features"], probe_size=12, n_channels=2),
+        trainviz.SaliencyCallback(
+            methods=["gradient"], occlusion=False, probe_size=8, deletion_steps=2, sanity_every=0
+        ),
+        trainviz.MaxActivationCallback(classes=[0, 1], steps=2, final_steps=2),
     ]
     pl.seed_everything(0, verbose=False)
     from trainviz.data import ShapesDataModule
@@ -161,3 +166,40 @@ def test_a_missing_logger_package_names_its_extra(monkeypatch):
     ):
         with pytest.raises(ImportError, match=rf"pip install trainviz\[{extra}\]"):
             backend(object())
+
+
+# One scalar and one image of each inspection callback (features, saliency, MaxOut), in W&B and MLflow.
+INSPECTION = {
+    "trainviz/features/net.features/dead_fraction": "trainviz/features/net.features/overlay",
+    "trainviz/saliency/gradient/deletion_auc": "trainviz/saliency/maps",
+    "trainviz/maxact/classes/1/activation": "trainviz/maxact/classes/grid",
+}
+
+
+def _records(fitted, name: str) -> list[dict]:
+    path = fitted["root"] / "trainviz" / name / "metrics.jsonl"
+    return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["epoch"])
+
+
+def test_the_inspection_callbacks_reach_wandb_and_mlflow(fitted):
+    from mlflow import MlflowClient
+
+    (run_file,) = glob.glob(str(fitted["root"] / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows, _ = wandb_rows(run_file)
+    client = MlflowClient(fitted["uri"])
+    run_id = fitted["loggers"][1].run_id
+    logged = {a.path for a in client.list_artifacts(run_id, "images")}
+    for scalar, image in INSPECTION.items():
+        values = [(r["epoch"], r[scalar]) for r in rows if scalar in r]
+        assert [e for e, _ in values] == [0, 1, 2], scalar
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, scalar))
+        assert [e for e, _ in history] == [0, 1, 2], scalar
+        assert [v for _, v in history] == pytest.approx([v for _, v in values]), scalar
+        assert [r["epoch"] for r in rows if f"{image}/filenames" in r] == [0, 1, 2], image
+        steps = {
+            p.split("+step+")[1].split("+")[0] for p in logged if p.startswith(f"images/{image.replace('/', '~')}+")
+        }
+        assert steps == {"0", "1", "2"}, (image, sorted(logged))  # MLflow writes the key's slashes as ~
+    key = "trainviz/features/net.features/dead_fraction"
+    wandb_dead = [r[key] for r in rows if key in r]
+    assert wandb_dead == pytest.approx([r["net.features/dead_fraction"] for r in _records(fitted, "features")])
