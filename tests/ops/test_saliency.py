@@ -304,6 +304,30 @@ def test_smoothgrad_matches_the_hand_loop_and_batches_the_samples():
     assert not torch.allclose(ours, saliency(net, x, TARGETS), atol=1e-4)
 
 
+def test_default_chunks_hold_half_a_million_input_elements_on_the_cpu():
+    from trainviz.ops.saliency import default_rows
+
+    assert default_rows(torch.zeros(1, 3, 64, 64)) == 2**19 // (3 * 64 * 64) == 42
+    assert default_rows(torch.zeros(1, 3, 1024, 1024)) == 1  # at least one row
+    net, x = cnn(), normalised()
+    counter = Forwards(net)
+    rows = 2**19 // x[0].numel()
+    samples = rows // N + 2  # more noisy copies than one chunk holds
+    default = saliency(net, x, TARGETS, "smoothgrad", samples=samples, generator=torch.Generator().manual_seed(1))
+    assert counter.rows[0] == rows and sum(counter.rows) == N * samples and len(counter.rows) == 2
+    counter.handle.remove()
+    explicit = saliency(
+        net,
+        x,
+        TARGETS,
+        "smoothgrad",
+        samples=samples,
+        generator=torch.Generator().manual_seed(1),
+        batch_size=N * samples,
+    )
+    close(default, explicit)
+
+
 def test_smoothgrad_default_generator_sigma_zero_and_global_rng():
     net, x = cnn(), images()
     state = torch.get_rng_state()

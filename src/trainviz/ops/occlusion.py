@@ -35,7 +35,7 @@ import torch
 
 from trainviz.core.checks import check_images, check_int, check_positive_int
 from trainviz.core.outputs import expect_logits
-from trainviz.ops.saliency import check_targets
+from trainviz.ops.saliency import check_targets, default_rows
 
 __all__ = ["occlusion", "occlusion_masks", "occlusion_windows"]
 
@@ -102,7 +102,7 @@ def occlusion(
     window: int = 8,
     stride: int = 4,
     baseline: float | torch.Tensor = 0.0,
-    max_elements: int = 2**24,
+    max_elements: int | None = None,
 ) -> torch.Tensor:
     """Occlusion sensitivity of each image's target logit: per pixel, the mean over the windows covering it of
     ``logit(x) - logit(x with the window set to baseline)``.
@@ -115,7 +115,8 @@ def occlusion(
         stride: step between window positions, ``1..window`` (so every pixel is covered).
         baseline: what the patch is filled with, in model-input space: a float, or a ``(C,)`` / ``(C, 1, 1)``
             tensor (per channel, e.g. the normalised value of black), or anything broadcastable to ``(C, H, W)``.
-        max_elements: at most this many input elements (rows x C x H x W) per forward; at least one row.
+        max_elements: at most this many input elements (rows x C x H x W) per forward, at least one row;
+            ``None``: ``2**19`` on the CPU, ``2**24`` elsewhere (:func:`trainviz.ops.saliency.default_rows`).
 
     Returns:
         The attributions ``(N, C, H, W)`` (the same map repeated over the channels, as Captum's), in the
@@ -139,12 +140,15 @@ def occlusion(
     images = check_images(images)
     n, c, h, w = images.shape
     occlusion_windows(h, w, window, stride)  # checks window and stride
-    max_elements = check_positive_int("max_elements", max_elements)
+    per = (
+        default_rows(images)
+        if max_elements is None
+        else max(1, check_positive_int("max_elements", max_elements) // (c * h * w))
+    )
     t = check_targets(targets, images)
     base = _baseline(baseline, images)
     masks = occlusion_masks(h, w, window, stride, images.device)  # (J, H, W)
     windows = masks.shape[0]
-    per = max(1, max_elements // (c * h * w))
     with torch.no_grad():
         x = images.detach()
         original = torch.cat([_scores(model, x[lo : lo + per], t[lo : lo + per]) for lo in range(0, n, per)])

@@ -25,8 +25,9 @@ Methods (``METHODS``):
   ``method="gausslegendre"``.
 
 Cost: ``N`` forward + backward rows for gradient, input x gradient, deconvnet and guided backprop;
-``N * samples`` for SmoothGrad and ``N * steps`` for integrated gradients, batched (at most ``batch_size`` rows
-per forward; ``None``: everything in one forward).
+``N * samples`` for SmoothGrad and ``N * steps`` for integrated gradients, batched: at most ``batch_size`` rows
+per forward, by default (``None``) as many as hold :func:`default_rows` input elements (``2**19`` on the CPU,
+where larger batches run slower per image -- measured in BENCHMARKS.md -- and ``2**24`` on an accelerator).
 
 Example:
     >>> import torch, torch.nn as nn
@@ -51,7 +52,16 @@ from trainviz.core.checks import check_choice, check_float, check_images, check_
 from trainviz.core.outputs import expect_logits
 from trainviz.ops.guided import relu_rule
 
-__all__ = ["METHODS", "Saliency", "SaliencyMethod", "check_targets", "gauss_legendre", "saliency", "saliency_map"]
+__all__ = [
+    "METHODS",
+    "default_rows",
+    "Saliency",
+    "SaliencyMethod",
+    "check_targets",
+    "gauss_legendre",
+    "saliency",
+    "saliency_map",
+]
 
 SaliencyMethod = Literal[
     "gradient", "input_x_gradient", "smoothgrad", "deconvnet", "guided_backprop", "integrated_gradients"
@@ -90,6 +100,21 @@ def gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     nodes, vectors = torch.linalg.eigh(jacobi)
     weights = vectors[0] ** 2  # 2 v0^2 on [-1, 1], halved on [0, 1]
     return (nodes + 1) / 2, weights
+
+
+CPU_ELEMENTS, DEVICE_ELEMENTS = 2**19, 2**24
+
+
+def default_rows(images: torch.Tensor) -> int:
+    """Rows per forward when the caller gives no batch size: as many images as hold ``2**19`` input elements
+    on the CPU (a 4-block CNN on 64 px images runs 1.1 ms per image at 64 rows, 1.9 ms at 512: large batches
+    leave the caches) and ``2**24`` on an accelerator, at least one.
+
+    Shape:
+        images ``(N, C, H, W)`` -> an int
+    """
+    budget = CPU_ELEMENTS if images.device.type == "cpu" else DEVICE_ELEMENTS
+    return max(1, budget // max(1, images[0].numel()))
 
 
 def saliency_map(attributions: torch.Tensor) -> torch.Tensor:
@@ -134,8 +159,8 @@ def saliency(
             ``"integrated_gradients"``).
         generator: the noise source (``"smoothgrad"``); ``None``: a fresh ``torch.Generator`` seeded 0 on the
             images' device. The global RNG is never used.
-        batch_size: at most this many rows (images, noisy copies or path points) per forward; ``None``: one
-            forward for everything.
+        batch_size: at most this many rows (images, noisy copies or path points) per forward; ``None``:
+            :func:`default_rows` (about ``2**19`` input elements per forward on the CPU, ``2**24`` elsewhere).
 
     Returns:
         The attributions, same shape, dtype and device as ``images``.
@@ -164,8 +189,7 @@ def saliency(
     samples = check_positive_int("samples", samples)
     steps = check_positive_int("steps", steps)
     sigma = check_float("sigma", sigma, minimum=0)
-    if batch_size is not None:
-        batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = default_rows(images) if batch_size is None else check_positive_int("batch_size", batch_size)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"Expected `generator` to be a torch.Generator or None, got {type(generator).__name__}.")
     t = check_targets(targets, images)
