@@ -95,7 +95,7 @@ def test_every_section_is_drawn_without_console_errors(demo_run, tmp_path):
     assert f'data-sections-drawn="{n}"' in loaded.dom
     n_figures = text.count('class="plot" data-figure=')
     assert f'data-rendered="{n_figures}"' in loaded.dom
-    for name in ("dynamics", "embedding", "cam"):
+    for name in ("dynamics", "embedding", "cam", "features", "saliency", "maxact"):
         section = loaded.dom[loaded.dom.index(f'data-section="{name}"') :]
         section = section[: section.index("</details>")]
         assert 'class="main-svg"' in section, name
