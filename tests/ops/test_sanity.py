@@ -186,7 +186,8 @@ def test_adebayo_finding_guided_backprop_fails_the_cascade_gradients_pass():
         return lambda model, images, targets: saliency_map(saliency(model, images, targets, method))
 
     scores = {}
-    for name, explain in [("gradient", explainer("gradient")), ("guided", explainer("guided_backprop"))]:
+    methods = [("gradient", "gradient"), ("guided", "guided_backprop"), ("deconvnet", "deconvnet")]
+    for name, explain in [(name, explainer(method)) for name, method in methods]:
         reference = explain(net, x, y)
         steps = cascading_randomization(net, x, y, explain, seed=1)
         scores[name] = [spearman(reference, maps).mean().item() for _, maps in steps]
@@ -194,6 +195,8 @@ def test_adebayo_finding_guided_backprop_fails_the_cascade_gradients_pass():
     assert top_gradient < 0.5 < 0.7 < top_guided, scores  # one layer: the gradient already changed, guided not
     assert top_guided - top_gradient > 0.4
     assert scores["guided"][1] > scores["gradient"][1] + 0.3  # and one layer further down still
+    # Measured, not the expectation: deconvnet (no forward mask) follows the new classifier, as the gradient does
+    assert scores["deconvnet"][0] < 0.5 < top_guided and top_guided - scores["deconvnet"][0] > 0.3, scores
 
 
 # random logit ----------------------------------------------------------------------------------------------------

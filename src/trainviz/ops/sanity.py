@@ -10,7 +10,12 @@ checks:
   correlation even with most of the network random. **The finding of Adebayo et al.: guided backpropagation
   (and guided Grad-CAM) fails this check: with the top layers, even the whole classifier re-initialised, its
   maps barely change, because they mostly reconstruct the input (edges) rather than explain the decision**;
-  the tests reproduce it on a small CNN.
+  the tests reproduce it on a small CNN. Measured on the demo CNN after 6 epochs (16 shapes images, Spearman
+  after re-initialising the classifier, then one more layer): guided backprop 0.84 / 0.74, gradient 0.56 / 0.47.
+  Deconvnet, often grouped with guided backprop here (Nie et al. 2018), does *not* keep its maps on these small
+  nets: 0.44 / 0.44 on the trained demo CNN, 0.38 on the random CNN of the tests, close to the gradient --
+  its ``1{g > 0}`` rule passes the new classifier's signs straight down, while guided backprop's forward masks
+  ``1{s > 0}`` keep the image's structure.
 * :func:`random_logit` (Adebayo et al. 2018; Sixt et al. 2020): the maps for a random *other* class; a
   class-sensitive method gives maps that differ from those of the explained class (low correlation).
 
