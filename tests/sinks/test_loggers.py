@@ -7,6 +7,7 @@ import csv
 import glob
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,9 @@ def fitted(tmp_path_factory):
             methods=["gradient"], occlusion=False, probe_size=8, deletion_steps=2, sanity_every=0
         ),
         trainviz.MaxActivationCallback(classes=[0, 1], steps=2, final_steps=2),
+        trainviz.RobustnessCallback(
+            corruptions=["grayscale"], epsilons=[1 / 255], flip_max_steps=2, random_directions=8, probe_size=12
+        ),
     ]
     pl.seed_everything(0, verbose=False)
     from trainviz.data import ShapesDataModule
@@ -90,10 +94,13 @@ def fitted(tmp_path_factory):
         limit_train_batches=2,
         accelerator="cpu",
     )
-    trainer.fit(demo_model(), ShapesDataModule(n_train=64, n_val=48, batch_size=32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(demo_model(), ShapesDataModule(n_train=64, n_val=48, batch_size=32))
     loggers[0].experiment.finish()  # as a script's end does: W&B commits its last history row then
     mp.undo()
-    return {"root": root, "loggers": loggers, "uri": uri, "trainer": trainer}
+    ours = [str(w.message) for w in caught if "trainviz" in str(w.message)]
+    return {"root": root, "loggers": loggers, "uri": uri, "trainer": trainer, "warnings": ours}
 
 
 def test_wandb_gets_scalars_on_an_epoch_axis_and_captioned_images(fitted):
@@ -203,3 +210,19 @@ def test_the_inspection_callbacks_reach_wandb_and_mlflow(fitted):
     key = "trainviz/features/net.features/dead_fraction"
     wandb_dead = [r[key] for r in rows if key in r]
     assert wandb_dead == pytest.approx([r["net.features/dead_fraction"] for r in _records(fitted, "features")])
+
+
+def test_mlflow_names_with_characters_it_refuses_are_rewritten_not_lost(fitted):
+    """MLflow refuses a whole metric batch for one name with ``@``: the FGSM accuracy is logged as ``:``."""
+    from mlflow import MlflowClient
+
+    assert fitted["warnings"] == []  # no background write failed
+    client = MlflowClient(fitted["uri"])
+    run_id = fitted["loggers"][1].run_id
+    fgsm = client.get_metric_history(run_id, "trainviz/robustness/fgsm/accuracy:0.0039")
+    clean = client.get_metric_history(run_id, "trainviz/robustness/clean/accuracy")
+    records = [
+        json.loads(line) for line in (fitted["root"] / "trainviz/robustness/metrics.jsonl").read_text().splitlines()
+    ]
+    assert sorted(m.step for m in fgsm) == sorted(m.step for m in clean) == sorted(r["epoch"] for r in records)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "trainviz/robustness/adversarial/flip_rate"))

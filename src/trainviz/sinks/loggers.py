@@ -10,7 +10,9 @@ module is the one place that knows each logger. TensorBoard is written through i
   epoch is a metric, not the step); embeddings as a ``wandb.Table`` of 2-D coordinates, labels and predictions,
   for W&B's 2-D projection panel.
 * **MLflow** (:class:`MLflowBackend`): images through ``MlflowClient.log_image(run_id, image, key=, step=epoch)``,
-  metrics with ``step=epoch``, and the artifact folder logged as the run's artifacts at fit end.
+  metrics with ``step=epoch``, and the artifact folder logged as the run's artifacts at fit end. MLflow names
+  may hold only letters, digits and ``_ - . : /`` and spaces: ``@`` becomes ``:`` (``fgsm/accuracy@0.0039`` is
+  ``fgsm/accuracy:0.0039``) and any other character ``_`` (:func:`mlflow_key`).
 * **Comet** (:class:`CometBackend`): ``experiment.log_image(..., name=, step=epoch)`` and metrics.
 * **CSV** (:class:`CSVBackend`): scalars into ``metrics.csv`` (with an ``epoch`` column); images stay artifact
   files, and the log says so once.
@@ -29,12 +31,21 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any
 
 import numpy as np
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-__all__ = ["CSVBackend", "CometBackend", "LoggerBackend", "MLflowBackend", "WandbBackend", "logger_backends"]
+__all__ = [
+    "CSVBackend",
+    "CometBackend",
+    "LoggerBackend",
+    "MLflowBackend",
+    "WandbBackend",
+    "logger_backends",
+    "mlflow_key",
+]
 
 EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet"}
 
@@ -116,6 +127,16 @@ class WandbBackend(LoggerBackend):
         return getattr(run, "url", None) or getattr(run, "dir", None)
 
 
+def mlflow_key(tag: str) -> str:
+    """A trainviz tag as an MLflow metric or image name (MLflow refuses a whole batch with one bad name).
+
+    Example:
+        >>> mlflow_key("trainviz/robustness/fgsm/accuracy@0.0039")
+        'trainviz/robustness/fgsm/accuracy:0.0039'
+    """
+    return re.sub(r"[^\w\-. :/]", "_", tag.replace("@", ":"))
+
+
 class MLflowBackend(LoggerBackend):
     name = "MLflow"
 
@@ -129,11 +150,11 @@ class MLflowBackend(LoggerBackend):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key=tag, value=float(value), timestamp=now, step=epoch) for tag, value in pairs]
+        metrics = [Metric(key=mlflow_key(tag), value=float(value), timestamp=now, step=epoch) for tag, value in pairs]
         self.logger.experiment.log_batch(self.logger.run_id, metrics=metrics)
 
     def image(self, tag: str, image: np.ndarray, epoch: int, caption: str | None = None) -> None:
-        self.logger.experiment.log_image(self.logger.run_id, image, key=tag, step=epoch)
+        self.logger.experiment.log_image(self.logger.run_id, image, key=mlflow_key(tag), step=epoch)
 
     def finish(self, artifact_dir: str) -> None:
         self.logger.experiment.log_artifacts(self.logger.run_id, artifact_dir, artifact_path="trainviz")
