@@ -15,15 +15,12 @@ $(VENV)/.setup: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# Quantus (a test oracle) without its opencv-python dependency: the dev extra has opencv-python-headless.
+# Two references installed without their dependencies: Quantus (the sanity checks' oracle) would bring
+# opencv-python over the dev extra's opencv-python-headless; torch-lucent (MaxOut's reference, in a test and
+# the benchmark) pins kornia<=0.4.1 and notebook packages it does not need.
 $(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0"
-	touch $@
-
-# torch-lucent, the MaxOut benchmark's reference, without its pinned kornia<=0.4.1 and notebook dependencies.
-$(VENV)/.setup-bench: $(VENV)/.setup-dev
-	$(BIN)/python -m pip install --quiet --no-deps "torch-lucent==0.1.8" "decorator>=5"
+	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0" "torch-lucent==0.1.8"
 	touch $@
 
 setup: $(VENV)/.setup
@@ -47,7 +44,7 @@ lint: setup-dev
 test: setup-dev browser lint
 	$(BIN)/python -m pytest -q
 
-benchmarks: $(VENV)/.setup-bench
+benchmarks: setup-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

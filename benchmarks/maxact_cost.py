@@ -17,9 +17,10 @@ that round's trainviz time, which keeps ratios stable on a loaded machine):
   ``trainviz robust``).
 
 Target: trainviz >= 2x faster than lucent (a batch of K images instead of K runs of one image).
-torch-lucent is a benchmark-only dependency: ``pip install --no-deps torch-lucent`` (it needs torch, torchvision,
-numpy, pillow, kornia, tqdm and decorator; it imports ``IPython.display`` at import time only, which is stubbed here
-when IPython is not installed; scikit-learn, ipython, future and the test packages of its metadata are not needed).
+torch-lucent is a test and benchmark dependency, installed by ``make setup-dev`` with ``--no-deps`` (it needs
+torch, torchvision, numpy, pillow, kornia, tqdm and decorator; it imports ``IPython.display`` at import time only,
+which is stubbed here when IPython is not installed; scikit-learn, ipython, future and the test packages of its
+metadata are not needed).
 Its ``random_rotate`` calls ``kornia.get_rotation_matrix2d`` and ``kornia.warp_affine``, which kornia 0.9 keeps in
 ``kornia.geometry.transform`` only: the two names are aliased here before lucent runs.
 """

@@ -230,8 +230,18 @@ def test_smoothing_blurs_the_result():
 
 
 # Lucent's parameterisation -------------------------------------------------------------------------------------
-def test_fft_image_and_colour_match_lucent():
-    pytest.importorskip("IPython")  # lucent.optvis imports it (lucent.misc.io.showing)
+def test_fft_image_and_colour_match_lucent(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("IPython") is None:  # lucent.optvis imports IPython.display and never uses it here
+        display = types.ModuleType("IPython.display")
+        display.display = display.HTML = lambda *args, **kwargs: None
+        ipython = types.ModuleType("IPython")
+        ipython.display = display
+        monkeypatch.setitem(sys.modules, "IPython", ipython)
+        monkeypatch.setitem(sys.modules, "IPython.display", display)
     spatial = pytest.importorskip("lucent.optvis.param.spatial")
     color = pytest.importorskip("lucent.optvis.param.color")
     shape = (2, 3, 12, 16)
