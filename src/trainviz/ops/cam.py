@@ -317,6 +317,18 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.view(*maps.shape[:-2], *size)
 
 
+def shrink_maps(maps: torch.Tensor, side: int) -> torch.Tensor:
+    """Maps shrunk (anti-aliased bilinear, aspect kept) to at most ``side`` pixels a side, as float16: what
+    callbacks keep between runs (drift references, evolution strips).
+
+    Shape:
+        ``(*, h, w)`` -> ``(*, h', w')`` with ``max(h', w') <= side``
+    """
+    h, w = maps.shape[-2:]
+    scale = min(1.0, side / max(h, w))
+    return resize_maps(maps.float(), (max(1, round(h * scale)), max(1, round(w * scale)))).half()
+
+
 def aggregate_maps(maps: Sequence[torch.Tensor], size: tuple[int, int], mode: Aggregate = "mean") -> torch.Tensor:
     """Combine per-layer maps: each min-max scaled at its own resolution, resized to ``size``, combined
     pixel-wise by ``mode`` (``"mean"`` or ``"max"``), then min-max scaled again. One map is returned scaled

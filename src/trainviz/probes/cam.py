@@ -34,7 +34,7 @@ from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
-from trainviz.ops.cam import CAMResult, class_activation_maps, class_mean_maps, resize_maps
+from trainviz.ops.cam import CAMResult, class_activation_maps, class_mean_maps, shrink_maps
 from trainviz.ops.guided import guided_grad_cam
 from trainviz.ops.localization import (
     confidence_change,
@@ -270,12 +270,6 @@ def class_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
     )
 
 
-def _shrink(maps: torch.Tensor) -> torch.Tensor:
-    h, w = maps.shape[-2:]
-    scale = min(1.0, STATE_SIDE / max(h, w))
-    return resize_maps(maps.float(), (max(1, round(h * scale)), max(1, round(w * scale)))).half()
-
-
 def _map_metrics(
     model: nn.Module,
     probe: ProbeSet,
@@ -317,7 +311,7 @@ def compute(
     """
     result = class_maps(model, probe.images, probe.labels, config)
     maps = {**result.maps, "aggregate": result.aggregate}
-    small = {key: _shrink(m) for key, m in maps.items()}
+    small = {key: shrink_maps(m, STATE_SIDE) for key, m in maps.items()}
     probs = result.logits.float().softmax(1)
     scalars = {"target_probability": probs.gather(1, result.targets[:, None]).mean()}
     if probe.masks is not None:

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
@@ -45,6 +44,7 @@ from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
+from trainviz.ops.cam import shrink_maps
 from trainviz.ops.localization import deletion_curve, insertion_curve, pointing_game, pointing_game_chance
 from trainviz.ops.occlusion import occlusion
 from trainviz.ops.predict import predict_logits
@@ -193,14 +193,6 @@ def display_maps(maps: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
 
 def _tail(text: str, n: int) -> str:
     return text if len(text) <= n else ".." + text[-(n - 2) :]
-
-
-def _shrink(maps: torch.Tensor) -> torch.Tensor:
-    h, w = maps.shape[-2:]
-    scale = min(1.0, STATE_SIDE / max(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = maps if size == (h, w) else F.adaptive_avg_pool2d(maps.float().unsqueeze(1), size).squeeze(1)
-    return small.half()
 
 
 @dataclass
@@ -499,7 +491,7 @@ def compute(model: nn.Module, probe: ProbeSet, config: SaliencyConfig, *, epoch:
     tracked_idx = example_indices(probe.labels, config.n_tracked)
     names = class_names(probe.class_names, logits.shape[1])
     conf, pred = probs[idx].max(1)
-    tracked = {m: _shrink(display_maps(v[tracked_idx])) for m, v in maps.items()}
+    tracked = {m: shrink_maps(display_maps(v[tracked_idx]), STATE_SIDE) for m, v in maps.items()}
     host = to_cpu(
         {
             **{f"scalar/{k}": v.float() for k, v in scalars.items()},
