@@ -5,14 +5,16 @@ BIN := $(VENV)/bin
 EPOCHS ?= 6
 DATA ?= shapes
 
-.PHONY: demo test lint setup setup-dev browser benchmarks clean
+.PHONY: demo test test-oldest-lightning lint setup setup-dev browser benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# `make demo` installs trainviz with `lightning` (what `import lightning as L` needs); `pip install -e
+# ".[pytorch-lightning]"` gives the other namespace. The dev extra installs both.
 $(VENV)/.setup: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[lightning]"
 	touch $@
 
 # Two references installed without their dependencies: Quantus (the sanity checks' oracle) would bring
@@ -41,11 +43,25 @@ lint: setup-dev
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
+# The whole suite runs on `pytorch_lightning`; the suite-wide tests (no trace, hooks, warn once, resume, DDP, presets,
+# every logger read back, progress bars) run again on `lightning.pytorch` (TRAINVIZ_LIGHTNING, read by tests/conftest.py).
+SUITE_WIDE := tests/callbacks/test_suite.py tests/sinks/test_loggers.py tests/core/test_progress.py
+
 test: setup-dev browser lint
 	$(BIN)/python -m pytest -q
+	TRAINVIZ_LIGHTNING=lightning $(BIN)/python -m pytest -q $(SUITE_WIDE)
+
+# The oldest Lightning that pyproject.toml claims, over the dev venv (its torch and everything else kept): both
+# namespaces at 2.6.0, the namespace tests and the suite-wide tests under each.
+OLDEST_LIGHTNING := 2.6.0
+test-oldest-lightning: setup-dev
+	$(BIN)/python -m pip install --quiet --no-deps --target .lightning-$(OLDEST_LIGHTNING) \
+	  "lightning==$(OLDEST_LIGHTNING)" "pytorch-lightning==$(OLDEST_LIGHTNING)"
+	PYTHONPATH=.lightning-$(OLDEST_LIGHTNING) $(BIN)/python -m pytest -q tests/core/test_namespace.py $(SUITE_WIDE)
+	PYTHONPATH=.lightning-$(OLDEST_LIGHTNING) TRAINVIZ_LIGHTNING=lightning $(BIN)/python -m pytest -q $(SUITE_WIDE)
 
 benchmarks: setup-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) runs lightning_logs .pytest_cache .lightning-*

@@ -7,13 +7,19 @@
 presets choose a model with ``--model``.
 """
 
-import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
+import importlib
 
+from trainviz.core.namespace import namespace
 from trainviz.data import ShapesDataModule
 
+# The same presets load in `lightning.pytorch.cli.LightningCLI` and `pytorch_lightning.cli.LightningCLI`: trainviz's
+# callbacks are subclasses of both namespaces' Callback. A user's script writes one of them, e.g.
+# `from lightning.pytorch.cli import LightningCLI`; this example follows TRAINVIZ_LIGHTNING (or the installed one).
+pl = importlib.import_module(namespace())
+LightningCLI = importlib.import_module(f"{namespace()}.cli").LightningCLI
 
-def main(args=None, run: bool = True) -> LightningCLI:
+
+def main(args=None, run: bool = True):
     return LightningCLI(
         pl.LightningModule,
         ShapesDataModule,

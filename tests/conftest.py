@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
+
+# The Lightning namespace of the tests: `pytorch_lightning` by default; `TRAINVIZ_LIGHTNING=lightning` runs them on
+# `lightning.pytorch` (trainviz's models and data follow the same variable). `make test` runs the suite-wide tests
+# under both. Tests import `pl` from here to get the namespace's Trainer, loggers and callbacks.
+LIGHTNING = os.environ.setdefault("TRAINVIZ_LIGHTNING", "pytorch_lightning")
+pl = importlib.import_module("lightning.pytorch" if LIGHTNING in ("lightning", "lightning.pytorch") else LIGHTNING)
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -71,7 +76,7 @@ def make_trainer(root, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Traine
         max_epochs=max_epochs,
         accelerator="cpu",
         devices=1,
-        logger=TensorBoardLogger(str(root), name="", version=""),
+        logger=pl.loggers.TensorBoardLogger(str(root), name="", version=""),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,

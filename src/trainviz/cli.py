@@ -3,7 +3,7 @@
 
 Example:
     $ trainviz demo --data shapes --epochs 6 --out runs/demo
-    $ tensorboard --logdir runs/demo
+    $ tensorboard --logdir runs/demo --samples_per_plugin images=10
     $ trainviz report runs/demo/version_0 --fail-under clean_accuracy=0.8 corruption_accuracy=0.5 --fail-over mce=0.3
     $ trainviz report runs/demo/version_0 --compare runs/demo/version_1
 
@@ -91,13 +91,12 @@ def run_demo(
         budget: the suite's overhead budget (``default_callbacks(budget=)``); ``None`` runs every probe every
             epoch.
     """
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import TensorBoardLogger
-
+    from trainviz.core.namespace import lightning, namespace_of
     from trainviz.data import DigitsDataModule, ShapesDataModule
     from trainviz.models import ClassMapClassifier, DemoClassifier
     from trainviz.report import build_report
 
+    pl = lightning(namespace_of(DemoClassifier))  # the Trainer of the models' namespace (TRAINVIZ_LIGHTNING)
     pl.seed_everything(seed, workers=True, verbose=False)
     if data == "shapes":
         dm = ShapesDataModule(n_train=240, n_val=120, seed=seed) if small else ShapesDataModule(seed=seed)
@@ -116,7 +115,7 @@ def run_demo(
         )
     else:
         raise ValueError(f"Expected `model` to be one of 'cnn', 'classmap', got {model!r}.")
-    logger = TensorBoardLogger(out, name="")
+    logger = pl.loggers.TensorBoardLogger(out, name="")
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
@@ -187,6 +186,8 @@ def run_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from trainviz.sinks.tensorboard import tensorboard_command
+
     parser = argparse.ArgumentParser(prog="trainviz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a demo model on embedded data with every trainviz callback")
@@ -221,6 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="overhead budget of the suite, e.g. 0.1 (default: none, every probe every epoch)",
     )
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument(
+        "--lightning",
+        choices=("lightning", "pytorch_lightning"),
+        default=None,
+        help="the Lightning package to train with (default: TRAINVIZ_LIGHTNING, else the installed one, "
+        "`lightning` first when both are)",
+    )
     report = sub.add_parser("report", help="build the HTML report of a run from its artifacts")
     report.add_argument(
         "run_dir",
@@ -261,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         if args.epochs < 1:
             parser.error(f"--epochs must be a positive int, got {args.epochs}")
+        if args.lightning:
+            os.environ["TRAINVIZ_LIGHTNING"] = args.lightning  # read when trainviz.models is first imported
         start = time.perf_counter()
         log_dir = run_demo(
             args.data,
@@ -275,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.budget,
         )
         print(f"\ntrainviz demo finished in {time.perf_counter() - start:.0f} s.")
-        print(f"  TensorBoard:  tensorboard --logdir {args.out}")
+        print(f"  TensorBoard:  {tensorboard_command(args.out, args.epochs)}")
         print(f"  Artifacts:    {os.path.join(log_dir, 'trainviz')}")
         print(
             f"  Report:       {os.path.join(log_dir, 'trainviz', 'report', 'index.html')}  "

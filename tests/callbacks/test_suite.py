@@ -8,10 +8,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
+from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer, pl
 
 import trainviz
 from trainviz.callbacks.base import ProbeCallback
@@ -132,7 +130,10 @@ def test_resume_continues_the_same_series(tmp_path, tiny_dm):
     first = all_callbacks()
     pl.seed_everything(0, verbose=False)
     trainer = make_trainer(
-        tmp_path, first + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=2, enable_checkpointing=True
+        tmp_path,
+        first + [pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
+        max_epochs=2,
+        enable_checkpointing=True,
     )
     trainer.fit(demo_model(), tiny_dm)
     ids_before = {type(cb).__name__: cb.probe.ids.tolist() for cb in first if isinstance(cb, ProbeCallback)}
@@ -140,7 +141,10 @@ def test_resume_continues_the_same_series(tmp_path, tiny_dm):
     # A different data seed would draw a different probe set: the resumed run must keep the saved one.
     second = all_callbacks()
     trainer = make_trainer(
-        tmp_path, second + [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=4, enable_checkpointing=True
+        tmp_path,
+        second + [pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
+        max_epochs=4,
+        enable_checkpointing=True,
     )
     trainer.fit(
         demo_model(),
@@ -346,7 +350,7 @@ def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_agai
     first = DynamicsCallback(probe_size=12)
     trainer = make_trainer(
         tmp_path,
-        [first, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, filename="{epoch}")],
+        [first, pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, filename="{epoch}")],
         max_epochs=3,
         enable_checkpointing=True,
     )

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import demo_model, make_trainer
-from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+from conftest import demo_model, make_trainer, pl
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core import progress
@@ -37,13 +36,13 @@ def test_a_slow_probe_shows_below_lightnings_tqdm_bar(tmp_path, tiny_dm, monkeyp
     _slow(monkeypatch, cb)
     trainer = make_trainer(  # Lightning's default bar is Rich's when rich is installed: ask for TQDM's
         tmp_path,
-        [cb, TQDMProgressBar()],
+        [cb, pl.callbacks.TQDMProgressBar()],
         max_epochs=2,
         enable_progress_bar=True,
         limit_train_batches=2,
         limit_val_batches=1,
     )
-    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)
+    assert isinstance(trainer.progress_bar_callback, pl.callbacks.TQDMProgressBar)
     trainer.fit(demo_model(), tiny_dm)
     out, err = capfd.readouterr()
     text = out + err
@@ -68,7 +67,7 @@ def test_nothing_is_printed_without_a_progress_bar(tmp_path, tiny_dm, monkeypatc
 
 
 def _tqdm_trainer(rank_zero=True):
-    return SimpleNamespace(is_global_zero=rank_zero, progress_bar_callback=TQDMProgressBar())
+    return SimpleNamespace(is_global_zero=rank_zero, progress_bar_callback=pl.callbacks.TQDMProgressBar())
 
 
 def test_short_work_shows_nothing_and_long_estimates_show_at_once(capfd, monkeypatch):
@@ -95,7 +94,7 @@ def test_measured_long_work_opens_the_bar_on_the_next_update(capfd, monkeypatch)
 
 
 def test_other_ranks_a_disabled_bar_and_no_trainer_show_nothing():
-    disabled = SimpleNamespace(is_global_zero=True, progress_bar_callback=TQDMProgressBar(refresh_rate=0))
+    disabled = SimpleNamespace(is_global_zero=True, progress_bar_callback=pl.callbacks.TQDMProgressBar(refresh_rate=0))
     for trainer in (None, _tqdm_trainer(rank_zero=False), disabled):
         assert progress.display_for(trainer) is None
     assert progress.display_for(SimpleNamespace(is_global_zero=True, progress_bar_callback=None)) is None
@@ -120,7 +119,7 @@ def test_a_failing_display_never_raises_and_the_random_stream_is_kept(monkeypatc
 
 def test_a_rich_bar_prints_on_its_console_or_falls_back_to_the_logger(monkeypatch):
     lines = []
-    bar = RichProgressBar.__new__(RichProgressBar)  # rich itself need not be installed
+    bar = pl.callbacks.RichProgressBar.__new__(pl.callbacks.RichProgressBar)  # rich itself need not be installed
     bar._enabled, bar._refresh_rate, bar._console = True, 1, None
     bar.progress = SimpleNamespace(console=SimpleNamespace(print=lambda line, **kw: lines.append(line)))
     trainer = SimpleNamespace(is_global_zero=True, progress_bar_callback=bar)

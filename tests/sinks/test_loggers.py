@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-from conftest import demo_model
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from conftest import demo_model, pl
 
 import trainviz
 
@@ -64,9 +62,9 @@ def fitted(tmp_path_factory):
         mp.setenv(key, value)
     uri = f"sqlite:///{root}/mlflow.db"
     loggers = [
-        WandbLogger(save_dir=str(root), offline=True, project="trainviz-test"),
-        MLFlowLogger("t", tracking_uri=uri, artifact_location=str(root / "mlflow-artifacts")),
-        CSVLogger(str(root), name="csv"),
+        pl.loggers.WandbLogger(save_dir=str(root), offline=True, project="trainviz-test"),
+        pl.loggers.MLFlowLogger("t", tracking_uri=uri, artifact_location=str(root / "mlflow-artifacts")),
+        pl.loggers.CSVLogger(str(root), name="csv"),
     ]
     callbacks = [
         trainviz.DynamicsCallback(probe_size=24),

@@ -18,12 +18,9 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from trainviz.core.budget import Scheduler, check_budget
@@ -31,6 +28,7 @@ from trainviz.core.checks import check_choice, check_int, check_positive_int
 from trainviz.core.common import WarnOnce, example_indices
 from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.core.layers import resolve_layers
+from trainviz.core.namespace import callback_base, info, namespace_of
 from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
@@ -39,6 +37,13 @@ from trainviz.core.threads import contention
 from trainviz.data.base import Normalization
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
 from trainviz.sinks.loggers import logger_backends
+from trainviz.sinks.tensorboard import tensorboard_command
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+else:
+    Callback = callback_base()  # the Callback of every installed Lightning namespace (trainviz.core.namespace)
 
 __all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink", "release_sinks"]
 
@@ -65,6 +70,7 @@ def make_sink(trainer: pl.Trainer, name: str, log_dir: str, user: object | None 
             "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
             "background": BackgroundWriter(),
             "users": set(),
+            "namespace": namespace_of(trainer),  # the fit-end line goes to the console of the user's Lightning
         }
     entry["users"].add(id(user))
     return Sink(name, entry["writer"], entry["store"], entry["background"], entry["loggers"])
@@ -82,17 +88,19 @@ def release_sinks(user: object) -> None:
         entry["background"].close()
         if entry["writer"] is not None:
             entry["writer"].flush()
-        _where_to_look(key, entry)
+        trainer = getattr(user, "_trainer", None)
+        _where_to_look(key, entry, getattr(trainer, "max_epochs", None))
 
 
-def _where_to_look(log_dir: str, entry: dict[str, Any]) -> None:
+def _where_to_look(log_dir: str, entry: dict[str, Any], epochs: int | None = None) -> None:
     """The fit-end line: the artifact folder, the report command and each logger's folder or URL."""
     store = entry["store"].root
     if not store.is_dir():
         return
     lines = [f"trainviz: artifacts in {store}", f"  report: trainviz report {log_dir}"]
     if entry["writer"] is not None:
-        lines.append(f"  TensorBoard: tensorboard --logdir {getattr(entry['writer'], 'log_dir', log_dir)}")
+        command = tensorboard_command(getattr(entry["writer"], "log_dir", log_dir), epochs)
+        lines.append(f"  TensorBoard: {command}  (every epoch's images: TensorBoard keeps 10 per tag by default)")
     for logger in entry["loggers"]:
         try:
             where = logger.where()
@@ -100,7 +108,7 @@ def _where_to_look(log_dir: str, entry: dict[str, Any]) -> None:
             where = None
         if where:
             lines.append(f"  {logger.name}: {where}")
-    rank_zero_info("\n".join(lines))
+    info("\n".join(lines), entry["namespace"])
 
 
 def _dataset_of(loader: Any) -> Any:
@@ -410,7 +418,7 @@ class ProbeCallback(Callback):
                 check(model, example, layers)
         wanted = [specs] if isinstance(specs, str) else list(specs)
         if "auto" in wanted:
-            rank_zero_info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(layers)}")
+            info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(layers)}", self._trainer)
         return layers
 
     def _due(self, trainer: pl.Trainer) -> bool:

@@ -10,9 +10,8 @@ The computation is :mod:`trainviz.probes.cam`; this module is the Lightning life
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
@@ -20,6 +19,9 @@ from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_bool, check_choice, check_layers, check_positive_int
 from trainviz.ops.cam import AGGREGATES, METHODS
 from trainviz.probes.cam import CAMConfig, class_maps, compute, evolution
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["CAMCallback"]
 

@@ -8,9 +8,8 @@ The computation is :mod:`trainviz.probes.decoder_maps`; this module is the Light
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
@@ -18,6 +17,9 @@ from trainviz.callbacks.base import ProbeCallback, check_choice, check_positive_
 from trainviz.core.common import class_names
 from trainviz.ops.class_maps import SHARPNESS_MEASURES, PatternTracker, Sharpness, logits_and_maps
 from trainviz.probes.decoder_maps import DecoderMapConfig, compute, evolution, formation
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["DecoderMapCallback"]
 

@@ -6,15 +6,17 @@ The computation is :func:`trainviz.probes.dynamics.compute`; this module is the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, check_positive_int
 from trainviz.core.guard import probe_guard
 from trainviz.ops.predict import predict_logits
 from trainviz.probes.dynamics import DynamicsConfig, compute
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["DynamicsCallback"]
 

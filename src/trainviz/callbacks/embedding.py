@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
@@ -36,6 +35,9 @@ from trainviz.probes.embedding import (
     probe_arrays,
 )
 from trainviz.render.images import to_uint8
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["EmbeddingCallback", "METHODS", "MAX_POINTS"]
 

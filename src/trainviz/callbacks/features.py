@@ -9,11 +9,9 @@ The computation is :mod:`trainviz.probes.features`; this module is the Lightning
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
@@ -21,10 +19,14 @@ from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_choice, check_layers, check_positive_int
 from trainviz.core.guard import preserve_rng, probe_guard
 from trainviz.core.layers import find_last_spatial_layer, resolve_layer
+from trainviz.core.namespace import info
 from trainviz.core.probeset import ProbeSet, split_item, stratified_indices
 from trainviz.data.base import Normalization
 from trainviz.ops.features import FILTER_SCALINGS
 from trainviz.probes.features import FeatureConfig, auto_activation_layer, check_feature_layers, compute
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["FeatureMapCallback"]
 
@@ -266,7 +268,7 @@ class FeatureMapCallback(ProbeCallback):
                     "module; pass layer names (see `trainviz.list_layers(model)`)."
                 )
             specs = [auto if s == "auto" else s for s in specs]
-            rank_zero_info(f"trainviz: FeatureMapCallback layers='auto' resolved to {auto!r}")
+            info(f"trainviz: FeatureMapCallback layers='auto' resolved to {auto!r}", self._trainer)
         model = self.logits_model(pl_module)
         self._filters, self._lines, self._rgb_filter = {}, {}, None
         for i, spec in enumerate(([self.filter_layer] if self.filter_layer else []) + list(self.filter_layers)):

@@ -11,16 +11,21 @@ import subprocess
 import sys
 import time
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, make_sink, release_sinks
 from trainviz.core.budget import Scheduler
 from trainviz.core.common import json_number
+from trainviz.core.namespace import callback_base
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+else:
+    Callback = callback_base()  # the Callback of every installed Lightning namespace (trainviz.core.namespace)
 
 __all__ = ["RunManifestCallback", "collect_manifest"]
 
@@ -28,6 +33,7 @@ PACKAGES = (
     "trainviz",
     "torch",
     "torchvision",
+    "lightning",
     "pytorch-lightning",
     "numpy",
     "scikit-learn",

@@ -8,9 +8,8 @@ Lightning lifecycle around it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
@@ -21,6 +20,9 @@ from trainviz.core.layers import resolve_layer
 from trainviz.core.outputs import expect_logits
 from trainviz.ops.maxact import Target, target_key
 from trainviz.probes.maxact import MaxActConfig, compute, evolution, label_of
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["MaxActivationCallback"]
 

@@ -13,22 +13,24 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_bool, check_float, check_int, check_positive_int
 from trainviz.core.guard import probe_guard
+from trainviz.core.namespace import info
 from trainviz.core.probeset import ProbeSet
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES
 from trainviz.ops.predict import predict_logits
 from trainviz.probes import robustness as probes
 from trainviz.probes.robustness_result import Schedule
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["RobustnessCallback"]
 
@@ -203,7 +205,7 @@ class RobustnessCallback(ProbeCallback):
         self.active, self.skipped = probes.applicable(pixels, self.rows, self.probe_seed)
         if self.skipped:
             reasons = "; ".join(f"{n} ({r})" for n, r in self.skipped.items())
-            rank_zero_info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}")
+            info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
         if not self.active:
             raise ValueError(f"None of the corruptions {self.corruptions} applies to this data: {self.skipped}.")
         if self.reference is not None:

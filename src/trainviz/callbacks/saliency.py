@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
@@ -21,6 +20,9 @@ from trainviz.core.checks import check_bool, check_choice, check_float, check_in
 from trainviz.core.guard import probe_guard
 from trainviz.ops.sanity import randomizable_layers
 from trainviz.probes.saliency import METHODS, SaliencyConfig, attribute, compute, evolution, run_seed
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["SaliencyCallback"]
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from trainviz.core.namespace import info, is_instance
 
 __all__ = ["LONG_SECONDS", "Reporter", "Task", "display_for", "task"]
 
@@ -117,8 +117,11 @@ class _ConsoleDisplay(_Display):
 
 
 class _LogDisplay(_Display):
+    def __init__(self, trainer: Any = None) -> None:
+        self.trainer = trainer
+
     def write(self, line: str) -> None:
-        rank_zero_info(line)
+        info(line, self.trainer)
 
 
 def display_for(trainer: Any) -> _Display | None:
@@ -129,14 +132,12 @@ def display_for(trainer: Any) -> _Display | None:
         bar = getattr(trainer, "progress_bar_callback", None)
         if bar is None or not getattr(bar, "is_enabled", False):
             return None
-        from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
-
-        if isinstance(bar, TQDMProgressBar):
+        if is_instance(bar, "callbacks", "TQDMProgressBar"):  # of either Lightning namespace
             return _TqdmDisplay(2 * bar.process_position + 2)  # below the main and the validation bar
-        if isinstance(bar, RichProgressBar):
+        if is_instance(bar, "callbacks", "RichProgressBar"):
             console = getattr(getattr(bar, "progress", None), "console", None) or getattr(bar, "_console", None)
-            return _ConsoleDisplay(console) if console is not None else _LogDisplay()
-        return _LogDisplay()
+            return _ConsoleDisplay(console) if console is not None else _LogDisplay(trainer)
+        return _LogDisplay(trainer)
     except Exception as err:  # a display must never fail the work
         _log.debug("trainviz: no progress display: %r", err)
         return None

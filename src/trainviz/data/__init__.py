@@ -1,7 +1,8 @@
 """Embedded data: scikit-learn's digits and generated shapes (no downloads)."""
 
-from trainviz.data.base import Normalization, TensorImageDataModule, TensorImageDataset
+from trainviz.data.base import Normalization, TensorImageDataset
 from trainviz.data.digits import DigitsDataModule, load_digits_images
+from trainviz.data.module import TensorImageDataModule
 from trainviz.data.shapes import SHAPE_CLASSES, ShapesDataModule, make_shapes
 
 __all__ = [

@@ -1,17 +1,15 @@
-"""Shared pieces of trainviz's embedded data modules: normalisation and the tensor DataModule."""
+"""Shared pieces of trainviz's embedded data: normalisation and the tensor dataset (no Lightning: the DataModule
+is in :mod:`trainviz.data.module`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from trainviz.core.checks import check_positive_int
-
-__all__ = ["Normalization", "TensorImageDataset", "TensorImageDataModule"]
+__all__ = ["Normalization", "TensorImageDataset"]
 
 
 @dataclass(frozen=True)
@@ -80,44 +78,9 @@ class TensorImageDataset(Dataset):
         return self.images[i], self.labels[i], self.masks[i]
 
 
-class TensorImageDataModule(pl.LightningDataModule):
-    """A LightningDataModule over in-memory train/val :class:`TensorImageDataset` splits.
+def __getattr__(name: str):  # `TensorImageDataModule` moved to `trainviz.data.module` (it imports Lightning)
+    if name == "TensorImageDataModule":
+        from trainviz.data.module import TensorImageDataModule
 
-    Subclasses implement :meth:`build` returning ``(train_dataset, val_dataset)`` and set
-    ``normalization``, ``class_names`` and ``in_channels``.
-    """
-
-    normalization: Normalization
-    class_names: list[str]
-    in_channels: int
-
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__()
-        check_positive_int("batch_size", batch_size)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.train_set: TensorImageDataset | None = None
-        self.val_set: TensorImageDataset | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input -> displayable pixels in [0, 1]."""
-        return self.normalization.denormalize(x)
-
-    def build(self) -> tuple[TensorImageDataset, TensorImageDataset]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set, self.val_set = self.build()
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers, generator=generator
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return TensorImageDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from trainviz.core.checks import check_float
-from trainviz.data.base import Normalization, TensorImageDataModule, TensorImageDataset
+from trainviz.data.base import Normalization, TensorImageDataset
+from trainviz.data.module import TensorImageDataModule
 
 __all__ = ["DigitsDataModule", "load_digits_images"]
 

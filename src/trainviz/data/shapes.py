@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from trainviz.core.checks import check_float, check_int, check_positive_int
-from trainviz.data.base import Normalization, TensorImageDataModule, TensorImageDataset
+from trainviz.data.base import Normalization, TensorImageDataset
+from trainviz.data.module import TensorImageDataModule
 
 __all__ = ["ShapesDataModule", "make_shapes", "SHAPE_CLASSES"]
 

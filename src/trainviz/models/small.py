@@ -1,5 +1,9 @@
 """trainviz's demo networks as LightningModules.
 
+The LightningModules derive from the Lightning namespace the program uses (``lightning.pytorch`` or
+``pytorch_lightning``; ``TRAINVIZ_LIGHTNING`` chooses: see :mod:`trainviz.core.namespace`), so they train in
+``L.Trainer`` and in ``pl.Trainer`` alike.
+
 ``SmallCNN`` ends in global average pooling + linear, so CAM applies at ``features``.
 
 Example:
@@ -14,12 +18,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainviz.core.checks import check_choice
+from trainviz.core.namespace import lightning
+
+pl = lightning()  # `lightning.pytorch` or `pytorch_lightning`: the program's own (trainviz.core.namespace)
 
 __all__ = ["SmallCNN", "DemoClassifier"]
 

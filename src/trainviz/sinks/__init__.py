@@ -17,6 +17,7 @@ _EXPORTS = {
     "Sink": "trainviz.sinks.sink",
     "find_summary_writer": "trainviz.sinks.tensorboard",
     "open_summary_writer": "trainviz.sinks.tensorboard",
+    "tensorboard_command": "trainviz.sinks.tensorboard",
     "ProjectorWriter": "trainviz.sinks.projector",
 }
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir
     from trainviz.sinks.projector import ProjectorWriter
     from trainviz.sinks.sink import Sink
-    from trainviz.sinks.tensorboard import find_summary_writer, open_summary_writer
+    from trainviz.sinks.tensorboard import find_summary_writer, open_summary_writer, tensorboard_command
     from trainviz.sinks.writer import BackgroundWriter
 
 

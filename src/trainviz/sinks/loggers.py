@@ -35,7 +35,8 @@ import re
 from typing import Any
 
 import numpy as np
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from trainviz.core.namespace import info, is_instance
 
 __all__ = [
     "CSVBackend",
@@ -194,9 +195,10 @@ class CSVBackend(LoggerBackend):
     def image(self, tag: str, image: np.ndarray, epoch: int, caption: str | None = None) -> None:
         if not self._said:
             self._said = True
-            rank_zero_info(
+            info(
                 "trainviz: the CSV logger takes scalars only; images stay as PNG files under the trainviz artifact "
-                "folder (and in `trainviz report RUN_DIR`)."
+                "folder (and in `trainviz report RUN_DIR`).",
+                self.logger,
             )
 
     def where(self) -> str | None:
@@ -204,18 +206,17 @@ class CSVBackend(LoggerBackend):
 
 
 def logger_backends(loggers: list[Any]) -> list[LoggerBackend]:
-    """A backend for every logger of a trainer that is not TensorBoard (which the sink writes itself)."""
-    from pytorch_lightning.loggers import CometLogger, CSVLogger, MLFlowLogger, WandbLogger
-
+    """A backend for every logger of a trainer that is not TensorBoard (which the sink writes itself), whichever
+    Lightning namespace the logger comes from (:mod:`trainviz.core.namespace`)."""
     kinds = (
-        (WandbLogger, WandbBackend),
-        (MLFlowLogger, MLflowBackend),
-        (CometLogger, CometBackend),
-        (CSVLogger, CSVBackend),
+        ("WandbLogger", WandbBackend),
+        ("MLFlowLogger", MLflowBackend),
+        ("CometLogger", CometBackend),
+        ("CSVLogger", CSVBackend),
     )
     out: list[LoggerBackend] = []
     for logger in loggers or []:
         for kind, backend in kinds:
-            if isinstance(logger, kind):
+            if is_instance(logger, "loggers", kind):
                 out.append(backend(logger))
     return out

@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["find_summary_writer", "open_summary_writer"]
+__all__ = ["find_summary_writer", "open_summary_writer", "tensorboard_command"]
 
 
 def find_summary_writer(trainer: Any) -> Any | None:
-    """The ``SummaryWriter`` of the trainer's first TensorBoardLogger, or ``None``."""
-    from pytorch_lightning.loggers import TensorBoardLogger
+    """The ``SummaryWriter`` of the trainer's first TensorBoardLogger (of either Lightning namespace), or ``None``."""
+    from trainviz.core.namespace import is_instance
 
     for logger in getattr(trainer, "loggers", []) or []:
-        if isinstance(logger, TensorBoardLogger):
+        if is_instance(logger, "loggers", "TensorBoardLogger"):
             return logger.experiment
     return None
 
@@ -24,3 +24,18 @@ def open_summary_writer(log_dir: str | os.PathLike) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir))
+
+
+def tensorboard_command(log_dir: str | os.PathLike, epochs: int | None = None) -> str:
+    """The command that shows every logged epoch of ``log_dir`` in TensorBoard.
+
+    TensorBoard keeps 10 images per tag by default, so a longer run shows 10 sampled epochs of each evolving
+    picture; ``--samples_per_plugin images=N`` keeps N (and ``images=0`` keeps none at all in TensorBoard 2.21).
+    N is the number of epochs, at least 10 (the default it replaces).
+
+    Example:
+        >>> tensorboard_command("runs/demo", 100)
+        'tensorboard --logdir runs/demo --samples_per_plugin images=100'
+    """
+    keep = max(int(epochs or 0), 10)
+    return f"tensorboard --logdir {log_dir} --samples_per_plugin images={keep}"
