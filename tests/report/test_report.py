@@ -280,3 +280,23 @@ def test_trainviz_demo_runs_every_callback_and_writes_the_report(tmp_path, capsy
     page = Path(log_dir) / "trainviz" / "report" / "index.html"
     assert page.exists() and (page.parent / "summary.json").exists()
     assert f"trainviz report: {page}" in capsys.readouterr().out
+
+
+def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_for_every_epoch(
+    run, tmp_path, monkeypatch
+):
+    import html as html_module
+
+    from trainviz.callbacks import base
+    from trainviz.sinks import ArtifactStore
+
+    page = html_module.unescape(build_report(run, tmp_path / "r.html").read_text("utf-8"))
+    manifest = page[page.index('<section id="manifest">') :]
+    assert f"tensorboard --logdir {run} --samples_per_plugin images=10" in manifest  # 2 epochs: at least the default
+
+    said = []
+    writer = type("Writer", (), {"log_dir": str(run)})()
+    entry = {"store": ArtifactStore(run / "trainviz"), "writer": writer, "loggers": [], "namespace": None}
+    monkeypatch.setattr(base, "info", lambda message, obj=None: said.append(message))
+    base._where_to_look(str(run), entry, epochs=100)
+    assert f"tensorboard --logdir {run} --samples_per_plugin images=100" in said[0]

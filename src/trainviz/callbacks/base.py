@@ -33,6 +33,7 @@ from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.progress import Task, task
+from trainviz.core.strategy import check_strategy
 from trainviz.core.threads import contention
 from trainviz.data.base import Normalization
 from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
@@ -324,6 +325,7 @@ class ProbeCallback(Callback):
         when the model is configured, restored and on its device."""
         if stage != "fit":
             return
+        check_strategy(trainer, type(self).__name__)  # on every rank: a sharded model is refused by all of them
         self._trainer = trainer
         source = self._probe_source(trainer)
         if self.probe is None:

@@ -44,6 +44,7 @@ from trainviz.report.logged import logged_curves
 from trainviz.report.sections import SPEC_FILE, render_sections
 from trainviz.report.template import PAGE
 from trainviz.sinks.artifacts import ArtifactStore, atomic_write, epoch_dir, write_plotly_js
+from trainviz.sinks.tensorboard import tensorboard_command
 
 __all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run"]
 
@@ -401,6 +402,16 @@ def _figure_json(fig: Any) -> str:
     return text
 
 
+def _tensorboard_note(root: Path) -> str:
+    """How to see every epoch's images of this run in TensorBoard (it keeps 10 per tag by default)."""
+    epochs = [int(p.name.split("_")[1]) for p in root.glob("*/epoch_*") if p.name.split("_")[1].isdigit()]
+    command = tensorboard_command(root.parent, max(epochs, default=-1) + 1)
+    return (
+        f"<p class=note>TensorBoard keeps 10 images per tag by default; to see every epoch's pictures of this run: "
+        f"<code>{_esc(command)}</code> (<code>images=0</code> shows none).</p>"
+    )
+
+
 def _flatten(prefix: str, value: Any, rows: list[tuple[str, Any]]) -> None:
     if isinstance(value, Mapping) and value:
         for k, v in value.items():
@@ -549,7 +560,7 @@ def build_report(
         _flatten("", run.manifest, manifest_rows)
     no_manifest = "<p class=note>No manifest recorded (add RunManifestCallback).</p>"
     manifest = _key_table(manifest_rows) if manifest_rows else no_manifest
-    sections.append(f'<section id="manifest"><h2>Run manifest</h2>{manifest}</section>')
+    sections.append(f'<section id="manifest"><h2>Run manifest</h2>{manifest}{_tensorboard_note(run.root)}</section>')
     if run.latest is None:
         sections.insert(0, "<p class=note>No robustness artifacts in this run (add RobustnessCallback).</p>")
 
