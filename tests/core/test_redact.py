@@ -11,7 +11,14 @@ from argparse import Namespace
 
 import pytest
 
-from trainviz.core.redact import REDACTED, Redactor, check_patterns, name_parts, strip_url_credentials
+from trainviz.core.redact import (
+    REDACTED,
+    Redactor,
+    check_patterns,
+    name_parts,
+    redact_manifest,
+    strip_url_credentials,
+)
 
 SECRET = "Zq9xS3CR3Tv4lue"
 
@@ -358,3 +365,27 @@ def test_disabled_redactor_converts_and_redacts_nothing():
     out = r.plain(_hparams())
     assert out["storage"]["secret_access_key"] == SECRET and out["nan"] is None and out["tags"] == ["only"]
     assert r.redacted == []
+
+
+def test_an_old_manifest_is_scrubbed_as_a_new_one_is_written():
+    """The record an earlier trainviz wrote: the command line verbatim, hyperparameters as plain values or as a
+    ``repr``; scrubbed twice, it stays the same."""
+    old = {
+        "command": ["/usr/bin/python", "train.py", "--hf-token", SECRET, f"--db=mysql://u:{SECRET}@h/x", "--lr=0.1"],
+        "cwd": "/home/me/project",
+        "git": {"commit": "abc", "dirty": False},
+        "model": {"class": "Net", "hparams": {"lr": 0.1, "s3": {"secret": SECRET}, "cfg": f"Cfg(pwd='{SECRET}')"}},
+        "data": {"class": "DM", "hparams": {}},
+        "trainer": {"max_epochs": 3, "ckpt_path": None},
+        "budget": {"training_seconds": 1.5},
+    }
+    new = redact_manifest(old, extra=["salt"])
+    assert SECRET not in json.dumps(new)
+    assert new["command"] == ["/usr/bin/python", "train.py", "--hf-token", "***", "--db=mysql://u:***@h/x", "--lr=0.1"]
+    assert new["model"]["hparams"] == {"lr": 0.1, "s3": {"secret": "***"}, "cfg": "Cfg(pwd='***')"}
+    assert {k: new[k] for k in ("cwd", "git", "data", "trainer", "budget")} == {
+        k: old[k] for k in ("cwd", "git", "data", "trainer", "budget")
+    }
+    expected = ["command[3]", "command[4]", "model.hparams.s3.secret", "model.hparams.cfg"]
+    assert new["redaction"] == {"enabled": True, "extra_names": ["salt"], "redacted": expected}
+    assert redact_manifest(new, extra=["salt"]) == new

@@ -64,6 +64,7 @@ __all__ = [
     "Redactor",
     "check_patterns",
     "name_parts",
+    "redact_manifest",
     "strip_url_credentials",
 ]
 
@@ -365,3 +366,35 @@ def strip_url_credentials(url: str | None) -> str | None:
         'git@github.com:o/r.git'
     """
     return None if url is None else Redactor().text(url)
+
+
+def redact_manifest(manifest: Mapping[str, Any], extra: Iterable[str] = ()) -> dict[str, Any]:
+    """A manifest record (``manifest.json`` or a line of ``runs.jsonl``), written by an earlier trainviz or with
+    ``redact=False``, redacted as :class:`~trainviz.callbacks.manifest.RunManifestCallback` redacts today: the
+    command line by the command-line rules, every value by the name and string rules (hyperparameters stored as
+    a ``repr`` get the string rules); ``redaction`` says what was redacted (what an earlier redaction listed
+    included). To scrub old run folders (see the README's "Secrets").
+
+    Example:
+        >>> old = {"command": ["python", "train.py", "--api-key", "abc"], "model": {"hparams": {"hf_token": "x"}}}
+        >>> new = redact_manifest(old)
+        >>> new["command"], new["model"]
+        (['python', 'train.py', '--api-key', '***'], {'hparams': {'hf_token': '***'}})
+        >>> new["redaction"]["redacted"]
+        ['command[3]', 'model.hparams.hf_token']
+    """
+    r = Redactor(extra)
+    record = {k: v for k, v in manifest.items() if k != "redaction"}
+    if isinstance(record.get("command"), list):
+        record["command"] = r.argv(record["command"], path="command")
+    out: dict[str, Any] = r.plain(record)
+    before = manifest.get("redaction")
+    before = before if isinstance(before, Mapping) else {}
+    names = [str(n) for n in before.get("extra_names") or []]
+    redacted = [str(p) for p in before.get("redacted") or []]
+    out["redaction"] = {
+        "enabled": True,
+        "extra_names": names + [n for n in r.extra if n not in names],
+        "redacted": redacted + [p for p in r.redacted if p not in redacted],
+    }
+    return out
