@@ -97,3 +97,29 @@ def test_mce_keeps_its_default_reference_and_a_reference_run_adds_the_normalised
     assert summary["normalized_ce/grayscale"] == pytest.approx(errors["grayscale"] / 0.5)
     assert record["normalized_mce_reference"] == str(tmp_path / "summary.json")
     assert type(result).from_record(record).record() == record
+
+
+def test_the_report_states_the_set_the_protocol_the_mce_reference_and_frost(tmp_path):
+    from trainviz.report import builder
+
+    probe = _probe()
+    rows = [("frost", 1), ("fog", 1)]
+    ref = {"clean_accuracy": 0.9, "corruption_accuracy/frost/s1": 0.5, "corruption_accuracy/fog/s1": 0.8}
+    (tmp_path / "summary.json").write_text(json.dumps(ref))
+    config = probes.RobustnessConfig(
+        Normalization.identity(3),
+        reference=probes.load_reference(tmp_path / "summary.json", rows),
+        param_set="imagenet-c",
+    )
+    inputs, _ = probes.CorruptionCache().inputs(probe, rows, config.norm, 0, source=probe, param_set="imagenet-c")
+    result = probes.compute(
+        DemoClassifier(num_classes=3).eval(), probe, inputs, probes.Plan(rows, False, False), config, 0
+    )
+    run = builder.RunArtifacts(root=tmp_path, robustness=[type(result).from_record(result.record())])
+    head = builder._headline(run, result.report_summary())
+    assert "imagenet-c set" in head and "corrupted on the fly" in head and "JPEG-saved" in head
+    assert "mCE and relative mCE: unnormalised" in head and "Normalised mCE: reference run" in head
+    assert "normalized_mce" in head
+    table = builder._accuracy_table(run.latest, {})
+    frost_row = next(line for line in table.split("<tr>") if line.startswith("<th>frost"))
+    assert "approximation" in frost_row and "approximation" not in table.split("<th>fog")[1]
