@@ -185,7 +185,8 @@ def cache_at_size(size: int, n: int) -> None:
     print(f"  = {1000 * total / n:.0f} ms per probe image for the whole suite; 256 images: {256 * total / n:.0f} s")
     print(f"cache holds {held / 2**20:.1f} MiB uint8 on the host ({held / n / len(rows) / 1024:.0f} KiB per image);")
     print(
-        f"  256 images: {256 * held / n / 2**30:.2f} GiB (float32 rows on the device: {4 * 256 * held / n / 2**30:.1f} GiB)"
+        f"  256 images: {256 * held / n / 2**30:.2f} GiB "
+        f"(float32 rows on the device: {4 * 256 * held / n / 2**30:.1f} GiB)"
     )
     print(f"peak resident memory added while corrupting: {peak_added:.0f} MiB (cached rows included)")
     print(f"streamed pass over {len(inputs)} inputs in batches of 64 (uint8 -> float, normalise): {stream:.2f} s")
