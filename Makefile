@@ -17,12 +17,14 @@ $(VENV)/.setup: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[lightning]"
 	touch $@
 
-# Two references installed without their dependencies: Quantus (the sanity checks' oracle) would bring
+# Three references installed without their dependencies: Quantus (the sanity checks' oracle) and
+# imagecorruptions-imaug (the ImageNet-C oracle) would bring
 # opencv-python over the dev extra's opencv-python-headless; torch-lucent (MaxOut's reference, in a test and
 # the benchmark) pins kornia<=0.4.1 and notebook packages it does not need.
 $(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0" "torch-lucent==0.1.8"
+	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0" "torch-lucent==0.1.8" \
+		"imagecorruptions-imaug==1.1.5"
 	touch $@
 
 setup: $(VENV)/.setup

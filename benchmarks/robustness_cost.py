@@ -2,6 +2,12 @@
 one-time cost of corrupting the probe set, per image.
 
     python benchmarks/robustness_cost.py [--probe-size 128] [--data shapes] [--repeats 5] [--threads N]
+    python benchmarks/robustness_cost.py --size 224 [--probe-size 8]
+
+``--size 224`` measures only the corruption cache at ImageNet size instead: ``--probe-size`` random smooth
+224x224 images corrupted by the default suite (82 rows, the ImageNet-C parameter set), the seconds per corrupted
+image (one-time, per row and image), the peak resident memory added while building the cache, the bytes the
+cache holds (uint8 on the host) and what float32 rows on the device held before, and one streamed pass over it.
 
 The probe run (cache built, default corruptions and severities, adversarial parts off) is compared with
 ``predict_logits`` over the same ``(1 + rows) x probe_size`` images, both under the probe guard. The run's
@@ -47,9 +53,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (1 gives steadier ratios on a busy machine)"
     )
+    parser.add_argument("--size", type=int, default=None, help="only the corruption cache, on random images")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.size:
+        cache_at_size(args.size, args.probe_size)
+        return
 
     torch.manual_seed(0)
     dm = ShapesDataModule() if args.data == "shapes" else DigitsDataModule()
@@ -132,6 +142,60 @@ def main() -> None:
             f"{name} {1000 * seconds / (args.probe_size * sum(1 for n, _ in forward_only.active if n == name)):.2f}"
             for name, seconds in slowest
         ),
+    )
+
+
+def cache_at_size(size: int, n: int) -> None:
+    """The corruption cache at ``size`` px: one-time cost per image, peak memory, what it holds, a streamed pass."""
+    import resource
+
+    from trainviz.callbacks.robustness import IMAGENET_C, SEED_PROBES
+    from trainviz.core.probeset import ProbeSet
+    from trainviz.data import Normalization
+    from trainviz.probes.robustness import CorruptionCache, suite
+
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(n, 3, size // 8, size // 8), size=(size, size), mode="bilinear")
+    images = (0.7 * smooth + 0.3 * torch.rand(n, 3, size, size)).clamp(0, 1)
+    norm = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    probe = ProbeSet(norm.normalize(images), torch.arange(n) % 10, torch.arange(n))
+    _, _, rows = suite(SEED_PROBES + IMAGENET_C, [1, 2, 3, 4, 5])
+    cache, per_row = CorruptionCache(), {}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    for row in rows:  # one row at a time, to time each; the cache keeps every row
+        t = time.perf_counter()
+        cache.inputs(probe, [row], norm, 0, source=probe)
+        per_row[row] = time.perf_counter() - t
+    total = time.perf_counter() - start
+    peak_added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    inputs, again = cache.inputs(probe, rows, norm, 0, source=probe)
+    held = sum(b.nbytes for b in inputs.blocks)
+    start = time.perf_counter()
+    for a in range(0, len(inputs), 64):
+        inputs[a : a + 64]
+    stream = time.perf_counter() - start
+    by_name: dict[str, float] = defaultdict(float)
+    for (name, _), sec in per_row.items():
+        by_name[name] += sec
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {n} images of 3x{size}x{size}, {len(rows)} rows"
+    )
+    print(f"one-time corruption: {total:.1f} s, {1000 * total / (n * len(rows)):.1f} ms per corrupted image")
+    print(f"  = {1000 * total / n:.0f} ms per probe image for the whole suite; 256 images: {256 * total / n:.0f} s")
+    print(f"cache holds {held / 2**20:.1f} MiB uint8 on the host ({held / n / len(rows) / 1024:.0f} KiB per image);")
+    print(
+        f"  256 images: {256 * held / n / 2**30:.2f} GiB "
+        f"(float32 rows on the device: {4 * 256 * held / n / 2**30:.1f} GiB)"
+    )
+    print(f"peak resident memory added while corrupting: {peak_added:.0f} MiB (cached rows included)")
+    print(f"streamed pass over {len(inputs)} inputs in batches of 64 (uint8 -> float, normalise): {stream:.2f} s")
+    print(f"served from the cache again: {again is None}")
+    slowest = sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
+    per = {name: sum(1 for r in rows if r[0] == name) for name in by_name}
+    print(
+        "slowest (ms per image, mean over severities):",
+        ", ".join(f"{k} {1000 * v / n / per[k]:.0f}" for k, v in slowest),
     )
 
 

@@ -52,9 +52,9 @@ def fitted(tmp_path_factory):
     calls = []
     original = robustness_module.corrupt
 
-    def counting(x, name, severity=1, *, seed=0):
+    def counting(x, name, severity=1, *, seed=0, param_set="auto"):
         calls.append((name, severity, x.shape[0]))
-        return original(x, name, severity, seed=seed)
+        return original(x, name, severity, seed=seed, param_set=param_set)
 
     robustness_module.corrupt = counting
     try:
@@ -128,10 +128,12 @@ def test_single_level_corruptions_run_at_their_level_and_state_keys_differ():
 
 
 def _reference_metrics(model, cb: RobustnessCallback):
-    """Everything recomputed from scratch with numpy: corrupt, normalise, forward, then the formulas."""
+    """Everything recomputed from scratch with numpy: corrupt, round to 8 bits (as the cache keeps them),
+    normalise, forward, then the formulas."""
     probe, norm = cb.probe, cb.norm
     pixels = norm.denormalize(probe.images)
-    blocks = [probe.images] + [norm.normalize(corrupt(pixels, n, s, seed=cb.probe_seed)) for n, s in cb.active]
+    quantised = [(corrupt(pixels, n, s, seed=cb.probe_seed) * 255).round() / 255 for n, s in cb.active]
+    blocks = [probe.images] + [norm.normalize(q) for q in quantised]
     model.eval()
     with torch.no_grad():
         logits = np.stack([model(b).double().numpy() for b in blocks])
@@ -203,7 +205,11 @@ def test_a_fit_writes_every_epoch_and_matches_a_numpy_recomputation(fitted):
     assert steps.shape == (24,) and set(steps.tolist()) <= {-1, 1, 2, 3}  # the clean prediction never counts 0 steps
     assert last["flip"]["never_flipped"] == int((steps < 0).sum())
     summary = json.loads((log_dir / "trainviz" / "robustness" / "summary.json").read_text())
+    protocol = summary.pop("protocol")  # how the numbers were made, beside the flat metrics
     assert summary == pytest.approx(summary_from_record(last))
+    assert protocol["corruption_params"] == last["corruption_params"] == "cifar10-c"  # 32 px: CIFAR-10-C's set
+    assert protocol["corruption_protocol"].startswith("corrupted on the fly")
+    assert protocol["mce_reference"].startswith("unnormalised") and "normalized_mce" not in summary
     assert {"clean_accuracy", "mce", "relative_mce", "fgsm_accuracy@0.0157", "corruption_accuracy/contrast/s5"} <= set(
         summary
     )
@@ -224,7 +230,7 @@ def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
     shift = table["cam_shift"]
     assert shift.shape == (len(cb.active), 24)
     assert list(cb._cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
-    inputs = cb._corrupted_inputs(cb.probe, cb.active, 1).view(1 + len(cb.active), 24, 3, 32, 32)
+    inputs = cb._corrupted_inputs(cb.probe, cb.active, 1).tensor().view(1 + len(cb.active), 24, 3, 32, 32)
     model.eval()
     maps = [
         grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy()
@@ -271,9 +277,9 @@ def test_the_probe_set_is_corrupted_once_and_reused(fitted):
     full = [c for c in calls if c[2] == 24]  # setup checks use 8 images; the cache the whole probe set
     assert sorted((n, s) for n, s, _ in full) == sorted(cb.active)  # once for two epochs
     assert len(cb._cache) == len(cb.active)  # one cached block per row
-    inputs = cb._corrupted_inputs(cb.probe, cb.active, 5)
+    inputs = cb._corrupted_inputs(cb.probe, cb.active, 5).tensor()
     assert inputs.shape == ((1 + len(cb.active)) * 24, 3, 32, 32)
-    assert torch.equal(cb._corrupted_inputs(cb.probe, cb.active, 5), inputs)
+    assert torch.equal(cb._corrupted_inputs(cb.probe, cb.active, 5).tensor(), inputs)
     assert len([c for c in calls if c[2] == 24]) == len(full)  # served from the cache: no corruption ran again
     cb._on_probe_changed()
     assert len(cb._cache) == 0
@@ -284,12 +290,12 @@ def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
     other = RobustnessCallback(**SMALL)
     other.probe, other.norm, other.active, other.sink = cb.probe, cb.norm, list(cb.active), None
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    rebuilt = other._corrupted_inputs(cb.probe, other.active, 0)
+    rebuilt = other._corrupted_inputs(cb.probe, other.active, 0).tensor()
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
-    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, cb.active, 0))
+    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, cb.active, 0).tensor())
     other.probe_seed = 1  # another seed, other noise: the key changes and gaussian noise differs
-    changed = other._corrupted_inputs(cb.probe, other.active, 0)
+    changed = other._corrupted_inputs(cb.probe, other.active, 0).tensor()
     n = 24
     gaussian = cb.active.index(("gaussian_noise", 1)) + 1
     assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(

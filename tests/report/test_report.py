@@ -89,8 +89,9 @@ def test_summary_json_holds_the_flat_metrics_of_the_last_record(run, tmp_path):
     records = [
         json.loads(line) for line in (run / "trainviz" / "robustness" / "metrics.jsonl").read_text().splitlines()
     ]
-    metrics = {k: v for k, v in summary.items() if k not in ("intervals", "probe")}
-    assert set(summary) - set(metrics) == {"intervals", "probe"}
+    metrics = {k: v for k, v in summary.items() if k not in ("intervals", "probe", "protocol")}
+    assert set(summary) - set(metrics) == {"intervals", "probe", "protocol"}
+    assert summary["protocol"]["corruption_params"] == records[-1]["corruption_params"]  # how they were made
     assert metrics == pytest.approx(summary_from_record(records[-1]))
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert summary["epoch"] == 1

@@ -24,7 +24,7 @@ from trainviz.core.guard import probe_guard
 from trainviz.core.namespace import info
 from trainviz.core.probeset import ProbeSet
 from trainviz.ops.cam import grad_cam
-from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES
+from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, check_param_set, resolve_param_set
 from trainviz.ops.predict import predict_logits
 from trainviz.probes import robustness as probes
 from trainviz.probes.robustness_result import Schedule
@@ -41,21 +41,25 @@ class RobustnessCallback(ProbeCallback):
 
     At every run, for every corruption and severity: accuracy, mean confidence, NLL, ECE (15 bins), flip rate
     against the clean prediction and per-class accuracy; per corruption the corruption error ``CE`` and relative
-    ``CE`` (normalised by a ``reference`` run if given); FGSM accuracy at each ``eps`` (pixel space) and the
-    gradient-ascent steps until the prediction changes; on ``trajectory_images`` probe images (one of each class
-    first), the class predicted at every step of the ascent (Fleuret's table, steps continue after the first
-    change) and the lecture's control, the share of ``random_directions`` random points on the sphere of radius
-    ``2 ||x - x_adv||`` around each flipped image that change its label; with ``cam_shift=True``, the
+    ``CE`` (default reference: error 1; with a ``reference`` run also normalised by its errors); FGSM accuracy
+    at each ``eps`` (pixel space) and the gradient-ascent steps until the prediction changes; on
+    ``trajectory_images`` probe images (one of each class first), the class predicted at every step of the
+    ascent (Fleuret's table, steps continue after the first change) and the lecture's control, the share of
+    ``random_directions`` random points on the sphere of radius ``2 ||x - x_adv||`` around each flipped image
+    that change its label; with ``cam_shift=True``, the
     correlation of the true class's Grad-CAM on each clean image and its corrupted copy. The probe set is
-    corrupted once per row, when the row first runs (same noise at every epoch), and cached on the model's
-    device. Corruptions that do not apply to the data are skipped at setup with one info line. Under a
-    ``budget``, Zhang's probes always run, then FGSM, the other corruptions in turn and the gradient ascent
-    (steps-to-flip and the trajectories, one part) as far as the credit goes.
+    corrupted once per row, when the row first runs (same noise at every epoch), and cached as uint8 on the host;
+    each run streams it to the model's device a batch at a time. The results are labelled "corrupted on the
+    fly" (not the JPEG-saved published ImageNet-C files) with the parameter set used. Corruptions that do not
+    apply to the data are skipped at setup with one info line. Under a ``budget``, Zhang's probes always run,
+    then FGSM, the other corruptions in turn and the gradient ascent (steps-to-flip and the trajectories, one
+    part) as far as the credit goes.
 
     Logged keys (step = epoch; ``<c>`` a corruption; see :meth:`RobustnessResult.scalars
     <trainviz.probes.robustness_result.RobustnessResult.scalars>`):
         - ``trainviz/robustness/{clean,corrupted}/{accuracy,confidence,nll,ece}``, ``corrupted/flip_rate``,
-          ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce`` (scalars); with ``cam_shift``
+          ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce`` (scalars; reference error 1), with a
+          ``reference`` run ``normalized_mce`` and ``normalized_relative_mce``; with ``cam_shift``
           ``corrupted/cam_shift`` and ``cam_shift/<c>``; ``fgsm/accuracy@<eps>``; ``flip/steps_mean`` and
           ``flip/never_fraction``; with trajectories ``adversarial/flip_rate`` (share of the trajectory images
           whose class changed within the steps), ``adversarial/random_direction_flip_rate`` (mean over the flipped
@@ -63,8 +67,10 @@ class RobustnessCallback(ProbeCallback):
           (L2, pixels); ``cache_seconds`` when rows are corrupted; ``seconds``.
         - ``trainviz/robustness/heatmap``, ``examples`` and with trajectories ``adversarial_table`` (images, also
           ``epoch_XXXX/*.png``); the report section ``robustness/section.json`` (the trajectories).
-        - artifacts: ``robustness/metrics.jsonl`` (the record), ``robustness/summary.json`` (flat metrics, usable
-          as another run's ``reference``), ``robustness/epoch_XXXX/{table,adversarial}.npz``.
+        - artifacts: ``robustness/metrics.jsonl`` (the record, with ``corruption_params``,
+          ``corruption_protocol`` and ``mce_reference``), ``robustness/summary.json`` (flat metrics, usable as
+          another run's ``reference``, and ``"protocol"``: the same three),
+          ``robustness/epoch_XXXX/{table,adversarial}.npz``.
 
     Args:
         corruptions: names from :func:`~trainviz.ops.corruptions.list_corruptions` (default: Zhang's probes and
@@ -80,7 +86,12 @@ class RobustnessCallback(ProbeCallback):
         random_directions: random points per flipped image for the control (the lecture's 1,000); ``0`` skips
             it. The points are not clamped to ``[0, 1]`` (clamping would shorten the radius).
         random_radius_factor: the control sphere's radius in units of ``||x - x_adv||`` (the lecture's 2).
-        reference: another run's ``summary.json``, to normalise ``CE``; it must cover every row run here.
+        reference: another run's ``summary.json``: adds the ``normalized_*`` CE and mCE, normalised by its errors
+            (``mce`` and ``ce`` keep their default reference, error 1); it must cover every row run here.
+        corruption_params: the ImageNet-C corruptions' parameters: ``"auto"`` (default) picks the set made for
+            the image side nearest to the probe images' shorter side on a log scale (``"cifar10-c"`` up to 45 px,
+            ``"tinyimagenet-c"`` up to 119 px, ``"imagenet-c"`` above; non-square images go by the shorter side);
+            a set's name forces it. Recorded as ``corruption_params``.
         cam_shift: also compute the CAM shift (about 1.2-1.4x the cost of the forward passes).
         cam_layer: layer of the Grad-CAM (a name, or ``"auto"``), resolved at setup.
         cam_reshape: the Grad-CAM's ``reshape=``, layer output to ``(N, C, h, w)``, for token layouts.
@@ -122,6 +133,7 @@ class RobustnessCallback(ProbeCallback):
         random_directions: int = 1000,
         random_radius_factor: float = 2.0,
         reference: str | None = None,
+        corruption_params: str = "auto",
         cam_shift: bool = False,
         cam_layer: str = "auto",
         cam_reshape: Callable[[Tensor], Tensor] | None = None,
@@ -144,6 +156,8 @@ class RobustnessCallback(ProbeCallback):
         if reference is not None and not isinstance(reference, (str, os.PathLike)):
             raise ValueError(f"Expected `reference` to be a path to a summary.json or None, got {reference!r}.")
         self.reference = None if reference is None else os.fspath(reference)
+        self.corruption_params = check_param_set(corruption_params, "corruption_params")
+        self.param_set = self.corruption_params  # resolved from the probe images' size at setup
         self.cam_shift = check_bool("cam_shift", cam_shift)
         if not isinstance(cam_layer, str) or not cam_layer:
             raise ValueError(f"Expected `cam_layer` to be a layer name or 'auto', got {cam_layer!r}.")
@@ -171,6 +185,7 @@ class RobustnessCallback(ProbeCallback):
             self.cam_shift,
             self.cam_layer,
             *([self._trajectory_args()] if self._trajectories_on() else []),
+            *([self.corruption_params] if self.corruption_params != "auto" else []),  # "auto": the key as before
         ]
         return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
 
@@ -202,7 +217,8 @@ class RobustnessCallback(ProbeCallback):
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pixels = self.norm.denormalize(self.probe.images[:8].float())
-        self.active, self.skipped = probes.applicable(pixels, self.rows, self.probe_seed)
+        self.param_set = resolve_param_set(self.corruption_params, *pixels.shape[-2:])
+        self.active, self.skipped = probes.applicable(pixels, self.rows, self.probe_seed, self.param_set)
         if self.skipped:
             reasons = "; ".join(f"{n} ({r})" for n, r in self.skipped.items())
             info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
@@ -218,10 +234,16 @@ class RobustnessCallback(ProbeCallback):
             with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`)
                 predict_logits(self.logits_model(pl_module), self.example_batch(pl_module))
 
-    def _corrupted_inputs(self, probe: ProbeSet, rows: list[tuple[str, int]], epoch: int) -> Tensor:
+    def _corrupted_inputs(self, probe: ProbeSet, rows: list[tuple[str, int]], epoch: int) -> probes.CorruptedRows:
         """The clean probe images and each row's, corrupted when the row first runs (:class:`CorruptionCache`)."""
         inputs, seconds = self._cache.inputs(
-            probe, rows, self.norm, self.probe_seed, source=self.probe, progress=self.progress.update
+            probe,
+            rows,
+            self.norm,
+            self.probe_seed,
+            source=self.probe,
+            progress=self.progress.update,
+            param_set=self.param_set,
         )
         if seconds is not None and self.sink is not None:
             self.sink.scalar("cache_seconds", seconds, epoch)
@@ -289,6 +311,7 @@ class RobustnessCallback(ProbeCallback):
             self.random_directions,
             self.random_radius_factor,
             self.probe_seed,
+            param_set=None if self.param_set == "auto" else self.param_set,
         )
         inputs = self._corrupted_inputs(probe, rows, epoch)
         result = probes.compute(

@@ -4,7 +4,8 @@
 The probes of Zhang's encoder-decoder paper (Xiaohan Zhang, "Visualization of encoder-decoder structure of Deep
 Convolutional Neural Network", section 5.3: grey, blurred, channel-shuffled and salt-and-pepper images, their
 predictions and confidences against the clean ones, and the shift of the class activation maps) with the
-ImageNet-C corruptions of Hendrycks & Dietterich 2019 at CIFAR-10-C parameters (:mod:`trainviz.ops.corruptions`)
+ImageNet-C corruptions of Hendrycks & Dietterich 2019 with the CIFAR-10-C, Tiny-ImageNet-C or ImageNet-C
+parameters by image size (:mod:`trainviz.ops.corruptions`)
 and their corruption errors; FGSM, and the gradient ascent of Fleuret's EE-559 lecture "Under the hood" that
 pushes an image up the loss until its class changes: the steps to flip of every probe image, and on a few images
 the whole trajectory of predicted classes with the lecture's control, random points on the sphere of radius
@@ -49,7 +50,7 @@ from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
 from trainviz.ops.adversarial import adversarial_trajectory, fgsm_accuracy, random_direction_flips, steps_to_flip
 from trainviz.ops.cam import grad_cam
-from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions
+from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions, resolve_param_set
 from trainviz.ops.localization import map_correlation
 from trainviz.ops.metrics import per_class_accuracy
 from trainviz.ops.predict import predict_logits
@@ -82,6 +83,7 @@ from trainviz.probes.robustness_result import (
 from trainviz.render.images import to_uint8, upscale
 
 __all__ = [
+    "CorruptedRows",
     "CorruptionCache",
     "Plan",
     "Reference",
@@ -148,8 +150,9 @@ def check_epsilons(epsilons: Sequence[float]) -> list[float]:
     return [float(e) for e in eps]
 
 
-def applicable(pixels: Tensor, rows: Rows, seed: int) -> tuple[Rows, dict[str, str]]:
-    """The rows whose corruption runs on these pixel images and changes them, and why the others do not.
+def applicable(pixels: Tensor, rows: Rows, seed: int, param_set: str = "auto") -> tuple[Rows, dict[str, str]]:
+    """The rows whose corruption runs on these pixel images (with ``param_set``) and changes them, and why the
+    others do not.
 
     Shape: pixels ``(n, C, H, W)`` in [0, 1] (a few probe images are enough).
     """
@@ -158,7 +161,9 @@ def applicable(pixels: Tensor, rows: Rows, seed: int) -> tuple[Rows, dict[str, s
     for name in dict.fromkeys(n for n, _ in rows):
         mine = [(n, s) for n, s in rows if n == name]
         try:
-            changed = any(not torch.equal(corrupt(pixels, n, s, seed=seed), pixels) for n, s in mine)
+            changed = any(
+                not torch.equal(corrupt(pixels, n, s, seed=seed, param_set=param_set), pixels) for n, s in mine
+            )
         except (ValueError, RuntimeError) as err:
             skipped[name] = str(err)
             continue
@@ -200,11 +205,75 @@ def load_reference(path: str | os.PathLike, rows: Rows) -> Reference:
     return Reference(path, 1.0 - summary["clean_accuracy"], {row: 1.0 - summary[key] for row, key in keys.items()})
 
 
+class CorruptedRows:
+    """The model inputs of a run, block by block: the clean probe images (block 0, on the device) and each row's
+    corrupted copy (block ``r``), served a batch at a time (:meth:`__getitem__` with a slice), never
+    concatenated. A cached block is uint8 pixels ``round(255 x)`` on the host; a batch is moved to the device,
+    scaled by 1/255 and normalised there, so the device holds one batch of corrupted images at a time. A float
+    block (from a tensor, :meth:`of_tensor`) is served as it is.
+
+    Shape: ``((1 + R) N, C, H, W)`` (``shape``, ``len``), on ``device`` in ``dtype``.
+    """
+
+    def __init__(self, clean: Tensor, blocks: Sequence[Tensor], norm: Normalization) -> None:
+        self.clean, self.blocks, self.norm = clean, list(blocks), norm
+        self.n = clean.shape[0]
+        self.device, self.dtype = clean.device, clean.dtype
+        self.shape = torch.Size((self.n * (1 + len(self.blocks)), *clean.shape[1:]))
+
+    @classmethod
+    def of_tensor(cls, inputs: Tensor, n: int, norm: Normalization) -> CorruptedRows:
+        """Blocks of ``n`` images of a concatenated ``((1 + R) N, C, H, W)`` tensor (model inputs)."""
+        return cls(inputs[:n], list(inputs[n:].split(n)) if inputs.shape[0] > n else [], norm)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def block(self, r: int, a: int = 0, b: int | None = None) -> Tensor:
+        """Images ``a:b`` of block ``r`` as model inputs on the device."""
+        if r == 0:
+            return self.clean[a:b]
+        part = self.blocks[r - 1][a:b]
+        if part.dtype != torch.uint8:
+            return part.to(self.device)
+        pixels = part.to(self.device, non_blocking=True).to(self.dtype) / 255
+        return self.norm.normalize(pixels)
+
+    def __getitem__(self, index: slice) -> Tensor:
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("CorruptedRows serves contiguous slices only")
+        parts = []
+        for r in range(start // self.n, (max(stop, start + 1) - 1) // self.n + 1):
+            a, b = max(start - r * self.n, 0), min(stop - r * self.n, self.n)
+            if b > a:
+                parts.append(self.block(r, a, b))
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        """The images at flat ``index`` (``dim`` 0), as model inputs on the device."""
+        if dim != 0:
+            raise ValueError("CorruptedRows selects along dimension 0 only")
+        flat = index.tolist()
+        return torch.cat([self.block(i // self.n, i % self.n, i % self.n + 1) for i in flat])
+
+    def tensor(self) -> Tensor:
+        """Every block concatenated on the device, ``((1 + R) N, C, H, W)``: the whole suite in memory at once
+        (for inspection and tests; a run streams)."""
+        return self[0 : len(self)]
+
+
 class CorruptionCache:
-    """Model inputs of each corrupted row, built when the row first runs and kept on the device, keyed by the
-    probe set's fingerprint, seed, device, dtype, corruption, severity and parameters: each run then costs
-    forward passes only, and the curves measure the model, not fresh noise (the same noise at every epoch).
-    It holds ``rows x probe_size`` images (12 MB per 1000 images of 3x32x32 in float32)."""
+    """Each corrupted row of the probe set, built when the row first runs and kept as uint8 pixels on the host
+    (CPU), keyed by the probe set's fingerprint, seed, device, dtype, parameter set, corruption, severity and
+    parameters: each run then costs forward passes only, and the curves measure the model, not fresh noise (the
+    same noise at every epoch). The device holds one batch of corrupted images at a time (:class:`CorruptedRows`).
+    It holds ``rows x probe_size`` images of ``C H W`` bytes: 3 KB per 3x32x32 image, 150 KB per 3x224x224
+    (82 rows x 256 images at 224 px: 3.2 GB of host memory, where float32 on the device took 12.6 GB).
+
+    The corrupted pixels are rounded to 8 bits, as the published ImageNet-C and CIFAR-10-C images (saved as
+    JPEG or PNG) are: at most 1/510 per pixel from the float corruption. The clean block is the probe set as is.
+    """
 
     def __init__(self) -> None:
         self._blocks: dict[tuple, Tensor] = {}
@@ -225,20 +294,23 @@ class CorruptionCache:
         seed: int,
         source: ProbeSet,
         progress: Callable[[int, int | None, str], None] | None = None,
-    ) -> tuple[Tensor, float | None]:
+        param_set: str = "auto",
+    ) -> tuple[CorruptedRows, float | None]:
         """The clean probe images (block 0) and those of each row (block r), and the seconds spent corrupting
         (``None`` when every row was cached). ``source`` is the probe set as drawn, whose fingerprint (taken
         once) keys the cache. ``progress(done, total, note)`` (:data:`trainviz.core.progress.Reporter`) is told
-        before each missing row is corrupted and once when all are.
+        before each missing row is corrupted and once when all are. ``param_set``: the corruptions' parameters
+        (a name of :data:`~trainviz.ops.corruptions.PARAM_SETS`, or ``"auto"`` by the images' shorter side).
 
-        Shape: ``((1 + R) N, C, H, W)`` on the probe's device and dtype.
+        Shape: ``((1 + R) N, C, H, W)``, served on the probe's device and dtype.
         """
         if self._fingerprint is None:
             self._fingerprint = source.fingerprint()
-        where = (self._fingerprint, seed, str(probe.images.device), str(probe.images.dtype))
-        params = {row: (corruption_spec(row[0]).params or [None] * row[1])[row[1] - 1] for row in rows}
+        param_set = resolve_param_set(param_set, *probe.images.shape[-2:])
+        where = (self._fingerprint, seed, str(probe.images.device), str(probe.images.dtype), param_set)
+        params = {row: corruption_spec(row[0]).params_of(row[1], param_set) for row in rows}
         keys = {row: (*where, *row, repr(params[row])) for row in rows}
-        self._blocks = {key: value for key, value in self._blocks.items() if key[:4] == where}  # device or seed changed
+        self._blocks = {key: value for key, value in self._blocks.items() if key[:5] == where}  # device or seed changed
         missing = [row for row in rows if keys[row] not in self._blocks]
         seconds = None
         if missing:
@@ -247,11 +319,13 @@ class CorruptionCache:
             for done, (name, severity) in enumerate(missing):
                 if progress is not None:
                     progress(done, len(missing), f"corrupting {name} {severity}")
-                self._blocks[keys[(name, severity)]] = norm.normalize(corrupt(pixels, name, severity, seed=seed))
+                out = corrupt(pixels, name, severity, seed=seed, param_set=param_set)
+                self._blocks[keys[(name, severity)]] = (out.float() * 255).round_().to("cpu", torch.uint8)
+                del out
             if progress is not None:
                 progress(len(missing), len(missing), "corrupted rows cached")
             seconds = time.perf_counter() - start
-        return torch.cat([probe.images, *(self._blocks[keys[row]] for row in rows)]), seconds
+        return CorruptedRows(probe.images, [self._blocks[keys[row]] for row in rows], norm), seconds
 
 
 # the budget ----------------------------------------------------------------------------------------
@@ -354,7 +428,8 @@ class RobustnessConfig:
     """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
     those of the Grad-CAM; ``reference`` normalises the corruption errors. The trajectories (``trajectory_images``
     images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
-    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``."""
+    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``. ``param_set`` names the corruptions'
+    parameters, for the record."""
 
     norm: Normalization
     epsilons: tuple[float, ...] = ()
@@ -370,12 +445,13 @@ class RobustnessConfig:
     random_directions: int = 0
     radius_factor: float = 2.0
     seed: int = 0
+    param_set: str | None = None  # the corruptions' parameter set, recorded ("cifar10-c", ...)
 
 
 def compute(
     model: torch.nn.Module,
     probe: ProbeSet,
-    inputs: Tensor,
+    inputs: CorruptedRows | Tensor,
     plan: Plan,
     config: RobustnessConfig,
     epoch: int,
@@ -391,7 +467,8 @@ def compute(
     Args:
         model: returns logits ``(N, K)``; run inside trainviz's probe guard (eval mode, gradients on).
         probe: the probe set on the model's device.
-        inputs: :meth:`CorruptionCache.inputs` of ``plan.rows``.
+        inputs: :meth:`CorruptionCache.inputs` of ``plan.rows`` (served a batch at a time), or the same blocks
+            concatenated as one tensor.
         plan: the rows and parts to run.
         config: how.
         epoch: recorded with the result.
@@ -403,6 +480,8 @@ def compute(
     Shape: inputs ``((1 + R) N, C, H, W)``.
     """
     n, rows = len(probe), plan.rows
+    if isinstance(inputs, Tensor):
+        inputs = CorruptedRows.of_tensor(inputs, n, config.norm)
     examples = list(range(min(config.n_examples, n))) if examples is None else examples
     tiles = _example_tiles(inputs, n, rows, examples, config.norm)
     start = time.perf_counter()
@@ -424,7 +503,7 @@ def compute(
     return result
 
 
-def _example_tiles(inputs: Tensor, n: int, rows: Rows, idx: list[int], norm: Normalization) -> Examples:
+def _example_tiles(inputs: CorruptedRows, n: int, rows: Rows, idx: list[int], norm: Normalization) -> Examples:
     """The example grid's tiles: the probe images ``idx``, clean, then each corruption at its highest severity."""
     columns = [0] + [r for r, (name, _) in enumerate(rows, start=1) if r == len(rows) or rows[r][0] != name]
     chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
@@ -437,7 +516,7 @@ def _example_tiles(inputs: Tensor, n: int, rows: Rows, idx: list[int], norm: Nor
 
 
 def _forward(
-    model: torch.nn.Module, inputs: Tensor, labels: Tensor, config: RobustnessConfig
+    model: torch.nn.Module, inputs: CorruptedRows, labels: Tensor, config: RobustnessConfig
 ) -> tuple[Tensor, Tensor | None]:
     """Logits of every block and, with ``cam_layers``, the correlation of each corrupted image's Grad-CAM (true
     class) with its clean copy's, from the same forward passes, batch after batch.
@@ -445,7 +524,9 @@ def _forward(
     Shape: inputs ``((1 + R) N, C, H, W)`` -> logits ``((1 + R) N, K)``, shift ``(R N,)`` or ``None``.
     """
     if not config.cam_layers:
-        return predict_logits(model, inputs, config.batch_size).float(), None
+        size = config.batch_size
+        batches = [predict_logits(model, inputs[a : a + size], size) for a in range(0, len(inputs), size)]
+        return torch.cat(batches).float(), None
     n, size = labels.shape[0], config.batch_size
     targets = labels.repeat(inputs.shape[0] // n)
     logits, shifts, clean = [], [], []
@@ -648,12 +729,18 @@ def _result(
         )
         for r, (name, severity) in enumerate(rows, start=1)
     ]
-    errors, mce, relative_mce = corruption_errors(v["accuracy"].tolist(), rows, config.reference)
+    errors, mce, relative_mce = corruption_errors(v["accuracy"].tolist(), rows)  # the default reference, always
+    normalized: tuple[dict[str, tuple[float, float]], float | None, float | None] = ({}, None, None)
+    if config.reference is not None:  # and normalised by the reference run's errors
+        normalized = corruption_errors(v["accuracy"].tolist(), rows, config.reference)
     corruptions = {}
     for name, (ce, rce) in errors.items():
         idx = [r for r, (n, _) in enumerate(rows, start=1) if n == name]
         cam = None if shift is None else float(_nanmean(shift[[r - 1 for r in idx]]))
-        corruptions[name] = CorruptionStats(**means(idx), ce=ce, relative_ce=rce, cam_shift=cam)
+        nce, nrce = normalized[0].get(name, (None, None))
+        corruptions[name] = CorruptionStats(
+            **means(idx), ce=ce, relative_ce=rce, cam_shift=cam, normalized_ce=nce, normalized_relative_ce=nrce
+        )
     corrupted = Means(**{s: float(_nanmean(v[s][1:])) if len(rows) else math.nan for s in AGGREGATES})
     flip = None
     if "steps" in v:
@@ -717,4 +804,7 @@ def _result(
         reliability=reliability,
         trajectory=trajectory,
         images=images,
+        corruption_params=config.param_set,
+        normalized_mce=normalized[1],
+        normalized_relative_mce=normalized[2],
     )

@@ -33,6 +33,10 @@ name                                        better  meaning
                                                     and its mean over corruptions
 ``relative_ce/<name>``, ``relative_mce``    lower   ``sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} -
                                                     E^ref_clean)`` and its mean
+``normalized_ce/<name>``,                   lower   with a reference run only: the same, ``E^ref`` the
+``normalized_mce``,                                 reference run's errors (1.0 = as robust as the
+``normalized_relative_ce/<name>``,                  reference)
+``normalized_relative_mce``
 ``fgsm_accuracy@<eps>``                     higher  accuracy under FGSM at ``eps`` (pixel units, 4 decimals:
                                                     ``@0.0157``)
 ``flip_steps_mean``                         higher  mean gradient-ascent steps to flip a prediction, over
@@ -48,11 +52,18 @@ name                                        better  meaning
                                                     maps)
 ==========================================  ======  ==========================================================
 
-Without a reference run, ``E^ref`` is 1 at every severity and ``E^ref_clean`` is 0, so ``ce/<name>`` is the
-mean error over severities and ``relative_ce/<name>`` the mean error increase over clean (Hendrycks &
-Dietterich's unnormalised CE); with ``RobustnessCallback(reference=...)`` they are normalised by the reference
-run and 1.0 means "as robust as the reference". Metrics that are undefined (no image flipped, no class
+The reference of ``ce``, ``mce`` and ``relative_*`` is always the default one (:data:`MCE_REFERENCE`): ``E^ref``
+is 1 at every severity and ``E^ref_clean`` is 0, so ``ce/<name>`` is the mean error over severities and
+``relative_ce/<name>`` the mean error increase over clean (Hendrycks & Dietterich's unnormalised CE), and a gate
+``--fail-over mce=...`` means the same in every run. With ``RobustnessCallback(reference=...)`` the
+``normalized_*`` metrics are added: normalised by the reference run's errors (Hendrycks & Dietterich normalise
+by AlexNet's), 1.0 means "as robust as the reference". (In records without ``mce_reference``, ``mce``
+itself was normalised when a reference was given.) Metrics that are undefined (no image flipped, no class
 present) are left out.
+
+The corrupted images are made on the fly (:data:`CORRUPTION_PROTOCOL`) with the parameter set of the record's
+``corruption_params`` (``"cifar10-c"``, ``"tinyimagenet-c"`` or ``"imagenet-c"``); the summary's ``"protocol"``
+entry says both.
 
 With its counts (``n`` and ``class_counts``; older records have neither), a result also gives
 :meth:`~RobustnessResult.intervals`, the 95% Wilson interval (:func:`proportion_interval`) of every accuracy
@@ -86,7 +97,9 @@ from trainviz.core.common import json_number
 from trainviz.core.result import Result
 
 __all__ = [
+    "CORRUPTION_PROTOCOL",
     "HIGHER_IS_BETTER",
+    "MCE_REFERENCE",
     "LOW_COUNT_THRESHOLD",
     "NO_DIRECTION",
     "CorruptionStats",
@@ -105,6 +118,16 @@ __all__ = [
 ]
 
 STATS = ("accuracy", "confidence", "nll", "ece")
+
+MCE_REFERENCE = "unnormalised: reference error 1 at every severity, 0 on clean images (mean error)"
+"""The reference of ``ce``, ``mce`` and ``relative_*``, as the record and the report state it."""
+
+CORRUPTION_PROTOCOL = (
+    "corrupted on the fly: each probe image corrupted in memory (float pixels, rounded to 8 bits), not the "
+    "published files (ImageNet-C and Tiny-ImageNet-C images are JPEG-saved at quality 85, CIFAR-10-C uint8 "
+    "arrays), so numbers are close to, not equal to, those on the published datasets"
+)
+"""How the corrupted images were made, as the record and the report label the results."""
 AGGREGATES = (*STATS, "flip_rate")
 _PER_CORRUPTION = ("accuracy", "ece", "flip_rate")
 
@@ -123,6 +146,10 @@ HIGHER_IS_BETTER: Mapping[str, bool | None] = {
     "mce": False,
     "relative_ce": False,
     "relative_mce": False,
+    "normalized_ce": False,
+    "normalized_mce": False,
+    "normalized_relative_ce": False,
+    "normalized_relative_mce": False,
     "fgsm_accuracy": True,
     "flip_steps_mean": True,
     "flip_never_fraction": True,
@@ -261,6 +288,8 @@ class CorruptionStats(Means):
     ce: float
     relative_ce: float
     cam_shift: float | None = None
+    normalized_ce: float | None = None  # CE normalised by a reference run's errors (only with one)
+    normalized_relative_ce: float | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> CorruptionStats:
@@ -269,6 +298,8 @@ class CorruptionStats(Means):
             ce=_num(record.get("ce")),
             relative_ce=_num(record.get("relative_ce")),
             cam_shift=_opt(record, "cam_shift"),
+            normalized_ce=_opt(record, "normalized_ce"),
+            normalized_relative_ce=_opt(record, "normalized_relative_ce"),
         )
 
 
@@ -462,6 +493,9 @@ class RobustnessResult(Result):
     flip: Flip | None = None
     reliability: dict[str, Reliability] | None = None
     trajectory: Trajectories | None = None
+    corruption_params: str | None = None  # the parameter set ("cifar10-c", ...); None in older records
+    normalized_mce: float | None = None  # with a reference run: mCE normalised by its errors
+    normalized_relative_mce: float | None = None
     images: PerImage | None = None  # not in the record
     examples: Examples | None = None  # not in the record
     seconds: dict[str, float] = field(default_factory=dict)  # what each part cost (the budget); not in the record
@@ -495,6 +529,22 @@ class RobustnessResult(Result):
             out["reliability"] = {name: _plain(bins) for name, bins in self.reliability.items()}
         if self.trajectory is not None:
             out["trajectory"] = self.trajectory.record()
+        out |= self.protocol()
+        if self.normalized_mce is not None:
+            out["normalized_mce"] = json_number(self.normalized_mce)
+            out["normalized_relative_mce"] = json_number(self.normalized_relative_mce)
+        return out
+
+    def protocol(self) -> dict[str, Any]:
+        """How the numbers were made: ``corruption_params`` (the parameter set; absent in older records),
+        ``corruption_protocol`` (:data:`CORRUPTION_PROTOCOL`), ``mce_reference`` (:data:`MCE_REFERENCE`) and with
+        a reference run ``normalized_mce_reference`` (its path)."""
+        out: dict[str, Any] = {}
+        if self.corruption_params is not None:
+            out |= {"corruption_params": self.corruption_params, "corruption_protocol": CORRUPTION_PROTOCOL}
+            out["mce_reference"] = MCE_REFERENCE
+        if self.normalized_mce is not None:
+            out["normalized_mce_reference"] = self.reference
         return out
 
     @classmethod
@@ -530,6 +580,9 @@ class RobustnessResult(Result):
                 for k, b in bins.items()
             },
             trajectory=None if trajectory is None else Trajectories.from_record(trajectory),
+            corruption_params=record.get("corruption_params"),
+            normalized_mce=_opt(record, "normalized_mce"),
+            normalized_relative_mce=_opt(record, "normalized_relative_mce"),
         )
 
     # what is logged ----------------------------------------------------------------------------------
@@ -545,6 +598,8 @@ class RobustnessResult(Result):
             if stats.cam_shift is not None:
                 out[f"cam_shift/{name}"] = stats.cam_shift
         out |= {"mce": self.mce, "relative_mce": self.relative_mce}
+        if self.normalized_mce is not None:
+            out |= {"normalized_mce": self.normalized_mce, "normalized_relative_mce": self.normalized_relative_mce}
         if self.cam_shift is not None:
             out["corrupted/cam_shift"] = self.cam_shift
         if self.fgsm is not None:
@@ -630,7 +685,8 @@ class RobustnessResult(Result):
 
     def documents(self) -> dict[str, Any]:
         """``summary.json``: the latest run's flat metrics (usable as another run's ``reference``)."""
-        return {"summary.json": self.summary()}
+        protocol = self.protocol()
+        return {"summary.json": {**self.summary(), **({"protocol": protocol} if protocol else {})}}
 
     def section(self) -> dict[str, Any] | None:
         """The report's generic section of the adversarial trajectories (the rest of the robustness report is
@@ -693,8 +749,11 @@ class RobustnessResult(Result):
             out |= {f"corruption_{key}/{name}": getattr(stats, key) for key in _PER_CORRUPTION}
             out |= {f"ce/{name}": stats.ce, f"relative_ce/{name}": stats.relative_ce}
             out[f"cam_shift/{name}"] = stats.cam_shift
+            out[f"normalized_ce/{name}"] = stats.normalized_ce
+            out[f"normalized_relative_ce/{name}"] = stats.normalized_relative_ce
         out |= {f"corruption_accuracy/{row.corruption}/s{row.severity}": row.accuracy for row in self.table}
         out |= {"mce": self.mce, "relative_mce": self.relative_mce, "cam_shift": self.cam_shift}
+        out |= {"normalized_mce": self.normalized_mce, "normalized_relative_mce": self.normalized_relative_mce}
         if self.fgsm is not None:
             out |= {f"fgsm_accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
         if self.flip is not None:
@@ -737,6 +796,8 @@ class RobustnessResult(Result):
         """What the report writes to ``summary.json``: :meth:`summary`, and with the counts ``"intervals"`` and
         ``"probe"`` (:meth:`intervals`, :meth:`probe_counts`)."""
         out: dict[str, Any] = dict(self.summary())
+        if self.protocol():
+            out["protocol"] = self.protocol()
         counts = self.probe_counts()
         if counts is not None:
             out["intervals"] = self.intervals()

@@ -34,7 +34,9 @@ import numpy as np
 from trainviz.core.common import json_number
 from trainviz.probes.dynamics_result import DynamicsResult
 from trainviz.probes.robustness_result import (
+    CORRUPTION_PROTOCOL,
     LOW_COUNT_THRESHOLD,
+    MCE_REFERENCE,
     PerImage,
     RobustnessResult,
     eps_label,
@@ -49,6 +51,7 @@ from trainviz.sinks.tensorboard import tensorboard_command
 __all__ = ["RunArtifacts", "build_report", "default_report_path", "find_run", "load_run"]
 
 _MARKERS = ("robustness", "manifest", "dynamics")
+_FROST_NOTE = "an approximation: a procedural texture, not the frost photographs; not comparable with published frost"
 
 
 def _is_trainviz_dir(path: Path) -> bool:
@@ -172,7 +175,8 @@ def _accuracy_table(rec: RobustnessResult, intervals: Mapping[str, list[float]])
             ci = _ci(intervals.get(f"corruption_accuracy/{c}/s{s}"))
             value = "" if np.isnan(heat[i, j]) else f"{heat[i, j]:.3f}"
             tds.append(f"<td>{value} <span class=ci>{ci}</span></td>")
-        body.append(f"<tr><th>{_esc(c)}</th>{''.join(tds)}</tr>")
+        label = _esc(c) + (f" <span class=ci>({_FROST_NOTE})</span>" if c == "frost" else "")
+        body.append(f"<tr><th>{label}</th>{''.join(tds)}</tr>")
     clean = f"clean {rec.clean.accuracy:.3f} {_ci(intervals.get('clean_accuracy'))}".rstrip()
     title = "Accuracy per corruption and severity" + (", with 95% Wilson intervals" if intervals else "")
     return (
@@ -242,9 +246,13 @@ def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]])
     errors = {"mCE": [r.mce for r in results], "relative mCE": [r.relative_mce for r in results]}
     normalised = (
         "normalised by the reference run"
-        if rec.reference
+        if rec.reference and rec.corruption_params is None  # an older record: mce was normalised then
         else "unnormalised: mean error and mean error increase over clean"
     )
+    if rec.normalized_mce is not None:
+        errors["normalised mCE"] = [r.normalized_mce for r in results]
+        errors["normalised relative mCE"] = [r.normalized_relative_mce for r in results]
+        normalised += f"; the normalised ones by the reference run {rec.reference}"
     out.append(
         (
             "curves",
@@ -438,7 +446,8 @@ _SECTIONS = {
 def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
     rec = run.latest
     intervals = summary.get("intervals") or {}
-    keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "clean_ece", "corruption_ece"]
+    keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "normalized_mce", "normalized_relative_mce"]
+    keys += ["clean_ece", "corruption_ece"]
     keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
     rows = [
         (k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else ""))
@@ -454,7 +463,15 @@ def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
         )
     else:
         notes.append("This record has no probe counts (written before trainviz recorded them): no intervals.")
-    if rec.reference:
+    if rec.corruption_params is not None:  # records that say how they were made
+        notes.append(
+            f"Corruption parameters: {_esc(rec.corruption_params)} set; {_esc(CORRUPTION_PROTOCOL)}. Frost: "
+            f"{_FROST_NOTE}."
+        )
+        notes.append(f"mCE and relative mCE: {_esc(MCE_REFERENCE)}.")
+        if rec.normalized_mce is not None:
+            notes.append(f"Normalised mCE: reference run {_esc(rec.reference)} (1.0 = as robust as it).")
+    elif rec.reference:
         notes.append(f"CE normalised by the reference run {_esc(rec.reference)}.")
     if rec.skipped:
         skipped = "; ".join(f"{_esc(n)} ({_esc(r)})" for n, r in rec.skipped.items())

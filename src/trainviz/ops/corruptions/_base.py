@@ -81,6 +81,10 @@ def _documented(
                 "generator: source of randomness; ``None`` seeds a fresh CPU generator from ``seed``.",
                 "seed: used only when ``generator`` is ``None``.",
             ]
+        args += [
+            'param_set: ``"cifar10-c"``, ``"tinyimagenet-c"``, ``"imagenet-c"`` or ``"auto"`` (by the shorter'
+            " side, see :func:`~trainviz.ops.corruptions.param_set_for`)."
+        ]
         seed = ", seed=0" if random else ""
         example_lines = example or f">>> {name}(torch.rand(2, 3, 8, 8), 5{seed}).shape\ntorch.Size([2, 3, 8, 8])"
         sections = [
@@ -88,7 +92,7 @@ def _documented(
             "Returns:\n    Corrupted images, clamped to ``[0, 1]``, of ``x``'s dtype and device.",
             "Raises:\n    ValueError: ``x`` is not a floating-point (N, C, H, W) batch"
             + (f" {raises}" if raises else "")
-            + "; ``severity`` is not in 1..5"
+            + '; ``severity`` is not in 1..5; ``param_set`` is not a set\'s name or ``"auto"``'
             + ("; ``seed`` is not an int." if random else ".")
             + ("\n    TypeError: ``generator`` is neither None nor a torch.Generator." if random else ""),
             "Shape:\n"

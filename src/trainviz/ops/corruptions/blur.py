@@ -45,9 +45,31 @@ def _motion_kernels(radius: float, sigma: float, angles: Tensor) -> Tensor:
     return kernels.view(-1, size, size)
 
 
+def _motion_offsets(radius: float, sigma: float, angles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The taps of ImageMagick's ``MotionBlurImage`` kernels: weights ``(width,)`` and whole-pixel offsets
+    ``(N, width)`` in y and x, one row per angle (see :func:`_motion_kernels`)."""
+    width = 2 * math.ceil(radius) + 1
+    i = torch.arange(width, dtype=torch.float64)
+    w = torch.exp(-(i**2) / (2 * sigma**2))
+    a = torch.deg2rad(angles.to(torch.float64))[:, None]
+    px, py = width * torch.sin(a), width * torch.cos(a)
+    norm = torch.hypot(px, py)
+    return w / w.sum(), torch.ceil(i * px / norm - 0.5).long(), torch.ceil(i * py / norm - 0.5).long()
+
+
 def _motion_blur(x: Tensor, radius: float, sigma: float, angles: Tensor) -> Tensor:
-    k = _motion_kernels(radius, sigma, angles).to(device=x.device, dtype=x.dtype)
-    return filter2d(x, k, border_type="replicate")
+    """``sum_i w_i x(y + oy_i, x + ox_i)`` with edge pixels replicated: the kernel of :func:`_motion_kernels`
+    applied tap by tap (``width`` gathers instead of a ``(2 width - 1)^2`` convolution)."""
+    w, oy, ox = _motion_offsets(radius, sigma, angles)
+    n, c, h, wd = x.shape
+    rows, cols = torch.arange(h, device=x.device), torch.arange(wd, device=x.device)
+    oy, ox, batch = oy.to(x.device), ox.to(x.device), torch.arange(n, device=x.device)[:, None, None]
+    out = torch.zeros_like(x)
+    for i, weight in enumerate(w.tolist()):
+        r = (rows[None, :] + oy[:, i : i + 1]).clamp(0, h - 1)[:, :, None]
+        q = (cols[None, :] + ox[:, i : i + 1]).clamp(0, wd - 1)[:, None, :]
+        out += weight * x[batch, :, r, q].permute(0, 3, 1, 2)
+    return out
 
 
 def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
@@ -64,25 +86,35 @@ def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
 
 
 @_documented(random=False, images="at least 4x4 pixels")
-def defocus_blur(x: Tensor, severity: int = 1) -> Tensor:
+def defocus_blur(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """Convolve with an anti-aliased disk (a disk of ``radius`` blurred by a 3x3 Gaussian of ``alias_sigma``).
 
-    As make_cifar_c.py's ``disk`` + ``cv2.filter2D``: reflect-101 border.
+    As make_cifar_c.py's ``disk`` + ``cv2.filter2D``: reflect-101 border; above radius 8 (ImageNet-C severity 5)
+    a 5x5 anti-aliasing Gaussian, as make_imagenet_c.py's ``disk``.
     """
-    p = _params("defocus_blur", x, severity)
+    p = _params("defocus_blur", x, severity, param_set)
     radius = p["radius"]
-    half = math.floor(radius) + 1  # the disk and its 3x3 anti-aliasing fit in this half-width
-    t = torch.arange(-half, half + 1, dtype=torch.float64)
-    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).to(torch.float64)
-    disk = (disk / disk.sum())[None, None]
-    alias = _gaussian_kernel1d(p["alias_sigma"], 1)
-    kernel = torch.nn.functional.conv2d(disk, torch.outer(alias, alias)[None, None], padding=1)[0]
+    if radius <= 8:
+        half = math.floor(radius) + 1  # the disk and its 3x3 anti-aliasing fit in this half-width
+        t = torch.arange(-half, half + 1, dtype=torch.float64)
+        disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).to(torch.float64)
+        disk = (disk / disk.sum())[None, None]
+        alias = _gaussian_kernel1d(p["alias_sigma"], 1)
+        kernel = torch.nn.functional.conv2d(disk, torch.outer(alias, alias)[None, None], padding=1)[0]
+    else:  # make_imagenet_c.py's disk: the grid is the disk's own, the 5x5 blur reflects (cv2's default border)
+        t = torch.arange(-math.floor(radius), math.floor(radius) + 1, dtype=torch.float64)
+        disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).to(torch.float64)
+        disk = torch.nn.functional.pad((disk / disk.sum())[None, None], (2, 2, 2, 2), mode="reflect")
+        alias = _gaussian_kernel1d(p["alias_sigma"], 2)
+        kernel = torch.nn.functional.conv2d(disk, torch.outer(alias, alias)[None, None])[0]
     xw = _work(x)
     return _finish(filter2d(xw, kernel.to(device=x.device, dtype=xw.dtype), border_type="reflect"), x)
 
 
 @_documented(random=True)
-def glass_blur(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+def glass_blur(
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
+) -> Tensor:
     """Blur, shuffle pixels locally, blur again (make_cifar_c.py's ``glass_blur``).
 
     The Gaussian blurs are scikit-image's (truncate 4, replicated border). The shuffle visits pixels from the
@@ -90,7 +122,7 @@ def glass_blur(x: Tensor, severity: int = 1, *, generator: torch.Generator | Non
     order, ``iterations`` times; the swaps are resolved into one permutation per image (a sequential loop over
     pixel positions, vectorised over the batch).
     """
-    p = _params("glass_blur", x, severity)
+    p = _params("glass_blur", x, severity, param_set)
     g, xw = _generator(generator, seed), _work(x)
     sigma, delta, iterations = p["sigma"], p["max_delta"], p["iterations"]
     radius = int(4.0 * sigma + 0.5)
@@ -117,18 +149,20 @@ def glass_blur(x: Tensor, severity: int = 1, *, generator: torch.Generator | Non
 
 
 @_documented(random=True)
-def motion_blur(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+def motion_blur(
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
+) -> Tensor:
     """ImageMagick-style motion blur along a random angle in ``U(-45, 45)`` degrees, one angle per image."""
-    p = _params("motion_blur", x, severity)
+    p = _params("motion_blur", x, severity, param_set)
     g = _generator(generator, seed)
     angles = torch.rand(x.shape[0], generator=g, device=g.device).cpu() * 90 - 45
     return _finish(_motion_blur(_work(x), p["radius"], p["sigma"], angles), x)
 
 
 @_documented(random=False)
-def zoom_blur(x: Tensor, severity: int = 1) -> Tensor:
+def zoom_blur(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """Average the image with centre zooms of it by 1.00, 1.01, ... (see :mod:`~trainviz.ops.corruptions.params`)."""
-    zooms = _params("zoom_blur", x, severity)["zooms"]
+    zooms = _params("zoom_blur", x, severity, param_set)["zooms"]
     xw = _work(x)
     out = xw.clone()
     for z in zooms:

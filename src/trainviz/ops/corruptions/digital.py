@@ -62,9 +62,9 @@ def _jpeg_pil(u8: Tensor, quality: int) -> Tensor:
 
 
 @_documented(random=False, example=_CONTRAST_EXAMPLE)
-def contrast(x: Tensor, severity: int = 1) -> Tensor:
+def contrast(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """Scale each channel's deviation from its spatial mean by ``factor``."""
-    factor = _params("contrast", x, severity)["factor"]
+    factor = _params("contrast", x, severity, param_set)["factor"]
     xw = _work(x)
     means = xw.mean(dim=(2, 3), keepdim=True)
     return _finish((xw - means) * factor + means, x)
@@ -72,7 +72,7 @@ def contrast(x: Tensor, severity: int = 1) -> Tensor:
 
 @_documented(random=True, x_shape="H and W at least 2")
 def elastic_transform(
-    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
 ) -> Tensor:
     """Random affine warp, then a smooth random displacement field (make_cifar_c.py's ``elastic_transform``).
 
@@ -80,7 +80,7 @@ def elastic_transform(
     each; then every pixel moves by uniform noise in ``[-1, 1]`` smoothed by a Gaussian of ``sigma s`` (radius
     ``int(3 sigma s + 0.5)``) and scaled by ``alpha s`` pixels. Bilinear sampling, reflect-101 border.
     """
-    p = _params("elastic_transform", x, severity)
+    p = _params("elastic_transform", x, severity, param_set)
     g, xw = _generator(generator, seed), _work(x)
     n, _, h, w = xw.shape
     s = min(h, w)
@@ -103,9 +103,9 @@ def elastic_transform(
 
 
 @_documented(random=False)
-def pixelate(x: Tensor, severity: int = 1) -> Tensor:
+def pixelate(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """Downsample to ``int(size factor)`` and back with PIL's box filter, as batched matrix products."""
-    factor = _params("pixelate", x, severity)["factor"]
+    factor = _params("pixelate", x, severity, param_set)["factor"]
     xw = _work(x)
     h, w = xw.shape[-2:]
     sh, sw = max(int(h * factor), 1), max(int(w * factor), 1)
@@ -121,14 +121,14 @@ def pixelate(x: Tensor, severity: int = 1) -> Tensor:
     output="multiples of 1/255",
     raises=_NOT_ONE_OR_THREE,
 )
-def jpeg_compression(x: Tensor, severity: int = 1) -> Tensor:
+def jpeg_compression(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """JPEG encode and decode at ``quality``, after rounding to 8 bits (``round(255 x)``).
 
     Uses ``torchvision.transforms.v2.functional.jpeg`` when torchvision is importable (its deprecation warning
     silenced), else PIL one image at a time; both give PIL's bytes exactly. Encoding runs on the CPU: the images
     are copied there and back.
     """
-    quality = _params("jpeg_compression", x, severity)["quality"]
+    quality = _params("jpeg_compression", x, severity, param_set)["quality"]
     if x.shape[1] not in (1, 3):
         raise ValueError(f"`jpeg_compression` needs 1 or 3 channels, got C={x.shape[1]}")
     xw = _work(x)

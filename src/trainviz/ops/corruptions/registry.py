@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from trainviz.core.checks import check_images, check_int, check_positive_int
 from trainviz.ops.corruptions import blur, digital, noise, weather
 from trainviz.ops.corruptions._base import _generator
-from trainviz.ops.corruptions.params import CORRUPTION_PARAMS
+from trainviz.ops.corruptions.params import CORRUPTION_PARAM_SETS, CORRUPTION_PARAMS, resolve_param_set
 from trainviz.ops.corruptions.seed import channel_order, gaussian_blur, grayscale, salt_and_pepper
 
 __all__ = [
@@ -58,7 +58,8 @@ IMAGENET_C: tuple[str, ...] = (
     "pixelate",
     "jpeg_compression",
 )
-"""The 15 ImageNet-C corruptions of Hendrycks & Dietterich 2019, each registered with 5 severities (CIFAR-10-C's)."""
+"""The 15 ImageNet-C corruptions of Hendrycks & Dietterich 2019, each registered with 5 severities in three
+parameter sets (CIFAR-10-C's, Tiny-ImageNet-C's, ImageNet-C's; see :mod:`~trainviz.ops.corruptions.params`)."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,23 @@ class CorruptionSpec:
         name: registry key.
         fn: ``fn(x, severity, generator) -> Tensor`` with ``x`` of shape (N, C, H, W) in ``[0, 1]``.
         severities: number of severities; valid severities are ``1..severities``.
-        params: one entry per severity describing it, or ``None``.
+        params: one entry per severity describing it, or ``None`` (the built-ins: their CIFAR-10-C set).
+        param_sets: the built-ins' parameters in each set of :data:`~trainviz.ops.corruptions.PARAM_SETS`
+            (``fn`` then also takes ``param_set=``, a set's name); ``None`` for a corruption registered with
+            :func:`register_corruption`, which has one set.
     """
 
     name: str
-    fn: Callable[[Tensor, int, torch.Generator], Tensor]
+    fn: Callable[..., Tensor]
     severities: int
     params: tuple[Any, ...] | None
+    param_sets: dict[str, tuple[Any, ...]] | None = None
+
+    def params_of(self, severity: int, param_set: str) -> Any:
+        """The entry of ``params`` describing ``severity`` in ``param_set`` (a set's name; ignored without
+        ``param_sets``), ``None`` when there is none."""
+        table = self.params if self.param_sets is None else self.param_sets[param_set]
+        return None if table is None else table[severity - 1]
 
 
 _REGISTRY: dict[str, CorruptionSpec] = {}
@@ -137,16 +148,20 @@ def corruption_spec(name: str) -> CorruptionSpec:
     return _REGISTRY[name]
 
 
-def corrupt(x: Tensor, name: str, severity: int = 1, *, seed: int = 0) -> Tensor:
+def corrupt(x: Tensor, name: str, severity: int = 1, *, seed: int = 0, param_set: str = "auto") -> Tensor:
     """Apply the registered corruption ``name`` at ``severity``, with noise from a CPU generator seeded by ``seed``.
 
-    The same ``(x, name, severity, seed)`` always gives bitwise the same output; the global RNGs are untouched.
+    The same ``(x, name, severity, seed, param_set)`` always gives bitwise the same output; the global RNGs are
+    untouched.
 
     Args:
         x: images in ``[0, 1]``.
         name: a name from :func:`list_corruptions`.
         severity: ``1..severities`` of that corruption (1 for the seed probes, 1..5 for ImageNet-C).
         seed: seed of the private generator.
+        param_set: the built-ins' parameters, ``"cifar10-c"``, ``"tinyimagenet-c"``, ``"imagenet-c"`` or
+            ``"auto"``, the set of the images' shorter side (:func:`~trainviz.ops.corruptions.param_set_for`);
+            ignored by corruptions registered with :func:`register_corruption`.
 
     Returns:
         Corrupted images.
@@ -162,7 +177,9 @@ def corrupt(x: Tensor, name: str, severity: int = 1, *, seed: int = 0) -> Tensor
     spec = corruption_spec(name)
     check_images(x, "x")
     check_int("severity", severity, 1, spec.severities)
-    out = spec.fn(x, severity, _generator(None, seed))
+    resolved = resolve_param_set(param_set, x.shape[-2], x.shape[-1])
+    g = _generator(None, seed)
+    out = spec.fn(x, severity, g) if spec.param_sets is None else spec.fn(x, severity, g, param_set=resolved)
     if not isinstance(out, Tensor) or out.shape != x.shape:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"Corruption {name!r} returned {shape}, expected a tensor of shape {tuple(x.shape)}")
@@ -215,13 +232,16 @@ def _register_builtins() -> None:
     ops = {name: getattr(module, name) for module in (noise, blur, weather, digital) for name in module.__all__}
     for name in IMAGENET_C:
         op = _adapt(ops[name], random=name not in deterministic)
-        register_corruption(name, op, 5, CORRUPTION_PARAMS[name])
+        sets = {key: table[name] for key, table in CORRUPTION_PARAM_SETS.items()}
+        _REGISTRY[name] = CorruptionSpec(name, op, 5, CORRUPTION_PARAMS[name], sets)
 
 
-def _adapt(op: Callable[..., Tensor], random: bool) -> Callable[[Tensor, int, torch.Generator], Tensor]:
+def _adapt(op: Callable[..., Tensor], random: bool) -> Callable[..., Tensor]:
     if random:
-        return lambda x, severity, generator: op(x, severity, generator=generator)
-    return lambda x, severity, generator: op(x, severity)
+        return lambda x, severity, generator, param_set="auto": op(
+            x, severity, generator=generator, param_set=param_set
+        )
+    return lambda x, severity, generator, param_set="auto": op(x, severity, param_set=param_set)
 
 
 _register_builtins()

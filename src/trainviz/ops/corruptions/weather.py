@@ -67,14 +67,16 @@ def _plasma_like(x: Tensor, decay: float, g: torch.Generator) -> Tensor:
 
 
 @_documented(random=True, images="with 1 or 3 channels", x_shape=_ONE_OR_THREE, raises=_NOT_ONE_OR_THREE)
-def snow(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+def snow(
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
+) -> Tensor:
     """Falling snow: a thresholded, zoomed noise layer smeared by motion blur, over a brightened image.
 
     Follows make_cifar_c.py: the layer is ``N(loc, scale)`` per pixel, zoomed by ``zoom``, set to 0 below
     ``threshold``, motion-blurred at an angle in ``U(-135, -45)`` degrees; the image becomes
     ``w x + (1 - w) max(x, 1.5 luma + 0.5)`` and the layer is added once as is and once rotated by 180 degrees.
     """
-    p = _params("snow", x, severity)
+    p = _params("snow", x, severity, param_set)
     g, xw = _generator(generator, seed), _work(x)
     n, _, h, w = xw.shape
     layer = p["loc"] + p["scale"] * _normal((n, 1, h, w), g, xw)
@@ -88,7 +90,9 @@ def snow(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = No
 
 
 @_documented(random=True)
-def frost(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+def frost(
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
+) -> Tensor:
     """Blend with a frost texture: ``image_weight x + frost_weight frost``.
 
     The original blends crops of frost photos; trainviz synthesises the texture (not comparable with
@@ -96,7 +100,7 @@ def frost(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = N
     cloudy base ``p``, mixed ``0.6 ridges + 0.4 p``, tinted bluish white (0.85, 0.93, 1.0) on 3-channel
     images (grey on others).
     """
-    p = _params("frost", x, severity)
+    p = _params("frost", x, severity, param_set)
     g, xw = _generator(generator, seed), _work(x)
     plasma = _plasma_like(xw, 1.5, g)
     texture = 0.6 * (1 - (2 * plasma - 1).abs()) ** 4 + 0.4 * plasma
@@ -106,9 +110,11 @@ def frost(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = N
 
 
 @_documented(random=True)
-def fog(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+def fog(
+    x: Tensor, severity: int = 1, *, generator: torch.Generator | None = None, seed: int = 0, param_set: str = "auto"
+) -> Tensor:
     """Add a plasma-fractal haze: ``(x + s plasma) max(x) / (max(x) + s)``, ``max`` per image."""
-    p = _params("fog", x, severity)
+    p = _params("fog", x, severity, param_set)
     g, xw = _generator(generator, seed), _work(x)
     strength = p["strength"]
     peak = xw.amax(dim=(1, 2, 3), keepdim=True)
@@ -117,14 +123,14 @@ def fog(x: Tensor, severity: int = 1, *, generator: torch.Generator | None = Non
 
 
 @_documented(random=False, example=_BRIGHTNESS_EXAMPLE)
-def brightness(x: Tensor, severity: int = 1) -> Tensor:
+def brightness(x: Tensor, severity: int = 1, *, param_set: str = "auto") -> Tensor:
     """Add ``delta_v`` to the value channel in HSV (clipped to 1), keeping hue and saturation.
 
     With hue and saturation fixed, RGB is proportional to V, so this is ``x V' / V`` where
     ``V = max_c x`` and ``V' = min(V + delta_v, 1)``; black pixels become grey ``V'``. On 1-channel
     images it is ``min(x + delta_v, 1)``.
     """
-    delta = _params("brightness", x, severity)["delta_v"]
+    delta = _params("brightness", x, severity, param_set)["delta_v"]
     xw = _work(x)
     v = xw.amax(dim=1, keepdim=True)
     v_new = (v + delta).clamp(max=1.0)
