@@ -99,6 +99,7 @@ class MaxActivationCallback(ProbeCallback):
     """
 
     name = "maxact"
+    needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 8
 
     def __init__(
