@@ -172,3 +172,31 @@ def test_four_channel_photos_skip_the_corruptions_that_assume_rgb(tmp_path):
     assert all("C=4" in reason for reason in cb.skipped.values())
     assert {name for name, _ in cb.active} == {"gaussian_noise", "gaussian_blur_3x3"} and cb.done_epochs == [0]
     assert list((tmp_path / "trainviz" / "robustness").rglob("*.png"))
+
+
+def test_yaml_carries_pixels_and_display_channels_through_lightning_cli(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: trainviz.CAMCallback\n      init_args:\n"
+        "        pixels: false\n        display_channels: [3, 1, 0]\n"
+        "    - class_path: trainviz.SaliencyCallback\n      init_args:\n"
+        "        pixels: false\n        occlusion_baseline: -1000.0\n"
+    )
+    args = ["--config", str(config), "--model", "trainviz.models.DemoClassifier", "--trainer.logger", "false"]
+    cli = main(args=args, run=False)
+    cam, saliency = [c for c in cli.trainer.callbacks if isinstance(c, ProbeCallback)]
+    assert (cam.pixels, cam.display_channels) == (False, (3, 1, 0))
+    assert (saliency.pixels, saliency.occlusion_baseline) == (False, -1000.0)
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: trainviz.RobustnessCallback\n"
+        "      init_args:\n        pixels: false\n"
+    )
+    with pytest.raises(ValueError, match=r"RobustnessCallback acts on pixels"):
+        main(args=args, run=False)
