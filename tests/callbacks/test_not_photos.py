@@ -155,7 +155,7 @@ def test_saliency_occlusion_baseline_is_in_model_input_space_without_pixels():
     assert cb.occlusion_baseline == -1000.0
 
 
-def test_four_channel_photos_skip_the_corruptions_that_assume_rgb(tmp_path):
+def test_four_channel_photos_skip_the_corruptions_that_assume_rgb_and_show_a_chosen_triple(tmp_path):
     g = torch.Generator().manual_seed(3)
     data = TensorDataset(torch.rand(32, 4, 16, 16, generator=g), torch.arange(32) % 2)  # RGB + infrared in [0, 1]
     cb = trainviz.RobustnessCallback(
@@ -167,10 +167,14 @@ def test_four_channel_photos_skip_the_corruptions_that_assume_rgb(tmp_path):
         display_channels=[0, 1, 2],
         strict=True,
     )
-    _fit(tmp_path, data, [cb])
+    maxout = trainviz.MaxActivationCallback(
+        classes=[0, 1], steps=2, final_steps=0, probe_size=8, display_channels=[3, 1, 0], strict=True
+    )
+    _fit(tmp_path, data, [cb, maxout], epochs=2)
+    assert maxout.done_epochs == [0, 1] and list((tmp_path / "trainviz" / "maxact").rglob("*.png"))
     assert set(cb.skipped) == {"grayscale", "channels_bgr", "jpeg_compression"}
     assert all("C=4" in reason for reason in cb.skipped.values())
-    assert {name for name, _ in cb.active} == {"gaussian_noise", "gaussian_blur_3x3"} and cb.done_epochs == [0]
+    assert {name for name, _ in cb.active} == {"gaussian_noise", "gaussian_blur_3x3"} and cb.done_epochs == [0, 1]
     assert list((tmp_path / "trainviz" / "robustness").rglob("*.png"))
 
 
