@@ -26,6 +26,7 @@ from typing_extensions import override
 from trainviz.core.budget import Scheduler, check_budget
 from trainviz.core.checks import check_choice, check_int, check_positive_int
 from trainviz.core.common import WarnOnce, example_indices
+from trainviz.core.display import DISPLAY_PERCENTILES, Display, check_display_channels, display_channels_for
 from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.core.layers import resolve_layers
 from trainviz.core.namespace import callback_base, info, namespace_of
@@ -112,6 +113,15 @@ def _where_to_look(log_dir: str, entry: dict[str, Any], epochs: int | None = Non
     info("\n".join(lines), entry["namespace"])
 
 
+_SAID: set[str] = set()  # lines logged once per process, whichever callback comes first
+
+
+def _say_once(message: str, trainer: Any = None) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        info(message, trainer)
+
+
 def _dataset_of(loader: Any) -> Any:
     if isinstance(loader, (list, tuple)):
         loader = loader[0] if loader else None
@@ -135,6 +145,13 @@ class ProbeCallback(Callback):
             takes, in this order, ``default_callbacks(normalization=)``, the datamodule's ``normalization``
             attribute, a torchvision ``Normalize`` in the probe dataset's transform pipeline, or the identity
             (see :mod:`trainviz.core.pixels`). Setup raises ``ValueError`` if the probe images do not map into [0, 1].
+        pixels: whether the inputs are photos with a mapping to pixels in [0, 1] (default ``True``; trainviz never
+            guesses). ``False`` declares they are not (CT in Hounsfield units, spectrograms, standardised bands):
+            there is no pixel mapping to check, pictures of the inputs are scaled per image and channel to their
+            1st-99th percentiles for display only (:mod:`trainviz.core.display`), and a callback that acts on
+            pixels (``needs_pixels``: corruptions, adversarial probes, MaxOut) refuses to be built.
+        display_channels: the input channels pictures show: ``None`` (default: all of 1 or 3 channels, else the
+            first), one index, or three shown as red, green, blue (e.g. ``[3, 1, 0]`` of RGB plus infrared).
         batch_size: probe batch size.
         run_at_fit_end: run once more when training ends if the last epoch was not a run.
         strict: re-raise probe errors instead of warning (for debugging).
@@ -178,6 +195,9 @@ class ProbeCallback(Callback):
 
     name: ClassVar[str] = "probe"
     default_probe_size: ClassVar[int] = 64
+    needs_pixels: ClassVar[bool] = True
+    """Whether the probe acts on pixels in [0, 1] (corrupts, attacks or optimises them) and so cannot run on inputs
+    declared not to be photos (``pixels=False``). Probes that compute on the model's own inputs set ``False``."""
 
     def __init__(
         self,
@@ -193,6 +213,8 @@ class ProbeCallback(Callback):
         log_name: str | None = None,
         budget: float | None = None,
         output: OutputSpec = None,
+        pixels: bool = True,
+        display_channels: int | list[int] | None = None,
     ) -> None:
         super().__init__()
         if log_name is not None:
@@ -209,6 +231,25 @@ class ProbeCallback(Callback):
         self.split = check_choice("split", split, ("val", "train"))
         self.probe_data = probe_data
         self.normalization = as_normalization(normalization)
+        if not isinstance(pixels, bool):
+            raise ValueError(
+                f"Expected `pixels` to be True (photos) or False (inputs that are not photos), got {pixels!r}."
+            )
+        self.pixels = pixels
+        if not pixels and type(self).needs_pixels:
+            raise ValueError(
+                f"{type(self).__name__} acts on pixels in [0, 1] (it corrupts, attacks or optimises them) and cannot "
+                "run on inputs declared not to be photos (`pixels=False`). Leave it out, or, if the inputs are "
+                "photos, drop `pixels=False` and give the mapping to pixels with `normalization=(mean, std)`. "
+                "`trainviz.default_callbacks(pixels=False)` leaves such callbacks out by itself."
+            )
+        if not pixels and self.normalization is not None:
+            raise ValueError(
+                "Expected either `pixels=False` (the inputs are not photos: there is no mapping to pixels) or "
+                f"`normalization=` (the mapping of photos), not both; got normalization={self.normalization}."
+            )
+        self.display_channels = check_display_channels(display_channels)
+        self.display: Display | None = None  # how pictures show the probe images, set at fit start
         self.shared_normalization: Normalization | None = None  # set by default_callbacks(normalization=)
         self.norm: Normalization | None = None
         self.norm_source: str | None = None
@@ -317,7 +358,22 @@ class ProbeCallback(Callback):
         self.norm, self.norm_source = resolve_normalization(
             self.normalization, self.shared_normalization, trainer.datamodule, dataset, self.probe.images.shape[1]
         )
-        check_pixel_range(self.probe.images, self.norm, self.norm_source, type(self).__name__)
+        check_pixel_range(self.probe.images, self.norm, self.norm_source, type(self).__name__, self.needs_pixels)
+
+    def _resolve_display(self) -> None:
+        """``self.display``: the pixels (photos) or robust percentile scaling (``pixels=False``), and the channels."""
+        shown = display_channels_for(self.probe.images.shape[1], self.display_channels, type(self).__name__)
+        if self.pixels:
+            self.display = Display(self.norm, shown)
+            return
+        self.display = Display(None, shown)
+        low, high = DISPLAY_PERCENTILES
+        _say_once(
+            "trainviz: the inputs are declared not to be photos (pixels=False): probes compute on the model's own "
+            f"inputs, and pictures of them are scaled per image and channel to their {low:g}th-{high:g}th "
+            "percentiles, for display only.",
+            self._trainer,
+        )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -363,7 +419,11 @@ class ProbeCallback(Callback):
         if self.probe is None and self._source is not None:
             self._draw(trainer, self._source)
         if self.probe is not None:
-            self._resolve_normalization(trainer, self._source)
+            if self.pixels:
+                self._resolve_normalization(trainer, self._source)
+            else:
+                self.norm, self.norm_source = None, None
+            self._resolve_display()
             self._setup(trainer, pl_module)
 
     @override

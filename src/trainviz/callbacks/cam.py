@@ -110,6 +110,7 @@ class CAMCallback(ProbeCallback):
     """
 
     name = "cam"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 64
 
     def __init__(
@@ -198,6 +199,7 @@ class CAMCallback(ProbeCallback):
             self.batch_size,
             self.reshape,
             self.norm,
+            self.display,
         )
 
     @override

@@ -99,6 +99,7 @@ class DecoderMapCallback(ProbeCallback):
     """
 
     name = "decoder_maps"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 96
 
     def __init__(
@@ -159,7 +160,14 @@ class DecoderMapCallback(ProbeCallback):
 
     def _config(self) -> DecoderMapConfig:
         return DecoderMapConfig(
-            self.layer_name, self.n_tracked, self.n_grid, self.n_examples, self.sharpness, self.batch_size, self.norm
+            self.layer_name,
+            self.n_tracked,
+            self.n_grid,
+            self.n_examples,
+            self.sharpness,
+            self.batch_size,
+            self.norm,
+            self.display,
         )
 
     @override
@@ -175,7 +183,7 @@ class DecoderMapCallback(ProbeCallback):
             return
         last = max(self.tracked_maps)
         k = self.tracker.means[-1].shape[0]
-        strip = evolution(self.tracked_maps, self.probe, self.n_tracked, self.norm, k)
+        strip = evolution(self.tracked_maps, self.probe, self.n_tracked, self.norm, k, display=self.display)
         self.sink.image("evolution", strip, last, artifact=True)
         text, document = formation(self.tracker, class_names(self.probe.class_names, k), self.layer_name)
         self.sink.text("formation_epochs", text, last)

@@ -60,6 +60,7 @@ class DynamicsCallback(ProbeCallback):
     """
 
     name = "dynamics"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 256
 
     def __init__(self, n_examples: int = 6, probe_size: int | None = None, **kwargs: Any) -> None:
@@ -73,5 +74,5 @@ class DynamicsCallback(ProbeCallback):
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        config = DynamicsConfig(self.n_examples, self.batch_size, self.norm)
+        config = DynamicsConfig(self.n_examples, self.batch_size, self.norm, self.display)
         self.sink.write(compute(self.logits_model(pl_module), self.device_probe(pl_module), config, epoch=epoch))

@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_bool, check_int, check_layers
+from trainviz.core.display import pictures
 from trainviz.core.guard import probe_guard
 from trainviz.core.threads import contention
 from trainviz.ops.embedding import MIN_EMBED_POINTS
@@ -111,6 +112,7 @@ class EmbeddingCallback(ProbeCallback):
     """
 
     name = "embedding"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
 
     def __init__(
         self,
@@ -213,7 +215,7 @@ class EmbeddingCallback(ProbeCallback):
                 self.history.recover(epoch, layer, self.sink.read_npz(epoch, layer), ids, self.methods)
         self._projector = self.sink.projector(self.probe.fingerprint()[:12]) if self.projector else None
         if self._projector is not None:
-            self._projector.sprite(to_uint8(self.norm.denormalize(self.probe.images.float())))
+            self._projector.sprite(to_uint8(pictures(self.probe.images.float(), self.norm, self.display)))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -116,6 +116,7 @@ class FeatureMapCallback(ProbeCallback):
     """
 
     name = "features"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 64
 
     def __init__(
@@ -235,6 +236,7 @@ class FeatureMapCallback(ProbeCallback):
             self.norm,
             self.input_shape,
             self.probe_seed,
+            self.display,
         )
 
     def _resolve_typed(self, model: nn.Module, spec: str, kind: str) -> tuple[str, nn.Module] | None:

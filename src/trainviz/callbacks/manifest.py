@@ -90,6 +90,8 @@ def collect_manifest(
             "normalization": None
             if cb.norm is None
             else {"mean": list(cb.norm.mean), "std": list(cb.norm.std), "source": cb.norm_source},
+            "pixels": cb.pixels,
+            "display": None if cb.display is None else cb.display.record(),
         }
         for cb in trainer.callbacks
         if isinstance(cb, ProbeCallback) and cb.probe is not None

@@ -101,6 +101,7 @@ class MaxActivationCallback(ProbeCallback):
     """
 
     name = "maxact"
+    needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 8
 
     def __init__(
@@ -235,6 +236,7 @@ class MaxActivationCallback(ProbeCallback):
             self.probe_seed,
             self.norm,
             self.probe.class_names,
+            None if self.display is None else self.display.channels,
         )
 
     @override
@@ -284,7 +286,8 @@ class MaxActivationCallback(ProbeCallback):
         keys = [target_key(t) for t in self._targets]
         if len(self._history[-1][1]) == len(keys):
             labels = [label_of(t, self.probe.class_names) for t in self._targets]
-            for name, image in evolution(self._history, keys, labels, self.max_strip).items():
+            shown = None if self.display is None else self.display.channels
+            for name, image in evolution(self._history, keys, labels, self.max_strip, shown).items():
                 self.sink.image(name, image, last, artifact=True)
         if self.final_steps > 0:
             model = self.logits_model(pl_module)

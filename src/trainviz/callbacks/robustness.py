@@ -119,6 +119,7 @@ class RobustnessCallback(ProbeCallback):
     """
 
     name = "robustness"
+    needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 256  # a 95% interval on an accuracy of 0.8 is about +-0.05 at 256 images, +-0.1 at 64
 
     def __init__(
@@ -311,6 +312,7 @@ class RobustnessCallback(ProbeCallback):
             self.random_directions,
             self.random_radius_factor,
             self.probe_seed,
+            None if self.display is None else self.display.channels,
             param_set=None if self.param_set == "auto" else self.param_set,
         )
         inputs = self._corrupted_inputs(probe, rows, epoch)

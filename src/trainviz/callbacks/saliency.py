@@ -100,7 +100,8 @@ class SaliencyCallback(ProbeCallback):
         occlusion_window: side of the occluding patch (pixels; at most the image side, checked at setup).
         occlusion_stride: step between patch positions (pixels).
         occlusion_baseline: what the patch is filled with, as a PIXEL value in [0, 1] (0: black), mapped through
-            the normalisation into model-input space.
+            the normalisation into model-input space. With ``pixels=False`` (inputs that are not photos) it is a
+            value in model-input space (default 0), used as it is.
         deletion_steps: steps of the deletion and insertion curves.
         sanity_every: run the sanity checks at the first run and every ``sanity_every``-th run of this callback
             after it; 0 disables them. Under a ``budget`` a sanity run that does not fit the credit runs without
@@ -135,6 +136,7 @@ class SaliencyCallback(ProbeCallback):
     """
 
     name = "saliency"
+    needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 32
 
     def __init__(
@@ -174,7 +176,11 @@ class SaliencyCallback(ProbeCallback):
         self.ig_steps = check_positive_int("ig_steps", ig_steps)
         self.occlusion_window = check_positive_int("occlusion_window", occlusion_window)
         self.occlusion_stride = check_positive_int("occlusion_stride", occlusion_stride)
-        self.occlusion_baseline = check_float("occlusion_baseline", occlusion_baseline, minimum=0, maximum=1)
+        self.occlusion_baseline = (
+            check_float("occlusion_baseline", occlusion_baseline, minimum=0, maximum=1)
+            if self.pixels
+            else check_float("occlusion_baseline", occlusion_baseline)
+        )
         self.deletion_steps = check_positive_int("deletion_steps", deletion_steps)
         self.sanity_every = check_int("sanity_every", sanity_every, minimum=0)
         self.sanity_images = check_positive_int("sanity_images", sanity_images)
@@ -237,6 +243,7 @@ class SaliencyCallback(ProbeCallback):
             self.batch_size,
             self.norm,
             run_seed(self.probe_seed, epoch),
+            self.display,
         )
 
     @override

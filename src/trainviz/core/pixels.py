@@ -207,11 +207,14 @@ def resolve_normalization(
     return Normalization.identity(channels), "identity"
 
 
-def check_pixel_range(images: torch.Tensor, norm: Normalization, source: str, owner: str = "trainviz") -> None:
+def check_pixel_range(
+    images: torch.Tensor, norm: Normalization, source: str, owner: str = "trainviz", needs_pixels: bool = True
+) -> None:
     """Raise unless ``norm`` maps ``images`` into [0, 1] (within :data:`PIXEL_TOLERANCE`), checked before any clamp.
 
     Raises:
-        ValueError: naming the observed per-channel range and the three ways to give the right mapping.
+        ValueError: naming the observed per-channel range, the three ways to give the right mapping, and what
+            ``pixels=False`` (inputs that are not photos) does for ``owner`` (``needs_pixels``: it does not run).
     """
     if images.numel() == 0:
         return
@@ -233,5 +236,14 @@ def check_pixel_range(images: torch.Tensor, norm: Normalization, source: str, ow
             "never computes on clamped pixels. Give it one of three ways: `normalization=(mean, std)` on the "
             "callback, `trainviz.default_callbacks(normalization=(mean, std))` for every callback, or a "
             "`normalization` attribute (a `trainviz.data.Normalization` or a (mean, std) pair) on the datamodule. "
-            "A torchvision `Normalize` in the probe dataset's transform is found by itself."
+            "A torchvision `Normalize` in the probe dataset's transform is found by itself. "
+            + (
+                f"If the inputs are not photos (CT values, spectrograms, standardised bands), {owner} does not apply "
+                "to them (it acts on pixels): `trainviz.default_callbacks(pixels=False)` leaves it out and runs the "
+                "others."
+                if needs_pixels
+                else f"If the inputs are not photos (CT values, spectrograms, standardised bands), say so with "
+                f"`pixels=False` on {owner} (or `trainviz.default_callbacks(pixels=False)`): it then runs on the "
+                "model's own inputs and scales its pictures for display only."
+            )
         )

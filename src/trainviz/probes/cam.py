@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
+from trainviz.core.display import Display, pictures
 from trainviz.core.layers import Reshape
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
@@ -66,6 +67,7 @@ class CAMConfig:
         n_grid: images in the overlay grids; n_tracked: images in the layer rows and the evolution strip.
         max_strip: most epochs in the evolution strip.
         batch_size: images per forward; norm: model inputs back to pixels (``None``: the identity).
+        display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
     """
 
     layers: dict[str, nn.Module]
@@ -82,6 +84,7 @@ class CAMConfig:
     batch_size: int = 64
     reshape: Reshape = None
     norm: Normalization | None = None
+    display: Display | None = None
 
 
 @dataclass
@@ -359,17 +362,22 @@ def compute(
         targets=result.targets,
         per_image=per_image,
         small={k: torch.from_numpy(host[f"small/{k}"]).half() for k in small},
-        pixels=pixels if config.norm is None else config.norm.denormalize(pixels),
+        pixels=pictures(pixels, config.norm, config.display),
         grid=idx,
         captions=[f"true {names[t]}\npred {names[p]} {c:.2f}" for t, p, c in zip(labels, pred_host, conf_host)],
         grid_labels=labels,
         correct=[t == p for t, p in zip(labels, pred_host)],
         names=names,
         counts=[int(n) for n in host["counts"].tolist()],
-        guided=None if result.guided is None else result.guided_grad_cam[idx],
+        guided=None if result.guided is None else _shown(result.guided_grad_cam[idx], config.display),
         n_rows=min(config.n_tracked, len(idx)),
         n_layers=len(result.maps),
     )
+
+
+def _shown(tensor: torch.Tensor, display: Display | None) -> torch.Tensor:
+    """The shown channels of an input-shaped tensor (a gradient image)."""
+    return tensor if display is None else display.channels_of(tensor)
 
 
 def evolution(
@@ -385,7 +393,7 @@ def evolution(
     names = class_names(probe.class_names, probe.num_classes)
     pixels = probe.images[idx].float()
     strip = evolution_strip(
-        pixels if config.norm is None else config.norm.denormalize(pixels),
+        pictures(pixels, config.norm, config.display),
         stack[keep].float(),
         [epochs[i] for i in keep],
         [names[c] for c in probe.labels[idx].tolist()],

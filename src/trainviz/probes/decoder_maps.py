@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices, json_number, json_numbers, strip_epochs
+from trainviz.core.display import Display, pictures
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
@@ -63,6 +64,7 @@ class DecoderMapConfig:
         sharpness: ``"peak_to_mean"`` or ``"entropy"`` (:func:`trainviz.ops.class_maps.map_sharpness`).
         batch_size: images per forward.
         norm: maps model inputs back to pixels (``None``: the identity).
+        display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
     """
 
     layer: str
@@ -72,6 +74,7 @@ class DecoderMapConfig:
     sharpness: str = "peak_to_mean"
     batch_size: int = 64
     norm: Normalization | None = None
+    display: Display | None = None
 
 
 def _pick(labels: list[int], candidates: Sequence[int], n: int) -> list[int]:
@@ -258,8 +261,8 @@ class DecoderMapResult(Result):
         }
 
 
-def _pixels(images: torch.Tensor, norm: Normalization | None) -> torch.Tensor:
-    return images.float() if norm is None else norm.denormalize(images.float())
+def _pixels(images: torch.Tensor, norm: Normalization | None, display: Display | None = None) -> torch.Tensor:
+    return pictures(images.float(), norm, display)
 
 
 def compute(
@@ -311,7 +314,7 @@ def compute(
         ids=probe.ids,
         class_means=means,
         counts=counts,
-        pixels=_pixels(probe.images, config.norm),
+        pixels=_pixels(probe.images, config.norm, config.display),
         names=names,
         shown=shown,
         tracked=torch.from_numpy(host["tracked"]).half(),
@@ -325,15 +328,17 @@ def evolution(
     norm: Normalization | None,
     num_classes: int,
     limit: int = MAX_STRIP_EPOCHS,
+    display: Display | None = None,
 ) -> np.ndarray:
     """Fit end: rows = the ``n_tracked`` tracked probe images, columns = at most ``limit`` runs (evenly spread,
-    first and last included), the true class's map over the image."""
+    first and last included), the true class's map over the image (``display``: how the image is shown, else
+    ``norm`` undone)."""
     shown = strip_epochs(sorted(tracked_maps), limit)
     tracked = example_indices(probe.labels, n_tracked)
     names = class_names(probe.class_names, num_classes)
     rows = [names[c] for c in probe.labels[tracked].tolist()]
     maps = torch.stack([tracked_maps[e].float() for e in shown])
-    return evolution_strip(_pixels(probe.images[tracked], norm), maps, shown, row_labels=rows)
+    return evolution_strip(_pixels(probe.images[tracked], norm, display), maps, shown, row_labels=rows)
 
 
 def formation(tracker: PatternTracker, names: Sequence[str], layer: str | None) -> tuple[str, dict[str, Any]]:

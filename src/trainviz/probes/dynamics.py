@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices
+from trainviz.core.display import Display, pictures
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
@@ -39,11 +40,13 @@ class DynamicsConfig:
         n_examples: probe images shown with their probability bars (one per class first).
         batch_size: images per forward.
         norm: maps model inputs back to pixels (``None``: the identity).
+        display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
     """
 
     n_examples: int = 6
     batch_size: int = 64
     norm: Normalization | None = None
+    display: Display | None = None
 
 
 def compute(model: nn.Module, probe: ProbeSet, config: DynamicsConfig, *, epoch: int) -> DynamicsResult:
@@ -63,7 +66,7 @@ def compute(model: nn.Module, probe: ProbeSet, config: DynamicsConfig, *, epoch:
         {
             "accuracy": (pred == probe.labels).double().mean(),
             "per_class": per_class_accuracy(pred, probe.labels, k),
-            "pixels": pixels if config.norm is None else config.norm.denormalize(pixels),
+            "pixels": pictures(pixels, config.norm, config.display),
             "probs": probs[idx],
             "labels": probe.labels[idx],
         }

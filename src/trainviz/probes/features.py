@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices, json_number
+from trainviz.core.display import Display, pictures
 from trainviz.core.hooks import capture, first_tensor
 from trainviz.core.layers import Reshape, to_feature_maps
 from trainviz.core.outputs import to_logits
@@ -78,6 +79,7 @@ class FeatureConfig:
         hist_values: the most values per layer kept for the histograms (a uniform sample when there are more).
         batch_size: images per forward; reshape: token layouts (see :func:`trainviz.core.layers.to_feature_maps`).
         norm: model inputs back to pixels for the overlays (``None``: the identity).
+        display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
         input_shape: the per-example shape the model takes when the probe images hold vectors ``(N, D, 1, 1)``
             (non-image inputs such as 2-D points); ``None`` for images.
         seed: seed of the histogram sampling generator.
@@ -98,6 +100,7 @@ class FeatureConfig:
     norm: Normalization | None = None
     input_shape: tuple[int, ...] | None = None
     seed: int = 0
+    display: Display | None = None
 
 
 @dataclass
@@ -418,8 +421,8 @@ def compute(
     pred = torch.cat(preds)
     images = probe.images[shown].float()
     pixels = None
-    if config.input_shape is None and images.shape[1] in (1, 3):
-        pixels = images if config.norm is None else config.norm.denormalize(images)
+    if config.input_shape is None and (config.display is not None or images.shape[1] in (1, 3)):
+        pixels = pictures(images, config.norm, config.display)
     host = to_cpu(
         {
             **({} if pixels is None else {"pixels": pixels}),

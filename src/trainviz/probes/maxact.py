@@ -60,6 +60,7 @@ class MaxActConfig:
     seed: int = 0
     norm: Normalization | None = None
     class_names: list[str] | None = None
+    display_channels: tuple[int, ...] | None = None  # the channels pictures show (None: all, for 1 or 3 channels)
 
 
 def group_of(key: str) -> str:
@@ -102,6 +103,7 @@ class MaxActResult(Result):
     images: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (B, C, H, W) pixels, CPU
     labels: list[str] | None = field(default=None, repr=False, compare=False)
     final: bool = field(default=False, repr=False, compare=False)
+    shown: tuple[int, ...] | None = field(default=None, repr=False, compare=False)  # channels shown (None: all)
 
     def scalars(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -134,7 +136,7 @@ class MaxActResult(Result):
             return {}
         keys, values = list(self.activation), list(self.activation.values())
         labels = self.labels or keys
-        tiles = to_uint8(upscale(self.images.float(), TILE))
+        tiles = to_uint8(upscale(_channels(self.images.float(), self.shown), TILE))
         out = {}
         for group, rows in self.groups().items():
             captions = [f"{labels[i]}\nact {values[i]:.3g}" for i in rows]
@@ -266,11 +268,20 @@ def compute(
         images=torch.from_numpy(host["images"]).float(),
         labels=[label_of(t, config.class_names) for t in config.targets],
         final=final,
+        shown=config.display_channels,
     )
 
 
+def _channels(images: torch.Tensor, shown: tuple[int, ...] | None) -> torch.Tensor:
+    return images if shown is None else images[:, list(shown)]
+
+
 def evolution(
-    history: list[tuple[int, torch.Tensor]], keys: list[str], labels: list[str], max_strip: int = 12
+    history: list[tuple[int, torch.Tensor]],
+    keys: list[str],
+    labels: list[str],
+    max_strip: int = 12,
+    shown: tuple[int, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit end: per group, rows of each target's image across at most ``max_strip`` evenly spaced runs of
     ``history`` (``(epoch, images (B, C, H, W))`` pairs), captioned with the target and the epoch.
@@ -288,6 +299,6 @@ def evolution(
     for group, rows in groups.items():
         images = stack[:, rows].transpose(0, 1).reshape(-1, *stack.shape[2:])  # row-major: target, then epoch
         captions = [f"{labels[r]}\nepoch {e}" for r in rows for e in epochs]
-        tiles = caption_tiles(to_uint8(upscale(images, TILE)), captions)
+        tiles = caption_tiles(to_uint8(upscale(_channels(images, shown), TILE)), captions)
         out[f"{group}/evolution"] = image_grid(tiles, len(epochs))
     return out

@@ -428,8 +428,9 @@ class RobustnessConfig:
     """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
     those of the Grad-CAM; ``reference`` normalises the corruption errors. The trajectories (``trajectory_images``
     images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
-    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``. ``param_set`` names the corruptions'
-    parameters, for the record."""
+    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``. ``display_channels``: the channels the
+    example grid shows (``None``: all, for 1 or 3 channels). ``param_set`` names the corruptions' parameters, for the
+    record."""
 
     norm: Normalization
     epsilons: tuple[float, ...] = ()
@@ -445,6 +446,7 @@ class RobustnessConfig:
     random_directions: int = 0
     radius_factor: float = 2.0
     seed: int = 0
+    display_channels: tuple[int, ...] | None = None
     param_set: str | None = None  # the corruptions' parameter set, recorded ("cifar10-c", ...)
 
 
@@ -483,7 +485,7 @@ def compute(
     if isinstance(inputs, Tensor):
         inputs = CorruptedRows.of_tensor(inputs, n, config.norm)
     examples = list(range(min(config.n_examples, n))) if examples is None else examples
-    tiles = _example_tiles(inputs, n, rows, examples, config.norm)
+    tiles = _example_tiles(inputs, n, rows, examples, config.norm, config.display_channels)
     start = time.perf_counter()
     logits, shift = _forward(model, inputs, probe.labels, config)
     seconds = {"row": (time.perf_counter() - start) / (1 + len(rows)) / (CAM_COST if config.cam_layers else 1.0)}
@@ -503,11 +505,19 @@ def compute(
     return result
 
 
-def _example_tiles(inputs: CorruptedRows, n: int, rows: Rows, idx: list[int], norm: Normalization) -> Examples:
+def _example_tiles(
+    inputs: CorruptedRows,
+    n: int,
+    rows: Rows,
+    idx: list[int],
+    norm: Normalization,
+    channels: tuple[int, ...] | None = None,
+) -> Examples:
     """The example grid's tiles: the probe images ``idx``, clean, then each corruption at its highest severity."""
     columns = [0] + [r for r, (name, _) in enumerate(rows, start=1) if r == len(rows) or rows[r][0] != name]
     chosen = torch.tensor([c * n + i for c in columns for i in idx], device=inputs.device)
-    flat = to_uint8(upscale(norm.denormalize(inputs.index_select(0, chosen).float()), 64))
+    pixels = norm.denormalize(inputs.index_select(0, chosen).float())
+    flat = to_uint8(upscale(pixels if channels is None else pixels[:, list(channels)], 64))
     titles = ["clean"] + [
         name if corruption_spec(name).severities == 1 else f"{name}\ns{severity}"
         for name, severity in (rows[c - 1] for c in columns[1:])

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
+from trainviz.core.display import Display, pictures
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
@@ -91,7 +92,8 @@ class SaliencyConfig:
         smoothgrad_samples, smoothgrad_sigma: SmoothGrad's noisy copies and noise level (fraction of the range).
         ig_steps: integrated gradients' quadrature points.
         occlusion_window, occlusion_stride: the occluding patch's side and step (pixels).
-        occlusion_baseline: what the patch is filled with, as a PIXEL value in [0, 1] (mapped through ``norm``).
+        occlusion_baseline: what the patch is filled with, as a PIXEL value in [0, 1] mapped through ``norm``; with
+            ``norm=None`` (the identity, or inputs that are not photos) a value in model-input space.
         deletion_steps: steps of the deletion and insertion curves.
         sanity_images: probe images in the sanity checks (the first of :func:`example_indices`).
         sanity_layers: the cascade's layers, top down (:func:`trainviz.ops.sanity.randomizable_layers`).
@@ -100,6 +102,7 @@ class SaliencyConfig:
         batch_size: rows (images, noisy copies, path points, occluded copies) per forward.
         norm: model inputs back to pixels (``None``: the identity).
         seed: the run's seed (:func:`run_seed`).
+        display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
     """
 
     methods: Sequence[str] = ("gradient", "smoothgrad", "guided_backprop", "occlusion")
@@ -119,6 +122,7 @@ class SaliencyConfig:
     batch_size: int = 64
     norm: Normalization | None = None
     seed: int = 0
+    display: Display | None = None
 
 
 def _pixel_baseline(config: SaliencyConfig, images: torch.Tensor) -> torch.Tensor:
@@ -517,8 +521,7 @@ def compute(model: nn.Module, probe: ProbeSet, config: SaliencyConfig, *, epoch:
             per_method[parts[0]][parts[1]] = value
 
     def pixels_of(rows: list[int]) -> torch.Tensor:
-        x = probe.images[rows].float()
-        return x if config.norm is None else config.norm.denormalize(x)
+        return pictures(probe.images[rows].float(), config.norm, config.display)
 
     return SaliencyResult(
         epoch,
@@ -556,7 +559,7 @@ def evolution(
     keep = strip_epochs(list(range(len(epochs))), config.max_strip)
     names = class_names(probe.class_names, probe.num_classes)
     pixels = probe.images[idx].float()
-    pixels = pixels if config.norm is None else config.norm.denormalize(pixels)
+    pixels = pictures(pixels, config.norm, config.display)
     methods = [m for m in history[-1][1] if all(m in maps for _, maps in history)]
     strips, arrays = {}, {}
     for method in methods:
