@@ -194,7 +194,10 @@ def test_auto_warns_for_maps_without_a_whole_stride(caplog):
 # ------------------------------------------------------------------------------------------------
 # timm
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key", list(ZOO))
+SLOW = {"efficientnet", "resnet"}  # 128-px CNNs: a few seconds each
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in ZOO])
 def test_auto_layer_and_grad_cam_match_pytorch_grad_cam(key):
     net, x = make(key)
     expected, documented = ZOO[key][3], ZOO[key][4]
