@@ -314,3 +314,14 @@ def test_hugging_face_classifiers(kind, layer):
     wrapped = Logits(net)
     reference = pgc_at_layer_resolution(wrapped, "net." + layer, x, targets, reshape)
     torch.testing.assert_close(minmax_scale(raw), reference.float(), atol=1e-5, rtol=0)
+    if kind != "convnext":  # the embedding: ViT's class token, Swin's average token (Hugging Face's own pooling)
+        from trainviz.probes.embedding import EmbeddingConfig, capture
+
+        layout = model_layout(model, x)
+        name = find_last_spatial_layer(model, x[:1], layout, gradient=False)
+        assert name == f"{kind}.layernorm"
+        features, _ = capture(model, {name: net.get_submodule(name)}, x, EmbeddingConfig(("pca",)), layout)
+        with torch.no_grad():
+            base = getattr(net, kind)(x)
+        expected = base.last_hidden_state[:, 0] if kind == "vit" else base.pooler_output
+        torch.testing.assert_close(features[name], expected, atol=1e-5, rtol=1e-5)
