@@ -15,6 +15,12 @@ whose ``norm1`` comes after the attention). For a mean-pooled ViT every token la
 rule takes the last one (e.g. the final norm before the pooling), as the last conv layer of a CNN. The choice
 is logged (``logging.getLogger("trainviz.core.layers")``, level INFO); callbacks also report it.
 
+What counts as a feature map is the model's :class:`Layout` (:func:`model_layout`): a 4-D output whose sides are the
+input's over a whole-number stride, read as ``(N, C, H, W)`` or, when only that fits, channels-last ``(N, H, W, C)``
+(timm's Swin) and permuted; attention tensors ``(N, heads, T, d)`` never count; token layers drop the prefix tokens
+the model declares (timm's ``num_prefix_tokens``: class, distillation, register tokens). When no ``reshape=`` is
+given, the ops and callbacks lay outputs out with this layout.
+
 Example:
     >>> import torch.nn as nn
     >>> from trainviz.core.layers import resolve_layer, list_layers
