@@ -19,6 +19,8 @@ from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_bool, check_int, check_layers
 from trainviz.core.display import pictures
 from trainviz.core.guard import probe_guard
+from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
+from trainviz.core.namespace import info
 from trainviz.core.threads import contention
 from trainviz.ops.embedding import MIN_EMBED_POINTS
 from trainviz.probes.embedding import (
@@ -77,7 +79,10 @@ class EmbeddingCallback(ProbeCallback):
           ``<layer>_aligned_umap.html`` and ``epoch_XXXX/<layer>_aligned_umap.npz`` (``frames``, ``epochs``).
 
     Args:
-        layers: layer names (``trainviz.list_layers(model)``) or ``"auto"`` (the last module with a 4-D output).
+        layers: layer names (``trainviz.list_layers(model)``) or ``"auto"``: the last module with a feature-map
+            output (averaged over its positions); on a vision transformer its last token layer of the residual
+            stream (timm's final ``norm``), whose class token is the embedding, or the mean of its patch tokens
+            when the model has no class token (the prefix tokens as the model declares them).
         methods: 2-D projections among ``"pca"``, ``"umap"``, ``"tsne"`` (openTSNE if installed, else sklearn).
         slow_every_k: UMAP and t-SNE run every ``k``-th run and at the last epoch.
         aligned_umap_at_end: also fit umap-learn's AlignedUMAP over all epochs at fit end (slow).
@@ -151,6 +156,7 @@ class EmbeddingCallback(ProbeCallback):
         self.aligned_umap_at_end = check_bool("aligned_umap_at_end", aligned_umap_at_end)
         self.projector, self.html = check_bool("projector", projector), check_bool("html", html)
         self._layers: dict[str, torch.nn.Module] = {}
+        self._layout: Layout | None = None
         self.history = EmbeddingHistory(keep_features=self.aligned_umap_at_end)
         self.worker = EmbeddingWorker()
         self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
@@ -196,8 +202,17 @@ class EmbeddingCallback(ProbeCallback):
             raise ValueError(f"{', '.join(slow)} need at least {MIN_EMBED_POINTS} probe points, got {len(self.probe)}.")
         if self._uses_umap() and importlib.util.find_spec("umap") is None:
             raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
-        check = lambda model, example, layers: capture(model, layers, example, self.config)  # noqa: E731
-        self._layers = self.setup_layers(pl_module, list(self.layers), check=check)
+        specs = list(self.layers)
+        example = self.example_batch(pl_module, 1)
+        with probe_guard(pl_module):
+            model = self.logits_model(pl_module)
+            self._layout = model_layout(model, example)
+            if "auto" in specs:  # on a transformer its final norm (class token or mean patch token), not a CAM layer
+                auto = find_last_spatial_layer(model, example, self._layout, gradient=False)
+                specs = [auto if s == "auto" else s for s in specs]
+                info(f"trainviz: EmbeddingCallback layers='auto' resolved to {auto!r}", self._trainer)
+        check = lambda model, example, layers: capture(model, layers, example, self.config, self._layout)  # noqa: E731
+        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), check=check)
 
     def _uses_umap(self) -> bool:
         return "umap" in self.methods or self.aligned_umap_at_end
@@ -232,6 +247,7 @@ class EmbeddingCallback(ProbeCallback):
                     trainer.global_rank,
                     trainer.world_size,
                     trainer.strategy.all_gather,
+                    self._layout,
                 )
         try:
             self.run(trainer, pl_module, trainer.current_epoch)
@@ -246,7 +262,7 @@ class EmbeddingCallback(ProbeCallback):
             raise captured
         if captured is None:
             images = self.device_probe(pl_module).images
-            captured = capture(self.logits_model(pl_module), self._layers, images, self.config)
+            captured = capture(self.logits_model(pl_module), self._layers, images, self.config, self._layout)
         captured = Captured.from_tensors(*captured)
         slow = (self.plan is True or self.plan.get("slow", False)) and self._slow_due(trainer, epoch)
         methods = self.methods if slow else tuple(m for m in self.methods if m == "pca")

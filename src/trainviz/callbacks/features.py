@@ -18,7 +18,7 @@ from typing_extensions import override
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_choice, check_layers, check_positive_int
 from trainviz.core.guard import preserve_rng, probe_guard
-from trainviz.core.layers import find_last_spatial_layer, resolve_layer
+from trainviz.core.layers import find_last_spatial_layer, model_layout, resolve_layer
 from trainviz.core.namespace import info
 from trainviz.core.probeset import ProbeSet, split_item, stratified_indices
 from trainviz.data.base import Normalization
@@ -149,6 +149,7 @@ class FeatureMapCallback(ProbeCallback):
         if reshape is not None and not callable(reshape):
             raise ValueError(f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {reshape!r}.")
         self.reshape = reshape
+        self._reshape: Callable[[torch.Tensor], torch.Tensor] | None = reshape
         self.input_shape: tuple[int, ...] | None = None  # vectors (D,) stored as (D, 1, 1) in the probe set
         self.channels: dict[str, list[int]] = {}  # chosen at the first run, kept for the whole run
         self._layers: dict[str, nn.Module] = {}
@@ -232,7 +233,7 @@ class FeatureMapCallback(ProbeCallback):
             self.filter_scaling,
             self.hist_values,
             self.batch_size,
-            self.reshape,
+            self._reshape,
             self.norm,
             self.input_shape,
             self.probe_seed,
@@ -256,12 +257,14 @@ class FeatureMapCallback(ProbeCallback):
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         specs = list(self.layers)
+        example = self.example_batch(pl_module, 1)
+        with probe_guard(pl_module):  # the model's token and channels-last layout, unless `reshape=` says it
+            self._reshape = self.reshape or model_layout(self.logits_model(pl_module), example)
         if "auto" in specs:
-            example = self.example_batch(pl_module, 1)
             with probe_guard(pl_module):
                 model = self.logits_model(pl_module)
                 try:
-                    auto = find_last_spatial_layer(model, example, self.reshape)
+                    auto = find_last_spatial_layer(model, example, self._reshape)
                 except ValueError:
                     auto = auto_activation_layer(model)
             if auto is None:
@@ -287,7 +290,7 @@ class FeatureMapCallback(ProbeCallback):
             self._layers = layers
             check_feature_layers(model, example, self._config())
 
-        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), self.reshape, check)
+        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), self._reshape, check)
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:

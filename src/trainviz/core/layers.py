@@ -15,6 +15,12 @@ whose ``norm1`` comes after the attention). For a mean-pooled ViT every token la
 rule takes the last one (e.g. the final norm before the pooling), as the last conv layer of a CNN. The choice
 is logged (``logging.getLogger("trainviz.core.layers")``, level INFO); callbacks also report it.
 
+What counts as a feature map is the model's :class:`Layout` (:func:`model_layout`): a 4-D output whose sides are the
+input's over a whole-number stride, read as ``(N, C, H, W)`` or, when only that fits, channels-last ``(N, H, W, C)``
+(timm's Swin) and permuted; attention tensors ``(N, heads, T, d)`` never count; token layers drop the prefix tokens
+the model declares (timm's ``num_prefix_tokens``: class, distillation, register tokens). When no ``reshape=`` is
+given, the ops and callbacks lay outputs out with this layout.
+
 Example:
     >>> import torch.nn as nn
     >>> from trainviz.core.layers import resolve_layer, list_layers
@@ -28,7 +34,8 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -42,11 +49,14 @@ Reshape = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 __all__ = [
     "LayerSpec",
+    "Layout",
     "Reshape",
     "find_last_spatial_layer",
     "list_layers",
+    "model_layout",
     "resolve_layer",
     "resolve_layers",
+    "stride_fits",
     "to_feature_maps",
     "token_grid",
     "tokens_to_grid",
@@ -122,6 +132,8 @@ def to_feature_maps(x: torch.Tensor, reshape: Reshape = None, name: str = "") ->
         ValueError: the output (or what ``reshape`` made of it) is not 4-D, naming the layer.
     """
     layer = f"layer {name!r}" if name else "the layer"
+    if isinstance(reshape, Layout):
+        return reshape.to_maps(x, name)
     if reshape is not None:
         out = reshape(x)
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != x.shape[0]:
@@ -143,30 +155,171 @@ def to_feature_maps(x: torch.Tensor, reshape: Reshape = None, name: str = "") ->
     )
 
 
-def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Reshape = None) -> str:
+# --------------------------------------------------------------------------------------------------
+# the layout of a model's outputs: feature maps, channels-last maps, tokens with prefix tokens
+# --------------------------------------------------------------------------------------------------
+def stride_fits(side: int, size: int) -> bool:
+    """Whether a feature-map side ``side`` is the input side ``size`` divided by a whole-number stride, rounded
+    down or up (``64 -> 32, 21, 22, 16, 13, ...``; a single axis may keep the input's side, as audio networks
+    that pool along one axis only).
+
+    Example:
+        >>> stride_fits(7, 224), stride_fits(21, 64), stride_fits(768, 64), stride_fits(17, 64)
+        (True, True, False, False)
+    """
+    if side < 1 or side > size:
+        return False
+    ratio = size / side
+    return any(s >= 1 and side in (size // s, -(-size // s)) for s in (math.floor(ratio), math.ceil(ratio)))
+
+
+def _declared(model: nn.Module, attribute: str) -> int | None:
+    """The first int (bools included) ``attribute`` declared by ``model`` or one of its sub-modules."""
+    for _, module in unwrap(model).named_modules():
+        value = getattr(module, attribute, None)
+        if isinstance(value, (int, bool)):
+            return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model's layer outputs become feature maps ``(N, C, h, w)`` for an input of ``size`` ``(H, W)``: the
+    ``reshape`` trainviz makes for a model when the user passes none (:func:`model_layout`).
+
+    * 4-D outputs are ``(N, C, h, w)`` when ``h`` and ``w`` are the input's sides divided by a whole-number
+      stride (:func:`stride_fits`); otherwise channels-last ``(N, h, w, C)`` (timm's Swin, ConvNeXt block
+      internals) when ``h`` and ``w`` fit, and are permuted; when both readings fit, ``(N, C, h, w)``.
+    * tokens ``(N, T, C)``: the first ``prefix`` tokens (class, distillation and register tokens, as the model
+      declares them: timm's ``num_prefix_tokens``) are dropped and the rest laid out on a square grid; with no
+      declaration, a square grid after 0 or 1 class token (:func:`tokens_to_grid`).
+
+    Attributes:
+        size: the input's spatial sides ``(H, W)``; ``None`` for inputs that are not images ``(N, C, H, W)``
+            (then every 4-D output is ``(N, C, h, w)`` and every square token grid fits).
+        prefix: tokens before the patch tokens, or ``None`` when the model does not say.
+        class_token: whether the first prefix token is a class token (timm's ``has_class_token``), or ``None``.
+    """
+
+    size: tuple[int, int] | None
+    prefix: int | None = None
+    class_token: bool | None = None
+
+    def spatial(self, shape: Sequence[int]) -> str | None:
+        """``"nchw"``, ``"nhwc"`` or ``None`` (neither reading has the input's sides over a whole stride)."""
+        if len(shape) != 4:
+            return None
+        if self.size is None:
+            return "nchw"
+        (h_in, w_in), (_, a, b, c) = self.size, shape
+        if stride_fits(b, h_in) and stride_fits(c, w_in):
+            return "nchw"
+        if stride_fits(a, h_in) and stride_fits(b, w_in):
+            return "nhwc"
+        return None
+
+    def patch_count(self, tokens: int, grid: tuple[int, int] | None = None) -> int | None:
+        """How many of ``tokens`` are patches (the last ones): ``tokens - prefix`` when that is the patch grid
+        ``grid`` (the last feature map before the tokens) or a square grid whose side fits the input; with no
+        declared prefix, ``h*w`` or ``h*w + 1`` as :func:`token_grid`; ``None`` if no layout fits."""
+        skips = (self.prefix,) if self.prefix is not None else (0, 1)
+        for skip in skips:
+            cells = tokens - skip
+            if grid is not None and cells == grid[0] * grid[1]:
+                return cells
+            side = math.isqrt(max(cells, 0))
+            if side > 1 and side * side == cells and (self.size is None or stride_fits(side, min(self.size))):
+                return cells
+        return None
+
+    def to_maps(self, x: torch.Tensor, name: str = "") -> torch.Tensor:
+        """``x`` as feature maps ``(N, C, h, w)`` (see the class docstring).
+
+        Raises:
+            ValueError: tokens that do not lie on a square grid after the prefix, or an output that is neither
+                4-D nor tokens, naming the layer.
+        """
+        layer = f"layer {name!r}" if name else "the layer"
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2) if self.spatial(x.shape) == "nhwc" else x
+        if x.dim() == 3 and self.prefix is not None:
+            n, t, c = x.shape
+            side = math.isqrt(max(t - self.prefix, 0))
+            if side < 1 or side * side != t - self.prefix:
+                raise ValueError(
+                    f"{layer[0].upper()}{layer[1:]} outputs tokens {tuple(x.shape)}: {t} tokens are not "
+                    f"{self.prefix} prefix tokens (as the model declares) and a square grid: pass `reshape=` a "
+                    "callable (N, T, C) -> (N, C, h, w) for this layout."
+                )
+            return x[:, self.prefix :].transpose(1, 2).reshape(n, c, side, side)
+        return to_feature_maps(x, None, name)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_maps(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """An embedding of a layer's output: tokens ``(N, T, C)`` give their class token (the first prefix token,
+        when the model has one), else the mean of their patch tokens; channels-last maps are laid out as
+        ``(N, C, h, w)`` (then averaged by :func:`trainviz.ops.embedding.pool_features`); others as they are.
+
+        Shape:
+            ``(N, T, C)`` -> ``(N, C)``; ``(N, h, w, C)`` -> ``(N, C, h, w)``; others unchanged.
+        """
+        if x.dim() == 4:
+            return self.to_maps(x)
+        if x.dim() != 3:
+            return x
+        count = self.patch_count(x.shape[1])
+        if count is None:
+            return x
+        skip = x.shape[1] - count
+        has_class = self.class_token if self.class_token is not None else skip == 1
+        return x[:, 0] if skip > 0 and has_class else x[:, skip:].mean(1)
+
+
+def model_layout(model: nn.Module, example: torch.Tensor) -> Layout:
+    """The :class:`Layout` of ``model`` on inputs shaped like ``example`` ``(N, C, H, W)``: its declared prefix
+    tokens (``num_prefix_tokens``) and class token (``has_class_token``), as timm's vision transformers have."""
+    size = (int(example.shape[-2]), int(example.shape[-1])) if example.dim() == 4 else None
+    prefix = _declared(model, "num_prefix_tokens")
+    has_class = _declared(model, "has_class_token")
+    return Layout(size, prefix, None if has_class is None else bool(has_class))
+
+
+def find_last_spatial_layer(
+    model: nn.Module, example: torch.Tensor, reshape: Reshape = None, *, gradient: bool = True
+) -> str:
     """Name of the layer ``"auto"`` stands for (see the module docstring): the last module (in execution
-    order) with a 4-D output with H*W > 1, unless token layers ``(N, T, C)`` follow it; then the last token
+    order) whose output is a feature map by its layout (:class:`Layout`: sides that are the input's over a
+    whole-number stride, ``(N, C, H, W)`` or channels-last, H*W > 1; attention internals ``(N, heads, T, d)``
+    and ``(N, heads, T, T)`` never count), unless token layers ``(N, T, C)`` follow it; then the last token
     layer whose patch tokens get a nonzero gradient from the predicted class's score.
 
-    Runs one forward pass of ``example`` under ``torch.no_grad()`` with temporary hooks (removed in
-    ``finally``), and for token layers one more forward and one ``torch.autograd.grad`` (so ``model`` must
-    return logits, e.g. a :class:`trainviz.core.outputs.LogitsModel`). The caller is responsible for eval mode and
-    RNG (see :func:`trainviz.core.guard.probe_guard`).
+    Runs one forward pass of the first example twice over (a batch of 2, so that window batches and
+    per-model tensors, whose first side is not the batch, are told apart) under ``torch.no_grad()`` with
+    temporary hooks (removed in ``finally``), and for token layers one more forward and one
+    ``torch.autograd.grad`` (so ``model`` must return logits, e.g. a :class:`trainviz.core.outputs.LogitsModel`).
+    The caller is responsible for eval mode and RNG (see :func:`trainviz.core.guard.probe_guard`).
 
     Args:
         model: the network.
         example: an input batch (one image is enough).
-        reshape: a callable ``(N, T, C) -> (N, C, h, w)`` for token layouts other than the default
-            (:func:`tokens_to_grid`); with it, any 3-D output it turns into a grid counts as a token layer.
+        reshape: a callable ``(N, T, C) -> (N, C, h, w)`` for token layouts other than the default (the
+            model's :func:`model_layout`); with it, any 3-D output it turns into a grid counts as a token layer.
+        gradient: ``False`` takes the last token layer of the residual stream whatever its gradient (the
+            embedding of a transformer: its final norm), instead of the last one whose patch tokens get one.
     """
+    layout = reshape if isinstance(reshape, Layout) else model_layout(model, example)
+    user = None if isinstance(reshape, Layout) else reshape
+    batch = example[:1].repeat(2, *([1] * (example.dim() - 1))) if example.dim() > 0 else example
     # every tensor output in execution order: (name, shape, the tensor itself only when a user reshape must try it)
     calls: list[tuple[str, torch.Size, torch.Tensor | None]] = []
     handles = []
 
     def make_hook(name: str):
         def hook(_m, _inp, out):
-            if isinstance(out, torch.Tensor):
-                calls.append((name, out.shape, out if reshape is not None and out.dim() == 3 else None))  # noqa: F821
+            if isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == batch.shape[0]:
+                calls.append((name, out.shape, out if user is not None and out.dim() == 3 else None))  # noqa: F821
 
         return hook
 
@@ -175,19 +328,42 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
         with torch.no_grad():
-            model(example)
+            model(batch)
     finally:
         for h in handles:
             h.remove()
-    spatial = [i for i, (_, shape, _) in enumerate(calls) if len(shape) == 4 and shape[-1] * shape[-2] > 1]
+    streams: set[tuple[int, int]] = set()  # (T, C) of the token outputs seen so far
+    spatial: list[int] = []
+    odd: list[int] = []  # 4-D outputs with H*W > 1 that no layout reads as a feature map
+    for i, (_, shape, _) in enumerate(calls):
+        if len(shape) == 3:
+            streams.add((int(shape[1]), int(shape[2])))
+        elif len(shape) == 4 and not _attention_internal(shape, streams):
+            kind = layout.spatial(shape)
+            h, w = (shape[1], shape[2]) if kind == "nhwc" else (shape[2], shape[3])
+            if h * w > 1:
+                (spatial if kind is not None else odd).append(i)
+    if odd and (not spatial or odd[-1] > spatial[-1]):
+        # e.g. unpadded convolutions (28 -> 24 -> 12 -> 8): no whole stride; taken as (N, C, H, W), with a warning
+        spatial.append(odd[-1])
+        _log.warning(
+            "layer='auto': the output %s of %r does not have the input's sides %s over a whole-number stride; "
+            "it is read as (N, C, H, W). Pass `layers=` (and `reshape=`) if it is not a feature map.",
+            tuple(calls[odd[-1]][1]),
+            calls[odd[-1]][0],
+            layout.size,
+        )
     last = spatial[-1] if spatial else -1
-    grid = (int(calls[last][1][-2]), int(calls[last][1][-1])) if spatial else None
+    grid = None
+    if spatial:
+        shape = calls[last][1]
+        grid = (int(shape[1]), int(shape[2])) if layout.spatial(shape) == "nhwc" else (int(shape[2]), int(shape[3]))
     after: dict[str, int] = {}  # 3-D outputs after the last spatial one: width, by each module's last call
     for name, shape, out in calls[last + 1 :]:
         if len(shape) != 3:
             continue
         fits = (
-            _patch_count(shape[1], grid) is not None if reshape is None else _patch_part(out, grid, reshape) is not None
+            layout.patch_count(shape[1], grid) is not None if user is None else _patch_part(out, grid, user) is not None
         )
         if fits:
             after.pop(name, None)
@@ -208,14 +384,50 @@ def find_last_spatial_layer(model: nn.Module, example: torch.Tensor, reshape: Re
         return chosen
     embed = calls[last][0] if spatial else None
     del calls, after
-    live = _token_layers_with_gradient(model, example, tokens, grid, reshape)
-    chosen = live[-1] if live else tokens[-1]
+    tokens = _stream_layers(model, tokens)
     skipped = f" (after the patch embedding {embed!r})" if embed else ""
+    if not gradient:
+        _log.info("layer='auto' chose %r, the last token layer of the residual stream%s.", tokens[-1], skipped)
+        return tokens[-1]
+    live = _token_layers_with_gradient(model, example[:1], tokens, grid, user, layout)
+    chosen = live[-1] if live else tokens[-1]
     why = (
         "whose patch tokens receive a gradient" if live else "(no token layer receives a gradient at its patch tokens)"
     )
     _log.info("layer='auto' chose %r, the last token layer %s%s.", chosen, why, skipped)
     return chosen
+
+
+def _attention_internal(shape: Sequence[int], streams: set[tuple[int, int]]) -> bool:
+    """Whether a 4-D output ``(N, a, T, d)`` is an attention tensor: heads x tokens x head width of a token
+    stream ``(N, T, a*d)`` seen before it, or attention weights ``(N, heads, T, T)``."""
+    _, a, t, d = (int(v) for v in shape)
+    return (t, a * d) in streams or (t == d and any(t == seen for seen, _ in streams))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or "Norm" in type(module).__name__
+
+
+def _stream_layers(model: nn.Module, names: list[str]) -> list[str]:
+    """The token layers among ``names`` that are the residual stream: norms, and modules holding a norm (blocks,
+    stages); projections inside an attention (Hugging Face's separate ``q_proj``, ``k_proj``, ``v_proj``, as wide
+    as the stream) are not. All of ``names`` when none is."""
+    modules = dict(model.named_modules())
+    kept = [n for n in names if any(_is_norm(m) for m in modules[n].modules())]
+    return kept or names
+
+
+def _patch_part(x: torch.Tensor, grid: tuple[int, int] | None, reshape: Reshape, layout: Layout | None = None):
+    """The patch tokens of a 3-D output (a grid with a user ``reshape``), or None if it is not a token layer."""
+    if reshape is not None:
+        try:
+            out = reshape(x)
+        except Exception:  # noqa: BLE001 - a layer the user's reshape does not apply to is not a token layer
+            return None
+        return out if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1 else None
+    count = layout.patch_count(x.shape[1], grid) if layout is not None else _patch_count(x.shape[1], grid)
+    return None if count is None else x[:, x.shape[1] - count :]
 
 
 def _patch_count(tokens: int, grid: tuple[int, int] | None) -> int | None:
@@ -227,20 +439,13 @@ def _patch_count(tokens: int, grid: tuple[int, int] | None) -> int | None:
     return None if layout is None else tokens - layout[2]
 
 
-def _patch_part(x: torch.Tensor, grid: tuple[int, int] | None, reshape: Reshape) -> torch.Tensor | None:
-    """The patch tokens of a 3-D output (a grid with a user ``reshape``), or None if it is not a token layer."""
-    if reshape is not None:
-        try:
-            out = reshape(x)
-        except Exception:  # noqa: BLE001 - a layer the user's reshape does not apply to is not a token layer
-            return None
-        return out if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1 else None
-    count = _patch_count(x.shape[1], grid)
-    return None if count is None else x[:, x.shape[1] - count :]
-
-
 def _token_layers_with_gradient(
-    model: nn.Module, example: torch.Tensor, names: list[str], grid: tuple[int, int] | None, reshape: Reshape
+    model: nn.Module,
+    example: torch.Tensor,
+    names: list[str],
+    grid: tuple[int, int] | None,
+    reshape: Reshape,
+    layout: Layout | None = None,
 ) -> list[str]:
     """The token layers among ``names`` whose patch tokens get a nonzero gradient of the predicted class's score."""
     modules = dict(model.named_modules())
@@ -258,7 +463,12 @@ def _token_layers_with_gradient(
             if present
             else ()
         )
-    return [n for n, g in zip(present, grads) if bool(_patch_part(g, grid, reshape).abs().amax() > 0)]
+    live = []
+    for n, g in zip(present, grads):
+        part = _patch_part(g, grid, reshape, layout)
+        if part is not None and bool(part.abs().amax() > 0):
+            live.append(n)
+    return live
 
 
 def resolve_layer(

@@ -65,7 +65,15 @@ from torch import nn
 
 from trainviz.core.checks import check_choice, check_images, check_positive_int
 from trainviz.core.hooks import capture
-from trainviz.core.layers import LayerSpec, Reshape, resolve_layer, resolve_layers, to_feature_maps, tokens_to_grid
+from trainviz.core.layers import (
+    LayerSpec,
+    Reshape,
+    model_layout,
+    resolve_layer,
+    resolve_layers,
+    to_feature_maps,
+    tokens_to_grid,
+)
 from trainviz.core.outputs import expect_logits
 
 __all__ = [
@@ -231,6 +239,8 @@ def activations_and_gradients(
         images ``(N, C, H, W)``; see :class:`LayerPass` for the outputs.
     """
     check_images(images)
+    if reshape is None:
+        reshape = model_layout(model, images)
     named = _layer_dict(model, layers, images, reshape)
     names = list(named)
     want_input = input_rule is not None

@@ -44,6 +44,7 @@ import torch
 from trainviz.core.checks import check_bool, check_float, check_int, check_positive_int
 from trainviz.core.common import class_names, json_number
 from trainviz.core.hooks import capture as capture_activations
+from trainviz.core.layers import Layout
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.threads import background_threads
@@ -139,9 +140,18 @@ class EmbeddingConfig:
 
 # capture (training thread) ---------------------------------------------------------------------------
 def capture(
-    model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], images: torch.Tensor, config: EmbeddingConfig
+    model: torch.nn.Module,
+    layers: Mapping[str, torch.nn.Module],
+    images: torch.Tensor,
+    config: EmbeddingConfig,
+    layout: Layout | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pooled features ``{layer: (N, D)}`` and logits ``(N, K)`` of ``images``, one forward per batch.
+
+    With the model's ``layout`` (:func:`trainviz.core.layers.model_layout`), a token layer gives its class token,
+    or the mean of its patch tokens when the model has none, and channels-last maps are averaged over their
+    positions (:meth:`~trainviz.core.layers.Layout.pool`); without it, 4-D outputs are averaged over their last
+    two sides and others flattened (:func:`~trainviz.ops.embedding.pool_features`).
 
     Raises:
         ValueError: a layer gave no tensor, or the model's output is not logits.
@@ -155,7 +165,8 @@ def capture(
             for name in layers:
                 if name not in acts:
                     raise ValueError(f"Layer {name!r} returned no tensor during the forward pass: pick another layer.")
-                feats[name].append(pool_features(acts[name], config.max_dim, seed=config.seed))
+                act = acts[name] if layout is None else layout.pool(acts[name])
+                feats[name].append(pool_features(act, config.max_dim, seed=config.seed))
     return {name: torch.cat(parts) for name, parts in feats.items()}, torch.cat(logits)
 
 
@@ -167,6 +178,7 @@ def capture_share(
     rank: int,
     world: int,
     all_gather: Callable[[torch.Tensor], torch.Tensor],
+    layout: Layout | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | Exception:
     """Data-parallel :func:`capture`: rank ``rank`` of ``world`` captures a contiguous share of ``images``, then
     ``all_gather`` (the strategy's collective, ``(...) -> (world, ...)``; reached by every rank, also when its
@@ -176,7 +188,7 @@ def capture_share(
     chunk = -(-n // world)
     rows = torch.arange(rank * chunk, (rank + 1) * chunk, device=images.device).clamp_max(n - 1)  # equal shares
     try:
-        result, failed = capture(model, layers, images[rows], config), None
+        result, failed = capture(model, layers, images[rows], config, layout), None
     except Exception as err:
         result, failed = None, err
     flags = all_gather(torch.tensor([int(failed is not None)], device=rows.device)).reshape(-1)

@@ -36,7 +36,7 @@ from torch import nn
 from trainviz.core.common import class_names, example_indices, json_number
 from trainviz.core.display import Display, pictures
 from trainviz.core.hooks import capture, first_tensor
-from trainviz.core.layers import Reshape, to_feature_maps
+from trainviz.core.layers import Layout, Reshape, to_feature_maps
 from trainviz.core.outputs import to_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
@@ -300,7 +300,7 @@ def _capture_inputs(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, torc
 
 def _maps(x: torch.Tensor, config: FeatureConfig, name: str) -> torch.Tensor | None:
     """A layer's output as feature maps, or ``None`` for vector outputs ``(N, F)`` (distributions only)."""
-    if x.dim() == 2 and config.reshape is None:
+    if x.dim() == 2 and (config.reshape is None or isinstance(config.reshape, Layout)):
         return None
     return to_feature_maps(x, config.reshape, name)
 
