@@ -219,3 +219,31 @@ def test_models_and_data_follow_the_programs_own_import():
     assert _python("import lightning as L\n" + check) == " ".join(["lightning.pytorch"] * 3)
     assert _python("import pytorch_lightning as pl\n" + check) == " ".join(["pytorch_lightning"] * 3)
     assert _python(check, TRAINVIZ_LIGHTNING="pytorch_lightning") == " ".join(["pytorch_lightning"] * 3)
+
+
+ONLY_ONE = """
+import sys
+sys.modules[{blocked!r}] = None  # as if it were not installed: importing it raises ImportError
+import {module} as L
+import trainviz
+from trainviz.data import ShapesDataModule
+from trainviz.models import DemoClassifier
+callbacks = trainviz.default_callbacks(budget=None, embedding={{"methods": ["pca"]}}, robustness={{
+    "corruptions": ["grayscale"], "severities": [1], "epsilons": [2 / 255], "flip_max_steps": 1}})
+trainer = L.Trainer(max_epochs=1, limit_train_batches=2, callbacks=callbacks, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir={root!r})
+trainer.fit(DemoClassifier(num_classes=6, in_channels=3), ShapesDataModule(n_train=64, n_val=48))
+assert all(cb.failures == 0 for cb in callbacks if hasattr(cb, "failures"))
+print("ok", {blocked!r} in sys.modules and sys.modules[{blocked!r}] is None)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module, blocked", [("lightning.pytorch", "pytorch_lightning"), ("pytorch_lightning", "lightning")]
+)
+def test_a_machine_with_only_one_lightning_package_runs_the_suite(tmp_path, module, blocked):
+    """trainviz imports nothing of the namespace the user lacks (a user of one should not need the other)."""
+    code = ONLY_ONE.format(blocked=blocked, module=module, root=str(tmp_path))
+    assert _python(code) == "ok True"
+    assert list(tmp_path.rglob("trainviz/cam/metrics.jsonl")) and list(tmp_path.rglob("events.out.tfevents.*"))
