@@ -182,5 +182,6 @@ def test_pgd_argument_errors():
         pgd(model, x, y, 0.1, ids=torch.arange(3))
     with pytest.raises(ValueError, match="epsilons"):
         pgd_accuracy(model, x, y, [])
-    with pytest.raises(ValueError, match="non-negative"):
-        pgd_start([-1, 2], (3,), 0)
+    with pytest.raises(ValueError, match="ints"):
+        pgd_start([0.5, 2], (3,), 0)
+    assert not torch.equal(pgd_start([-1], (3,), -1), pgd_start([1], (3,), 1))  # negative ids and seeds work

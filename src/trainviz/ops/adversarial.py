@@ -171,9 +171,10 @@ def fgsm_accuracy(
 
 
 def _image_seed(seed: int, image_id: int) -> int:
-    """A generator seed for one image from ``(seed, image_id)``: numpy's ``SeedSequence`` hash of the pair, so
-    neighbouring seeds and ids give unrelated streams."""
-    return int(np.random.SeedSequence([seed, image_id]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    """A generator seed for one image from ``(seed, image_id)``: numpy's ``SeedSequence`` hash of the pair (each
+    taken modulo ``2**64``, so negative ints work too), so neighbouring seeds and ids give unrelated streams."""
+    entropy = [seed % 2**64, image_id % 2**64]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def pgd_start(ids: Tensor | Sequence[int], shape: Sequence[int], seed: int = 0) -> Tensor:
@@ -183,9 +184,9 @@ def pgd_start(ids: Tensor | Sequence[int], shape: Sequence[int], seed: int = 0) 
     global RNG is not touched.
 
     Args:
-        ids: one non-negative int id per image (e.g. :attr:`ProbeSet.ids <trainviz.core.probeset.ProbeSet.ids>`).
+        ids: one int id per image (e.g. :attr:`ProbeSet.ids <trainviz.core.probeset.ProbeSet.ids>`).
         shape: one image's shape ``(C, H, W)``.
-        seed: non-negative int.
+        seed: an int.
 
     Returns:
         Float32 CPU tensor ``(N, *shape)``.
@@ -195,10 +196,10 @@ def pgd_start(ids: Tensor | Sequence[int], shape: Sequence[int], seed: int = 0) 
         >>> bool(torch.equal(a[1], pgd_start([7], (2, 2), seed=0)[0])), bool((a.abs() <= 1).all())
         (True, True)
     """
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed)
     values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in values):
-        raise ValueError(f"Expected `ids` to be non-negative ints (one per image), got {values[:8]!r}")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in values):
+        raise ValueError(f"Expected `ids` to be ints (one per image), got {values[:8]!r}")
     out = torch.empty((len(values), *shape), dtype=torch.float32)
     for row, image_id in zip(out, values):
         row.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(_image_seed(seed, image_id)))
@@ -278,7 +279,7 @@ def pgd(
         eps: the L-inf radius in pixel units (e.g. ``8 / 255``), >= 0.
         steps: gradient steps (int >= 1).
         step_factor: the step size ``alpha`` in units of ``eps / steps`` (default 2.5).
-        ids: one non-negative id per image for the random start (default: the positions ``0..N-1``, which tie
+        ids: one int id per image for the random start (default: the positions ``0..N-1``, which tie
             the start to the batch: pass the probe ids).
         seed: the random start's seed.
         start: the start in units of ``eps`` (values in ``[-1, 1]``, the shape of ``x``) instead of the random
