@@ -43,7 +43,8 @@ class RobustnessCallback(ProbeCallback):
     ``pgd_every``-th run (the first, every ``pgd_every``-th after and the last epoch's), the accuracy under
     L-inf PGD at each ``eps`` (Madry et al. 2018; ``pgd_steps`` signed-gradient steps of ``2.5 eps / pgd_steps``
     from a random start in the ``eps`` ball drawn per image from ``probe_seed`` and its probe id, so batching
-    does not change it; the number RobustBench reports, with fewer steps and no restarts); the
+    does not change it; the attack robustness papers report, with no restarts: RobustBench ranks by the stronger
+    AutoAttack, so these numbers are upper bounds on those); the
     gradient-ascent steps until the prediction changes; on ``trajectory_images`` probe images (one of each class
     first), the class predicted at every step of the ascent (Fleuret's table, steps continue after the first
     change) and the lecture's control, the share of ``random_directions`` random points on the sphere of radius
