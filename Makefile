@@ -17,14 +17,15 @@ $(VENV)/.setup: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[lightning]"
 	touch $@
 
-# Three references installed without their dependencies: Quantus (the sanity checks' oracle) and
+# Four references installed without their dependencies: Quantus (the sanity checks' oracle) and
 # imagecorruptions-imaug (the ImageNet-C oracle) would bring
 # opencv-python over the dev extra's opencv-python-headless; torch-lucent (MaxOut's reference, in a test and
-# the benchmark) pins kornia<=0.4.1 and notebook packages it does not need.
+# the benchmark) pins kornia<=0.4.1 and notebook packages it does not need; torchattacks (PGD's reference, in a
+# test and benchmarks/pgd_cost.py) pins requests~=2.25.1 and needs only torch, torchvision, scipy and tqdm.
 $(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps "quantus==0.6.0" "torch-lucent==0.1.8" \
-		"imagecorruptions-imaug==1.1.5"
+		"imagecorruptions-imaug==1.1.5" "torchattacks==3.5.1"
 	touch $@
 
 setup: $(VENV)/.setup

@@ -2,7 +2,7 @@
 
 The probes of Zhang's encoder-decoder paper (Xiaohan Zhang, "Visualization of encoder-decoder structure of Deep
 Convolutional Neural Network", section 5.3), the ImageNet-C corruptions (Hendrycks & Dietterich 2019), FGSM and
-the gradient ascent of Fleuret's EE-559 lecture "Under the hood"; the computation is
+L-inf PGD and the gradient ascent of Fleuret's EE-559 lecture "Under the hood"; the computation is
 :mod:`trainviz.probes.robustness`, its result :mod:`trainviz.probes.robustness_result`.
 """
 
@@ -36,13 +36,17 @@ __all__ = ["RobustnessCallback"]
 
 
 class RobustnessCallback(ProbeCallback):
-    """Accuracy, calibration and prediction flips under corruptions, FGSM accuracy, steps to flip and adversarial
-    trajectories with their random-direction control.
+    """Accuracy, calibration and prediction flips under corruptions, FGSM and PGD accuracy, steps to flip and
+    adversarial trajectories with their random-direction control.
 
     At every run, for every corruption and severity: accuracy, mean confidence, NLL, ECE (15 bins), flip rate
     against the clean prediction and per-class accuracy; per corruption the corruption error ``CE`` and relative
     ``CE`` (default reference: error 1; with a ``reference`` run also normalised by its errors); FGSM accuracy
-    at each ``eps`` (pixel space) and the gradient-ascent steps until the prediction changes; on
+    at each ``eps`` (pixel space); every ``pgd_every``-th run (the first, every ``pgd_every``-th after and the
+    last epoch's), the accuracy under L-inf PGD at each ``eps`` (Madry et al. 2018; ``pgd_steps`` signed-gradient
+    steps of ``2.5 eps / pgd_steps`` from a random start in the ``eps`` ball drawn per image from ``probe_seed`` and
+    its probe id, so batching does not change it; no restarts: RobustBench ranks by the stronger AutoAttack, so
+    these numbers are upper bounds on those); the gradient-ascent steps until the prediction changes; on
     ``trajectory_images`` probe images (one of each class first), the class predicted at every step of the
     ascent (Fleuret's table, steps continue after the first change) and the lecture's control, the share of
     ``random_directions`` random points on the sphere of radius ``2 ||x - x_adv||`` around each flipped image
@@ -52,15 +56,17 @@ class RobustnessCallback(ProbeCallback):
     each run streams it to the model's device a batch at a time. The results are labelled "corrupted on the
     fly" (not the JPEG-saved published ImageNet-C files) with the parameter set used. Corruptions that do not
     apply to the data are skipped at setup with one info line. Under a ``budget``, Zhang's probes always run,
-    then FGSM, the other corruptions in turn and the gradient ascent (steps-to-flip and the trajectories, one
-    part) as far as the credit goes.
+    then FGSM, PGD when it is due (else at the next run), the other corruptions in turn and the gradient ascent
+    (steps-to-flip and the trajectories, one part) as far as the credit goes. The record's ``pgd`` says whether
+    PGD ran in that run, with its steps and step sizes.
 
     Logged keys (step = epoch; ``<c>`` a corruption; see :meth:`RobustnessResult.scalars
     <trainviz.probes.robustness_result.RobustnessResult.scalars>`):
         - ``trainviz/robustness/{clean,corrupted}/{accuracy,confidence,nll,ece}``, ``corrupted/flip_rate``,
           ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce`` (scalars; reference error 1), with a
           ``reference`` run ``normalized_mce`` and ``normalized_relative_mce``; with ``cam_shift``
-          ``corrupted/cam_shift`` and ``cam_shift/<c>``; ``fgsm/accuracy@<eps>``; ``flip/steps_mean`` and
+          ``corrupted/cam_shift`` and ``cam_shift/<c>``; ``fgsm/accuracy@<eps>``; ``pgd/accuracy@<eps>`` (the
+          runs where PGD ran); ``flip/steps_mean`` and
           ``flip/never_fraction``; with trajectories ``adversarial/flip_rate`` (share of the trajectory images
           whose class changed within the steps), ``adversarial/random_direction_flip_rate`` (mean over the flipped
           images; with ``random_directions``), ``adversarial/flip_step_mean`` and ``adversarial/distance_mean``
@@ -76,7 +82,8 @@ class RobustnessCallback(ProbeCallback):
         corruptions: names from :func:`~trainviz.ops.corruptions.list_corruptions` (default: Zhang's probes and
             the 15 ImageNet-C corruptions).
         severities: severities of the 5-level corruptions (default 1..5); Zhang's probes run at their one level.
-        epsilons: FGSM step sizes in pixel units (default 1/255, 2/255, 4/255, 8/255); ``[]`` skips FGSM.
+        epsilons: FGSM step sizes and PGD radii in pixel units (default 1/255, 2/255, 4/255, 8/255); ``[]``
+            skips FGSM and PGD.
         flip_step_size: gradient-ascent step on pixels (times the raw gradient; at 0.5 a demo CNN flips most
             shapes images in 2-18 steps, digits in 1).
         flip_max_steps: cap on the gradient-ascent steps; ``0`` skips steps-to-flip.
@@ -97,6 +104,10 @@ class RobustnessCallback(ProbeCallback):
         cam_reshape: the Grad-CAM's ``reshape=``, layer output to ``(N, C, h, w)``, for token layouts.
         n_examples: probe images in the example grid.
         batch_size: probe batch size.
+        pgd_steps: PGD's steps (int >= 0, default 10); ``0`` skips PGD. It costs about ``pgd_steps`` forward
+            and backward passes per image and ``eps`` (see BENCHMARKS.md).
+        pgd_every: run PGD every this many runs (int >= 1, default 4; ``1``: every run); the last epoch's run
+            always includes it, and under a budget a due PGD that does not fit moves to the next run.
         **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``probe_size``, default 256 or
             the whole split when smaller, ``budget``, ...).
 
@@ -140,6 +151,8 @@ class RobustnessCallback(ProbeCallback):
         cam_reshape: Callable[[Tensor], Tensor] | None = None,
         n_examples: int = 6,
         batch_size: int = 256,
+        pgd_steps: int = 10,
+        pgd_every: int = 4,
         **kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
@@ -149,6 +162,8 @@ class RobustnessCallback(ProbeCallback):
         self.epsilons = probes.check_epsilons([1 / 255, 2 / 255, 4 / 255, 8 / 255] if epsilons is None else epsilons)
         self.flip_step_size = check_float("flip_step_size", flip_step_size, 0, strict_minimum=True)
         self.flip_max_steps = check_int("flip_max_steps", flip_max_steps, minimum=0)
+        self.pgd_steps = check_int("pgd_steps", pgd_steps, minimum=0)
+        self.pgd_every = check_int("pgd_every", pgd_every, minimum=1)
         self.trajectory_images = check_int("trajectory_images", trajectory_images, minimum=0)
         steps = self.flip_max_steps if trajectory_steps is None else trajectory_steps
         self.trajectory_steps = check_int("trajectory_steps", steps, minimum=0)
@@ -174,6 +189,9 @@ class RobustnessCallback(ProbeCallback):
         self._cache = probes.CorruptionCache()
         self._costs: dict[str, float] = {}  # seconds of one row's forward, of FGSM and of steps-to-flip (budget)
         self._rotation = 0  # under a budget: the corruption whose turn it is next
+        self._since_pgd: int | None = None  # runs since PGD last ran (None: never, PGD is due)
+        self._pgd_due = self._pgd_on()  # PGD is due in the coming run (set before each run)
+        self._pgd_planned = False  # and runs in it (what fits the budget)
 
     @override
     def _state_args(self) -> dict[str, Any]:
@@ -187,6 +205,12 @@ class RobustnessCallback(ProbeCallback):
             self.cam_layer,
             *([self._trajectory_args()] if self._trajectories_on() else []),
             *([self.corruption_params] if self.corruption_params != "auto" else []),  # "auto": the key as before
+            # PGD's settings only when they are not the defaults: older checkpoints keep their key
+            *(
+                [["pgd", self.pgd_steps, self.pgd_every]]
+                if self._pgd_on() and (self.pgd_steps, self.pgd_every) != (10, 4)
+                else []
+            ),
         ]
         return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
 
@@ -199,6 +223,21 @@ class RobustnessCallback(ProbeCallback):
     def _trajectories_on(self) -> bool:
         return self.trajectory_images > 0 and self.trajectory_steps > 0
 
+    def _pgd_keyed(self) -> bool:
+        """PGD's settings enter the state key only when they are not the defaults (10 steps, every 4th run), so a
+        checkpoint written before PGD existed still restores the callback's state."""
+        return self._pgd_on() and (self.pgd_steps, self.pgd_every) != (10, 4)
+
+    def _pgd_on(self) -> bool:
+        return self.pgd_steps > 0 and bool(self.epsilons)
+
+    def _pgd_is_due(self, trainer: pl.Trainer, epoch: int) -> bool:
+        """PGD runs at the first run, then after ``pgd_every - 1`` runs without it, and at the last epoch."""
+        if not self._pgd_on():
+            return False
+        waited = self._since_pgd is None or self._since_pgd >= self.pgd_every - 1
+        return waited or self._is_last(trainer, epoch)
+
     @override
     def _describe(self) -> str:
         return f"callback {self.name}, {len(self.active)} corruption settings"
@@ -209,11 +248,13 @@ class RobustnessCallback(ProbeCallback):
 
     @override
     def _extra_state(self) -> dict[str, Any]:
-        return {"rotation": self._rotation}
+        return {"rotation": self._rotation, "since_pgd": self._since_pgd}
 
     @override
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._rotation = int(state.get("rotation", 0))
+        since = state.get("since_pgd")
+        self._since_pgd = int(since) if isinstance(since, int) else None
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -261,8 +302,10 @@ class RobustnessCallback(ProbeCallback):
 
     def _scaled_parts(self, pl_module: pl.LightningModule, probe: ProbeSet, epoch: int) -> tuple[list, bool, bool]:
         """The rows, and whether FGSM and the gradient ascent (steps-to-flip and trajectories) run: everything
-        without a budget, else what fits (:func:`~trainviz.probes.robustness.plan_parts`), the rotation moving on."""
+        without a budget, else what fits (:func:`~trainviz.probes.robustness.plan_parts`), the rotation moving on.
+        Whether a due PGD (``_pgd_due``) runs goes to ``_pgd_planned``."""
         if self.plan is True:
+            self._pgd_planned = self._pgd_due
             return list(self.active), bool(self.epsilons), self.flip_max_steps > 0 or self._trajectories_on()
         if "row" not in self._costs:  # first run: time one clean forward to price a row
             start = time.perf_counter()
@@ -278,8 +321,9 @@ class RobustnessCallback(ProbeCallback):
             flip_max_steps=self.flip_max_steps,
             cam_shift=self.cam_shift,
             trajectory_rows=self._trajectory_rows(probe),
+            pgd_rows=probes.pgd_rows(len(self.epsilons), self.pgd_steps) if self._pgd_due else 0.0,
         )
-        self._rotation = plan.rotation
+        self._rotation, self._pgd_planned = plan.rotation, plan.pgd
         if plan.skipped:
             self._skip(epoch, "parts", f"not in the credit of {self.plan['credit']:.2f} s: " + "; ".join(plan.skipped))
         return plan.rows, plan.fgsm, plan.flip
@@ -296,6 +340,7 @@ class RobustnessCallback(ProbeCallback):
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         probe = self.device_probe(pl_module)
+        self._pgd_due = self._pgd_is_due(trainer, epoch)
         rows, fgsm, flip = self._scaled_parts(pl_module, probe, epoch)
         config = probes.RobustnessConfig(
             self.norm,
@@ -312,15 +357,17 @@ class RobustnessCallback(ProbeCallback):
             self.random_directions,
             self.random_radius_factor,
             self.probe_seed,
-            None if self.display is None else self.display.channels,
+            display_channels=None if self.display is None else self.display.channels,
             param_set=None if self.param_set == "auto" else self.param_set,
+            pgd_steps=self.pgd_steps if self._pgd_on() else 0,
+            pgd_every=self.pgd_every,
         )
         inputs = self._corrupted_inputs(probe, rows, epoch)
         result = probes.compute(
             self.logits_model(pl_module),
             probe,
             inputs,
-            probes.Plan(rows, fgsm, flip),
+            probes.Plan(rows, fgsm, flip, pgd=self._pgd_planned),
             config,
             epoch,
             self.example_indices(self.n_examples),
@@ -329,4 +376,10 @@ class RobustnessCallback(ProbeCallback):
             trajectory=self.example_indices(self.trajectory_images),
         )
         self._costs.update(result.seconds)
+        self._count_pgd(result.pgd is not None and result.pgd.ran)
         self.sink.write(result)
+
+    def _count_pgd(self, ran: bool) -> None:
+        """After a run: PGD ran (the count restarts) or not (one more run without it; a due PGD stays due)."""
+        if self._pgd_on():
+            self._since_pgd = 0 if ran else None if self._since_pgd is None else self._since_pgd + 1

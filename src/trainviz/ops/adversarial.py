@@ -1,6 +1,8 @@
 """Adversarial probes by gradient ascent on the input: FGSM (Goodfellow et al. 2015, "Explaining and Harnessing
-Adversarial Examples"), the number of steps to flip a prediction, the whole trajectory of predicted classes and
-its random-direction control (the adversarial samples of François Fleuret's EE-559 lecture "Under the hood").
+Adversarial Examples"), L-inf PGD (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
+Attacks"; checked against ``torchattacks.PGD`` in the tests), the number of steps to flip a prediction, the whole
+trajectory of predicted classes and its random-direction control (the adversarial samples of François Fleuret's
+EE-559 lecture "Under the hood").
 
 Images are in pixel space ``[0, 1]``; ``preprocess`` maps them to the model's input (e.g. normalisation), and
 gradients are taken with respect to the pixel images, so adversarial images stay valid images (clamped to
@@ -21,6 +23,8 @@ Example:
     torch.Size([8, 4])
     >>> fgsm_accuracy(model, x, y, [0.0, 0.1, 0.2]).shape
     torch.Size([3])
+    >>> pgd_accuracy(model, x, y, [0.0, 0.1], ids=torch.arange(8)).shape
+    torch.Size([2])
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,12 +45,18 @@ __all__ = [
     "adversarial_trajectory",
     "fgsm",
     "fgsm_accuracy",
+    "pgd",
+    "pgd_accuracy",
+    "pgd_start",
     "random_direction_flips",
     "sphere_points",
     "steps_to_flip",
 ]
 
 Preprocess = Callable[[Tensor], Tensor] | None
+
+PGD_STEP_FACTOR = 2.5
+"""PGD's step size in units of ``eps / steps`` (Madry et al.'s 2.5: the ascent can cross the ball and back)."""
 
 
 def _check_inputs(model: Any, x: Any, target: Any, preprocess: Any) -> None:
@@ -156,6 +167,191 @@ def fgsm_accuracy(
             x_adv = (x.detach() + e * step).clamp(0.0, 1.0)
             logits = model(x_adv if preprocess is None else preprocess(x_adv))
             accuracies.append((logits.argmax(dim=1) == y).to(x.dtype).mean())
+    return torch.stack(accuracies)
+
+
+def _image_seed(seed: int, image_id: int) -> int:
+    """A generator seed for one image from ``(seed, image_id)``: numpy's ``SeedSequence`` hash of the pair (each
+    taken modulo ``2**64``, so negative ints work too), so neighbouring seeds and ids give unrelated streams."""
+    entropy = [seed % 2**64, image_id % 2**64]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def pgd_start(ids: Tensor | Sequence[int], shape: Sequence[int], seed: int = 0) -> Tensor:
+    """PGD's random start in units of ``eps``: for each image, ``shape`` values uniform in ``[-1, 1)`` drawn from
+    a private CPU ``torch.Generator`` seeded from ``(seed, id)`` (:func:`_image_seed`). An image's start depends on
+    its id and the seed only, never on the batch it comes in, its place there or the number of processes; the
+    global RNG is not touched.
+
+    Args:
+        ids: one int id per image (e.g. :attr:`ProbeSet.ids <trainviz.core.probeset.ProbeSet.ids>`).
+        shape: one image's shape ``(C, H, W)``.
+        seed: an int.
+
+    Returns:
+        Float32 CPU tensor ``(N, *shape)``.
+
+    Example:
+        >>> a = pgd_start([3, 7], (2, 2), seed=0)
+        >>> bool(torch.equal(a[1], pgd_start([7], (2, 2), seed=0)[0])), bool((a.abs() <= 1).all())
+        (True, True)
+    """
+    seed = check_int("seed", seed)
+    values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in values):
+        raise ValueError(f"Expected `ids` to be ints (one per image), got {values[:8]!r}")
+    out = torch.empty((len(values), *shape), dtype=torch.float32)
+    for row, image_id in zip(out, values):
+        row.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(_image_seed(seed, image_id)))
+    return out
+
+
+def _check_pgd(
+    model: Any, x: Any, target: Any, steps: Any, step_factor: Any, start: Any, ids: Any, preprocess: Any
+) -> tuple[int, float]:
+    _check_inputs(model, x, target, preprocess)
+    steps = check_int("steps", steps, minimum=1)
+    factor = check_float("step_factor", step_factor, minimum=0, strict_minimum=True)
+    if start is not None and (not isinstance(start, Tensor) or start.shape != x.shape):
+        shape = tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__
+        raise ValueError(f"Expected `start` to be None or a tensor of the shape of `x` {tuple(x.shape)}, got {shape}")
+    if ids is not None and (not isinstance(ids, Tensor) or ids.shape != x.shape[:1] or ids.is_floating_point()):
+        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"Expected `ids` to be None or an integer tensor of shape ({x.shape[0]},), got {shape}")
+    return steps, factor
+
+
+def _unit_start(x: Tensor, start: Tensor | None, ids: Tensor | None, seed: int) -> Tensor:
+    if start is None:
+        ids = torch.arange(x.shape[0]) if ids is None else ids
+        start = pgd_start(ids, x.shape[1:], seed)
+    return start.to(device=x.device, dtype=x.dtype)
+
+
+def _pgd(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    unit_start: Tensor,
+    preprocess: Preprocess,
+) -> Tensor:
+    """The PGD loop, in torchattacks' order: start at ``clamp(x + eps start, 0, 1)``, then ``steps`` times step
+    ``step_size sign(grad)``, project onto the ``eps`` ball around ``x`` and clamp to ``[0, 1]``."""
+    x = x.detach()
+    current = (x + eps * unit_start).clamp(0.0, 1.0)
+    for _ in range(steps):
+        _, grad = _logits_and_input_grad(model, current, target, preprocess)
+        moved = current + step_size * grad.sign()
+        current = (x + (moved - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+    return current
+
+
+def pgd(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    eps: float,
+    *,
+    steps: int = 10,
+    step_factor: float = PGD_STEP_FACTOR,
+    ids: Tensor | None = None,
+    seed: int = 0,
+    start: Tensor | None = None,
+    preprocess: Preprocess = None,
+) -> Tensor:
+    """L-inf projected gradient descent on the loss (Madry et al. 2018), in pixel space ``[0, 1]``.
+
+    ``x_0 = clamp(x + eps u, 0, 1)`` with ``u`` the random start (uniform in ``[-1, 1)`` per element, per image,
+    :func:`pgd_start` of ``ids`` and ``seed``, or ``start``), then ``steps`` times ``x_{k+1} = clamp(x + clamp(x_k
+    + alpha sign(grad_x CE(model(preprocess(x_k)), target)) - x, -eps, eps), 0, 1)`` with ``alpha = step_factor eps
+    / steps``: the loop of ``torchattacks.PGD`` (3.5.1), which the tests check it against. Gradients are taken
+    through ``preprocess`` with respect to the pixel images (:func:`torch.autograd.grad`, the summed loss, so each
+    image moves by its own gradient); batched, on ``x``'s device. With the same ``ids`` and ``seed``, an image's
+    result does not depend on the batch it is in (up to ties of the sign in the model's float arithmetic).
+
+    Args:
+        model: maps ``preprocess(x)`` to logits of shape (N, K).
+        x: pixel images in ``[0, 1]``.
+        target: the class whose loss is increased (usually the true label).
+        eps: the L-inf radius in pixel units (e.g. ``8 / 255``), >= 0.
+        steps: gradient steps (int >= 1).
+        step_factor: the step size ``alpha`` in units of ``eps / steps`` (default 2.5).
+        ids: one int id per image for the random start (default: the positions ``0..N-1``, which tie
+            the start to the batch: pass the probe ids).
+        seed: the random start's seed.
+        start: the start in units of ``eps`` (values in ``[-1, 1]``, the shape of ``x``) instead of the random
+            one; zeros start at ``x``.
+        preprocess: maps pixel images to the model's input; ``None`` is the identity.
+
+    Returns:
+        Adversarial images, detached, within ``eps`` of ``x`` and in ``[0, 1]``.
+
+    Shape:
+        - x, start: :math:`(N, *)`, target, ids: :math:`(N,)`
+        - output: :math:`(N, *)`
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> x = torch.rand(5, 2)
+        >>> x_adv = pgd(model, x, torch.zeros(5, dtype=torch.long), 0.1, ids=torch.arange(5))
+        >>> x_adv.shape, bool(((x_adv - x).abs() <= 0.1 + 1e-6).all())
+        (torch.Size([5, 2]), True)
+    """
+    steps, factor = _check_pgd(model, x, target, steps, step_factor, start, ids, preprocess)
+    e = check_float("eps", eps, minimum=0)
+    return _pgd(model, x, target, e, steps, factor * e / steps, _unit_start(x, start, ids, seed), preprocess)
+
+
+def pgd_accuracy(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    *,
+    steps: int = 10,
+    step_factor: float = PGD_STEP_FACTOR,
+    ids: Tensor | None = None,
+    seed: int = 0,
+    start: Tensor | None = None,
+    preprocess: Preprocess = None,
+) -> Tensor:
+    """Accuracy on :func:`pgd` images (the last iterate) for each ``eps``: ``steps`` forward and backward passes
+    and one forward per ``eps``. One random start per image serves every ``eps`` (scaled by it). ``eps = 0``
+    gives the clean accuracy.
+
+    Args:
+        model: maps ``preprocess(x)`` to logits of shape (N, K).
+        x: pixel images in ``[0, 1]``.
+        y: true labels.
+        epsilons: non-empty sequence of L-inf radii in pixel units.
+        steps, step_factor, ids, seed, start, preprocess: as in :func:`pgd`.
+
+    Returns:
+        Accuracy (fraction in ``[0, 1]``) for each ``eps``, on ``x``'s device.
+
+    Shape:
+        - x: :math:`(N, *)`, y: :math:`(N,)`
+        - output: :math:`(E,)`
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> pgd_accuracy(model, torch.rand(5, 2), torch.zeros(5, dtype=torch.long), [0.0, 0.5], steps=3).shape
+        torch.Size([2])
+    """
+    steps, factor = _check_pgd(model, x, y, steps, step_factor, start, ids, preprocess)
+    if isinstance(epsilons, (int, float)) or len(epsilons) == 0:
+        raise ValueError(f"Expected `epsilons` to be a non-empty sequence of numbers, got {epsilons!r}")
+    values = [check_float("epsilons", e, minimum=0) for e in epsilons]
+    unit = _unit_start(x, start, ids, seed)
+    accuracies = []
+    for e in values:
+        x_adv = _pgd(model, x, y, e, steps, factor * e / steps, unit, preprocess)
+        with torch.inference_mode(False), torch.no_grad():
+            logits = expect_logits(model(x_adv if preprocess is None else preprocess(x_adv)))
+        accuracies.append((logits.argmax(dim=1) == y).to(x.dtype).mean())
     return torch.stack(accuracies)
 
 

@@ -9,7 +9,8 @@ parameters by image size (:mod:`trainviz.ops.corruptions`)
 and their corruption errors; FGSM, and the gradient ascent of Fleuret's EE-559 lecture "Under the hood" that
 pushes an image up the loss until its class changes: the steps to flip of every probe image, and on a few images
 the whole trajectory of predicted classes with the lecture's control, random points on the sphere of radius
-``2 ||x - x_adv||`` (:mod:`trainviz.ops.adversarial`).
+``2 ||x - x_adv||`` (:mod:`trainviz.ops.adversarial`). Beside FGSM, every few runs, L-inf PGD (Madry et al.
+2018) at the same radii.
 
 Here: the suite's rows (:func:`suite`), which apply to the data (:func:`applicable`), the probe set corrupted
 once per row (:class:`CorruptionCache`), a reference run (:func:`load_reference`), what fits a time budget
@@ -48,7 +49,14 @@ from trainviz.core.common import class_names
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
-from trainviz.ops.adversarial import adversarial_trajectory, fgsm_accuracy, random_direction_flips, steps_to_flip
+from trainviz.ops.adversarial import (
+    PGD_STEP_FACTOR,
+    adversarial_trajectory,
+    fgsm_accuracy,
+    pgd_accuracy,
+    random_direction_flips,
+    steps_to_flip,
+)
 from trainviz.ops.cam import grad_cam
 from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions, resolve_param_set
 from trainviz.ops.localization import map_correlation
@@ -73,6 +81,7 @@ from trainviz.probes.robustness_result import (
     Flip,
     Means,
     PerImage,
+    Pgd,
     Reliability,
     RobustnessResult,
     Row,
@@ -94,6 +103,7 @@ __all__ = [
     "core_seconds",
     "corruption_errors",
     "load_reference",
+    "pgd_rows",
     "plan_parts",
     "suite",
     "trajectory_rows",
@@ -334,14 +344,15 @@ class CorruptionCache:
 @dataclass
 class Plan:
     """What one run contains: the rows of the table, whether FGSM and the gradient ascent (steps-to-flip and the
-    trajectories, one part) run, whose turn it is next among the rotating corruptions, and what was left out (for
-    the budget log)."""
+    trajectories, one part) run, whose turn it is next among the rotating corruptions, what was left out (for
+    the budget log) and whether PGD runs (off unless planned: it is due every few runs)."""
 
     rows: Rows
     fgsm: bool = True
     flip: bool = True
     rotation: int = 0
     skipped: list[str] = field(default_factory=list)
+    pgd: bool = False
 
 
 def core_seconds(active: Rows, costs: dict[str, float]) -> float:
@@ -363,6 +374,17 @@ def trajectory_rows(images: int, probe_size: int, steps: int, samples: int) -> f
     return images / max(1, probe_size) * (3 * steps + 1 + samples)
 
 
+def pgd_rows(epsilons: int, steps: int) -> float:
+    """The cost of PGD in row forwards: at each of ``epsilons`` radii, ``steps`` forward and backward passes
+    (about 3 forwards each) and a last forward, over the whole probe set.
+
+    Example:
+        >>> pgd_rows(4, 10)
+        124.0
+    """
+    return float(max(0, epsilons) * (3 * max(0, steps) + 1)) if steps > 0 else 0.0
+
+
 def plan_parts(
     active: Rows,
     costs: dict[str, float],
@@ -373,8 +395,10 @@ def plan_parts(
     flip_max_steps: int,
     cam_shift: bool,
     trajectory_rows: float = 0.0,
+    pgd_rows: float = 0.0,
 ) -> Plan:
-    """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), the other
+    """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), PGD when it is due
+    (``pgd_rows`` > 0: its cost in rows, :func:`pgd_rows`, until measured as ``"pgd"``), the other
     corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and the gradient
     ascent (steps-to-flip and the trajectories with their random directions, one part: the trajectories extend
     steps-to-flip), as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed),
@@ -397,6 +421,12 @@ def plan_parts(
         fgsm = cost <= left
         left -= cost if fgsm else 0.0
         skipped += [] if fgsm else [f"fgsm ({cost:.2f} s)"]
+    pgd = pgd_rows > 0
+    if pgd:
+        cost = costs.get("pgd", row * pgd_rows)
+        pgd = cost <= left
+        left -= cost if pgd else 0.0
+        skipped += [] if pgd else [f"pgd ({cost:.2f} s)"]
     others = list(dict.fromkeys(name for name, _ in active if name not in SEED_PROBES))
     turn = [others[(rotation + i) % len(others)] for i in range(len(others))]
     taken = 0
@@ -417,7 +447,8 @@ def plan_parts(
         what = "steps-to-flip and trajectories" if trajectory_rows > 0 else "steps-to-flip"
         skipped += [] if flip else [f"{what} ({cost:.2f} s)"]
     order = {r: i for i, r in enumerate(active)}
-    return Plan(sorted(rows, key=order.__getitem__), fgsm, flip, (rotation + taken) % max(1, len(others)), skipped)
+    turned = (rotation + taken) % max(1, len(others))
+    return Plan(sorted(rows, key=order.__getitem__), fgsm, flip, turned, skipped, pgd)
 
 
 # one run ------------------------------------------------------------------------------------------
@@ -430,7 +461,9 @@ class RobustnessConfig:
     images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
     ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``. ``display_channels``: the channels the
     example grid shows (``None``: all, for 1 or 3 channels). ``param_set`` names the corruptions' parameters, for the
-    record."""
+    record. PGD (when planned) takes ``pgd_steps`` steps (0: off) of ``pgd_step_factor * eps / pgd_steps`` at each
+    of ``epsilons``, its random start drawn per image from ``seed`` and the probe id; ``pgd_every`` (its cadence in
+    runs) is recorded."""
 
     norm: Normalization
     epsilons: tuple[float, ...] = ()
@@ -448,6 +481,9 @@ class RobustnessConfig:
     seed: int = 0
     display_channels: tuple[int, ...] | None = None
     param_set: str | None = None  # the corruptions' parameter set, recorded ("cifar10-c", ...)
+    pgd_steps: int = 0
+    pgd_every: int = 1
+    pgd_step_factor: float = PGD_STEP_FACTOR
 
 
 def compute(
@@ -463,7 +499,7 @@ def compute(
     trajectory: list[int] | None = None,
 ) -> RobustnessResult:
     """One run: the metrics of every row of ``plan`` (accuracy, confidence, NLL, ECE, flip rate, per-class
-    accuracy, with ``cam_layers`` the CAM shift), the corruption errors, FGSM and steps-to-flip when planned,
+    accuracy, with ``cam_layers`` the CAM shift), the corruption errors, FGSM, PGD and steps-to-flip when planned,
     the example tiles and what each part cost (``result.seconds``).
 
     Args:
@@ -597,8 +633,9 @@ def _adversarial(
     plan: Plan,
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
-    """FGSM accuracy per ``eps`` and steps to flip per image (each when planned and configured), batch by batch,
-    on the device; their costs go to ``seconds``."""
+    """FGSM and PGD accuracy per ``eps`` and steps to flip per image (each when planned and configured), batch by
+    batch, on the device; their costs go to ``seconds``. PGD's random start comes from ``config.seed`` and each
+    image's probe id, so no batch size changes it."""
     pixels, out, norm = config.norm.denormalize(probe.images), {}, config.norm
     batches = list(probe.batches(config.batch_size))
     start = time.perf_counter()
@@ -609,6 +646,25 @@ def _adversarial(
         ]
         out["fgsm_accuracy"] = torch.stack(parts).sum(0) / len(probe)
         seconds["fgsm"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if config.epsilons and config.pgd_steps > 0 and plan.pgd:
+        parts = [
+            pgd_accuracy(
+                model,
+                pixels[a:b],
+                probe.labels[a:b],
+                config.epsilons,
+                steps=config.pgd_steps,
+                step_factor=config.pgd_step_factor,
+                ids=probe.ids[a:b],
+                seed=config.seed,
+                preprocess=norm.normalize,
+            )
+            * (b - a)
+            for a, b in batches
+        ]
+        out["pgd_accuracy"] = torch.stack(parts).sum(0) / len(probe)
+        seconds["pgd"] = time.perf_counter() - start
     start = time.perf_counter()
     if config.flip_max_steps > 0 and plan.flip:
         out["steps"] = torch.cat(
@@ -765,6 +821,17 @@ def _result(
             int((steps < 0).sum()),
             float((steps < 0).mean()),
         )
+    pgd = None
+    if config.epsilons and config.pgd_steps > 0:
+        pgd = Pgd(
+            list(config.epsilons),
+            v["pgd_accuracy"].tolist() if "pgd_accuracy" in v else [],
+            config.pgd_steps,
+            config.pgd_step_factor,
+            "pgd_accuracy" in v,
+            config.pgd_every,
+            config.seed,
+        )
     trajectory = None
     if "trajectory_predictions" in v:
         picked = v["trajectory_index"].astype(np.int64)
@@ -811,6 +878,7 @@ def _result(
         cam_shift=None if shift is None else float(_nanmean(shift)),
         fgsm=Fgsm(list(config.epsilons), v["fgsm_accuracy"].tolist()) if "fgsm_accuracy" in v else None,
         flip=flip,
+        pgd=pgd,
         reliability=reliability,
         trajectory=trajectory,
         images=images,

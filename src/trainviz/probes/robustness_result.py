@@ -39,6 +39,8 @@ name                                        better  meaning
 ``normalized_relative_mce``
 ``fgsm_accuracy@<eps>``                     higher  accuracy under FGSM at ``eps`` (pixel units, 4 decimals:
                                                     ``@0.0157``)
+``pgd_accuracy@<eps>``                      higher  accuracy under L-inf PGD at ``eps`` (the same labels; only
+                                                    in a record whose PGD ran, see :class:`Pgd`)
 ``flip_steps_mean``                         higher  mean gradient-ascent steps to flip a prediction, over
                                                     flipped images
 ``flip_never_fraction``                     higher  fraction of images still predicted the same after the cap
@@ -68,7 +70,8 @@ entry says both.
 With its counts (``n`` and ``class_counts``; older records have neither), a result also gives
 :meth:`~RobustnessResult.intervals`, the 95% Wilson interval (:func:`proportion_interval`) of every accuracy
 measured once on the ``n`` probe images (``clean_accuracy``, ``corruption_accuracy/<name>/s<k>``,
-``fgsm_accuracy@<eps>``; means over severities or corruptions reuse the same images: no interval), and
+``fgsm_accuracy@<eps>``, ``pgd_accuracy@<eps>``; means over severities or corruptions reuse the same images: no
+interval), and
 :meth:`~RobustnessResult.probe_counts`, the classes with fewer than :data:`LOW_COUNT_THRESHOLD` probe images.
 
 Inside a result, numbers are floats with NaN where undefined (``None`` in the record, JSON has no NaN) and
@@ -108,6 +111,7 @@ __all__ = [
     "Flip",
     "Means",
     "PerImage",
+    "Pgd",
     "Reliability",
     "RobustnessResult",
     "Row",
@@ -151,6 +155,7 @@ HIGHER_IS_BETTER: Mapping[str, bool | None] = {
     "normalized_relative_ce": False,
     "normalized_relative_mce": False,
     "fgsm_accuracy": True,
+    "pgd_accuracy": True,
     "flip_steps_mean": True,
     "flip_never_fraction": True,
     "adversarial_flip_rate": False,
@@ -312,6 +317,54 @@ class Fgsm:
 
 
 @dataclass
+class Pgd:
+    """L-inf PGD (Madry et al. 2018; :func:`trainviz.ops.adversarial.pgd`): whether it ran in this run (``ran``;
+    it runs every ``every``-th run, and under a budget when it fits), with ``steps`` signed-gradient steps of
+    ``step_size`` (``step_factor * eps / steps``, pixel units) from a random start uniform in the ``eps`` ball,
+    drawn per image from (``seed``, image id); the accuracy at each ``eps`` on the last iterate (empty when it
+    did not run).
+
+    Example:
+        >>> p = Pgd([4 / 255], [0.25], steps=10, step_factor=2.5, ran=True, every=4, seed=0)
+        >>> [round(a, 6) for a in p.step_size], p.measured
+        ([0.003922], True)
+    """
+
+    epsilons: list[float]
+    accuracy: list[float]
+    steps: int
+    step_factor: float
+    ran: bool
+    every: int
+    seed: int
+
+    @property
+    def step_size(self) -> list[float]:
+        """The step size at each ``eps``."""
+        return [self.step_factor * e / self.steps for e in self.epsilons]
+
+    @property
+    def measured(self) -> bool:
+        """It ran and gave an accuracy at each ``eps``."""
+        return self.ran and len(self.accuracy) == len(self.epsilons)
+
+    def record(self) -> dict[str, Any]:
+        return _plain(self) | {"step_size": _json(self.step_size)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Pgd:
+        return cls(
+            epsilons=[float(e) for e in record.get("epsilons") or []],
+            accuracy=[_num(a) for a in record.get("accuracy") or []],
+            steps=int(record.get("steps", 0)),
+            step_factor=_num(record.get("step_factor")),
+            ran=bool(record.get("ran", False)),
+            every=int(record.get("every", 1)),
+            seed=int(record.get("seed", 0)),
+        )
+
+
+@dataclass
 class Flip:
     """Gradient-ascent steps until the prediction changes: mean and median over the images that flipped, and how
     many never did within ``max_steps``."""
@@ -468,9 +521,9 @@ class RobustnessResult(Result):
     (:class:`Means` over every corrupted row), ``table`` (a :class:`Row` per corruption and severity),
     ``corruptions`` (:class:`CorruptionStats` by name, in run order), ``mce``, ``relative_mce``, ``reference``
     (path or ``None``), ``skipped`` (corruption -> why), and when measured ``schedule``, ``cam_shift``,
-    ``fgsm``, ``flip``, ``reliability`` (``"clean"`` and ``"corrupted"`` :class:`Reliability` bins) and
-    ``trajectory`` (:class:`Trajectories`, with its ``flip_rate``, ``flip_step_mean`` and
-    ``random_direction_flip_rate``).
+    ``fgsm``, ``flip``, ``reliability`` (``"clean"`` and ``"corrupted"`` :class:`Reliability` bins),
+    ``pgd`` (:class:`Pgd`, also when it did not run: ``ran`` says) and ``trajectory`` (:class:`Trajectories`,
+    with its ``flip_rate``, ``flip_step_mean`` and ``random_direction_flip_rate``).
     """
 
     record_name: ClassVar[str] = "metrics"
@@ -491,6 +544,7 @@ class RobustnessResult(Result):
     cam_shift: float | None = None
     fgsm: Fgsm | None = None
     flip: Flip | None = None
+    pgd: Pgd | None = None
     reliability: dict[str, Reliability] | None = None
     trajectory: Trajectories | None = None
     corruption_params: str | None = None  # the parameter set ("cifar10-c", ...); None in older records
@@ -525,6 +579,8 @@ class RobustnessResult(Result):
         for name in ("fgsm", "flip"):
             if getattr(self, name) is not None:
                 out[name] = _plain(getattr(self, name))
+        if self.pgd is not None:
+            out["pgd"] = self.pgd.record()
         if self.reliability is not None:
             out["reliability"] = {name: _plain(bins) for name, bins in self.reliability.items()}
         if self.trajectory is not None:
@@ -583,12 +639,13 @@ class RobustnessResult(Result):
             corruption_params=record.get("corruption_params"),
             normalized_mce=_opt(record, "normalized_mce"),
             normalized_relative_mce=_opt(record, "normalized_relative_mce"),
+            pgd=None if record.get("pgd") is None else Pgd.from_record(record["pgd"]),
         )
 
     # what is logged ----------------------------------------------------------------------------------
     def scalars(self) -> dict[str, float | None]:
         """``clean/<stat>``, ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``,
-        and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``,
+        and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``, ``pgd/accuracy@<eps>``,
         ``flip/{steps_mean,never_fraction}``, ``adversarial/{flip_rate,random_direction_flip_rate,flip_step_mean,
         distance_mean}``; ``None`` where undefined."""
         out: dict[str, Any] = {f"clean/{s}": getattr(self.clean, s) for s in STATS}
@@ -604,6 +661,8 @@ class RobustnessResult(Result):
             out["corrupted/cam_shift"] = self.cam_shift
         if self.fgsm is not None:
             out |= {f"fgsm/accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
+        if self.pgd is not None and self.pgd.measured:
+            out |= {f"pgd/accuracy@{eps_label(e)}": a for e, a in zip(self.pgd.epsilons, self.pgd.accuracy)}
         if self.flip is not None:
             out |= {"flip/steps_mean": self.flip.steps_mean, "flip/never_fraction": self.flip.never_fraction}
         if self.trajectory is not None:
@@ -653,8 +712,8 @@ class RobustnessResult(Result):
     def arrays(self) -> dict[str, dict[str, Any]]:
         """``table`` (``corruption``, ``severity``, the row statistics and ``per_class_accuracy``, row 0 clean;
         per image ``pred`` and ``confidences``; ``labels``, ``ids``, ``class_names``; ``cam_shift`` (R, N) when
-        measured) and, with FGSM or steps-to-flip, ``adversarial`` (``epsilons``, ``fgsm_accuracy``, ``steps``
-        with -1 for never flipped, ``max_steps``)."""
+        measured) and, with FGSM, PGD or steps-to-flip, ``adversarial`` (``epsilons``, ``fgsm_accuracy``, ``steps``
+        with -1 for never flipped, ``max_steps``; ``pgd_accuracy`` and ``pgd_steps`` when PGD ran)."""
         if self.images is None:
             return {}
         rows, im = [self.clean, *self.table], self.images
@@ -681,6 +740,12 @@ class RobustnessResult(Result):
             }
             if im.steps is not None and self.flip is not None:
                 out["adversarial"] |= {"steps": im.steps.astype(np.int64), "max_steps": np.array(self.flip.max_steps)}
+        if self.pgd is not None and self.pgd.measured:
+            out.setdefault("adversarial", {"epsilons": np.array(self.pgd.epsilons, dtype=np.float64)})
+            out["adversarial"] |= {
+                "pgd_accuracy": np.array(self.pgd.accuracy, dtype=np.float64),
+                "pgd_steps": np.array(self.pgd.steps),
+            }
         return out
 
     def documents(self) -> dict[str, Any]:
@@ -756,6 +821,8 @@ class RobustnessResult(Result):
         out |= {"normalized_mce": self.normalized_mce, "normalized_relative_mce": self.normalized_relative_mce}
         if self.fgsm is not None:
             out |= {f"fgsm_accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
+        if self.pgd is not None and self.pgd.measured:
+            out |= {f"pgd_accuracy@{eps_label(e)}": a for e, a in zip(self.pgd.epsilons, self.pgd.accuracy)}
         if self.flip is not None:
             out |= {"flip_steps_mean": self.flip.steps_mean, "flip_never_fraction": self.flip.never_fraction}
         if self.trajectory is not None:
@@ -771,7 +838,7 @@ class RobustnessResult(Result):
             return {}
         metrics = self.summary()
         names = ["clean_accuracy", *(k for k in metrics if k.startswith("corruption_accuracy/") and k.count("/") == 2)]
-        names += [k for k in metrics if k.startswith("fgsm_accuracy@")]
+        names += [k for k in metrics if k.startswith(("fgsm_accuracy@", "pgd_accuracy@"))]
         out = {}
         for name in names:
             k = _successes(metrics.get(name), self.n)

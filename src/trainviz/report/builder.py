@@ -228,6 +228,9 @@ def _corruption_figures(run: RunArtifacts, intervals: Mapping[str, list[float]])
     for eps in rec.fgsm.epsilons if rec.fgsm is not None else []:
         label = eps_label(eps)
         curves[f"FGSM accuracy, eps {label}"] = [r.summary().get(f"fgsm_accuracy@{label}") for r in results]
+    for eps in rec.pgd.epsilons if rec.pgd is not None else []:  # gaps at the runs without PGD
+        label = eps_label(eps)
+        curves[f"PGD accuracy, eps {label}"] = [r.summary().get(f"pgd_accuracy@{label}") for r in results]
     if run.dynamics:
         by_epoch = {d.epoch: json_number(d.accuracy) for d in run.dynamics}
         curves["dynamics probe accuracy"] = [by_epoch.get(e) for e in epochs]
@@ -367,10 +370,15 @@ def _robustness_figures(run: RunArtifacts) -> list[tuple[str, str, Any]]:
             lo, hi = np.array([intervals[k][0] for k in keys]), np.array([intervals[k][1] for k in keys])
             bounds = {"type": "data", "symmetric": False, "array": hi - acc, "arrayminus": acc - lo}
             fgsm_fig.update_traces(error_y=bounds)
+        pgd = _pgd_line(rec, intervals)
+        if pgd is not None:
+            fgsm_fig.add_traces(lines_figure(*pgd[:2], "", "", "").update_traces(error_y=pgd[2]).data)
+            fgsm_fig.update_layout(title="FGSM and PGD")
         out.append(
             (
                 "adversarial",
                 "FGSM accuracy against eps (pixel units; eps 0 is the clean accuracy)"
+                + (f"; {pgd[3]}" if pgd is not None else "")
                 + ("; bars: 95% Wilson intervals." if bars else "."),
                 fgsm_fig,
             )
@@ -443,12 +451,33 @@ _SECTIONS = {
 }
 
 
+def _pgd_line(rec: RobustnessResult, intervals: Mapping[str, Any]) -> tuple[list, dict, dict | None, str] | None:
+    """The PGD line beside FGSM's (x, series, error bars or ``None``, caption) when PGD ran in ``rec``."""
+    pgd = rec.pgd
+    if pgd is None or not pgd.measured:
+        return None
+    acc = np.array([rec.clean.accuracy, *pgd.accuracy])
+    keys = ["clean_accuracy", *(f"pgd_accuracy@{eps_label(e)}" for e in pgd.epsilons)]
+    bounds = None
+    if all(k in intervals for k in keys):
+        lo, hi = np.array([intervals[k][0] for k in keys]), np.array([intervals[k][1] for k in keys])
+        bounds = {"type": "data", "symmetric": False, "array": hi - acc, "arrayminus": acc - lo}
+    name = f"PGD accuracy ({pgd.steps} steps)"
+    caption = (
+        f"L-inf PGD (Madry et al.): {pgd.steps} signed-gradient steps of {pgd.step_factor:g} eps / {pgd.steps} from "
+        f"a random start in the eps ball drawn per image (seed {pgd.seed}), no restarts; run every {pgd.every} "
+        "run(s)"
+    )
+    return [0.0, *pgd.epsilons], {name: acc.tolist()}, bounds, caption
+
+
 def _headline(run: RunArtifacts, summary: Mapping[str, Any]) -> str:
     rec = run.latest
     intervals = summary.get("intervals") or {}
     keys = ["clean_accuracy", "corruption_accuracy", "mce", "relative_mce", "normalized_mce", "normalized_relative_mce"]
     keys += ["clean_ece", "corruption_ece"]
-    keys += [k for k in summary if k.startswith("fgsm_accuracy@")] + ["flip_steps_mean", "flip_never_fraction"]
+    keys += [k for k in summary if k.startswith(("fgsm_accuracy@", "pgd_accuracy@"))]
+    keys += ["flip_steps_mean", "flip_never_fraction"]
     rows = [
         (k, f"{summary[k]:.4g}" + (f"  95% CI {_ci(intervals[k])}" if k in intervals else ""))
         for k in keys

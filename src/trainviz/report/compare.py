@@ -5,7 +5,8 @@ For every section both runs have (robustness, and each ``<callback>/section.json
 section is drawn with both runs overlaid (run A solid, run B dashed, each named by its run folder), followed by
 the per-epoch deltas (B minus A, at the epochs both runs recorded) of the same keys and a table of the last
 common epoch. The robustness section's keys are the ``summary.json`` names (``clean_accuracy``,
-``corruption_accuracy``, ``mce``, ``relative_mce``, ``corruption_accuracy/<corruption>``, ``fgsm_accuracy@<eps>``).
+``corruption_accuracy``, ``mce``, ``relative_mce``, ``corruption_accuracy/<corruption>``, ``fgsm_accuracy@<eps>``,
+``pgd_accuracy@<eps>``).
 When both runs saved CAM maps (``cam/epoch_XXXX/maps.npz``), the CAM drift between them: the Pearson correlation
 of the maps of the same probe ids at the last epoch both saved.
 
@@ -116,6 +117,7 @@ def _robustness(root: Path) -> _Side | None:
     records = [r.summary() for r in results]
     corruptions = list(dict.fromkeys(c for r in results for c in r.corruptions))
     fgsm = sorted({k for r in records for k in r if k.startswith("fgsm_accuracy@")})
+    pgd = sorted({k for r in records for k in r if k.startswith("pgd_accuracy@")})
     unit = (0, 1.02)
     items: list[dict[str, Any]] = [
         {
@@ -146,6 +148,15 @@ def _robustness(root: Path) -> _Side | None:
                 "y": "accuracy",
                 "y_range": unit,
                 "series": [{"name": k.replace("_", " "), "key": [k]} for k in fgsm],
+            }
+        )
+    if pgd:
+        items.append(
+            {
+                "title": "PGD accuracy",
+                "y": "accuracy",
+                "y_range": unit,
+                "series": [{"name": k.replace("_", " "), "key": [k]} for k in pgd],
             }
         )
     return _Side(items, records)
