@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,21 +34,21 @@ tb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tb)  # start_tensorboard, get, projector_info
 
 
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
-
-    return ShapesDataModule(n_train=240, n_val=120, batch_size=60)
+DM_SIZES = (240, 120, 60)  # the `dm` fixture's n_train, n_val, batch_size
 
 
-def fit(root, callbacks, dm, epochs=2, **kwargs):
-    pl.seed_everything(0, verbose=False)
-    model = demo_model()
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, dm)
-    return model, trainer
+@pytest.fixture(scope="session")
+def fit(demo_model, make_trainer):
+    def fit(root, callbacks, dm, epochs=2, **kwargs):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, dm)
+        return model, trainer
+
+    return fit
 
 
 class WaitForWorker(Callback):
@@ -74,7 +73,7 @@ def frame_names(html: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ fits
 
 
-def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
+def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm, fit):
     cb = EmbeddingCallback(
         layers=LAYERS,
         methods=["umap", "pca"],
@@ -183,7 +182,9 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
     )
 
 
-def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_path, dm, monkeypatch):
+def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(
+    tmp_path, dm, monkeypatch, demo_model, make_trainer
+):
     ckpt = tmp_path / "ckpt"
 
     def run(epochs, resume):
@@ -231,7 +232,7 @@ def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_pa
     assert frame_names(html) == [f"epoch {e}" for e in range(4)]
 
 
-def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(tmp_path, dm, monkeypatch):
+def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(tmp_path, dm, monkeypatch, fit):
     release, calls = threading.Event(), []
 
     def blocked_umap(x, *, init, seed, n_neighbors):  # the first UMAP holds the worker until epoch 1 has run
@@ -255,7 +256,7 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
     assert all(name.startswith("trainviz-embedding") for name in calls)  # off the training thread
 
 
-def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm):
+def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm, fit):
     cb = EmbeddingCallback(
         layers="net.fc",
         methods="pca",
@@ -272,7 +273,7 @@ def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm):
     assert frame_names(html) == ["epoch 0", "epoch 1", "epoch 2"]
 
 
-def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_path, dm, monkeypatch):
+def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_path, dm, monkeypatch, fit):
     def boom(*args, **kwargs):
         raise RuntimeError("tsne exploded")
 
@@ -291,7 +292,7 @@ def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_pat
         fit(tmp_path / "strict", [strict], dm, epochs=2)
 
 
-def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch):
+def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch, fit):
     def boom(*args, **kwargs):
         raise RuntimeError("pooling exploded")
 
@@ -319,7 +320,7 @@ def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch):
     assert calls and count_hooks(model) == 0 and trainer.current_epoch == 2 and cb.done_epochs == []
 
 
-def test_probing_with_umap_and_tsne_in_the_background_leaves_no_trace(tmp_path):
+def test_probing_with_umap_and_tsne_in_the_background_leaves_no_trace(tmp_path, fit):
     from trainviz.data import ShapesDataModule
 
     def run(callbacks):
@@ -367,14 +368,14 @@ def test_bad_arguments_fail_at_init(kwargs, message):
         ({"probe_size": 500}, "probe_size"),  # more than the 120 validation images
     ],
 )
-def test_bad_environment_fails_at_setup(tmp_path, dm, kwargs, message):
+def test_bad_environment_fails_at_setup(tmp_path, dm, kwargs, message, demo_model, make_trainer):
     trainer = make_trainer(tmp_path, [EmbeddingCallback(**kwargs)], max_epochs=1)
     with pytest.raises(ValueError, match=message):
         trainer.fit(demo_model(), dm)
     assert trainer.current_epoch == 0
 
 
-def test_default_probe_takes_up_to_2000_points_of_the_split(tmp_path):
+def test_default_probe_takes_up_to_2000_points_of_the_split(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     cb = EmbeddingCallback(layers="net.fc", methods="pca", linear_probe_folds=0, run_at_fit_end=False)
@@ -395,7 +396,7 @@ def test_state_key_tells_instances_apart():
 
 
 @pytest.mark.slow
-def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_path):
+def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     cb = EmbeddingCallback(

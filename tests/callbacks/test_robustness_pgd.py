@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-from conftest import demo_model, make_trainer
 
 from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.cli import main
@@ -24,7 +23,7 @@ EPS = [0.0, 4 / 255, 16 / 255]
 
 
 @pytest.fixture(scope="module")
-def pgd_fit(tmp_path_factory):
+def pgd_fit(tmp_path_factory, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     root = tmp_path_factory.mktemp("pgd")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import DictItems, demo_model, make_trainer
+from _support import DictItems
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -73,19 +73,23 @@ def _loaders(normalize: bool = True):
     return DataLoader(train, batch_size=16), DataLoader(val, batch_size=16)
 
 
-def _fit(root, callbacks, epochs=1, **kw):
-    pl.seed_everything(0, verbose=False)
-    model = UserModule()
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kw)
-    trainer.fit(model, *_loaders())
-    return model, trainer
+@pytest.fixture(scope="session")
+def _fit(make_trainer):
+    def _fit(root, callbacks, epochs=1, **kw):
+        pl.seed_everything(0, verbose=False)
+        model = UserModule()
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kw)
+        trainer.fit(model, *_loaders())
+        return model, trainer
+
+    return _fit
 
 
 def _records(root: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (root / "trainviz" / name / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(tmp_path):
+def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(tmp_path, _fit):
     inferred = trainviz.RobustnessCallback(**ROBUST)
     model, _ = _fit(tmp_path / "inferred", [inferred, trainviz.RunManifestCallback()])
     assert inferred.norm_source == "transform" and inferred.norm.std == pytest.approx(STD)
@@ -118,7 +122,7 @@ def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(t
         assert row["accuracy"] == pytest.approx(expected), row["corruption"]
 
 
-def test_normalised_tensors_without_information_fail_before_the_first_epoch(tmp_path):
+def test_normalised_tensors_without_information_fail_before_the_first_epoch(tmp_path, make_trainer):
     pixels = torch.rand(32, 3, 8, 8)
     normalised = (pixels - 0.5) / 0.2
     data = TensorDataset(normalised, torch.arange(32) % 4)
@@ -153,7 +157,7 @@ def test_normalised_tensors_without_information_fail_before_the_first_epoch(tmp_
     trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
 
 
-def test_a_shared_normalization_and_the_datamodule_attribute(tmp_path, tiny_dm):
+def test_a_shared_normalization_and_the_datamodule_attribute(tmp_path, tiny_dm, demo_model, make_trainer):
     callbacks = trainviz.default_callbacks(budget=None, normalization=tiny_dm.normalization, embedding=False, cam=False)
     probes = [cb for cb in callbacks if isinstance(cb, ProbeCallback)]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
@@ -165,7 +169,7 @@ def test_a_shared_normalization_and_the_datamodule_attribute(tmp_path, tiny_dm):
 
 
 # ------------------------------------------------------------------------------------ resume, checkpoints
-def test_resume_with_a_validation_split_smaller_than_the_probe_size(tmp_path):
+def test_resume_with_a_validation_split_smaller_than_the_probe_size(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     ckpt = tmp_path / "ckpt"
@@ -185,7 +189,9 @@ def test_resume_with_a_validation_split_smaller_than_the_probe_size(tmp_path):
         )
 
 
-def test_checkpoint_saved_at_the_epoch_end_validation_knows_its_epoch_was_probed(tmp_path, tiny_dm):
+def test_checkpoint_saved_at_the_epoch_end_validation_knows_its_epoch_was_probed(
+    tmp_path, tiny_dm, demo_model, make_trainer
+):
     ckpt = tmp_path / "ckpt"
     first = trainviz.DynamicsCallback(probe_size=12)
     saver = ModelCheckpoint(dirpath=ckpt, save_last=True)  # saves at validation end, before the epoch's probe
@@ -222,7 +228,9 @@ def test_yaml_takes_a_mean_std_pair_and_a_budget(tmp_path, monkeypatch):
     assert cb.normalization == Normalization((0.5,) * 3, (0.25,) * 3) and cb.budget == 0.05
 
 
-def test_shared_writers_are_closed_after_the_fit_and_a_second_fit_gets_new_ones(tmp_path, tiny_dm):
+def test_shared_writers_are_closed_after_the_fit_and_a_second_fit_gets_new_ones(
+    tmp_path, tiny_dm, demo_model, make_trainer
+):
     from trainviz.callbacks import base
 
     for _run in range(2):  # the same folder, twice in one process

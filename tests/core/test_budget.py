@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import demo_model, make_trainer
 
 import trainviz
 from trainviz.callbacks.base import ProbeCallback
@@ -61,7 +60,7 @@ def test_robustness_rotates_corruptions_within_the_credit():
     assert rows == cb.active and fgsm and flip
 
 
-def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm):
+def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, demo_model, make_trainer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     callbacks = trainviz.default_callbacks(budget=0.001, embedding=False, robustness=ROBUST)
@@ -87,7 +86,7 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm):
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
 
 
-def test_a_second_fit_of_the_same_trainer_starts_a_new_budget_clock(tmp_path, tiny_dm):
+def test_a_second_fit_of_the_same_trainer_starts_a_new_budget_clock(tmp_path, tiny_dm, demo_model, make_trainer):
     callbacks = [trainviz.DynamicsCallback(probe_size=8, budget=0.5)]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
     trainer.fit(demo_model(), tiny_dm)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 
-def test_the_dynamics_callback_draws_them_each_epoch_and_its_section_shows_them(tmp_path, tiny_dm):
-    from conftest import demo_model, make_trainer
-
+def test_the_dynamics_callback_draws_them_each_epoch_and_its_section_shows_them(
+    tmp_path, tiny_dm, demo_model, make_trainer
+):
     import trainviz
 
     make_trainer(tmp_path, [trainviz.DynamicsCallback(probe_size=24)], max_epochs=2).fit(demo_model(), tiny_dm)
