@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import _support
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -73,23 +74,20 @@ def _loaders(normalize: bool = True):
     return DataLoader(train, batch_size=16), DataLoader(val, batch_size=16)
 
 
-@pytest.fixture(scope="session")
-def _fit(make_trainer):
-    def _fit(root, callbacks, epochs=1, **kw):
-        pl.seed_everything(0, verbose=False)
-        model = UserModule()
-        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kw)
-        trainer.fit(model, *_loaders())
-        return model, trainer
-
-    return _fit
+def _fit(root, callbacks, epochs=1, **kw):
+    # a plain function (tests/callbacks/test_robustness_callback.py imports it), so the plain make_trainer
+    pl.seed_everything(0, verbose=False)
+    model = UserModule()
+    trainer = _support.make_trainer(root, callbacks, max_epochs=epochs, **kw)
+    trainer.fit(model, *_loaders())
+    return model, trainer
 
 
 def _records(root: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (root / "trainviz" / name / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(tmp_path, _fit):
+def test_torchvision_normalize_is_inferred_and_corruptions_see_the_real_pixels(tmp_path):
     inferred = trainviz.RobustnessCallback(**ROBUST)
     model, _ = _fit(tmp_path / "inferred", [inferred, trainviz.RunManifestCallback()])
     assert inferred.norm_source == "transform" and inferred.norm.std == pytest.approx(STD)
