@@ -47,7 +47,7 @@ lint: setup-dev
 	$(BIN)/mypy
 
 # The whole suite runs on `pytorch_lightning`; the suite-wide tests (no trace, hooks, warn once, resume, DDP, presets,
-# every logger read back, progress bars) run again on `lightning.pytorch` (TRAINVIZ_LIGHTNING, read by tests/conftest.py).
+# every logger read back, progress bars) run again on `lightning.pytorch` (TRAINVIZ_LIGHTNING, read by tests/_support.py).
 SUITE_WIDE := tests/callbacks/test_suite.py tests/sinks/test_loggers.py tests/core/test_progress.py
 
 test: setup-dev browser lint

@@ -1,67 +1,52 @@
-"""Shared fixtures: tiny embedded data, a deterministic CPU trainer, and the list of all callbacks."""
+"""Shared fixtures: the Lightning namespace under test, a deterministic CPU trainer, the demo models, every callback
+with small settings, and tiny embedded data. The plain values behind them (needed where a fixture cannot be, at
+collection time) are in ``tests/_support.py``."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 
+import _support
 import pytest
-import torch
-
-# The Lightning namespace of the tests: `pytorch_lightning` by default; `TRAINVIZ_LIGHTNING=lightning` runs them on
-# `lightning.pytorch` (trainviz's models and data follow the same variable). `make test` runs the suite-wide tests
-# under both. Tests import `pl` from here to get the namespace's Trainer, loggers and callbacks.
-LIGHTNING = os.environ.setdefault("TRAINVIZ_LIGHTNING", "pytorch_lightning")
-pl = importlib.import_module("lightning.pytorch" if LIGHTNING in ("lightning", "lightning.pytorch") else LIGHTNING)
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*The number of training batches.*")
 
 
-MODEL_KINDS = ("cnn", "classmap")
+@pytest.fixture(scope="session")
+def pl():
+    """The Lightning namespace under test (``pytorch_lightning``, or ``lightning.pytorch`` with
+    ``TRAINVIZ_LIGHTNING=lightning``): its Trainer, loggers and callbacks."""
+    return _support.pl
 
 
-def all_callbacks(kind: str = "cnn"):
-    """A fresh instance of every trainviz callback that applies to the demo model ``kind``, with small
-    settings (the suite-wide tests use this)."""
-    import trainviz
-
-    small = {"probe_size": 24, "every_n_epochs": 1}
-    return trainviz.default_callbacks(
-        budget=None, **{name: {**small, **opts} for name, opts in suite_options(kind).items()}
-    )
+@pytest.fixture(scope="session")
+def make_trainer():
+    """``make_trainer(root, callbacks=(), max_epochs=2, **trainer_kwargs)``: a deterministic CPU trainer that logs to
+    TensorBoard under ``root``, without progress bar, model summary or checkpoints."""
+    return _support.make_trainer
 
 
-def suite_options(kind: str = "cnn") -> dict[str, dict]:
-    """Per-callback small settings for tests; the manifest takes no probe options."""
-    cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
-    embed_layers = ["net.features", "net.fc"] if kind == "cnn" else ["net.encoder", "net.decoder.flatten"]
-    options = {
-        "dynamics": {},
-        "cam": {"deletion_steps": 4, "layers": cam_layers},
-        "robustness": {
-            "corruptions": ["grayscale", "gaussian_noise"],
-            "severities": [1],
-            "epsilons": [4 / 255],
-            "flip_max_steps": 2,
-            "cam_shift": True,
-        },
-        "embedding": {"layers": embed_layers, "methods": ["pca", "umap"], "linear_probe_folds": 0},
-        "features": {"layers": ["net.features.0", "net.features"] if kind == "cnn" else ["auto"], "n_channels": 4},
-        "maxact": {"steps": 4, "final_steps": 4, "probe_size": 8},
-        "saliency": {
-            "deletion_steps": 2,
-            "smoothgrad_samples": 2,
-            "sanity_images": 2,
-            "occlusion_window": 8,
-            "occlusion_stride": 8,
-        },
-    }
-    if kind == "classmap":
-        options["decoder_maps"] = {}
-    return options
+@pytest.fixture(scope="session")
+def demo_model():
+    """``demo_model(kind="cnn", num_classes=6, in_channels=3, seed=0)``: the demo classifier, or with
+    ``kind="classmap"`` the group-convolution encoder-decoder, seeded."""
+    return _support.demo_model
+
+
+@pytest.fixture(scope="session")
+def all_callbacks():
+    """``all_callbacks(kind="cnn")``: a fresh instance of every callback that applies to the demo model ``kind``, with
+    small settings."""
+    return _support.all_callbacks
+
+
+@pytest.fixture(scope="session")
+def suite_options():
+    """``suite_options(kind="cnn")``: the small per-callback settings of ``all_callbacks``."""
+    return _support.suite_options
 
 
 @pytest.fixture
@@ -71,50 +56,11 @@ def tiny_dm():
     return ShapesDataModule(n_train=96, n_val=48, batch_size=32)
 
 
-def make_trainer(root, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trainer:
-    options = dict(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=pl.loggers.TensorBoardLogger(str(root), name="", version=""),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-        callbacks=list(callbacks),
-        num_sanity_val_steps=1,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
 @pytest.fixture
-def trainer_factory(tmp_path):
-    def factory(callbacks=(), **kwargs):
-        return make_trainer(tmp_path, callbacks, **kwargs)
+def dm(request):
+    """Shapes data for a callback's fits: 96 training and 48 validation images in batches of 48, unless the test module
+    sets ``DM_SIZES = (n_train, n_val, batch_size)``."""
+    from trainviz.data import ShapesDataModule
 
-    return factory
-
-
-def demo_model(kind: str = "cnn", num_classes: int = 6, in_channels: int = 3, seed: int = 0):
-    """The demo classifier (``"cnn"``) or the group-convolution encoder-decoder (``"classmap"``)."""
-    from trainviz.models import ClassMapClassifier, DemoClassifier
-
-    torch.manual_seed(seed)
-    if kind == "classmap":
-        return ClassMapClassifier(num_classes=num_classes, in_channels=in_channels, encoder="small")
-    return DemoClassifier(num_classes=num_classes, in_channels=in_channels)
-
-
-class DictItems(torch.utils.data.Dataset):
-    """Wraps a dataset of ``(image, label)`` into ``{"image", "label"}`` items, as many user datasets are."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        image, label = self.dataset[i]
-        return {"image": image, "label": label}
+    n_train, n_val, batch_size = getattr(request.module, "DM_SIZES", (96, 48, 48))
+    return ShapesDataModule(n_train=n_train, n_val=n_val, batch_size=batch_size)

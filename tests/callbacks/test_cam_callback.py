@@ -7,7 +7,6 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainviz.callbacks.cam import CAMCallback
@@ -18,21 +17,21 @@ LAYERS = ["net.features.1", "net.features"]
 METRICS = ["average_drop", "increase_in_confidence", "deletion_auc"]
 
 
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
-
-    return ShapesDataModule(n_train=240, n_val=120, batch_size=60)
+DM_SIZES = (240, 120, 60)  # the `dm` fixture's n_train, n_val, batch_size
 
 
-def fit(root, callbacks, dm, epochs=2):
-    pl.seed_everything(0, verbose=False)
-    model = demo_model()
-    trainer = make_trainer(root, callbacks, max_epochs=epochs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, dm)
-    return model, trainer
+@pytest.fixture(scope="session")
+def fit(demo_model, make_trainer):
+    def fit(root, callbacks, dm, epochs=2):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        trainer = make_trainer(root, callbacks, max_epochs=epochs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, dm)
+        return model, trainer
+
+    return fit
 
 
 def events(root):
@@ -41,7 +40,7 @@ def events(root):
     return acc
 
 
-def test_two_epoch_fit_writes_every_key_and_artifact(tmp_path, dm):
+def test_two_epoch_fit_writes_every_key_and_artifact(tmp_path, dm, fit):
     cb = CAMCallback(layers=LAYERS, guided=True, probe_size=24, n_grid=8, n_tracked=3, deletion_steps=4, strict=True)
     model, _ = fit(tmp_path, [cb], dm)
     assert cb.done_epochs == [0, 1] and count_hooks(model) == 0
@@ -90,7 +89,7 @@ def test_two_epoch_fit_writes_every_key_and_artifact(tmp_path, dm):
     assert (store.root / "cam" / "epoch_0000" / "net.features.1" / "overlay.png").exists()
 
 
-def test_one_layer_cam_without_masks(tmp_path, dm):
+def test_one_layer_cam_without_masks(tmp_path, dm, fit):
     dm.setup()
     images, labels = dm.val_set.images, dm.val_set.labels
     probe = ProbeSet(images[:18], labels[:18], torch.arange(18), masks=None, class_names=dm.class_names)
@@ -104,7 +103,7 @@ def test_one_layer_cam_without_masks(tmp_path, dm):
         assert record[f"aggregate/{name}"] == record[f"net.features/{name}"]
 
 
-def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm, monkeypatch):
+def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm, monkeypatch, fit):
     cb = CAMCallback(layers=LAYERS, guided=True, probe_size=12, deletion_steps=2)
     model, trainer = fit(tmp_path, [cb], dm, epochs=1)
 
@@ -118,7 +117,7 @@ def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm, monkeypatch):
     assert count_hooks(model) == 0
 
 
-def test_run_inside_inference_mode_leaves_batchnorm_and_flags(tmp_path, dm):
+def test_run_inside_inference_mode_leaves_batchnorm_and_flags(tmp_path, dm, fit):
     cb = CAMCallback(layers=LAYERS, method="gradcam++", guided=True, probe_size=12, deletion_steps=2, strict=True)
     model, trainer = fit(tmp_path, [cb], dm, epochs=1)
     model.train()
@@ -142,7 +141,7 @@ def test_run_inside_inference_mode_leaves_batchnorm_and_flags(tmp_path, dm):
         ({"layers": ["net.fc"]}, "Expected layer 'net.fc' to output feature maps"),
     ],
 )
-def test_bad_layers_fail_at_setup(tmp_path, dm, kwargs, message):
+def test_bad_layers_fail_at_setup(tmp_path, dm, kwargs, message, demo_model, make_trainer):
     cb = CAMCallback(probe_size=12, **kwargs)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
     with pytest.raises(ValueError, match=message):
@@ -170,7 +169,7 @@ def test_arguments_are_checked_in_init(kwargs, message):
         CAMCallback(**kwargs)
 
 
-def test_state_round_trip_keeps_the_evolution_history(tmp_path, dm):
+def test_state_round_trip_keeps_the_evolution_history(tmp_path, dm, fit):
     cb = CAMCallback(layers=LAYERS, probe_size=12, n_tracked=2, deletion_steps=2, strict=True)
     fit(tmp_path, [cb], dm)
     state = cb.state_dict()

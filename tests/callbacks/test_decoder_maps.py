@@ -10,14 +10,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from trainviz.callbacks.decoder_maps import DecoderMapCallback
 from trainviz.core.hooks import count_hooks
-from trainviz.data import ShapesDataModule
 from trainviz.models import DemoClassifier
 from trainviz.models.lightning import ClassMapClassifier
 from trainviz.ops.class_maps import logits_and_maps, normalize_maps
@@ -27,9 +25,7 @@ NAMES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 PREFIX = "trainviz/decoder_maps/"
 
 
-@pytest.fixture
-def dm():
-    return ShapesDataModule(n_train=240, n_val=120, batch_size=48)
+DM_SIZES = (240, 120, 48)  # the `dm` fixture's n_train, n_val, batch_size
 
 
 def classmap_model(seed: int = 0) -> ClassMapClassifier:
@@ -58,11 +54,15 @@ class TinyMapNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def fit(root: Path, model, dm, callbacks, epochs: int = 2, **kwargs) -> pl.Trainer:
-    pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
-    trainer.fit(model, dm)
-    return trainer
+@pytest.fixture(scope="session")
+def fit(make_trainer):
+    def fit(root: Path, model, dm, callbacks, epochs: int = 2, **kwargs) -> pl.Trainer:
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
+        trainer.fit(model, dm)
+        return trainer
+
+    return fit
 
 
 def events(root: Path) -> EventAccumulator:
@@ -71,7 +71,7 @@ def events(root: Path) -> EventAccumulator:
     return acc
 
 
-def test_fit_writes_what_it_documents_matches_the_model_and_leaves_no_trace(tmp_path, dm):
+def test_fit_writes_what_it_documents_matches_the_model_and_leaves_no_trace(tmp_path, dm, fit):
     plain = classmap_model()
     fit(tmp_path / "plain", plain, dm, [])
     next_plain = torch.rand(3)
@@ -123,7 +123,7 @@ def test_fit_writes_what_it_documents_matches_the_model_and_leaves_no_trace(tmp_
     assert any(t.startswith(PREFIX + "formation_epochs") for t in acc.Tags()["tensors"])
 
 
-def test_resume_from_a_checkpoint_covers_every_epoch(tmp_path, dm):
+def test_resume_from_a_checkpoint_covers_every_epoch(tmp_path, dm, fit, make_trainer):
     ckpt = tmp_path / "ckpt"
     first = DecoderMapCallback(probe_size=48, n_tracked=2, strict=True)
     saver = ModelCheckpoint(dirpath=ckpt, save_last=True)
@@ -144,7 +144,7 @@ def test_resume_from_a_checkpoint_covers_every_epoch(tmp_path, dm):
     assert strip.step == 3 and strip.width == 5 * (96 + 2) + 2 and one_column == 16
 
 
-def test_a_model_from_elsewhere_works_via_layer(tmp_path, dm):
+def test_a_model_from_elsewhere_works_via_layer(tmp_path, dm, fit):
     cb = DecoderMapCallback(layer="head", probe_size=36, strict=True)
     model = TinyMapNet()
     trainer = fit(tmp_path, model, dm, [cb], epochs=1)
@@ -193,7 +193,7 @@ def test_a_model_from_elsewhere_works_via_layer(tmp_path, dm):
         ("decoder.class_maps", lambda: DemoClassifier(K, 3), r"Layer 'decoder.class_maps' not found"),
     ],
 )
-def test_a_wrong_layer_fails_at_setup(tmp_path, dm, layer, model, message):
+def test_a_wrong_layer_fails_at_setup(tmp_path, dm, layer, model, message, make_trainer):
     trainer = make_trainer(tmp_path, [DecoderMapCallback(layer=layer, probe_size=12)], max_epochs=1)
     net = model()
     with pytest.raises(ValueError, match=message):
@@ -221,14 +221,3 @@ def test_arguments_are_checked_in_init(kwargs, message):
 
 def test_two_instances_on_different_layers_have_different_state_keys():
     assert DecoderMapCallback(layer="head").state_key != DecoderMapCallback(layer="decoder.class_maps").state_key
-
-
-def test_pictures_with_many_classes_show_the_most_probable_and_the_true_class():
-    from trainviz.render.maps import class_map_grid, shown_classes
-
-    probs = torch.tensor([[0.1, 0.5, 0.3, 0.05, 0.05], [0.4, 0.3, 0.2, 0.06, 0.04]])
-    labels = torch.tensor([2, 4])
-    assert shown_classes(probs, labels, max_classes=3).tolist() == [[1, 2, 0], [0, 1, 4]]
-    assert shown_classes(probs, labels, max_classes=5).tolist() == [[0, 1, 2, 3, 4]] * 2
-    grid = class_map_grid(torch.rand(2, 3, 32, 32), torch.rand(2, 5, 8, 8), probs, labels, list("abcde"), max_classes=3)
-    assert grid.shape == (2 * (96 + 24 + 2) + 2, 4 * (96 + 2) + 2, 3)  # rows: image + 3 maps, 24 px captions

@@ -1,7 +1,7 @@
 """EmbeddingCallback under real fits on small shapes data: captured features against a direct forward, frames
 against the ops (PCA, warm-started UMAP, Procrustes), metrics, TensorBoard keys, plotly animations, projector
 files read back through a TensorBoard server after a resume, background failures, no trace, hooks, settings,
-DDP; and the render functions it draws with."""
+DDP (the render functions it draws with: tests/render/test_embedding_images.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -26,7 +25,6 @@ from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.core.hooks import count_hooks
 from trainviz.ops.embedding import knn_accuracy, pca, procrustes_align, silhouette, umap_embed
 from trainviz.probes.embedding import EmbeddingResult
-from trainviz.render.embedding import PALETTE, animation_figure, depth_image, scatter_image
 
 LAYERS = ["net.features.1", "net.features", "net.fc"]
 _spec = importlib.util.spec_from_file_location(
@@ -36,21 +34,21 @@ tb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tb)  # start_tensorboard, get, projector_info
 
 
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
-
-    return ShapesDataModule(n_train=240, n_val=120, batch_size=60)
+DM_SIZES = (240, 120, 60)  # the `dm` fixture's n_train, n_val, batch_size
 
 
-def fit(root, callbacks, dm, epochs=2, **kwargs):
-    pl.seed_everything(0, verbose=False)
-    model = demo_model()
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, dm)
-    return model, trainer
+@pytest.fixture(scope="session")
+def fit(demo_model, make_trainer):
+    def fit(root, callbacks, dm, epochs=2, **kwargs):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, dm)
+        return model, trainer
+
+    return fit
 
 
 class WaitForWorker(Callback):
@@ -75,7 +73,7 @@ def frame_names(html: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ fits
 
 
-def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
+def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm, fit):
     cb = EmbeddingCallback(
         layers=LAYERS,
         methods=["umap", "pca"],
@@ -184,7 +182,9 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm):
     )
 
 
-def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_path, dm, monkeypatch):
+def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(
+    tmp_path, dm, monkeypatch, demo_model, make_trainer
+):
     ckpt = tmp_path / "ckpt"
 
     def run(epochs, resume):
@@ -232,7 +232,7 @@ def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(tmp_pa
     assert frame_names(html) == [f"epoch {e}" for e in range(4)]
 
 
-def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(tmp_path, dm, monkeypatch):
+def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(tmp_path, dm, monkeypatch, fit):
     release, calls = threading.Event(), []
 
     def blocked_umap(x, *, init, seed, n_neighbors):  # the first UMAP holds the worker until epoch 1 has run
@@ -256,7 +256,7 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
     assert all(name.startswith("trainviz-embedding") for name in calls)  # off the training thread
 
 
-def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm):
+def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm, fit):
     cb = EmbeddingCallback(
         layers="net.fc",
         methods="pca",
@@ -273,7 +273,7 @@ def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm):
     assert frame_names(html) == ["epoch 0", "epoch 1", "epoch 2"]
 
 
-def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_path, dm, monkeypatch):
+def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_path, dm, monkeypatch, fit):
     def boom(*args, **kwargs):
         raise RuntimeError("tsne exploded")
 
@@ -292,7 +292,7 @@ def test_a_failing_background_projection_warns_once_and_training_goes_on(tmp_pat
         fit(tmp_path / "strict", [strict], dm, epochs=2)
 
 
-def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch):
+def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch, fit):
     def boom(*args, **kwargs):
         raise RuntimeError("pooling exploded")
 
@@ -320,7 +320,7 @@ def test_a_capture_that_raises_leaves_no_hook(tmp_path, dm, monkeypatch):
     assert calls and count_hooks(model) == 0 and trainer.current_epoch == 2 and cb.done_epochs == []
 
 
-def test_probing_with_umap_and_tsne_in_the_background_leaves_no_trace(tmp_path):
+def test_probing_with_umap_and_tsne_in_the_background_leaves_no_trace(tmp_path, fit):
     from trainviz.data import ShapesDataModule
 
     def run(callbacks):
@@ -368,14 +368,14 @@ def test_bad_arguments_fail_at_init(kwargs, message):
         ({"probe_size": 500}, "probe_size"),  # more than the 120 validation images
     ],
 )
-def test_bad_environment_fails_at_setup(tmp_path, dm, kwargs, message):
+def test_bad_environment_fails_at_setup(tmp_path, dm, kwargs, message, demo_model, make_trainer):
     trainer = make_trainer(tmp_path, [EmbeddingCallback(**kwargs)], max_epochs=1)
     with pytest.raises(ValueError, match=message):
         trainer.fit(demo_model(), dm)
     assert trainer.current_epoch == 0
 
 
-def test_default_probe_takes_up_to_2000_points_of_the_split(tmp_path):
+def test_default_probe_takes_up_to_2000_points_of_the_split(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     cb = EmbeddingCallback(layers="net.fc", methods="pca", linear_probe_folds=0, run_at_fit_end=False)
@@ -396,7 +396,7 @@ def test_state_key_tells_instances_apart():
 
 
 @pytest.mark.slow
-def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_path):
+def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     cb = EmbeddingCallback(
@@ -422,57 +422,3 @@ def test_ddp_ranks_share_the_capture_and_rank_zero_writes_it_in_probe_order(tmp_
     with torch.no_grad():
         np.testing.assert_allclose(stored["features"], model(probe.images).numpy(), rtol=1e-5, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "trainviz/embedding").glob("epoch_*")) == ["epoch_0000", "epoch_0001"]
-
-
-# ---------------------------------------------------------------------------------------------- render
-
-
-def test_scatter_image_puts_classes_where_their_points_are_with_y_up():
-    frame = np.array([[-1.0, -1.0], [1.0, 1.0]])
-    img = scatter_image(frame, np.array([0, 1]), ["low", "high"], size=100)
-    plot = img[16 : 16 + 100, :100]  # below the title line, left of the legend
-    has = lambda part, c: bool((part == np.array(PALETTE[c], np.uint8)).all(-1).any())  # noqa: E731
-    lower_left, upper_right = plot[50:, :50], plot[:50, 50:]
-    assert has(lower_left, 0) and not has(lower_left, 1) and has(upper_right, 1) and not has(upper_right, 0)
-    assert has(img[:, 100:], 0) and has(img[:, 100:], 1)  # legend swatches
-    ring = scatter_image(frame, np.array([0, 1]), wrong=np.array([True, False]), size=100)[16:116, :100]
-    centre = ring[50:, :50][np.nonzero((ring[50:, :50] == PALETTE[0]).all(-1))]
-    assert len(centre) and len(centre) < (plot[50:, :50] == PALETTE[0]).all(-1).sum()  # a ring has fewer pixels
-
-
-def test_depth_image_has_one_panel_per_layer_and_rejects_bad_shapes():
-    f = np.random.default_rng(0).normal(size=(20, 2))
-    one, three = (
-        depth_image({"a": f}, np.arange(20) % 2, legend=False),
-        depth_image({"a": f, "b": f, "c": f}, np.arange(20) % 2, legend=False),
-    )
-    assert three.shape[1] == 3 * one.shape[1] + 2 * 6
-    with pytest.raises(ValueError, match=r"frame of shape \(20, 2\)"):
-        depth_image({"a": f[:5]}, np.arange(20) % 2)
-    with pytest.raises(ValueError, match="labels"):
-        depth_image({"a": f}, np.arange(20) - 1)
-
-
-def test_animation_keeps_ids_and_axis_ranges_fixed_and_shows_predictions():
-    rng = np.random.default_rng(0)
-    labels, ids = np.array([0, 0, 1, 1, 2]), np.array([10, 11, 12, 13, 14])
-    frames = {0: rng.normal(size=(5, 2)), 3: 5 + 10 * rng.normal(size=(5, 2))}
-    preds = {0: np.array([0, 1, 1, 1, 2]), 3: labels}
-    fig = animation_figure({"a": frames, "b": frames}, labels, ids, ["x", "y", "z"], predictions=preds, title="t")
-    assert [f.name for f in fig.frames] == ["epoch 0", "epoch 3"]
-    point_traces = len(fig.frames[0].data)
-    assert point_traces == 2 * 3  # panels x classes
-    for i in range(point_traces):
-        assert fig.data[i].ids == fig.frames[0].data[i].ids == fig.frames[1].data[i].ids
-    assert fig.frames[0].data[0].ids == ("10", "11")
-    assert fig.frames[0].data[0].marker.symbol == ("circle", "circle-open")  # id 11 is misclassified at epoch 0
-    assert "prediction y" in fig.frames[0].data[0].text[1] and fig.frames[1].data[0].marker.symbol == (
-        "circle",
-        "circle",
-    )
-    everything = np.concatenate(list(frames.values()))
-    for axis in (fig.layout.xaxis, fig.layout.xaxis2):
-        assert axis.range[0] <= everything[:, 0].min() and axis.range[1] >= everything[:, 0].max()
-    assert fig.layout.yaxis.range[0] <= everything[:, 1].min() and fig.layout.yaxis.range[1] >= everything[:, 1].max()
-    with pytest.raises(ValueError, match="same epochs|at epochs"):
-        animation_figure({"a": frames, "b": {0: frames[0]}}, labels, ids)

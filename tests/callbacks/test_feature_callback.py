@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import DictItems, demo_model, make_trainer
+from _support import DictItems
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -25,20 +25,17 @@ LAYERS = ["net.features.0", "net.features"]
 METRICS = ["dead_fraction", "mean", "std", "sparsity"]
 
 
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
+@pytest.fixture(scope="session")
+def fit(make_trainer):
+    def fit(root, callbacks, model, *data, epochs=2, ckpt_path=None, **kwargs):
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, *data, ckpt_path=ckpt_path)
+        return model, trainer
 
-    return ShapesDataModule(n_train=96, n_val=48, batch_size=48)
-
-
-def fit(root, callbacks, model, *data, epochs=2, ckpt_path=None, **kwargs):
-    pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, *data, ckpt_path=ckpt_path)
-    return model, trainer
+    return fit
 
 
 def events(root):
@@ -47,7 +44,7 @@ def events(root):
     return acc
 
 
-def test_demo_fit_writes_every_key_and_keeps_its_channels(tmp_path, dm):
+def test_demo_fit_writes_every_key_and_keeps_its_channels(tmp_path, dm, demo_model, fit):
     cb = FeatureMapCallback(
         layers=LAYERS, filter_layers=["net.features.2.0"], probe_size=16, n_channels=3, n_images=2, strict=True
     )
@@ -75,7 +72,7 @@ def test_demo_fit_writes_every_key_and_keeps_its_channels(tmp_path, dm):
     assert (cb.sink.store.root / "features" / "section.json").exists()
 
 
-def test_one_forward_per_probe_batch_and_no_trace(tmp_path, dm):
+def test_one_forward_per_probe_batch_and_no_trace(tmp_path, dm, demo_model, fit):
     cb = FeatureMapCallback(layers=LAYERS, probe_size=20, batch_size=8, strict=True)
     model, trainer = fit(tmp_path, [cb], demo_model(), dm, epochs=1)
     calls = []
@@ -123,7 +120,7 @@ class TupleNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def test_user_run_normalised_dict_items_and_a_tuple_output(tmp_path):
+def test_user_run_normalised_dict_items_and_a_tuple_output(tmp_path, fit):
     pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     data = [
         DictItems(FakeData(size=n, image_size=(3, 16, 16), num_classes=4, transform=pipeline, random_offset=o))
@@ -180,7 +177,7 @@ def _disc(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, (x.norm(dim=1) < 0.7).long())
 
 
-def test_seed_001_toy_draws_each_unit_as_a_line_over_the_points(tmp_path):
+def test_seed_001_toy_draws_each_unit_as_a_line_over_the_points(tmp_path, fit):
     cb = FeatureMapCallback(probe_size=64, strict=True)
     train, val = _disc(256, 0), _disc(128, 1)
     model, _ = fit(tmp_path, [cb], Toy(), DataLoader(train, batch_size=64), DataLoader(val, batch_size=64))
@@ -207,7 +204,7 @@ def test_seed_001_toy_draws_each_unit_as_a_line_over_the_points(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ state and resume
-def test_channels_persist_across_a_checkpoint_resume(tmp_path, dm):
+def test_channels_persist_across_a_checkpoint_resume(tmp_path, dm, demo_model, fit):
     ckpt = tmp_path / "ckpt"
     first = FeatureMapCallback(layers=LAYERS, probe_size=12, n_channels=3, strict=True)
     saver = ModelCheckpoint(dirpath=ckpt, save_last=True)
@@ -229,7 +226,7 @@ def test_channels_persist_across_a_checkpoint_resume(tmp_path, dm):
     assert second.sink.store.read_jsonl("features/metrics.jsonl")[-1]["channels"] == second.channels
 
 
-def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm):
+def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm, demo_model, fit):
     cb = FeatureMapCallback(layers=LAYERS, probe_size=12)
     model, trainer = fit(tmp_path, [cb], demo_model(), dm, epochs=1)
 
@@ -253,7 +250,7 @@ def test_no_hooks_remain_after_a_probe_raised(tmp_path, dm):
         ({"line_layer": "net.fcc"}, "Layer 'net.fcc' not found.*'net.fc'"),
     ],
 )
-def test_bad_layers_fail_at_setup(tmp_path, dm, kwargs, message):
+def test_bad_layers_fail_at_setup(tmp_path, dm, kwargs, message, demo_model, make_trainer):
     cb = FeatureMapCallback(probe_size=12, **kwargs)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
     with pytest.raises(ValueError, match=message):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from conftest import demo_model, suite_options
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
@@ -26,26 +25,30 @@ SECRET = "Zq9xS3CR3Tv4lue"
 MARK = "Kp7harmlessMARK"  # beside each secret: proves that each channel carries the manifest at all
 
 
-def _manifest_fit(root: Path, callbacks: list, argv: list[str], monkeypatch, hparams: dict | None = None) -> dict:
-    from trainviz.data import ShapesDataModule
+@pytest.fixture(scope="session")
+def _manifest_fit(demo_model):
+    def _manifest_fit(root: Path, callbacks: list, argv: list[str], monkeypatch, hparams: dict | None = None) -> dict:
+        from trainviz.data import ShapesDataModule
 
-    monkeypatch.setattr(sys, "argv", argv)
-    model = demo_model()
-    model.hparams.update(hparams or {})
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-    )
-    trainer.fit(model, ShapesDataModule(n_train=32, n_val=16, batch_size=16))
-    return json.loads((root / "trainviz" / "manifest" / "manifest.json").read_text())
+        monkeypatch.setattr(sys, "argv", argv)
+        model = demo_model()
+        model.hparams.update(hparams or {})
+        trainer = pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=1,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(root),
+        )
+        trainer.fit(model, ShapesDataModule(n_train=32, n_val=16, batch_size=16))
+        return json.loads((root / "trainviz" / "manifest" / "manifest.json").read_text())
+
+    return _manifest_fit
 
 
 def test_redact_is_checked_in_init_and_false_warns():
@@ -62,7 +65,7 @@ def test_redact_is_checked_in_init_and_false_warns():
     assert manifest.extra_names == ("wandb_key",)
 
 
-def test_extra_names_and_redaction_off(tmp_path, monkeypatch):
+def test_extra_names_and_redaction_off(tmp_path, monkeypatch, _manifest_fit):
     argv = ["train.py", "--wandb-key", SECRET, f"--api-key={SECRET}", f"--run={MARK}"]
     hparams = {"cfg": {"wandb_key": SECRET, "name": MARK}}
     manifest = _manifest_fit(tmp_path / "a", [RunManifestCallback(redact=["wandb_key"])], argv, monkeypatch, hparams)
@@ -157,7 +160,7 @@ def _wandb_records(run_file: Path) -> list:
 
 
 @pytest.mark.slow
-def test_no_secret_in_anything_trainviz_writes(tmp_path, monkeypatch):
+def test_no_secret_in_anything_trainviz_writes(tmp_path, monkeypatch, suite_options):
     pytest.importorskip("wandb")
     mlflow = pytest.importorskip("mlflow")
     omegaconf = pytest.importorskip("omegaconf")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import DictItems, demo_model, make_trainer
+from _support import DictItems
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -33,21 +33,21 @@ KEYS = [f"classes/{k}" for k in range(6)] + [
 ]
 
 
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
-
-    return ShapesDataModule(n_train=96, n_val=32, batch_size=48)
+DM_SIZES = (96, 32, 48)  # the `dm` fixture's n_train, n_val, batch_size
 
 
-def fit(root, callbacks, dm, epochs=2, model=None, **kw):
-    pl.seed_everything(0, verbose=False)
-    model = model or demo_model()
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, **kw)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, dm)
-    return model, trainer
+@pytest.fixture(scope="session")
+def fit(demo_model, make_trainer):
+    def fit(root, callbacks, dm, epochs=2, model=None, **kw):
+        pl.seed_everything(0, verbose=False)
+        model = model or demo_model()
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, **kw)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, dm)
+        return model, trainer
+
+    return fit
 
 
 def events(root):
@@ -56,7 +56,7 @@ def events(root):
     return acc
 
 
-def test_fit_logs_every_key_and_images_equal_the_op(tmp_path, dm):
+def test_fit_logs_every_key_and_images_equal_the_op(tmp_path, dm, fit):
     cb = MaxActivationCallback(**OPTS, strict=True)
     model, _ = fit(tmp_path, [cb], dm)
     assert cb.done_epochs == [0, 1] and count_hooks(model) == 0
@@ -119,7 +119,7 @@ class TupleNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def test_user_shaped_run_with_normalize_and_tuple_output(tmp_path):
+def test_user_shaped_run_with_normalize_and_tuple_output(tmp_path, make_trainer):
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
@@ -143,7 +143,7 @@ def test_user_shaped_run_with_normalize_and_tuple_output(tmp_path):
     assert not (cb.sink.store.root / "maxact" / "epoch_0000" / "final.npz").exists()  # final_steps=0
 
 
-def test_resume_keeps_the_previous_images_for_moved(tmp_path, dm):
+def test_resume_keeps_the_previous_images_for_moved(tmp_path, dm, demo_model, fit, make_trainer):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     cb = MaxActivationCallback(classes=[0, 1], steps=3, final_steps=0, strict=True)
     fit(tmp_path, [cb, ckpt], dm, epochs=1, enable_checkpointing=True)
@@ -171,7 +171,7 @@ def test_resume_keeps_the_previous_images_for_moved(tmp_path, dm):
     assert MaxActivationCallback(classes=[0, 2]).state_key != resumed.state_key
 
 
-def test_run_in_inference_mode_leaves_no_trace(tmp_path, dm):
+def test_run_in_inference_mode_leaves_no_trace(tmp_path, dm, fit):
     cb = MaxActivationCallback(classes=[0], layers=["net.features"], channels=1, steps=2, final_steps=0, strict=True)
     model, trainer = fit(tmp_path, [cb], dm, epochs=1)
     model.train()
@@ -198,7 +198,7 @@ def test_run_in_inference_mode_leaves_no_trace(tmp_path, dm):
         ({"final_upscale": 2, "model": "flat"}, "Expected the model to take inputs 2x"),
     ],
 )
-def test_bad_targets_fail_at_setup(tmp_path, dm, kwargs, message):
+def test_bad_targets_fail_at_setup(tmp_path, dm, kwargs, message, demo_model, make_trainer):
     model = demo_model()
     if kwargs.pop("model", None) == "flat":
         model.net.pool = nn.Flatten()  # flatten + linear: only the training size fits

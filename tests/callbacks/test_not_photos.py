@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import demo_model, make_trainer, suite_options
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainviz
@@ -57,18 +56,26 @@ def _loaders(data: TensorDataset) -> tuple[DataLoader, DataLoader]:
     return DataLoader(data, batch_size=16, shuffle=False), DataLoader(data, batch_size=16)
 
 
-def _options() -> dict[str, dict]:
-    options = suite_options("cnn")
-    options["embedding"] = {**options["embedding"], "methods": ["pca"]}  # UMAP's compilation is not the point here
-    return {name: {"probe_size": 16, **opts} for name, opts in options.items()}
+@pytest.fixture(scope="session")
+def _options(suite_options):
+    def _options() -> dict[str, dict]:
+        options = suite_options("cnn")
+        options["embedding"] = {**options["embedding"], "methods": ["pca"]}  # UMAP's compilation is not the point here
+        return {name: {"probe_size": 16, **opts} for name, opts in options.items()}
+
+    return _options
 
 
-def _fit(root, data, callbacks, epochs: int = 1):
-    torch.manual_seed(0)
-    model = demo_model("cnn", num_classes=2, in_channels=data.tensors[0].shape[1])
-    trainer = make_trainer(root, callbacks, max_epochs=epochs, num_sanity_val_steps=0)
-    trainer.fit(model, *_loaders(data))
-    return model, trainer
+@pytest.fixture(scope="session")
+def _fit(demo_model, make_trainer):
+    def _fit(root, data, callbacks, epochs: int = 1):
+        torch.manual_seed(0)
+        model = demo_model("cnn", num_classes=2, in_channels=data.tensors[0].shape[1])
+        trainer = make_trainer(root, callbacks, max_epochs=epochs, num_sanity_val_steps=0)
+        trainer.fit(model, *_loaders(data))
+        return model, trainer
+
+    return _fit
 
 
 @pytest.mark.parametrize(
@@ -77,7 +84,7 @@ def _fit(root, data, callbacks, epochs: int = 1):
     ids=["ct_hounsfield", "spectrogram_1x128x32", "four_channels"],
 )
 def test_declared_not_photos_every_other_probe_writes_and_pixel_probes_are_off(
-    tmp_path, make, display_channels, caplog, monkeypatch
+    tmp_path, make, display_channels, caplog, monkeypatch, _fit, _options
 ):
     from trainviz.callbacks import base
 
@@ -123,7 +130,7 @@ def test_declared_not_photos_every_other_probe_writes_and_pixel_probes_are_off(
         }
 
 
-def test_without_the_declaration_the_error_of_today_names_pixels_false(tmp_path):
+def test_without_the_declaration_the_error_of_today_names_pixels_false(tmp_path, _fit):
     data = _ct(n=32)
     callbacks = trainviz.default_callbacks(budget=None, embedding=False, cam=False, features=False)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]: per-channel range \[-1e\+03, 1\.\d+e\+03\]") as err:
@@ -131,7 +138,7 @@ def test_without_the_declaration_the_error_of_today_names_pixels_false(tmp_path)
     assert "`pixels=False`" in str(err.value) and "default_callbacks(normalization=" in str(err.value)
 
 
-def test_a_pixel_probe_built_directly_refuses_non_photos(tmp_path):
+def test_a_pixel_probe_built_directly_refuses_non_photos(tmp_path, _fit):
     with pytest.raises(ValueError, match=r"RobustnessCallback acts on pixels .*`pixels=False`"):
         trainviz.RobustnessCallback(pixels=False)
     with pytest.raises(ValueError, match=r"MaxActivationCallback acts on pixels"):
@@ -155,7 +162,7 @@ def test_saliency_occlusion_baseline_is_in_model_input_space_without_pixels():
     assert cb.occlusion_baseline == -1000.0
 
 
-def test_four_channel_photos_skip_the_corruptions_that_assume_rgb_and_show_a_chosen_triple(tmp_path):
+def test_four_channel_photos_skip_the_corruptions_that_assume_rgb_and_show_a_chosen_triple(tmp_path, _fit):
     g = torch.Generator().manual_seed(3)
     data = TensorDataset(torch.rand(32, 4, 16, 16, generator=g), torch.arange(32) % 2)  # RGB + infrared in [0, 1]
     cb = trainviz.RobustnessCallback(

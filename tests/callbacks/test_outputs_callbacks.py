@@ -12,7 +12,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -78,20 +77,24 @@ def loaders(n: int = 48, size: int = 16, classes: int = 3):
     )
 
 
-def fit(root: Path, model: pl.LightningModule, callbacks: list, **kwargs) -> pl.Trainer:
-    pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=1, **kwargs)
-    train, val = loaders(size=getattr(model, "size", 16))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
-        trainer.fit(model, train, val)
-    return trainer
+@pytest.fixture(scope="session")
+def fit(make_trainer):
+    def fit(root: Path, model: pl.LightningModule, callbacks: list, **kwargs) -> pl.Trainer:
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(root, callbacks, max_epochs=1, **kwargs)
+        train, val = loaders(size=getattr(model, "size", 16))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
+            trainer.fit(model, train, val)
+        return trainer
+
+    return fit
 
 
 @pytest.mark.parametrize(
     ("layout", "output"), [("tuple", None), ("tuple", 0), ("dict", "scores"), ("tuple", lambda out: out[0])]
 )
-def test_cam_and_dynamics_run_on_a_model_returning_more_than_logits(tmp_path, layout, output):
+def test_cam_and_dynamics_run_on_a_model_returning_more_than_logits(tmp_path, layout, output, fit):
     from captum.attr import LayerAttribution, LayerGradCam
 
     torch.manual_seed(0)
@@ -135,7 +138,7 @@ PROBES = {
 
 
 @pytest.mark.parametrize("name", list(PROBES))
-def test_an_unreadable_output_fails_at_fit_start_naming_output(tmp_path, name):
+def test_an_unreadable_output_fails_at_fit_start_naming_output(tmp_path, name, fit):
     model = AuxNet("maps_first")
     with pytest.raises(
         ValueError,
@@ -149,7 +152,7 @@ def test_an_unreadable_output_fails_at_fit_start_naming_output(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["dynamics", "cam", "robustness_cam", "embedding"])
-def test_output_index_reads_the_logits_second(tmp_path, name):
+def test_output_index_reads_the_logits_second(tmp_path, name, fit):
     model = AuxNet("maps_first")
     cb = PROBES[name](strict=True, output=1)
     fit(tmp_path, model, [cb])
@@ -194,7 +197,7 @@ class ViTModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_cam_callback_on_a_vit_picks_the_last_blocks_norm1_and_logs_it(tmp_path, caplog):
+def test_cam_callback_on_a_vit_picks_the_last_blocks_norm1_and_logs_it(tmp_path, caplog, fit):
     torch.manual_seed(0)
     model = ViTModule()
     cb = CAMCallback(probe_size=12, n_grid=4, n_tracked=2, deletion_steps=2, strict=True)

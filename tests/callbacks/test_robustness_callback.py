@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
+from _support import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from trainviz.callbacks.robustness import RobustnessCallback

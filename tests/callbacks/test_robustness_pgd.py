@@ -5,27 +5,25 @@ record, summary, scalars, gates and report, the budget plan, and the argument ch
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-from conftest import demo_model, make_trainer
 
 from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.cli import main
 from trainviz.core.guard import probe_guard
 from trainviz.ops.adversarial import pgd_accuracy
 from trainviz.probes.robustness import pgd_rows, plan_parts
-from trainviz.probes.robustness_result import Pgd, RobustnessResult
+from trainviz.probes.robustness_result import RobustnessResult
 
 EPS = [0.0, 4 / 255, 16 / 255]
 
 
 @pytest.fixture(scope="module")
-def pgd_fit(tmp_path_factory):
+def pgd_fit(tmp_path_factory, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     root = tmp_path_factory.mktemp("pgd")
@@ -157,10 +155,3 @@ def test_the_budget_plans_pgd_after_fgsm_and_a_skipped_pgd_stays_due():
 def test_bad_pgd_arguments_raise_at_init(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RobustnessCallback(corruptions=["grayscale"], **kwargs)
-
-
-def test_an_older_record_without_pgd_reads_back():
-    result = RobustnessResult.from_record({"epoch": 0, "clean": {"accuracy": 0.5}, "table": [], "corruptions": {}})
-    assert result.pgd is None and "pgd" not in result.record()
-    pgd = Pgd.from_record({"epsilons": [0.1], "accuracy": [None], "steps": 5, "step_factor": 2.5, "ran": True})
-    assert pgd.measured and math.isnan(pgd.accuracy[0]) and pgd.step_size == [0.05]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import DictItems, demo_model, make_trainer
+from _support import DictItems, demo_model, make_trainer
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -28,13 +28,6 @@ from trainviz.render.images import to_uint8, upscale
 
 SMALL = dict(probe_size=12, deletion_steps=2, smoothgrad_samples=3, ig_steps=3, sanity_images=3, n_grid=4, strict=True)
 METHODS = ["gradient", "smoothgrad", "guided_backprop", "occlusion"]
-
-
-@pytest.fixture
-def dm():
-    from trainviz.data import ShapesDataModule
-
-    return ShapesDataModule(n_train=96, n_val=48, batch_size=48)
 
 
 def fit(root, callbacks, datamodule=None, epochs=2, model=None, **loaders):

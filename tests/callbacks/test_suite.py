@@ -7,9 +7,9 @@ import json
 import warnings
 from pathlib import Path
 
+import _support
 import pytest
 import torch
-from conftest import MODEL_KINDS, all_callbacks, demo_model, make_trainer, pl
 
 import trainviz
 from trainviz.callbacks.base import ProbeCallback
@@ -18,16 +18,20 @@ from trainviz.core.hooks import count_hooks
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _fit(tmp_path, callbacks, dm, epochs=2, kind="cnn", **kw):
-    pl.seed_everything(0, verbose=False)
-    model = demo_model(kind)
-    trainer = make_trainer(tmp_path, callbacks, max_epochs=epochs, **kw)
-    trainer.fit(model, dm)
-    return model, trainer
+@pytest.fixture(scope="session")
+def _fit(demo_model, make_trainer, pl):
+    def _fit(tmp_path, callbacks, dm, epochs=2, kind="cnn", **kw):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model(kind)
+        trainer = make_trainer(tmp_path, callbacks, max_epochs=epochs, **kw)
+        trainer.fit(model, dm)
+        return model, trainer
+
+    return _fit
 
 
-@pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind):
+@pytest.mark.parametrize("kind", _support.MODEL_KINDS)
+def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind, _fit, all_callbacks):
     from trainviz.data import ShapesDataModule
 
     plain, _ = _fit(tmp_path / "plain", [], tiny_dm, kind=kind)
@@ -47,19 +51,25 @@ def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind):
     assert probes and all(cb.done_epochs == [0, 1] and cb.failures == 0 for cb in probes)
 
 
-def _callback_named(kind: str, name: str):
-    return next(cb for cb in all_callbacks(kind) if type(cb).__name__ == name)
+@pytest.fixture(scope="session")
+def _callback_named(all_callbacks):
+    def _callback_named(kind: str, name: str):
+        return next(cb for cb in all_callbacks(kind) if type(cb).__name__ == name)
+
+    return _callback_named
 
 
 # Every callback, on a demo model it applies to (the decoder-map callback needs the encoder-decoder).
 HYGIENE_CASES = [
     ("classmap" if type(cb).__name__ == "DecoderMapCallback" else "cnn", type(cb).__name__)
-    for cb in all_callbacks("classmap")
+    for cb in _support.all_callbacks("classmap")
 ]
 
 
 @pytest.mark.parametrize("kind, name", HYGIENE_CASES, ids=[name for _, name in HYGIENE_CASES])
-def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm, kind, name, monkeypatch):
+def test_hook_hygiene_each_callback_also_after_a_probe_raised(
+    tmp_path, tiny_dm, kind, name, monkeypatch, _callback_named, _fit
+):
     cb = _callback_named(kind, name)
     model, _ = _fit(tmp_path / "ok", [cb], tiny_dm, epochs=1, kind=kind)
     assert count_hooks(model) == 0
@@ -96,7 +106,7 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(tmp_path, tiny_dm,
     assert count_hooks(model) == 0
 
 
-def test_failing_probe_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkeypatch):
+def test_failing_probe_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkeypatch, _fit):
     from trainviz import DynamicsCallback
 
     calls = []
@@ -123,7 +133,7 @@ def _artifact_epochs(log_dir: Path, name: str) -> list[int]:
     return sorted(int(p.name[6:]) for p in (log_dir / "trainviz" / name).glob("epoch_*"))
 
 
-def test_resume_continues_the_same_series(tmp_path, tiny_dm):
+def test_resume_continues_the_same_series(tmp_path, tiny_dm, all_callbacks, demo_model, make_trainer, pl):
     from trainviz.data import ShapesDataModule
 
     ckpt_dir = tmp_path / "ckpt"
@@ -173,7 +183,7 @@ def test_resume_continues_the_same_series(tmp_path, tiny_dm):
         (lambda: trainviz.DynamicsCallback(probe_size=8), {"flat": True}, "image"),
     ],
 )
-def test_bad_settings_fail_at_setup(tmp_path, tiny_dm, make, fit_kwargs, message):
+def test_bad_settings_fail_at_setup(tmp_path, tiny_dm, make, fit_kwargs, message, demo_model, make_trainer):
     from torch.utils.data import DataLoader, TensorDataset
 
     cb = make()
@@ -196,7 +206,7 @@ def test_every_n_epochs_zero_is_rejected_with_the_house_message():
         trainviz.DynamicsCallback(every_n_epochs=0)
 
 
-def test_cadence_and_final_run(tmp_path, tiny_dm):
+def test_cadence_and_final_run(tmp_path, tiny_dm, _fit):
     cb = trainviz.DynamicsCallback(probe_size=12, every_n_epochs=2)
     _fit(tmp_path, [cb], tiny_dm, epochs=3)
     assert cb.done_epochs == [1, 2]  # epoch 1 by cadence, epoch 2 at fit end
@@ -205,7 +215,7 @@ def test_cadence_and_final_run(tmp_path, tiny_dm):
     assert quiet.done_epochs == [1]
 
 
-def test_two_instances_coexist_in_checkpoints_and_logs(tmp_path, tiny_dm):
+def test_two_instances_coexist_in_checkpoints_and_logs(tmp_path, tiny_dm, _fit):
     a, b = trainviz.DynamicsCallback(probe_size=12), trainviz.DynamicsCallback(probe_size=24, log_name="dynamics_big")
     assert a.state_key != b.state_key
     _fit(tmp_path, [a, b], tiny_dm, epochs=1)
@@ -233,7 +243,7 @@ def test_yaml_presets_parse_with_lightning_cli(preset, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
+def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm, all_callbacks, demo_model, make_trainer, pl):
     callbacks = all_callbacks()
     pl.seed_everything(0, verbose=False)
     trainer = make_trainer(tmp_path, callbacks, max_epochs=2, strategy="ddp_spawn", devices=2, deterministic=False)
@@ -261,7 +271,7 @@ def test_ddp_two_cpu_processes_write_each_artifact_once(tmp_path, tiny_dm):
         ({"limit_val_batches": 0}, [0, 1, 2]),  # no validation at all
     ],
 )
-def test_cadence_follows_training_epochs_not_validation(tmp_path, tiny_dm, trainer_kwargs, expected):
+def test_cadence_follows_training_epochs_not_validation(tmp_path, tiny_dm, trainer_kwargs, expected, _fit):
     cb = trainviz.DynamicsCallback(probe_size=12)
     _, trainer = _fit(tmp_path, [cb], tiny_dm, epochs=3, **trainer_kwargs)
     assert cb.done_epochs == expected
@@ -275,7 +285,7 @@ def test_cadence_follows_training_epochs_not_validation(tmp_path, tiny_dm, train
     assert final["epoch"] == 2 and final["accuracy"] == pytest.approx(acc)
 
 
-def test_fast_dev_run_writes_nothing(tmp_path, tiny_dm, monkeypatch):
+def test_fast_dev_run_writes_nothing(tmp_path, tiny_dm, monkeypatch, all_callbacks, demo_model, pl):
     monkeypatch.chdir(tmp_path)
     cbs = all_callbacks()
     pl.seed_everything(0, verbose=False)
@@ -287,7 +297,7 @@ def test_fast_dev_run_writes_nothing(tmp_path, tiny_dm, monkeypatch):
     assert all(cb.failures == 0 for cb in cbs if isinstance(cb, ProbeCallback))
 
 
-def test_model_built_in_configure_model_is_checked_at_fit_start(tmp_path, tiny_dm):
+def test_model_built_in_configure_model_is_checked_at_fit_start(tmp_path, tiny_dm, make_trainer, pl):
     from trainviz.models import DemoClassifier, SmallCNN
 
     class Lazy(DemoClassifier):
@@ -309,7 +319,7 @@ def test_model_built_in_configure_model_is_checked_at_fit_start(tmp_path, tiny_d
     assert trainer.global_step == 0
 
 
-def test_probe_draw_does_not_consume_the_training_rng(tmp_path):
+def test_probe_draw_does_not_consume_the_training_rng(tmp_path, demo_model, make_trainer, pl):
     """Reading probe items may run random augmentations; the training stream must not notice."""
     from torch.utils.data import DataLoader, Dataset
 
@@ -342,7 +352,9 @@ def test_probe_draw_does_not_consume_the_training_rng(tmp_path):
     assert torch.equal(rng_plain, rng_probed)
 
 
-def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_again(tmp_path, tiny_dm, monkeypatch):
+def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_again(
+    tmp_path, tiny_dm, monkeypatch, demo_model, make_trainer, pl
+):
     from trainviz import DynamicsCallback
 
     ckpt_dir = tmp_path / "ckpt"
@@ -386,7 +398,7 @@ def test_default_callbacks_options():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
-def test_full_suite_on_the_gpu(tmp_path, tiny_dm, precision):
+def test_full_suite_on_the_gpu(tmp_path, tiny_dm, precision, all_callbacks, demo_model, make_trainer, pl):
     callbacks = all_callbacks()
     pl.seed_everything(0, verbose=False)
     trainer = make_trainer(

@@ -8,7 +8,6 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_trainer
 from torch import nn
 
 from trainviz.callbacks.cam import CAMCallback
@@ -49,7 +48,7 @@ class TimmClassifier(pl.LightningModule):
         ("swin_tiny_patch4_window7_224", {"window_size": 2, "depths": (1, 1, 1, 1)}, "net.norm", "net.norm"),
     ],
 )
-def test_auto_layers_on_transformers_in_a_fit(tmp_path, name, kwargs, cam_layer, embedding_layer):
+def test_auto_layers_on_transformers_in_a_fit(tmp_path, name, kwargs, cam_layer, embedding_layer, make_trainer):
     from trainviz.data import ShapesDataModule
 
     side = 32 if "deit" in name else 64  # Swin at 32 px ends on 1 x 1 maps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DictItems
+from _support import DictItems
 from torch.utils.data import ConcatDataset, Subset, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import FakeData

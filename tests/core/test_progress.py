@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import demo_model, make_trainer, pl
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core import progress
@@ -31,7 +30,9 @@ def _slow(monkeypatch, cb, seconds=1.2):
     monkeypatch.setattr(cb, "_run", lambda trainer, pl_module, epoch: time.sleep(seconds))
 
 
-def test_a_slow_probe_shows_below_lightnings_tqdm_bar(tmp_path, tiny_dm, monkeypatch, capfd):
+def test_a_slow_probe_shows_below_lightnings_tqdm_bar(
+    tmp_path, tiny_dm, monkeypatch, capfd, demo_model, make_trainer, pl
+):
     cb = Probe(probe_size=12, strict=True)
     _slow(monkeypatch, cb)
     trainer = make_trainer(  # Lightning's default bar is Rich's when rich is installed: ask for TQDM's
@@ -55,7 +56,7 @@ def test_a_slow_probe_shows_below_lightnings_tqdm_bar(tmp_path, tiny_dm, monkeyp
     assert trainer.progress_bar_callback.train_progress_bar.n == 2
 
 
-def test_nothing_is_printed_without_a_progress_bar(tmp_path, tiny_dm, monkeypatch, capfd):
+def test_nothing_is_printed_without_a_progress_bar(tmp_path, tiny_dm, monkeypatch, capfd, demo_model, make_trainer):
     cb = Probe(probe_size=12, strict=True)
     _slow(monkeypatch, cb)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
@@ -66,11 +67,15 @@ def test_nothing_is_printed_without_a_progress_bar(tmp_path, tiny_dm, monkeypatc
     assert "took" not in out + err and "slow epoch" not in out + err
 
 
-def _tqdm_trainer(rank_zero=True):
-    return SimpleNamespace(is_global_zero=rank_zero, progress_bar_callback=pl.callbacks.TQDMProgressBar())
+@pytest.fixture(scope="session")
+def _tqdm_trainer(pl):
+    def _tqdm_trainer(rank_zero=True):
+        return SimpleNamespace(is_global_zero=rank_zero, progress_bar_callback=pl.callbacks.TQDMProgressBar())
+
+    return _tqdm_trainer
 
 
-def test_short_work_shows_nothing_and_long_estimates_show_at_once(capfd, monkeypatch):
+def test_short_work_shows_nothing_and_long_estimates_show_at_once(capfd, monkeypatch, _tqdm_trainer):
     with progress.task(_tqdm_trainer(), "trainviz: quick") as task:
         task.update(1, 2, "half")
     assert not task.shown and capfd.readouterr().out == ""
@@ -82,7 +87,7 @@ def test_short_work_shows_nothing_and_long_estimates_show_at_once(capfd, monkeyp
     assert "trainviz: long took 0.0 s (2/3 second part)" in out
 
 
-def test_measured_long_work_opens_the_bar_on_the_next_update(capfd, monkeypatch):
+def test_measured_long_work_opens_the_bar_on_the_next_update(capfd, monkeypatch, _tqdm_trainer):
     monkeypatch.setattr(progress, "LONG_SECONDS", 0.05)
     with progress.task(_tqdm_trainer(), "trainviz: rows") as task:
         task.update(0, 4, "row 1")
@@ -93,7 +98,7 @@ def test_measured_long_work_opens_the_bar_on_the_next_update(capfd, monkeypatch)
     assert "trainviz: rows took 0.1 s (1/4 row 2)" in capfd.readouterr().out
 
 
-def test_other_ranks_a_disabled_bar_and_no_trainer_show_nothing():
+def test_other_ranks_a_disabled_bar_and_no_trainer_show_nothing(_tqdm_trainer, pl):
     disabled = SimpleNamespace(is_global_zero=True, progress_bar_callback=pl.callbacks.TQDMProgressBar(refresh_rate=0))
     for trainer in (None, _tqdm_trainer(rank_zero=False), disabled):
         assert progress.display_for(trainer) is None
@@ -117,7 +122,7 @@ def test_a_failing_display_never_raises_and_the_random_stream_is_kept(monkeypatc
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
-def test_a_rich_bar_prints_on_its_console_or_falls_back_to_the_logger(monkeypatch):
+def test_a_rich_bar_prints_on_its_console_or_falls_back_to_the_logger(monkeypatch, pl):
     lines = []
     bar = pl.callbacks.RichProgressBar.__new__(pl.callbacks.RichProgressBar)  # rich itself need not be installed
     bar._enabled, bar._refresh_rate, bar._console = True, 1, None

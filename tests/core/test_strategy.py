@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, TensorDataset
-from conftest import pl
+from _support import pl
 import trainviz
 
 class Sharded(pl.LightningModule):

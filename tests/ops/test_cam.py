@@ -395,7 +395,7 @@ def test_guided_grad_cam_is_guided_backprop_times_the_map():
         _ = grad_cam(net, x, names, 1).guided_grad_cam
 
 
-def test_guided_warns_without_relu_modules():
+def test_guided_backprop_follows_functional_relus_without_a_warning():
     class Functional(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -410,6 +410,27 @@ def test_guided_warns_without_relu_modules():
     with warnings.catch_warnings():  # functional relus are guided now (relu_rule): no "plain gradient" warning
         warnings.simplefilter("error")
         guided_backprop(Functional().eval(), images())
+
+
+def test_guided_backprop_warns_when_the_forward_runs_no_relu_and_returns_the_plain_gradient():
+    class NoRelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(F.gelu(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net, x = NoRelu().eval(), images()
+    with pytest.warns(UserWarning, match="guided backpropagation saw no relu in the forward of NoRelu.*plain input"):
+        guided = guided_backprop(net, x)
+    x = x.clone().requires_grad_(True)
+    logits = net(x)
+    target = logits.argmax(1)
+    (plain,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+    torch.testing.assert_close(guided, plain)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import colorsys
 import io
 import math
-import time
 
 import numpy as np
 import pytest
@@ -605,28 +604,3 @@ def test_module_face_agrees_with_function(name, severity):
     module = Corruption(name, severity, seed=11)
     assert torch.equal(module(x), corrupt(x, name, severity, seed=11))
     assert "seed=11" in repr(module)
-
-
-def test_cost_per_image_batch_of_64():
-    """Prints the one-time cost per 32x32 image on a batch of 64, one thread, best of 3 (run with -s).
-
-    One intra-op thread: on a shared 2-core machine more threads oversubscribe and time noise. Asserts only
-    valid outputs (no timing assertions).
-    """
-    x = scene(n=64)
-    lines = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name in list_corruptions():
-            severity = C.corruption_spec(name).severities
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                y = corrupt(x, name, severity, seed=0)
-                times.append(time.perf_counter() - start)
-                assert y.shape == x.shape and torch.isfinite(y).all()
-            lines.append(f"{name:20s} severity {severity}: {min(times) * 1000 / 64:.3f} ms/image")
-    finally:
-        torch.set_num_threads(threads)
-    print("\n" + "\n".join(lines))

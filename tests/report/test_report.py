@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from scipy.stats import binomtest
@@ -32,7 +31,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, demo_model, make_trainer):
     """A 2-epoch run with the manifest, dynamics and robustness callbacks, a hostile class name and run name;
     its checkpoints are deleted before any report is built."""
     from trainviz import DynamicsCallback, RunManifestCallback

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_model, pl
 
 import trainviz
 
@@ -55,7 +54,7 @@ def wandb_rows(run_file: str) -> tuple[list[dict], list]:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, demo_model, pl):
     root = tmp_path_factory.mktemp("loggers")
     mp = pytest.MonkeyPatch()
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root)}.items():

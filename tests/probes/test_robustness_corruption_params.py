@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from trainviz.callbacks.robustness import RobustnessCallback
 from trainviz.core.probeset import ProbeSet
 from trainviz.data import Normalization
 from trainviz.models import DemoClassifier
@@ -62,18 +61,6 @@ def test_the_cache_keys_the_parameter_set():
     assert seconds is not None  # another set: corrupted again
     change = [(x.tensor()[10:] - probe.images).std().item() for x in (cifar, imagenet)]
     assert change[1] > 2 * change[0]  # sigma .38 against .10
-
-
-def test_corruption_params_is_checked_at_init_and_resolved_from_the_probe_size():
-    with pytest.raises(ValueError, match="`corruption_params` to be 'auto' or one of cifar10-c, tinyimagenet-c"):
-        RobustnessCallback(corruption_params="ImageNet-C")
-    for size, forced, expected in ((32, "auto", "cifar10-c"), (64, "auto", "tinyimagenet-c"), (32, "imagenet-c", None)):
-        cb = RobustnessCallback(corruptions=["contrast"], severities=[1], corruption_params=forced)
-        cb.probe, cb.norm = _probe(size), Normalization.identity(3)
-        cb._setup(None, DemoClassifier(num_classes=3))
-        assert cb.param_set == (expected or forced)
-    assert RobustnessCallback()._state_args() == RobustnessCallback(corruption_params="auto")._state_args()
-    assert RobustnessCallback()._state_args() != RobustnessCallback(corruption_params="imagenet-c")._state_args()
 
 
 def test_mce_keeps_its_default_reference_and_a_reference_run_adds_the_normalised_one(tmp_path):

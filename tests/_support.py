@@ -1,0 +1,104 @@
+"""Plain helpers for the tests, imported normally (``import _support``): what is needed at collection time, where a
+fixture cannot be used (``@pytest.mark.parametrize`` over the model kinds or the callbacks), and a dataset wrapper.
+Tests otherwise get these through the fixtures of ``tests/conftest.py`` (``pl``, ``make_trainer``, ``demo_model``,
+``all_callbacks``, ``suite_options``, ``dm``, ``tiny_dm``).
+
+The Lightning namespace of the tests: ``pytorch_lightning`` by default; ``TRAINVIZ_LIGHTNING=lightning`` runs them on
+``lightning.pytorch`` (trainviz's models and data follow the same variable). ``make test`` runs the suite-wide tests
+under both."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+LIGHTNING = os.environ.setdefault("TRAINVIZ_LIGHTNING", "pytorch_lightning")
+pl = importlib.import_module("lightning.pytorch" if LIGHTNING in ("lightning", "lightning.pytorch") else LIGHTNING)
+
+MODEL_KINDS = ("cnn", "classmap")
+
+
+def all_callbacks(kind: str = "cnn"):
+    """A fresh instance of every trainviz callback that applies to the demo model ``kind``, with small
+    settings (the suite-wide tests use this)."""
+    import trainviz
+
+    small = {"probe_size": 24, "every_n_epochs": 1}
+    return trainviz.default_callbacks(
+        budget=None, **{name: {**small, **opts} for name, opts in suite_options(kind).items()}
+    )
+
+
+def suite_options(kind: str = "cnn") -> dict[str, dict]:
+    """Per-callback small settings for tests; the manifest takes no probe options."""
+    cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
+    embed_layers = ["net.features", "net.fc"] if kind == "cnn" else ["net.encoder", "net.decoder.flatten"]
+    options = {
+        "dynamics": {},
+        "cam": {"deletion_steps": 4, "layers": cam_layers},
+        "robustness": {
+            "corruptions": ["grayscale", "gaussian_noise"],
+            "severities": [1],
+            "epsilons": [4 / 255],
+            "flip_max_steps": 2,
+            "cam_shift": True,
+        },
+        "embedding": {"layers": embed_layers, "methods": ["pca", "umap"], "linear_probe_folds": 0},
+        "features": {"layers": ["net.features.0", "net.features"] if kind == "cnn" else ["auto"], "n_channels": 4},
+        "maxact": {"steps": 4, "final_steps": 4, "probe_size": 8},
+        "saliency": {
+            "deletion_steps": 2,
+            "smoothgrad_samples": 2,
+            "sanity_images": 2,
+            "occlusion_window": 8,
+            "occlusion_stride": 8,
+        },
+    }
+    if kind == "classmap":
+        options["decoder_maps"] = {}
+    return options
+
+
+def make_trainer(root, callbacks=(), max_epochs: int = 2, **kwargs):
+    """A deterministic CPU trainer logging to TensorBoard under ``root`` (the ``make_trainer`` fixture)."""
+    options = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(root), name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def demo_model(kind: str = "cnn", num_classes: int = 6, in_channels: int = 3, seed: int = 0):
+    """The demo classifier (``"cnn"``) or the group-convolution encoder-decoder (``"classmap"``) (the ``demo_model``
+    fixture)."""
+    from trainviz.models import ClassMapClassifier, DemoClassifier
+
+    torch.manual_seed(seed)
+    if kind == "classmap":
+        return ClassMapClassifier(num_classes=num_classes, in_channels=in_channels, encoder="small")
+    return DemoClassifier(num_classes=num_classes, in_channels=in_channels)
+
+
+class DictItems(torch.utils.data.Dataset):
+    """Wraps a dataset of ``(image, label)`` into ``{"image", "label"}`` items, as many user datasets are."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        return {"image": image, "label": label}

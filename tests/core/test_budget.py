@@ -1,0 +1,105 @@
+"""The overhead budget (trainviz.core.budget): the scheduler's credit, what a callback runs within it, both ends of
+a run kept, a new clock per fit, and the range check."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import trainviz
+from trainviz.callbacks.base import ProbeCallback
+from trainviz.core.budget import Scheduler
+
+ROBUST = dict(
+    corruptions=["grayscale", "gaussian_blur_3x3", "gaussian_noise"],
+    severities=[1],
+    epsilons=[4 / 255],
+    flip_max_steps=2,
+    probe_size=16,
+)
+
+
+def _records(root: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (root / "trainviz" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_scheduler_credit_counts_training_not_probe_time():
+    s = Scheduler()
+    s.register("a", 0.1)
+    s.register("b", 0.5)
+    s.start(now=100.0)
+    s.charge("a", 2.0, foreground=True, run=True)
+    s.charge("b", 1.0, foreground=False)
+    # 20 s of wall time, 2 s of it in a probe: 18 s of training
+    assert s.training_seconds(now=120.0) == pytest.approx(18.0)
+    assert s.credit("a", now=120.0) == pytest.approx(0.1 * 18 - 2.0)
+    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 18 - 1.0)
+    s.skip("a", 3, "run", "too dear")
+    summary = s.summary()
+    assert summary["callbacks"]["a"]["runs"] == 1 and summary["callbacks"]["a"]["skipped"][0]["epoch"] == 3
+
+
+def test_robustness_rotates_corruptions_within_the_credit():
+    cb = trainviz.RobustnessCallback(
+        corruptions=["grayscale", "channels_bgr", "gaussian_noise", "fog", "contrast"], severities=[1, 2]
+    )
+    cb._costs = {"row": 1.0, "fgsm": 1.5, "flip": 100.0}
+    seen = []
+    for _ in range(3):
+        # core: clean + 2 seed probes = 3 s; FGSM 1.5 s; one corruption of 2 severities = 2 s; not flip
+        cb.plan = {"credit": 3 + 1.5 + 2 + 0.5, "start": time.perf_counter()}
+        rows, fgsm, flip = cb._scaled_parts(None, None, epoch=0)
+        assert rows[:2] == [("grayscale", 1), ("channels_bgr", 1)] and fgsm and not flip
+        seen.append(sorted({name for name, _ in rows[2:]}))
+    assert seen == [["gaussian_noise"], ["fog"], ["contrast"]]
+    cb.plan = True  # no budget: everything
+    rows, fgsm, flip = cb._scaled_parts(None, None, epoch=0)
+    assert rows == cb.active and fgsm and flip
+
+
+def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, demo_model, make_trainer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callbacks = trainviz.default_callbacks(budget=0.001, embedding=False, robustness=ROBUST)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=4)
+    trainer.fit(demo_model(), tiny_dm)
+    probes = [cb for cb in callbacks if isinstance(cb, ProbeCallback)]
+    for cb in probes:
+        assert cb.done_epochs[0] == 0 and cb.done_epochs[-1] == 3, (cb.name, cb.done_epochs)
+        assert cb.budget == pytest.approx(
+            0.001 * trainviz.BUDGET_SHARES[cb.name] / sum(trainviz.BUDGET_SHARES[p.name] for p in probes)
+        )
+    manifest = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())
+    ledgers = manifest["budget"]["callbacks"]
+    assert set(ledgers) == {cb.name for cb in probes}
+    assert any(skip["what"] == "run" for ledger in ledgers.values() for skip in ledger["skipped"])
+    record = _records(tmp_path, "robustness")[-1]
+    assert record["schedule"]["rows"] <= record["schedule"]["of"] and record["schedule"]["budget"] == pytest.approx(
+        probes[-1].budget
+    )
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert "trainviz/budget/robustness/skipped" in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
+
+
+def test_a_second_fit_of_the_same_trainer_starts_a_new_budget_clock(tmp_path, tiny_dm, demo_model, make_trainer):
+    callbacks = [trainviz.DynamicsCallback(probe_size=8, budget=0.5)]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
+    trainer.fit(demo_model(), tiny_dm)
+    first = callbacks[0].scheduler
+    assert first is not None and Scheduler.of(trainer) is None  # forgotten when the fit tore down
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(demo_model(), tiny_dm)
+    second = callbacks[0].scheduler
+    assert second is not first and second.ledgers["dynamics"].runs == 1  # its own ledger, not the first fit's
+
+
+def test_bad_budget_is_refused_with_the_valid_range():
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        trainviz.default_callbacks(budget=1.5)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        trainviz.CAMCallback(budget=0)
