@@ -150,8 +150,8 @@ def randomization_blocks(
     """The blocks of the block cascade, top down, each as ``(block name, its modules with parameters of their own,
     top down)``; together they are :func:`randomizable_layers`, in the same order.
 
-    The rule: start from the whole model as one block. A block with one part only (no parameters of its own and
-    one child with parameters: a wrapper such as the LightningModule around ``net``) is replaced by that part.
+    The rule: start from the whole model as one block and go down through the wrappers (a module with no
+    parameters of its own and one child with parameters, such as the LightningModule around ``net``).
     While there are fewer than ``min_blocks`` blocks, the block with the most modules that can be split (into its
     own parameters and its children with parameters) without passing ``max_blocks`` is split. So a ResNet inside a
     LightningModule gives its top-level children ``net.fc``, ``net.layer4`` ... ``net.layer1``, ``net.bn1``,
@@ -190,7 +190,7 @@ def randomization_blocks(
         if not options:
             break
         _, _, i, parts = max(options, key=lambda o: (o[0], o[1]))
-        blocks[i : i + 1] = [unwrap(p) for p in parts]
+        blocks[i : i + 1] = parts
     order = {n: k for k, n in enumerate(layers)}  # top down
     blocks = sorted(blocks, key=lambda b: min(order[m] for m in b[1]))
     return [(name, sorted(members, key=order.__getitem__)) for name, members in blocks]
