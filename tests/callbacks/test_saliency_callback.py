@@ -65,7 +65,8 @@ def recompute(model, cb, method, epoch, output=None):
 
 
 def test_three_epoch_fit_writes_every_key_with_sanity_at_the_first_and_every_kth_run(tmp_path, dm):
-    cb = SaliencyCallback(sanity_every=2, n_tracked=2, **SMALL)
+    # per-layer steps: the default became blocks (issue 20); the block cascade is tested in test_sanity_blocks.py
+    cb = SaliencyCallback(sanity_every=2, n_tracked=2, sanity_steps="layers", **SMALL)
     model, _ = fit(tmp_path, [cb], dm, epochs=3)
     assert cb.done_epochs == [0, 1, 2] and cb.sanity_epochs == [0, 2] and count_hooks(model) == 0
     layers = cb._sanity_layers

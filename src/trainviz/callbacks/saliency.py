@@ -18,7 +18,7 @@ from typing_extensions import override
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_bool, check_choice, check_float, check_int, check_positive_int
 from trainviz.core.guard import probe_guard
-from trainviz.ops.sanity import randomizable_layers
+from trainviz.ops.sanity import cascade_steps, randomizable_layers, randomization_blocks
 from trainviz.probes.saliency import METHODS, SaliencyConfig, attribute, compute, evolution, run_seed
 
 if TYPE_CHECKING:
@@ -41,8 +41,9 @@ class SaliencyCallback(ProbeCallback):
     ``N x ig_steps`` for ``integrated_gradients``; ``N x windows`` forward rows for occlusion, with ``windows =
     (ceil((H - occlusion_window) / occlusion_stride) + 1) * (same for W)`` (49 for 32 px images and the default
     8 / 4). Each method's deletion and insertion curves add ``2 (deletion_steps + 1)`` forwards of the probe set.
-    A sanity run adds, on ``sanity_images`` images, all methods once per layer with parameters (the cascade) and
-    once more for the random logit, on a deep copy of the model.
+    A sanity run adds, on ``sanity_images`` images, all methods once per step of the cascade (by default one per
+    block, a handful; with ``sanity_steps="layers"`` one per layer with parameters) and once more for the random
+    logit, on a deep copy of the model.
 
     Maps are ``|attribution|`` summed over channels (:func:`trainviz.ops.saliency.saliency_map`; for occlusion,
     ``|score drop|``), computed w.r.t. the model's inputs; the pictures show them over the probe images as
@@ -54,13 +55,21 @@ class SaliencyCallback(ProbeCallback):
 
     The sanity checks (Adebayo et al. 2018): the Spearman rank correlation of each map with the map of the
     model whose layers are re-initialised (``reset_parameters()``) from the output down, cumulatively, and with
-    the map of a random other class. A method that explains the model decorrelates; Adebayo et al. found guided
-    backpropagation does not (its maps stay close to an edge image of the input), plain gradients do. On the demo
-    CNN trained 6 epochs, after re-initialising its classifier: guided backprop 0.84, gradient 0.56, and
-    deconvnet 0.44 (on these small nets deconvnet decorrelates like the gradient; see :mod:`trainviz.ops.sanity`).
+    the map of a random other class. The cascade goes block by block, as Adebayo et al. randomise Inception v3
+    (:func:`trainviz.ops.sanity.randomization_blocks`: under the wrappers, the model's top-level children with
+    parameters, split further while there are fewer than 3 and never past 8; a timm or torchvision ResNet-18 in a
+    LightningModule as ``net``: ``net.fc``, ``net.layer4`` ... ``net.layer1``, ``net.bn1``, ``net.conv1``, 7 steps
+    instead of 41), or by the given ``sanity_groups``, or layer by layer (``sanity_steps="layers"``, the steps of
+    Quantus' ``MPRT``). Each block's modules are re-initialised exactly as the per-layer cascade does them, so a
+    block step's maps are the per-layer cascade's maps after the block's last layer. A method that explains the
+    model decorrelates; Adebayo et al. found guided backpropagation does not (its maps stay close to an edge image
+    of the input), plain gradients do. On the demo CNN trained 6 epochs, after re-initialising its classifier:
+    guided backprop 0.84, gradient 0.56, and deconvnet 0.44 (on these small nets deconvnet decorrelates like the
+    gradient; see :mod:`trainviz.ops.sanity`).
 
-    Logged keys (step = epoch index; ``<method>`` each of ``methods``, ``<layer>`` each module with parameters
-    of its own, top down):
+    Logged keys (step = epoch index; ``<method>`` each of ``methods``, ``<layer>`` each step of the cascade, top
+    down: a block's name (``net.layer4``), a group's names joined by ``+``, or with ``sanity_steps="layers"`` each
+    module with parameters of its own):
         - ``trainviz/saliency/maps`` (image): the first ``n_grid`` probe images (one per class first), a row
           each: the image, captioned with the true class, the predicted class and its probability (green when
           right, red when wrong), then each method's map over it.
@@ -84,7 +93,9 @@ class SaliencyCallback(ProbeCallback):
           ``insertion_curve/<method>``, ``insertion_auc/<method>``, ``pointing_hit/<method>``),
           ``saliency/epoch_XXXX/sanity.npz`` at sanity runs (``layers``, ``ids``, ``spearman/<method>``
           ``(layers, sanity_images)``, ``random_logit/<method>``), ``saliency/metrics.jsonl``
-          (:class:`~trainviz.probes.saliency.SaliencyResult` records), PNGs of every image above, and at fit end
+          (:class:`~trainviz.probes.saliency.SaliencyResult` records; at sanity runs ``sanity_layers`` (the steps),
+          ``sanity_steps`` (``"blocks"``, ``"layers"`` or ``"groups"``) and with blocks or groups ``sanity_groups``
+          (``{step: [the modules it re-initialises]}``)), PNGs of every image above, and at fit end
           ``saliency/epoch_XXXX/evolution.npz`` (``maps/<method>`` ``(epochs, n_tracked, h, w)``, ``epochs``,
           ``ids``).
 
@@ -107,6 +118,12 @@ class SaliencyCallback(ProbeCallback):
             after it; 0 disables them. Under a ``budget`` a sanity run that does not fit the credit runs without
             its checks (``trainviz/budget/saliency/skipped`` logs it) and the checks come at the next run.
         sanity_images: probe images in the sanity checks (the first shown ones).
+        sanity_steps: ``"blocks"`` (default: a handful of steps, the network's blocks, see above) or ``"layers"``
+            (one step per module with parameters, as Quantus' ``MPRT``; costs grow with depth).
+        sanity_groups: the cascade's steps given by hand, top down, each a list of module names (e.g.
+            ``[["net.fc"], ["net.layer4"], ["net.layer3", "net.layer2"]]``); a step re-initialises the modules with
+            parameters at or under its names that earlier steps have not. Checked at setup, before the first
+            epoch (an unknown name raises with the valid names).
         n_grid: probe images in the maps grid.
         n_tracked: probe images followed across epochs in the evolution strips.
         max_strip: most epochs shown in an evolution strip.
@@ -116,9 +133,11 @@ class SaliencyCallback(ProbeCallback):
     Raises:
         ValueError: in ``__init__``, for an argument out of range (``methods`` empty, repeated or unknown, or
             ``"occlusion"`` listed with ``occlusion=False``; an unknown ``target``; a count not a positive int;
-            ``smoothgrad_sigma`` negative; ``occlusion_baseline`` outside [0, 1]; ``sanity_every`` negative); at
-            fit start, before the first epoch, when ``occlusion_window`` exceeds the images, or the model's output
-            is not logits (see ``output=``).
+            ``smoothgrad_sigma`` negative; ``occlusion_baseline`` outside [0, 1]; ``sanity_every`` negative;
+            ``sanity_steps`` unknown; ``sanity_groups`` not a list of lists of names, or given with
+            ``sanity_steps="layers"``); at fit start, before the first epoch, when ``occlusion_window`` exceeds
+            the images, the model's output is not logits (see ``output=``), or a name of ``sanity_groups`` is no
+            module of the model (the message lists the valid names).
 
     Example:
         >>> import tempfile, pytorch_lightning as pl
@@ -153,6 +172,8 @@ class SaliencyCallback(ProbeCallback):
         deletion_steps: int = 16,
         sanity_every: int = 5,
         sanity_images: int = 8,
+        sanity_steps: Literal["blocks", "layers"] = "blocks",
+        sanity_groups: Sequence[Sequence[str]] | None = None,
         n_grid: int = 8,
         n_tracked: int = 4,
         max_strip: int = 12,
@@ -184,11 +205,18 @@ class SaliencyCallback(ProbeCallback):
         self.deletion_steps = check_positive_int("deletion_steps", deletion_steps)
         self.sanity_every = check_int("sanity_every", sanity_every, minimum=0)
         self.sanity_images = check_positive_int("sanity_images", sanity_images)
+        self.sanity_steps = check_choice("sanity_steps", sanity_steps, ("blocks", "layers"))
+        self.sanity_groups = _check_groups(sanity_groups)
+        if self.sanity_groups is not None and self.sanity_steps == "layers":
+            raise ValueError(
+                "Expected `sanity_groups` with sanity_steps='blocks' (the groups are the blocks), got 'layers'."
+            )
         self.n_grid = check_positive_int("n_grid", n_grid)
         self.n_tracked = check_positive_int("n_tracked", n_tracked)
         self.max_strip = check_positive_int("max_strip", max_strip)
         self._costs: dict[str, float] = {}  # seconds of the last run with ("sanity") and without ("maps") checks
-        self._sanity_layers: list[str] = []
+        self._sanity_layers: list[str] = []  # the cascade's step names, top down (setup)
+        self._sanity_members: list[list[str]] | None = None  # the modules of each step (blocks or groups; setup)
         self.sanity_epochs: list[int] = []
         self._history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (epoch, {method: tracked maps}), CPU fp16
 
@@ -244,6 +272,8 @@ class SaliencyCallback(ProbeCallback):
             self.norm,
             run_seed(self.probe_seed, epoch),
             self.display,
+            sanity_groups=self._sanity_members,
+            sanity_mode="groups" if self.sanity_groups is not None else self.sanity_steps,
         )
 
     @override
@@ -262,7 +292,14 @@ class SaliencyCallback(ProbeCallback):
         with probe_guard(pl_module):
             for method in self.methods:  # raises if a method or `output=` does not apply
                 attribute(model, example, labels, method, config)
-        self._sanity_layers = randomizable_layers(model)
+        if self.sanity_groups is not None:  # raises, before the first epoch, with the valid names
+            steps = cascade_steps(model, self.sanity_groups)
+        elif self.sanity_steps == "blocks":
+            steps = randomization_blocks(model)
+        else:
+            steps = None
+        self._sanity_layers = randomizable_layers(model) if steps is None else [name for name, _ in steps]
+        self._sanity_members = None if steps is None else [members for _, members in steps]
 
     def _sanity_due(self) -> bool:
         """The first run, then once ``sanity_every`` runs have passed since the last sanity run (every K-th run;
@@ -309,3 +346,23 @@ class SaliencyCallback(ProbeCallback):
         for method, strip in strips.items():
             self.sink.image(f"{method}/evolution", strip, last, artifact=True)
         self.sink.npz(last, "evolution", **arrays)
+
+
+def _check_groups(groups: Any) -> list[list[str]] | None:
+    """``sanity_groups`` as a list of non-empty lists of distinct module names (the names are checked at setup)."""
+    if groups is None:
+        return None
+    what = 'a non-empty list of non-empty lists of module names, e.g. [["net.fc"], ["net.layer4"]]'
+    if isinstance(groups, str) or not isinstance(groups, Sequence) or not groups:
+        raise ValueError(f"Expected `sanity_groups` to be {what}, got {groups!r}.")
+    out = []
+    for group in groups:
+        if isinstance(group, str) or not isinstance(group, Sequence) or not group:
+            raise ValueError(f"Expected `sanity_groups` to be {what}, got the group {group!r}.")
+        if any(not isinstance(name, str) for name in group):
+            raise ValueError(f"Expected `sanity_groups` to be {what}, got the group {group!r}.")
+        out.append(list(group))
+    names = [name for group in out for name in group]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected each name once in `sanity_groups`, got {out!r}.")
+    return out

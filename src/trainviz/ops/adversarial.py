@@ -535,9 +535,11 @@ def random_direction_flips(
     x_adv: Tensor,
     labels: Tensor,
     *,
-    samples: int = 1000,
+    samples: int = 60,
     radius_factor: float = 2.0,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
+    ids: Tensor | Sequence[int] | None = None,
+    seed: int = 0,
     preprocess: Preprocess = None,
     batch_size: int = 1024,
 ) -> Tensor:
@@ -546,11 +548,24 @@ def random_direction_flips(
     sample 1,000 images on the sphere centered on x of radius 2||x - x_adv||, we do not observe any change of
     label").
 
-    Points are uniform on the sphere (:func:`sphere_points`, normalised Gaussian directions from the private
-    ``generator``, never the global RNG) and are not clamped to ``[0, 1]``: clamping would pull them inside the
-    sphere, closer to ``x`` than ``x_adv``'s multiple, and make the control look more stable than it is (the
-    lecture does not clamp either). The model sees ``preprocess(points)``. Points are evaluated ``batch_size`` at
-    a time (the memory cap: one batch of images), without gradients, on ``x``'s device.
+    Points are uniform on the sphere (normalised Gaussian directions, never from the global RNG) and are not
+    clamped to ``[0, 1]``: clamping would pull them inside the sphere, closer to ``x`` than ``x_adv``'s multiple,
+    and make the control look more stable than it is (the lecture does not clamp either). The model sees
+    ``preprocess(points)``. Points are evaluated ``batch_size`` at a time (the memory cap: one batch of images),
+    without gradients, on ``x``'s device.
+
+    The directions come from one of two sources. With ``ids`` (one probe id per image), each image has its own
+    private CPU ``torch.Generator`` seeded from ``(seed, id)`` (as :func:`pgd_start`), and each of its points is
+    one draw of ``x[0].numel()`` normals from it, in order: an image's points depend on its id, ``seed`` and
+    ``samples`` only, never on the batch it comes in, its place there, ``batch_size``, the device or the number
+    of processes (the ``j``-th of ``samples`` points is the same for any ``samples > j``). With ``generator``,
+    all images draw from that one generator in batch order (:func:`sphere_points`), so an image's points depend
+    on the images before it.
+
+    How many points: with ``k`` flips out of ``n`` points the rate's exact one-sided 95% upper bound is
+    :func:`~trainviz.probes.robustness_result.flip_rate_upper_bound` (``1 - 0.05 ** (1 / n)``, about ``3 / n``,
+    when ``k = 0``): 60 points (the default) bound an unflipped image's rate by 0.049, the lecture's 1,000 by
+    0.003.
 
     Args:
         model: maps ``preprocess(points)`` to logits of shape (N, K).
@@ -559,7 +574,10 @@ def random_direction_flips(
         labels: the class a point must keep (usually the clean prediction).
         samples: points per image (positive int).
         radius_factor: radius in units of ``||x - x_adv||`` (positive).
-        generator: the private source of the directions.
+        generator: the private source of the directions (give this or ``ids``).
+        ids: one int id per image (e.g. :attr:`ProbeSet.ids <trainviz.core.probeset.ProbeSet.ids>`): the
+            directions are tied to the image (give this or ``generator``).
+        seed: with ``ids``, the seed of every image's generator.
         preprocess: maps pixel images to the model's input; ``None`` is the identity.
         batch_size: points per forward pass.
 
@@ -576,6 +594,10 @@ def random_direction_flips(
         >>> g = torch.Generator().manual_seed(0)
         >>> random_direction_flips(model, x, x + 0.1, model(x).argmax(1), samples=50, generator=g).shape
         torch.Size([3])
+        >>> a = random_direction_flips(model, x, x + 0.1, model(x).argmax(1), ids=[4, 5, 6], seed=1)
+        >>> b = random_direction_flips(model, x[1:2], x[1:2] + 0.1, model(x[1:2]).argmax(1), ids=[5], seed=1)
+        >>> bool(a[1] == b[0])
+        True
     """
     _check_inputs(model, x, labels, preprocess)
     if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
@@ -584,9 +606,12 @@ def random_direction_flips(
     samples = check_int("samples", samples, minimum=1)
     factor = check_float("radius_factor", radius_factor, minimum=0, strict_minimum=True)
     size = check_int("batch_size", batch_size, minimum=1)
-    if not isinstance(generator, torch.Generator):
+    if (generator is None) == (ids is None):
+        raise ValueError("Expected exactly one of `generator` (one stream for the batch) and `ids` (one per image)")
+    if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"Expected `generator` to be a torch.Generator, got {type(generator).__name__}")
     n = x.shape[0]
+    streams = None if ids is None else _image_generators(ids, n, check_int("seed", seed))
     per_batch = max(1, size // samples)  # whole images per batch when they fit, else chunks of one image's points
     chunk = min(samples, size)
     with torch.inference_mode(False), torch.no_grad():
@@ -596,8 +621,31 @@ def random_direction_flips(
             b = min(a + per_batch, n)
             for c in range(0, samples, chunk):
                 m = min(chunk, samples - c)
-                points = sphere_points(x[a:b], radius[a:b], m, generator=generator).flatten(0, 1)
+                if streams is None:
+                    points = sphere_points(x[a:b], radius[a:b], m, generator=generator).flatten(0, 1)  # type: ignore[arg-type]
+                else:
+                    points = _image_sphere_points(x[a:b], radius[a:b], m, streams[a:b]).flatten(0, 1)
                 logits = expect_logits(model(points if preprocess is None else preprocess(points)))
                 changed = logits.argmax(dim=1).view(b - a, m) != labels[a:b].view(-1, 1)
                 flips[a:b] += changed.sum(dim=1)
     return flips.to(x.dtype) / samples
+
+
+def _image_generators(ids: Tensor | Sequence[int], n: int, seed: int) -> list[torch.Generator]:
+    """One private CPU generator per image, seeded from ``(seed, id)`` (:func:`_image_seed`)."""
+    values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    if len(values) != n or any(isinstance(i, bool) or not isinstance(i, int) for i in values):
+        raise ValueError(f"Expected `ids` to be {n} ints (one per image), got {values[:8]!r}")
+    return [torch.Generator().manual_seed(_image_seed(seed, image_id)) for image_id in values]
+
+
+def _image_sphere_points(center: Tensor, radius: Tensor, samples: int, streams: list[torch.Generator]) -> Tensor:
+    """As :func:`sphere_points`, the directions of image ``i`` drawn from ``streams[i]``, one point per draw (so
+    the stream does not depend on how the points are chunked), on the CPU in ``center``'s dtype, then moved."""
+    numel, dtype = center[0].numel(), center.dtype
+    noise = torch.stack(
+        [torch.stack([torch.randn(numel, generator=g, dtype=dtype) for _ in range(samples)]) for g in streams]
+    ).to(center.device)
+    directions = noise / noise.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(center.dtype).tiny)
+    points = center.detach().flatten(1).unsqueeze(1) + radius.to(center.dtype).view(-1, 1, 1) * directions
+    return points.view(center.shape[0], samples, *center.shape[1:])

@@ -54,7 +54,19 @@ from torch import nn
 
 from trainviz.core.guard import preserve_rng
 
-__all__ = ["Explain", "cascading_randomization", "random_classes", "random_logit", "randomizable_layers", "spearman"]
+__all__ = [
+    "Explain",
+    "cascade_steps",
+    "cascading_randomization",
+    "random_classes",
+    "random_logit",
+    "randomizable_layers",
+    "randomization_blocks",
+    "spearman",
+]
+
+MIN_BLOCKS, MAX_BLOCKS = 3, 8
+"""The block cascade's number of steps: split the network until it has at least 3 blocks, never past 8."""
 
 Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``explain(model, images, targets) -> maps``: the saliency maps ``(N, H, W)`` of ``images`` for ``targets``."""
@@ -116,6 +128,113 @@ def randomizable_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))][::-1]
 
 
+def _members(name: str, layers: Sequence[str]) -> list[str]:
+    """The modules with parameters of their own at or under ``name`` (all of them for the root ``""``)."""
+    return [n for n in layers if name == "" or n == name or n.startswith(name + ".")]
+
+
+def _split(name: str, modules: dict[str, nn.Module], layers: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``name``'s parts in registration order: its own parameters (when it has any) and each child with
+    parameters, each as ``(name, its members)``; an own-parameter part is ``(name, [name])``."""
+    parts = [(name, [name])] if name in layers else []
+    for child, _ in modules[name].named_children():
+        full = f"{name}.{child}" if name else child
+        if full in modules and (members := _members(full, layers)):
+            parts.append((full, members))
+    return parts
+
+
+def randomization_blocks(
+    model: nn.Module, *, min_blocks: int = MIN_BLOCKS, max_blocks: int = MAX_BLOCKS
+) -> list[tuple[str, list[str]]]:
+    """The blocks of the block cascade, top down, each as ``(block name, its modules with parameters of their own,
+    top down)``; together they are :func:`randomizable_layers`, in the same order.
+
+    The rule: start from the whole model as one block and go down through the wrappers (a module with no
+    parameters of its own and one child with parameters, such as the LightningModule around ``net``).
+    While there are fewer than ``min_blocks`` blocks, the block with the most modules that can be split (into its
+    own parameters and its children with parameters) without passing ``max_blocks`` is split. So a ResNet inside a
+    LightningModule gives its top-level children ``net.fc``, ``net.layer4`` ... ``net.layer1``, ``net.bn1``,
+    ``net.conv1`` (7 steps, against 41 modules with parameters for resnet18: Adebayo et al. randomise Inception v3
+    block by block the same way), and ``Sequential(features, classifier)`` splits the larger of the two.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from trainviz.ops.sanity import randomization_blocks
+        >>> stage = lambda: nn.Sequential(nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2))
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), stage(), stage(), nn.Linear(2, 2))
+        >>> [(name, members) for name, members in randomization_blocks(net)]
+        [('3', ['3']), ('2', ['2.1', '2.0']), ('1', ['1.1', '1.0']), ('0', ['0'])]
+    """
+    layers = randomizable_layers(model)
+    modules = dict(model.named_modules())
+    if not layers:
+        return []
+
+    def parts_of(block: tuple[str, list[str]]) -> list[tuple[str, list[str]]]:
+        name, members = block
+        return [] if members == [name] else _split(name, modules, layers)  # a module's own parameters: one block
+
+    def unwrap(block: tuple[str, list[str]]) -> tuple[str, list[str]]:
+        while len(parts := parts_of(block)) == 1:
+            block = parts[0]
+        return block
+
+    blocks = [unwrap(("", list(layers)))]
+    while len(blocks) < min_blocks:
+        options = []
+        for i, (name, members) in enumerate(blocks):
+            parts = parts_of((name, members))
+            if len(parts) > 1 and len(blocks) - 1 + len(parts) <= max_blocks:
+                options.append((len(members), -i, i, parts))
+        if not options:
+            break
+        _, _, i, parts = max(options, key=lambda o: (o[0], o[1]))
+        blocks[i : i + 1] = parts
+    order = {n: k for k, n in enumerate(layers)}  # top down
+    blocks = sorted(blocks, key=lambda b: min(order[m] for m in b[1]))
+    return [(name, sorted(members, key=order.__getitem__)) for name, members in blocks]
+
+
+def cascade_steps(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[tuple[str, list[str]]]:
+    """The steps of a cascade over user-given ``groups`` (each a list of module names, top down): step ``k`` is
+    named by its group's names joined by ``"+"`` and re-initialises the modules with parameters of their own at or
+    under those names that the steps before it have not, top down.
+
+    Raises:
+        ValueError: a name that is no module of ``model`` (the message lists the valid names: the blocks of
+            :func:`randomization_blocks` and the modules with parameters), or a step that re-initialises nothing.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from trainviz.ops.sanity import cascade_steps
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU()), nn.Linear(2, 2))
+        >>> cascade_steps(net, [["2"], ["1", "0"]])
+        [('2', ['2']), ('1+0', ['1.0', '0'])]
+    """
+    layers = randomizable_layers(model)
+    modules = dict(model.named_modules())
+    taken: set[str] = set()
+    out = []
+    for group in groups:
+        for name in group:
+            if name not in modules:
+                listed = list(dict.fromkeys([b for b, _ in randomization_blocks(model)] + layers))
+                more = f" ... ({len(listed)} in all)" if len(listed) > 40 else ""
+                raise ValueError(
+                    f"Layer {name!r} of the sanity groups is not a module of the model; valid names (the blocks, then "
+                    f"every module with parameters, top down): {listed[:40]}{more}."
+                )
+        members = [m for m in layers if m not in taken and any(m in _members(n, layers) for n in group)]
+        if not members:
+            raise ValueError(
+                f"Expected the sanity group {list(group)!r} to have parameters left to randomise; it has none."
+            )
+        taken.update(members)
+        out.append(("+".join(group), members))
+    return out
+
+
 @torch.no_grad()
 def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
     """``module.reset_parameters()`` (the global streams are forked and seeded by the caller); a module without
@@ -138,6 +257,7 @@ def cascading_randomization(
     explain: Explain,
     *,
     layers: Sequence[str] | None = None,
+    steps: Sequence[tuple[str, Sequence[str]]] | None = None,
     seed: int = 0,
 ) -> list[tuple[str, torch.Tensor]]:
     """Cascading randomisation (Adebayo et al. 2018, section 3.1): the maps after re-initialising the layers
@@ -157,6 +277,11 @@ def cascading_randomization(
             several methods stacked, to randomise once for all of them).
         layers: names of the layers to randomise, in this order; ``None``: every module with parameters of its
             own, top down (:func:`randomizable_layers`).
+        steps: instead of ``layers``, a cascade by groups: ``[(step name, module names), ...]``
+            (:func:`randomization_blocks`, :func:`cascade_steps`); each step re-initialises its modules in order,
+            each exactly as the per-layer cascade does (the streams seeded with ``seed`` before each module), then
+            calls ``explain`` once. So when the steps' modules, in order, are the per-layer cascade's layers, the
+            maps after each step are the per-layer cascade's after that step's last module, bit for bit.
         seed: seed of the re-initialisation.
 
     Returns:
@@ -168,7 +293,14 @@ def cascading_randomization(
     Shape:
         images ``(N, C, H, W)``, targets ``(N,)`` -> each maps as ``explain`` returns, e.g. ``(N, H, W)``
     """
-    names = randomizable_layers(model) if layers is None else list(layers)
+    if layers is not None and steps is not None:
+        raise ValueError("Expected `layers` (one module a step) or `steps` (groups of modules), not both.")
+    if steps is None:
+        names = randomizable_layers(model) if layers is None else list(layers)
+        plan = [(name, [name]) for name in names]
+    else:
+        plan = [(str(step), list(members)) for step, members in steps]
+        names = [m for _, members in plan for m in members]
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules:
@@ -180,12 +312,13 @@ def cascading_randomization(
     copies = dict(randomized.named_modules())
     device = next(iter(randomized.parameters()), torch.empty(0)).device
     out = []
-    for name in names:
-        with preserve_rng():
-            torch.manual_seed(seed)
-            generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
-            _reinitialize(copies[name], generator)
-        out.append((name, explain(randomized, images, targets)))
+    for step, members in plan:
+        for name in members:
+            with preserve_rng():
+                torch.manual_seed(seed)
+                generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+                _reinitialize(copies[name], generator)
+        out.append((step, explain(randomized, images, targets)))
     return out
 
 

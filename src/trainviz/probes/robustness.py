@@ -74,6 +74,7 @@ from trainviz.ops.robustness import (
 )
 from trainviz.probes.robustness_result import (
     AGGREGATES,
+    DIRECTIONS_PER_IMAGE,
     STATS,
     CorruptionStats,
     Examples,
@@ -459,7 +460,8 @@ class RobustnessConfig:
     """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
     those of the Grad-CAM; ``reference`` normalises the corruption errors. The trajectories (``trajectory_images``
     images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
-    ``radius_factor ||x - x_adv||`` from a generator seeded with ``seed``. ``display_channels``: the channels the
+    ``radius_factor ||x - x_adv||``, each image's from a generator seeded with ``seed`` and its probe id (so neither
+    the batch nor the number of processes changes them). ``display_channels``: the channels the
     example grid shows (``None``: all, for 1 or 3 channels). ``param_set`` names the corruptions' parameters, for the
     record. PGD (when planned) takes ``pgd_steps`` steps (0: off) of ``pgd_step_factor * eps / pgd_steps`` at each
     of ``epsilons``, its random start drawn per image from ``seed`` and the probe id; ``pgd_every`` (its cadence in
@@ -712,7 +714,6 @@ def _trajectories(
     random = nan
     which = flipped.nonzero().squeeze(1)  # one synchronisation per run
     if config.random_directions > 0 and which.numel() > 0:
-        generator = torch.Generator(device=x.device).manual_seed(config.seed)
         fractions = random_direction_flips(
             model,
             x.index_select(0, which),
@@ -720,7 +721,8 @@ def _trajectories(
             target.index_select(0, which),
             samples=config.random_directions,
             radius_factor=config.radius_factor,
-            generator=generator,
+            ids=probe.ids.index_select(0, idx).index_select(0, which),
+            seed=config.seed,
             preprocess=config.norm.normalize,
             batch_size=config.batch_size,
         )
@@ -846,6 +848,7 @@ def _result(
             v["trajectory_flip"].astype(np.int64).tolist(),
             v["trajectory_distance"].tolist(),
             v["trajectory_random"].tolist(),
+            DIRECTIONS_PER_IMAGE if config.random_directions > 0 else None,
         )
     reliability = {
         part: Reliability(

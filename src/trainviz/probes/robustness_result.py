@@ -50,6 +50,9 @@ name                                        better  meaning
 ``random_direction_flip_rate``              lower   the control: fraction of random points on the sphere of
                                                     radius ``2 ||x - x_adv||`` with another label, mean over
                                                     the flipped images (well below the adversarial one)
+``random_direction_flip_rate_upper95``      lower   its exact one-sided 95% upper bound (Clopper-Pearson) on
+                                                    the pooled count: flips of ``samples x flipped images``
+                                                    points (0.049 for 60 points and no flip)
 ``cam_shift``, ``cam_shift/<name>``         higher  mean correlation of clean and corrupted Grad-CAM (1 = same
                                                     maps)
 ==========================================  ======  ==========================================================
@@ -101,6 +104,7 @@ from trainviz.core.result import Result
 
 __all__ = [
     "CORRUPTION_PROTOCOL",
+    "DIRECTIONS_PER_IMAGE",
     "HIGHER_IS_BETTER",
     "MCE_REFERENCE",
     "LOW_COUNT_THRESHOLD",
@@ -118,6 +122,7 @@ __all__ = [
     "Schedule",
     "Trajectories",
     "eps_label",
+    "flip_rate_upper_bound",
     "proportion_interval",
 ]
 
@@ -132,6 +137,9 @@ CORRUPTION_PROTOCOL = (
     "arrays), so numbers are close to, not equal to, those on the published datasets"
 )
 """How the corrupted images were made, as the record and the report label the results."""
+DIRECTIONS_PER_IMAGE = "per image: a generator seeded from the seed and the probe id"
+"""The record's ``trajectory.directions``: the control's random directions are tied to the image, not the batch."""
+
 AGGREGATES = (*STATS, "flip_rate")
 _PER_CORRUPTION = ("accuracy", "ece", "flip_rate")
 
@@ -161,6 +169,7 @@ HIGHER_IS_BETTER: Mapping[str, bool | None] = {
     "adversarial_flip_rate": False,
     "adversarial_flip_step_mean": True,
     "random_direction_flip_rate": False,
+    "random_direction_flip_rate_upper95": False,
     "cam_shift": True,
 }
 """Whether a higher value is better, for every family of metric (the name before its first ``/`` or ``@``);
@@ -206,6 +215,31 @@ def proportion_interval(successes: int, n: int, z: float = _Z95) -> tuple[float,
     center = (2 * n * p + z * z) / denom
     delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z * z)
     return (0.0 if successes == 0 else center - delta, 1.0 if successes == n else center + delta)
+
+
+def flip_rate_upper_bound(flips: int, n: int, confidence: float = 0.95) -> float:
+    """The exact one-sided upper confidence bound (Clopper-Pearson) on a rate from ``flips`` of ``n`` trials: the
+    ``p`` at which ``P(X <= flips) = 1 - confidence`` for ``X ~ Binomial(n, p)``, i.e. the ``confidence`` quantile of
+    ``Beta(flips + 1, n - flips)`` (1 when ``flips == n``); as ``scipy.stats.binomtest(flips, n,
+    alternative="less").proportion_ci(confidence)``. With no flip it is ``1 - (1 - confidence) ** (1 / n)``,
+    about ``3 / n`` at 95% (the "rule of three"): 60 points bound the rate by 0.049.
+
+    Raises:
+        ValueError: unless ``0 <= flips <= n``, ``n > 0`` and ``0 < confidence < 1``.
+
+    Example:
+        >>> round(flip_rate_upper_bound(0, 60), 4), round(flip_rate_upper_bound(3, 480), 4)
+        (0.0487, 0.0161)
+    """
+    if n <= 0 or not 0 <= flips <= n or not 0 < confidence < 1:
+        raise ValueError(f"Expected 0 <= flips <= n, n > 0 and 0 < confidence < 1, got {flips}, {n}, {confidence}.")
+    if flips == n:
+        return 1.0
+    if flips == 0:
+        return 1.0 - (1.0 - confidence) ** (1.0 / n)
+    from scipy.special import betaincinv  # a dependency; imported here, the report's other paths do without it
+
+    return float(betaincinv(flips + 1, n - flips, confidence))
 
 
 # reading and writing numbers ---------------------------------------------------------------------
@@ -385,12 +419,25 @@ class Trajectories:
     image to its first adversarial image (``distance``, NaN: never flipped) and the control, the fraction of
     ``samples`` random points on the sphere of radius ``radius_factor * distance`` with another label
     (``random_flip``, NaN where not measured). ``ids`` and ``labels`` are the images' probe ids and true classes.
+    ``directions`` says where the random directions came from (:data:`DIRECTIONS_PER_IMAGE`: each image's own
+    generator, seeded from the seed and its probe id; ``None`` in records written before, whose directions came
+    from one generator for the batch, so their numbers depended on which images flipped before).
+
+    The control's rate is pooled over the flipped images (:attr:`random_direction_flip_rate`, the mean of equal-size
+    fractions, i.e. ``random_direction_flips`` of ``random_direction_points = samples x measured images``), and
+    stated with its exact one-sided 95% Clopper-Pearson upper bound on that pooled count
+    (:attr:`random_direction_flip_rate_upper95`, :func:`flip_rate_upper_bound`). Pooled points come from different
+    images, whose own rates differ; for such a sum of Bernoulli trials the binomial bound at the mean rate stays
+    valid (conservative: Hoeffding 1956), so the bound holds for the mean rate over the flipped images. Each image's
+    own rate has the bound of ``samples`` points alone (0.049 at 60 points and no flip).
 
     Example:
         >>> t = Trajectories(0.5, 2, 100, 2.0, [7, 9], [0, 1], [[0, 1, 1], [1, 1, 1]], [1, -1], [0.3, float("nan")],
         ...                  [0.0, float("nan")])
         >>> t.flip_rate, t.flip_step_mean, t.random_direction_flip_rate
         (0.5, 1.0, 0.0)
+        >>> t.random_direction_flips, t.random_direction_points, round(t.random_direction_flip_rate_upper95, 4)
+        (0, 100, 0.0295)
     """
 
     step_size: float
@@ -403,6 +450,7 @@ class Trajectories:
     flip_step: list[int]
     distance: list[float]
     random_flip: list[float]
+    directions: str | None = None
 
     @property
     def flip_rate(self) -> float:
@@ -421,6 +469,26 @@ class Trajectories:
         values = [r for f, r in zip(self.flip_step, self.random_flip) if f >= 0 and _finite(r)]
         return sum(values) / len(values) if values else math.nan
 
+    def _measured(self) -> list[float]:
+        return [r for f, r in zip(self.flip_step, self.random_flip) if f >= 0 and _finite(r)]
+
+    @property
+    def random_direction_points(self) -> int:
+        """Random points evaluated in all: ``samples`` times the flipped images whose control was measured."""
+        return self.samples * len(self._measured())
+
+    @property
+    def random_direction_flips(self) -> int:
+        """Random points, over all the flipped images, whose label changed (the fractions times ``samples``)."""
+        return int(round(sum(r * self.samples for r in self._measured())))
+
+    @property
+    def random_direction_flip_rate_upper95(self) -> float:
+        """The exact one-sided 95% upper bound (Clopper-Pearson) on the pooled random-direction flip rate, from
+        :attr:`random_direction_flips` of :attr:`random_direction_points` (NaN if nothing was measured)."""
+        n = self.random_direction_points
+        return flip_rate_upper_bound(min(self.random_direction_flips, n), n) if n > 0 else math.nan
+
     @property
     def distance_mean(self) -> float:
         """Mean L2 distance (pixel units) to the first adversarial image over the flipped images."""
@@ -434,6 +502,12 @@ class Trajectories:
             "flip_step_mean": json_number(self.flip_step_mean),
             "random_direction_flip_rate": json_number(self.random_direction_flip_rate),
         }
+        if self.samples:
+            out |= {
+                "random_direction_flips": self.random_direction_flips,
+                "random_direction_points": self.random_direction_points,
+                "random_direction_flip_rate_upper95": json_number(self.random_direction_flip_rate_upper95),
+            }
         return out
 
     @classmethod
@@ -449,6 +523,7 @@ class Trajectories:
             flip_step=[int(f) for f in record.get("flip_step") or []],
             distance=[_num(d) for d in record.get("distance") or []],
             random_flip=[_num(r) for r in record.get("random_flip") or []],
+            directions=record.get("directions"),
         )
 
 
@@ -646,8 +721,8 @@ class RobustnessResult(Result):
     def scalars(self) -> dict[str, float | None]:
         """``clean/<stat>``, ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``,
         and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``, ``pgd/accuracy@<eps>``,
-        ``flip/{steps_mean,never_fraction}``, ``adversarial/{flip_rate,random_direction_flip_rate,flip_step_mean,
-        distance_mean}``; ``None`` where undefined."""
+        ``flip/{steps_mean,never_fraction}``, ``adversarial/{flip_rate,random_direction_flip_rate,
+        random_direction_flip_rate_upper95,flip_step_mean,distance_mean}``; ``None`` where undefined."""
         out: dict[str, Any] = {f"clean/{s}": getattr(self.clean, s) for s in STATS}
         out |= {f"corrupted/{s}": getattr(self.corrupted, s) for s in AGGREGATES}
         for name, stats in self.corruptions.items():
@@ -670,6 +745,9 @@ class RobustnessResult(Result):
             out |= {
                 "adversarial/flip_rate": t.flip_rate,
                 "adversarial/random_direction_flip_rate": t.random_direction_flip_rate if t.samples else None,
+                "adversarial/random_direction_flip_rate_upper95": (
+                    t.random_direction_flip_rate_upper95 if t.samples else None
+                ),
                 "adversarial/flip_step_mean": t.flip_step_mean,
                 "adversarial/distance_mean": t.distance_mean,
             }
@@ -768,7 +846,7 @@ class RobustnessResult(Result):
                 f"Gradient ascent on the cross-entropy of the clean prediction (plain gradient steps of "
                 f"{t.step_size:g} in pixel units, {t.steps} iterations) on {len(t.flip_step)} probe images, after "
                 f"Fleuret's lecture 'Under the hood'; the control samples {t.samples} random points on the sphere "
-                f"of radius {radius} around each flipped image."
+                f"of radius {radius} around each flipped image{_control_now(t)}"
             ),
             "order": 50,
             "curves": [
@@ -776,14 +854,20 @@ class RobustnessResult(Result):
                     "title": "Adversarial and random-direction flip rates",
                     "description": (
                         "Adversarial: fraction of the images whose class changed within the steps. Random "
-                        f"directions: fraction of random points at {radius} with another label, mean over the "
-                        "flipped images; far below the adversarial rate, the adversarial direction is special."
+                        f"directions: fraction of random points at {radius} with another label, pooled over the "
+                        "flipped images, with its exact one-sided 95% upper bound (Clopper-Pearson on the pooled "
+                        "count; with no flip about 3 / points); far below the adversarial rate, the adversarial "
+                        "direction is special."
                     ),
                     "y": "fraction",
                     "y_range": [0, 1.02],
                     "series": [
                         {"name": "adversarial", "key": ["trajectory", "flip_rate"]},
                         {"name": "random directions", "key": ["trajectory", "random_direction_flip_rate"]},
+                        {
+                            "name": "random directions, 95% upper bound",
+                            "key": ["trajectory", "random_direction_flip_rate_upper95"],
+                        },
                     ],
                 },
                 {
@@ -829,6 +913,7 @@ class RobustnessResult(Result):
             t = self.trajectory
             out |= {"adversarial_flip_rate": t.flip_rate, "adversarial_flip_step_mean": t.flip_step_mean}
             out["random_direction_flip_rate"] = t.random_direction_flip_rate
+            out["random_direction_flip_rate_upper95"] = t.random_direction_flip_rate_upper95
         return {k: v for k, v in out.items() if _finite(v)}
 
     def intervals(self) -> dict[str, list[float]]:
@@ -870,6 +955,18 @@ class RobustnessResult(Result):
             out["intervals"] = self.intervals()
             out["probe"] = counts
         return out
+
+
+def _control_now(t: Trajectories) -> str:
+    """The latest control as a clause: its rate, count and 95% upper bound ("." when it was not measured)."""
+    n = t.random_direction_points
+    if not t.samples or n == 0:
+        return "."
+    k, rate, bound = t.random_direction_flips, t.random_direction_flip_rate, t.random_direction_flip_rate_upper95
+    return (
+        f". Latest epoch: random-direction flip rate {rate:.3g} ({k} of {n} points, {n // t.samples} flipped "
+        f"images), 95% upper bound {bound:.3g}."
+    )
 
 
 def _successes(fraction: Any, n: int) -> int | None:

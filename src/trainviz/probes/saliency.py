@@ -96,7 +96,11 @@ class SaliencyConfig:
             ``norm=None`` (the identity, or inputs that are not photos) a value in model-input space.
         deletion_steps: steps of the deletion and insertion curves.
         sanity_images: probe images in the sanity checks (the first of :func:`example_indices`).
-        sanity_layers: the cascade's layers, top down (:func:`trainviz.ops.sanity.randomizable_layers`).
+        sanity_layers: the cascade's steps, top down: layer names (:func:`trainviz.ops.sanity.randomizable_layers`)
+            or, with ``sanity_groups``, the steps' names.
+        sanity_groups: the modules each step re-initialises (aligned with ``sanity_layers``; ``None``: one layer a
+            step), e.g. from :func:`trainviz.ops.sanity.randomization_blocks`.
+        sanity_mode: how the steps were made, for the record: ``"layers"``, ``"blocks"`` or ``"groups"``.
         n_grid: probe images in the grid; n_tracked: images in the evolution strips.
         max_strip: most epochs in an evolution strip.
         batch_size: rows (images, noisy copies, path points, occluded copies) per forward.
@@ -123,6 +127,8 @@ class SaliencyConfig:
     norm: Normalization | None = None
     seed: int = 0
     display: Display | None = None
+    sanity_groups: Sequence[Sequence[str]] | None = None
+    sanity_mode: str = "layers"
 
 
 def _pixel_baseline(config: SaliencyConfig, images: torch.Tensor) -> torch.Tensor:
@@ -203,9 +209,11 @@ def _tail(text: str, n: int) -> str:
 class SaliencyResult(Result):
     """One run. The record: ``{"epoch", "target_probability", "pointing_game_chance" (with masks), "methods":
     {method: {"deletion_auc", "insertion_auc", "pointing_game" (with masks)}}}``, and at sanity runs
-    ``"sanity": {method: {layer: Spearman}}``, ``"sanity_layers"`` (the cascade order) and ``"random_logit": {method:
-    Spearman}``; ``None`` for non-finite values. The tensors and the pictures' inputs are not recorded and are
-    ``None`` in a result read back.
+    ``"sanity": {method: {layer: Spearman}}``, ``"sanity_layers"`` (the cascade's steps, top down),
+    ``"sanity_steps"`` (``"blocks"``, ``"layers"`` or ``"groups"``: how the steps were made), with blocks or groups
+    ``"sanity_groups"`` (``{step: [the modules it re-initialises]}``) and ``"random_logit": {method: Spearman}``;
+    ``None`` for non-finite values. The tensors and the pictures' inputs are not recorded and are ``None`` in a
+    result read back.
 
     Shape:
         maps ``{method: (N, H, W)}`` float, probs ``(N, K)``, labels, ids and targets ``(N,)``, per_image
@@ -235,6 +243,8 @@ class SaliencyResult(Result):
     sanity_pixels: torch.Tensor | None = field(default=None, repr=False, compare=False)
     sanity_maps: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     sanity_layers: list[str] | None = field(default=None, repr=False, compare=False)
+    sanity_mode: str | None = field(default=None, repr=False, compare=False)
+    sanity_groups: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {"target_probability": self.target_probability}
@@ -260,6 +270,10 @@ class SaliencyResult(Result):
             out["sanity"] = {m: clean(v) for m, v in self.sanity.items()}
             first: dict[str, float] = next(iter(self.sanity.values()), {})
             out["sanity_layers"] = list(self.sanity_layers or first)
+            if self.sanity_mode is not None:
+                out["sanity_steps"] = self.sanity_mode
+            if self.sanity_groups is not None:
+                out["sanity_groups"] = {k: list(v) for k, v in self.sanity_groups.items()}
         if self.random_logit is not None:
             out["random_logit"] = clean(self.random_logit)
         return out
@@ -281,6 +295,8 @@ class SaliencyResult(Result):
             None if sanity is None else {m: floats(v) for m, v in sanity.items()},
             None if logit is None else floats(logit),
             sanity_layers=record.get("sanity_layers"),
+            sanity_mode=record.get("sanity_steps"),
+            sanity_groups=record.get("sanity_groups"),
         )
 
     def __eq__(self, other: object) -> bool:  # NaN-tolerant: a record read back equals its result
@@ -437,7 +453,11 @@ def _sanity(
         return torch.stack([maps[k] for k in methods])  # (methods, n, H, W): one cascade for all methods
 
     reference = explain(model, images, t)
-    steps = cascading_randomization(model, images, t, explain, layers=config.sanity_layers, seed=config.seed)
+    if config.sanity_groups is None:
+        steps = cascading_randomization(model, images, t, explain, layers=config.sanity_layers, seed=config.seed)
+    else:
+        plan = list(zip(config.sanity_layers or [], config.sanity_groups, strict=True))
+        steps = cascading_randomization(model, images, t, explain, steps=plan, seed=config.seed)
     generator = torch.Generator(device=images.device).manual_seed(config.seed + 1)
     other = random_logit(model, images, t, explain, num_classes=num_classes, generator=generator)
     cascade, logit, first = {}, {}, {}
@@ -545,6 +565,10 @@ def compute(model: nn.Module, probe: ProbeSet, config: SaliencyConfig, *, epoch:
         sanity_pixels=None if sanity_idx is None else pixels_of(sanity_idx[:1]),
         sanity_maps=first,
         sanity_layers=layers,
+        sanity_mode=config.sanity_mode if sanity else None,
+        sanity_groups=None
+        if not sanity or config.sanity_groups is None
+        else {name: list(group) for name, group in zip(layers, config.sanity_groups)},
     )
 
 
