@@ -20,13 +20,13 @@ def _records(root) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_the_default_cascade_goes_by_blocks_and_is_recorded(tmp_path, tiny_dm, trainer_factory):
+def test_the_default_cascade_goes_by_blocks_and_is_recorded(tmp_path, tiny_dm, make_trainer):
     from trainviz.models import DemoClassifier
 
     torch.manual_seed(0)
     cb = SaliencyCallback(**SMALL)
     assert cb.sanity_steps == "blocks"
-    trainer_factory([cb], max_epochs=1, limit_train_batches=1).fit(DemoClassifier(num_classes=6), tiny_dm)
+    make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=1).fit(DemoClassifier(num_classes=6), tiny_dm)
     blocks = ["net.fc", "net.features.2", "net.features.1", "net.features.0"]
     assert cb._sanity_layers == blocks  # 4 steps against 7 layers with parameters
     (record,) = _records(tmp_path)
@@ -35,17 +35,17 @@ def test_the_default_cascade_goes_by_blocks_and_is_recorded(tmp_path, tiny_dm, t
     assert set(record["sanity"]["gradient"]) == set(blocks)  # (the record's keys are sorted)
 
 
-def test_given_groups_run_as_steps_and_a_wrong_name_fails_at_setup(tmp_path, tiny_dm, trainer_factory):
+def test_given_groups_run_as_steps_and_a_wrong_name_fails_at_setup(tmp_path, tiny_dm, make_trainer):
     from trainviz.models import DemoClassifier
 
     cb = SaliencyCallback(sanity_groups=[["net.fc"], ["net.features.2", "net.features.1"], ["net"]], **SMALL)
-    trainer_factory([cb], max_epochs=1, limit_train_batches=1).fit(DemoClassifier(num_classes=6), tiny_dm)
+    make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=1).fit(DemoClassifier(num_classes=6), tiny_dm)
     (record,) = _records(tmp_path)
     assert record["sanity_steps"] == "groups"
     assert record["sanity_layers"] == ["net.fc", "net.features.2+net.features.1", "net"]
     assert record["sanity_groups"]["net"] == ["net.features.0.1", "net.features.0.0"]
     wrong = SaliencyCallback(sanity_groups=[["fc"]], **SMALL)
-    trainer = trainer_factory([wrong], max_epochs=1, limit_train_batches=1, default_root_dir=str(tmp_path / "b"))
+    trainer = make_trainer(tmp_path, [wrong], max_epochs=1, limit_train_batches=1, default_root_dir=str(tmp_path / "b"))
     with pytest.raises(ValueError, match=r"'fc' of the sanity groups is not a module.*\['net.fc', 'net.features.2'"):
         trainer.fit(DemoClassifier(num_classes=6), tiny_dm)
     assert wrong.done_epochs == []
