@@ -48,7 +48,8 @@ lint: setup-dev
 
 # The whole suite runs on `pytorch_lightning`; the suite-wide tests (no trace, hooks, warn once, resume, DDP, presets,
 # every logger read back, progress bars) run again on `lightning.pytorch` (TRAINVIZ_LIGHTNING, read by tests/_support.py).
-SUITE_WIDE := tests/callbacks/test_suite.py tests/sinks/test_loggers.py tests/core/test_progress.py
+SUITE_WIDE := tests/callbacks/test_suite.py tests/sinks/test_loggers.py tests/core/test_progress.py \
+  tests/callbacks/test_embedding_callback.py::test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation
 
 test: setup-dev browser lint
 	$(BIN)/python -m pytest -q

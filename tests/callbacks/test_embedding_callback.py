@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import trainviz.probes.embedding as embedding_module  # the computation: where the ops are looked up
@@ -183,8 +182,9 @@ def test_fit_captures_projects_scores_and_writes_every_output(tmp_path, dm, fit)
 
 
 def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(
-    tmp_path, dm, monkeypatch, demo_model, make_trainer
+    tmp_path, dm, monkeypatch, demo_model, make_trainer, pl
 ):
+    """Also run under `lightning.pytorch` (`make test`'s second pass): TensorBoard read back through its server."""
     ckpt = tmp_path / "ckpt"
 
     def run(epochs, resume):
@@ -194,10 +194,10 @@ def test_resumed_run_keeps_every_epoch_in_the_projector_and_the_animation(
         pl.seed_everything(0, verbose=False)
         trainer = make_trainer(
             tmp_path,
-            [cb, ModelCheckpoint(dirpath=ckpt, save_last=True)],
+            [cb, pl.callbacks.ModelCheckpoint(dirpath=ckpt, save_last=True)],
             max_epochs=epochs,
             enable_checkpointing=True,
-            logger=TensorBoardLogger(str(tmp_path), name="", version=""),
+            logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="", version=""),
         )
         trainer.fit(demo_model(), dm, ckpt_path=str(ckpt / "last.ckpt") if resume else None)
         return cb
