@@ -135,6 +135,7 @@ def test_loggers_and_bars_are_recognised_in_their_own_namespace(tmp_path, ns):
     csv_logger = L.loggers.CSVLogger(str(tmp_path), name="csv")
     mlflow = L.loggers.MLFlowLogger("t", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     assert namespace_of(tb) == ns and namespace_of(object()) is None
+    assert namespace_of(L.loggers.TensorBoardLogger) == ns and namespace_of(_user_module(ns)) == ns  # classes too
     assert is_instance(tb, "loggers", "TensorBoardLogger") and not is_instance(
         csv_logger, "loggers", "TensorBoardLogger"
     )

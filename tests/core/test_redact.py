@@ -344,7 +344,23 @@ def test_extra_names_add_to_the_list_by_whole_parts():
         "salty": "x",
     }
     assert r.argv(["--wandb-key", "k"]) == ["--wandb-key", "***"]
-    assert not Redactor().is_secret("wandb_key")
+    assert not Redactor().is_secret("salt")
+    assert Redactor().is_secret("wandb_key")  # any `<word>_key` but harmless ones (sort_key) is a secret by default
+
+
+def test_provider_keys_and_command_lines_inside_recorded_values_are_redacted():
+    r = Redactor()
+    for name in ("openai_key", "hf_key", "stripe_key", "wandbKey"):
+        assert r.is_secret(name), name
+    for name in ("sort_key", "rng_key", "image_key", "key", "cfg.key", "key_dim", "keypoints"):
+        assert not r.is_secret(name), name
+    assert r.plain({"cmd": "python train.py --api-key=abc --password hunter2 --lr 0.1"}) == {
+        "cmd": "python train.py --api-key=*** --password *** --lr 0.1"
+    }
+    assert r.plain({"args": ["--hf-token", "xyz", "--db-password=p", "--epochs", "3"]}) == {
+        "args": ["--hf-token", "***", "--db-password=***", "--epochs", "3"]
+    }
+    assert r.redacted == ["cmd", "args[1]", "args[2]"]
 
 
 def test_check_patterns():

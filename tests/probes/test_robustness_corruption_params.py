@@ -110,3 +110,14 @@ def test_the_report_states_the_set_the_protocol_the_mce_reference_and_frost(tmp_
     table = builder._accuracy_table(run.latest, {})
     frost_row = next(line for line in table.split("<tr>") if line.startswith("<th>frost"))
     assert "approximation" in frost_row and "approximation" not in table.split("<th>fog")[1]
+
+
+def test_a_reference_made_with_another_parameter_set_is_refused(tmp_path):
+    rows = [("grayscale", 1), ("fog", 1)]
+    ref = {"clean_accuracy": 0.9, "corruption_accuracy/grayscale/s1": 0.5, "corruption_accuracy/fog/s1": 0.8}
+    (tmp_path / "old.json").write_text(json.dumps(ref))  # written before the sets existed: taken as it is
+    assert probes.load_reference(tmp_path / "old.json", rows, "imagenet-c").clean_error == pytest.approx(0.1)
+    (tmp_path / "cifar.json").write_text(json.dumps({**ref, "protocol": {"corruption_params": "cifar10-c"}}))
+    assert probes.load_reference(tmp_path / "cifar.json", rows, "cifar10-c").clean_error == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="'cifar10-c' parameters and this run uses 'imagenet-c'.*corruption_params="):
+        probes.load_reference(tmp_path / "cifar.json", rows, "imagenet-c")

@@ -286,17 +286,19 @@ def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_
     run, tmp_path, monkeypatch
 ):
     import html as html_module
+    import shlex
 
     from trainviz.callbacks import base
     from trainviz.sinks import ArtifactStore
 
     page = html_module.unescape(build_report(run, tmp_path / "r.html").read_text("utf-8"))
     manifest = page[page.index('<section id="manifest">') :]
-    assert f"tensorboard --logdir {run} --samples_per_plugin images=10" in manifest  # 2 epochs: at least the default
+    quoted = shlex.quote(str(run))  # the run's name holds shell characters
+    assert f"tensorboard --logdir {quoted} --samples_per_plugin images=10" in manifest  # 2 epochs: the default
 
     said = []
     writer = type("Writer", (), {"log_dir": str(run)})()
     entry = {"store": ArtifactStore(run / "trainviz"), "writer": writer, "loggers": [], "namespace": None}
     monkeypatch.setattr(base, "info", lambda message, obj=None: said.append(message))
     base._where_to_look(str(run), entry, epochs=100)
-    assert f"tensorboard --logdir {run} --samples_per_plugin images=100" in said[0]
+    assert f"tensorboard --logdir {quoted} --samples_per_plugin images=100" in said[0]

@@ -72,7 +72,10 @@ def make_sink(trainer: pl.Trainer, name: str, log_dir: str, user: object | None 
             "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
             "background": BackgroundWriter(),
             "users": set(),
-            "namespace": namespace_of(trainer),  # the fit-end line goes to the console of the user's Lightning
+            "namespace": namespace_of(trainer),
+            "epochs": getattr(
+                trainer, "max_epochs", None
+            ),  # for the TensorBoard command at fit end  # the fit-end line goes to the console of the user's Lightning
         }
     entry["users"].add(id(user))
     return Sink(name, entry["writer"], entry["store"], entry["background"], entry["loggers"])
@@ -90,8 +93,7 @@ def release_sinks(user: object) -> None:
         entry["background"].close()
         if entry["writer"] is not None:
             entry["writer"].flush()
-        trainer = getattr(user, "_trainer", None)
-        _where_to_look(key, entry, getattr(trainer, "max_epochs", None))
+        _where_to_look(key, entry, entry["epochs"])
 
 
 def _where_to_look(log_dir: str, entry: dict[str, Any], epochs: int | None = None) -> None:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RobustnessCallback"]
 
+_PGD_DEFAULTS = (10, 4)  # pgd_steps, pgd_every: left out of the state key (older checkpoints keep theirs)
+
 
 class RobustnessCallback(ProbeCallback):
     """Accuracy, calibration and prediction flips under corruptions, FGSM and PGD accuracy, steps to flip and
@@ -115,7 +117,8 @@ class RobustnessCallback(ProbeCallback):
         pgd_steps: PGD's steps (int >= 0, default 10); ``0`` skips PGD. It costs about ``pgd_steps`` forward
             and backward passes per image and ``eps`` (see BENCHMARKS.md).
         pgd_every: run PGD every this many runs (int >= 1, default 4; ``1``: every run); the last epoch's run
-            always includes it, and under a budget a due PGD that does not fit moves to the next run.
+            includes it when it fits, and under a budget a due PGD that does not fit moves to the next run (a
+            last run without it is logged as skipped, and `summary.json` then has no PGD accuracy to gate).
         **kwargs: :class:`~trainviz.callbacks.base.ProbeCallback` arguments (``probe_size``, default 256 or
             the whole split when smaller, ``budget``, ...).
 
@@ -213,12 +216,7 @@ class RobustnessCallback(ProbeCallback):
             self.cam_layer,
             *([self._trajectory_args()] if self._trajectories_on() else []),
             *([self.corruption_params] if self.corruption_params != "auto" else []),  # "auto": the key as before
-            # PGD's settings only when they are not the defaults: older checkpoints keep their key
-            *(
-                [["pgd", self.pgd_steps, self.pgd_every]]
-                if self._pgd_on() and (self.pgd_steps, self.pgd_every) != (10, 4)
-                else []
-            ),
+            *([["pgd", self.pgd_steps, self.pgd_every]] if self._pgd_keyed() else []),
         ]
         return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
 
@@ -238,7 +236,7 @@ class RobustnessCallback(ProbeCallback):
     def _pgd_keyed(self) -> bool:
         """PGD's settings enter the state key only when they are not the defaults (10 steps, every 4th run), so a
         checkpoint written before PGD existed still restores the callback's state."""
-        return self._pgd_on() and (self.pgd_steps, self.pgd_every) != (10, 4)
+        return self._pgd_on() and (self.pgd_steps, self.pgd_every) != _PGD_DEFAULTS
 
     def _pgd_on(self) -> bool:
         return self.pgd_steps > 0 and bool(self.epsilons)
@@ -279,7 +277,7 @@ class RobustnessCallback(ProbeCallback):
         if not self.active:
             raise ValueError(f"None of the corruptions {self.corruptions} applies to this data: {self.skipped}.")
         if self.reference is not None:
-            self.reference_run = probes.load_reference(self.reference, self.active)
+            self.reference_run = probes.load_reference(self.reference, self.active, self.param_set)
         if self.cam_shift:  # raises now if the layer or the Grad-CAM does not apply
             labels = self.probe.labels[:2]
             check = lambda model, x, layers: grad_cam(model, x, layers, labels.to(x.device), reshape=self.cam_reshape)

@@ -159,8 +159,9 @@ def callback_base() -> type:
 
 
 def namespace_of(obj: Any) -> str | None:
-    """The namespace whose class ``obj`` is (or derives from), or ``None`` (not a Lightning object)."""
-    for klass in type(obj).__mro__:
+    """The namespace whose class ``obj`` is (or derives from), or that ``obj`` itself, a class, derives from; or
+    ``None`` (not a Lightning object)."""
+    for klass in (obj if isinstance(obj, type) else type(obj)).__mro__:
         module = klass.__module__ or ""
         for ns in NAMESPACES:
             if module == ns or module.startswith(ns + "."):

@@ -94,6 +94,18 @@ SECRET_NAMES: tuple[str, ...] = (
 """Name patterns that mark a secret (matched by whole parts; see the module docstring). ``token`` has its own
 rule."""
 
+HARMLESS_KEYS = frozenset(
+    {
+        *("sort", "dict", "cache", "image", "label", "input", "output", "target", "batch", "primary", "foreign"),
+        *("data", "dataset", "metric", "monitor", "state", "group", "hash", "lookup", "map", "row", "column", "col"),
+        *("index", "sample", "feature", "layer", "model", "query", "value", "attn", "attention", "partition"),
+        *("shard", "split", "config", "log", "entry", "id", "name", "checkpoint", "ckpt", "class", "text", "mask"),
+        *("rng", "prng", "random", "seed", "hot", "short", "partition", "join", "group", "cluster"),
+    }
+)
+"""The words before a final ``key`` that make it no secret (``sort_key``, ``rng_key``, ``image_key``); any other
+``<word>_key`` (``openai_key``, ``hf_key``, ``stripe_key``) is one. A lone ``key`` is not."""
+
 HARMLESS_TOKENS = frozenset(
     {
         "class",
@@ -137,10 +149,12 @@ _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s:
 _LONE_USER = re.compile(r"(?P<scheme>\b(?:https?|git\+https?|ftps?)://)(?P<user>[^\s:/@?#]+)@", re.IGNORECASE)
 _QUERY = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#\s?]+)=(?P<value>[^&;#\s]*)")
 _ASSIGN = re.compile(
-    r"(?<![\w.\-])(?P<q>[\"']?)(?P<name>[A-Za-z_][\w.\-]*)(?P=q)(?P<sep>\s*[=:]\s*)"
+    r"(?<![\w.])(?P<q>[\"']?)(?P<name>[A-Za-z_][\w.\-]*)(?P=q)(?P<sep>\s*[=:]\s*)"
     r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&)\]}\"']+)"
 )
 _BEARER = re.compile(r"(?P<word>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
+# `--password hunter2` inside a recorded string (a shell command kept in a hyperparameter)
+_SPACED_OPTION = re.compile(r"(?<![\w.\-])(?P<dash>--?)(?P<name>[A-Za-z][\w.\-]*)(?P<sep>\s+)(?P<value>[^\s\-][^\s]*)")
 _OPTION_VALUE = re.compile(r"^(?P<dash>--?)(?P<name>[^=\s]+)=(?P<value>.*)$", re.DOTALL)
 _OPTION = re.compile(r"^(?P<dash>--?)(?P<name>[A-Za-z][\w.\-]*)$")
 _KEY_VALUE = re.compile(r"^(?P<lead>[+~]{0,2})(?P<name>[A-Za-z_][\w.\-/\[\]@]*)=(?P<value>.*)$", re.DOTALL)
@@ -211,6 +225,9 @@ class Redactor:
             return False
         if parts[-1] == "token" and (len(parts) == 1 or parts[-2] not in HARMLESS_TOKENS):
             return True
+        last = name_parts(str(name).rsplit(".", 1)[-1])  # `a.b.key` (Hydra): the name is `key`, a lone key
+        if len(last) > 1 and last[-1] == "key" and last[-2] not in HARMLESS_KEYS:  # openai_key, hf_key
+            return True
         return any(_contains(parts, p) for p in (self.url_patterns if url else self.patterns))
 
     def _mark(self, path: str) -> None:
@@ -233,6 +250,7 @@ class Redactor:
         out = _QUERY.sub(self._query, out)
         out = _BEARER.sub(lambda m: f"{m['word']}{REDACTED}", out)
         out = _ASSIGN.sub(self._assignment, out)
+        out = _SPACED_OPTION.sub(self._spaced_option, out)
         if out != value:
             self._mark(path)
         return out
@@ -241,6 +259,11 @@ class Redactor:
         if not m["value"] or m["value"] == REDACTED or not self.is_secret(m["name"], url=True):
             return m[0]
         return f"{m['lead']}{m['name']}={REDACTED}"
+
+    def _spaced_option(self, m: re.Match[str]) -> str:
+        if m["value"] == REDACTED or not self.is_secret(m["name"]):
+            return m[0]
+        return f"{m['dash']}{m['name']}{m['sep']}{REDACTED}"
 
     def _assignment(self, m: re.Match[str]) -> str:
         value = m["value"]
@@ -266,6 +289,9 @@ class Redactor:
                 sub = f"{path}.{name}" if path else name
                 out[name] = self.plain(item, sub, secret or (self.enabled and self.is_secret(name)))
             return out
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value) and not secret:
+            if any(v.startswith("-") for v in value):  # a command line kept as a list: `--token`, `xyz`
+                return self.argv(value, path)
         if isinstance(value, (list, tuple, set, frozenset)):
             items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
             return [self.plain(item, f"{path}[{i}]", secret) for i, item in enumerate(items)]

@@ -194,11 +194,14 @@ class Reference:
     errors: dict[tuple[str, int], float]
 
 
-def load_reference(path: str | os.PathLike, rows: Rows) -> Reference:
+def load_reference(path: str | os.PathLike, rows: Rows, param_set: str | None = None) -> Reference:
     """The reference errors of ``rows`` from another run's ``summary.json``.
 
     Raises:
-        ValueError: the file cannot be read, or it lacks a metric of ``rows``.
+        ValueError: the file cannot be read, it lacks a metric of ``rows``, or its corruptions were made with
+            another parameter set than ``param_set`` (errors under other corruption strengths do not normalise
+            these; a reference written before the sets existed, without ``protocol.corruption_params``, is taken
+            as it is).
     """
     path = os.fspath(path)
     try:
@@ -212,6 +215,13 @@ def load_reference(path: str | os.PathLike, rows: Rows) -> Reference:
         raise ValueError(
             f"The `reference` summary {path!r} lacks {len(missing)} metric(s) this run needs, e.g. "
             f"{', '.join(missing[:4])}: make the reference with the same corruptions and severities."
+        )
+    theirs = (summary.get("protocol") or {}).get("corruption_params")
+    if param_set is not None and theirs is not None and theirs != param_set:
+        raise ValueError(
+            f"The `reference` summary {path!r} was corrupted with the {theirs!r} parameters and this run uses "
+            f"{param_set!r}: make the reference at the same image size, or force one set on both with "
+            "`corruption_params=`."
         )
     return Reference(path, 1.0 - summary["clean_accuracy"], {row: 1.0 - summary[key] for row, key in keys.items()})
 

@@ -4,6 +4,7 @@ private TensorBoard writer: see :mod:`trainviz.sinks.loggers`)."""
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 __all__ = ["find_summary_writer", "open_summary_writer", "tensorboard_command"]
@@ -38,4 +39,4 @@ def tensorboard_command(log_dir: str | os.PathLike, epochs: int | None = None) -
         'tensorboard --logdir runs/demo --samples_per_plugin images=100'
     """
     keep = max(int(epochs or 0), 10)
-    return f"tensorboard --logdir {log_dir} --samples_per_plugin images={keep}"
+    return f"tensorboard --logdir {shlex.quote(str(log_dir))} --samples_per_plugin images={keep}"
