@@ -86,10 +86,7 @@ def _fit(demo_model, make_trainer):
 def test_declared_not_photos_every_other_probe_writes_and_pixel_probes_are_off(
     tmp_path, make, display_channels, caplog, monkeypatch, _fit, _options
 ):
-    from trainviz.callbacks import base
-
-    monkeypatch.setattr(base, "_SAID", set())  # a new process, as far as "once" goes
-    data = make()
+    data = make()  # "once" is per Trainer (trainviz.sinks.registry.say_once): this fit's Trainer is new
     with pytest.warns(UserWarning, match=r"pixels=False\) leaves out robustness, maxact: .*corrupts pixels") as rec:
         callbacks = trainviz.default_callbacks(
             budget=None, pixels=False, display_channels=display_channels, **_options()

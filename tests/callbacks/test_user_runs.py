@@ -229,14 +229,15 @@ def test_yaml_takes_a_mean_std_pair_and_a_budget(tmp_path, monkeypatch):
 def test_shared_writers_are_closed_after_the_fit_and_a_second_fit_gets_new_ones(
     tmp_path, tiny_dm, demo_model, make_trainer
 ):
-    from trainviz.callbacks import base
+    from trainviz.sinks import registry
 
     for _run in range(2):  # the same folder, twice in one process
         callbacks = [trainviz.DynamicsCallback(probe_size=8), trainviz.RunManifestCallback()]
-        make_trainer(
+        trainer = make_trainer(
             tmp_path, callbacks, max_epochs=1, limit_train_batches=1, logger=False, default_root_dir=str(tmp_path)
-        ).fit(demo_model(), tiny_dm)
-        assert os.path.abspath(str(tmp_path)) not in base._SHARED  # released by the last callback's teardown
+        )
+        trainer.fit(demo_model(), tiny_dm)
+        assert os.path.abspath(str(tmp_path)) not in registry.open_folders(trainer)  # released at the last teardown
         background = callbacks[0].sink.background
         assert background._thread is None  # its writer thread was closed
         assert [r["epoch"] for r in _records(tmp_path, "dynamics")] == [0]

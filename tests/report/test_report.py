@@ -288,8 +288,7 @@ def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_
     import html as html_module
     import shlex
 
-    from trainviz.callbacks import base
-    from trainviz.sinks import ArtifactStore
+    from trainviz.sinks import ArtifactStore, BackgroundWriter, registry
 
     page = html_module.unescape(build_report(run, tmp_path / "r.html").read_text("utf-8"))
     manifest = page[page.index('<section id="manifest">') :]
@@ -298,7 +297,7 @@ def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_
 
     said = []
     writer = type("Writer", (), {"log_dir": str(run)})()
-    entry = {"store": ArtifactStore(run / "trainviz"), "writer": writer, "loggers": [], "namespace": None}
-    monkeypatch.setattr(base, "info", lambda message, obj=None: said.append(message))
-    base._where_to_look(str(run), entry, epochs=100)
+    folder = registry.Folder(writer, [], ArtifactStore(run / "trainviz"), BackgroundWriter(), epochs=100)
+    monkeypatch.setattr(registry, "info", lambda message, obj=None: said.append(message))
+    registry.where_to_look(str(run), folder)
     assert f"tensorboard --logdir {quoted} --samples_per_plugin images=100" in said[0]

@@ -14,7 +14,6 @@ Subclasses set ``name``, implement :meth:`_run` and may extend :meth:`_setup` (e
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from trainviz.core.common import WarnOnce, example_indices
 from trainviz.core.display import DISPLAY_PERCENTILES, Display, check_display_channels, display_channels_for
 from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.core.layers import resolve_layers
-from trainviz.core.namespace import callback_base, info, namespace_of
+from trainviz.core.namespace import callback_base, info
 from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
@@ -37,9 +36,8 @@ from trainviz.core.progress import Task, task
 from trainviz.core.strategy import check_strategy
 from trainviz.core.threads import contention
 from trainviz.data.base import Normalization
-from trainviz.sinks import ArtifactStore, BackgroundWriter, Sink, find_summary_writer
-from trainviz.sinks.loggers import logger_backends
-from trainviz.sinks.tensorboard import tensorboard_command
+from trainviz.sinks import BackgroundWriter, Sink
+from trainviz.sinks.registry import make_sink, release_sinks, say_once
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -48,80 +46,6 @@ else:
     Callback = callback_base()  # the Callback of every installed Lightning namespace (trainviz.core.namespace)
 
 __all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink", "release_sinks"]
-
-
-# One TensorBoard writer, artifact store and background thread per log folder, shared by the callbacks using
-# it; the last of them to tear down closes them (a second fit opens new ones).
-_SHARED: dict[str, dict[str, Any]] = {}
-
-
-def make_sink(trainer: pl.Trainer, name: str, log_dir: str, user: object | None = None) -> Sink:
-    """The :class:`Sink` of callback ``name``, sharing writer, store and thread with the others in ``log_dir``.
-
-    The sink writes to every logger of the trainer: TensorBoard through its ``SummaryWriter``, the others
-    through :func:`trainviz.sinks.loggers.logger_backends` (W&B, MLflow, Comet, CSV); with no logger, to the
-    artifact store alone. ``user`` (the callback) is registered until :func:`release_sinks`; when the last user
-    of a folder is released, the loggers get the finished artifact folder and the writer thread is closed.
-    """
-    key = os.path.abspath(log_dir)
-    entry = _SHARED.get(key)
-    if entry is None:
-        entry = _SHARED[key] = {
-            "writer": find_summary_writer(trainer),
-            "loggers": logger_backends(list(getattr(trainer, "loggers", None) or [])),
-            "store": ArtifactStore(os.path.join(log_dir, "trainviz")),
-            "background": BackgroundWriter(),
-            "users": set(),
-            "namespace": namespace_of(trainer),
-            "epochs": getattr(
-                trainer, "max_epochs", None
-            ),  # for the TensorBoard command at fit end  # the fit-end line goes to the console of the user's Lightning
-        }
-    entry["users"].add(id(user))
-    return Sink(name, entry["writer"], entry["store"], entry["background"], entry["loggers"])
-
-
-def release_sinks(user: object) -> None:
-    """``user`` is done with its sinks: close every folder's writers that it was the last user of."""
-    for key, entry in list(_SHARED.items()):
-        entry["users"].discard(id(user))
-        if entry["users"]:
-            continue
-        del _SHARED[key]
-        for logger in entry["loggers"]:
-            entry["background"].submit(logger.finish, str(entry["store"].root))
-        entry["background"].close()
-        if entry["writer"] is not None:
-            entry["writer"].flush()
-        _where_to_look(key, entry, entry["epochs"])
-
-
-def _where_to_look(log_dir: str, entry: dict[str, Any], epochs: int | None = None) -> None:
-    """The fit-end line: the artifact folder, the report command and each logger's folder or URL."""
-    store = entry["store"].root
-    if not store.is_dir():
-        return
-    lines = [f"trainviz: artifacts in {store}", f"  report: trainviz report {log_dir}"]
-    if entry["writer"] is not None:
-        command = tensorboard_command(getattr(entry["writer"], "log_dir", log_dir), epochs)
-        lines.append(f"  TensorBoard: {command}  (every epoch's images: TensorBoard keeps 10 per tag by default)")
-    for logger in entry["loggers"]:
-        try:
-            where = logger.where()
-        except Exception:  # a logger that cannot say where it is must not fail the fit's end
-            where = None
-        if where:
-            lines.append(f"  {logger.name}: {where}")
-    info("\n".join(lines), entry["namespace"])
-
-
-_SAID: set[str] = set()  # lines logged once per process, whichever callback comes first
-
-
-def _say_once(message: str, trainer: Any = None) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        info(message, trainer)
 
 
 def _dataset_of(loader: Any) -> Any:
@@ -370,11 +294,11 @@ class ProbeCallback(Callback):
             return
         self.display = Display(None, shown)
         low, high = DISPLAY_PERCENTILES
-        _say_once(
+        say_once(
+            self._trainer,
             "trainviz: the inputs are declared not to be photos (pixels=False): probes compute on the model's own "
             f"inputs, and pictures of them are scaled per image and channel to their {low:g}th-{high:g}th "
             "percentiles, for display only.",
-            self._trainer,
         )
 
     @override
