@@ -86,6 +86,7 @@ from trainviz.core.checks import check_images, check_int
 from trainviz.ops.corruptions._base import _LUMA
 
 __all__ = [
+    "IMAGENET_C_ORDER",
     "CORRUPTION_PARAMS",
     "CORRUPTION_PARAM_SETS",
     "PARAM_SETS",
@@ -136,10 +137,10 @@ def _imagenet_c_set(rows: dict[str, Sequence[Any]], zooms: Sequence[tuple[float,
     for name, keys in _KEYS.items():
         table[name] = _per_severity(keys, [r if isinstance(r, (tuple, list)) else [r] for r in rows[name]])
     table["zoom_blur"] = tuple({"zooms": tuple(np.arange(1, end, step).tolist())} for end, step in zooms)
-    return {name: table[name] for name in [*_SEED_PARAMS, *_ORDER]}
+    return {name: table[name] for name in [*_SEED_PARAMS, *IMAGENET_C_ORDER]}
 
 
-_ORDER = [
+IMAGENET_C_ORDER: tuple[str, ...] = (
     "gaussian_noise",
     "shot_noise",
     "impulse_noise",
@@ -155,7 +156,8 @@ _ORDER = [
     "elastic_transform",
     "pixelate",
     "jpeg_compression",
-]
+)
+"""The 15 ImageNet-C corruptions in Hendrycks & Dietterich's order (the registry's ``IMAGENET_C``)."""
 
 _CIFAR10_C = _imagenet_c_set(
     {

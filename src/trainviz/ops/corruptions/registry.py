@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from trainviz.core.checks import check_images, check_int, check_positive_int
 from trainviz.ops.corruptions import blur, digital, noise, weather
 from trainviz.ops.corruptions._base import _generator
-from trainviz.ops.corruptions.params import CORRUPTION_PARAM_SETS, CORRUPTION_PARAMS, resolve_param_set
+from trainviz.ops.corruptions.params import (
+    CORRUPTION_PARAM_SETS,
+    CORRUPTION_PARAMS,
+    IMAGENET_C_ORDER,
+    resolve_param_set,
+)
 from trainviz.ops.corruptions.seed import channel_order, gaussian_blur, grayscale, salt_and_pepper
 
 __all__ = [
@@ -41,23 +46,7 @@ SEED_PROBES: tuple[str, ...] = (
 section 5.3), each registered with a single severity."""
 
 
-IMAGENET_C: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+IMAGENET_C: tuple[str, ...] = IMAGENET_C_ORDER
 """The 15 ImageNet-C corruptions of Hendrycks & Dietterich 2019, each registered with 5 severities in three
 parameter sets (CIFAR-10-C's, Tiny-ImageNet-C's, ImageNet-C's; see :mod:`~trainviz.ops.corruptions.params`)."""
 
