@@ -86,6 +86,34 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, 
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
 
 
+def test_the_overhead_estimate_is_spent_over_training_seconds_and_the_fit_end_says_it(
+    tmp_path, tiny_dm, demo_model, make_trainer, caplog
+):
+    import logging
+
+    s = Scheduler()
+    assert s.overhead() == (None, 0.0)
+    s.register("a", 0.05)
+    s.register("b", 0.03)
+    s.start(now=100.0)
+    s.charge("a", 2.0, foreground=True)
+    s.charge("b", 1.0, foreground=False)
+    s.set_writer("b", 0.5)
+    share, budget = s.overhead(now=122.0)  # 22 s of wall time, 2 of them probes: 20 s of training
+    assert share == pytest.approx((2.0 + 1.0 + 0.5) / 20.0) and budget == pytest.approx(0.08)
+    assert "trainviz took " in s.overhead_line() and "(budget 8.0%)" in s.overhead_line()
+
+    callbacks = trainviz.default_callbacks(budget=0.2, embedding=False, robustness=ROBUST)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(demo_model(), tiny_dm)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainviz took ")]
+    assert len(lines) == 1 and "(budget 20.0%)" in lines[0], lines  # once, whatever the number of callbacks
+    taken = float(lines[0].split("trainviz took ")[1].split("%")[0]) / 100
+    overhead = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())["budget"]["overhead"]
+    assert overhead["budget"] == pytest.approx(0.2) and 0 < overhead["estimate"] == pytest.approx(taken, abs=0.02)
+
+
 def test_a_second_fit_of_the_same_trainer_starts_a_new_budget_clock(tmp_path, tiny_dm, demo_model, make_trainer):
     callbacks = [trainviz.DynamicsCallback(probe_size=8, budget=0.5)]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)

@@ -548,6 +548,9 @@ class ProbeCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._flush()
+            scheduler = Scheduler.of(trainer)
+            if scheduler is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+                say_once(trainer, scheduler.overhead_line())  # the first callback to tear down says it
             release_sinks(self)
             Scheduler.forget(trainer)  # after on_fit_end, where the manifest reads it
 

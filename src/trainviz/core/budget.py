@@ -134,12 +134,36 @@ class Scheduler:
         with self._lock:
             self.ledgers[name].skips.append({"epoch": epoch, "what": what, "reason": reason})
 
+    def overhead(self, now: float | None = None) -> tuple[float | None, float]:
+        """The run's own estimate of what trainviz cost this fit, and the budget: ``(spent / training seconds, sum
+        of the callbacks' fractions)``. ``spent`` is the probes' time on the training thread plus the background
+        and writer threads' time weighted by contention; the slowdown of training batches while trainviz works is
+        not measured (yet), so the estimate is a lower bound. ``None`` before any training time."""
+        train = self.training_seconds(now)
+        with self._lock:
+            spent = sum(ledger.spent for ledger in self.ledgers.values())
+            budget = sum(ledger.fraction for ledger in self.ledgers.values())
+        return (spent / train if train > 0 else None), budget
+
+    def overhead_line(self) -> str:
+        """The fit-end line: "trainviz took X% of this fit (budget Y%)", with what X counts."""
+        share, budget = self.overhead()
+        took = "an unmeasured share" if share is None else f"{100 * share:.1f}%"
+        return (
+            f"trainviz took {took} of this fit (budget {100 * budget:.1f}%): its probes' time on the training thread "
+            "and its background threads' (weighted by contention), over the training time; the slowdown of training "
+            "batches while it works is not counted, so this is a lower bound."
+        )
+
     def summary(self) -> dict[str, Any]:
-        """Plain values for the manifest: training seconds and, per callback, fraction, spent seconds and skips."""
+        """Plain values for the manifest: training seconds, the overhead estimate (:meth:`overhead`) and, per
+        callback, fraction, spent seconds and skips."""
         train = self.training_seconds()
+        share, budget = self.overhead()
         with self._lock:
             return {
                 "training_seconds": round(train, 3),
+                "overhead": {"estimate": None if share is None else round(share, 4), "budget": round(budget, 4)},
                 "callbacks": {
                     name: {
                         "fraction": ledger.fraction,
