@@ -540,6 +540,11 @@ class ProbeCallback(Callback):
         self._flush()
 
     @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()  # every callback's fit-end work ran in on_train_end
+
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._flush()
         release_sinks(self)  # Lightning skips `teardown` after an exception

@@ -249,6 +249,8 @@ class RunManifestCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After every callback's fit-end run: what the overhead budget let run, and what it skipped.
         scheduler = Scheduler.of(trainer)
+        if scheduler is not None:
+            scheduler.stop()  # after every callback's fit-end runs (on_train_end)
         if self.manifest is None or scheduler is None or not trainer.is_global_zero:
             return
         self.manifest["budget"] = scheduler.summary()

@@ -67,6 +67,7 @@ class Scheduler:
     def __init__(self) -> None:
         self.ledgers: dict[str, Ledger] = {}
         self.started: float | None = None
+        self.stopped: float | None = None  # the fit's end: the clock stands still after it
         self._lock = threading.Lock()
 
     @classmethod
@@ -97,11 +98,20 @@ class Scheduler:
         if self.started is None:
             self.started = time.perf_counter() if now is None else now
 
+    def stop(self, now: float | None = None) -> None:
+        """Stop the training clock at the fit's end, after every fit-end probe (the first call wins): the fit-end
+        line and the manifest then give the same estimate."""
+        if self.stopped is None:
+            self.stopped = time.perf_counter() if now is None else now
+
     def training_seconds(self, now: float | None = None) -> float:
-        """Wall time since :meth:`start`, less the time the training thread spent in trainviz probes."""
+        """Wall time since :meth:`start` (until :meth:`stop`), less the time the training thread spent in trainviz
+        probes."""
         if self.started is None:
             return 0.0
         now = time.perf_counter() if now is None else now
+        if self.stopped is not None:
+            now = min(now, self.stopped)
         with self._lock:
             held = sum(ledger.foreground for ledger in self.ledgers.values())
         return max(0.0, now - self.started - held)
