@@ -466,10 +466,11 @@ class Trajectories:
     @property
     def random_direction_flip_rate(self) -> float:
         """Mean random-direction flip fraction over the flipped images (NaN if none flipped or not measured)."""
-        values = [r for f, r in zip(self.flip_step, self.random_flip) if f >= 0 and _finite(r)]
+        values = self._measured()
         return sum(values) / len(values) if values else math.nan
 
     def _measured(self) -> list[float]:
+        """The random-direction flip fractions of the flipped images whose control was measured."""
         return [r for f, r in zip(self.flip_step, self.random_flip) if f >= 0 and _finite(r)]
 
     @property

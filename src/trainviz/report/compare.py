@@ -141,24 +141,10 @@ def _robustness(root: Path) -> _Side | None:
             "series": [{"name": c, "key": [f"corruption_accuracy/{c}"]} for c in corruptions],
         },
     ]
-    if fgsm:
-        items.append(
-            {
-                "title": "FGSM accuracy",
-                "y": "accuracy",
-                "y_range": unit,
-                "series": [{"name": k.replace("_", " "), "key": [k]} for k in fgsm],
-            }
-        )
-    if pgd:
-        items.append(
-            {
-                "title": "PGD accuracy",
-                "y": "accuracy",
-                "y_range": unit,
-                "series": [{"name": k.replace("_", " "), "key": [k]} for k in pgd],
-            }
-        )
+    for title, keys in (("FGSM accuracy", fgsm), ("PGD accuracy", pgd)):
+        if keys:
+            series = [{"name": k.replace("_", " "), "key": [k]} for k in keys]
+            items.append({"title": title, "y": "accuracy", "y_range": unit, "series": series})
     return _Side(items, records)
 
 
