@@ -175,6 +175,16 @@ class ProbeSet:
             class_names=self.class_names,
         )
 
+    def subset(self, start: int, stop: int) -> ProbeSet:
+        """Items ``start`` to ``stop`` (a view; a process's share, :class:`trainviz.core.contract.Share`)."""
+        return ProbeSet(
+            images=self.images[start:stop],
+            labels=self.labels[start:stop],
+            ids=self.ids[start:stop],
+            masks=None if self.masks is None else self.masks[start:stop],
+            class_names=self.class_names,
+        )
+
     def batches(self, batch_size: int):
         """Yield ``(start, stop)`` slices covering the probe set in order."""
         for start in range(0, len(self), batch_size):
