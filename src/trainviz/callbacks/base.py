@@ -423,14 +423,16 @@ class ProbeCallback(Callback):
         max_epochs = trainer.max_epochs
         return bool(trainer.should_stop) or (max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1)
 
-    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
-        """What a run under the budget contains, given ``credit`` seconds; ``None`` skips the run.
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        """What the run contains, given ``credit`` seconds (``None``: no budget, everything due runs); ``None``
+        skips the run. A capability's probe decides (``probe.plan(Credit(credit, essential, epoch))``, see
+        :mod:`trainviz.core.contract`).
 
         ``essential`` runs (the first and the last epoch) must return a plan. The default runs whole when the
         last whole run cost no more than the credit. Subclasses with parts (corruptions, UMAP) scale them and
         may call :meth:`_skip` for each part they leave out.
         """
-        if essential or self._last_cost is None or self._last_cost <= credit:
+        if credit is None or essential or self._last_cost is None or self._last_cost <= credit:
             return True
         self._skip(epoch, "run", f"last run took {self._last_cost:.2f} s, credit {credit:.2f} s")
         return None
@@ -451,18 +453,18 @@ class ProbeCallback(Callback):
         if not trainer.is_global_zero or epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
             return
         start = time.perf_counter()
-        self.plan = True
+        credit: float | None = None  # without a budget: everything due runs
         if self.scheduler is not None:
             if self.sink is not None:
                 self.scheduler.set_writer(self.name, self.sink.busy_seconds() * contention())
             credit = self.scheduler.credit(self.name)
-            essential = final or not self.done_epochs or self._is_last(trainer, epoch)
-            self.plan = self._plan(credit, essential, epoch)
-            if self._budget_sink is not None:
-                self._budget_sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
-                self._budget_sink.scalar(f"{self.name}/skipped", float(self.plan is None), epoch)
-            if self.plan is None:
-                return
+        essential = final or not self.done_epochs or self._is_last(trainer, epoch)
+        self.plan = self._plan(credit, essential, epoch)
+        if self._budget_sink is not None and credit is not None:
+            self._budget_sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
+            self._budget_sink.scalar(f"{self.name}/skipped", float(self.plan is None), epoch)
+        if self.plan is None:
+            return
         self._attempted.add(epoch)
         try:
             # long runs show on the progress bar (trainviz.core.progress); the estimate is the last whole run

@@ -290,9 +290,11 @@ class EmbeddingCallback(ProbeCallback):
         return True
 
     @override
-    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """The capture (and PCA) when it fits or is essential; UMAP and t-SNE only when their estimated cost
         (the last slow job's seconds, else a first-call estimate that includes numba's compilation) fits too."""
+        if credit is None:
+            return True
         capture_cost = self._last_cost or 0.0
         if not essential and capture_cost > credit:
             self._skip(epoch, "run", f"capture took {capture_cost:.2f} s, credit {credit:.2f} s")

@@ -302,8 +302,10 @@ class RobustnessCallback(ProbeCallback):
         return inputs
 
     @override
-    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """Skip a non-essential run whose seed probes alone do not fit; else let :meth:`_scaled_parts` choose."""
+        if credit is None:
+            return True
         core = probes.core_seconds(self.active, self._costs)
         if not essential and core > credit:
             self._skip(epoch, "run", f"the seed probes take {core:.2f} s, credit {credit:.2f} s")

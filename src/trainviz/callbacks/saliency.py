@@ -311,9 +311,11 @@ class SaliencyCallback(ProbeCallback):
         return sum(e > self.sanity_epochs[-1] for e in self.done_epochs) + 1 >= self.sanity_every
 
     @override
-    def _plan(self, credit: float, essential: bool, epoch: int) -> Any:
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """Under a budget: the whole run if its last cost (sanity runs and plain runs timed apart) fits the
         credit, else the maps without the sanity checks (``"maps"``, logged as a skipped part), else nothing."""
+        if credit is None:
+            return True
         sanity = self._sanity_due()
         cost = self._costs.get("sanity" if sanity else "maps")
         if essential or cost is None or cost <= credit:
