@@ -175,9 +175,9 @@ def test_state_round_trip_keeps_the_evolution_history(tmp_path, dm, fit):
     state = cb.state_dict()
     resumed = CAMCallback(layers=LAYERS, probe_size=12, n_tracked=2)
     resumed.load_state_dict(state)
-    assert [e for e, _ in resumed._history] == [0, 1]
-    for (_, a), (_, b) in zip(resumed._history, cb._history):
+    assert [e for e, _ in resumed.history.runs] == [0, 1]
+    for (_, a), (_, b) in zip(resumed.history.runs, cb.history.runs):
         assert torch.equal(a, b) and a.dtype == torch.float16 and a.shape == (2, 32, 32)
-    assert set(resumed._previous) == {*LAYERS, "aggregate"}
+    assert set(resumed.history.previous) == {*LAYERS, "aggregate"}
     assert resumed.state_key == cb.state_key
     assert CAMCallback(layers=LAYERS, method="gradcam++").state_key != cb.state_key

@@ -16,9 +16,8 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.checks import check_bool, check_choice, check_layers, check_positive_int
-from trainviz.ops.cam import AGGREGATES, METHODS
-from trainviz.probes.cam import CAMConfig, class_maps, compute, evolution
+from trainviz.core.contract import Credit, Share
+from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMProbe, class_maps
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -118,6 +117,7 @@ class CAMCallback(ProbeCallback):
         layers: Sequence[str] | str = ("auto",),
         method: Literal["gradcam", "gradcam++", "cam"] = "gradcam",
         aggregate: Literal["mean", "max"] = "mean",
+        *,
         target: Literal["true", "predicted"] = "true",
         guided: bool = False,
         n_tracked: int = 4,
@@ -131,76 +131,43 @@ class CAMCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
-        self.layers = check_layers("layers", layers)
-        self.method = check_choice("method", method, METHODS)
-        self.aggregate = check_choice("aggregate", aggregate, AGGREGATES)
-        self.target = check_choice("target", target, ("true", "predicted"))
-        self.guided = check_bool("guided", guided)
-        self.n_tracked = check_positive_int("n_tracked", n_tracked)
-        self.n_grid = check_positive_int("n_grid", n_grid)
-        if fc_layer is not None and (not isinstance(fc_layer, str) or method != "cam"):
-            got = f"got {fc_layer!r} with method={method!r}"
-            raise ValueError(f"Expected `fc_layer` to be a layer name used with method='cam', {got}.")
-        self.fc_layer = fc_layer
-        self.deletion_steps = check_positive_int("deletion_steps", deletion_steps)
-        if isinstance(pointing_tolerance, bool) or not isinstance(pointing_tolerance, int) or pointing_tolerance < 0:
-            raise ValueError(f"Expected `pointing_tolerance` to be a non-negative int, got {pointing_tolerance!r}.")
-        self.pointing_tolerance = pointing_tolerance
-        self.max_strip = check_positive_int("max_strip", max_strip)
-        if reshape is not None and not callable(reshape):
-            raise ValueError(f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {reshape!r}.")
-        self.reshape = reshape
+        self.options = CAMOptions.pick(locals())
         self._layers: dict[str, torch.nn.Module] = {}
-        self._history: list[tuple[int, torch.Tensor]] = []  # (epoch, tracked aggregate maps) on the CPU, float16
-        self._previous: dict[str, torch.Tensor] = {}  # last run's maps (shrunk, CPU, float16) per key, for drift
+        self.history = CAMHistory()  # the evolution strip's maps and the drift reference, kept in the checkpoint
+        self.prober: CAMProbe | None = None
+
+    def __getattr__(self, name: str) -> Any:  # the options read as attributes, as before (cb.method, cb.layers)
+        options = self.__dict__.get("options")
+        if options is not None and name in CAMOptions.names():
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # identity & state ------------------------------------------------------------------------------
     @override
     def _state_args(self) -> dict[str, Any]:
-        choices = {"method": self.method, "aggregate": self.aggregate, "target": self.target, "guided": self.guided}
-        return {**super()._state_args(), "layers": self.layers, **choices}
+        o = self.options
+        choices = {"method": o.method, "aggregate": o.aggregate, "target": o.target, "guided": o.guided}
+        return {**super()._state_args(), "layers": o.layers, **choices}
 
     @override
     def _extra_state(self) -> dict[str, Any]:
-        return {
-            "history_epochs": [e for e, _ in self._history],
-            "history_maps": torch.stack([m for _, m in self._history]) if self._history else None,
-            "previous": dict(self._previous),
-        }
+        return self.history.state_dict()
 
     @override
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        maps = state.get("history_maps")
-        self._history = [] if maps is None else list(zip(state.get("history_epochs", []), maps.unbind(0)))
-        self._previous = dict(state.get("previous") or {})
+        self.history.load_state_dict(state)
 
     @override
     def _on_probe_changed(self) -> None:
-        self._history, self._previous = [], {}
+        self.history.clear()
 
     @override
     def _describe(self) -> str:
-        return f"callback {self.name}, method {self.method}, layers {list(self._layers) or list(self.layers)}"
+        return f"callback {self.name}, method {self.options.method}, layers {list(self._layers) or list(self.layers)}"
 
     # setup and running -----------------------------------------------------------------------------
     def _config(self, layers: dict[str, torch.nn.Module]) -> CAMConfig:
-        return CAMConfig(
-            layers,
-            self.method,
-            self.aggregate,
-            self.target,
-            self.guided,
-            self.fc_layer,
-            self.deletion_steps,
-            self.pointing_tolerance,
-            self.n_grid,
-            self.n_tracked,
-            self.max_strip,
-            self.batch_size,
-            self.reshape,
-            self.norm,
-            self.display,
-        )
+        return CAMConfig(layers, self.options, self.batch_size, self.norm, self.display)
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,22 +175,27 @@ class CAMCallback(ProbeCallback):
             labels = self.probe.labels[: example.shape[0]].to(example.device)
             class_maps(model, example, labels, self._config(layers))  # raises if the method or `output=` does not apply
 
-        self._layers = self.setup_layers(pl_module, list(self.layers), self.reshape, check)
+        self._layers = self.setup_layers(pl_module, list(self.options.layers), self.options.reshape, check)
+        self.prober = CAMProbe(self.probe, self._config(self._layers), self.history)
+
+    @override
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        if super()._plan(credit, essential, epoch) is None:  # skipped whole: the last run cost more than the credit
+            return None
+        return self.prober.plan(Credit(credit, essential, epoch))
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        probe = self.device_probe(pl_module)
-        config = self._config(self._layers)
-        result = compute(self.logits_model(pl_module), probe, config, epoch=epoch, previous=self._previous)
-        self.sink.write(result)
-        self._previous = result.small
-        self._history.append((epoch, result.small["aggregate"][self.example_indices(self.n_tracked)]))
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._history:
+        made = self.prober.evolution() if self.prober is not None else None
+        if made is None:
             return
-        strip, arrays = evolution(self._history, self.probe, self._config(self._layers))
-        last = self._history[-1][0]
+        strip, arrays = made
+        last = self.history.runs[-1][0]
         self.sink.image("evolution", strip, last, artifact=True)
         self.sink.npz(last, "evolution", **arrays)

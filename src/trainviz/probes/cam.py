@@ -10,17 +10,18 @@ one run, :func:`evolution` the fit-end strip. :class:`~trainviz.callbacks.cam.CA
 Example:
     >>> import torch, torch.nn as nn
     >>> from trainviz.core.probeset import ProbeSet
-    >>> from trainviz.probes.cam import CAMConfig, CAMProbeResult, compute
+    >>> from trainviz.probes.cam import CAMConfig, CAMOptions, CAMProbeResult, compute
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     ...                     nn.Linear(4, 2)).eval()
     >>> probe = ProbeSet(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.arange(4))
-    >>> result = compute(net, probe, CAMConfig({"1": net[1]}, deletion_steps=2), epoch=0)
+    >>> result = compute(net, probe, CAMConfig({"1": net[1]}, CAMOptions(deletion_steps=2)), epoch=0)
     >>> sorted(result.per_map), CAMProbeResult.from_record(result.record()) == result
     (['1', 'aggregate'], True)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainviz.core.checks import check_bool, check_choice, check_layers, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
+from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.layers import Reshape
+from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.transfer import to_cpu
+from trainviz.core.transfer import to_host
 from trainviz.data.base import Normalization
-from trainviz.ops.cam import CAMResult, class_activation_maps, class_mean_maps, shrink_maps
+from trainviz.ops.cam import AGGREGATES, METHODS, CAMResult, class_activation_maps, class_mean_maps, shrink_maps
 from trainviz.ops.guided import guided_grad_cam
 from trainviz.ops.localization import (
     confidence_change,
@@ -48,43 +52,99 @@ from trainviz.ops.localization import (
 from trainviz.render.images import caption_tiles, colorize, image_grid, overlay_heatmaps, to_uint8, upscale
 from trainviz.render.strips import evolution_strip, gradient_images
 
-__all__ = ["CAMConfig", "CAMProbeResult", "class_maps", "compute", "evolution"]
+__all__ = [
+    "CAMConfig",
+    "CAMHistory",
+    "CAMOptions",
+    "CAMPartial",
+    "CAMPlan",
+    "CAMProbe",
+    "CAMProbeResult",
+    "class_maps",
+    "compute",
+    "evolution",
+]
 
 STATE_SIDE = 32  # maps kept between runs (drift reference, evolution strips) are at most this many pixels a side
 _GREEN, _RED = (20, 120, 40), (190, 30, 30)
 
 
-@dataclass
-class CAMConfig:
-    """What a run computes and shows (the :class:`~trainviz.callbacks.cam.CAMCallback` arguments).
+@dataclass(frozen=True, kw_only=True)
+class CAMOptions(Options):
+    """The user's options of :class:`~trainviz.callbacks.cam.CAMCallback` (declared once: the callback's flat keyword
+    arguments and the YAML presets are these), checked on construction.
 
     Attributes:
-        layers: the resolved ``{name: module}`` to explain.
+        layers: layer names or ``"auto"``, resolved at setup.
         method, aggregate, fc_layer, reshape: see :func:`trainviz.ops.cam.class_activation_maps`.
         target: explain the ``"true"`` class or the ``"predicted"`` one.
         guided: also compute guided Grad-CAM.
+        n_tracked: images in the layer rows and the evolution strip; n_grid: images in the overlay grids.
         deletion_steps: steps of the deletion curve; pointing_tolerance: pixels by which masks grow.
-        n_grid: images in the overlay grids; n_tracked: images in the layer rows and the evolution strip.
         max_strip: most epochs in the evolution strip.
+    """
+
+    layers: Sequence[str] | str = ("auto",)
+    method: str = "gradcam"
+    aggregate: str = "mean"
+    target: str = "true"
+    guided: bool = False
+    n_tracked: int = 4
+    n_grid: int = 16
+    fc_layer: str | None = None
+    deletion_steps: int = 16
+    pointing_tolerance: int = 0
+    max_strip: int = 12
+    reshape: Reshape = None
+
+    def check(self) -> None:
+        if self.fc_layer is not None and (not isinstance(self.fc_layer, str) or self.method != "cam"):
+            got = f"got {self.fc_layer!r} with method={self.method!r}"
+            raise ValueError(f"Expected `fc_layer` to be a layer name used with method='cam', {got}.")
+        if self.reshape is not None and not callable(self.reshape):
+            raise ValueError(
+                f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {self.reshape!r}."
+            )
+        tolerance = self.pointing_tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+            raise ValueError(f"Expected `pointing_tolerance` to be a non-negative int, got {tolerance!r}.")
+        self.set(
+            layers=check_layers("layers", self.layers),
+            method=check_choice("method", self.method, METHODS),
+            aggregate=check_choice("aggregate", self.aggregate, AGGREGATES),
+            target=check_choice("target", self.target, ("true", "predicted")),
+            guided=check_bool("guided", self.guided),
+            n_tracked=check_positive_int("n_tracked", self.n_tracked),
+            n_grid=check_positive_int("n_grid", self.n_grid),
+            deletion_steps=check_positive_int("deletion_steps", self.deletion_steps),
+            max_strip=check_positive_int("max_strip", self.max_strip),
+        )
+
+
+@dataclass
+class CAMConfig:
+    """What a run computes and shows: the options and what setup resolved.
+
+    Attributes:
+        layers: the resolved ``{name: module}`` to explain.
+        options: the user's :class:`CAMOptions`.
         batch_size: images per forward; norm: model inputs back to pixels (``None``: the identity).
         display: how pictures show the inputs (:class:`~trainviz.core.display.Display`; ``None``: ``norm`` undone).
     """
 
     layers: dict[str, nn.Module]
-    method: str = "gradcam"
-    aggregate: str = "mean"
-    target: str = "true"
-    guided: bool = False
-    fc_layer: str | None = None
-    deletion_steps: int = 16
-    pointing_tolerance: int = 0
-    n_grid: int = 16
-    n_tracked: int = 4
-    max_strip: int = 12
+    options: CAMOptions = field(default_factory=CAMOptions)
     batch_size: int = 64
-    reshape: Reshape = None
     norm: Normalization | None = None
     display: Display | None = None
+
+
+@dataclass(frozen=True)
+class CAMPlan:
+    """What a CAM run computes: every map with its localisation and faithfulness scores (CAM has no parts to
+    leave out; a run that does not fit the budget is skipped whole by the callback)."""
+
+    faithfulness: bool = True
 
 
 @dataclass
@@ -253,126 +313,270 @@ class CAMProbeResult(Result):
 
 
 def class_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: CAMConfig) -> CAMResult:
-    """The maps of ``config.layers`` (and guided backpropagation with ``config.guided``) of ``images``.
+    """The maps of ``config.layers`` (and guided backpropagation with ``guided``) of ``images``.
 
     Raises:
         ValueError: the method does not apply to a layer (e.g. CAM without ``layer -> GAP -> linear``), a layer
             gives no feature maps, or the model does not return logits.
     """
-    explain = guided_grad_cam if config.guided else class_activation_maps
+    options = config.options
+    explain = guided_grad_cam if options.guided else class_activation_maps
     return explain(
         model,
         images,
         config.layers,
-        labels if config.target == "true" else "predicted",
-        method=config.method,  # type: ignore[arg-type]
-        aggregate=config.aggregate,  # type: ignore[arg-type]
-        fc_layer=config.fc_layer,
+        labels if options.target == "true" else "predicted",
+        method=options.method,  # type: ignore[arg-type]
+        aggregate=options.aggregate,  # type: ignore[arg-type]
+        fc_layer=options.fc_layer,
         batch_size=config.batch_size,
-        reshape=config.reshape,
+        reshape=options.reshape,
     )
 
 
-def _map_metrics(
-    model: nn.Module,
-    probe: ProbeSet,
-    targets: torch.Tensor,
-    m: torch.Tensor,
-    small: torch.Tensor,
-    previous: torch.Tensor | None,
-    config: CAMConfig,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Metrics of one stack of maps: means (scalars) and per-image values (arrays)."""
-    values, arrays = {}, {}
-    if probe.masks is not None:
-        arrays["pointing_hit"] = pointing_game(m, probe.masks, config.pointing_tolerance)
-        arrays["energy"] = energy_pointing_game(m, probe.masks)
-        values["pointing_game"] = arrays["pointing_hit"].float().mean()
-        values["energy_pointing_game"] = arrays["energy"].mean()
-    batch = config.batch_size
-    arrays["drop"], arrays["increase"] = confidence_change(model, probe.images, m, targets, batch_size=batch)
-    arrays["deletion_curve"], arrays["deletion_auc"] = deletion_curve(
-        model, probe.images, m, targets, steps=config.deletion_steps, batch_size=batch
-    )
-    values["average_drop"] = arrays["drop"].mean()
-    values["increase_in_confidence"] = arrays["increase"].float().mean()
-    values["deletion_auc"] = arrays["deletion_auc"].mean()
-    if previous is not None and previous.shape == small.shape:
-        arrays["drift"] = map_correlation(small.float(), previous.to(small.device).float())
-        values["drift_correlation"] = arrays["drift"].nanmean()
-    return values, arrays
+def _per_image_metrics(
+    model: nn.Module, share: ProbeSet, targets: torch.Tensor, m: torch.Tensor, plan: CAMPlan, config: CAMConfig
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics of one stack of maps of a share (localisation with masks, faithfulness)."""
+    arrays = {}
+    if share.masks is not None:
+        arrays["pointing_hit"] = pointing_game(m, share.masks, config.options.pointing_tolerance)
+        arrays["energy"] = energy_pointing_game(m, share.masks)
+    if plan.faithfulness:
+        batch = config.batch_size
+        arrays["drop"], arrays["increase"] = confidence_change(model, share.images, m, targets, batch_size=batch)
+        arrays["deletion_curve"], arrays["deletion_auc"] = deletion_curve(
+            model, share.images, m, targets, steps=config.options.deletion_steps, batch_size=batch
+        )
+    return arrays
+
+
+_MEANS = {  # per-image array -> the scalar that is its mean over the probe set
+    "pointing_hit": "pointing_game",
+    "energy": "energy_pointing_game",
+    "drop": "average_drop",
+    "increase": "increase_in_confidence",
+    "deletion_auc": "deletion_auc",
+}
+
+
+@dataclass
+class CAMPartial:
+    """What one share computes (CPU tensors, in share order): the maps, their per-image metrics, and the guided
+    Grad-CAM of the share's grid images.
+
+    Shape:
+        maps and small ``{key: (n, H, W)}`` and ``(n, h, w)``, probs ``(n, K)``, targets ``(n,)``, per_image
+        ``{"<metric>/<key>": (n,) or (n, steps + 1)}``, chance ``(n,)`` with masks, guided
+        ``{global index: (C, H, W)}``.
+    """
+
+    maps: dict[str, torch.Tensor]
+    small: dict[str, torch.Tensor]
+    probs: torch.Tensor
+    targets: torch.Tensor
+    per_image: dict[str, torch.Tensor]
+    chance: torch.Tensor | None
+    guided: dict[int, torch.Tensor] | None
+    n_layers: int
+
+
+@dataclass
+class CAMHistory:
+    """What CAM keeps between runs (saved in the callback's checkpoint state): the tracked images' aggregate maps
+    per run (the evolution strip) and the last run's small maps (the drift reference), on the CPU in float16."""
+
+    runs: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    previous: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history_epochs": [e for e, _ in self.runs],
+            "history_maps": torch.stack([m for _, m in self.runs]) if self.runs else None,
+            "previous": dict(self.previous),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        maps = state.get("history_maps")
+        self.runs = [] if maps is None else list(zip(state.get("history_epochs", []), maps.unbind(0)))
+        self.previous = dict(state.get("previous") or {})
+
+    def clear(self) -> None:
+        self.runs, self.previous = [], {}
+
+
+class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
+    """The CAM capability under the compute contract (:mod:`trainviz.core.contract`).
+
+    ``compute`` explains a share's images (one forward and one ``autograd.grad`` per batch, plus the faithfulness
+    forwards) and scores each map per image; ``merge`` concatenates the shares, averages the scores over the whole
+    probe set, measures drift against the previous run and builds the pictures, then records the run in
+    ``history``.
+
+    Args:
+        probe: the whole probe set (on any device: merge reads labels, masks and the grid images).
+        config: the options and the resolved layers.
+        history: kept across runs (a fresh one by default).
+        epoch: the epoch the next merge is for (set by the caller before each run).
+    """
+
+    def __init__(self, probe: ProbeSet, config: CAMConfig, history: CAMHistory | None = None) -> None:
+        super().__init__(probe)
+        self.config = config
+        self.history = history if history is not None else CAMHistory()
+        self.epoch = 0
+
+    def plan(self, credit: Credit) -> CAMPlan | None:
+        self.epoch = credit.epoch
+        return CAMPlan()
+
+    def compute(self, model: nn.Module, share: Share[ProbeSet], plan: CAMPlan, state: Any) -> CAMPartial:
+        data, config = share.data, self.config
+        if len(share) == 0:  # nothing to explain here; merge leaves it out
+            empty = torch.empty(0)
+            return CAMPartial({}, {}, empty, empty.long(), {}, None, None, len(config.layers))
+        result = class_maps(model, data.images, data.labels, config)
+        maps = {**result.maps, "aggregate": result.aggregate}
+        per_image: dict[str, torch.Tensor] = {}
+        for key, m in maps.items():
+            if not (key == "aggregate" and len(result.maps) == 1):  # else the aggregate is the one layer's map
+                arrays = _per_image_metrics(model, data, result.targets, m, plan, config)
+            per_image.update({f"{name}/{key}": v for name, v in arrays.items()})  # one layer: its arrays again
+        chance = None
+        if data.masks is not None:
+            chance = pointing_game_chance(data.masks, config.options.pointing_tolerance)
+        grid = [i - share.start for i in self.grid() if share.start <= i < share.stop]
+        guided = None if result.guided is None else _shown(result.guided_grad_cam[grid], config.display)
+        host = to_host(
+            {
+                "maps": maps,
+                "small": {key: shrink_maps(m, STATE_SIDE) for key, m in maps.items()},
+                "probs": result.logits.float().softmax(1),
+                "targets": result.targets,
+                "per_image": per_image,
+                "chance": chance,
+                "guided": guided,
+            }
+        )
+        return CAMPartial(
+            maps=host["maps"],
+            small=host["small"],
+            probs=host["probs"],
+            targets=host["targets"],
+            per_image=host["per_image"],
+            chance=host["chance"],
+            guided=None if guided is None else {share.start + i: g for i, g in zip(grid, host["guided"])},
+            n_layers=len(result.maps),
+        )
+
+    def grid(self) -> list[int]:
+        """The probe indices shown in the overlay grids (one per class first)."""
+        return example_indices(self.probe.labels, self.config.options.n_grid)
+
+    def merge(self, partials: Sequence[CAMPartial], plan: CAMPlan) -> CAMProbeResult:
+        parts = [p for p in partials if p.targets.shape[0] > 0] or list(partials[:1])
+        first, options, probe = parts[0], self.config.options, self.probe
+
+        def cat(get: Any) -> torch.Tensor:
+            return torch.cat([get(p) for p in parts])
+
+        maps = {key: cat(lambda p, k=key: p.maps[k]) for key in first.maps}
+        small = {key: cat(lambda p, k=key: p.small[k]) for key in first.small}
+        probs, targets = cat(lambda p: p.probs), cat(lambda p: p.targets)
+        per_image = {name: cat(lambda p, n=name: p.per_image[n]) for name in first.per_image}
+        scalars = {"target_probability": probs.gather(1, targets[:, None]).mean()}
+        if first.chance is not None:
+            scalars["pointing_game_chance"] = cat(lambda p: p.chance).mean()
+        for name, values in list(per_image.items()):
+            array, key = name.split("/", 1)
+            if array in _MEANS:
+                value = values.float().mean() if array in ("pointing_hit", "increase") else values.mean()
+                scalars[f"{key}/{_MEANS[array]}"] = value
+        drift = None
+        for key, m in small.items():
+            previous = self.history.previous.get(key)
+            if not (key == "aggregate" and first.n_layers == 1):  # else the one layer's drift again
+                ok = previous is not None and previous.shape == m.shape
+                drift = map_correlation(m.float(), previous.float()) if ok else None  # type: ignore[union-attr]
+            if drift is not None:
+                per_image[f"drift/{key}"] = drift
+                scalars[f"{key}/drift_correlation"] = drift.nanmean()
+        idx = self.grid()
+        names = class_names(probe.class_names, probs.shape[1])
+        labels = probe.labels.cpu()
+        conf, pred = probs[idx].max(1)
+        counts = torch.bincount(labels, minlength=len(names))[: len(names)]  # as class_mean_maps counts
+        grid_labels = [int(v) for v in labels[idx].tolist()]
+        pred_host, conf_host = [int(v) for v in pred.tolist()], conf.tolist()
+        floats = {k: float(v) for k, v in scalars.items()}
+        per_map: dict[str, dict[str, float]] = {}
+        for name in _scalar_order(floats, list(maps), first.n_layers):
+            key, metric = name.rsplit("/", 1)
+            per_map.setdefault(key, {})[metric] = floats[name]
+        guided = None
+        if first.guided is not None:
+            shown = {i: g for p in parts for i, g in (p.guided or {}).items()}
+            guided = torch.stack([shown[i] for i in idx])
+        result = CAMProbeResult(
+            self.epoch,
+            floats["target_probability"],
+            floats.get("pointing_game_chance"),
+            per_map,
+            maps=maps,
+            probs=probs,
+            labels=labels,
+            ids=probe.ids.cpu(),
+            targets=targets,
+            per_image=per_image,
+            small={k: v.half() for k, v in small.items()},
+            pixels=pictures(probe.images[idx].float(), self.config.norm, self.config.display),
+            grid=idx,
+            captions=[
+                f"true {names[t]}\npred {names[p]} {c:.2f}" for t, p, c in zip(grid_labels, pred_host, conf_host)
+            ],
+            grid_labels=grid_labels,
+            correct=[t == p for t, p in zip(grid_labels, pred_host)],
+            names=names,
+            counts=[int(n) for n in counts.tolist()],
+            guided=guided,
+            n_rows=min(options.n_tracked, len(idx)),
+            n_layers=first.n_layers,
+        )
+        self.history.previous = result.small
+        tracked = example_indices(probe.labels, options.n_tracked)
+        self.history.runs.append((self.epoch, result.small["aggregate"][tracked]))
+        return result
+
+    def evolution(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Fit end: the strip of the ``n_tracked`` images' aggregated maps across at most ``max_strip`` evenly spaced
+        runs, and the arrays of ``evolution.npz`` (``maps`` ``(epochs, n_tracked, h, w)``, ``epochs``, ``ids``);
+        ``None`` before the first run."""
+        if not self.history.runs:
+            return None
+        return evolution(self.history.runs, self.probe, self.config)
+
+
+def _scalar_order(floats: dict[str, float], keys: list[str], n_layers: int) -> list[str]:
+    """The per-map scalar names in the order one process has always recorded them: per map key, localisation,
+    faithfulness, then drift."""
+    metrics = ["pointing_game", "energy_pointing_game", "average_drop", "increase_in_confidence", "deletion_auc"]
+    metrics.append("drift_correlation")
+    return [f"{k}/{m}" for k in keys for m in metrics if f"{k}/{m}" in floats]
 
 
 def compute(
     model: nn.Module, probe: ProbeSet, config: CAMConfig, *, epoch: int, previous: dict[str, torch.Tensor] | None = None
 ) -> CAMProbeResult:
-    """One run: the maps of every layer and their aggregate, localisation (with masks) and faithfulness scores,
-    drift against ``previous`` (the last run's ``small`` maps), and what to show; one device-to-host copy.
+    """One run in one process (:class:`CAMProbe` with the whole set as one share): the maps of every layer and
+    their aggregate, localisation (with masks) and faithfulness scores, drift against ``previous`` (the last run's
+    ``small`` maps), and what to show.
 
     Raises:
         ValueError: see :func:`class_maps`.
     """
-    result = class_maps(model, probe.images, probe.labels, config)
-    maps = {**result.maps, "aggregate": result.aggregate}
-    small = {key: shrink_maps(m, STATE_SIDE) for key, m in maps.items()}
-    probs = result.logits.float().softmax(1)
-    scalars = {"target_probability": probs.gather(1, result.targets[:, None]).mean()}
-    if probe.masks is not None:
-        scalars["pointing_game_chance"] = pointing_game_chance(probe.masks, config.pointing_tolerance).mean()
-    per_image: dict[str, torch.Tensor] = {}
-    for key, m in maps.items():
-        if not (key == "aggregate" and len(result.maps) == 1):  # else the aggregate is the one layer's map
-            values, arrays = _map_metrics(
-                model, probe, result.targets, m, small[key], (previous or {}).get(key), config
-            )
-        scalars.update({f"{key}/{name}": v for name, v in values.items()})
-        per_image.update({f"{name}/{key}": v for name, v in arrays.items()})
-    idx = example_indices(probe.labels, config.n_grid)
-    names = class_names(probe.class_names, result.logits.shape[1])
-    conf, pred = probs[idx].max(1)
-    counts = torch.bincount(probe.labels, minlength=len(names))[: len(names)]  # as class_mean_maps counts
-    host = to_cpu(
-        {
-            **{f"scalar/{k}": v.float() for k, v in scalars.items()},
-            **{f"small/{k}": v for k, v in small.items()},
-            "labels": probe.labels[idx],
-            "pred": pred,
-            "conf": conf,
-            "counts": counts,
-        }
-    )
-    labels = [int(v) for v in host["labels"].tolist()]
-    pred_host, conf_host = [int(v) for v in host["pred"].tolist()], host["conf"].tolist()
-    floats = {k: float(host[f"scalar/{k}"]) for k in scalars}
-    per_map: dict[str, dict[str, float]] = {}
-    for name, value in floats.items():
-        if "/" in name:
-            key, metric = name.rsplit("/", 1)
-            per_map.setdefault(key, {})[metric] = value
-    pixels = probe.images[idx].float()
-    return CAMProbeResult(
-        epoch,
-        floats["target_probability"],
-        floats.get("pointing_game_chance"),
-        per_map,
-        maps=maps,
-        probs=probs,
-        labels=probe.labels,
-        ids=probe.ids,
-        targets=result.targets,
-        per_image=per_image,
-        small={k: torch.from_numpy(host[f"small/{k}"]).half() for k in small},
-        pixels=pictures(pixels, config.norm, config.display),
-        grid=idx,
-        captions=[f"true {names[t]}\npred {names[p]} {c:.2f}" for t, p, c in zip(labels, pred_host, conf_host)],
-        grid_labels=labels,
-        correct=[t == p for t, p in zip(labels, pred_host)],
-        names=names,
-        counts=[int(n) for n in host["counts"].tolist()],
-        guided=None if result.guided is None else _shown(result.guided_grad_cam[idx], config.display),
-        n_rows=min(config.n_tracked, len(idx)),
-        n_layers=len(result.maps),
-    )
+    result = CAMProbe(probe, config, CAMHistory(previous=dict(previous or {}))).run(model, Credit(epoch=epoch))
+    assert result is not None  # CAM always plans a run
+    return result
 
 
 def _shown(tensor: torch.Tensor, display: Display | None) -> torch.Tensor:
@@ -386,10 +590,10 @@ def evolution(
     """Fit end: the strip of the ``n_tracked`` images' aggregated maps across at most ``max_strip`` evenly spaced
     runs of ``history`` (``(epoch, maps)`` pairs), and the arrays of ``evolution.npz`` (``maps``
     ``(epochs, n_tracked, h, w)``, ``epochs``, ``ids``)."""
-    idx = example_indices(probe.labels, config.n_tracked)
+    idx = example_indices(probe.labels, config.options.n_tracked)
     epochs = [e for e, _ in history]
     stack = torch.stack([m for _, m in history])
-    keep = strip_epochs(list(range(len(epochs))), config.max_strip)
+    keep = strip_epochs(list(range(len(epochs))), config.options.max_strip)
     names = class_names(probe.class_names, probe.num_classes)
     pixels = probe.images[idx].float()
     strip = evolution_strip(
@@ -398,4 +602,4 @@ def evolution(
         [epochs[i] for i in keep],
         [names[c] for c in probe.labels[idx].tolist()],
     )
-    return strip, {"maps": stack, "epochs": np.asarray(epochs), "ids": probe.ids[idx]}
+    return strip, {"maps": stack, "epochs": np.asarray(epochs), "ids": probe.ids[idx].cpu()}
