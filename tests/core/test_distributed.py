@@ -1,0 +1,82 @@
+"""The contract's collectives with three real gloo processes: plan broadcast, partials gathered in rank order,
+one agreed failure; and CAM computed in three processes' shares equals CAM in one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from trainviz.core.contract import Credit, Share
+from trainviz.core.distributed import Collective
+from trainviz.core.probeset import ProbeSet
+from trainviz.probes.cam import CAMConfig, CAMOptions, CAMProbe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)
+    ).eval()
+
+
+def _probe() -> ProbeSet:
+    g = torch.Generator().manual_seed(1)
+    return ProbeSet(torch.rand(5, 3, 10, 10, generator=g), torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        c = Collective(world, rank)
+        plan = c.broadcast({"rows": [3, 1]} if rank == 0 else "not rank 0's")
+        gathered = c.gather({"rank": rank, "t": torch.full((rank + 1,), float(rank))})
+        agreed = (c.all_ok(True), c.all_ok(rank == 0))
+        model, probe = _net(), _probe()
+        prober = CAMProbe(probe, CAMConfig({"0": model[0]}, CAMOptions(deletion_steps=2, n_grid=4)))
+        cam_plan = c.broadcast(prober.plan(Credit(epoch=3)))
+        part = prober.compute(model, Share.of(probe, world, rank), cam_plan, c.broadcast(prober.state()))
+        parts = c.gather(part)
+        record = prober.merge(parts, cam_plan).record() if c.is_zero else None
+        if c.is_zero:
+            torch.save({"plan": plan, "gathered": gathered, "agreed": agreed, "record": record}, out)
+        else:
+            torch.save({"plan": plan, "gathered": gathered, "agreed": agreed}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+def test_three_gloo_processes_broadcast_gather_agree_and_merge_cam(tmp_path):
+    out = str(tmp_path / "zero.pt")
+    mp.spawn(_worker, args=(3, _free_port(), out), nprocs=3, join=True)
+    zero, one = torch.load(out, weights_only=False), torch.load(f"{out}.1", weights_only=False)
+    assert zero["plan"] == one["plan"] == {"rows": [3, 1]}
+    assert [g["rank"] for g in zero["gathered"]] == [0, 1, 2] and one["gathered"] is None
+    assert torch.equal(zero["gathered"][2]["t"], torch.full((3,), 2.0))
+    assert zero["agreed"] == one["agreed"] == (True, False)  # rank 1 and 2's False is everyone's
+    model, probe = _net(), _probe()
+    alone = CAMProbe(probe, CAMConfig({"0": model[0]}, CAMOptions(deletion_steps=2, n_grid=4)))
+    expected = alone.run(model, Credit(epoch=3)).record()
+    assert zero["record"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert zero["record"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_one_process_is_local():
+    c = Collective.of(type("T", (), {"world_size": 4, "global_rank": 2})())  # no process group: alone
+    assert (c.world, c.rank, c.is_zero) == (1, 0, True)
+    assert c.gather(1) == [1] and c.broadcast(2) == 2 and not c.all_ok(False)
