@@ -23,7 +23,7 @@ from trainviz.core.hooks import count_hooks
 from trainviz.core.outputs import LogitsModel
 from trainviz.ops.occlusion import occlusion
 from trainviz.ops.saliency import saliency, saliency_map
-from trainviz.probes.saliency import SaliencyConfig, compute, run_seed
+from trainviz.probes.saliency import SaliencyConfig, SaliencyProbe, compute, run_seed
 from trainviz.render.images import to_uint8, upscale
 
 SMALL = dict(probe_size=12, deletion_steps=2, smoothgrad_samples=3, ig_steps=3, sanity_images=3, n_grid=4, strict=True)
@@ -147,7 +147,7 @@ def test_a_sanity_run_leaves_the_training_model_and_the_random_stream(tmp_path, 
     assert all(p.grad is None for p in model.parameters())
     # the probe itself, outside the guard: the cascade's re-initialisation and the noise use private generators
     model.eval()
-    config = cb._config(3)
+    config = cb.prober.config
     probe = cb.device_probe(model)
     rng = torch.get_rng_state()
     result = compute(LogitsModel(model), probe, config, epoch=3, sanity=True)
@@ -323,7 +323,7 @@ def test_the_record_reads_back_and_every_report_curve_points_at_a_recorded_value
     masks = torch.zeros(6, 8, 8, dtype=torch.bool)
     masks[:, 2:5, 2:5] = True
     probe = ProbeSet(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6), masks=masks)
-    config = SaliencyConfig(("gradient", "deconvnet", "occlusion"), deletion_steps=2, occlusion_window=4,
+    config = SaliencyConfig(methods=("gradient", "deconvnet", "occlusion"), deletion_steps=2, occlusion_window=4,
                             sanity_images=2, sanity_layers=randomizable_layers(net), n_grid=3)  # fmt: skip
     plain = compute(net, probe, config, epoch=0, sanity=False)
     checked = compute(net, probe, config, epoch=1, sanity=True)
@@ -347,15 +347,19 @@ def test_the_record_reads_back_and_every_report_curve_points_at_a_recorded_value
 
 
 def test_under_a_budget_a_sanity_run_that_does_not_fit_drops_its_checks_first():
+    # the plan is typed: the whole run (True) is the plan with the checks due, "maps" the one without them
     cb = SaliencyCallback(sanity_every=2)
-    cb.done_epochs, cb.sanity_epochs = [0, 1], [0]
-    assert cb._sanity_due()
-    cb._costs = {"sanity": 10.0, "maps": 1.0}
-    assert cb._plan(20.0, False, 2) is True
-    assert cb._plan(2.0, False, 2) == "maps"
+    cb.prober = SaliencyProbe(None, SaliencyConfig(**cb.options.asdict()), cb.history)  # planning needs no images
+    history = cb.history
+    history.runs, cb.sanity_epochs = [0, 1], [0]
+    assert history.sanity_due(cb.sanity_every)
+    cb.prober.costs = {"sanity": 10.0, "maps": 1.0}
+    assert cb._plan(20.0, False, 2).sanity is True
+    assert cb._plan(2.0, False, 2).sanity is False
+    assert [what for what, _ in cb.prober.skipped] == ["sanity"]
     assert cb._plan(0.5, False, 2) is None
-    assert cb._plan(0.5, True, 2) is True  # first and last runs are essential
-    cb.done_epochs = [0, 1, 2]  # the checks skipped at epoch 2 come at the next run
-    assert cb._sanity_due()
-    cb.done_epochs, cb.sanity_epochs = [0, 1, 2], [0, 2]
-    assert not cb._sanity_due() and cb._plan(2.0, False, 3) is True
+    assert cb._plan(0.5, True, 2).sanity is True  # first and last runs are essential
+    history.runs = [0, 1, 2]  # the checks skipped at epoch 2 come at the next run
+    assert history.sanity_due(cb.sanity_every)
+    history.runs, cb.sanity_epochs = [0, 1, 2], [0, 2]
+    assert not history.sanity_due(cb.sanity_every) and cb._plan(2.0, False, 3).sanity is False

@@ -3,32 +3,35 @@ deconvolution, guided backpropagation and occlusion sensitivity, as Fleuret's EE
 and integrated gradients), scored for faithfulness (deletion, insertion), localisation (pointing game) and by the
 sanity checks of Adebayo et al. 2018 (cascading randomisation, random logit).
 
-The computation is :mod:`trainviz.probes.saliency`; this module is the Lightning lifecycle around it.
+The computation is :mod:`trainviz.probes.saliency` (options, plan, compute of a share, merge); this module is the
+Lightning lifecycle around it: it plans, computes, merges and writes.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.checks import check_bool, check_choice, check_float, check_int, check_positive_int
+from trainviz.core.checks import check_float
+from trainviz.core.contract import Credit, Share
 from trainviz.core.guard import probe_guard
-from trainviz.ops.sanity import cascade_steps, randomizable_layers, randomization_blocks
-from trainviz.probes.saliency import METHODS, SaliencyConfig, attribute, compute, evolution, run_seed
+from trainviz.probes.saliency import (
+    Method,
+    SaliencyConfig,
+    SaliencyHistory,
+    SaliencyOptions,
+    SaliencyPlan,
+    SaliencyProbe,
+    evolution,
+)
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 __all__ = ["SaliencyCallback"]
-
-Method = Literal[
-    "gradient", "input_x_gradient", "smoothgrad", "deconvnet", "guided_backprop", "integrated_gradients", "occlusion"
-]
 
 
 class SaliencyCallback(ProbeCallback):
@@ -50,8 +53,9 @@ class SaliencyCallback(ProbeCallback):
     PIXELS (the normalisation undone), scaled per map by its 99th percentile. Deletion and insertion replace
     pixels by 0 in model-input space (the mean colour for normalised inputs), as the CAM callback does;
     integrated gradients start from that same 0. SmoothGrad noise and the sanity re-initialisation come from
-    private generators seeded from ``probe_seed`` and the epoch (:func:`trainviz.probes.saliency.run_seed`);
-    the training model and the global random streams are never changed.
+    private generators seeded from ``probe_seed`` and the epoch (:func:`trainviz.probes.saliency.run_seed`), each
+    image's noise and random class those of its place in the probe set; the training model and the global random
+    streams are never changed.
 
     The sanity checks (Adebayo et al. 2018): the Spearman rank correlation of each map with the map of the
     model whose layers are re-initialised (``reset_parameters()``) from the output down, cumulatively, and with
@@ -66,6 +70,9 @@ class SaliencyCallback(ProbeCallback):
     of the input), plain gradients do. On the demo CNN trained 6 epochs, after re-initialising its classifier:
     guided backprop 0.84, gradient 0.56, and deconvnet 0.44 (on these small nets deconvnet decorrelates like the
     gradient; see :mod:`trainviz.ops.sanity`).
+
+    The options below are :class:`~trainviz.probes.saliency.SaliencyOptions` (``cb.options``, also read as
+    attributes: ``cb.methods``), checked there; past the first three, the arguments are keyword-only.
 
     Logged keys (step = epoch index; ``<method>`` each of ``methods``, ``<layer>`` each step of the cascade, top
     down: a block's name (``net.layer4``), a group's names joined by ``+``, or with ``sanity_steps="layers"`` each
@@ -163,6 +170,7 @@ class SaliencyCallback(ProbeCallback):
         methods: Sequence[Method] = ("gradient", "smoothgrad", "guided_backprop"),
         target: Literal["true", "predicted"] = "true",
         smoothgrad_samples: int = 16,
+        *,
         smoothgrad_sigma: float = 0.15,
         ig_steps: int = 16,
         occlusion: bool = True,
@@ -181,44 +189,35 @@ class SaliencyCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
-        if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
-            raise ValueError(f"Expected `methods` to be a non-empty list of {', '.join(map(repr, METHODS))}; "
-                             f"got {methods!r}.")  # fmt: skip
-        chosen = [check_choice("methods", m, METHODS) for m in methods]
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"Expected `methods` to be distinct, got {list(methods)!r}.")
-        self.occlusion = check_bool("occlusion", occlusion)
-        if "occlusion" in chosen and not occlusion:
-            raise ValueError("Expected `occlusion=True` when `methods` lists 'occlusion', got occlusion=False.")
-        self.methods = tuple(chosen + (["occlusion"] if occlusion and "occlusion" not in chosen else []))
-        self.target = check_choice("target", target, ("true", "predicted"))
-        self.smoothgrad_samples = check_positive_int("smoothgrad_samples", smoothgrad_samples)
-        self.smoothgrad_sigma = check_float("smoothgrad_sigma", smoothgrad_sigma, minimum=0)
-        self.ig_steps = check_positive_int("ig_steps", ig_steps)
-        self.occlusion_window = check_positive_int("occlusion_window", occlusion_window)
-        self.occlusion_stride = check_positive_int("occlusion_stride", occlusion_stride)
-        self.occlusion_baseline = (
+        self.options = SaliencyOptions.pick(locals())
+        if self.pixels:  # a pixel value; without photos a value in model-input space
             check_float("occlusion_baseline", occlusion_baseline, minimum=0, maximum=1)
-            if self.pixels
-            else check_float("occlusion_baseline", occlusion_baseline)
-        )
-        self.deletion_steps = check_positive_int("deletion_steps", deletion_steps)
-        self.sanity_every = check_int("sanity_every", sanity_every, minimum=0)
-        self.sanity_images = check_positive_int("sanity_images", sanity_images)
-        self.sanity_steps = check_choice("sanity_steps", sanity_steps, ("blocks", "layers"))
-        self.sanity_groups = _check_groups(sanity_groups)
-        if self.sanity_groups is not None and self.sanity_steps == "layers":
-            raise ValueError(
-                "Expected `sanity_groups` with sanity_steps='blocks' (the groups are the blocks), got 'layers'."
-            )
-        self.n_grid = check_positive_int("n_grid", n_grid)
-        self.n_tracked = check_positive_int("n_tracked", n_tracked)
-        self.max_strip = check_positive_int("max_strip", max_strip)
-        self._costs: dict[str, float] = {}  # seconds of the last run with ("sanity") and without ("maps") checks
-        self._sanity_layers: list[str] = []  # the cascade's step names, top down (setup)
-        self._sanity_members: list[list[str]] | None = None  # the modules of each step (blocks or groups; setup)
-        self.sanity_epochs: list[int] = []
-        self._history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (epoch, {method: tracked maps}), CPU fp16
+        self.history = SaliencyHistory()  # the runs so far (state): the probe adds to it
+        self.prober: SaliencyProbe | None = None  # at setup
+
+    def __getattr__(self, name: str) -> Any:  # the options read as attributes (`cb.methods`)
+        options = self.__dict__.get("options")
+        if options is not None and name in options.names():
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def sanity_epochs(self) -> list[int]:
+        """The epochs whose runs had the sanity checks."""
+        return self.history.sanity_epochs
+
+    @sanity_epochs.setter
+    def sanity_epochs(self, epochs: list[int]) -> None:
+        self.history.sanity_epochs = list(epochs)
+
+    @property
+    def _history(self) -> list[tuple[int, dict[str, Any]]]:
+        return self.history.tracked
+
+    @property
+    def _sanity_layers(self) -> list[str]:
+        """The cascade's steps, top down (known at setup)."""
+        return [] if self.prober is None else list(self.prober.config.sanity_layers or [])
 
     # identity & state ------------------------------------------------------------------------------
     @override
@@ -227,144 +226,55 @@ class SaliencyCallback(ProbeCallback):
 
     @override
     def _extra_state(self) -> dict[str, Any]:
-        return {
-            "history_epochs": [e for e, _ in self._history],
-            "history_maps": {m: torch.stack([h[m] for _, h in self._history]) for m in self._history_methods()},
-            "sanity_epochs": list(self.sanity_epochs),
-        }
+        return self.history.state()
 
     @override
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        maps = state.get("history_maps") or {}
-        epochs = state.get("history_epochs", [])
-        self._history = [(e, {m: v[i] for m, v in maps.items()}) for i, e in enumerate(epochs)]
-        self.sanity_epochs = list(state.get("sanity_epochs", []))
+        self.history.load(state)
 
     @override
     def _on_probe_changed(self) -> None:
-        self._history = []
+        self.history.tracked.clear()
 
     @override
     def _describe(self) -> str:
         return f"callback {self.name}, methods {list(self.methods)}"
 
-    def _history_methods(self) -> list[str]:
-        return [m for m in self.methods if self._history and all(m in h for _, h in self._history)]
-
     # setup and running -----------------------------------------------------------------------------
-    def _config(self, epoch: int = 0) -> SaliencyConfig:
-        return SaliencyConfig(
-            self.methods,
-            self.target,
-            self.smoothgrad_samples,
-            self.smoothgrad_sigma,
-            self.ig_steps,
-            self.occlusion_window,
-            self.occlusion_stride,
-            self.occlusion_baseline,
-            self.deletion_steps,
-            self.sanity_images,
-            self._sanity_layers,
-            self.n_grid,
-            self.n_tracked,
-            self.max_strip,
-            self.batch_size,
-            self.norm,
-            run_seed(self.probe_seed, epoch),
-            self.display,
-            sanity_groups=self._sanity_members,
-            sanity_mode="groups" if self.sanity_groups is not None else self.sanity_steps,
-        )
-
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        h, w = self.probe.images.shape[-2:]
-        if "occlusion" in self.methods and self.occlusion_window > min(h, w):
-            raise ValueError(
-                f"Expected `occlusion_window` <= the probe images' side {min(h, w)} (images {h}x{w}), "
-                f"got {self.occlusion_window}."
-            )
-        example = self.example_batch(pl_module)
-        labels = self.probe.labels[: example.shape[0]].to(example.device)
-        config = self._config()
-        config.smoothgrad_samples, config.ig_steps = 1, 1
-        model = self.logits_model(pl_module)
-        with probe_guard(pl_module):
-            for method in self.methods:  # raises if a method or `output=` does not apply
-                attribute(model, example, labels, method, config)
-        if self.sanity_groups is not None:  # raises, before the first epoch, with the valid names
-            steps = cascade_steps(model, self.sanity_groups)
-        elif self.sanity_steps == "blocks":
-            steps = randomization_blocks(model)
-        else:
-            steps = None
-        self._sanity_layers = randomizable_layers(model) if steps is None else [name for name, _ in steps]
-        self._sanity_members = None if steps is None else [members for _, members in steps]
-
-    def _sanity_due(self) -> bool:
-        """The first run, then once ``sanity_every`` runs have passed since the last sanity run (every K-th run;
-        a sanity part skipped under a budget comes at the next run)."""
-        if self.sanity_every == 0:
-            return False
-        if not self.sanity_epochs:
-            return True
-        return sum(e > self.sanity_epochs[-1] for e in self.done_epochs) + 1 >= self.sanity_every
+        config = SaliencyConfig(
+            **self.options.asdict(),
+            batch_size=self.batch_size,
+            norm=self.norm,
+            display=self.display,
+            probe_seed=self.probe_seed,
+        )
+        self.prober = SaliencyProbe(self.device_probe(pl_module), config, self.history)
+        with probe_guard(pl_module):  # raises, before the first epoch, if a method or a sanity group does not apply
+            self.prober.prepare(self.logits_model(pl_module))
 
     @override
-    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
-        """Under a budget: the whole run if its last cost (sanity runs and plain runs timed apart) fits the
-        credit, else the maps without the sanity checks (``"maps"``, logged as a skipped part), else nothing."""
-        if credit is None:
-            return True
-        sanity = self._sanity_due()
-        cost = self._costs.get("sanity" if sanity else "maps")
-        if essential or cost is None or cost <= credit:
-            return True
-        maps = self._costs.get("maps")
-        if sanity and (maps is None or maps <= credit):
-            self._skip(epoch, "sanity", f"the last sanity run took {cost:.2f} s, credit {credit:.2f} s")
-            return "maps"
-        self._skip(epoch, "run", f"the last run took {cost:.2f} s, credit {credit:.2f} s")
-        return None
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> SaliencyPlan | None:
+        """The probe's plan (:meth:`~trainviz.probes.saliency.SaliencyProbe.plan`); under a budget a sanity run
+        that does not fit runs without its checks, logged as a skipped part."""
+        plan = self.prober.plan(Credit(credit, essential, epoch))
+        for what, reason in self.prober.skipped:
+            self._skip(epoch, what, reason)
+        return plan
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        start = time.perf_counter()
-        sanity = self._sanity_due() and self.plan is True
-        probe = self.device_probe(pl_module)
-        result = compute(self.logits_model(pl_module), probe, self._config(epoch), epoch=epoch, sanity=sanity)
-        self.sink.write(result)
-        self._history.append((epoch, dict(result.tracked or {})))
-        if sanity:
-            self.sanity_epochs.append(epoch)
-        self._costs["sanity" if sanity else "maps"] = time.perf_counter() - start
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._history:
+        if not self.history.tracked or self.prober is None:
             return
-        strips, arrays = evolution(self._history, self.probe, self._config())
-        last = self._history[-1][0]
+        strips, arrays = evolution(self.history.tracked, self.probe, self.prober.config)
+        last = self.history.tracked[-1][0]
         for method, strip in strips.items():
             self.sink.image(f"{method}/evolution", strip, last, artifact=True)
         self.sink.npz(last, "evolution", **arrays)
-
-
-def _check_groups(groups: Any) -> list[list[str]] | None:
-    """``sanity_groups`` as a list of non-empty lists of distinct module names (the names are checked at setup)."""
-    if groups is None:
-        return None
-    what = 'a non-empty list of non-empty lists of module names, e.g. [["net.fc"], ["net.layer4"]]'
-    if isinstance(groups, str) or not isinstance(groups, Sequence) or not groups:
-        raise ValueError(f"Expected `sanity_groups` to be {what}, got {groups!r}.")
-    out = []
-    for group in groups:
-        if isinstance(group, str) or not isinstance(group, Sequence) or not group:
-            raise ValueError(f"Expected `sanity_groups` to be {what}, got the group {group!r}.")
-        if any(not isinstance(name, str) for name in group):
-            raise ValueError(f"Expected `sanity_groups` to be {what}, got the group {group!r}.")
-        out.append(list(group))
-    names = [name for group in out for name in group]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Expected each name once in `sanity_groups`, got {out!r}.")
-    return out

@@ -16,7 +16,8 @@ Methods (``METHODS``):
   ``sigma_i = sigma * (x_i.max() - x_i.min())`` per image ("a fraction of the gap between the max and the min
   of the pixel values"); the noise comes from ``generator`` (default: a fresh one seeded 0, never the global
   RNG), drawn per image as ``(samples, C, H, W)`` in image order, so the result does not depend on
-  ``batch_size``,
+  ``batch_size``; with ``positions`` an image gets the draw of its place in a larger set (a process's share
+  gets the noise the whole set would give it),
 * ``"deconvnet"`` / ``"guided_backprop"``: the gradient with the deconvnet / guided ReLU rule of
   :func:`trainviz.ops.guided.relu_rule` (Captum ``Deconvolution`` / ``GuidedBackprop``, which only see
   ``nn.ReLU`` modules; here functional relus follow the rule too),
@@ -44,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -66,14 +67,7 @@ __all__ = [
 SaliencyMethod = Literal[
     "gradient", "input_x_gradient", "smoothgrad", "deconvnet", "guided_backprop", "integrated_gradients"
 ]
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "input_x_gradient",
-    "smoothgrad",
-    "deconvnet",
-    "guided_backprop",
-    "integrated_gradients",
-)
+METHODS: tuple[str, ...] = get_args(SaliencyMethod)
 _RULES = {"deconvnet": "deconvnet", "guided_backprop": "guided"}
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -143,6 +137,7 @@ def saliency(
     baseline: float | torch.Tensor = 0.0,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    positions: torch.Tensor | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Raw signed attribution of each image's target logit, in model-input space.
 
@@ -161,6 +156,9 @@ def saliency(
             images' device. The global RNG is never used.
         batch_size: at most this many rows (images, noisy copies or path points) per forward; ``None``:
             :func:`default_rows` (about ``2**19`` input elements per forward on the CPU, ``2**24`` elsewhere).
+        positions: each image's place in the noise stream, increasing (``"smoothgrad"``; ``None``: ``0..N-1``):
+            image ``i`` gets the ``positions[i]``-th per-image draw of ``generator``, the draws between are made
+            and dropped. A part of a set given its places gets the noise the whole set gives those images.
 
     Returns:
         The attributions, same shape, dtype and device as ``images``.
@@ -208,7 +206,7 @@ def saliency(
                     grads[lo:hi] = _input_gradient(model, x[lo:hi], t[lo:hi], rule)
             return x * grads if method == "input_x_gradient" else grads
         if method == "smoothgrad":
-            return _smoothgrad(model, x, t, samples, sigma, generator, batch_size)
+            return _smoothgrad(model, x, t, samples, sigma, generator, batch_size, _positions(positions, x))
         return _integrated_gradients(model, x, t, steps, baseline, batch_size)
 
 
@@ -291,6 +289,16 @@ def _check_range(t: torch.Tensor, num_classes: int) -> None:
         )
 
 
+def _positions(positions: torch.Tensor | Sequence[int] | None, x: torch.Tensor) -> list[int]:
+    n = x.shape[0]
+    if positions is None:
+        return list(range(n))
+    out = [int(p) for p in (positions.tolist() if isinstance(positions, torch.Tensor) else positions)]
+    if len(out) != n or any(b <= a for a, b in zip(out, out[1:])) or (out and out[0] < 0):
+        raise ValueError(f"Expected `positions` to be {n} increasing non-negative ints (one per image), got {out}.")
+    return out
+
+
 def _chunks(rows: int, batch_size: int | None) -> Iterator[tuple[int, int]]:
     step = rows if batch_size is None else batch_size
     for lo in range(0, rows, step):
@@ -319,10 +327,21 @@ def _smoothgrad(
     sigma: float,
     generator: torch.Generator | None,
     batch_size: int | None,
+    positions: list[int],
 ) -> torch.Tensor:
     n = x.shape[0]
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
+    drawn = 0  # per-image draws made so far (the stream's place)
+
+    def draw(place: int) -> torch.Tensor:
+        nonlocal drawn
+        while True:  # the draws of the places before `place` are made and dropped
+            e = torch.randn((samples, *x.shape[1:]), generator=generator, device=generator.device, dtype=x.dtype)
+            drawn += 1
+            if drawn > place:
+                return e
+
     scale = sigma * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))  # (N,) on the device
     total = torch.zeros_like(x)
     noise: dict[int, torch.Tensor] = {}  # per image (samples, C, H, W), drawn in image order
@@ -330,8 +349,7 @@ def _smoothgrad(
         parts, owners = [], []
         for i in range(lo // samples, (hi - 1) // samples + 1):
             if i not in noise:
-                e = torch.randn((samples, *x.shape[1:]), generator=generator, device=generator.device, dtype=x.dtype)
-                noise[i] = e.to(x.device) * scale[i]
+                noise[i] = draw(positions[i]).to(x.device) * scale[i]
             a, b = max(lo, i * samples) - i * samples, min(hi, (i + 1) * samples) - i * samples
             parts.append(x[i] + noise[i][a:b])
             owners.append(b - a)

@@ -322,8 +322,17 @@ def cascading_randomization(
     return out
 
 
-def random_classes(targets: torch.Tensor, num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_classes(
+    targets: torch.Tensor,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    positions: torch.Tensor | Sequence[int] | None = None,
+) -> torch.Tensor:
     """One class per image drawn uniformly among the ``num_classes - 1`` classes other than its target.
+
+    The draw is one vector, image ``i`` taking its element ``i``; with ``positions`` (each image's place in a
+    larger set, ``None``: ``0..N-1``) the vector is drawn for ``max(positions) + 1`` images and image ``i``
+    takes element ``positions[i]``, so a part of a set gets the classes the whole set gives those images.
 
     Shape:
         ``(N,)`` -> ``(N,)`` on the targets' device
@@ -340,7 +349,12 @@ def random_classes(targets: torch.Tensor, num_classes: int, generator: torch.Gen
     if targets.dim() != 1 or targets.is_floating_point():
         raise ValueError(f"Expected integer `targets` of shape (N,), got {targets.dtype} {tuple(targets.shape)}.")
     where = generator.device if generator is not None else torch.device("cpu")
-    draw = torch.randint(0, num_classes - 1, targets.shape, generator=generator, device=where).to(targets.device)
+    places = None if positions is None else torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if places is not None and (places.numel() != targets.numel() or (places.numel() and places.min() < 0)):
+        raise ValueError(f"Expected `positions` to be {targets.numel()} non-negative ints, got {places.tolist()}.")
+    size = targets.shape if places is None else (int(places.max()) + 1 if places.numel() else 0,)
+    draw = torch.randint(0, num_classes - 1, size, generator=generator, device=where)
+    draw = (draw if places is None else draw[places.to(where)]).to(targets.device)
     return draw + (draw >= targets).long()
 
 
@@ -352,10 +366,12 @@ def random_logit(
     *,
     num_classes: int,
     generator: torch.Generator | None = None,
+    positions: torch.Tensor | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The random-logit test's maps: ``explain`` for a random class other than each image's target
-    (:func:`random_classes` from ``generator``). Their :func:`spearman` correlation with the maps of the targets
-    is the score: near 1, the method does not depend on the class it explains.
+    (:func:`random_classes` from ``generator``, for the images at ``positions`` of a larger set when given).
+    Their :func:`spearman` correlation with the maps of the targets is the score: near 1, the method does not
+    depend on the class it explains.
 
     Quantus' ``RandomLogit`` draws the other class the same way (uniformly among the others) from numpy's global
     generator and compares by SSIM; here the draw comes from ``generator`` and the comparison is the caller's.
@@ -363,4 +379,4 @@ def random_logit(
     Shape:
         images ``(N, C, H, W)``, targets ``(N,)`` -> maps as ``explain`` returns, e.g. ``(N, H, W)``
     """
-    return explain(model, images, random_classes(targets, num_classes, generator))
+    return explain(model, images, random_classes(targets, num_classes, generator, positions))
