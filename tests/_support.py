@@ -32,7 +32,12 @@ def all_callbacks(kind: str = "cnn"):
 
 
 def suite_options(kind: str = "cnn") -> dict[str, dict]:
-    """Per-callback small settings for tests; the manifest takes no probe options."""
+    """Small settings for every registered probe callback (``trainviz.callbacks.registry``) that applies to the demo
+    model ``kind`` (the decoder maps need the class-map model): the ones below, else the callback's defaults. The
+    manifest takes no probe options."""
+    from trainviz.callbacks.base import ProbeCallback
+    from trainviz.callbacks.registry import callback_classes
+
     cam_layers = ["net.features.1", "net.features"] if kind == "cnn" else ["net.encoder.layer2", "net.encoder"]
     embed_layers = ["net.features", "net.fc"] if kind == "cnn" else ["net.encoder", "net.decoder.flatten"]
     options = {
@@ -56,9 +61,8 @@ def suite_options(kind: str = "cnn") -> dict[str, dict]:
             "occlusion_stride": 8,
         },
     }
-    if kind == "classmap":
-        options["decoder_maps"] = {}
-    return options
+    every = [cls.name for cls in callback_classes() if issubclass(cls, ProbeCallback)]
+    return {name: options.get(name, {}) for name in every if kind == "classmap" or name != "decoder_maps"}
 
 
 def make_trainer(root, callbacks=(), max_epochs: int = 2, **kwargs):

@@ -15,64 +15,49 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from trainviz._lazy import lazy_exports
+from trainviz.callbacks.registry import CALLBACKS
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CAMCallback": "trainviz.callbacks.cam",
-    "DecoderMapCallback": "trainviz.callbacks.decoder_maps",
-    "DynamicsCallback": "trainviz.callbacks.dynamics",
-    "EmbeddingCallback": "trainviz.callbacks.embedding",
-    "FeatureMapCallback": "trainviz.callbacks.features",
-    "MaxActivationCallback": "trainviz.callbacks.maxact",
+    **CALLBACKS,
     "ProbeCallback": "trainviz.callbacks.base",
-    "RobustnessCallback": "trainviz.callbacks.robustness",
-    "RunManifestCallback": "trainviz.callbacks.manifest",
-    "SaliencyCallback": "trainviz.callbacks.saliency",
     "ProbeSet": "trainviz.core.probeset",
     "list_layers": "trainviz.core.layers",
     "resolve_layer": "trainviz.core.layers",
 }
 
-__all__ = sorted([*_EXPORTS, "default_callbacks"])
+__all__ = sorted([*_EXPORTS, "BUDGET_SHARES", "default_callbacks"])
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainviz.callbacks import (
-        CAMCallback,
-        DecoderMapCallback,
-        DynamicsCallback,
-        EmbeddingCallback,
-        FeatureMapCallback,
-        MaxActivationCallback,
-        ProbeCallback,
-        RobustnessCallback,
-        RunManifestCallback,
-        SaliencyCallback,
-    )
+    from trainviz.callbacks.base import ProbeCallback
+    from trainviz.callbacks.registry import *  # noqa: F403  (every callback class)
     from trainviz.core.layers import list_layers, resolve_layer
     from trainviz.core.probeset import ProbeSet
 
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
-
-
-BUDGET_SHARES = {
-    "dynamics": 0.1,
-    "cam": 0.25,
-    "features": 0.1,
-    "robustness": 0.4,
-    "embedding": 0.25,
-    "decoder_maps": 0.2,
-    "saliency": 0.25,
-    "maxact": 0.25,
-}
-"""How :func:`default_callbacks` divides its ``budget`` among the probe callbacks (rescaled over those present)."""
+    BUDGET_SHARES: dict[str, float]
+    """How :func:`default_callbacks` divides its ``budget`` among the probe callbacks (rescaled over those present):
+    each callback class's ``budget_share``, by name."""
 
 
-_PIXEL_PROBES = {
-    "robustness": "robustness corrupts pixels and attacks them (FGSM, adversarial trajectories) in [0, 1]",
-    "maxact": "maxact (MaxOut) optimises images as pixels in [0, 1]",
-}
+_getattr, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUDGET_SHARES":  # read from the classes (imported on first use, like them)
+        return _budget_shares()
+    return _getattr(name)
+
+
+def _probe_classes() -> list[Any]:
+    from trainviz.callbacks.base import ProbeCallback
+    from trainviz.callbacks.registry import callback_classes
+
+    return [cls for cls in callback_classes() if issubclass(cls, ProbeCallback)]
+
+
+def _budget_shares() -> dict[str, float]:
+    return {cls.name: cls.budget_share for cls in _probe_classes()}
 
 
 def default_callbacks(
@@ -86,6 +71,9 @@ def default_callbacks(
     **kwargs: Any,
 ) -> list[Any]:
     """The full trainviz suite with shared settings, ready for ``Trainer(callbacks=...)``.
+
+    The suite is :data:`trainviz.callbacks.registry.CALLBACKS`, less the ``opt_in`` ones not asked for; each class
+    declares its ``name`` (its keyword here), ``budget_share``, ``opt_in`` and ``needs_pixels``.
 
     Args:
         every_n_epochs: cadence of every probe.
@@ -113,81 +101,56 @@ def default_callbacks(
             :class:`trainviz.models.ClassMapClassifier`; ``saliency`` (occlusion, sanity checks) and ``maxact``
             (an optimisation of one image per target each run) cost several passes per probe image.
     """
-    from trainviz import callbacks as cb
+    from trainviz.callbacks.base import ProbeCallback
+    from trainviz.callbacks.registry import callback_classes
     from trainviz.core.budget import check_budget
     from trainviz.core.pixels import as_normalization
+    from trainviz.core.source import check_pixels
 
+    # ProbeCallback's options of the same names (a test checks the names and defaults agree)
+    shared = dict(
+        every_n_epochs=every_n_epochs,
+        probe_seed=probe_seed,
+        output=output,
+        pixels=pixels,
+        display_channels=display_channels,
+    )
     shared_norm = as_normalization(normalization)
     total = check_budget(budget)
-    if not isinstance(pixels, bool):
-        raise ValueError(
-            f"Expected `pixels` to be True (photos) or False (inputs that are not photos), got {pixels!r}."
-        )
-    if not pixels and shared_norm is not None:
-        raise ValueError(
-            "Expected either `pixels=False` (the inputs are not photos: there is no mapping to pixels) or "
-            f"`normalization=` (the mapping of photos), not both; got normalization={shared_norm}."
-        )
-
-    def probe(cls: type) -> Any:
-        def make(options: dict[str, Any]) -> Any:
-            base = {"every_n_epochs": every_n_epochs, "probe_seed": probe_seed}
-            if not pixels:
-                base["pixels"] = False
-            if display_channels is not None:
-                base["display_channels"] = display_channels
-            if output is not None:
-                base["output"] = output
-            callback = cls(**{**base, **options})
-            callback.shared_normalization = shared_norm
-            return callback
-
-        return make
-
-    classes: dict[str, type] = {
-        "dynamics": cb.DynamicsCallback,
-        "cam": cb.CAMCallback,
-        "features": cb.FeatureMapCallback,
-        "robustness": cb.RobustnessCallback,
-        "embedding": cb.EmbeddingCallback,
-        "decoder_maps": cb.DecoderMapCallback,
-        "saliency": cb.SaliencyCallback,
-        "maxact": cb.MaxActivationCallback,
-    }
-    factories = {
-        "manifest": lambda options: cb.RunManifestCallback(**options),
-        **{name: probe(cls) for name, cls in classes.items()},
-    }
-    # decoder_maps needs a model with per-class maps (ClassMapClassifier); saliency (occlusion, sanity checks) and
-    # maxact (an optimisation per run) cost several passes per image: each only when asked for
-    opt_in = {"decoder_maps", "saliency", "maxact"}
-    unknown = set(kwargs) - set(factories)
+    check_pixels(pixels, shared_norm)
+    classes = {cls.name: cls for cls in callback_classes()}
+    unknown = set(kwargs) - set(classes)
     if unknown:
-        raise ValueError(f"Unknown callback name(s) {sorted(unknown)}; valid names: {sorted(factories)}.")
+        raise ValueError(f"Unknown callback name(s) {sorted(unknown)}; valid names: {sorted(classes)}.")
     out, left_out = [], []
-    for name, make in factories.items():
-        options = kwargs.get(name, None if name in opt_in else {})
+    for name, cls in classes.items():
+        options = kwargs.get(name, None if getattr(cls, "opt_in", False) else {})
         if options is None or options is False:
             continue
         if options is True:
             options = {}
         if not isinstance(options, dict):
             raise ValueError(f"Expected `{name}` to be a dict of options, True or False; got {options!r}.")
-        if not pixels and name in classes and getattr(classes[name], "needs_pixels", True):
-            left_out.append(name)
+        if not issubclass(cls, ProbeCallback):
+            out.append((cls(**options), True))
             continue
-        out.append((name, make(dict(options)), "budget" in options))
+        if not pixels and cls.needs_pixels:
+            left_out.append(cls)
+            continue
+        callback = cls(**{**shared, **options})
+        callback.shared_normalization = shared_norm
+        out.append((callback, "budget" in options))
     if left_out:
         import warnings
 
         warnings.warn(
-            f"trainviz: default_callbacks(pixels=False) leaves out {', '.join(left_out)}: "
-            + "; ".join(_PIXEL_PROBES.get(name, f"{name} acts on pixels in [0, 1]") for name in left_out)
+            f"trainviz: default_callbacks(pixels=False) leaves out {', '.join(cls.name for cls in left_out)}: "
+            + "; ".join(cls.pixel_use or f"{cls.name} acts on pixels in [0, 1]" for cls in left_out)
             + ", and the inputs are declared not to be photos. The other callbacks run on the model's own inputs.",
             stacklevel=2,
         )
-    present = [name for name, _, own in out if name in BUDGET_SHARES and not own]
-    for name, callback, _own in out:
-        if total is not None and name in present:
-            callback.budget = total * BUDGET_SHARES[name] / sum(BUDGET_SHARES[n] for n in present)
-    return [callback for _, callback, _ in out]
+    shared_out = [type(callback).budget_share for callback, own in out if not own]
+    for callback, own in out:
+        if total is not None and not own:
+            callback.budget = total * type(callback).budget_share / sum(shared_out)
+    return [callback for callback, _ in out]

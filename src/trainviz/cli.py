@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["demo_callbacks", "main", "run_demo", "run_report"]
 
@@ -31,6 +32,7 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budge
     """The demo's callback suite: every trainviz callback that applies to the demo ``model``. No overhead budget
     by default: the demo's epochs take about a second, so every probe would otherwise wait for its turn."""
     import trainviz
+    from trainviz.callbacks.registry import callback_classes
 
     probe = 24 if small else None
     cam_layers = ["net.features.1", "net.features"] if model == "cnn" else ["net.encoder.layer2", "net.encoder"]
@@ -39,7 +41,7 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budge
         if model == "cnn"
         else ["net.encoder.layer1", "net.encoder.layer2", "net.encoder", "net.decoder.flatten"]
     )
-    options = {
+    options: dict[str, Any] = {
         "dynamics": {"probe_size": probe or 256},
         "cam": {"layers": cam_layers, "probe_size": probe or 64},
         "robustness": {"probe_size": probe or 64, "cam_shift": True},
@@ -58,7 +60,9 @@ def demo_callbacks(model: str = "cnn", small: bool = False, seed: int = 0, budge
             **({"probe_size": probe} if probe else {}),
         },
     }
-    return trainviz.default_callbacks(probe_seed=seed, budget=budget, **options)
+    # every registered callback (trainviz.callbacks.registry), the opt-in ones too: its demo settings, else its defaults
+    every = {cls.name: options.get(cls.name, {}) for cls in callback_classes()}
+    return trainviz.default_callbacks(probe_seed=seed, budget=budget, **every)
 
 
 def run_demo(

@@ -1,25 +1,15 @@
-"""trainviz's Lightning callbacks."""
+"""trainviz's Lightning callbacks, imported on first use; the list of them is :mod:`trainviz.callbacks.registry`."""
 
-from trainviz.callbacks.base import ProbeCallback
-from trainviz.callbacks.cam import CAMCallback
-from trainviz.callbacks.decoder_maps import DecoderMapCallback
-from trainviz.callbacks.dynamics import DynamicsCallback
-from trainviz.callbacks.embedding import EmbeddingCallback
-from trainviz.callbacks.features import FeatureMapCallback
-from trainviz.callbacks.manifest import RunManifestCallback
-from trainviz.callbacks.maxact import MaxActivationCallback
-from trainviz.callbacks.robustness import RobustnessCallback
-from trainviz.callbacks.saliency import SaliencyCallback
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CAMCallback",
-    "DecoderMapCallback",
-    "DynamicsCallback",
-    "EmbeddingCallback",
-    "FeatureMapCallback",
-    "MaxActivationCallback",
-    "ProbeCallback",
-    "RobustnessCallback",
-    "RunManifestCallback",
-    "SaliencyCallback",
-]
+from trainviz._lazy import lazy_exports
+from trainviz.callbacks.registry import CALLBACKS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainviz.callbacks.base import ProbeCallback as ProbeCallback
+    from trainviz.callbacks.registry import *  # noqa: F403  (every callback class)
+
+_EXPORTS = {"ProbeCallback": "trainviz.callbacks.base", **CALLBACKS}
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

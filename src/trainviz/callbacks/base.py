@@ -17,24 +17,25 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from typing_extensions import override
 
-from trainviz.core.budget import Scheduler, check_budget
-from trainviz.core.checks import check_choice, check_int, check_positive_int
-from trainviz.core.common import WarnOnce, example_indices
-from trainviz.core.display import DISPLAY_PERCENTILES, Display, check_display_channels, display_channels_for
-from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
-from trainviz.core.layers import resolve_layers
+from trainviz.core.budget import BudgetRunner, Scheduler, check_budget
+from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.common import WarnOnce
+from trainviz.core.contract import is_whole
+from trainviz.core.display import Display
+from trainviz.core.guard import probe_guard
+from trainviz.core.lightning_private import is_last_batch
 from trainviz.core.namespace import callback_base, info
-from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
-from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
+from trainviz.core.outputs import LogitsModel, OutputSpec
+from trainviz.core.pixels import NormalizationSpec
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.progress import Task, task
+from trainviz.core.source import ProbeSource
 from trainviz.core.strategy import check_strategy
-from trainviz.core.threads import contention
 from trainviz.data.base import Normalization
 from trainviz.sinks import BackgroundWriter, Sink
 from trainviz.sinks.registry import make_sink, release_sinks, say_once
@@ -47,13 +48,24 @@ else:
 
 __all__ = ["ProbeCallback", "check_choice", "check_positive_int", "make_sink", "release_sinks"]
 
+T = TypeVar("T")
 
-def _dataset_of(loader: Any) -> Any:
-    if isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    if isinstance(loader, dict):
-        loader = next(iter(loader.values()), None)
-    return getattr(loader, "dataset", None)
+
+class _Via(Generic[T]):
+    """A callback attribute kept by one of its parts: ``probe = _Via("source")`` reads and sets ``self.source.probe``
+    (``attr`` when the part names it otherwise)."""
+
+    def __init__(self, part: str, attr: str | None = None) -> None:
+        self.part, self.attr = part, attr
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = self.attr or name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> T:
+        return self if obj is None else getattr(getattr(obj, self.part), self.attr)  # type: ignore[return-value]
+
+    def __set__(self, obj: Any, value: T) -> None:
+        setattr(getattr(obj, self.part), self.attr, value)
 
 
 class ProbeCallback(Callback):
@@ -120,10 +132,36 @@ class ProbeCallback(Callback):
     """
 
     name: ClassVar[str] = "probe"
+    """The callback's name: its tags (``trainviz/<name>/...``), artifact folder and ``default_callbacks`` keyword."""
     default_probe_size: ClassVar[int] = 64
     needs_pixels: ClassVar[bool] = True
     """Whether the probe acts on pixels in [0, 1] (corrupts, attacks or optimises them) and so cannot run on inputs
     declared not to be photos (``pixels=False``). Probes that compute on the model's own inputs set ``False``."""
+    pixel_use: ClassVar[str] = ""
+    """With ``needs_pixels``: what it does to pixels, for the warning of ``default_callbacks(pixels=False)``."""
+    budget_share: ClassVar[float] = 0.25
+    """The callback's weight when :func:`trainviz.default_callbacks` divides its ``budget`` (``BUDGET_SHARES``)."""
+    opt_in: ClassVar[bool] = False
+    """Whether :func:`trainviz.default_callbacks` leaves it out unless asked for (``<name>={}``)."""
+
+    # the probe source's options and state, under the names subclasses use (trainviz.core.source)
+    probe_size = _Via[int]("source")
+    probe_seed = _Via[int]("source")
+    split = _Via[str]("source")
+    probe_data = _Via[Any]("source")
+    normalization = _Via[Normalization | None]("source")
+    shared_normalization = _Via[Normalization | None]("source")  # set by default_callbacks(normalization=)
+    pixels = _Via[bool]("source")
+    display_channels = _Via[tuple[int, ...] | None]("source")
+    output = _Via[OutputSpec]("source")
+    probe = _Via[ProbeSet | None]("source")
+    norm = _Via[Normalization | None]("source")
+    norm_source = _Via[str | None]("source")
+    display = _Via[Display | None]("source")
+    _device_probe = _Via[ProbeSet | None]("source", "on_device")
+    # the budget runner's (trainviz.core.budget)
+    scheduler = _Via[Scheduler | None]("budget_runner")
+    _last_cost = _Via[float | None]("budget_runner", "last_cost")  # seconds of the last whole run (training thread)
 
     def __init__(
         self,
@@ -148,51 +186,20 @@ class ProbeCallback(Callback):
                 raise ValueError(f"Expected `log_name` to be a non-empty string without '/', got {log_name!r}.")
             self.name = log_name  # type: ignore[misc]  # an instance's own name
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
-        self._default_size = probe_size is None
-        self.probe_size = (
-            self.default_probe_size if probe_size is None else check_positive_int("probe_size", probe_size)
-        )
+        cls = type(self)
+        self.source = ProbeSource(
+            cls.__name__, probe_size, probe_seed, split, probe_data, normalization, output, pixels, display_channels,
+            cls.default_probe_size, cls.needs_pixels,
+        )  # fmt: skip
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.probe_seed = check_int("probe_seed", probe_seed)
-        self.split = check_choice("split", split, ("val", "train"))
-        self.probe_data = probe_data
-        self.normalization = as_normalization(normalization)
-        if not isinstance(pixels, bool):
-            raise ValueError(
-                f"Expected `pixels` to be True (photos) or False (inputs that are not photos), got {pixels!r}."
-            )
-        self.pixels = pixels
-        if not pixels and type(self).needs_pixels:
-            raise ValueError(
-                f"{type(self).__name__} acts on pixels in [0, 1] (it corrupts, attacks or optimises them) and cannot "
-                "run on inputs declared not to be photos (`pixels=False`). Leave it out, or, if the inputs are "
-                "photos, drop `pixels=False` and give the mapping to pixels with `normalization=(mean, std)`. "
-                "`trainviz.default_callbacks(pixels=False)` leaves such callbacks out by itself."
-            )
-        if not pixels and self.normalization is not None:
-            raise ValueError(
-                "Expected either `pixels=False` (the inputs are not photos: there is no mapping to pixels) or "
-                f"`normalization=` (the mapping of photos), not both; got normalization={self.normalization}."
-            )
-        self.display_channels = check_display_channels(display_channels)
-        self.display: Display | None = None  # how pictures show the probe images, set at fit start
-        self.shared_normalization: Normalization | None = None  # set by default_callbacks(normalization=)
-        self.norm: Normalization | None = None
-        self.norm_source: str | None = None
         self.run_at_fit_end = bool(run_at_fit_end)
         self.budget = check_budget(budget)
-        self.scheduler: Scheduler | None = None
+        self.budget_runner = BudgetRunner(self.name)
         self.plan: Any = True  # what this run contains, from `_plan` (True: everything)
-        self._last_cost: float | None = None  # seconds of the last whole run (training thread)
-        self._budget_sink: Sink | None = None
         self.strict = bool(strict)
-        self.output = check_output_spec(output)
-        self.probe: ProbeSet | None = None
         self.sink: Sink | None = None
         self.done_epochs: list[int] = []
         self.failures = 0
-        self._device_probe: ProbeSet | None = None
-        self._source: Any = None  # where the probe set is drawn from (a dataset, a ProbeSet or None)
         self._trainer: pl.Trainer | None = None
         self._pending: int | None = None  # from a checkpoint: an epoch probed just after it was saved
         self._attempted: set[int] = set()  # epochs tried in this process (a failed run is not retried at fit end)
@@ -221,8 +228,7 @@ class ProbeCallback(Callback):
         if trainer is None or trainer.state.fn != "fit" or not trainer.validating:
             return None
         epoch = trainer.current_epoch
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        return epoch if last_batch and self._due(trainer) and epoch not in self.done_epochs else None
+        return epoch if is_last_batch(trainer) and self._due(trainer) and epoch not in self.done_epochs else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -237,8 +243,7 @@ class ProbeCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("probe") is not None:
-            self.probe = ProbeSet.from_state_dict(state_dict["probe"])
-            self._device_probe = None
+            self.source.replace(ProbeSet.from_state_dict(state_dict["probe"]))
             self._on_probe_changed()
         self.done_epochs = list(state_dict.get("done_epochs", []))
         self._pending = state_dict.get("pending_epoch")
@@ -254,52 +259,19 @@ class ProbeCallback(Callback):
     def _on_probe_changed(self) -> None:
         """Called when the probe set is replaced (resume): drop caches built from it."""
 
-    # setup -----------------------------------------------------------------------------------------
+    # setup: the probe source (trainviz.core.source); subclasses may override these steps ---------------
     def _probe_source(self, trainer: pl.Trainer) -> Any:
-        """The dataset of the trainer's ``split`` dataloader (datamodule, model hook or ``fit`` argument)."""
-        if self.probe_data is not None:
-            return self.probe_data
-        loop = trainer.fit_loop.epoch_loop.val_loop if self.split == "val" else trainer.fit_loop
-        source = loop._data_source  # Lightning's record of where the split's dataloaders come from
-        if source.instance is None or not source.is_defined():
-            return None
-        return _dataset_of(source.dataloader())
+        """The data the probe set is drawn from: ``probe_data``, else the dataset of the trainer's ``split``."""
+        return self.source.find(trainer)
 
     def _probe_size_for(self, source: Any) -> int:
-        """The probe size to draw from ``source``: ``probe_size``, or the class default capped by the split."""
-        return min(self.probe_size, len(source)) if self._default_size else self.probe_size
+        return self.source.size_for(source)
 
     def _draw(self, trainer: pl.Trainer, source: Any) -> None:
-        class_names = getattr(trainer.datamodule, "class_names", None)
-        with preserve_rng():  # reading items may run random augmentations: keep the training stream
-            torch.manual_seed(self.probe_seed)
-            self.probe = ProbeSet.from_dataset(
-                source, self._probe_size_for(source), self.probe_seed, class_names=class_names
-            )
+        self.source.draw(trainer, source)
 
     def _resolve_normalization(self, trainer: pl.Trainer, source: Any) -> None:
-        """``self.norm`` and ``self.norm_source`` (see :func:`trainviz.core.pixels.resolve_normalization`), checked on
-        the probe images."""
-        dataset = None if isinstance(source, ProbeSet) else source
-        self.norm, self.norm_source = resolve_normalization(
-            self.normalization, self.shared_normalization, trainer.datamodule, dataset, self.probe.images.shape[1]
-        )
-        check_pixel_range(self.probe.images, self.norm, self.norm_source, type(self).__name__, self.needs_pixels)
-
-    def _resolve_display(self) -> None:
-        """``self.display``: the pixels (photos) or robust percentile scaling (``pixels=False``), and the channels."""
-        shown = display_channels_for(self.probe.images.shape[1], self.display_channels, type(self).__name__)
-        if self.pixels:
-            self.display = Display(self.norm, shown)
-            return
-        self.display = Display(None, shown)
-        low, high = DISPLAY_PERCENTILES
-        say_once(
-            self._trainer,
-            "trainviz: the inputs are declared not to be photos (pixels=False): probes compute on the model's own "
-            f"inputs, and pictures of them are scaled per image and channel to their {low:g}th-{high:g}th "
-            "percentiles, for display only.",
-        )
+        self.source.resolve_normalization(trainer, source)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -312,44 +284,35 @@ class ProbeCallback(Callback):
         source = self._probe_source(trainer)
         if self.probe is None:
             if source is None:
-                what = "validation" if self.split == "val" else "training"
-                raise ValueError(
-                    f"{type(self).__name__} needs {what} data to draw its probe set from: pass "
-                    f"`{self.split}_dataloaders` to `fit`, use a datamodule with `{self.split}_dataloader`, "
-                    "or give `probe_data=`."
-                )
+                raise self.source.missing()
             if isinstance(source, ProbeSet):
                 self.probe = source
             elif len(source) >= self._probe_size_for(source):
                 self._draw(trainer, source)
             # else: a split smaller than the probe size. A resumed run's checkpoint brings its probe set (restored
             # after setup); otherwise the draw at fit start raises, still before the first epoch.
-        self._source = source
+        self.source.data = source
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
             # fast_dev_run: probes still run (their errors show) but nothing is written
-            self.sink = (
-                Sink(self.name, None, None, BackgroundWriter())
-                if trainer.fast_dev_run
-                else make_sink(trainer, self.name, log_dir, self)
-            )
-            if self.budget is not None and not trainer.fast_dev_run:
-                self._budget_sink = make_sink(trainer, "budget", log_dir, self)
+            if trainer.fast_dev_run:
+                self.sink = Sink(self.name, None, None, BackgroundWriter())
+            else:
+                self.sink = make_sink(trainer, self.name, log_dir, self)
+                if self.budget is not None:
+                    self.budget_runner.sink = make_sink(trainer, "budget", log_dir, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.budget is not None:
-            self.scheduler = Scheduler.for_trainer(trainer)
-            self.scheduler.register(self.name, self.budget)
-            self.scheduler.start()
-        if self.probe is None and self._source is not None:
-            self._draw(trainer, self._source)
+        self.budget_runner.start(trainer, self.budget)
+        if self.probe is None and self.source.data is not None:
+            self._draw(trainer, self.source.data)
         if self.probe is not None:
             if self.pixels:
-                self._resolve_normalization(trainer, self._source)
+                self._resolve_normalization(trainer, self.source.data)
             else:
                 self.norm, self.norm_source = None, None
-            self._resolve_display()
+            self.source.resolve_display(lambda message: say_once(trainer, message))
             self._setup(trainer, pl_module)
 
     @override
@@ -366,49 +329,36 @@ class ProbeCallback(Callback):
         """Subclass model checks (layers exist, ...), at fit start before the first epoch. Raise
         ``ValueError`` with a clear message."""
 
-    # running ---------------------------------------------------------------------------------------
+    # what probes are given (trainviz.core.source) ------------------------------------------------------
     def device_probe(self, pl_module: pl.LightningModule) -> ProbeSet:
         """The probe set on the model's device and dtype (moved once, cached)."""
-        device, dtype = model_device(pl_module), model_dtype(pl_module)
-        cached = self._device_probe
-        if cached is None or cached.images.device != device or cached.images.dtype != dtype:
-            self._device_probe = self.probe.to(device, dtype)
-        return self._device_probe
+        return self.source.device_probe(pl_module)
 
     def logits_model(self, pl_module: pl.LightningModule) -> LogitsModel:
         """``pl_module`` as a model returning logits ``(N, K)`` (``output=`` applied), with the module's own
         layer names and hooks (:class:`~trainviz.core.outputs.LogitsModel`): what the ops are given."""
-        return LogitsModel(pl_module, self.output)
+        return self.source.logits_model(pl_module)
 
     def example_indices(self, n: int) -> list[int]:
         """``n`` probe indices to show (:func:`trainviz.core.common.example_indices`)."""
-        return example_indices(self.probe.labels, n)
+        return self.source.example_indices(n)
 
     def example_batch(self, pl_module: pl.LightningModule, n: int = 2) -> torch.Tensor:
         """The first ``n`` probe images on the model's device and dtype (setup checks)."""
-        return self.probe.images[:n].to(model_device(pl_module), model_dtype(pl_module))
+        return self.source.example_batch(pl_module, n)
 
     def setup_layers(
-        self,
-        pl_module: pl.LightningModule,
-        specs: Any,
-        reshape: Any = None,
-        check: Any = None,
+        self, pl_module: pl.LightningModule, specs: Any, reshape: Any = None, check: Any = None
     ) -> dict[str, torch.nn.Module]:
         """The setup sequence of a layer probe: an example batch, the guard, :func:`resolve_layers` on the
         logits model (``"auto"`` is logged with what it chose), then ``check(model, example, layers)``, which
         raises if the method does not apply to this model."""
-        example = self.example_batch(pl_module)
-        with probe_guard(pl_module):
-            model = self.logits_model(pl_module)
-            layers = resolve_layers(model, specs, example[:1], reshape)
-            if check is not None:
-                check(model, example, layers)
-        wanted = [specs] if isinstance(specs, str) else list(specs)
-        if "auto" in wanted:
+        layers, auto = self.source.setup_layers(pl_module, specs, self.example_batch(pl_module), reshape, check)
+        if auto:
             info(f"trainviz: {type(self).__name__} layers='auto' resolved to {list(layers)}", self._trainer)
         return layers
 
+    # cadence, budget and running -----------------------------------------------------------------
     def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -438,14 +388,12 @@ class ProbeCallback(Callback):
         return None
 
     def _skip(self, epoch: int, what: str, reason: str) -> None:
-        if self.scheduler is not None:
-            self.scheduler.skip(self.name, epoch, what, reason)
+        self.budget_runner.skip(epoch, what, reason)
 
     def _charge_background(self, seconds: float) -> None:
         """Book background work (a worker thread's job) against the budget, weighted by what it costs training
         (:func:`trainviz.core.threads.contention`)."""
-        if self.scheduler is not None:
-            self.scheduler.charge(self.name, seconds * contention(), foreground=False)
+        self.budget_runner.charge(seconds, foreground=False)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, final: bool = False) -> None:
         """Run the probe for ``epoch`` once (rank zero only), guarded, timed, fault-isolated and, with a
@@ -453,16 +401,10 @@ class ProbeCallback(Callback):
         if not trainer.is_global_zero or epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
             return
         start = time.perf_counter()
-        credit: float | None = None  # without a budget: everything due runs
-        if self.scheduler is not None:
-            if self.sink is not None:
-                self.scheduler.set_writer(self.name, self.sink.busy_seconds() * contention())
-            credit = self.scheduler.credit(self.name)
         essential = final or not self.done_epochs or self._is_last(trainer, epoch)
-        self.plan = self._plan(credit, essential, epoch)
-        if self._budget_sink is not None and credit is not None:
-            self._budget_sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
-            self._budget_sink.scalar(f"{self.name}/skipped", float(self.plan is None), epoch)
+        busy = self.sink.busy_seconds() if self.sink is not None else 0.0
+        self.plan = True  # `_plan` may read it
+        self.plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
         if self.plan is None:
             return
         self._attempted.add(epoch)
@@ -475,14 +417,7 @@ class ProbeCallback(Callback):
             return
         self.done_epochs.append(epoch)
         seconds = time.perf_counter() - start
-        if self.plan is True:
-            self._last_cost = seconds
-        if self.scheduler is not None:
-            self.scheduler.charge(self.name, seconds, foreground=True, run=True)
-            if self._budget_sink is not None:
-                train = self.scheduler.training_seconds()
-                spent = self.scheduler.ledgers[self.name].spent
-                self._budget_sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
+        self.budget_runner.ran(seconds, is_whole(self.plan), epoch)
         if self.sink is not None:
             self.sink.scalar("seconds", seconds, epoch)
 
@@ -497,6 +432,7 @@ class ProbeCallback(Callback):
             self.progress.close()
             self.progress = Task(None, self.name)
 
+    # fault isolation -------------------------------------------------------------------------------
     def _failed(self, epoch: int, err: Exception, what: str = "probe") -> None:
         """A probe (or its background part, ``what``) failed: re-raise with ``strict``, else count it, warn the
         first time in this process, and log the count."""
@@ -521,6 +457,7 @@ class ProbeCallback(Callback):
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit-end outputs built from all runs (evolution strips, summaries). Runs on rank zero."""
 
+    # the fit's end ---------------------------------------------------------------------------------
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before the strategy's teardown moves the model to the CPU.
@@ -537,14 +474,12 @@ class ProbeCallback(Callback):
                 warnings.warn(
                     f"trainviz: {type(self).__name__} fit-end summary failed: {type(err).__name__}: {err}", stacklevel=2
                 )
-            if self.scheduler is not None:  # fit-end work counts against the budget too
-                self.scheduler.charge(self.name, time.perf_counter() - start, foreground=True)
+            self.budget_runner.charge(time.perf_counter() - start)  # fit-end work counts against the budget too
         self._flush()
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()  # every callback's fit-end work ran in on_train_end
+        self.budget_runner.stop()  # every callback's fit-end work ran in on_train_end
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -109,6 +109,7 @@ class CAMCallback(ProbeCallback):
     """
 
     name = "cam"
+    budget_share = 0.25  # of default_callbacks(budget=)
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 64
 

@@ -99,6 +99,10 @@ class DecoderMapCallback(ProbeCallback):
     """
 
     name = "decoder_maps"
+    budget_share = 0.2  # of default_callbacks(budget=)
+    opt_in = (
+        True  # default_callbacks leaves it out unless asked for: needs a model with per-class maps (ClassMapClassifier)
+    )
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 96
 

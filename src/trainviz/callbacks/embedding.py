@@ -117,6 +117,7 @@ class EmbeddingCallback(ProbeCallback):
     """
 
     name = "embedding"
+    budget_share = 0.25  # of default_callbacks(budget=)
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
 
     def __init__(

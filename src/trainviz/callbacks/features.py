@@ -116,6 +116,7 @@ class FeatureMapCallback(ProbeCallback):
     """
 
     name = "features"
+    budget_share = 0.1  # of default_callbacks(budget=)
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 64
 

@@ -101,6 +101,9 @@ class MaxActivationCallback(ProbeCallback):
     """
 
     name = "maxact"
+    budget_share = 0.25  # of default_callbacks(budget=)
+    opt_in = True  # default_callbacks leaves it out unless asked for: an optimisation per run
+    pixel_use = "maxact (MaxOut) optimises images as pixels in [0, 1]"
     needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 8
 

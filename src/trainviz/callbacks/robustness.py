@@ -141,6 +141,8 @@ class RobustnessCallback(ProbeCallback):
     """
 
     name = "robustness"
+    budget_share = 0.4  # of default_callbacks(budget=)
+    pixel_use = "robustness corrupts pixels and attacks them (FGSM, adversarial trajectories) in [0, 1]"
     needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 256  # a 95% interval on an accuracy of 0.8 is about +-0.05 at 256 images, +-0.1 at 64
 

@@ -162,6 +162,8 @@ class SaliencyCallback(ProbeCallback):
     """
 
     name = "saliency"
+    budget_share = 0.25  # of default_callbacks(budget=)
+    opt_in = True  # default_callbacks leaves it out unless asked for: several passes per probe image
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 32
 

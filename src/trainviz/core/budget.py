@@ -1,6 +1,7 @@
 """The overhead budget: what share of training wall time trainviz's probes may take, and who decides what runs.
 
-One :class:`Scheduler` serves every trainviz callback of a Trainer (:meth:`Scheduler.for_trainer`). It measures
+One :class:`Scheduler` serves every trainviz callback of a Trainer (:meth:`Scheduler.for_trainer`: the callbacks of the
+Trainer hold it, there is no process-wide registry). It measures
 the training time (wall time since fit start, less the time the training thread spent in probes) and keeps one
 ledger per callback: its budget fraction and the seconds it has spent, in the training thread and in the
 background (UMAP and t-SNE). A callback's credit is ``fraction * training_seconds - spent``; at each epoch end
@@ -8,7 +9,8 @@ the callback asks for a plan that fits its credit (:meth:`ProbeCallback._plan
 <trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which corruptions run, the
 embedding callback whether UMAP and t-SNE run, the others run whole or wait. The first and the last epoch
 always produce a result (scaled down to what is essential if the credit is short), so every evolution has
-both ends; the overshoot this allows is the cost of those essential parts.
+both ends; the overshoot this allows is the cost of those essential parts. Each callback's side of it (its
+ledger, the plan of each run, what it books and logs) is one :class:`BudgetRunner`.
 
 Example:
     >>> from trainviz.core.budget import Scheduler
@@ -24,13 +26,13 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Ledger", "Scheduler", "check_budget"]
+from trainviz.core.threads import contention
 
-_SCHEDULERS: weakref.WeakKeyDictionary[Any, Scheduler] = weakref.WeakKeyDictionary()
+__all__ = ["BudgetRunner", "Ledger", "Scheduler", "check_budget"]
 
 
 def check_budget(value: Any, name: str = "budget") -> float | None:
@@ -68,25 +70,32 @@ class Scheduler:
         self.ledgers: dict[str, Ledger] = {}
         self.started: float | None = None
         self.stopped: float | None = None  # the fit's end: the clock stands still after it
+        self.forgotten = False  # its fit tore down: the Trainer's next fit makes a new one
         self._lock = threading.Lock()
 
     @classmethod
     def of(cls, trainer: Any) -> Scheduler | None:
-        """The scheduler of ``trainer`` if one of its callbacks has a budget, else ``None``."""
-        return _SCHEDULERS.get(trainer)
+        """The scheduler of ``trainer``'s fit if one of its callbacks has a budget, else ``None``: the one its
+        callbacks hold (``callback.scheduler``), no process-wide registry."""
+        for callback in getattr(trainer, "callbacks", None) or []:
+            scheduler = getattr(callback, "scheduler", None)
+            if isinstance(scheduler, Scheduler) and not scheduler.forgotten:
+                return scheduler
+        return None
 
     @classmethod
     def forget(cls, trainer: Any) -> None:
-        """Drop ``trainer``'s scheduler when its fit ends, so that another ``fit`` starts a new clock and ledgers."""
-        _SCHEDULERS.pop(trainer, None)
+        """``trainer``'s fit ended: its scheduler stays with its callbacks (to read), another ``fit`` starts a new
+        clock and ledgers."""
+        scheduler = cls.of(trainer)
+        while scheduler is not None:
+            scheduler.forgotten = True
+            scheduler = cls.of(trainer)
 
     @classmethod
     def for_trainer(cls, trainer: Any) -> Scheduler:
-        """The scheduler shared by every trainviz callback of ``trainer`` (made on first use)."""
-        scheduler = _SCHEDULERS.get(trainer)
-        if scheduler is None:
-            scheduler = _SCHEDULERS[trainer] = cls()
-        return scheduler
+        """The scheduler shared by every trainviz callback of ``trainer`` (made by the first to ask)."""
+        return cls.of(trainer) or cls()
 
     def register(self, name: str, fraction: float) -> None:
         with self._lock:
@@ -187,3 +196,64 @@ class Scheduler:
                     for name, ledger in self.ledgers.items()
                 },
             }
+
+
+class BudgetRunner:
+    """One callback's side of the budget: its ledger in the Trainer's :class:`Scheduler`, the plan of each run, what
+    it books, and the ``trainviz/budget/<name>/...`` scalars (``credit_seconds``, ``skipped``, ``share``) on
+    ``sink``. Without a budget (``scheduler`` is ``None``) every run is whole and nothing is booked, but
+    :attr:`last_cost` (the last whole run's seconds) is still kept: progress estimates use it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.scheduler: Scheduler | None = None
+        self.sink: Any = None  # the "budget" sink (rank zero, with a budget)
+        self.last_cost: float | None = None
+
+    def start(self, trainer: Any, fraction: float | None) -> None:
+        """At fit start: join the Trainer's scheduler with ``fraction`` (``None``: no budget) and start its clock."""
+        if fraction is not None:
+            self.scheduler = Scheduler.for_trainer(trainer)
+            self.scheduler.register(self.name, fraction)
+            self.scheduler.start()
+
+    def plan(
+        self, planner: Callable[[float | None, bool, int], Any], essential: bool, epoch: int, writer_seconds: float
+    ) -> Any:
+        """What the run of ``epoch`` contains: ``planner(credit, essential, epoch)`` (``None``: skip it), with the
+        credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds``."""
+        if self.scheduler is None:
+            return planner(None, essential, epoch)
+        self.scheduler.set_writer(self.name, writer_seconds * contention())
+        credit = self.scheduler.credit(self.name)
+        plan = planner(credit, essential, epoch)
+        if self.sink is not None:
+            self.sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
+            self.sink.scalar(f"{self.name}/skipped", float(plan is None), epoch)
+        return plan
+
+    def ran(self, seconds: float, whole: bool, epoch: int) -> None:
+        """A run of ``epoch`` took ``seconds`` (``whole``: everything ran, so it is the cost estimate of the next)."""
+        if whole:
+            self.last_cost = seconds
+        if self.scheduler is not None:
+            self.scheduler.charge(self.name, seconds, foreground=True, run=True)
+            if self.sink is not None:
+                train = self.scheduler.training_seconds()
+                spent = self.scheduler.ledgers[self.name].spent
+                self.sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
+
+    def charge(self, seconds: float, foreground: bool = True) -> None:
+        """Book ``seconds`` of work outside a run: fit-end work (``foreground``), or background work, weighted by
+        what it costs training (:func:`trainviz.core.threads.contention`)."""
+        if self.scheduler is not None:
+            self.scheduler.charge(self.name, seconds if foreground else seconds * contention(), foreground=foreground)
+
+    def skip(self, epoch: int, what: str, reason: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.skip(self.name, epoch, what, reason)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()

@@ -48,7 +48,7 @@ from torch import nn
 
 from trainviz.core.probeset import ProbeSet
 
-__all__ = ["Credit", "Probe", "Share"]
+__all__ = ["Credit", "Probe", "Share", "is_whole"]
 
 PlanT = TypeVar("PlanT")
 PartialT = TypeVar("PartialT")
@@ -117,6 +117,12 @@ class Share(Generic[DataT]):
         """``rank``'s share of a list of items that are not images (MaxOut's targets)."""
         start, stop = cls.bounds(len(items), world, rank)
         return Share(start, stop, list(items[start:stop]))
+
+
+def is_whole(plan: Any) -> bool:
+    """Whether ``plan`` runs everything due (``True``, or a typed plan whose ``whole`` is true): the cost of such a
+    run is the estimate of the next one."""
+    return plan is True or bool(getattr(plan, "whole", False))
 
 
 class Probe(Generic[PlanT, PartialT, ResultT]):

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trainviz.core.lightning_private import rich_console
 from trainviz.core.namespace import info, is_instance
 
 __all__ = ["LONG_SECONDS", "Reporter", "Task", "display_for", "task"]
@@ -135,7 +136,7 @@ def display_for(trainer: Any) -> _Display | None:
         if is_instance(bar, "callbacks", "TQDMProgressBar"):  # of either Lightning namespace
             return _TqdmDisplay(2 * bar.process_position + 2)  # below the main and the validation bar
         if is_instance(bar, "callbacks", "RichProgressBar"):
-            console = getattr(getattr(bar, "progress", None), "console", None) or getattr(bar, "_console", None)
+            console = rich_console(bar)  # trainviz.core.lightning_private
             return _ConsoleDisplay(console) if console is not None else _LogDisplay(trainer)
         return _LogDisplay(trainer)
     except Exception as err:  # a display must never fail the work

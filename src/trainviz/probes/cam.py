@@ -146,6 +146,11 @@ class CAMPlan:
 
     faithfulness: bool = True
 
+    @property
+    def whole(self) -> bool:
+        """Everything runs (:func:`trainviz.core.contract.is_whole`)."""
+        return self.faithfulness
+
 
 @dataclass
 class CAMProbeResult(Result):

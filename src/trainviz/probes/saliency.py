@@ -234,12 +234,14 @@ class SaliencyPlan:
         seed: the run's seed (:func:`run_seed`): SmoothGrad's noise, the re-initialisation, the random classes.
         methods: the attribution methods that run.
         sanity: whether the sanity checks run.
+        whole: everything due runs (``False``: the budget left the due sanity checks out).
     """
 
     epoch: int
     seed: int
     methods: tuple[str, ...]
     sanity: bool
+    whole: bool = True
 
 
 @dataclass
@@ -679,7 +681,7 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
         maps = self.costs.get("maps")
         if due and (maps is None or maps <= seconds):
             self.skipped = [("sanity", f"the last sanity run took {cost:.2f} s, credit {seconds:.2f} s")]
-            return dataclasses.replace(whole, sanity=False)
+            return dataclasses.replace(whole, sanity=False, whole=False)
         self.skipped = [("run", f"the last run took {cost:.2f} s, credit {seconds:.2f} s")]
         return None
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from trainviz.core.lightning_private import mlflow_tracking_uri
 from trainviz.core.namespace import info, is_instance
 
 __all__ = [
@@ -161,7 +162,7 @@ class MLflowBackend(LoggerBackend):
         self.logger.experiment.log_artifacts(self.logger.run_id, artifact_dir, artifact_path="trainviz")
 
     def where(self) -> str | None:
-        return f"{self.logger._tracking_uri} (run {self.logger.run_id})"
+        return f"{mlflow_tracking_uri(self.logger)} (run {self.logger.run_id})"
 
 
 class CometBackend(LoggerBackend):
