@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from trainviz.probes.robustness_names import NAMES
 from trainviz.report import build_report, proportion_interval, report_summary, summary_from_record
 
 
@@ -30,7 +31,10 @@ def test_summary_intervals_equal_scipy_for_the_records_counts(tmp_path):
     expected = {"clean_accuracy": scipy_ci(sum(handmade.CLEAN), n)}
     expected |= {f"corruption_accuracy/{c}/s{s}": scipy_ci(sum(k), n) for (c, s), k in handmade.TABLE.items()}
     expected |= {"fgsm_accuracy@0.0078": scipy_ci(5, n), "fgsm_accuracy@0.0157": scipy_ci(0, n)}
-    assert set(summary["intervals"]) == set(expected)  # no interval on means over severities or corruptions
+    # no interval on means over severities or corruptions; each under its name and its older name (issue 18)
+    expected |= {NAMES.canonical(k): v for k, v in expected.items()}
+    assert set(summary["intervals"]) == set(expected)
+    assert {"clean/accuracy", "accuracy/fog/s3", "fgsm/accuracy@0.0078"} <= set(expected)
     for key, ci in expected.items():
         assert summary["intervals"][key] == pytest.approx(ci, abs=1e-12), key
     assert summary["intervals"]["fgsm_accuracy@0.0157"][0] == 0.0  # k = 0
