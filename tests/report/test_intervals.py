@@ -71,7 +71,7 @@ def test_the_low_count_flag_is_for_classes_under_10_images(tmp_path):
 def test_the_page_shows_the_intervals(tmp_path):
     text, _ = built(tmp_path)
     lo, hi = scipy_ci(15, 20)
-    assert f"<th>clean_accuracy</th><td>0.75  95% CI [{lo:.3f}, {hi:.3f}]</td>" in text  # headline
+    assert f"<th>clean/accuracy</th><td>0.75  95% CI [{lo:.3f}, {hi:.3f}]</td>" in text  # headline (issue 18: one name)
     lo, hi = scipy_ci(8, 20)
     assert f"<td>0.400 <span class=ci>[{lo:.3f}, {hi:.3f}]</span></td>" in text  # table: fog at severity 3
     assert f'"[{lo:.3f}, {hi:.3f}]"' in text  # the heat map's hover text of that cell

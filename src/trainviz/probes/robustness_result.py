@@ -809,9 +809,25 @@ class RobustnessResult(Result):
         protocol = self.protocol()
         return {"summary.json": {**self.summary(), **({"protocol": protocol} if protocol else {})}}
 
+    @classmethod
+    def report_section(cls, results: list[RobustnessResult], folder: Any) -> dict[str, Any]:
+        """The robustness part of the report, drawn from every epoch's result (``folder``: the run's
+        ``robustness`` folder, for the latest arrays and examples): see
+        :func:`trainviz.probes.robustness_report.report_section`."""
+        from trainviz.probes.robustness_report import report_section
+
+        return report_section(results, folder)
+
+    @classmethod
+    def compare_section(cls, results: list[RobustnessResult]) -> dict[str, Any]:
+        """What two runs' reports compare: see :func:`trainviz.probes.robustness_report.compare_section`."""
+        from trainviz.probes.robustness_report import compare_section
+
+        return compare_section(results)
+
     def section(self) -> dict[str, Any] | None:
         """The report's generic section of the adversarial trajectories (the rest of the robustness report is
-        the report's own, :mod:`trainviz.report.builder`): the two flip rates and the mean flip iteration over
+        drawn from every epoch's records by :meth:`report_section`): the two flip rates and the mean flip iteration over
         epochs, and the table of predicted classes as a gallery; ``None`` without trajectories."""
         if self.trajectory is None:
             return None
