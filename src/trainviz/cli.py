@@ -9,8 +9,9 @@ Example:
 
 ``trainviz report`` gates on ``summary.json``: ``--fail-under`` takes higher-is-better metrics (accuracies,
 FGSM accuracy, steps to flip, CAM shift) and fails below the bound, ``--fail-over`` takes lower-is-better ones
-(mCE, relative mCE, CE, ECE, NLL, flip rate) and fails above it (see
-:data:`trainviz.report.summary.HIGHER_IS_BETTER`). It exits with 0 when every bound holds, 1 when a metric is
+(mCE, relative mCE, CE, ECE, NLL, flip rate) and fails above it (see the name table
+:data:`trainviz.probes.robustness_names.NAMES`; a metric may be named by its older name, ``clean_accuracy`` for
+``clean/accuracy``). It exits with 0 when every bound holds, 1 when a metric is
 on the wrong side of its bound, 2 on a usage error (unknown metric, a bound given the wrong way or on a metric
 with no direction, no run found).
 """

@@ -127,8 +127,9 @@ def test_curves_overlaid_and_deltas_match_each_runs_metrics(runs, tmp_path):
 
 def test_cam_drift_is_the_correlation_of_the_same_probe_ids(runs, tmp_path):
     a, b = runs
-    drift = _data(build_report(a, tmp_path / "cmp.html", compare=b))["cam_drift"]
-    assert drift["epoch"] == 1 and drift["key"] == "aggregate"
+    # issue 18: the CAM drift is the CAM section's own declared comparison
+    drift = _data(build_report(a, tmp_path / "cmp.html", compare=b))["sections"]["cam"]["correlations"][0]
+    assert drift["title"] == "CAM drift" and drift["epoch"] == 1 and drift["key"] == "aggregate"
     za, zb = (np.load(r / "trainviz/cam/epoch_0001/maps.npz") for r in runs)
     ids_b = list(zb["ids"])
     assert drift["ids"] == [int(i) for i in za["ids"]] and set(drift["ids"]) == set(int(i) for i in ids_b)
@@ -197,7 +198,7 @@ def test_different_callbacks_compare_the_common_sections(runs, tmp_path):
     page = build_report(only_a, tmp_path / "cmp.html", compare=only_b)
     data = _data(page)
     common = ["robustness", "dynamics", "features", "saliency", "maxact"]
-    assert list(data["sections"]) == common and data["cam_drift"] is None
+    assert list(data["sections"]) == common and "cam" not in data["sections"]
     assert data["only_in"] == {"A": ["embedding"], "B": ["cam"]}
     note = (
         "only the sections both runs have are compared "

@@ -12,6 +12,7 @@ import handmade
 import pytest
 
 from trainviz.cli import main
+from trainviz.probes.robustness_names import NAMES
 from trainviz.report import (
     HIGHER_IS_BETTER,
     BoundDirectionError,
@@ -67,14 +68,59 @@ def test_every_metric_has_its_direction():
 
 
 def test_every_key_of_a_summary_has_a_direction():
-    """A metric added to summary_from_record without a direction fails here."""
+    """A metric added to summary_from_record without a direction fails here (issue 18: the name table, not the
+    name's family, gives it)."""
     record = handmade.record()
     record["cam_shift"], record["corruptions"]["fog"]["cam_shift"] = 0.8, 0.7
     keys = summary_from_record(record)
     assert len(keys) > 25 and {"cam_shift", "cam_shift/fog", "fgsm_accuracy@0.0078", "ce/grayscale"} <= set(keys)
     for key in keys:
-        assert key.split("/")[0].split("@")[0] in HIGHER_IS_BETTER, key
+        assert key in NAMES and NAMES.metric(key).summarized, key
+        assert NAMES.metric(key).name in HIGHER_IS_BETTER, key
         higher_is_better(key)
+
+
+def test_one_name_per_metric_and_the_old_names_as_aliases():
+    """Issue 18: the scalars and summary.json use one name per metric; summary.json keeps the older names."""
+    from trainviz.probes.robustness_result import RobustnessResult
+
+    result = RobustnessResult.from_record(handmade.record())
+    scalars, summary = result.scalars(), summary_from_record(handmade.record())
+    old_new = {
+        "clean_accuracy": "clean/accuracy",
+        "corruption_accuracy": "corrupted/accuracy",
+        "corruption_accuracy/fog": "accuracy/fog",
+        "corruption_accuracy/fog/s3": "accuracy/fog/s3",
+        "corruption_flip_rate/fog": "flip_rate/fog",
+        "fgsm_accuracy@0.0078": "fgsm/accuracy@0.0078",
+        "flip_steps_mean": "flip/steps_mean",
+        "mce": "mce",
+    }
+    for old, new in old_new.items():
+        assert NAMES.canonical(old) == new and NAMES.canonical(new) == new
+        assert summary[old] == summary[new], old
+        if NAMES.metric(new).logged:
+            assert scalars[new] == pytest.approx(summary[new]), new  # the scalar of the same name, same number
+    assert set(scalars) <= {k for k in summary if NAMES.canonical(k) == k} | {"adversarial/distance_mean"}
+    for metric in NAMES:
+        assert metric.description and metric.higher_is_better in (True, False, None)
+
+
+def test_gates_take_the_old_and_the_new_names_on_old_and_new_summaries(run, capsys):
+    new = summary_from_record(handmade.record())
+    old = {k: v for k, v in new.items() if NAMES.canonical(k) != k or k in ("mce", "relative_mce", "epoch")}
+    assert "clean/accuracy" not in old and "clean_accuracy" in old  # a summary.json written before issue 18
+    for summary in (new, old):
+        assert check_bounds(summary, fail_over={"mce": 0.3}) == ["mce = 0.35 is above 0.3"]
+        assert check_bounds(summary, {"clean_accuracy": 0.8}) == ["clean_accuracy = 0.75 is below 0.8"]
+        assert check_bounds(summary, {"clean/accuracy": 0.8}) == ["clean/accuracy = 0.75 is below 0.8"]
+        assert check_bounds(summary, {"accuracy/fog/s3": 0.4, "corruption_accuracy/fog/s3": 0.4}) == []
+        with pytest.raises(BoundDirectionError, match="flip_rate/fog is lower-is-better"):
+            check_bounds(summary, {"flip_rate/fog": 0.5})
+    assert report(run, "--fail-over", "mce=0.3") == 1
+    assert report(run, "--fail-under", "fgsm/accuracy@0.0078=0.2", "fgsm_accuracy@0.0078=0.2") == 0
+    assert report(run, "--fail-under", "corrupted/accuracy=0.6") == 1
+    assert "FAIL corrupted/accuracy = 0.55 is below 0.6" in capsys.readouterr().err
 
 
 def test_check_bounds_each_direction_passes_and_fails():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from trainviz.probes.robustness_names import NAMES
 from trainviz.report import build_report, proportion_interval, report_summary, summary_from_record
 
 
@@ -30,7 +31,10 @@ def test_summary_intervals_equal_scipy_for_the_records_counts(tmp_path):
     expected = {"clean_accuracy": scipy_ci(sum(handmade.CLEAN), n)}
     expected |= {f"corruption_accuracy/{c}/s{s}": scipy_ci(sum(k), n) for (c, s), k in handmade.TABLE.items()}
     expected |= {"fgsm_accuracy@0.0078": scipy_ci(5, n), "fgsm_accuracy@0.0157": scipy_ci(0, n)}
-    assert set(summary["intervals"]) == set(expected)  # no interval on means over severities or corruptions
+    # no interval on means over severities or corruptions; each under its name and its older name (issue 18)
+    expected |= {NAMES.canonical(k): v for k, v in expected.items()}
+    assert set(summary["intervals"]) == set(expected)
+    assert {"clean/accuracy", "accuracy/fog/s3", "fgsm/accuracy@0.0078"} <= set(expected)
     for key, ci in expected.items():
         assert summary["intervals"][key] == pytest.approx(ci, abs=1e-12), key
     assert summary["intervals"]["fgsm_accuracy@0.0157"][0] == 0.0  # k = 0
@@ -67,7 +71,7 @@ def test_the_low_count_flag_is_for_classes_under_10_images(tmp_path):
 def test_the_page_shows_the_intervals(tmp_path):
     text, _ = built(tmp_path)
     lo, hi = scipy_ci(15, 20)
-    assert f"<th>clean_accuracy</th><td>0.75  95% CI [{lo:.3f}, {hi:.3f}]</td>" in text  # headline
+    assert f"<th>clean/accuracy</th><td>0.75  95% CI [{lo:.3f}, {hi:.3f}]</td>" in text  # headline (issue 18: one name)
     lo, hi = scipy_ci(8, 20)
     assert f"<td>0.400 <span class=ci>[{lo:.3f}, {hi:.3f}]</span></td>" in text  # table: fog at severity 3
     assert f'"[{lo:.3f}, {hi:.3f}]"' in text  # the heat map's hover text of that cell

@@ -301,3 +301,23 @@ def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_
     monkeypatch.setattr(registry, "info", lambda message, obj=None: said.append(message))
     registry.where_to_look(str(run), folder)
     assert f"tensorboard --logdir {quoted} --samples_per_plugin images=100" in said[0]
+
+
+def test_a_run_written_before_the_name_table_still_builds_its_report(tmp_path, capsys):
+    """Issue 18: a run of the older layout (a robustness record and a robustness/summary.json with the older names
+    only, no robustness section.json) builds its report, its summary.json has both names, and the gates take the
+    older and the new names."""
+    import handmade
+
+    run = handmade.write_run(tmp_path / "old")
+    old_summary = {"clean_accuracy": 0.75, "corruption_accuracy/fog/s3": 0.4, "mce": handmade.MCE}
+    (run / "trainviz" / "robustness" / "summary.json").write_text(json.dumps(old_summary))
+    page = build_report(run)
+    text = page.read_text()
+    assert 'id="corruptions"' in text and "clean/accuracy" in text
+    summary = json.loads((page.parent / "summary.json").read_text())
+    assert summary["clean_accuracy"] == summary["clean/accuracy"] == 0.75
+    assert summary["corruption_accuracy/fog/s3"] == summary["accuracy/fog/s3"] == 0.4
+    assert main(["report", str(run), "--fail-over", "mce=0.3"]) == 1
+    assert "FAIL mce = 0.35 is above 0.3" in capsys.readouterr().err
+    assert main(["report", str(run), "--fail-under", "clean_accuracy=0.7", "clean/accuracy=0.7"]) == 0

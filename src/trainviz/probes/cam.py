@@ -245,7 +245,8 @@ class CAMProbeResult(Result):
     def section(self) -> dict[str, Any]:
         """The report section: each map's localisation, faithfulness and drift over epochs, the overlays of every
         layer in one synchronised grid per epoch, the per-class mean maps and the fit-end evolution strip (see
-        :meth:`Result.section <trainviz.core.result.Result.section>`)."""
+        :meth:`Result.section <trainviz.core.result.Result.section>`); two runs compared: the CAM drift between
+        them, the correlation of the maps of the same probe images (:func:`trainviz.report.compare.map_correlation`)."""
         keys = list(self.per_map)
         titles = {
             "pointing_game": ("Pointing game", "hit rate: the map's peak inside the object", [0, 1.02]),
@@ -284,6 +285,16 @@ class CAMProbeResult(Result):
             "description": "Maps of each layer and their aggregate (Strezoski & Worring), followed over epochs: "
             "localisation (pointing game), faithfulness (average drop, increase in confidence, deletion) and drift.",
             "curves": curves,
+            "compare": [
+                {
+                    "kind": "map_correlation",
+                    "title": "CAM drift",
+                    "description": "Pearson correlation of the Grad-CAM map",
+                    "arrays": "maps",
+                    "prefix": "maps/",
+                    "main": "aggregate",
+                }
+            ],
             "galleries": [
                 {
                     "title": "Maps per layer",

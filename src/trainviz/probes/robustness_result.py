@@ -8,54 +8,44 @@ et al. 2017, intervals after Wilson 1927; the probes of Zhang's encoder-decoder 
 "Visualization of encoder-decoder structure of Deep Convolutional Neural Network", section 5.3) and the
 gradient ascent of Fleuret's EE-559 lecture "Under the hood" (see :mod:`trainviz.probes.robustness`).
 
-Flat metric names (all values are numbers; accuracies, confidences, errors and rates are fractions in [0, 1])
-and their direction (:data:`HIGHER_IS_BETTER`, by the name's family: the part before the first ``/`` or ``@``;
-``-`` means no direction, such a metric cannot be gated):
+Flat metric names: one table, :data:`trainviz.probes.robustness_names.NAMES` (each metric's name, direction and
+description). The logged scalars use the names (``clean/accuracy``, ``corrupted/accuracy``, ``accuracy/<name>``,
+``fgsm/accuracy@<eps>``); ``summary.json`` holds each metric under its name and under its older name (an alias:
+``clean_accuracy``, ``corruption_accuracy``, ``corruption_accuracy/<name>``, ``fgsm_accuracy@<eps>``), and the
+gates accept both. All values are numbers; accuracies, confidences, errors and rates are fractions in [0, 1]:
 
-==========================================  ======  ==========================================================
-name                                        better  meaning
-==========================================  ======  ==========================================================
-``epoch``                                   ``-``   epoch of the record
-``clean_accuracy``                          higher  on the clean probe set: accuracy,
-``clean_confidence``                        ``-``   mean top probability (higher is not better: overconfidence),
-``clean_nll``, ``clean_ece``                lower   mean negative log-likelihood, expected calibration error
-                                                    (15 bins)
-``corruption_accuracy``                     higher  the same, and the flip rate against the clean prediction,
-``corruption_confidence``                   ``-``   averaged over every corruption and severity
-``corruption_nll``, ``corruption_ece``,     lower
-``corruption_flip_rate``
-``corruption_accuracy/<name>``              higher  per corruption, averaged over its severities
-``corruption_ece/<name>``,                  lower
-``corruption_flip_rate/<name>``
-``corruption_accuracy/<name>/s<k>``         higher  one cell of the corruption x severity table (what a
-                                                    reference needs)
-``ce/<name>``, ``mce``                      lower   corruption error ``CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}``
-                                                    and its mean over corruptions
-``relative_ce/<name>``, ``relative_mce``    lower   ``sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} -
-                                                    E^ref_clean)`` and its mean
-``normalized_ce/<name>``,                   lower   with a reference run only: the same, ``E^ref`` the
-``normalized_mce``,                                 reference run's errors (1.0 = as robust as the
-``normalized_relative_ce/<name>``,                  reference)
-``normalized_relative_mce``
-``fgsm_accuracy@<eps>``                     higher  accuracy under FGSM at ``eps`` (pixel units, 4 decimals:
-                                                    ``@0.0157``)
-``pgd_accuracy@<eps>``                      higher  accuracy under L-inf PGD at ``eps`` (the same labels; only
-                                                    in a record whose PGD ran, see :class:`Pgd`)
-``flip_steps_mean``                         higher  mean gradient-ascent steps to flip a prediction, over
-                                                    flipped images
-``flip_never_fraction``                     higher  fraction of images still predicted the same after the cap
-``adversarial_flip_rate``                   lower   fraction of the trajectory images whose class changed
-                                                    within the steps (Fleuret's adversarial trajectories)
-``adversarial_flip_step_mean``              higher  mean first iteration of a class change, over flipped images
-``random_direction_flip_rate``              lower   the control: fraction of random points on the sphere of
-                                                    radius ``2 ||x - x_adv||`` with another label, mean over
-                                                    the flipped images (well below the adversarial one)
-``random_direction_flip_rate_upper95``      lower   its exact one-sided 95% upper bound (Clopper-Pearson) on
-                                                    the pooled count: flips of ``samples x flipped images``
-                                                    points (0.049 for 60 points and no flip)
-``cam_shift``, ``cam_shift/<name>``         higher  mean correlation of clean and corrupted Grad-CAM (1 = same
-                                                    maps)
-==========================================  ======  ==========================================================
+==================================================  ======  ================================================
+name (older name)                                   better  meaning
+==================================================  ======  ================================================
+``epoch``                                           ``-``   epoch of the record
+``clean/accuracy`` (``clean_accuracy``)             higher  on the clean probe set: accuracy,
+``clean/confidence`` (``clean_confidence``)         ``-``   mean top probability (not better: overconfidence),
+``clean/nll``, ``clean/ece``                        lower   mean NLL, expected calibration error (15 bins)
+``corrupted/<stat>`` (``corruption_<stat>``)        as      the same and ``flip_rate`` (lower), over every
+                                                    above   corruption and severity
+``accuracy/<name>``, ``ece/<name>``,                        per corruption, averaged over its severities
+``flip_rate/<name>`` (``corruption_<stat>/<name>``)
+``accuracy/<name>/s<k>``                            higher  one cell of the corruption x severity table
+(``corruption_accuracy/<name>/s<k>``)
+``ce/<name>``, ``mce``                              lower   corruption error ``CE_c = sum_s E_{s,c} / sum_s
+                                                            E^ref_{s,c}`` and its mean over corruptions
+``relative_ce/<name>``, ``relative_mce``            lower   ``sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} -
+                                                            E^ref_clean)`` and its mean
+``normalized_[relative_]ce/<name>``,                lower   with a reference run only: ``E^ref`` the reference
+``normalized_[relative_]mce``                               run's errors (1.0 = as robust as the reference)
+``fgsm/accuracy@<eps>`` (``fgsm_accuracy@<eps>``)   higher  accuracy under FGSM at ``eps`` (pixel units, 4
+                                                            decimals: ``@0.0157``)
+``pgd/accuracy@<eps>`` (``pgd_accuracy@<eps>``)     higher  under L-inf PGD, only when it ran (:class:`Pgd`)
+``flip/steps_mean`` (``flip_steps_mean``)           higher  mean gradient-ascent steps to flip, flipped images
+``flip/never_fraction`` (``flip_never_fraction``)   higher  images still predicted the same after the cap
+``adversarial/flip_rate`` (``adversarial_...``)     lower   trajectory images whose class changed
+``adversarial/flip_step_mean``                      higher  mean first iteration of a class change
+``adversarial/random_direction_flip_rate``          lower   the control, random points at ``2 ||x - x_adv||``,
+``adversarial/random_direction_flip_rate_upper95``  lower   and its exact one-sided 95% upper bound
+(``random_direction_flip_rate[_upper95]``)
+``corrupted/cam_shift`` (``cam_shift``),            higher  mean correlation of clean and corrupted Grad-CAM
+``cam_shift/<name>``                                        (1 = same maps)
+==================================================  ======  ================================================
 
 The reference of ``ce``, ``mce`` and ``relative_*`` is always the default one (:data:`MCE_REFERENCE`): ``E^ref``
 is 1 at every severity and ``E^ref_clean`` is 0, so ``ce/<name>`` is the mean error over severities and
@@ -83,9 +73,9 @@ Inside a result, numbers are floats with NaN where undefined (``None`` in the re
 Example:
     >>> record = {"epoch": 3, "clean": {"accuracy": 0.9}, "table": [], "corruptions": {}}
     >>> RobustnessResult.from_record(record).summary()
-    {'epoch': 3, 'clean_accuracy': 0.9}
+    {'epoch': 3, 'clean/accuracy': 0.9, 'clean_accuracy': 0.9}
     >>> full = RobustnessResult.from_record({**record, "n": 10, "class_names": ["cat", "dog"], "class_counts": [6, 4]})
-    >>> [round(b, 3) for b in full.intervals()["clean_accuracy"]], full.probe_counts()["low_count_classes"]
+    >>> [round(b, 3) for b in full.intervals()["clean/accuracy"]], full.probe_counts()["low_count_classes"]
     ([0.596, 0.982], ['cat', 'dog'])
 """
 
@@ -101,6 +91,7 @@ import numpy as np
 
 from trainviz.core.common import json_number
 from trainviz.core.result import Result
+from trainviz.probes.robustness_names import NAMES
 
 __all__ = [
     "CORRUPTION_PROTOCOL",
@@ -144,45 +135,16 @@ AGGREGATES = (*STATS, "flip_rate")
 _PER_CORRUPTION = ("accuracy", "ece", "flip_rate")
 
 HIGHER_IS_BETTER: Mapping[str, bool | None] = {
-    "epoch": None,
-    "clean_accuracy": True,
-    "clean_confidence": None,
-    "clean_nll": False,
-    "clean_ece": False,
-    "corruption_accuracy": True,
-    "corruption_confidence": None,
-    "corruption_nll": False,
-    "corruption_ece": False,
-    "corruption_flip_rate": False,
-    "ce": False,
-    "mce": False,
-    "relative_ce": False,
-    "relative_mce": False,
-    "normalized_ce": False,
-    "normalized_mce": False,
-    "normalized_relative_ce": False,
-    "normalized_relative_mce": False,
-    "fgsm_accuracy": True,
-    "pgd_accuracy": True,
-    "flip_steps_mean": True,
-    "flip_never_fraction": True,
-    "adversarial_flip_rate": False,
-    "adversarial_flip_step_mean": True,
-    "random_direction_flip_rate": False,
-    "random_direction_flip_rate_upper95": False,
-    "cam_shift": True,
+    pattern: m.higher_is_better for m in NAMES for pattern in (m.name, *m.aliases)
 }
-"""Whether a higher value is better, for every family of metric (the name before its first ``/`` or ``@``);
-``None`` where neither is (such a metric cannot be gated). Like torchmetrics' ``Metric.higher_is_better``: the
-direction is metadata, which a CI gate needs."""
+"""Whether a higher value is better, by metric name pattern and older name (from
+:data:`~trainviz.probes.robustness_names.NAMES`, the one table); ``None`` where neither is (such a metric cannot
+be gated)."""
 
-_CONFIDENCE = "a higher mean confidence is not better (overconfidence); gate calibration with {0}_ece or {0}_nll"
 NO_DIRECTION: Mapping[str, str] = {
-    "epoch": "it is the epoch of the record, not a quality",
-    "clean_confidence": _CONFIDENCE.format("clean"),
-    "corruption_confidence": _CONFIDENCE.format("corruption"),
+    pattern: m.no_direction for m in NAMES if m.no_direction for pattern in (m.name, *m.aliases)
 }
-"""Why a family of :data:`HIGHER_IS_BETTER` has no direction (what a gate on it is told)."""
+"""Why a metric of :data:`HIGHER_IS_BETTER` has no direction (what a gate on it is told)."""
 
 LOW_COUNT_THRESHOLD = 10
 """Per-class numbers resting on fewer probe images than this are flagged (``probe_counts()["low_count_classes"]``,
@@ -720,16 +682,31 @@ class RobustnessResult(Result):
 
     # what is logged ----------------------------------------------------------------------------------
     def scalars(self) -> dict[str, float | None]:
-        """``clean/<stat>``, ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``,
-        and when measured ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``, ``pgd/accuracy@<eps>``,
+        """The logged metrics of :data:`~trainviz.probes.robustness_names.NAMES` (``clean/<stat>``,
+        ``corrupted/<stat>``, ``accuracy/<c>``, ``flip_rate/<c>``, ``mce``, ``relative_mce``, and when measured
+        ``cam_shift/<c>``, ``corrupted/cam_shift``, ``fgsm/accuracy@<eps>``, ``pgd/accuracy@<eps>``,
         ``flip/{steps_mean,never_fraction}``, ``adversarial/{flip_rate,random_direction_flip_rate,
-        random_direction_flip_rate_upper95,flip_step_mean,distance_mean}``; ``None`` where undefined."""
-        out: dict[str, Any] = {f"clean/{s}": getattr(self.clean, s) for s in STATS}
+        random_direction_flip_rate_upper95,flip_step_mean,distance_mean}``); ``None`` where undefined."""
+        return {
+            name: None if value is None else json_number(value)
+            for name, value in self.metrics().items()
+            if NAMES.metric(name).logged
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        """Every metric measured in this run by its one name (:data:`~trainviz.probes.robustness_names.NAMES`),
+        NaN or ``None`` where undefined: what :meth:`scalars` and :meth:`summary` select from."""
+        out: dict[str, Any] = {"epoch": self.epoch}
+        out |= {f"clean/{s}": getattr(self.clean, s) for s in STATS}
         out |= {f"corrupted/{s}": getattr(self.corrupted, s) for s in AGGREGATES}
         for name, stats in self.corruptions.items():
-            out[f"accuracy/{name}"], out[f"flip_rate/{name}"] = stats.accuracy, stats.flip_rate
+            out |= {f"{key}/{name}": getattr(stats, key) for key in _PER_CORRUPTION}
+            out |= {f"ce/{name}": stats.ce, f"relative_ce/{name}": stats.relative_ce}
             if stats.cam_shift is not None:
                 out[f"cam_shift/{name}"] = stats.cam_shift
+            out[f"normalized_ce/{name}"] = stats.normalized_ce
+            out[f"normalized_relative_ce/{name}"] = stats.normalized_relative_ce
+        out |= {f"accuracy/{row.corruption}/s{row.severity}": row.accuracy for row in self.table}
         out |= {"mce": self.mce, "relative_mce": self.relative_mce}
         if self.normalized_mce is not None:
             out |= {"normalized_mce": self.normalized_mce, "normalized_relative_mce": self.normalized_relative_mce}
@@ -745,14 +722,14 @@ class RobustnessResult(Result):
             t = self.trajectory
             out |= {
                 "adversarial/flip_rate": t.flip_rate,
-                "adversarial/random_direction_flip_rate": t.random_direction_flip_rate if t.samples else None,
+                "adversarial/random_direction_flip_rate": t.random_direction_flip_rate if t.samples else math.nan,
                 "adversarial/random_direction_flip_rate_upper95": (
-                    t.random_direction_flip_rate_upper95 if t.samples else None
+                    t.random_direction_flip_rate_upper95 if t.samples else math.nan
                 ),
                 "adversarial/flip_step_mean": t.flip_step_mean,
                 "adversarial/distance_mean": t.distance_mean,
             }
-        return {name: None if value is None else json_number(value) for name, value in out.items()}
+        return out
 
     def heatmap(self) -> tuple[np.ndarray, list[str], list[int]]:
         """Accuracy by corruption (rows, run order) and severity (columns), NaN where not run; the two labels."""
@@ -832,9 +809,25 @@ class RobustnessResult(Result):
         protocol = self.protocol()
         return {"summary.json": {**self.summary(), **({"protocol": protocol} if protocol else {})}}
 
+    @classmethod
+    def report_section(cls, results: list[RobustnessResult], folder: Any) -> dict[str, Any]:
+        """The robustness part of the report, drawn from every epoch's result (``folder``: the run's
+        ``robustness`` folder, for the latest arrays and examples): see
+        :func:`trainviz.probes.robustness_report.report_section`."""
+        from trainviz.probes.robustness_report import report_section
+
+        return report_section(results, folder)
+
+    @classmethod
+    def compare_section(cls, results: list[RobustnessResult]) -> dict[str, Any]:
+        """What two runs' reports compare: see :func:`trainviz.probes.robustness_report.compare_section`."""
+        from trainviz.probes.robustness_report import compare_section
+
+        return compare_section(results)
+
     def section(self) -> dict[str, Any] | None:
         """The report's generic section of the adversarial trajectories (the rest of the robustness report is
-        the report's own, :mod:`trainviz.report.builder`): the two flip rates and the mean flip iteration over
+        drawn from every epoch's records by :meth:`report_section`): the two flip rates and the mean flip iteration over
         epochs, and the table of predicted classes as a gallery; ``None`` without trajectories."""
         if self.trajectory is None:
             return None
@@ -891,46 +884,30 @@ class RobustnessResult(Result):
 
     # what is read back ---------------------------------------------------------------------------------
     def summary(self) -> dict[str, float]:
-        """The flat metrics (see the module's table), undefined values left out."""
-        out: dict[str, Any] = {"epoch": self.epoch}
-        out |= {f"clean_{s}": getattr(self.clean, s) for s in STATS}
-        out |= {f"corruption_{s}": getattr(self.corrupted, s) for s in AGGREGATES}
-        for name, stats in self.corruptions.items():
-            out |= {f"corruption_{key}/{name}": getattr(stats, key) for key in _PER_CORRUPTION}
-            out |= {f"ce/{name}": stats.ce, f"relative_ce/{name}": stats.relative_ce}
-            out[f"cam_shift/{name}"] = stats.cam_shift
-            out[f"normalized_ce/{name}"] = stats.normalized_ce
-            out[f"normalized_relative_ce/{name}"] = stats.normalized_relative_ce
-        out |= {f"corruption_accuracy/{row.corruption}/s{row.severity}": row.accuracy for row in self.table}
-        out |= {"mce": self.mce, "relative_mce": self.relative_mce, "cam_shift": self.cam_shift}
-        out |= {"normalized_mce": self.normalized_mce, "normalized_relative_mce": self.normalized_relative_mce}
-        if self.fgsm is not None:
-            out |= {f"fgsm_accuracy@{eps_label(e)}": a for e, a in zip(self.fgsm.epsilons, self.fgsm.accuracy)}
-        if self.pgd is not None and self.pgd.measured:
-            out |= {f"pgd_accuracy@{eps_label(e)}": a for e, a in zip(self.pgd.epsilons, self.pgd.accuracy)}
-        if self.flip is not None:
-            out |= {"flip_steps_mean": self.flip.steps_mean, "flip_never_fraction": self.flip.never_fraction}
-        if self.trajectory is not None:
-            t = self.trajectory
-            out |= {"adversarial_flip_rate": t.flip_rate, "adversarial_flip_step_mean": t.flip_step_mean}
-            out["random_direction_flip_rate"] = t.random_direction_flip_rate
-            out["random_direction_flip_rate_upper95"] = t.random_direction_flip_rate_upper95
-        return {k: v for k, v in out.items() if _finite(v)}
+        """The flat metrics of ``summary.json`` (see the module's table), undefined values left out: each under its
+        one name and under its older names (:meth:`NameTable.with_aliases
+        <trainviz.core.names.NameTable.with_aliases>`), which scripts and reference runs still read."""
+        return NAMES.with_aliases(self._summarized())
+
+    def _summarized(self) -> dict[str, float]:
+        """The summarized metrics by their one name, undefined values left out."""
+        return {k: v for k, v in self.metrics().items() if NAMES.metric(k).summarized and _finite(v)}
 
     def intervals(self) -> dict[str, list[float]]:
         """``{metric: [low, high]}``: the 95% Wilson interval of every accuracy measured once on the ``n`` probe
-        images; empty without ``n`` (a record written before trainviz recorded it)."""
+        images, under the metric's name and its older names; empty without ``n`` (a record written before
+        trainviz recorded it)."""
         if self.n is None:
             return {}
-        metrics = self.summary()
-        names = ["clean_accuracy", *(k for k in metrics if k.startswith("corruption_accuracy/") and k.count("/") == 2)]
-        names += [k for k in metrics if k.startswith(("fgsm_accuracy@", "pgd_accuracy@"))]
+        metrics = self._summarized()
+        names = ["clean/accuracy", *(k for k in metrics if k.startswith("accuracy/") and k.count("/") == 2)]
+        names += [k for k in metrics if k.startswith(("fgsm/accuracy@", "pgd/accuracy@"))]
         out = {}
         for name in names:
             k = _successes(metrics.get(name), self.n)
             if k is not None:
                 out[name] = list(proportion_interval(k, self.n))
-        return out
+        return NAMES.with_aliases(out)
 
     def probe_counts(self) -> dict[str, Any] | None:
         """``{"n", "class_counts", "low_count_classes", "low_count_threshold"}``; ``None`` without ``n``, and

@@ -1,14 +1,15 @@
 """Two runs side by side on one offline page (``trainviz report RUN_A --compare RUN_B``), from their artifacts
 alone (numpy, no torch).
 
-For every section both runs have (robustness, and each ``<callback>/section.json`` folder), each curve of the
-section is drawn with both runs overlaid (run A solid, run B dashed, each named by its run folder), followed by
-the per-epoch deltas (B minus A, at the epochs both runs recorded) of the same keys and a table of the last
-common epoch. The robustness section's keys are the ``summary.json`` names (``clean_accuracy``,
-``corruption_accuracy``, ``mce``, ``relative_mce``, ``corruption_accuracy/<corruption>``, ``fgsm_accuracy@<eps>``,
-``pgd_accuracy@<eps>``).
-When both runs saved CAM maps (``cam/epoch_XXXX/maps.npz``), the CAM drift between them: the Pearson correlation
-of the maps of the same probe ids at the last epoch both saved.
+Generic: for every section both runs have (each ``<callback>/section.json`` folder, and the capabilities of
+:data:`trainviz.report.run.REPORTED`, whose result type's ``compare_section(results)`` gives its curve items and
+records: the robustness metrics by their names in :data:`~trainviz.probes.robustness_names.NAMES`), each curve
+of the section is drawn with both runs overlaid (run A solid, run B dashed, each named by its run folder),
+followed by the per-epoch deltas (B minus A, at the epochs both runs recorded) of the same keys and a table of
+the last common epoch. A section's spec may declare its own comparisons (``"compare"``): ``{"kind":
+"map_correlation", "title", "description", "arrays": "<file>" (epoch_XXXX/<file>.npz), "prefix": "maps/", "main":
+"<key>"}`` draws the Pearson correlation of the maps of the same probe ids (``ids``) in both runs at the last epoch
+both saved (the CAM section's drift between the runs).
 
 The runs must share their probe sets (the ``probe_sets`` fingerprints of each ``manifest/manifest.json``), or
 :class:`ProbeSetMismatchError`; a run without a manifest is compared anyway, with a warning. Everything drawn
@@ -22,77 +23,31 @@ Example:
 
 from __future__ import annotations
 
-import html
 import os
-import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from trainviz.probes.robustness_result import RobustnessResult
-from trainviz.report.sections import _lookup, discover, plotly_text, script_json
-from trainviz.report.template import PAGE
-from trainviz.sinks.artifacts import ArtifactStore, atomic_write
+from trainviz.report.page import Figures, check_plotlyjs, plotly_text, script_json, write_page
+from trainviz.report.page import esc as _esc
+from trainviz.report.run import (
+    ProbeSetMismatchError,
+    check_probes,
+    find_run,
+    probe_fingerprints,
+    read_manifest,
+    reported_results,
+    run_labels,
+)
+from trainviz.report.sections import _lookup, discover
 
-__all__ = ["ProbeSetMismatchError", "build_comparison", "cam_drift", "probe_fingerprints", "run_labels"]
+__all__ = ["ProbeSetMismatchError", "build_comparison", "map_correlation", "probe_fingerprints", "run_labels"]
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
-
-
-class ProbeSetMismatchError(ValueError):
-    """The two runs were probed on different images: their curves cannot be compared."""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def run_labels(a: Path, b: Path) -> tuple[str, str]:
-    """The shortest trailing parts of the two run folders that tell them apart (``a/version_0``, ``b/version_0``)."""
-    pa, pb = a.resolve().parts, b.resolve().parts
-    for n in range(1, max(len(pa), len(pb)) + 1):
-        la, lb = "/".join(pa[-n:]), "/".join(pb[-n:])
-        if la != lb:
-            return la, lb
-    return f"{a.name} (A)", f"{b.name} (B)"  # the same folder twice
-
-
-def _callback_name(key: str) -> str:
-    found = re.search(r"'name': '([^']*)'", key)
-    return found.group(1) if found else key
-
-
-def probe_fingerprints(manifest: dict[str, Any] | None) -> dict[str, str] | None:
-    """``{callback name: probe set fingerprint}`` of a manifest, or ``None`` without a manifest."""
-    if manifest is None:
-        return None
-    probes = manifest.get("probe_sets") or {}
-    return {
-        _callback_name(k): str(v.get("fingerprint"))
-        for k, v in probes.items()
-        if isinstance(v, dict) and v.get("fingerprint")
-    }
-
-
-def _check_probes(labels: tuple[str, str], manifests: Sequence[dict[str, Any] | None]) -> list[str]:
-    """Raise on different probe sets; the warnings (a run without a manifest) otherwise."""
-    prints = [probe_fingerprints(m) for m in manifests]
-    missing = [label for label, p in zip(labels, prints) if p is None]
-    if missing:
-        return [f"no manifest in {', '.join(missing)}: the probe sets could not be checked (compared anyway)"]
-    fa, fb = prints[0] or {}, prints[1] or {}
-    bad = [(name, fa[name], fb[name]) for name in sorted(set(fa) & set(fb)) if fa[name] != fb[name]]
-    if bad:
-        listed = "; ".join(f"{name}: {labels[0]} {a}, {labels[1]} {b}" for name, a, b in bad)
-        raise ProbeSetMismatchError(
-            f"The runs have different probe sets (fingerprints {listed}). The probe sets must match to compare "
-            "runs: the same data, probe_size and probe_seed."
-        )
-    return []
 
 
 # data ------------------------------------------------------------------------------------------------
@@ -100,63 +55,27 @@ def _check_probes(labels: tuple[str, str], manifests: Sequence[dict[str, Any] | 
 
 @dataclass
 class _Side:
-    """One section of one run: its curve items and records."""
+    """One section of one run: its curve items, records, declared comparisons and folder."""
 
     items: list[dict[str, Any]]
     records: list[dict[str, Any]]
-
-
-def _robustness(root: Path) -> _Side | None:
-    store = ArtifactStore(root)
-    if not store.path("robustness/metrics.jsonl").exists():
-        return None
-    by_epoch = {r["epoch"]: r for r in store.read_jsonl("robustness/metrics.jsonl") if isinstance(r.get("epoch"), int)}
-    results = [RobustnessResult.from_record(by_epoch[e]) for e in sorted(by_epoch)]
-    if not results:
-        return None
-    records = [r.summary() for r in results]
-    corruptions = list(dict.fromkeys(c for r in results for c in r.corruptions))
-    fgsm = sorted({k for r in records for k in r if k.startswith("fgsm_accuracy@")})
-    pgd = sorted({k for r in records for k in r if k.startswith("pgd_accuracy@")})
-    unit = (0, 1.02)
-    items: list[dict[str, Any]] = [
-        {
-            "title": "Clean and corrupted accuracy",
-            "y": "accuracy",
-            "y_range": unit,
-            "series": [
-                {"name": "clean accuracy", "key": ["clean_accuracy"]},
-                {"name": "corrupted accuracy (mean)", "key": ["corruption_accuracy"]},
-            ],
-        },
-        {
-            "title": "Mean corruption error",
-            "y": "mCE",
-            "series": [{"name": "mCE", "key": ["mce"]}, {"name": "relative mCE", "key": ["relative_mce"]}],
-        },
-        {
-            "title": "Accuracy per corruption",
-            "y": "accuracy",
-            "y_range": unit,
-            "series": [{"name": c, "key": [f"corruption_accuracy/{c}"]} for c in corruptions],
-        },
-    ]
-    for title, keys in (("FGSM accuracy", fgsm), ("PGD accuracy", pgd)):
-        if keys:
-            series = [{"name": k.replace("_", " "), "key": [k]} for k in keys]
-            items.append({"title": title, "y": "accuracy", "y_range": unit, "series": series})
-    return _Side(items, records)
+    compare: list[dict[str, Any]] = field(default_factory=list)
+    folder: Path | None = None
 
 
 def _sections(root: Path) -> dict[str, tuple[str, _Side]]:
-    """``{folder: (title, side)}``: robustness first, then every generic section."""
+    """``{folder: (title, side)}``: the capabilities drawn from their records first, then every generic section."""
     out: dict[str, tuple[str, _Side]] = {}
-    rob = _robustness(root)
-    if rob is not None:
-        out["robustness"] = ("Robustness", rob)
+    for name, (cls, results) in reported_results(root).items():
+        compared = getattr(cls, "compare_section", None)
+        if compared is not None:
+            spec = compared(results)
+            out[name] = (str(spec["title"]), _Side(spec["items"], spec["records"], folder=root / name))
     for section in discover(root.resolve()):
         items = [i for i in section.spec.get("curves", []) if isinstance(i, dict)]
-        out.setdefault(section.name, (str(section.spec["title"]), _Side(items, section.records())))
+        compare = [i for i in section.spec.get("compare", []) if isinstance(i, dict)]
+        side = _Side(items, section.records(), compare, section.folder)
+        out.setdefault(section.name, (str(section.spec["title"]), side))
     return out
 
 
@@ -204,40 +123,43 @@ def _curve_data(item: dict[str, Any], side_a: _Side, side_b: _Side) -> list[dict
     return out
 
 
-def cam_drift(root_a: Path, root_b: Path) -> dict[str, Any] | None:
-    """Pearson correlation of each probe id's CAM maps in the two runs at the last epoch both saved
-    ``cam/epoch_XXXX/maps.npz`` (``None`` when either saved none): ``{"epoch", "keys": {map key: mean},
-    "ids", "labels", "correlation"}`` (per shared probe id, the aggregate map, or the first common map key)."""
+def map_correlation(folder_a: Path, folder_b: Path, item: dict[str, Any]) -> dict[str, Any] | None:
+    """Pearson correlation of each probe id's maps in the two runs' section folders at the last epoch both saved
+    ``epoch_XXXX/<item["arrays"]>.npz`` (``None`` when either saved none): ``{"epoch", "key", "keys": {map key:
+    mean}, "ids", "labels", "correlation"}`` (per shared probe id, the ``item["main"]`` map, or the first common
+    map key). The maps are the arrays whose key starts with ``item["prefix"]`` (default ``"maps/"``)."""
+    arrays, prefix = f"{item.get('arrays', 'maps')}.npz", str(item.get("prefix", "maps/"))
 
-    def epochs(root: Path) -> set[int]:
-        return {int(p.parent.name[6:]) for p in root.glob("cam/epoch_*/maps.npz") if p.parent.name[6:].isdigit()}
+    def epochs(folder: Path) -> set[int]:
+        return {int(p.parent.name[6:]) for p in folder.glob(f"epoch_*/{arrays}") if p.parent.name[6:].isdigit()}
 
-    common = epochs(root_a) & epochs(root_b)
+    common = epochs(folder_a) & epochs(folder_b)
     if not common:
         return None
     epoch = max(common)
-    with np.load(root_a / "cam" / f"epoch_{epoch:04d}" / "maps.npz") as fa:
-        za = {k: fa[k] for k in fa.files if k.startswith("maps/") or k in ("ids", "labels")}
-    with np.load(root_b / "cam" / f"epoch_{epoch:04d}" / "maps.npz") as fb:
-        zb = {k: fb[k] for k in fb.files if k.startswith("maps/") or k in ("ids", "labels")}
+    with np.load(folder_a / f"epoch_{epoch:04d}" / arrays) as fa:
+        za = {k: fa[k] for k in fa.files if k.startswith(prefix) or k in ("ids", "labels")}
+    with np.load(folder_b / f"epoch_{epoch:04d}" / arrays) as fb:
+        zb = {k: fb[k] for k in fb.files if k.startswith(prefix) or k in ("ids", "labels")}
     if "ids" not in za or "ids" not in zb:
         return None
     ids_a, ids_b = [int(i) for i in za["ids"]], [int(i) for i in zb["ids"]]
     pos_b = {i: j for j, i in enumerate(ids_b)}
     shared = [(i, pos_b[v]) for i, v in enumerate(ids_a) if v in pos_b]
-    keys = [k[5:] for k in za if k.startswith("maps/") and k in zb and za[k].shape[1:] == zb[k].shape[1:]]
+    n = len(prefix)
+    keys = [k[n:] for k in za if k.startswith(prefix) and k in zb and za[k].shape[1:] == zb[k].shape[1:]]
     if not shared or not keys:
         return None
     rows_a, rows_b = [i for i, _ in shared], [j for _, j in shared]
     per_key = {}
     for key in keys:
-        ma = za[f"maps/{key}"][rows_a].reshape(len(shared), -1).astype(np.float64)
-        mb = zb[f"maps/{key}"][rows_b].reshape(len(shared), -1).astype(np.float64)
+        ma = za[f"{prefix}{key}"][rows_a].reshape(len(shared), -1).astype(np.float64)
+        mb = zb[f"{prefix}{key}"][rows_b].reshape(len(shared), -1).astype(np.float64)
         ma, mb = ma - ma.mean(1, keepdims=True), mb - mb.mean(1, keepdims=True)
         norm = np.sqrt((ma**2).sum(1) * (mb**2).sum(1))
         with np.errstate(invalid="ignore", divide="ignore"):
             per_key[key] = np.where(norm > 0, (ma * mb).sum(1) / np.where(norm > 0, norm, 1), np.nan)
-    main = "aggregate" if "aggregate" in per_key else keys[0]
+    main = str(item.get("main")) if item.get("main") in per_key else keys[0]
     labels = [int(v) for v in za["labels"][rows_a]] if "labels" in za else []
     return {
         "epoch": epoch,
@@ -338,29 +260,33 @@ def _delta_table(curves: list[dict[str, Any]], labels: tuple[str, str]) -> str:
     return f'<table class="cells compare-deltas">{head}{"".join(rows)}</table>'
 
 
-def _drift_html(drift: dict[str, Any], labels: tuple[str, str], figure_id: str) -> str:
+def _correlation_html(
+    name: str, item: dict[str, Any], drift: dict[str, Any], labels: tuple[str, str], figure_id: str
+) -> str:
     means = "".join(f"<tr><th>{_esc(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in drift["keys"].items())
     none = sum(v is None for v in drift["correlation"])
     undefined = f"; {none} with a constant map in a run have none" if none else ""
+    title = str(item.get("title", "Map correlation"))
+    what = str(item.get("description", "Pearson correlation of the map"))
     return (
-        '<section id="cam-drift"><h2>CAM drift between the runs</h2>'
-        f"<p class=note>Pearson correlation of the Grad-CAM map of each of the {len(drift['ids'])} shared probe "
+        f'<section id="{_esc(name)}-correlation"><h2>{_esc(title)} between the runs</h2>'
+        f"<p class=note>{_esc(what)} of each of the {len(drift['ids'])} shared probe "
         f"images in {_esc(labels[0])} and {_esc(labels[1])} at epoch {drift['epoch']} (1: both runs look at the "
         f"same place){undefined}. Mean per map:</p>"
-        f'<table class="kv cam-drift">{means}</table>'
+        f'<table class="kv map-correlation">{means}</table>'
         f'<figure><div class="plot" data-figure="{figure_id}"></div><figcaption>Per probe image, the '
         f"{_esc(drift['key'])} map.</figcaption></figure></section>"
     )
 
 
-def _drift_figure(drift: dict[str, Any]) -> dict[str, Any]:
+def _drift_figure(title: str, drift: dict[str, Any]) -> dict[str, Any]:
     trace = {
         "type": "bar",
         "x": [f"id {i}" for i in drift["ids"]],
         "y": drift["correlation"],
         "hovertemplate": "%{x}: r = %{y:.3f}<extra></extra>",
     }
-    layout = _layout(f"CAM drift ({drift['key']}), epoch {drift['epoch']}", "Pearson r", (-1, 1), x="probe image")
+    layout = _layout(f"{title} ({drift['key']}), epoch {drift['epoch']}", "Pearson r", (-1, 1), x="probe image")
     layout["showlegend"] = False
     return {"data": [trace], "layout": layout}
 
@@ -385,18 +311,10 @@ def build_comparison(
         ProbeSetMismatchError: the runs' manifests record different probe sets.
         FileNotFoundError, ValueError: see :func:`~trainviz.report.find_run`.
     """
-
-    from trainviz.report.builder import find_run
-
-    if plotlyjs not in ("directory", "inline"):
-        raise ValueError(f"Expected `plotlyjs` to be one of 'directory', 'inline'; got {plotlyjs!r}.")
+    check_plotlyjs(plotlyjs)
     root_a, root_b = find_run(run_a), find_run(run_b)
     labels = run_labels(root_a.parent, root_b.parent)
-    manifests = []
-    for root in (root_a, root_b):
-        path = root / "manifest" / "manifest.json"
-        manifests.append(ArtifactStore(root).read_json("manifest/manifest.json") if path.exists() else None)
-    notes = _check_probes(labels, manifests)
+    notes = check_probes(labels, [read_manifest(root_a), read_manifest(root_b)])
     for note in notes:
         warnings.warn(note, stacklevel=2)
     out = Path(out) if out is not None else root_a / "report" / "compare.html"
@@ -412,17 +330,12 @@ def build_comparison(
             missing.append(f"missing from {labels[0]}: {', '.join(only_b)}")
         notes.append(f"only the sections both runs have are compared ({'; '.join(missing)})")
 
-    figures: list[str] = []
-
-    def add(fig: dict[str, Any]) -> str:
-        ident = f"fig-{len(figures)}"
-        figures.append(f'<script type="application/json" id="{ident}">{script_json(fig)}</script>')
-        return ident
-
+    figures = Figures()
     body: list[str] = []
     nav: list[tuple[str, str]] = []
     data: dict[str, Any] = {"runs": {"A": labels[0], "B": labels[1]}, "sections": {}, "notes": notes}
     data.update({"paths": {"A": str(root_a.parent), "B": str(root_b.parent)}, "only_in": {"A": only_a, "B": only_b}})
+    declared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for name in shared:
         title, side_a = secs_a[name]
         side_b = secs_b[name][1]
@@ -433,41 +346,43 @@ def build_comparison(
                 continue
             section_data.append({"title": str(item.get("title", "")), "curves": curves})
             parts.append(
-                f'<figure><div class="plot" data-figure="{add(_overlay_figure(item, curves, labels))}"></div>'
-                f"<figcaption>{_esc(item.get('description', ''))}</figcaption></figure>"
-                f'<figure><div class="plot" data-figure="{add(_delta_figure(item, curves, labels))}"></div>'
-                f"{_delta_table(curves, labels)}</figure>"
+                f'<figure><div class="plot" data-figure="{figures.add(_overlay_figure(item, curves, labels))}">'
+                f"</div><figcaption>{_esc(item.get('description', ''))}</figcaption></figure>"
+                f'<figure><div class="plot" data-figure="{figures.add(_delta_figure(item, curves, labels))}">'
+                f"</div>{_delta_table(curves, labels)}</figure>"
             )
-        data["sections"][name] = {"title": title, "items": section_data}
+        correlations = []
+        for item in side_a.compare:
+            if item.get("kind") == "map_correlation" and side_a.folder is not None and side_b.folder is not None:
+                drift = map_correlation(side_a.folder, side_b.folder, item)
+                correlations.append({"title": str(item.get("title", "")), **(drift or {"missing": True})})
+                if drift is not None:
+                    declared.append((name, item, drift))
+        data["sections"][name] = {"title": title, "items": section_data, "correlations": correlations}
         content = "".join(parts) or "<p class=note>No curves recorded by both runs.</p>"
         body.append(f'<section id="compare-{_esc(name)}"><h2>{_esc(title)}</h2>{content}</section>')
         nav.append((f"compare-{name}", title))
-    drift = cam_drift(root_a, root_b) if "cam" in shared else None
-    data["cam_drift"] = drift
-    if drift is not None:
-        body.append(_drift_html(drift, labels, add(_drift_figure(drift))))
-        nav.append(("cam-drift", "CAM drift"))
+    for name, item, drift in declared:
+        title = str(item.get("title", "Map correlation"))
+        body.append(_correlation_html(name, item, drift, labels, figures.add(_drift_figure(title, drift))))
+        nav.append((f"{name}-correlation", title))
     if not shared:
         body.insert(0, "<p class=note>The runs share no section.</p>")
 
-    from trainviz.report.builder import plotly_script  # builder hands comparisons to this module
-
-    script = plotly_script(plotlyjs, out.parent)
     head = (
         f"<p class=note>Run A: <b>{_esc(labels[0])}</b> (solid lines); run B: <b>{_esc(labels[1])}</b> (dashed). "
         "Deltas are B minus A at the epochs both runs recorded.</p>"
     )
     head += "".join(f'<p class="note compare-note">{_esc(n[0].upper() + n[1:])}.</p>' for n in notes)
-    figures.append(f'<script type="application/json" id="tv-compare">{script_json(data)}</script>')
-    page = PAGE.substitute(
-        title=_esc(f"trainviz comparison: {labels[0]} vs {labels[1]}"),
-        run_name=_esc(f"{labels[0]} vs {labels[1]}"),
-        run_path=_esc(f"A: {root_a.parent}  B: {root_b.parent}"),
+    blocks = [*figures.blocks, f'<script type="application/json" id="tv-compare">{script_json(data)}</script>']
+    return write_page(
+        out,
+        title=f"trainviz comparison: {labels[0]} vs {labels[1]}",
+        run_name=f"{labels[0]} vs {labels[1]}",
+        run_path=f"A: {root_a.parent}  B: {root_b.parent}",
         headline=head,
-        nav="".join(f'<a href="#{_esc(k)}">{_esc(t)}</a>' for k, t in nav),
-        plotly=script,
+        nav=nav,
         sections="".join(body),
-        data="".join(figures),
+        data="".join(blocks),
+        plotlyjs=plotlyjs,
     )
-    atomic_write(out, page.encode("utf-8"))
-    return out

@@ -19,8 +19,9 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["logged_curves"]
+__all__ = ["logged_curves", "logged_parts"]
 
 _WANTED = ("loss", "acc")  # curves a reader looks for first; others stay in the logger's own dashboard
 
@@ -84,3 +85,21 @@ def logged_curves(run_root: str | os.PathLike) -> dict[str, dict[int, float]]:
             return dict(sorted(curves.items()))
     csv_path = root / "metrics.csv"
     return dict(sorted(_from_csv(csv_path).items())) if csv_path.is_file() else {}
+
+
+def logged_parts(run_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The "as logged" loss and accuracy figures, as parts of the report's ``training`` group (see
+    :func:`trainviz.report.sections.render_parts`)."""
+    from trainviz.render.figures import lines_figure
+
+    curves = logged_curves(run_root)
+    epochs = sorted({e for curve in curves.values() for e in curve})
+    out = []
+    for kind, label in (("loss", "loss"), ("acc", "accuracy")):
+        series = {tag: [curve.get(e) for e in epochs] for tag, curve in curves.items() if kind in tag.lower()}
+        if series:
+            title = f"Training {label} (as logged)"
+            caption = f"The {label} your LightningModule logged, per epoch (the last value of each epoch)."
+            figure = lines_figure(epochs, series, title, "epoch", label)
+            out.append({"group": "training", "heading": "Training curves", "caption": caption, "figure": figure})
+    return out

@@ -2,6 +2,12 @@
 :meth:`Sink.write <trainviz.sinks.Sink.write>` from :meth:`Result.section <trainviz.core.result.Result.section>`)
 drawn from the run's artifacts alone, with no list of callbacks here. Torch-free.
 
+A capability whose result type draws its part from all its records (:data:`trainviz.report.run.REPORTED`; the
+robustness report, built also for runs written before its ``section.json`` existed) returns from
+``report_section(results, folder)`` a dict: ``headline`` (HTML), ``summary`` (``summary.json``) and ``parts``, a
+list of ``{"group", "heading", "caption", "figure"}`` (a plotly figure, drawn at once) or ``{"group", "heading",
+"html"}`` (HTML it escaped), drawn in order by :func:`render_parts`, one ``<section id=group>`` per group.
+
 A section is a ``<details>`` element whose figures are drawn and images loaded when it is opened (lazy); its
 curves come from the callback's records, its galleries from ``epoch_XXXX/<name>.png`` with an epoch slider (maps
 in the detailed view: full screen, pan and zoom synchronised across the grid), its fit-end files are shown or
@@ -10,7 +16,6 @@ linked (HTML pages load in an iframe on demand). Images are referenced by relati
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import struct
@@ -21,9 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["Section", "discover", "render_sections"]
+from trainviz.report.page import esc, plotly_text, script_json
+from trainviz.report.run import SPEC_FILE, read_records
 
-SPEC_FILE = "section.json"
+__all__ = ["Section", "discover", "render_parts", "render_sections"]
+
 PROGRESS_SECTIONS = 4  # progress lines on stderr above this many sections ...
 PROGRESS_EPOCHS = 20  # ... or epochs
 
@@ -43,19 +50,7 @@ class Section:
         return sorted(int(p.name[6:]) for p in self.folder.glob("epoch_*") if p.is_dir() and p.name[6:].isdigit())
 
     def records(self) -> list[dict[str, Any]]:
-        path = self.folder / f"{self.spec.get('records', 'metrics')}.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text("utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                rows.append(row)
-        by_epoch = {r["epoch"]: r for r in rows}  # the same epoch again replaces (a resumed run)
-        return [by_epoch[e] for e in sorted(by_epoch)]
+        return read_records(self.folder / f"{self.spec.get('records', 'metrics')}.jsonl")
 
 
 def discover(root: Path) -> list[Section]:
@@ -69,26 +64,6 @@ def discover(root: Path) -> list[Section]:
         if isinstance(spec, dict) and isinstance(spec.get("title"), str):
             found.append(Section(path.parent, spec))
     return sorted(found, key=lambda s: (s.spec.get("order", 100), s.name))
-
-
-# escaping --------------------------------------------------------------------------------------------
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def plotly_text(value: Any) -> str:
-    """A user string as plotly shows it literally (plotly reads a subset of HTML in its labels)."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def script_json(obj: Any) -> str:
-    """JSON that is safe inside a ``<script>`` element (``<``, ``>``, ``&`` as unicode escapes)."""
-    text = json.dumps(obj, allow_nan=False)
-    for char in "<>&\u2028\u2029":
-        text = text.replace(char, f"\\u{ord(char):04x}")
-    return text
 
 
 def _url(path: Path, base: Path) -> str:
@@ -327,3 +302,22 @@ def render_sections(root: Path, base: Path, progress: bool | None = None) -> tup
         out.append(render_section(section, base, data))
         nav.append((f"section-{section.name}", str(section.spec["title"])))
     return nav, "".join(out), "".join(data.blocks)
+
+
+def render_parts(parts: Iterable[dict[str, Any]], figures: Any) -> tuple[list[tuple[str, str]], str]:
+    """``([(group, heading)], html)`` of the eagerly drawn parts (see the module docstring), one
+    ``<section id=group>`` per group in the order of their first part; ``figures``: a
+    :class:`~trainviz.report.page.Figures`."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for part in parts:
+        group = groups.setdefault(str(part["group"]), (str(part.get("heading", part["group"])), []))
+        if part.get("figure") is not None:
+            group[1].append(figures.figure(part["figure"], str(part.get("caption", ""))))
+        elif part.get("html"):
+            group[1].append(str(part["html"]))
+    html = "".join(
+        f'<section id="{esc(key)}"><h2>{esc(heading)}</h2>{"".join(body)}</section>'
+        for key, (heading, body) in groups.items()
+        if body
+    )
+    return [(key, heading) for key, (heading, body) in groups.items() if body], html

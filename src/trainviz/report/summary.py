@@ -1,19 +1,23 @@
 """CI gates on the flat robustness metrics (``summary.json``): reading ``METRIC=VALUE`` bounds and checking
 them in the direction each metric has; and the flat metrics, intervals and probe counts of a
-``robustness/metrics.jsonl`` record, read through :class:`~trainviz.probes.robustness_result.RobustnessResult`
-(where the metric names, their direction :data:`HIGHER_IS_BETTER` and their intervals are defined).
+``robustness/metrics.jsonl`` record, read through :class:`~trainviz.probes.robustness_result.RobustnessResult`.
+The names, their direction and their older names (aliases) come from one table,
+:data:`~trainviz.probes.robustness_names.NAMES`: a gate takes a metric by its name (``clean/accuracy``) or its
+older name (``clean_accuracy``), and reads an older ``summary.json`` (older names only) as well.
 
 No torch and no Lightning here: the report command must start fast and work without them.
 
 Example:
     >>> record = {"epoch": 3, "clean": {"accuracy": 0.9}, "table": [], "corruptions": {}}
     >>> summary_from_record(record)
-    {'epoch': 3, 'clean_accuracy': 0.9}
+    {'epoch': 3, 'clean/accuracy': 0.9, 'clean_accuracy': 0.9}
     >>> full = report_summary({**record, "n": 10, "class_names": ["cat", "dog"], "class_counts": [6, 4]})
     >>> [round(b, 3) for b in full["intervals"]["clean_accuracy"]], full["probe"]["low_count_classes"]
     ([0.596, 0.982], ['cat', 'dog'])
     >>> check_bounds({"clean_accuracy": 0.9}, {"clean_accuracy": 0.95})
     ['clean_accuracy = 0.9 is below 0.95']
+    >>> check_bounds({"clean_accuracy": 0.9}, {"clean/accuracy": 0.95})  # an older summary, the new name
+    ['clean/accuracy = 0.9 is below 0.95']
     >>> check_bounds({"mce": 0.4}, fail_over={"mce": 0.3})
     ['mce = 0.4 is above 0.3']
 """
@@ -22,14 +26,13 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from trainviz.probes.robustness_names import NAMES
 from trainviz.probes.robustness_result import (
     HIGHER_IS_BETTER,
     LOW_COUNT_THRESHOLD,
-    NO_DIRECTION,
     RobustnessResult,
     eps_label,
     proportion_interval,
@@ -69,29 +72,29 @@ def _number(value: Any) -> float | None:
 
 
 def metric_family(name: str) -> str:
-    """The family of a metric name, which fixes its direction: ``"ce/fog"`` -> ``"ce"``,
-    ``"corruption_accuracy/fog/s3"`` -> ``"corruption_accuracy"``, ``"fgsm_accuracy@0.0157"`` ->
-    ``"fgsm_accuracy"``."""
-    return re.split(r"[/@]", name, maxsplit=1)[0]
+    """The pattern of a metric's one name in :data:`~trainviz.probes.robustness_names.NAMES`: ``"ce/fog"`` ->
+    ``"ce/{corruption}"``, ``"corruption_accuracy/fog/s3"`` -> ``"accuracy/{corruption}/s{severity}"``,
+    ``"fgsm_accuracy@0.0157"`` -> ``"fgsm/accuracy@{eps}"``; the name itself when it is of no metric."""
+    return NAMES.metric(name).name if name in NAMES else name
 
 
 def higher_is_better(name: str) -> bool | None:
-    """``True`` when a higher value of metric ``name`` is better, ``False`` when lower is, ``None`` when neither.
+    """``True`` when a higher value of metric ``name`` (a name or an older name) is better, ``False`` when lower
+    is, ``None`` when neither.
 
     Raises:
-        UnknownMetricError: ``name`` is of no known family (see :data:`HIGHER_IS_BETTER`).
+        UnknownMetricError: ``name`` is of no metric of the name table.
 
     Example:
-        >>> higher_is_better("corruption_accuracy/fog/s3"), higher_is_better("mce")
-        (True, False)
+        >>> higher_is_better("corruption_accuracy/fog/s3"), higher_is_better("accuracy/fog/s3"), higher_is_better("mce")
+        (True, True, False)
         >>> higher_is_better("clean_confidence") is None
         True
     """
-    family = metric_family(name)
-    if family not in HIGHER_IS_BETTER:
-        known = ", ".join(HIGHER_IS_BETTER)
-        raise UnknownMetricError(f"Unknown metric {name!r}: its family {family!r} is none of {known}.")
-    return HIGHER_IS_BETTER[family]
+    if name not in NAMES:
+        known = ", ".join(m.name for m in NAMES)
+        raise UnknownMetricError(f"Unknown metric {name!r}: it is none of {known} (or their older names).")
+    return NAMES.metric(name).higher_is_better
 
 
 def summary_from_record(record: Mapping[str, Any]) -> dict[str, float]:
@@ -146,12 +149,11 @@ def _unknown(name: str, metrics: Mapping[str, float]) -> str:
     if close:
         hint = f"close matches: {', '.join(close)}"
     else:
-        top = sorted(k for k in metrics if metric_family(k) == k)
+        top = sorted(k for k in metrics if k in NAMES and "{" not in NAMES.metric(k).name)
         hint = (
             f"this run's metrics include {', '.join(top)} and per-corruption ones such as ce/<name> (see summary.json)"
         )
-    known = metric_family(name) in HIGHER_IS_BETTER
-    why = "is not in this run's summary (not measured, or undefined)" if known else "is unknown"
+    why = "is not in this run's summary (not measured, or undefined)" if name in NAMES else "is unknown"
     return f"Metric {name!r} {why}; {hint}."
 
 
@@ -159,7 +161,7 @@ def _wrong_way(name: str, bound: float, flag: str) -> str | None:
     """Why ``flag NAME=BOUND`` cannot gate ``name`` (``None`` when it can)."""
     direction = higher_is_better(name)
     if direction is None:
-        reason = NO_DIRECTION.get(metric_family(name), "it has no better direction")
+        reason = NAMES.metric(name).no_direction or "it has no better direction"
         return f"{name} cannot be gated: {reason}."
     if flag == "--fail-under" and direction is False:
         return (
@@ -182,9 +184,12 @@ def check_bounds(
     """Messages for the metrics on the wrong side of their bound (empty when all pass).
 
     Args:
-        summary: ``summary.json`` (or :func:`summary_from_record`); only its numbers are metrics.
+        summary: ``summary.json`` (or :func:`summary_from_record`); only its numbers are metrics. An older one,
+            with the older names only, is read as well.
         fail_under: ``{metric: bound}`` for higher-is-better metrics: fails when the metric is below the bound.
         fail_over: ``{metric: bound}`` for lower-is-better metrics: fails when the metric is above the bound.
+            A metric is named by its name or its older name (``clean/accuracy`` or ``clean_accuracy``); the
+            messages use the name given.
 
     Raises:
         UnknownMetricError: a bounded metric is not in ``summary``; the message lists close matches.
@@ -194,18 +199,24 @@ def check_bounds(
         :class:`UnknownMetricError`).
     """
     metrics = {k: v for k, v in summary.items() if _number(v) is not None}
+    by_name = NAMES.canonical_keys(metrics)
+
+    def value(name: str) -> float | None:
+        return metrics.get(name, by_name.get(NAMES.canonical(name)))
+
     gates = [("--fail-under", name, bound) for name, bound in (fail_under or {}).items()]
     gates += [("--fail-over", name, bound) for name, bound in (fail_over or {}).items()]
-    unknown = [_unknown(name, metrics) for _, name, _ in gates if name not in metrics]
-    known = [(flag, name, bound) for flag, name, bound in gates if metric_family(name) in HIGHER_IS_BETTER]
+    unknown = [_unknown(name, metrics) for _, name, _ in gates if value(name) is None]
+    known = [(flag, name, bound) for flag, name, bound in gates if name in NAMES]
     wrong = [m for m in (_wrong_way(name, bound, flag) for flag, name, bound in known) if m is not None]
     if unknown or wrong:
         raise (UnknownMetricError if unknown else BoundDirectionError)("\n".join(unknown + wrong))
     failures = []
     for flag, name, bound in gates:
-        value = metrics[name]
-        if flag == "--fail-under" and value < bound:
-            failures.append(f"{name} = {value:.6g} is below {bound:.6g}")
-        elif flag == "--fail-over" and value > bound:
-            failures.append(f"{name} = {value:.6g} is above {bound:.6g}")
+        current = value(name)
+        assert current is not None  # checked above
+        if flag == "--fail-under" and current < bound:
+            failures.append(f"{name} = {current:.6g} is below {bound:.6g}")
+        elif flag == "--fail-over" and current > bound:
+            failures.append(f"{name} = {current:.6g} is above {bound:.6g}")
     return failures
