@@ -3,7 +3,8 @@
 convolution, its max-normalised maps of eq. 10, their evolution over epochs in section 5.1 and correct vs wrong
 predictions with their confidence in section 5.2).
 
-The computation is :mod:`trainviz.probes.decoder_maps`; this module is the Lightning lifecycle around it.
+The computation is :class:`trainviz.probes.decoder_maps.DecoderMapProbe` (plan, compute a share, merge); this module
+is the Lightning lifecycle around it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from typing_extensions import override
 
-from trainviz.callbacks.base import ProbeCallback, check_choice, check_positive_int
+from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.common import class_names
-from trainviz.ops.class_maps import SHARPNESS_MEASURES, PatternTracker, Sharpness, logits_and_maps
-from trainviz.probes.decoder_maps import DecoderMapConfig, compute, evolution, formation
+from trainviz.core.contract import Credit, Share
+from trainviz.ops.class_maps import PatternTracker, Sharpness
+from trainviz.probes.decoder_maps import (
+    DecoderMapConfig,
+    DecoderMapOptions,
+    DecoderMapProbe,
+    check_map_layer,
+    evolution,
+    formation,
+)
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -111,6 +120,7 @@ class DecoderMapCallback(ProbeCallback):
         layer: str = "decoder.class_maps",
         n_tracked: int = 4,
         n_grid: int = 4,
+        *,
         n_examples: int = 8,
         stability_threshold: float = 0.9,
         sharpness: Sharpness = "peak_to_mean",
@@ -118,20 +128,14 @@ class DecoderMapCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
-        if not isinstance(layer, str) or not layer:
-            raise ValueError(f"Expected `layer` to be a non-empty layer name (str), got {layer!r}.")
-        self.layer = layer
-        self.n_tracked = check_positive_int("n_tracked", n_tracked)
-        self.n_grid = check_positive_int("n_grid", n_grid)
-        self.n_examples = check_positive_int("n_examples", n_examples)
-        threshold = stability_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-            raise ValueError(f"Expected `stability_threshold` to be a float in (0, 1], got {stability_threshold!r}.")
-        self.stability_threshold = float(stability_threshold)
-        self.sharpness = check_choice("sharpness", sharpness, SHARPNESS_MEASURES)
-        self.tracker = PatternTracker(self.stability_threshold)
+        self.options = DecoderMapOptions.pick(locals())
+        for name, value in self.options.asdict().items():  # the checked values, as attributes
+            setattr(self, name, value)
+        # the probe's history, kept across runs and in checkpoints (restored before the probe is built)
+        self.tracker = PatternTracker(self.options.stability_threshold)
         self.tracked_maps: dict[int, torch.Tensor] = {}  # epoch -> (n_tracked, h, w) float16, CPU
         self.layer_name: str | None = None
+        self.prober: DecoderMapProbe | None = None
 
     # identity & state ------------------------------------------------------------------------------
     @override
@@ -155,31 +159,30 @@ class DecoderMapCallback(ProbeCallback):
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         def check(model: Any, example: torch.Tensor, layers: dict[str, Any]) -> None:
-            logits_and_maps(model, next(iter(layers)), example)  # one map per logit; also checks `output=`
+            check_map_layer(model, next(iter(layers)), example)  # one map per logit; also checks `output=`
 
         try:
-            self.layer_name = next(iter(self.setup_layers(pl_module, self.layer, check=check)))
+            self.layer_name = next(iter(self.setup_layers(pl_module, self.options.layer, check=check)))
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}: {err}") from err
-
-    def _config(self) -> DecoderMapConfig:
-        return DecoderMapConfig(
-            self.layer_name,
-            self.n_tracked,
-            self.n_grid,
-            self.n_examples,
-            self.sharpness,
-            self.batch_size,
-            self.norm,
-            self.display,
+        o = self.options
+        config = DecoderMapConfig(
+            self.layer_name, o.n_tracked, o.n_grid, o.n_examples, o.sharpness, self.batch_size, self.norm, self.display
         )
+        probe = self.device_probe(pl_module)
+        self.prober = DecoderMapProbe(probe, config, self.tracker, tracked_maps=self.tracked_maps)
+
+    @override
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
+            return None
+        return self.prober.plan(Credit(credit, essential, epoch))
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        probe = self.device_probe(pl_module)
-        result = compute(self.logits_model(pl_module), probe, self._config(), epoch=epoch, tracker=self.tracker)
-        self.tracked_maps[epoch] = result.tracked
-        self.sink.write(result)
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

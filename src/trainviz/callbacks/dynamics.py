@@ -1,7 +1,8 @@
 """``DynamicsCallback``: how predictions evolve during training, as in Iuzzolino et al., "Interactive Deep
 Convolutional Neural Network Visualization" (per-epoch confusion matrices and the probabilities of every class).
 
-The computation is :func:`trainviz.probes.dynamics.compute`; this module is the Lightning lifecycle around it.
+The computation is :class:`trainviz.probes.dynamics.DynamicsProbe` (plan, compute a share, merge); this module is
+the Lightning lifecycle around it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from trainviz.callbacks.base import ProbeCallback, check_positive_int
+from trainviz.callbacks.base import ProbeCallback
+from trainviz.core.contract import Credit, Share
 from trainviz.core.guard import probe_guard
-from trainviz.ops.predict import predict_logits
-from trainviz.probes.dynamics import DynamicsConfig, compute
+from trainviz.probes.dynamics import DynamicsConfig, DynamicsOptions, DynamicsProbe
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -64,16 +65,27 @@ class DynamicsCallback(ProbeCallback):
     needs_pixels = False  # computes on the model's own inputs; only its pictures need a display mapping
     default_probe_size = 256
 
-    def __init__(self, n_examples: int = 6, probe_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, n_examples: int = 6, *, probe_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
-        self.n_examples = check_positive_int("n_examples", n_examples)
+        self.options = DynamicsOptions(n_examples=n_examples)
+        self.n_examples = self.options.n_examples
+        self.prober: DynamicsProbe | None = None
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        config = DynamicsConfig(self.options.n_examples, self.batch_size, self.norm, self.display)
+        self.prober = DynamicsProbe(self.device_probe(pl_module), config)
         with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`)
-            predict_logits(self.logits_model(pl_module), self.example_batch(pl_module))
+            self.prober.compute(self.logits_model(pl_module), Share.of(self.prober.probe.subset(0, 2)), True, None)
+
+    @override
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
+            return None
+        return self.prober.plan(Credit(credit, essential, epoch))
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        config = DynamicsConfig(self.n_examples, self.batch_size, self.norm, self.display)
-        self.sink.write(compute(self.logits_model(pl_module), self.device_probe(pl_module), config, epoch=epoch))
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))

@@ -3,7 +3,8 @@ training, after Fleuret's "Under the hood" (EE-559 lecture 8: 2-D linear units a
 images, internal layer activations as images, distributions of activations on a population of samples) and the
 intermediate feature maps of test images of the interactive CNN visualisation paper.
 
-The computation is :mod:`trainviz.probes.features`; this module is the Lightning lifecycle around it.
+The computation is :class:`trainviz.probes.features.FeatureProbe` (plan, compute a share, merge); this module is the
+Lightning lifecycle around it.
 """
 
 from __future__ import annotations
@@ -16,25 +17,25 @@ from torch import nn
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.checks import check_choice, check_layers, check_positive_int
+from trainviz.core.contract import Credit, Share
 from trainviz.core.guard import preserve_rng, probe_guard
-from trainviz.core.layers import find_last_spatial_layer, model_layout, resolve_layer
+from trainviz.core.layers import model_layout
 from trainviz.core.namespace import info
 from trainviz.core.probeset import ProbeSet, split_item, stratified_indices
 from trainviz.data.base import Normalization
-from trainviz.ops.features import FILTER_SCALINGS
-from trainviz.probes.features import FeatureConfig, auto_activation_layer, check_feature_layers, compute
+from trainviz.probes.features import (
+    FeatureConfig,
+    FeatureOptions,
+    FeatureProbe,
+    auto_feature_layer,
+    check_feature_layers,
+    typed_layers,
+)
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 __all__ = ["FeatureMapCallback"]
-
-
-def _optional_layer(name: str, value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"Expected `{name}` to be a layer name, 'auto' or None, got {value!r}.")
-    return value
 
 
 class FeatureMapCallback(ProbeCallback):
@@ -125,6 +126,7 @@ class FeatureMapCallback(ProbeCallback):
         layers: Sequence[str] | str = ("auto",),
         n_images: int = 4,
         n_channels: int = 8,
+        *,
         filter_layer: str | None = "auto",
         filter_layers: Sequence[str] = (),
         n_filters: int = 20,
@@ -137,26 +139,17 @@ class FeatureMapCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
-        self.layers = check_layers("layers", layers)
-        self.n_images = check_positive_int("n_images", n_images)
-        self.n_channels = check_positive_int("n_channels", n_channels)
-        self.filter_layer = _optional_layer("filter_layer", filter_layer)
-        self.filter_layers = () if not filter_layers else check_layers("filter_layers", filter_layers)
-        self.n_filters = check_positive_int("n_filters", n_filters)
-        self.filter_channels = check_positive_int("filter_channels", filter_channels)
-        self.filter_scaling = check_choice("filter_scaling", filter_scaling, FILTER_SCALINGS)
-        self.line_layer = _optional_layer("line_layer", line_layer)
-        self.hist_values = check_positive_int("hist_values", hist_values)
-        if reshape is not None and not callable(reshape):
-            raise ValueError(f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {reshape!r}.")
-        self.reshape = reshape
+        self.options = FeatureOptions.pick(locals())
+        for name, value in self.options.asdict().items():  # the checked values, as attributes
+            setattr(self, name, value)
         self._reshape: Callable[[torch.Tensor], torch.Tensor] | None = reshape
         self.input_shape: tuple[int, ...] | None = None  # vectors (D,) stored as (D, 1, 1) in the probe set
-        self.channels: dict[str, list[int]] = {}  # chosen at the first run, kept for the whole run
+        self.channels: dict[str, list[int]] = {}  # the probe's history: chosen at the first run, kept
         self._layers: dict[str, nn.Module] = {}
         self._filters: dict[str, nn.Module] = {}
         self._rgb_filter: str | None = None  # `filter_layer`, drawn in colour when it sees RGB
         self._lines: dict[str, nn.Module] = {}
+        self.prober: FeatureProbe | None = None
 
     # identity & state ------------------------------------------------------------------------------
     @override
@@ -172,13 +165,14 @@ class FeatureMapCallback(ProbeCallback):
 
     @override
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.channels = {k: [int(c) for c in v] for k, v in (state.get("channels") or {}).items()}
+        self.channels.clear()
+        self.channels.update({k: [int(c) for c in v] for k, v in (state.get("channels") or {}).items()})
         shape = state.get("input_shape")
         self.input_shape = None if shape is None else tuple(int(s) for s in shape)
 
     @override
     def _on_probe_changed(self) -> None:
-        self.channels = {}
+        self.channels.clear()
 
     @override
     def _describe(self) -> str:
@@ -241,61 +235,33 @@ class FeatureMapCallback(ProbeCallback):
             self.display,
         )
 
-    def _resolve_typed(self, model: nn.Module, spec: str, kind: str) -> tuple[str, nn.Module] | None:
-        """``filter_layer``/``line_layer`` specs: ``"auto"`` is the first module of the kind (or None)."""
-
-        def fits(m: nn.Module) -> bool:
-            return isinstance(m, nn.Conv2d) if kind == "conv" else isinstance(m, nn.Linear) and m.in_features == 2
-
-        if spec == "auto":
-            return next(((n, m) for n, m in model.named_modules() if n and fits(m)), None)
-        name, module = resolve_layer(model, spec)
-        if not fits(module):
-            what = "an nn.Conv2d" if kind == "conv" else "an nn.Linear with in_features=2"
-            raise ValueError(f"Expected layer {name!r} to be {what}, got {type(module).__name__}.")
-        return name, module
-
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        specs = list(self.layers)
         example = self.example_batch(pl_module, 1)
         with probe_guard(pl_module):  # the model's token and channels-last layout, unless `reshape=` says it
-            self._reshape = self.reshape or model_layout(self.logits_model(pl_module), example)
-        if "auto" in specs:
-            with probe_guard(pl_module):
-                model = self.logits_model(pl_module)
-                try:
-                    auto = find_last_spatial_layer(model, example, self._reshape)
-                except ValueError:
-                    auto = auto_activation_layer(model)
-            if auto is None:
-                raise ValueError(
-                    "FeatureMapCallback: `layers='auto'` found no module with a spatial output and no activation "
-                    "module; pass layer names (see `trainviz.list_layers(model)`)."
-                )
-            specs = [auto if s == "auto" else s for s in specs]
+            model = self.logits_model(pl_module)
+            self._reshape = self.options.reshape or model_layout(model, example)
+            auto = auto_feature_layer(model, example, self._reshape) if "auto" in self.options.layers else None
+        if auto is not None:
             info(f"trainviz: FeatureMapCallback layers='auto' resolved to {auto!r}", self._trainer)
-        model = self.logits_model(pl_module)
-        self._filters, self._lines, self._rgb_filter = {}, {}, None
-        for i, spec in enumerate(([self.filter_layer] if self.filter_layer else []) + list(self.filter_layers)):
-            found = self._resolve_typed(model, spec, "conv")
-            if found is not None:
-                self._filters[found[0]] = found[1]
-                if i == 0 and self.filter_layer is not None:
-                    self._rgb_filter = found[0]
-        found = self._resolve_typed(model, self.line_layer, "line") if self.line_layer else None
-        if found is not None:
-            self._lines[found[0]] = found[1]
+        specs = list(dict.fromkeys(auto if s == "auto" else s for s in self.options.layers))
+        self._filters, self._rgb_filter, self._lines = typed_layers(self.logits_model(pl_module), self.options)
 
         def check(model: Any, example: torch.Tensor, layers: dict[str, nn.Module]) -> None:
             self._layers = layers
             check_feature_layers(model, example, self._config())
 
-        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), self._reshape, check)
+        self._layers = self.setup_layers(pl_module, specs, self._reshape, check)
+        self.prober = FeatureProbe(self.device_probe(pl_module), self._config(), channels=self.channels)
+
+    @override
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
+            return None
+        return self.prober.plan(Credit(credit, essential, epoch))
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        probe = self.device_probe(pl_module)
-        result = compute(self.logits_model(pl_module), probe, self._config(), epoch=epoch, channels=self.channels)
-        self.sink.write(result)
-        self.channels = {**result.channels, **self.channels}  # the first run's choice stays
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))  # the first run's channels join the history

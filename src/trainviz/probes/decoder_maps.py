@@ -3,8 +3,12 @@ Convolutional Neural Network": the encoder-decoder with group convolution gives 
 global pooling; maps are max-normalised (Zhang's eq. 10), each class's mean map is its pattern, patterns are
 followed over training (section 5.1) and sharper maps are checked against confident predictions (section 5.2).
 
-:func:`compute` is one run (pure torch; the maths is :mod:`trainviz.ops.class_maps`), :func:`evolution` and
-:func:`formation` the fit-end outputs. :class:`~trainviz.callbacks.decoder_maps.DecoderMapCallback` runs them.
+:class:`DecoderMapProbe` is one run under the compute contract (:mod:`trainviz.core.contract`): each share's
+probabilities and normalised maps (:class:`DecoderMapPartial`), merged into the whole set's patterns, stability
+(against the probe's history, a :class:`~trainviz.ops.class_maps.PatternTracker`), sharpness and pictures; the run has
+no parts (its plan is ``True``). :func:`compute` is that in one process (pure torch; the maths is
+:mod:`trainviz.ops.class_maps`), :func:`evolution` and :func:`formation` the fit-end outputs.
+:class:`~trainviz.callbacks.decoder_maps.DecoderMapCallback` runs them; :class:`DecoderMapOptions` are its options.
 
 Example:
     >>> import torch
@@ -29,13 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, json_numbers, strip_epochs
+from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.display import Display, pictures
+from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
 from trainviz.ops.class_maps import (
+    SHARPNESS_MEASURES,
     PatternTracker,
     class_pattern_means,
     logits_and_maps,
@@ -46,15 +54,64 @@ from trainviz.ops.class_maps import (
 from trainviz.render.maps import class_map_grid, class_pattern_image, prediction_grid
 from trainviz.render.strips import evolution_strip
 
-__all__ = ["SHARPNESS_KEYS", "DecoderMapConfig", "DecoderMapResult", "compute", "evolution", "formation"]
+__all__ = [
+    "SHARPNESS_KEYS",
+    "DecoderMapConfig",
+    "DecoderMapOptions",
+    "DecoderMapPartial",
+    "DecoderMapProbe",
+    "DecoderMapResult",
+    "check_map_layer",
+    "compute",
+    "evolution",
+    "formation",
+]
 
 SHARPNESS_KEYS = ("corr_correct", "corr_wrong", "mean_correct", "mean_wrong")
 MAX_STRIP_EPOCHS = 16  # evolution strips show at most this many runs (first and last included, evenly spread)
 
 
+@dataclass(frozen=True, kw_only=True)
+class DecoderMapOptions(Options):
+    """The user options of :class:`~trainviz.callbacks.decoder_maps.DecoderMapCallback` (declared once).
+
+    Attributes:
+        layer: dotted name of the layer with the per-class maps (resolved at setup).
+        n_tracked: probe images followed across epochs in the evolution strip.
+        n_grid: probe images shown with all their class maps.
+        n_examples: images in each of the correct / wrong grids.
+        stability_threshold: stability from which a pattern counts as formed, in (0, 1].
+        sharpness: one of :data:`~trainviz.ops.class_maps.SHARPNESS_MEASURES`.
+    """
+
+    layer: str = "decoder.class_maps"
+    n_tracked: int = 4
+    n_grid: int = 4
+    n_examples: int = 8
+    stability_threshold: float = 0.9
+    sharpness: str = "peak_to_mean"
+
+    def check(self) -> None:
+        if not isinstance(self.layer, str) or not self.layer:
+            raise ValueError(f"Expected `layer` to be a non-empty layer name (str), got {self.layer!r}.")
+        threshold = self.stability_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"Expected `stability_threshold` to be a float in (0, 1], got {threshold!r}.")
+        self.set(
+            n_tracked=check_positive_int("n_tracked", self.n_tracked),
+            n_grid=check_positive_int("n_grid", self.n_grid),
+            n_examples=check_positive_int("n_examples", self.n_examples),
+            stability_threshold=float(threshold),
+            sharpness=check_choice("sharpness", self.sharpness, SHARPNESS_MEASURES),
+        )
+
+
+_DEFAULTS = DecoderMapOptions()
+
+
 @dataclass
 class DecoderMapConfig:
-    """What a run computes and shows.
+    """What a run computes and shows: the options (defaults from :class:`DecoderMapOptions`) and what setup resolves.
 
     Attributes:
         layer: the resolved name of the layer with the per-class maps.
@@ -68,10 +125,10 @@ class DecoderMapConfig:
     """
 
     layer: str
-    n_tracked: int = 4
-    n_grid: int = 4
-    n_examples: int = 8
-    sharpness: str = "peak_to_mean"
+    n_tracked: int = _DEFAULTS.n_tracked
+    n_grid: int = _DEFAULTS.n_grid
+    n_examples: int = _DEFAULTS.n_examples
+    sharpness: str = _DEFAULTS.sharpness
     batch_size: int = 64
     norm: Normalization | None = None
     display: Display | None = None
@@ -265,60 +322,124 @@ def _pixels(images: torch.Tensor, norm: Normalization | None, display: Display |
     return pictures(images.float(), norm, display)
 
 
-def compute(
-    model: nn.Module, probe: ProbeSet, config: DecoderMapConfig, *, epoch: int, tracker: PatternTracker
-) -> DecoderMapResult:
-    """One run: the maps of ``config.layer`` (one forward per batch), the class patterns (added to ``tracker``,
-    which gives their stability against its previous run), sharpness against confidence, and what to show.
+@dataclass
+class DecoderMapPartial:
+    """One share's part, in share order (CPU).
+
+    Shape:
+        probs ``(n, K)`` float32, maps ``(n, K, h, w)`` float32 normalised (eq. 10); empty tensors for an empty share.
+    """
+
+    probs: torch.Tensor
+    maps: torch.Tensor
+
+
+class DecoderMapProbe(Probe[bool, DecoderMapPartial, DecoderMapResult]):
+    """The decoder-map probe: each share's probabilities and normalised maps; merged, the class patterns (added
+    to the history ``tracker``, which gives their stability against the previous run), sharpness against
+    confidence, the tracked images' maps (added to ``tracked_maps``) and what to show.
+
+    Args:
+        probe: the whole probe set (labels, examples and pictures come from it at merge).
+        config: what a run computes and shows.
+        tracker: the history of class patterns (kept across runs, checkpointed by the callback).
+        tracked_maps: the history of the tracked images' true-class maps, ``{epoch: (n_tracked, h, w)}``
+            float16 on the CPU (``None``: a new one).
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        config: DecoderMapConfig,
+        tracker: PatternTracker,
+        *,
+        tracked_maps: dict[int, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(probe)
+        self.config = config
+        self.tracker = tracker
+        self.tracked_maps = {} if tracked_maps is None else tracked_maps
+        self.epoch = 0
+
+    def plan(self, credit: Credit) -> bool:
+        """No parts: the whole run (``True``); the epoch is kept for the result."""
+        self.epoch = credit.epoch
+        return True
+
+    def compute(self, model: nn.Module, share: Share[ProbeSet], plan: bool, state: Any) -> DecoderMapPartial:
+        """Logits and maps of the share's images (one forward per batch), normalised; one device-to-host copy.
+
+        Raises:
+            ValueError: the layer does not give one map per logit, or the model does not return logits.
+        """
+        if len(share) == 0:
+            return DecoderMapPartial(torch.zeros(0, 0), torch.zeros(0, 0, 0, 0))
+        logits, raw = logits_and_maps(model, self.config.layer, share.data.images, self.config.batch_size)
+        host = to_cpu({"probs": logits.float().softmax(1), "maps": normalize_maps(raw.float())})
+        return DecoderMapPartial(torch.from_numpy(host["probs"]).float(), torch.from_numpy(host["maps"]).float())
+
+    def merge(self, partials: Sequence[DecoderMapPartial], plan: bool) -> DecoderMapResult:
+        """Every image's maps in share order, then what needs the whole set (patterns, stability, sharpness)."""
+        kept = [p for p in partials if p.probs.numel()]
+        probs, maps = torch.cat([p.probs for p in kept]), torch.cat([p.maps for p in kept])
+        config, labels, epoch = self.config, self.probe.labels.cpu(), self.epoch
+        names = class_names(self.probe.class_names, probs.shape[1])
+        means, counts = class_pattern_means(maps, labels)
+        stability = self.tracker.update(epoch, means)
+        sharp = sharpness_confidence(maps, probs, labels, config.sharpness)  # type: ignore[arg-type]
+        label_list = labels.tolist()
+        tracked = example_indices(label_list, config.n_tracked)
+        self.tracked_maps[epoch] = select_class_maps(maps[tracked], labels[tracked]).half()
+        correct = probs.argmax(1) == labels
+        shown = {"grid": example_indices(label_list, config.n_grid)}
+        for group, wanted in (("correct", True), ("wrong", False)):
+            chosen = [i for i, ok in enumerate(correct.tolist()) if ok == wanted]
+            shown[group] = _pick(label_list, chosen, config.n_examples)
+        pixels = to_cpu({"pixels": _pixels(self.probe.images, config.norm, config.display)})["pixels"]
+        return DecoderMapResult(
+            epoch=epoch,
+            layer=config.layer,
+            accuracy=float(correct.double().mean()),
+            stability=None if stability is None else dict(zip(names, stability.tolist(), strict=True)),
+            sharpness_measure=config.sharpness,
+            sharpness={key: float(sharp[key].double()) for key in SHARPNESS_KEYS},
+            n_correct=int(sharp["n_correct"]),
+            n_wrong=int(sharp["n_wrong"]),
+            maps=maps,
+            probs=probs,
+            labels=labels,
+            ids=self.probe.ids.cpu(),
+            class_means=means,
+            counts=counts,
+            pixels=torch.from_numpy(pixels).float(),
+            names=names,
+            shown=shown,
+            tracked=self.tracked_maps[epoch],
+        )
+
+
+def check_map_layer(model: nn.Module, layer: str, example: torch.Tensor) -> None:
+    """Setup's check: one forward of ``example`` gives logits and one map per logit at ``layer``.
 
     Raises:
         ValueError: the layer does not give one map per logit, or the model does not return logits.
     """
-    logits, raw = logits_and_maps(model, config.layer, probe.images, config.batch_size)
-    maps = normalize_maps(raw.float())
-    probs = logits.float().softmax(1)
-    labels = probe.labels
-    names = class_names(probe.class_names, probs.shape[1])
-    means, counts = class_pattern_means(maps, labels)
-    stability = tracker.update(epoch, means)
-    sharp = sharpness_confidence(maps, probs, labels, config.sharpness)  # type: ignore[arg-type]
-    label_list = labels.tolist()
-    tracked = example_indices(label_list, config.n_tracked)
-    correct = probs.argmax(1) == labels
-    host = to_cpu(
-        {
-            "accuracy": correct.double().mean(),
-            "sharpness": torch.stack([sharp[key].double() for key in SHARPNESS_KEYS]),
-            "counts": torch.stack([sharp["n_correct"], sharp["n_wrong"]]),
-            "correct": correct,
-            "tracked": select_class_maps(maps[tracked], labels[tracked]).half(),
-        }
-    )
-    correct_list = host["correct"].astype(bool).tolist()
-    shown = {"grid": example_indices(label_list, config.n_grid)}
-    for group, wanted in (("correct", True), ("wrong", False)):
-        shown[group] = _pick(label_list, [i for i, ok in enumerate(correct_list) if ok == wanted], config.n_examples)
-    n_correct, n_wrong = (int(v) for v in host["counts"].tolist())
-    return DecoderMapResult(
-        epoch=epoch,
-        layer=config.layer,
-        accuracy=float(host["accuracy"]),
-        stability=None if stability is None else dict(zip(names, stability.tolist(), strict=True)),
-        sharpness_measure=config.sharpness,
-        sharpness=dict(zip(SHARPNESS_KEYS, host["sharpness"].tolist(), strict=True)),
-        n_correct=n_correct,
-        n_wrong=n_wrong,
-        maps=maps,
-        probs=probs,
-        labels=labels,
-        ids=probe.ids,
-        class_means=means,
-        counts=counts,
-        pixels=_pixels(probe.images, config.norm, config.display),
-        names=names,
-        shown=shown,
-        tracked=torch.from_numpy(host["tracked"]).half(),
-    )
+    logits_and_maps(model, layer, example)
+
+
+def compute(
+    model: nn.Module, probe: ProbeSet, config: DecoderMapConfig, *, epoch: int, tracker: PatternTracker
+) -> DecoderMapResult:
+    """One run (:class:`DecoderMapProbe` in one process): the maps of ``config.layer`` (one forward per batch), the
+    class patterns (added to ``tracker``, which gives their stability against its previous run), sharpness against
+    confidence, and what to show.
+
+    Raises:
+        ValueError: the layer does not give one map per logit, or the model does not return logits.
+    """
+    result = DecoderMapProbe(probe, config, tracker).run(model, Credit(epoch=epoch))
+    assert result is not None
+    return result
 
 
 def evolution(

@@ -3,10 +3,16 @@ Fleuret's "Under the hood" (EE-559 lecture 8: the 2-D linear units as lines, con
 layer activations as images, distributions of activations over a population) and the intermediate feature maps of
 test images of the interactive CNN visualisation paper (seed 002).
 
-:func:`compute` is one run: ONE hooked forward per probe batch captures every layer at once
-(:func:`trainviz.core.hooks.capture`, plus the inputs of the line layers in the same forward); the statistics are
-accumulated on the device (:class:`~trainviz.ops.features.ActivationStatsAccumulator`) and everything shown moves
-to the host in one transfer. :class:`~trainviz.callbacks.features.FeatureMapCallback` runs it.
+:class:`FeatureProbe` is one run under the compute contract (:mod:`trainviz.core.contract`). On a share, ONE
+hooked forward per probe batch captures every layer at once (:func:`trainviz.core.hooks.capture`, plus the inputs of
+the line layers in the same forward); each layer's statistics are accumulated on the device as mergeable sums, counts,
+mean and M2 (the updates of :class:`~trainviz.ops.features.ActivationStatsAccumulator`) and a histogram sample keyed by
+the one-process random stream at the values' global positions, and the share's part moves to the host in one
+transfer (:class:`FeaturePartial`). :meth:`FeatureProbe.merge` reduces the parts over all images, exactly as one
+process would (the sample is the values of smallest keys over the whole set), chooses the channels shown (kept in the
+probe's history from the first run) and builds the pictures. The run has no parts: its plan is ``True``.
+:func:`compute` is that in one process; :class:`FeatureOptions` are the options of
+:class:`~trainviz.callbacks.features.FeatureMapCallback`, which runs it.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -24,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -33,41 +39,107 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainviz.core.checks import check_choice, check_layers, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number
+from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.hooks import capture, first_tensor
-from trainviz.core.layers import Layout, Reshape, to_feature_maps
+from trainviz.core.layers import Layout, Reshape, find_last_spatial_layer, resolve_layer, to_feature_maps
+from trainviz.core.options import Options
 from trainviz.core.outputs import to_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
 from trainviz.ops.features import (
-    ActivationStatsAccumulator,
+    FILTER_SCALINGS,
     filter_tiles,
     line_segments,
     plot_box,
     select_channels,
+    unit_view,
 )
 from trainviz.render.features import activation_grids, filter_grid, histogram_panel, line_plot
 
 __all__ = [
     "METRICS",
     "FeatureConfig",
+    "FeatureOptions",
+    "FeaturePartial",
+    "FeatureProbe",
     "FeatureResult",
+    "LayerPartial",
     "auto_activation_layer",
+    "auto_feature_layer",
     "check_feature_layers",
     "compute",
     "model_inputs",
+    "typed_layers",
 ]
 
 METRICS = ("dead_fraction", "mean", "std", "sparsity")
 _NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
 
 
+def _optional_layer(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"Expected `{name}` to be a layer name, 'auto' or None, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureOptions(Options):
+    """The user options of :class:`~trainviz.callbacks.features.FeatureMapCallback` (declared once; the callback's
+    docstring says what each does).
+
+    Attributes:
+        layers: layer names or ``"auto"``; n_images, n_channels: images and channels shown per layer.
+        filter_layer: the convolution drawn as images, ``"auto"`` or ``None``; filter_layers: deeper convolutions.
+        n_filters, filter_channels: filters and input channels drawn; filter_scaling: one of
+            :data:`~trainviz.ops.features.FILTER_SCALINGS`.
+        line_layer: an ``nn.Linear`` with 2 inputs drawn as lines, ``"auto"`` or ``None``.
+        hist_values: the most values per layer kept for the histograms.
+        reshape: a callable turning a token layer's output into feature maps, or ``None``.
+    """
+
+    layers: tuple[str, ...] = ("auto",)
+    n_images: int = 4
+    n_channels: int = 8
+    filter_layer: str | None = "auto"
+    filter_layers: tuple[str, ...] = ()
+    n_filters: int = 20
+    filter_channels: int = 15
+    filter_scaling: str = "filter"
+    line_layer: str | None = "auto"
+    hist_values: int = 4096
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def check(self) -> None:
+        if self.reshape is not None and not callable(self.reshape):
+            raise ValueError(
+                f"Expected `reshape` to be a callable (N, T, C) -> (N, C, h, w) or None, got {self.reshape!r}."
+            )
+        self.set(
+            layers=check_layers("layers", self.layers),
+            n_images=check_positive_int("n_images", self.n_images),
+            n_channels=check_positive_int("n_channels", self.n_channels),
+            filter_layer=_optional_layer("filter_layer", self.filter_layer),
+            filter_layers=() if not self.filter_layers else check_layers("filter_layers", self.filter_layers),
+            n_filters=check_positive_int("n_filters", self.n_filters),
+            filter_channels=check_positive_int("filter_channels", self.filter_channels),
+            filter_scaling=check_choice("filter_scaling", self.filter_scaling, FILTER_SCALINGS),
+            line_layer=_optional_layer("line_layer", self.line_layer),
+            hist_values=check_positive_int("hist_values", self.hist_values),
+        )
+
+
+_DEFAULTS = FeatureOptions()
+
+
 @dataclass
 class FeatureConfig:
-    """What a run computes and shows (the :class:`~trainviz.callbacks.features.FeatureMapCallback` arguments).
+    """What a run computes and shows: the options (defaults from :class:`FeatureOptions`) with the layers resolved,
+    and what setup resolves.
 
     Attributes:
         layers: the resolved ``{name: module}`` whose outputs are shown and measured.
@@ -89,12 +161,12 @@ class FeatureConfig:
     filter_layers: dict[str, nn.Module] = field(default_factory=dict)
     rgb_filters: str | None = None
     line_layers: dict[str, nn.Module] = field(default_factory=dict)
-    n_images: int = 4
-    n_channels: int = 8
-    n_filters: int = 20
-    filter_channels: int = 15
-    filter_scaling: str = "filter"
-    hist_values: int = 4096
+    n_images: int = _DEFAULTS.n_images
+    n_channels: int = _DEFAULTS.n_channels
+    n_filters: int = _DEFAULTS.n_filters
+    filter_channels: int = _DEFAULTS.filter_channels
+    filter_scaling: str = _DEFAULTS.filter_scaling
+    hist_values: int = _DEFAULTS.hist_values
     batch_size: int = 64
     reshape: Reshape = None
     norm: Normalization | None = None
@@ -336,6 +408,397 @@ def auto_activation_layer(model: nn.Module) -> str | None:
     return chosen
 
 
+def auto_feature_layer(model: nn.Module, example: torch.Tensor, reshape: Reshape) -> str:
+    """What ``layers="auto"`` means: the last module with a spatial output or, on a model without one, the last
+    activation module (:func:`auto_activation_layer`).
+
+    Raises:
+        ValueError: there is neither.
+    """
+    try:
+        auto = find_last_spatial_layer(model, example, reshape)
+    except ValueError:
+        auto = auto_activation_layer(model)
+    if auto is None:
+        raise ValueError(
+            "FeatureMapCallback: `layers='auto'` found no module with a spatial output and no activation "
+            "module; pass layer names (see `trainviz.list_layers(model)`)."
+        )
+    return auto
+
+
+def _typed_layer(model: nn.Module, spec: str, kind: str) -> tuple[str, nn.Module] | None:
+    def fits(m: nn.Module) -> bool:
+        return isinstance(m, nn.Conv2d) if kind == "conv" else isinstance(m, nn.Linear) and m.in_features == 2
+
+    if spec == "auto":
+        return next(((n, m) for n, m in model.named_modules() if n and fits(m)), None)
+    name, module = resolve_layer(model, spec)
+    if not fits(module):
+        what = "an nn.Conv2d" if kind == "conv" else "an nn.Linear with in_features=2"
+        raise ValueError(f"Expected layer {name!r} to be {what}, got {type(module).__name__}.")
+    return name, module
+
+
+def typed_layers(
+    model: nn.Module, options: FeatureOptions
+) -> tuple[dict[str, nn.Module], str | None, dict[str, nn.Module]]:
+    """``(filter_layers, rgb_filter, line_layers)`` of ``options``: ``"auto"`` is the first ``nn.Conv2d`` (the
+    first ``nn.Linear`` with 2 inputs), or none; ``rgb_filter`` is ``filter_layer``'s resolved name.
+
+    Raises:
+        ValueError: a layer is not found, or is not of its kind.
+    """
+    filters: dict[str, nn.Module] = {}
+    rgb = None
+    for i, spec in enumerate(([options.filter_layer] if options.filter_layer else []) + list(options.filter_layers)):
+        found = _typed_layer(model, spec, "conv")
+        if found is not None:
+            filters[found[0]] = found[1]
+            if i == 0 and options.filter_layer is not None:
+                rgb = found[0]
+    found = _typed_layer(model, options.line_layer, "line") if options.line_layer else None
+    return filters, rgb, {} if found is None else {found[0]: found[1]}
+
+
+@dataclass
+class LayerPartial:
+    """One layer's statistics over one share, mergeable over shares (CPU; definitions in
+    :mod:`trainviz.ops.features`).
+
+    Attributes:
+        count: values covered; unit_count: images x positions covered; nonpositive: values ``<= 0`` (exact counts).
+        unit_sum, unit_max: per unit; mean, m2: of all values (float32, Chan's parallel update).
+        keys, values: the share's histogram sample, the values of smallest keys (keys of the one-process stream at
+            the values' global positions, so the merged sample is the one-process sample).
+        channel_sum, channel_count: sums of the feature maps per channel and the positions they cover (layers with
+            maps; ``None`` otherwise); maps: the shown images' maps (all channels) in this share.
+
+    Shape:
+        unit_sum, unit_max ``(U,)``; keys, values ``(S,)``; channel_sum ``(C,)``; maps ``(n, C, h, w)``.
+    """
+
+    count: int
+    unit_count: int
+    nonpositive: int
+    unit_sum: torch.Tensor
+    unit_max: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    channel_sum: torch.Tensor | None = None
+    channel_count: int = 0
+    maps: torch.Tensor | None = None
+
+
+@dataclass
+class FeaturePartial:
+    """One share's part (CPU).
+
+    Attributes:
+        layers: each layer's :class:`LayerPartial` (absent for an empty share).
+        shown: positions (in the run's list of shown images) of the shown images in this share, in order;
+            shown_pred: their predictions.
+        points: each line layer's inputs ``(n, 2)`` on the share's images.
+        weights: what does not depend on images, from the share starting at 0 only: ``tiles/<layer>`` (filter
+            tiles), ``weight/<layer>`` and ``bias/<layer>`` (line layers).
+    """
+
+    layers: dict[str, LayerPartial]
+    shown: list[int]
+    shown_pred: torch.Tensor
+    points: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _KeyStream:
+    """A layer's random histogram keys at the share's values: the one-process stream (a generator seeded with
+    ``seed``, one ``rand`` call per global batch), replayed over the global batches before the share."""
+
+    def __init__(self, seed: int, batches: list[tuple[int, int]], start: int) -> None:
+        self.seed, self.batches, self.start = seed, batches, start
+        self.generator: torch.Generator | None = None
+
+    def keys(self, lo: int, hi: int, per_image: int, device: torch.device) -> torch.Tensor:
+        """The keys of images ``lo`` to ``hi`` (global; inside the global batch that holds them)."""
+        if self.generator is None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(self.seed)
+            for b0, b1 in self.batches:  # the calls one process made before the share's first batch
+                if b1 <= self.start:
+                    torch.rand((b1 - b0) * per_image, generator=self.generator, device=device)
+        b0, b1 = next((b0, b1) for b0, b1 in self.batches if b0 <= lo < b1)
+        keys = torch.rand((b1 - b0) * per_image, generator=self.generator, device=device)
+        return keys[(lo - b0) * per_image : (hi - b0) * per_image]
+
+
+class _LayerStats:
+    """One layer's statistics over a share's batches, on the device: the updates of
+    :class:`~trainviz.ops.features.ActivationStatsAccumulator`, with exact counts and keys from a
+    :class:`_KeyStream`."""
+
+    def __init__(self, max_values: int, stream: _KeyStream) -> None:
+        self.max_values, self.stream = max_values, stream
+        self.count = self.unit_count = 0
+        self.t: dict[str, torch.Tensor] = {}
+        self.channel_count = 0
+
+    def update(self, x: torch.Tensor, lo: int, hi: int) -> None:
+        v = unit_view(x.detach()).float()
+        flat = v.reshape(-1)
+        m = flat.numel()
+        if m == 0:
+            return
+        t = self.t
+        if not t:
+            zero = torch.zeros((), device=v.device)
+            t.update(unit_sum=torch.zeros(v.shape[1], device=v.device), nonpositive=zero.long(), mean=zero, m2=zero)
+            t["unit_max"] = torch.full((v.shape[1],), float("-inf"), device=v.device)
+        elif t["unit_sum"].shape[0] != v.shape[1]:
+            raise ValueError(f"Expected {t['unit_sum'].shape[0]} units in every batch, got {v.shape[1]}.")
+        t["unit_sum"] += v.sum((0, 2))
+        t["unit_max"] = torch.maximum(t["unit_max"], v.amax((0, 2)))
+        self.unit_count += v.shape[0] * v.shape[2]
+        t["nonpositive"] += (flat <= 0).sum()
+        batch_mean = flat.mean()
+        batch_m2 = ((flat - batch_mean) ** 2).sum()
+        total = self.count + m
+        delta = batch_mean - t["mean"]
+        t["mean"] = t["mean"] + delta * (m / total)
+        t["m2"] = t["m2"] + batch_m2 + delta**2 * (self.count * m / total)
+        self.count = total
+        keys = self.stream.keys(lo, hi, m // (hi - lo), flat.device)
+        if "keys" in t:
+            keys, flat = torch.cat([t["keys"], keys]), torch.cat([t["values"], flat])
+        if keys.numel() > self.max_values:
+            keep = torch.topk(keys, self.max_values, largest=False, sorted=False).indices
+            keys, flat = keys[keep], flat[keep]
+        t["keys"], t["values"] = keys, flat
+
+    def add_maps(self, maps: torch.Tensor) -> None:
+        sums = maps.float().sum((0, 2, 3))
+        self.t["channel_sum"] = sums if "channel_sum" not in self.t else self.t["channel_sum"] + sums
+        self.channel_count += maps.shape[0] * maps.shape[2] * maps.shape[3]
+
+
+def _host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`~trainviz.core.transfer.to_cpu` (one transfer), each tensor back in its own dtype."""
+    host = to_cpu(tensors)
+    return {k: torch.from_numpy(host[k]).to(t.dtype) for k, t in tensors.items()}
+
+
+def _combine(parts: list[LayerPartial], max_values: int) -> tuple[dict[str, torch.Tensor], LayerPartial]:
+    """One layer's partials reduced over all images: the statistics as in
+    :meth:`ActivationStatsAccumulator.result <trainviz.ops.features.ActivationStatsAccumulator.result>`."""
+    total = parts[0]
+    for p in parts[1:]:
+        count = total.count + p.count
+        delta = p.mean - total.mean
+        total = LayerPartial(
+            count,
+            total.unit_count + p.unit_count,
+            total.nonpositive + p.nonpositive,
+            total.unit_sum + p.unit_sum,
+            torch.maximum(total.unit_max, p.unit_max),
+            total.mean + delta * (p.count / count),
+            total.m2 + p.m2 + delta**2 * (total.count * p.count / count),
+            torch.cat([total.keys, p.keys]),
+            torch.cat([total.values, p.values]),
+        )
+    keys, values = total.keys, total.values
+    if keys.numel() > max_values:
+        keep = torch.topk(keys, max_values, largest=False, sorted=False).indices
+        keys, values = keys[keep], values[keep]
+    stats = {
+        "dead_fraction": (total.unit_max <= 0).float().mean(),
+        "sparsity": torch.tensor(float(total.nonpositive)) / total.count,
+        "mean": total.mean,
+        "std": (total.m2 / total.count).clamp_min(0).sqrt(),
+        "unit_mean": total.unit_sum / max(1, total.unit_count),
+        "unit_max": total.unit_max,
+        "sample": values[torch.argsort(keys)],  # a sample independent of how the images were split
+    }
+    return stats, total
+
+
+class FeatureProbe(Probe[bool, FeaturePartial, FeatureResult]):
+    """The features probe: each share's mergeable layer statistics, shown maps and line inputs; merged, every
+    layer's statistics over the whole set, the channels shown (from the history ``channels``, else chosen now and
+    kept), the maps, filters and lines.
+
+    Args:
+        probe: the whole probe set (labels, shown images and pictures come from it).
+        config: what a run computes and shows.
+        channels: the history of shown channels, ``{layer: [channel]}`` (updated at merge with the layers it
+            lacks; ``None``: a new one).
+    """
+
+    def __init__(self, probe: ProbeSet, config: FeatureConfig, *, channels: dict[str, list[int]] | None = None) -> None:
+        super().__init__(probe)
+        self.config = config
+        self.channels = {} if channels is None else channels
+        self.epoch = 0
+
+    def plan(self, credit: Credit) -> bool:
+        """No parts: the whole run (``True``); the epoch is kept for the result."""
+        self.epoch = credit.epoch
+        return True
+
+    def compute(self, model: nn.Module, share: Share[ProbeSet], plan: bool, state: Any) -> FeaturePartial:
+        """One hooked forward per batch (the global batches, cut to the share; no gradients), one device-to-host
+        copy.
+
+        Raises:
+            ValueError: see :func:`check_feature_layers`.
+        """
+        config, layers, lines = self.config, self.config.layers, self.config.line_layers
+        batches = list(self.probe.batches(config.batch_size))
+        stats = {n: _LayerStats(config.hist_values, _KeyStream(config.seed, batches, share.start)) for n in layers}
+        shown = example_indices(self.probe.labels, config.n_images)
+        mine = [(pos, i) for pos, i in enumerate(shown) if share.start <= i < share.stop]
+        kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        points: dict[str, list[torch.Tensor]] = {name: [] for name in lines}
+        preds = []
+        with torch.no_grad(), capture(model, layers) as acts, _capture_inputs(lines) as inputs:
+            for b0, b1 in batches:
+                lo, hi = max(b0, share.start), min(b1, share.stop)
+                if lo >= hi:
+                    continue
+                acts.clear()
+                inputs.clear()
+                images = share.data.images[lo - share.start : hi - share.start]
+                pred = to_logits(model(model_inputs(images, config))).argmax(1)
+                rows = [i - lo for _, i in mine if lo <= i < hi]
+                preds.append(pred[rows])
+                for name in layers:
+                    if name not in acts:
+                        raise ValueError(f"Layer {name!r} returned no tensor in a forward pass.")
+                    stats[name].update(acts[name], lo, hi)
+                    maps = _maps(acts[name], config, name)
+                    if maps is not None:
+                        stats[name].add_maps(maps)
+                        kept[name].append(maps[rows].float())
+                for name in lines:
+                    points[name].append(inputs[name].float())
+        tensors: dict[str, torch.Tensor] = {}
+        for name, s in stats.items():
+            tensors.update({f"{name}/{k}": v for k, v in s.t.items()})
+            if kept[name]:
+                tensors[f"{name}/maps"] = torch.cat(kept[name])
+        tensors.update({f"points/{name}": torch.cat(p) for name, p in points.items() if p})
+        if preds:
+            tensors["shown_pred"] = torch.cat(preds)
+        weights = self._weights() if share.start == 0 and len(share) else {}
+        host = _host({**tensors, **{f"weights/{k}": v for k, v in weights.items()}})
+        parts = {}
+        for name, s in stats.items():
+            if not s.count:
+                continue
+            t = {k: host[f"{name}/{k}"] for k in s.t}
+            parts[name] = LayerPartial(
+                s.count, s.unit_count, int(t["nonpositive"]), t["unit_sum"], t["unit_max"], t["mean"], t["m2"],
+                t["keys"], t["values"], t.get("channel_sum"), s.channel_count, host.get(f"{name}/maps"),
+            )  # fmt: skip
+        return FeaturePartial(
+            parts,
+            [pos for pos, _ in mine],
+            host.get("shown_pred", torch.zeros(0, dtype=torch.long)),
+            {name: host[f"points/{name}"] for name in lines if f"points/{name}" in host},
+            {k: host[f"weights/{k}"] for k in weights},
+        )
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What does not depend on the images: filter tiles and the line layers' weights."""
+        config, out = self.config, {}
+        for name, module in config.filter_layers.items():
+            rgb = None if name == config.rgb_filters else False
+            kernel = cast(nn.Conv2d, module).weight
+            scaling = cast(Any, config.filter_scaling)
+            tiles, ncols = filter_tiles(kernel, config.n_filters, config.filter_channels, scaling, rgb)
+            out[f"tiles/{name}"], out[f"ncols/{name}"] = tiles, torch.tensor(ncols)
+        for name, module in config.line_layers.items():
+            linear = cast(nn.Linear, module)
+            weight = linear.weight.detach().float()
+            out[f"weight/{name}"] = weight
+            bias = linear.bias
+            out[f"bias/{name}"] = torch.zeros_like(weight[:, 0]) if bias is None else bias.detach().float()
+        return out
+
+    def merge(self, partials: Sequence[FeaturePartial], plan: bool) -> FeatureResult:
+        """Every layer's statistics over all images, the channels and maps shown, the filters and lines."""
+        config, probe = self.config, self.probe
+        weights = {k: v for p in partials for k, v in p.weights.items()}  # from the share starting at 0
+        per_layer, samples, unit_mean, unit_max, maps, chosen = {}, {}, {}, {}, {}, {}
+        for name in config.layers:
+            parts = [p.layers[name] for p in partials if name in p.layers]
+            stats, total = _combine(parts, config.hist_values)
+            per_layer[name] = {m: float(stats[m].float()) for m in METRICS}
+            samples[name] = stats["sample"].double().numpy()
+            unit_mean[name], unit_max[name] = stats["unit_mean"].double().numpy(), stats["unit_max"].double().numpy()
+            if parts[0].channel_sum is None:
+                continue
+            sums = torch.stack([cast(torch.Tensor, p.channel_sum) for p in parts]).sum(0)
+            means = sums / sum(p.channel_count for p in parts)
+            given = self.channels.get(name)
+            if given is not None and len(given) and max(given) < means.shape[0]:
+                chosen[name] = torch.as_tensor(list(given), dtype=torch.long)
+            else:
+                chosen[name] = select_channels(means, config.n_channels)
+            stack = torch.cat([p.maps for p in parts if p.maps is not None])[:, chosen[name]]
+            lo = stack.amin((0, 2, 3), keepdim=True)
+            span = stack.amax((0, 2, 3), keepdim=True) - lo
+            shown_maps = torch.where(span > 0, (stack - lo) / span.clamp_min(1e-30), torch.zeros_like(stack))
+            maps[name] = shown_maps.double().numpy().astype(np.float32)
+        for name, c in chosen.items():
+            self.channels.setdefault(name, [int(v) for v in c])
+        shown = example_indices(probe.labels, config.n_images)
+        order = [pos for p in partials for pos in p.shown]
+        shown_pred = torch.cat([p.shown_pred for p in partials])[torch.argsort(torch.as_tensor(order))]
+        labels = probe.labels.cpu()
+        lines: dict[str, dict[str, np.ndarray]] = {}
+        for name in config.line_layers:
+            pts = torch.cat([p.points[name] for p in partials if name in p.points])
+            box = plot_box(pts)
+            weight, bias = weights[f"weight/{name}"], weights[f"bias/{name}"]
+            segments, visible = line_segments(weight, bias, box)
+            lines[name] = {
+                "points": pts.numpy().astype(np.float32),
+                "labels": labels.numpy().astype(np.int64),
+                "segments": segments.float().numpy(),
+                "visible": visible.numpy().astype(bool),
+                "weight": weight.numpy().astype(np.float32),
+                "bias": bias.numpy().astype(np.float32),
+                "box": np.asarray(box, dtype=np.float64),
+            }
+        images = probe.images[shown].float()
+        pixels = None
+        if config.input_shape is None and (config.display is not None or images.shape[1] in (1, 3)):
+            pixels = torch.from_numpy(to_cpu({"p": pictures(images, config.norm, config.display)})["p"]).float()
+        shown_labels = labels[shown]
+        top = int(shown_pred.max()) if len(shown_pred) else 0
+        names = class_names(probe.class_names, max(probe.num_classes, top + 1))
+        captions = [f"true {names[int(t)]}\npred {names[int(p)]}" for t, p in zip(shown_labels, shown_pred)]
+        filters = {
+            name: (weights[f"tiles/{name}"].float(), int(weights[f"ncols/{name}"])) for name in config.filter_layers
+        }
+        return FeatureResult(
+            self.epoch,
+            per_layer,
+            {name: [int(c) for c in v] for name, v in chosen.items()},
+            samples=samples,
+            unit_mean=unit_mean,
+            unit_max=unit_max,
+            maps=maps,
+            pixels=pixels,
+            captions=captions,
+            shown_ids=probe.ids[shown].cpu().numpy().astype(np.int64),
+            filters=filters,
+            lines=lines,
+            names=names,
+        )
+
+
 def compute(
     model: nn.Module,
     probe: ProbeSet,
@@ -344,129 +807,15 @@ def compute(
     epoch: int,
     channels: Mapping[str, list[int]] | None = None,
 ) -> FeatureResult:
-    """One run: every layer's statistics over the probe set, the maps of ``n_images`` images for the channels in
-    ``channels`` (or, for a layer not in it, the ``n_channels`` channels of largest mean activation over the probe
-    set: :func:`~trainviz.ops.features.select_channels`), the filters, and the lines of 2-D units over their
-    inputs. One hooked forward per batch (no gradients) and one device-to-host copy.
+    """One run (:class:`FeatureProbe` in one process): every layer's statistics over the probe set, the maps of
+    ``n_images`` images for the channels in ``channels`` (or, for a layer not in it, the ``n_channels`` channels of
+    largest mean activation over the probe set: :func:`~trainviz.ops.features.select_channels`), the filters, and
+    the lines of 2-D units over their inputs. One hooked forward per batch (no gradients).
 
     Raises:
         ValueError: see :func:`check_feature_layers`.
     """
-    layers, lines = config.layers, config.line_layers
-    accs = {name: ActivationStatsAccumulator(config.hist_values, config.seed) for name in layers}
-    channel_sum: dict[str, torch.Tensor] = {}
-    channel_count: dict[str, int] = {}
-    shown = example_indices(probe.labels, config.n_images)
-    kept: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in layers}
-    points: dict[str, list[torch.Tensor]] = {name: [] for name in lines}
-    preds = []
-    with torch.no_grad(), capture(model, layers) as acts, _capture_inputs(lines) as inputs:
-        for start, stop in probe.batches(config.batch_size):
-            acts.clear()
-            inputs.clear()
-            preds.append(to_logits(model(model_inputs(probe.images[start:stop], config))).argmax(1))
-            rows = [(pos, i - start) for pos, i in enumerate(shown) if start <= i < stop]
-            for name in layers:
-                if name not in acts:
-                    raise ValueError(f"Layer {name!r} returned no tensor in a forward pass.")
-                accs[name].update(acts[name])
-                maps = _maps(acts[name], config, name)
-                if maps is None:
-                    continue
-                sums = maps.float().sum((0, 2, 3))
-                channel_sum[name] = sums if name not in channel_sum else channel_sum[name] + sums
-                channel_count[name] = channel_count.get(name, 0) + maps.shape[0] * maps.shape[2] * maps.shape[3]
-                if rows:
-                    picked = maps[[r for _, r in rows]].float()
-                    kept[name].extend((pos, picked[j]) for j, (pos, _) in enumerate(rows))
-            for name in lines:
-                points[name].append(inputs[name].float())
-    stats = {name: acc.result() for name, acc in accs.items()}
-    chosen: dict[str, torch.Tensor] = {}
-    shown_maps: dict[str, torch.Tensor] = {}
-    for name in channel_sum:
-        means = channel_sum[name] / channel_count[name]
-        given = (channels or {}).get(name)
-        if given is not None and len(given) and max(given) < means.shape[0]:
-            chosen[name] = torch.as_tensor(list(given), dtype=torch.long, device=means.device)
-        else:
-            chosen[name] = select_channels(means, config.n_channels)
-        stack = torch.stack([m for _, m in sorted(kept[name], key=lambda pair: pair[0])])[:, chosen[name]]
-        lo = stack.amin((0, 2, 3), keepdim=True)
-        span = stack.amax((0, 2, 3), keepdim=True) - lo
-        shown_maps[name] = torch.where(span > 0, (stack - lo) / span.clamp_min(1e-30), torch.zeros_like(stack))
-    line_data: dict[str, torch.Tensor] = {}
-    boxes: dict[str, tuple[float, float, float, float]] = {}
-    for name, module in lines.items():
-        pts = torch.cat(points[name])
-        boxes[name] = box = plot_box(pts)
-        linear = cast(nn.Linear, module)
-        weight = linear.weight.detach().float()
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        segments, visible = line_segments(weight, bias, box)
-        line_data.update(
-            {
-                f"{name}/points": pts,
-                f"{name}/segments": segments.float(),
-                f"{name}/visible": visible.float(),
-                f"{name}/weight": weight,
-                f"{name}/bias": torch.zeros(weight.shape[0], device=weight.device) if bias is None else bias,
-            }
-        )
-    tiles: dict[str, tuple[torch.Tensor, int]] = {}
-    for name, module in config.filter_layers.items():
-        rgb = None if name == config.rgb_filters else False
-        kernel = cast(nn.Conv2d, module).weight
-        tiles[name] = filter_tiles(kernel, config.n_filters, config.filter_channels, config.filter_scaling, rgb)  # type: ignore[arg-type]
-    pred = torch.cat(preds)
-    images = probe.images[shown].float()
-    pixels = None
-    if config.input_shape is None and (config.display is not None or images.shape[1] in (1, 3)):
-        pixels = pictures(images, config.norm, config.display)
-    host = to_cpu(
-        {
-            **({} if pixels is None else {"pixels": pixels}),
-            **{f"{m}/{name}": getattr(s, m).float() for name, s in stats.items() for m in METRICS},
-            **{f"sample/{name}": s.sample for name, s in stats.items()},
-            **{f"unit_mean/{name}": s.unit_mean for name, s in stats.items()},
-            **{f"unit_max/{name}": s.unit_max for name, s in stats.items()},
-            **{f"channels/{name}": c.float() for name, c in chosen.items()},
-            **{f"maps/{name}": m for name, m in shown_maps.items()},
-            **{f"tiles/{name}": t for name, (t, _) in tiles.items()},
-            **{f"line/{k}": v for k, v in line_data.items()},
-            "shown_labels": probe.labels[shown].float(),
-            "shown_pred": pred[shown].float(),
-            "shown_ids": probe.ids[shown].float(),
-            "labels": probe.labels.float(),
-        }
-    )
-    names = class_names(probe.class_names, max(probe.num_classes, int(host["shown_pred"].max(initial=0)) + 1))
-    per_layer = {name: {m: float(host[f"{m}/{name}"]) for m in METRICS} for name in layers}
-    captions = [f"true {names[int(t)]}\npred {names[int(p)]}" for t, p in zip(host["shown_labels"], host["shown_pred"])]
-    line_out: dict[str, dict[str, np.ndarray]] = {
-        name: {
-            "points": host[f"line/{name}/points"].astype(np.float32),
-            "labels": host["labels"].astype(np.int64),
-            "segments": host[f"line/{name}/segments"].astype(np.float32),
-            "visible": host[f"line/{name}/visible"].astype(bool),
-            "weight": host[f"line/{name}/weight"].astype(np.float32),
-            "bias": host[f"line/{name}/bias"].astype(np.float32),
-            "box": np.asarray(boxes[name], dtype=np.float64),
-        }
-        for name in lines
-    }
-    return FeatureResult(
-        epoch,
-        per_layer,
-        {name: [int(c) for c in host[f"channels/{name}"]] for name in chosen},
-        samples={name: host[f"sample/{name}"] for name in layers},
-        unit_mean={name: host[f"unit_mean/{name}"] for name in layers},
-        unit_max={name: host[f"unit_max/{name}"] for name in layers},
-        maps={name: host[f"maps/{name}"].astype(np.float32) for name in shown_maps},
-        pixels=None if pixels is None else torch.from_numpy(host["pixels"]).float(),
-        captions=captions,
-        shown_ids=host["shown_ids"].astype(np.int64),
-        filters={name: (torch.from_numpy(host[f"tiles/{name}"]).float(), ncols) for name, (_, ncols) in tiles.items()},
-        lines=line_out,
-        names=names,
-    )
+    prober = FeatureProbe(probe, config, channels={k: list(v) for k, v in (channels or {}).items()})
+    result = prober.run(model, Credit(epoch=epoch))
+    assert result is not None
+    return result
