@@ -16,11 +16,18 @@ from _support import demo_model, make_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from trainviz.callbacks.robustness import RobustnessCallback
+from trainviz.core.contract import Credit
 from trainviz.core.hooks import count_hooks
 from trainviz.core.probeset import ProbeSet
+from trainviz.data import Normalization
 from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, corrupt
 from trainviz.probes import robustness as robustness_module
-from trainviz.probes.robustness import corruption_errors
+from trainviz.probes.robustness import (
+    RobustnessConfig,
+    RobustnessOptions,
+    RobustnessProbe,
+    corruption_errors,
+)
 from trainviz.probes.robustness_result import RobustnessResult
 from trainviz.report.summary import summary_from_record
 
@@ -86,9 +93,9 @@ def fitted(tmp_path_factory):
 
 def test_defaults_cover_the_seed_probes_and_imagenet_c():
     cb = RobustnessCallback()
-    assert cb.corruptions == list(SEED_PROBES + IMAGENET_C)
-    assert len(cb.rows) == len(SEED_PROBES) + 5 * len(IMAGENET_C)
-    assert cb.epsilons == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255])
+    assert cb.options.corruptions == list(SEED_PROBES + IMAGENET_C)
+    assert len(cb.options.rows) == len(SEED_PROBES) + 5 * len(IMAGENET_C)
+    assert cb.options.epsilons == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255])
 
 
 @pytest.mark.parametrize(
@@ -120,7 +127,7 @@ def test_unknown_corruption_message_lists_the_valid_names():
 
 def test_single_level_corruptions_run_at_their_level_and_state_keys_differ():
     cb = RobustnessCallback(corruptions=["grayscale", "fog"], severities=[2, 4])
-    assert cb.rows == [("grayscale", 1), ("fog", 2), ("fog", 4)]
+    assert cb.options.rows == [("grayscale", 1), ("fog", 2), ("fog", 4)]
     assert cb.state_key != RobustnessCallback(corruptions=["fog"]).state_key
 
 
@@ -132,7 +139,7 @@ def _reference_metrics(model, cb: RobustnessCallback):
     normalise, forward, then the formulas."""
     probe, norm = cb.probe, cb.norm
     pixels = norm.denormalize(probe.images)
-    quantised = [(corrupt(pixels, n, s, seed=cb.probe_seed) * 255).round() / 255 for n, s in cb.active]
+    quantised = [(corrupt(pixels, n, s, seed=cb.probe_seed) * 255).round() / 255 for n, s in cb.prober.active]
     blocks = [probe.images] + [norm.normalize(q) for q in quantised]
     model.eval()
     with torch.no_grad():
@@ -219,7 +226,7 @@ def test_the_record_reads_back_as_the_same_result(fitted):
     for record in _records(fitted["log_dir"]):
         result = RobustnessResult.from_record(record)
         assert result.record() == record and result.summary() == summary_from_record(record)
-        assert [(row.corruption, row.severity) for row in result.table] == fitted["cb"].active
+        assert [(row.corruption, row.severity) for row in result.table] == fitted["cb"].prober.active
 
 
 def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
@@ -228,9 +235,9 @@ def test_cam_shift_pairs_each_corrupted_image_with_its_clean_copy(fitted):
     cb, model = fitted["cb"], fitted["model"]
     table = np.load(fitted["log_dir"] / "trainviz" / "robustness" / "epoch_0001" / "table.npz")
     shift = table["cam_shift"]
-    assert shift.shape == (len(cb.active), 24)
-    assert list(cb._cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
-    inputs = cb._corrupted_inputs(cb.probe, cb.active, 1).tensor().view(1 + len(cb.active), 24, 3, 32, 32)
+    assert shift.shape == (len(cb.prober.active), 24)
+    assert list(cb.prober.config.cam_layers) == ["net.features"]  # "auto": the last module with a spatial output
+    inputs = cb.prober.inputs(cb.prober.active, 1).tensor().view(1 + len(cb.prober.active), 24, 3, 32, 32)
     model.eval()
     maps = [
         grad_cam(model, block, "net.features", cb.probe.labels).aggregate.flatten(1).double().numpy()
@@ -258,7 +265,7 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
     from trainviz.render.images import to_uint8, upscale
 
     cb = fitted["cb"]
-    first = cb.example_indices(cb.n_examples)[
+    first = cb.example_indices(cb.options.n_examples)[
         0
     ]  # the first probe image of class 0, clean then contrast s5 (last column)
     pixels = cb.norm.denormalize(cb.probe.images[first : first + 1])
@@ -275,29 +282,34 @@ def test_pngs_and_tensorboard_images_are_written(fitted):
 def test_the_probe_set_is_corrupted_once_and_reused(fitted):
     cb, calls = fitted["cb"], fitted["calls"]
     full = [c for c in calls if c[2] == 24]  # setup checks use 8 images; the cache the whole probe set
-    assert sorted((n, s) for n, s, _ in full) == sorted(cb.active)  # once for two epochs
-    assert len(cb._cache) == len(cb.active)  # one cached block per row
-    inputs = cb._corrupted_inputs(cb.probe, cb.active, 5).tensor()
-    assert inputs.shape == ((1 + len(cb.active)) * 24, 3, 32, 32)
-    assert torch.equal(cb._corrupted_inputs(cb.probe, cb.active, 5).tensor(), inputs)
+    assert sorted((n, s) for n, s, _ in full) == sorted(cb.prober.active)  # once for two epochs
+    assert len(cb.prober.cache) == len(cb.prober.active)  # one cached block per row
+    inputs = cb.prober.inputs(cb.prober.active, 5).tensor()
+    assert inputs.shape == ((1 + len(cb.prober.active)) * 24, 3, 32, 32)
+    assert torch.equal(cb.prober.inputs(cb.prober.active, 5).tensor(), inputs)
     assert len([c for c in calls if c[2] == 24]) == len(full)  # served from the cache: no corruption ran again
     cb._on_probe_changed()
-    assert len(cb._cache) == 0
+    assert len(cb.prober.cache) == 0
+
+
+def _prober_like(cb: RobustnessCallback, seed: int = 0) -> RobustnessProbe:
+    """A fresh probe (its own cache) of ``cb``'s options on its probe set, rows and normalisation."""
+    config = RobustnessConfig.of(cb.options, cb.norm, seed=seed)
+    return RobustnessProbe(cb.probe, config, list(cb.prober.active))
 
 
 def test_the_cache_is_deterministic_and_leaves_the_global_rng_alone(fitted):
     cb = fitted["cb"]
-    other = RobustnessCallback(**SMALL)
-    other.probe, other.norm, other.active, other.sink = cb.probe, cb.norm, list(cb.active), None
+    other = _prober_like(cb)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    rebuilt = other._corrupted_inputs(cb.probe, other.active, 0).tensor()
+    rebuilt = other.inputs(other.active, 0).tensor()
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
-    assert torch.equal(rebuilt, cb._corrupted_inputs(cb.probe, cb.active, 0).tensor())
-    other.probe_seed = 1  # another seed, other noise: the key changes and gaussian noise differs
-    changed = other._corrupted_inputs(cb.probe, other.active, 0).tensor()
+    assert torch.equal(rebuilt, cb.prober.inputs(cb.prober.active, 0).tensor())
+    other = _prober_like(cb, seed=1)  # another seed, other noise: the key changes and gaussian noise differs
+    changed = other.inputs(other.active, 0).tensor()
     n = 24
-    gaussian = cb.active.index(("gaussian_noise", 1)) + 1
+    gaussian = cb.prober.active.index(("gaussian_noise", 1)) + 1
     assert torch.equal(changed[:n], rebuilt[:n]) and not torch.equal(
         changed[gaussian * n : (gaussian + 1) * n], rebuilt[gaussian * n : (gaussian + 1) * n]
     )
@@ -332,9 +344,9 @@ def test_corruptions_that_do_not_apply_are_skipped_with_one_info_line(caplog):
     )
     with caplog.at_level(logging.INFO):
         _setup_only(cb, dm.val_set, dm.normalization)
-    assert set(cb.skipped) == {"grayscale", "channels_bgr", "channels_brg"}
-    assert "3 channels" in cb.skipped["channels_bgr"] and "unchanged" in cb.skipped["grayscale"]
-    assert cb.active == [("salt_pepper_0.005", 1), ("fog", 1)]
+    assert set(cb.prober.skipped) == {"grayscale", "channels_bgr", "channels_brg"}
+    assert "3 channels" in cb.prober.skipped["channels_bgr"] and "unchanged" in cb.prober.skipped["grayscale"]
+    assert cb.prober.active == [("salt_pepper_0.005", 1), ("fog", 1)]
     lines = [r.getMessage() for r in caplog.records if "RobustnessCallback skips" in r.getMessage()]
     assert len(lines) == 1 and "channels_brg" in lines[0]
     with pytest.raises(ValueError, match="None of the corruptions"):
@@ -357,16 +369,16 @@ def test_reference_normalises_ce_and_is_checked_at_setup(tmp_path, tiny_dm):
         tiny_dm.val_set,
         tiny_dm.normalization,
     )
-    assert cb.active == rows
+    assert cb.prober.active == rows
     acc = [0.8, 0.4, 0.7, 0.5]  # clean, grayscale, fog s1, fog s3
-    errors, mce, _ = corruption_errors(acc, cb.active, cb.reference_run)  # the reference read at setup
+    errors, mce, _ = corruption_errors(acc, cb.prober.active, cb.prober.config.reference)  # the reference read at setup
     # CE_c = sum_s E / sum_s E_ref; relative CE_c = sum_s (E - E_clean) / sum_s (E_ref - E_ref_clean)
     assert errors["grayscale"][0] == pytest.approx(0.6 / 0.5)
     assert errors["fog"][0] == pytest.approx((0.3 + 0.5) / (0.2 + 0.4))
     assert errors["fog"][1] == pytest.approx((0.1 + 0.3) / (0.1 + 0.3))
     assert errors["grayscale"][1] == pytest.approx(0.4 / 0.4)
     assert mce == pytest.approx((1.2 + 0.8 / 0.6) / 2)
-    assert cb.reference_run.path == str(path)  # what the record's "reference" holds
+    assert cb.prober.config.reference.path == str(path)  # what the record's "reference" holds
 
     del ref["corruption_accuracy/fog/s3"]
     path.write_text(json.dumps(ref))
@@ -433,7 +445,7 @@ def test_trajectories_are_recorded_and_match_an_independent_recomputation(fitted
     cb, model = fitted["cb"], fitted["model"]
     t = _trajectory_record(fitted)
     # the default control is 60 points (issue 20: what a 95% bound of 0.05 needs; it was the lecture's 1,000)
-    assert cb.trajectory_images == 8 and cb.random_directions == 60 and cb.trajectory_steps == 15
+    assert (cb.options.trajectory_images, cb.options.random_directions, cb.options.trajectory_steps) == (8, 60, 15)
     chosen = cb.example_indices(8)
     assert t["ids"] == cb.probe.ids[chosen].tolist() and t["labels"] == cb.probe.labels[chosen].tolist()
     model.eval()
@@ -444,7 +456,7 @@ def test_trajectories_are_recorded_and_match_an_independent_recomputation(fitted
     assert t["predictions"] == path.predictions.tolist() and t["flip_step"] == path.flip_step.tolist()
     # the trajectory extends steps-to-flip: the same images' steps in adversarial.npz (all probe images, batched)
     steps = np.load(fitted["log_dir"] / "trainviz" / "robustness" / "epoch_0001" / "adversarial.npz")["steps"]
-    capped = [f if 0 <= f <= cb.flip_max_steps else -1 for f in t["flip_step"]]
+    capped = [f if 0 <= f <= cb.options.flip_max_steps else -1 for f in t["flip_step"]]
     assert capped == steps[chosen].tolist()
     flipped = path.flip_step >= 0
     assert flipped.any(), "no trajectory image flipped: the checks below would be empty"
@@ -625,10 +637,13 @@ def test_the_budget_prices_trajectories_with_steps_to_flip():
     assert plan_parts(active, {"row": 1.0}, 2 + 1 + 6, 0, **base).flip  # without trajectories as before
     only = dict(base, flip_max_steps=0)
     assert plan_parts(active, {"row": 1.0}, 3 + 13, 0, **only, trajectory_rows=extra).flip
-    cb = RobustnessCallback(corruptions=["grayscale"], flip_max_steps=0, trajectory_steps=4)
-    cb.plan = True
-    assert cb._scaled_parts(None, None, epoch=0)[2]  # no budget: the trajectories run without steps-to-flip
-    assert RobustnessCallback(corruptions=["grayscale"], flip_max_steps=0)._trajectory_rows(None) == 0.0
+    probe = ProbeSet(images=torch.rand(4, 3, 8, 8), labels=torch.arange(4) % 2, ids=torch.arange(4))
+    norm = Normalization.identity(3)
+    options = RobustnessOptions(corruptions=["grayscale"], flip_max_steps=0, trajectory_steps=4)
+    prober = RobustnessProbe.setup(probe, options, norm)
+    assert prober.plan(Credit()).flip  # no budget: the trajectories run without steps-to-flip
+    options = RobustnessOptions(corruptions=["grayscale"], flip_max_steps=0)
+    assert RobustnessProbe.setup(probe, options, norm).trajectory_rows() == 0.0
 
 
 def test_a_run_with_trajectories_leaves_no_trace():

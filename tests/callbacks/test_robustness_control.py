@@ -58,6 +58,6 @@ def test_the_new_default_keeps_the_state_key_of_the_old_one():
     from trainviz.callbacks.robustness import RobustnessCallback
 
     # 60 points (the default since issue 20) are keyed as the old default 1,000: older checkpoints restore
-    assert RobustnessCallback().random_directions == 60
+    assert RobustnessCallback().options.random_directions == 60
     assert RobustnessCallback()._state_args() == RobustnessCallback(random_directions=1000)._state_args()
     assert RobustnessCallback()._state_args() != RobustnessCallback(random_directions=61)._state_args()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -98,7 +97,7 @@ def test_pgd_scalars_arrays_and_state(pgd_fit):
     assert cb._extra_state()["since_pgd"] == 0
     fresh = RobustnessCallback(corruptions=["grayscale"], pgd_every=3)
     fresh._load_extra_state({"rotation": 0, "since_pgd": 1})
-    assert fresh._since_pgd == 1
+    assert fresh.history.since_pgd == 1
 
 
 def test_pgd_gate_and_report(pgd_fit, capsys):
@@ -131,16 +130,15 @@ def test_the_budget_plans_pgd_after_fgsm_and_a_skipped_pgd_stays_due():
     assert plan_parts(active, {"row": 1.0, "pgd": 3.0}, 2 + 5 + 3, 0, **base, pgd_rows=62.0).pgd  # measured
     assert not plan_parts(active, {"row": 1.0}, 1000, 0, **base).pgd  # not due
     cb = RobustnessCallback(corruptions=["grayscale"], pgd_every=3)
-    trainer = SimpleNamespace(should_stop=False, max_epochs=100)
     due = []
-    for epoch, ran in enumerate([True, False, False, False, True, False]):
-        due.append(cb._pgd_is_due(trainer, epoch))
-        cb._count_pgd(ran and due[-1])
+    for ran in [True, False, False, False, True, False]:  # none of these runs is essential (first, last, fit end)
+        due.append(cb.history.pgd_due(essential=False))
+        cb.history.count_pgd(ran and due[-1])
     # due at 0, 3 (skipped by the budget: still due at 4), then 2 runs without it
     assert due == [True, False, False, True, True, False]
-    assert not RobustnessCallback(corruptions=["grayscale"], pgd_steps=0)._pgd_is_due(trainer, 0)
-    assert not RobustnessCallback(corruptions=["grayscale"], epsilons=[])._pgd_is_due(trainer, 0)
-    assert cb._pgd_is_due(SimpleNamespace(should_stop=False, max_epochs=7), 6)  # the last epoch
+    assert not RobustnessCallback(corruptions=["grayscale"], pgd_steps=0).history.pgd_due(essential=False)
+    assert not RobustnessCallback(corruptions=["grayscale"], epsilons=[]).history.pgd_due(essential=False)
+    assert cb.history.pgd_due(essential=True)  # the last epoch (an essential run)
 
 
 @pytest.mark.parametrize(

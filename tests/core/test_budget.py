@@ -4,7 +4,6 @@ a run kept, a new clock per fit, and the range check."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -43,20 +42,29 @@ def test_scheduler_credit_counts_training_not_probe_time():
 
 
 def test_robustness_rotates_corruptions_within_the_credit():
-    cb = trainviz.RobustnessCallback(
+    import torch
+
+    from trainviz.core.contract import Credit
+    from trainviz.core.probeset import ProbeSet
+    from trainviz.data import Normalization
+    from trainviz.probes.robustness import RobustnessOptions, RobustnessProbe
+
+    options = RobustnessOptions(
         corruptions=["grayscale", "channels_bgr", "gaussian_noise", "fog", "contrast"], severities=[1, 2]
     )
-    cb._costs = {"row": 1.0, "fgsm": 1.5, "flip": 100.0}
+    probe = ProbeSet(images=torch.rand(4, 3, 32, 32), labels=torch.arange(4) % 2, ids=torch.arange(4))
+    cb = RobustnessProbe.setup(probe, options, Normalization.identity(3))  # the probe plans (issue 18)
+    cb.history.costs = {"row": 1.0, "fgsm": 1.5, "flip": 100.0}
     seen = []
     for _ in range(3):
         # core: clean + 2 seed probes = 3 s; FGSM 1.5 s; one corruption of 2 severities = 2 s; not flip
-        cb.plan = {"credit": 3 + 1.5 + 2 + 0.5, "start": time.perf_counter()}
-        rows, fgsm, flip = cb._scaled_parts(None, None, epoch=0)
+        plan = cb.plan(Credit(3 + 1.5 + 2 + 0.5, essential=True))
+        rows, fgsm, flip = plan.rows, plan.fgsm, plan.flip
         assert rows[:2] == [("grayscale", 1), ("channels_bgr", 1)] and fgsm and not flip
         seen.append(sorted({name for name, _ in rows[2:]}))
     assert seen == [["gaussian_noise"], ["fog"], ["contrast"]]
-    cb.plan = True  # no budget: everything
-    rows, fgsm, flip = cb._scaled_parts(None, None, epoch=0)
+    plan = cb.plan(Credit())  # no budget: everything
+    rows, fgsm, flip = plan.rows, plan.fgsm, plan.flip
     assert rows == cb.active and fgsm and flip
 
 

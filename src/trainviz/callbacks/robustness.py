@@ -8,10 +8,6 @@ L-inf PGD and the gradient ascent of Fleuret's EE-559 lecture "Under the hood"; 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,22 +15,15 @@ from torch import Tensor
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.checks import check_bool, check_float, check_int, check_positive_int
+from trainviz.core.contract import Credit, Share
 from trainviz.core.guard import probe_guard
 from trainviz.core.namespace import info
-from trainviz.core.probeset import ProbeSet
-from trainviz.ops.cam import grad_cam
-from trainviz.ops.corruptions import IMAGENET_C, SEED_PROBES, check_param_set, resolve_param_set
-from trainviz.ops.predict import predict_logits
-from trainviz.probes import robustness as probes
-from trainviz.probes.robustness_result import Schedule
+from trainviz.probes.robustness import RobustnessHistory, RobustnessOptions, RobustnessPlan, RobustnessProbe
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 __all__ = ["RobustnessCallback"]
-
-_PGD_DEFAULTS = (10, 4)  # pgd_steps, pgd_every: left out of the state key (older checkpoints keep theirs)
 
 
 class RobustnessCallback(ProbeCallback):
@@ -151,6 +140,7 @@ class RobustnessCallback(ProbeCallback):
         corruptions: Sequence[str] | None = None,
         severities: Sequence[int] | None = None,
         epsilons: Sequence[float] | None = None,
+        *,
         flip_step_size: float = 0.5,
         flip_max_steps: int = 20,
         trajectory_images: int = 8,
@@ -169,86 +159,24 @@ class RobustnessCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        names = SEED_PROBES + IMAGENET_C if corruptions is None else corruptions
-        levels = [1, 2, 3, 4, 5] if severities is None else severities
-        self.corruptions, self.severities, self.rows = probes.suite(names, levels)
-        self.epsilons = probes.check_epsilons([1 / 255, 2 / 255, 4 / 255, 8 / 255] if epsilons is None else epsilons)
-        self.flip_step_size = check_float("flip_step_size", flip_step_size, 0, strict_minimum=True)
-        self.flip_max_steps = check_int("flip_max_steps", flip_max_steps, minimum=0)
-        self.pgd_steps = check_int("pgd_steps", pgd_steps, minimum=0)
-        self.pgd_every = check_int("pgd_every", pgd_every, minimum=1)
-        self.trajectory_images = check_int("trajectory_images", trajectory_images, minimum=0)
-        steps = self.flip_max_steps if trajectory_steps is None else trajectory_steps
-        self.trajectory_steps = check_int("trajectory_steps", steps, minimum=0)
-        self.random_directions = check_int("random_directions", random_directions, minimum=0)
-        self.random_radius_factor = check_float("random_radius_factor", random_radius_factor, 0, strict_minimum=True)
-        if reference is not None and not isinstance(reference, (str, os.PathLike)):
-            raise ValueError(f"Expected `reference` to be a path to a summary.json or None, got {reference!r}.")
-        self.reference = None if reference is None else os.fspath(reference)
-        self.corruption_params = check_param_set(corruption_params, "corruption_params")
-        self.param_set = self.corruption_params  # resolved from the probe images' size at setup
-        self.cam_shift = check_bool("cam_shift", cam_shift)
-        if not isinstance(cam_layer, str) or not cam_layer:
-            raise ValueError(f"Expected `cam_layer` to be a layer name or 'auto', got {cam_layer!r}.")
-        if cam_reshape is not None and not callable(cam_reshape):
-            what = "a callable (N, T, C) -> (N, C, h, w) or None"
-            raise ValueError(f"Expected `cam_reshape` to be {what}, got {cam_reshape!r}.")
-        self.cam_layer, self.cam_reshape = cam_layer, cam_reshape
-        self.n_examples = check_positive_int("n_examples", n_examples)
-        self.skipped: dict[str, str] = {}  # corruptions that do not apply to the data, with the reason (setup)
-        self.active = list(self.rows)  # the rows that apply to the data (setup)
-        self.reference_run: probes.Reference | None = None
-        self._cam_layers: dict[str, Any] = {}
-        self._cache = probes.CorruptionCache()
-        self._costs: dict[str, float] = {}  # seconds of one row's forward, of FGSM and of steps-to-flip (budget)
-        self._rotation = 0  # under a budget: the corruption whose turn it is next
-        self._since_pgd: int | None = None  # runs since PGD last ran (None: never, PGD is due)
-        self._pgd_due = self._pgd_on()  # PGD is due in the coming run (set before each run)
-        self._pgd_planned = False  # and runs in it (what fits the budget)
+        self.options = RobustnessOptions.pick(locals())
+        self.history = RobustnessHistory.of(self.options)  # the rotation, PGD's cadence, part costs (checkpointed)
+        self.prober: RobustnessProbe | None = None  # built at setup on the probe set
+        self.plan: RobustnessPlan | Any = True
+
+    @property
+    def active(self) -> list[tuple[str, int]]:
+        """The rows that apply to the data (the suite's before setup)."""
+        return self.options.rows if self.prober is None else self.prober.active
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The corruptions that do not apply to the data, with the reason (setup)."""
+        return {} if self.prober is None else self.prober.skipped
 
     @override
     def _state_args(self) -> dict[str, Any]:
-        config = [
-            self.rows,
-            self.epsilons,
-            self.flip_step_size,
-            self.flip_max_steps,
-            self.reference,
-            self.cam_shift,
-            self.cam_layer,
-            *([self._trajectory_args()] if self._trajectories_on() else []),
-            *([self.corruption_params] if self.corruption_params != "auto" else []),  # "auto": the key as before
-            *([["pgd", self.pgd_steps, self.pgd_every]] if self._pgd_keyed() else []),
-        ]
-        return {**super()._state_args(), "config": hashlib.sha1(json.dumps(config).encode()).hexdigest()[:8]}
-
-    def _trajectory_args(self) -> list[Any]:
-        """The trajectory settings, empty when they are off (the state key of such a callback is unchanged). The
-        default ``random_directions`` (60 since issue 20) enters the key as the old default 1,000, so a checkpoint
-        written before still restores a callback at the default (its probe set above all); the price: two callbacks
-        that differ only by 60 and 1,000 points share a key (Lightning refuses two callbacks with one key)."""
-        if not self._trajectories_on():
-            return []
-        points = 1000 if self.random_directions == 60 else self.random_directions
-        return [self.trajectory_images, self.trajectory_steps, points, self.random_radius_factor]
-
-    def _trajectories_on(self) -> bool:
-        return self.trajectory_images > 0 and self.trajectory_steps > 0
-
-    def _pgd_keyed(self) -> bool:
-        """PGD's settings enter the state key only when they are not the defaults (10 steps, every 4th run), so a
-        checkpoint written before PGD existed still restores the callback's state."""
-        return self._pgd_on() and (self.pgd_steps, self.pgd_every) != _PGD_DEFAULTS
-
-    def _pgd_on(self) -> bool:
-        return self.pgd_steps > 0 and bool(self.epsilons)
-
-    def _pgd_is_due(self, trainer: pl.Trainer, epoch: int) -> bool:
-        """PGD runs at the first run, then after ``pgd_every - 1`` runs without it, and at the last epoch."""
-        if not self._pgd_on():
-            return False
-        waited = self._since_pgd is None or self._since_pgd >= self.pgd_every - 1
-        return waited or self._is_last(trainer, epoch)
+        return {**super()._state_args(), "config": self.options.key()}
 
     @override
     def _describe(self) -> str:
@@ -256,144 +184,49 @@ class RobustnessCallback(ProbeCallback):
 
     @override
     def _on_probe_changed(self) -> None:
-        self._cache.clear()
+        if self.prober is not None:
+            self.prober.cache.clear()
 
     @override
     def _extra_state(self) -> dict[str, Any]:
-        return {"rotation": self._rotation, "since_pgd": self._since_pgd}
+        return self.history.state()
 
     @override
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._rotation = int(state.get("rotation", 0))
-        since = state.get("since_pgd")
-        self._since_pgd = int(since) if isinstance(since, int) else None
+        self.history.load(state)
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pixels = self.norm.denormalize(self.probe.images[:8].float())
-        self.param_set = resolve_param_set(self.corruption_params, *pixels.shape[-2:])
-        self.active, self.skipped = probes.applicable(pixels, self.rows, self.probe_seed, self.param_set)
-        if self.skipped:
-            reasons = "; ".join(f"{n} ({r})" for n, r in self.skipped.items())
-            info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
-        if not self.active:
-            raise ValueError(f"None of the corruptions {self.corruptions} applies to this data: {self.skipped}.")
-        if self.reference is not None:
-            self.reference_run = probes.load_reference(self.reference, self.active, self.param_set)
-        if self.cam_shift:  # raises now if the layer or the Grad-CAM does not apply
-            labels = self.probe.labels[:2]
-            check = lambda model, x, layers: grad_cam(model, x, layers, labels.to(x.device), reshape=self.cam_reshape)
-            self._cam_layers = self.setup_layers(pl_module, self.cam_layer, self.cam_reshape, check=check)
-        else:
-            with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`)
-                predict_logits(self.logits_model(pl_module), self.example_batch(pl_module))
-
-    def _corrupted_inputs(self, probe: ProbeSet, rows: list[tuple[str, int]], epoch: int) -> probes.CorruptedRows:
-        """The clean probe images and each row's, corrupted when the row first runs (:class:`CorruptionCache`)."""
-        inputs, seconds = self._cache.inputs(
-            probe,
-            rows,
+        options, layers = self.options, None
+        if options.cam_shift:  # raises now if the layer or the Grad-CAM does not apply
+            check = RobustnessProbe.cam_check(self.probe.labels[:2], options.cam_reshape)
+            layers = self.setup_layers(pl_module, options.cam_layer, options.cam_reshape, check=check)
+        self.prober = RobustnessProbe.setup(
+            self.device_probe(pl_module),
+            options,
             self.norm,
-            self.probe_seed,
-            source=self.probe,
-            progress=self.progress.update,
-            param_set=self.param_set,
+            seed=self.probe_seed,
+            cam_layers=layers,
+            display_channels=None if self.display is None else self.display.channels,
+            budget=self.budget,
+            history=self.history,
+            skip=self._skip,
+            scalar=None if self.sink is None else self.sink.scalar,
+            progress=lambda *args: self.progress.update(*args),
         )
-        if seconds is not None and self.sink is not None:
-            self.sink.scalar("cache_seconds", seconds, epoch)
-        return inputs
+        if self.prober.skipped:
+            reasons = "; ".join(f"{n} ({r})" for n, r in self.prober.skipped.items())
+            info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
+        with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`); prices a row
+            self.prober.check(self.logits_model(pl_module))
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
-        """Skip a non-essential run whose seed probes alone do not fit; else let :meth:`_scaled_parts` choose."""
-        if credit is None:
-            return True
-        core = probes.core_seconds(self.active, self._costs)
-        if not essential and core > credit:
-            self._skip(epoch, "run", f"the seed probes take {core:.2f} s, credit {credit:.2f} s")
-            return None
-        return {"credit": credit, "start": time.perf_counter()}
-
-    def _scaled_parts(self, pl_module: pl.LightningModule, probe: ProbeSet, epoch: int) -> tuple[list, bool, bool]:
-        """The rows, and whether FGSM and the gradient ascent (steps-to-flip and trajectories) run: everything
-        without a budget, else what fits (:func:`~trainviz.probes.robustness.plan_parts`), the rotation moving on.
-        Whether a due PGD (``_pgd_due``) runs goes to ``_pgd_planned``."""
-        if self.plan is True:
-            self._pgd_planned = self._pgd_due
-            return list(self.active), bool(self.epsilons), self.flip_max_steps > 0 or self._trajectories_on()
-        if "row" not in self._costs:  # first run: time one clean forward to price a row
-            start = time.perf_counter()
-            predict_logits(self.logits_model(pl_module), probe.images, self.batch_size)
-            self._costs["row"] = time.perf_counter() - start
-        left = self.plan["credit"] - (time.perf_counter() - self.plan["start"])
-        plan = probes.plan_parts(
-            self.active,
-            self._costs,
-            left,
-            self._rotation,
-            epsilons=len(self.epsilons),
-            flip_max_steps=self.flip_max_steps,
-            cam_shift=self.cam_shift,
-            trajectory_rows=self._trajectory_rows(probe),
-            pgd_rows=probes.pgd_rows(len(self.epsilons), self.pgd_steps) if self._pgd_due else 0.0,
-        )
-        self._rotation, self._pgd_planned = plan.rotation, plan.pgd
-        if plan.skipped:
-            self._skip(epoch, "parts", f"not in the credit of {self.plan['credit']:.2f} s: " + "; ".join(plan.skipped))
-        return plan.rows, plan.fgsm, plan.flip
-
-    def _trajectory_rows(self, probe: ProbeSet | None) -> float:
-        """The trajectories' cost in row forwards (:func:`~trainviz.probes.robustness.trajectory_rows`)."""
-        if not self._trajectories_on():
-            return 0.0
-        drawn = probe if probe is not None else self.probe
-        size = len(drawn) if drawn is not None else self.trajectory_images  # unknown: price them as a whole row
-        images = min(self.trajectory_images, size)
-        return probes.trajectory_rows(images, size, self.trajectory_steps, self.random_directions)
+        """The probe's plan: everything due without a budget, else what fits the credit (or ``None``: skip)."""
+        return self.prober.plan(Credit(credit, essential, epoch))
 
     @override
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        probe = self.device_probe(pl_module)
-        self._pgd_due = self._pgd_is_due(trainer, epoch)
-        rows, fgsm, flip = self._scaled_parts(pl_module, probe, epoch)
-        config = probes.RobustnessConfig(
-            self.norm,
-            tuple(self.epsilons),
-            self.flip_step_size,
-            self.flip_max_steps,
-            self._cam_layers if self.cam_shift else None,
-            self.cam_reshape,
-            self.batch_size,
-            self.n_examples,
-            self.reference_run,
-            self.trajectory_images if self._trajectories_on() else 0,
-            self.trajectory_steps,
-            self.random_directions,
-            self.random_radius_factor,
-            self.probe_seed,
-            display_channels=None if self.display is None else self.display.channels,
-            param_set=None if self.param_set == "auto" else self.param_set,
-            pgd_steps=self.pgd_steps if self._pgd_on() else 0,
-            pgd_every=self.pgd_every,
-        )
-        inputs = self._corrupted_inputs(probe, rows, epoch)
-        result = probes.compute(
-            self.logits_model(pl_module),
-            probe,
-            inputs,
-            probes.Plan(rows, fgsm, flip, pgd=self._pgd_planned),
-            config,
-            epoch,
-            self.example_indices(self.n_examples),
-            self.skipped,
-            Schedule.of_run(rows, self.active, self.budget),
-            trajectory=self.example_indices(self.trajectory_images),
-        )
-        self._costs.update(result.seconds)
-        self._count_pgd(result.pgd is not None and result.pgd.ran)
-        self.sink.write(result)
-
-    def _count_pgd(self, ran: bool) -> None:
-        """After a run: PGD ran (the count restarts) or not (one more run without it; a due PGD stays due)."""
-        if self._pgd_on():
-            self._since_pgd = 0 if ran else None if self._since_pgd is None else self._since_pgd + 1
+        share = Share.of(self.device_probe(pl_module))
+        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
+        self.sink.write(self.prober.merge([partial], self.plan))

@@ -12,20 +12,26 @@ the whole trajectory of predicted classes with the lecture's control, random poi
 ``2 ||x - x_adv||`` (:mod:`trainviz.ops.adversarial`). Beside FGSM, every few runs, L-inf PGD (Madry et al.
 2018) at the same radii.
 
-Here: the suite's rows (:func:`suite`), which apply to the data (:func:`applicable`), the probe set corrupted
-once per row (:class:`CorruptionCache`), a reference run (:func:`load_reference`), what fits a time budget
-(:func:`plan_parts`) and one run (:func:`compute`).
+Here: which rows apply to the data (:func:`applicable`), the probe set corrupted once per row
+(:class:`CorruptionCache`), a reference run (:func:`load_reference`) and the compute contract
+(:mod:`trainviz.core.contract`) in :class:`RobustnessProbe`: :meth:`~RobustnessProbe.plan` (what fits a time
+budget, :mod:`trainviz.probes.robustness_plan`), :meth:`~RobustnessProbe.compute` on a share of the probe set
+(a :class:`RobustnessPartial`) and :meth:`~RobustnessProbe.merge` into the result one process computes.
+:func:`compute` is one run in one process on given inputs.
 
 Example:
     >>> import torch
+    >>> from trainviz.core.contract import Credit, Share
     >>> from trainviz.core.probeset import ProbeSet
     >>> from trainviz.data import Normalization
     >>> from trainviz.models import DemoClassifier
     >>> probe = ProbeSet(images=torch.rand(8, 3, 32, 32), labels=torch.arange(8) % 2, ids=torch.arange(8))
-    >>> _, _, rows = suite(["grayscale", "contrast"], [1, 3])
-    >>> config = RobustnessConfig(Normalization.identity(3), epsilons=(4 / 255,), flip_max_steps=2)
-    >>> inputs, _ = CorruptionCache().inputs(probe, rows, config.norm, seed=0, source=probe)
-    >>> result = compute(DemoClassifier(num_classes=2).eval(), probe, inputs, Plan(rows), config, epoch=0)
+    >>> options = RobustnessOptions(corruptions=["grayscale", "contrast"], severities=[1, 3], epsilons=[4 / 255],
+    ...                             flip_max_steps=2, pgd_steps=0)
+    >>> prober = RobustnessProbe.setup(probe, options, Normalization.identity(3))
+    >>> model, plan = DemoClassifier(num_classes=2).eval(), prober.plan(Credit())
+    >>> parts = [prober.compute(model, share, plan, prober.state()) for share in Share.split(probe, 2)]
+    >>> result = prober.merge(parts, plan)
     >>> [(row.corruption, row.severity) for row in result.table], sorted(result.corruptions)
     ([('grayscale', 1), ('contrast', 1), ('contrast', 3)], ['contrast', 'grayscale'])
 """
@@ -38,14 +44,16 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from trainviz.core.common import class_names
+from trainviz.core.common import class_names, example_indices
+from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
@@ -58,7 +66,7 @@ from trainviz.ops.adversarial import (
     steps_to_flip,
 )
 from trainviz.ops.cam import grad_cam
-from trainviz.ops.corruptions import SEED_PROBES, corrupt, corruption_spec, list_corruptions, resolve_param_set
+from trainviz.ops.corruptions import corrupt, corruption_spec, resolve_param_set
 from trainviz.ops.localization import map_correlation
 from trainviz.ops.metrics import per_class_accuracy
 from trainviz.ops.predict import predict_logits
@@ -69,8 +77,21 @@ from trainviz.ops.robustness import (
     expected_calibration_error,
     flip_rate,
     mean_corruption_error,
-    nll,
     relative_corruption_error,
+)
+from trainviz.probes.robustness_plan import (
+    CAM_COST,
+    Plan,
+    RobustnessHistory,
+    RobustnessOptions,
+    RobustnessPlan,
+    Rows,
+    check_epsilons,
+    core_seconds,
+    pgd_rows,
+    plan_parts,
+    suite,
+    trajectory_rows,
 )
 from trainviz.probes.robustness_result import (
     AGGREGATES,
@@ -88,7 +109,6 @@ from trainviz.probes.robustness_result import (
     Row,
     Schedule,
     Trajectories,
-    eps_label,
 )
 from trainviz.render.images import to_uint8, upscale
 
@@ -98,6 +118,11 @@ __all__ = [
     "Plan",
     "Reference",
     "RobustnessConfig",
+    "RobustnessHistory",
+    "RobustnessOptions",
+    "RobustnessPartial",
+    "RobustnessPlan",
+    "RobustnessProbe",
     "applicable",
     "check_epsilons",
     "compute",
@@ -109,56 +134,6 @@ __all__ = [
     "suite",
     "trajectory_rows",
 ]
-
-CAM_COST = 1.3  # a Grad-CAM pass costs about 1.2-1.4x a plain forward pass
-
-Rows = list[tuple[str, int]]
-
-
-# the suite -----------------------------------------------------------------------------------------
-
-
-def suite(corruptions: Sequence[str], severities: Sequence[int]) -> tuple[list[str], list[int], Rows]:
-    """The corruption names, the sorted severities and the table's rows ``(name, severity)``: single-level
-    corruptions (Zhang's probes) at their one level, the others at each of ``severities`` they have.
-
-    Raises:
-        ValueError: unknown or repeated names, severities that are not distinct ints in 1..5, or a corruption
-            with none of the severities.
-    """
-    names, valid = list(corruptions), list_corruptions()
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"Expected `corruptions` to be distinct names from {', '.join(valid)}; got {names!r}"
-            + (f" (unknown: {', '.join(map(repr, unknown))})." if unknown else ".")
-        )
-    sevs = list(severities)
-    if not sevs or len(set(sevs)) != len(sevs) or any(isinstance(s, bool) or s not in range(1, 6) for s in sevs):
-        raise ValueError(f"Expected `severities` to be distinct ints in 1..5, got {severities!r}.")
-    rows: Rows = []
-    for name in names:
-        levels = corruption_spec(name).severities
-        picked = [1] if levels == 1 else [s for s in sorted(sevs) if s <= levels]
-        if not picked:
-            raise ValueError(f"Corruption {name!r} has {levels} severities; none of `severities` {sorted(sevs)}.")
-        rows += [(name, s) for s in picked]
-    return names, sorted(sevs), rows
-
-
-def check_epsilons(epsilons: Sequence[float]) -> list[float]:
-    """FGSM step sizes as floats.
-
-    Raises:
-        ValueError: a value is not a finite number >= 0, or two agree in their first 4 decimals (their metric
-            names, ``fgsm_accuracy@<eps>``, would collide).
-    """
-    eps = list(epsilons)
-    if any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < math.inf for e in eps):
-        raise ValueError(f"Expected `epsilons` to be finite numbers >= 0, got {epsilons!r}.")
-    if len({eps_label(e) for e in eps}) != len(eps):
-        raise ValueError(f"Expected `epsilons` to differ in their first 4 decimals, got {eps!r}.")
-    return [float(e) for e in eps]
 
 
 def applicable(pixels: Tensor, rows: Rows, seed: int, param_set: str = "auto") -> tuple[Rows, dict[str, str]]:
@@ -249,6 +224,12 @@ class CorruptedRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def part(self, start: int, stop: int, clean: Tensor | None = None) -> CorruptedRows:
+        """Images ``start:stop`` of every block (a share, by global index); ``clean``: the share's own clean
+        images (the same values)."""
+        blocks = [block[start:stop] for block in self.blocks]
+        return CorruptedRows(self.clean[start:stop] if clean is None else clean, blocks, self.norm)
 
     def block(self, r: int, a: int = 0, b: int | None = None) -> Tensor:
         """Images ``a:b`` of block ``r`` as model inputs on the device."""
@@ -349,125 +330,13 @@ class CorruptionCache:
         return CorruptedRows(probe.images, [self._blocks[keys[row]] for row in rows], norm), seconds
 
 
-# the budget ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """What one run contains: the rows of the table, whether FGSM and the gradient ascent (steps-to-flip and the
-    trajectories, one part) run, whose turn it is next among the rotating corruptions, what was left out (for
-    the budget log) and whether PGD runs (off unless planned: it is due every few runs)."""
-
-    rows: Rows
-    fgsm: bool = True
-    flip: bool = True
-    rotation: int = 0
-    skipped: list[str] = field(default_factory=list)
-    pgd: bool = False
-
-
-def core_seconds(active: Rows, costs: dict[str, float]) -> float:
-    """Seconds of the part that always runs: the clean probe set and Zhang's probes (0 before the first run)."""
-    return costs.get("row", 0.0) * (1 + sum(1 for name, _ in active if name in SEED_PROBES))
-
-
-def trajectory_rows(images: int, probe_size: int, steps: int, samples: int) -> float:
-    """The cost of the trajectories in row forwards (one row: a forward pass of the ``probe_size`` probe images):
-    ``images`` images, ``steps`` gradient steps (a forward and a backward, about 3 forwards) and a last forward
-    each, and ``samples`` random-direction forwards for each (at most all of them flip).
-
-    Example:
-        >>> trajectory_rows(8, 256, 20, 1000)
-        33.15625
-    """
-    if images <= 0 or steps <= 0:
-        return 0.0
-    return images / max(1, probe_size) * (3 * steps + 1 + samples)
-
-
-def pgd_rows(epsilons: int, steps: int) -> float:
-    """The cost of PGD in row forwards: at each of ``epsilons`` radii, ``steps`` forward and backward passes
-    (about 3 forwards each) and a last forward, over the whole probe set.
-
-    Example:
-        >>> pgd_rows(4, 10)
-        124.0
-    """
-    return float(max(0, epsilons) * (3 * max(0, steps) + 1)) if steps > 0 else 0.0
-
-
-def plan_parts(
-    active: Rows,
-    costs: dict[str, float],
-    seconds: float,
-    rotation: int,
-    *,
-    epsilons: int,
-    flip_max_steps: int,
-    cam_shift: bool,
-    trajectory_rows: float = 0.0,
-    pgd_rows: float = 0.0,
-) -> Plan:
-    """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), PGD when it is due
-    (``pgd_rows`` > 0: its cost in rows, :func:`pgd_rows`, until measured as ``"pgd"``), the other
-    corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and the gradient
-    ascent (steps-to-flip and the trajectories with their random directions, one part: the trajectories extend
-    steps-to-flip), as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed),
-    of FGSM, of steps-to-flip and of the trajectories (``"fgsm"``, ``"flip"``, ``"trajectory"``; estimated from a
-    row until measured: ``trajectory_rows`` rows, see :func:`trajectory_rows`, for the trajectories).
-
-    Example:
-        >>> active = [("grayscale", 1), ("fog", 1), ("fog", 2), ("contrast", 1)]
-        >>> plan = plan_parts(active, {"row": 1.0}, 4.5, 0, epsilons=0, flip_max_steps=0, cam_shift=False)
-        >>> plan.rows, plan.rotation, plan.skipped
-        ([('grayscale', 1), ('fog', 1), ('fog', 2)], 1, ['1 of 2 corruptions (contrast)'])
-    """
-    fgsm, flip = epsilons > 0, flip_max_steps > 0 or trajectory_rows > 0
-    row = costs["row"] * (CAM_COST if cam_shift else 1.0)
-    rows = [r for r in active if r[0] in SEED_PROBES]
-    left = seconds - row * (1 + len(rows))
-    skipped = []
-    if fgsm:
-        cost = costs.get("fgsm", row * (3 + epsilons))
-        fgsm = cost <= left
-        left -= cost if fgsm else 0.0
-        skipped += [] if fgsm else [f"fgsm ({cost:.2f} s)"]
-    pgd = pgd_rows > 0
-    if pgd:
-        cost = costs.get("pgd", row * pgd_rows)
-        pgd = cost <= left
-        left -= cost if pgd else 0.0
-        skipped += [] if pgd else [f"pgd ({cost:.2f} s)"]
-    others = list(dict.fromkeys(name for name, _ in active if name not in SEED_PROBES))
-    turn = [others[(rotation + i) % len(others)] for i in range(len(others))]
-    taken = 0
-    for name in turn:
-        cost = row * sum(1 for n, _ in active if n == name)
-        if cost > left:
-            break
-        left -= cost
-        taken += 1
-    rows += [r for r in active if r[0] in set(turn[:taken])]
-    if taken < len(turn):
-        more = ", ..." if len(turn) - taken > 3 else ""
-        skipped.append(f"{len(turn) - taken} of {len(turn)} corruptions ({', '.join(turn[taken:][:3])}{more})")
-    if flip:
-        cost = costs.get("flip", row * 3 * flip_max_steps) if flip_max_steps > 0 else 0.0
-        cost += costs.get("trajectory", row * trajectory_rows) if trajectory_rows > 0 else 0.0
-        flip = cost <= left
-        what = "steps-to-flip and trajectories" if trajectory_rows > 0 else "steps-to-flip"
-        skipped += [] if flip else [f"{what} ({cost:.2f} s)"]
-    order = {r: i for i, r in enumerate(active)}
-    turned = (rotation + taken) % max(1, len(others))
-    return Plan(sorted(rows, key=order.__getitem__), fgsm, flip, turned, skipped, pgd)
-
-
 # one run ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class RobustnessConfig:
-    """How a run is made. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
+    """How a run is made (built by keyword after ``norm``): the options as the probe uses them plus what setup
+    resolves. ``cam_layers`` (resolved layers, ``None`` for no CAM shift) and ``cam_reshape`` are
     those of the Grad-CAM; ``reference`` normalises the corruption errors. The trajectories (``trajectory_images``
     images, ``trajectory_steps`` steps of ``flip_step_size``; 0 for none) sample ``random_directions`` points at
     ``radius_factor ||x - x_adv||``, each image's from a generator seeded with ``seed`` and its probe id (so neither
@@ -478,6 +347,7 @@ class RobustnessConfig:
     runs) is recorded."""
 
     norm: Normalization
+    _: KW_ONLY
     epsilons: tuple[float, ...] = ()
     flip_step_size: float = 0.5
     flip_max_steps: int = 0
@@ -496,13 +366,291 @@ class RobustnessConfig:
     pgd_steps: int = 0
     pgd_every: int = 1
     pgd_step_factor: float = PGD_STEP_FACTOR
+    budget: float | None = None  # recorded in the schedule
+
+    @classmethod
+    def of(cls, options: RobustnessOptions, norm: Normalization, **resolved: Any) -> RobustnessConfig:
+        """The config of ``options`` with what setup resolved (``seed``, ``cam_layers``, ``reference``,
+        ``param_set``, ``display_channels``, ``budget``)."""
+        return cls(
+            norm,
+            epsilons=tuple(options.epsilons or ()),
+            flip_step_size=options.flip_step_size,
+            flip_max_steps=options.flip_max_steps,
+            cam_reshape=options.cam_reshape,
+            batch_size=options.batch_size,
+            n_examples=options.n_examples,
+            trajectory_images=options.trajectory_images if options.trajectories else 0,
+            trajectory_steps=options.trajectory_steps or 0,
+            random_directions=options.random_directions,
+            radius_factor=options.random_radius_factor,
+            pgd_steps=options.pgd_steps if options.pgd else 0,
+            pgd_every=options.pgd_every,
+            **resolved,
+        )
+
+
+@dataclass
+class RobustnessPartial:
+    """What one share of the probe set contributes (CPU tensors and numbers, gathered between processes): per
+    image and row (block 0 clean, then each row of the plan) the prediction, its confidence and the NLL of the
+    true label; the CAM shift per row and image; the FGSM and PGD counts of correct predictions per ``eps``; the
+    steps to flip per image; the trajectories of the chosen images in the share (``index``: global probe
+    indices); the example tiles of the chosen images in the share; the seconds of each part."""
+
+    start: int
+    stop: int
+    classes: int
+    pred: Tensor  # (1 + R, n) long
+    confidence: Tensor  # (1 + R, n)
+    nll: Tensor  # (1 + R, n)
+    cam_shift: Tensor | None = None  # (R, n)
+    fgsm_correct: Tensor | None = None  # (E,) long
+    pgd_correct: Tensor | None = None  # (E,) long
+    steps: Tensor | None = None  # (n,) long
+    trajectory: dict[str, Tensor] | None = None
+    examples: Examples | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+Reporter = Callable[..., Any]
+
+
+class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]):
+    """The robustness probe: :meth:`plan` (what fits the credit; the rotation and PGD cadence move on), :meth:`compute`
+    on a share of the probe set and :meth:`merge` of the shares into the result one process computes.
+
+    Every process corrupts the whole probe set once per row (:class:`CorruptionCache`, indexed by global index)
+    and serves its share's slice, so the noise does not depend on the share. The other randomness (PGD starts,
+    random directions) is drawn per image from the seed and the probe id.
+
+    Args:
+        probe: the whole probe set on the model's device.
+        config: how a run is made.
+        rows: the rows that apply to the data (:func:`applicable`).
+        skipped: corruptions left out at setup and why (recorded).
+        history: what the probe keeps across runs (a checkpoint's, or fresh).
+        trajectories: whether the trajectories are configured (images and steps).
+        skip: ``skip(epoch, what, reason)``, told what the plan leaves out.
+        scalar: ``scalar(key, value, epoch)``, told ``cache_seconds`` when rows are corrupted.
+        progress: ``progress(done, total, note)`` while rows are corrupted.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        config: RobustnessConfig,
+        rows: Rows,
+        *,
+        skipped: dict[str, str] | None = None,
+        history: RobustnessHistory | None = None,
+        examples: list[int] | None = None,
+        trajectory: list[int] | None = None,
+        skip: Reporter | None = None,
+        scalar: Reporter | None = None,
+        progress: Reporter | None = None,
+    ) -> None:
+        super().__init__(probe)
+        self.config, self.active, self.skipped = config, list(rows), dict(skipped or {})
+        self.history = history if history is not None else RobustnessHistory()
+        self.examples = example_indices(probe.labels, config.n_examples) if examples is None else examples
+        traj = config.trajectory_images if config.trajectory_steps > 0 else 0
+        self.trajectory = example_indices(probe.labels, traj) if trajectory is None else trajectory
+        self.cache = CorruptionCache()
+        self.skip, self.scalar, self.progress = skip, scalar, progress
+
+    @classmethod
+    def setup(cls, probe: ProbeSet, options: RobustnessOptions, norm: Normalization, **kwargs: Any) -> RobustnessProbe:
+        """The probe of ``options`` on ``probe``: the parameter set resolved from the images' size, the rows that
+        apply to the data and the reference run read. ``kwargs``: ``seed``, ``cam_layers``, ``display_channels``,
+        ``budget`` (for the config) and the keywords of the constructor.
+
+        Raises:
+            ValueError: no corruption applies to the data, or the reference cannot be read or lacks a row.
+        """
+        resolved = {k: kwargs.pop(k) for k in ("seed", "cam_layers", "display_channels", "budget") if k in kwargs}
+        pixels = norm.denormalize(probe.images[:8].float())
+        param_set = resolve_param_set(options.corruption_params, *pixels.shape[-2:])
+        active, skipped = applicable(pixels, options.rows, resolved.get("seed", 0), param_set)
+        if not active:
+            raise ValueError(f"None of the corruptions {options.corruptions} applies to this data: {skipped}.")
+        reference = None if options.reference is None else load_reference(options.reference, active, param_set)
+        param = None if param_set == "auto" else param_set
+        config = RobustnessConfig.of(options, norm, reference=reference, param_set=param, **resolved)
+        kwargs.setdefault("history", RobustnessHistory.of(options))
+        return cls(probe, config, active, skipped=skipped, **kwargs)
+
+    @staticmethod
+    def cam_check(labels: Tensor, reshape: Callable[[Tensor], Tensor] | None) -> Callable[..., Any]:
+        """``check(model, x, layers)`` for the callback's layer setup: raises if the Grad-CAM does not apply."""
+        return lambda model, x, layers: grad_cam(model, x, layers, labels[: len(x)].to(x.device), reshape=reshape)
+
+    def check(self, model: torch.nn.Module) -> None:
+        """At setup, inside the probe guard: raises if the model's output is not logits (names ``output=``; with
+        a CAM shift the Grad-CAM check did that); under a budget, times one forward of the probe set to price a
+        row."""
+        if not self.config.cam_layers:
+            predict_logits(model, self.probe.images[:2])
+        if self.config.budget is not None and "row" not in self.history.costs:
+            start = time.perf_counter()
+            predict_logits(model, self.probe.images, self.config.batch_size)
+            self.history.costs["row"] = time.perf_counter() - start
+
+    # plan ----------------------------------------------------------------------------------------------
+
+    def trajectory_rows(self) -> float:
+        """The trajectories' cost in row forwards (:func:`trajectory_rows`); 0 when they are off."""
+        images = min(len(self.trajectory), len(self.probe))
+        return trajectory_rows(images, len(self.probe), self.config.trajectory_steps, self.config.random_directions)
+
+    def plan(self, credit: Credit) -> RobustnessPlan | None:
+        """Everything due without a budget (``credit.seconds`` None); else skip a non-essential run whose seed
+        probes alone do not fit, or take what fits (:func:`plan_parts`), the rotation moving on. PGD runs when
+        due (:meth:`RobustnessHistory.pgd_due`) and it fits."""
+        config, history, epoch = self.config, self.history, credit.epoch
+        pgd = history.pgd_due(credit.essential)
+        flip = config.flip_max_steps > 0 or self.trajectory_rows() > 0
+        if credit.seconds is None:
+            return RobustnessPlan(list(self.active), bool(config.epsilons), flip, pgd=pgd, epoch=epoch)
+        core = core_seconds(self.active, history.costs)
+        if not credit.essential and core > credit.seconds:
+            self._skip(epoch, "run", f"the seed probes take {core:.2f} s, credit {credit.seconds:.2f} s")
+            return None
+        parts = plan_parts(
+            self.active,
+            {"row": 0.0, **history.costs},
+            credit.seconds,
+            history.rotation,
+            epsilons=len(config.epsilons),
+            flip_max_steps=config.flip_max_steps,
+            cam_shift=bool(config.cam_layers),
+            trajectory_rows=self.trajectory_rows(),
+            pgd_rows=pgd_rows(len(config.epsilons), config.pgd_steps) if pgd else 0.0,
+        )
+        history.rotation = parts.rotation
+        if parts.skipped:
+            self._skip(epoch, "parts", f"not in the credit of {credit.seconds:.2f} s: " + "; ".join(parts.skipped))
+        return replace(parts, epoch=epoch)
+
+    def _skip(self, epoch: int, what: str, reason: str) -> None:
+        if self.skip is not None:
+            self.skip(epoch, what, reason)
+
+    # compute -------------------------------------------------------------------------------------------
+
+    def inputs(self, rows: Rows, epoch: int = 0) -> CorruptedRows:
+        """The whole probe set clean (block 0) and each row's, corrupted when the row first runs (the cache);
+        ``cache_seconds`` goes to ``scalar`` when rows were corrupted."""
+        inputs, seconds = self.cache.inputs(
+            self.probe,
+            rows,
+            self.config.norm,
+            self.config.seed,
+            source=self.probe,
+            progress=self.progress,
+            param_set=self.config.param_set or "auto",
+        )
+        if seconds is not None and self.scalar is not None:
+            self.scalar("cache_seconds", seconds, epoch)
+        return inputs
+
+    def compute(
+        self, model: torch.nn.Module, share: Share[ProbeSet], plan: RobustnessPlan, state: Any = None
+    ) -> RobustnessPartial:
+        """The share's part of the run: its slice of every row's images (:meth:`inputs`), its forwards, FGSM,
+        PGD and steps-to-flip when planned, the trajectories and example tiles of the chosen images it holds."""
+        inputs = self.inputs(plan.rows, plan.epoch).part(share.start, share.stop, share.data.images)
+        return self.compute_inputs(model, share, plan, inputs)
+
+    def compute_inputs(
+        self, model: torch.nn.Module, share: Share[ProbeSet], plan: RobustnessPlan, inputs: CorruptedRows
+    ) -> RobustnessPartial:
+        """:meth:`compute` on the share's inputs as given (``((1 + R) n, C, H, W)``, blocks of the share)."""
+        config, data, n, rows = self.config, share.data, len(share), plan.rows
+        if n == 0:
+            empty = torch.zeros(1 + len(rows), 0)
+            return RobustnessPartial(share.start, share.stop, 0, empty.long(), empty, empty.double())
+        mine = lambda chosen: [i - share.start for i in chosen if share.start <= i < share.stop]  # noqa: E731
+        local = mine(self.examples)
+        tiles = _example_tiles(inputs, n, rows, local, config.norm, config.display_channels) if local else None
+        if tiles is not None:
+            tiles.indices = [i + share.start for i in local]
+        start = time.perf_counter()
+        logits, shift = _forward(model, inputs, data.labels, config)
+        seconds = {"row": (time.perf_counter() - start) / (1 + len(rows)) / (CAM_COST if config.cam_layers else 1.0)}
+        k = logits.shape[-1]
+        logits = logits.view(1 + len(rows), n, k)
+        confidence, pred = logits.softmax(-1).max(-1)
+        labels = data.labels.long().repeat(1 + len(rows))
+        nll = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none").view(1 + len(rows), n)
+        values: dict[str, Any] = {"pred": pred, "confidence": confidence, "nll": nll}
+        if shift is not None:
+            values["cam_shift"] = shift.view(len(rows), n)
+        values.update(_adversarial(model, data, pred[0], config, plan, seconds))
+        chosen = mine(self.trajectory)
+        if config.trajectory_images > 0 and config.trajectory_steps > 0 and plan.flip and chosen:
+            path = _trajectories(model, data, pred[0], config, chosen, seconds)
+            values.update({f"trajectory_{key}": value for key, value in path.items()})
+            values["trajectory_index"] = values["trajectory_index"] + share.start
+        host = {key: torch.from_numpy(a).to(values[key].dtype) for key, a in to_cpu(values).items()}  # one transfer
+        path = {key[11:]: host.pop(key) for key in list(host) if key.startswith("trajectory_")}
+        return RobustnessPartial(
+            share.start, share.stop, k, **host, trajectory=path or None, examples=tiles, seconds=seconds
+        )
+
+    # merge ---------------------------------------------------------------------------------------------
+
+    def merge(self, partials: Sequence[RobustnessPartial], plan: RobustnessPlan) -> RobustnessResult:
+        """The run's result from the shares' partials (any order): counts over all images divided by ``N``,
+        calibration, corruption errors, the trajectories and tiles in the chosen order; the history moves on
+        (measured costs, PGD's count)."""
+        parts = sorted(partials, key=lambda p: p.start)
+        config, rows, n = self.config, plan.rows, len(self.probe)
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts], -1)  # noqa: E731
+        k = max(p.classes for p in parts)
+        labels, ids = self.probe.labels.cpu(), self.probe.ids.cpu()
+        values = _row_metrics(cat("pred"), cat("confidence"), cat("nll"), labels, k)
+        if parts[0].cam_shift is not None or any(p.cam_shift is not None for p in parts):
+            values["cam_shift"] = torch.cat([p.cam_shift for p in parts if p.cam_shift is not None], -1)
+        dtype = self.probe.images.dtype
+        for part in ("fgsm", "pgd"):
+            counts = [c for p in parts if (c := getattr(p, f"{part}_correct")) is not None]
+            if counts:
+                values[f"{part}_accuracy"] = torch.stack(counts).sum(0).to(dtype) / n
+        if any(p.steps is not None for p in parts):
+            values["steps"] = torch.cat([p.steps for p in parts if p.steps is not None])
+        paths = [p.trajectory for p in parts if p.trajectory is not None]
+        if paths:
+            merged = {key: torch.cat([path[key] for path in paths]) for key in paths[0]}
+            order = [merged["index"].tolist().index(i) for i in self.trajectory if i in merged["index"].tolist()]
+            values.update({f"trajectory_{key}": value[order] for key, value in merged.items()})
+        values.update(labels=labels, ids=ids, class_counts=torch.bincount(labels, minlength=k))
+        host = to_cpu(values)
+        result = _result(plan.epoch, host, rows, config, class_names(self.probe.class_names, k))
+        result.examples = _merge_tiles([p.examples for p in parts if p.examples is not None], self.examples)
+        result.seconds = {key: max(p.seconds.get(key, 0.0) for p in parts) for key in parts[0].seconds}
+        result.skipped = dict(self.skipped)
+        result.schedule = Schedule.of_run(rows, self.active, config.budget)
+        self.history.costs.update(result.seconds)
+        self.history.count_pgd(result.pgd is not None and result.pgd.ran)
+        return result
+
+
+def _merge_tiles(parts: list[Examples], order: list[int]) -> Examples | None:
+    """The example grid from the shares' tiles, its images in ``order`` (global probe indices)."""
+    if not parts:
+        return None
+    indices = [i for p in parts for i in p.indices]
+    tiles = np.concatenate([p.tiles for p in parts], axis=1)
+    pick = [indices.index(i) for i in order if i in indices]
+    return Examples(parts[0].columns, [indices[j] for j in pick], tiles[:, pick], parts[0].titles)
 
 
 def compute(
     model: torch.nn.Module,
     probe: ProbeSet,
     inputs: CorruptedRows | Tensor,
-    plan: Plan,
+    plan: RobustnessPlan,
     config: RobustnessConfig,
     epoch: int,
     examples: list[int] | None = None,
@@ -510,7 +658,8 @@ def compute(
     schedule: Schedule | None = None,
     trajectory: list[int] | None = None,
 ) -> RobustnessResult:
-    """One run: the metrics of every row of ``plan`` (accuracy, confidence, NLL, ECE, flip rate, per-class
+    """One run in one process on given inputs (:class:`RobustnessProbe` computes the whole set as one share and
+    merges it): the metrics of every row of ``plan`` (accuracy, confidence, NLL, ECE, flip rate, per-class
     accuracy, with ``cam_layers`` the CAM shift), the corruption errors, FGSM, PGD and steps-to-flip when planned,
     the example tiles and what each part cost (``result.seconds``).
 
@@ -529,27 +678,15 @@ def compute(
 
     Shape: inputs ``((1 + R) N, C, H, W)``.
     """
-    n, rows = len(probe), plan.rows
+    n = len(probe)
     if isinstance(inputs, Tensor):
         inputs = CorruptedRows.of_tensor(inputs, n, config.norm)
     examples = list(range(min(config.n_examples, n))) if examples is None else examples
-    tiles = _example_tiles(inputs, n, rows, examples, config.norm, config.display_channels)
-    start = time.perf_counter()
-    logits, shift = _forward(model, inputs, probe.labels, config)
-    seconds = {"row": (time.perf_counter() - start) / (1 + len(rows)) / (CAM_COST if config.cam_layers else 1.0)}
-    k = logits.shape[-1]
-    values = _row_metrics(logits.view(1 + len(rows), n, k), probe.labels, k)
-    if shift is not None:
-        values["cam_shift"] = shift.view(len(rows), n)
-    values.update(_adversarial(model, probe, values["pred"][0], config, plan, seconds))
-    if config.trajectory_images > 0 and config.trajectory_steps > 0 and plan.flip:
-        chosen = list(range(min(config.trajectory_images, n))) if trajectory is None else trajectory
-        values.update(_trajectories(model, probe, values["pred"][0], config, chosen, seconds))
-    values.update(labels=probe.labels, ids=probe.ids, class_counts=torch.bincount(probe.labels, minlength=k))
-    host = to_cpu(values)
-    result = _result(epoch, host, rows, config, class_names(probe.class_names, k))
-    result.examples, result.seconds = tiles, seconds
-    result.skipped, result.schedule = dict(skipped or {}), schedule
+    trajectory = list(range(min(config.trajectory_images, n))) if trajectory is None else trajectory
+    prober = RobustnessProbe(probe, config, plan.rows, skipped=skipped, examples=examples, trajectory=trajectory)
+    plan = replace(plan, epoch=epoch)
+    result = prober.merge([prober.compute_inputs(model, Share.of(probe), plan, inputs)], plan)
+    result.schedule = schedule
     return result
 
 
@@ -601,23 +738,21 @@ def _forward(
     return torch.cat(logits).float(), torch.cat(shifts)
 
 
-def _row_metrics(logits: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
-    """Metrics of each block of logits ``(1 + R, N, K)`` on the device, stacked along the rows, and the
-    reliability bins of the clean block and of all corrupted ones."""
-    probs = logits.softmax(-1)
-    confidences, pred = probs.max(-1)
+def _row_metrics(pred: Tensor, confidences: Tensor, nll: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
+    """Metrics of each block ``(1 + R, N)`` of predictions, their confidences and the NLL of the true labels,
+    stacked along the rows, and the reliability bins of the clean block and of all corrupted ones."""
+    correct = pred == labels
     per_row = [
         (
             accuracy(pred[r], labels),
-            nll(logits[r], labels),
-            expected_calibration_error(probs[r], labels),
+            _mean_nll(nll[r]),
+            _ece(confidences[r], correct[r]),
             flip_rate(pred[r], pred[0]),
             per_class_accuracy(pred[r], labels, k),
         )
-        for r in range(logits.shape[0])
+        for r in range(pred.shape[0])
     ]
     acc, nl, ece, flips, per_class = (torch.stack(column) for column in zip(*per_row))
-    correct = pred == labels
     parts = {"clean": (confidences[0], correct[0]), "corrupted": (confidences[1:], correct[1:])}
     bins = {
         f"{name}_{part}": value
@@ -637,6 +772,20 @@ def _row_metrics(logits: Tensor, labels: Tensor, k: int) -> dict[str, Tensor]:
     }
 
 
+def _mean_nll(nll: Tensor) -> Tensor:
+    """The mean of per-image NLLs as :func:`~trainviz.ops.robustness.nll` reduces them (``nll_loss``'s mean, the
+    same kernel, so the one-process value does not change)."""
+    return F.nll_loss(-nll.unsqueeze(1), torch.zeros(nll.shape[0], dtype=torch.long))
+
+
+def _ece(confidence: Tensor, correct: Tensor) -> Tensor:
+    """:func:`~trainviz.ops.robustness.expected_calibration_error` (15 bins) from each prediction's confidence
+    and correctness: it reads only the top probability and whether its class is the label, so a first column
+    holding the confidence (the top score) and a label of 0 where right, 1 where wrong give exactly its value."""
+    scores = torch.stack([confidence, torch.zeros_like(confidence)], 1)
+    return expected_calibration_error(scores, (~correct).long())
+
+
 def _adversarial(
     model: torch.nn.Module,
     probe: ProbeSet,
@@ -645,9 +794,9 @@ def _adversarial(
     plan: Plan,
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
-    """FGSM and PGD accuracy per ``eps`` and steps to flip per image (each when planned and configured), batch by
-    batch, on the device; their costs go to ``seconds``. PGD's random start comes from ``config.seed`` and each
-    image's probe id, so no batch size changes it."""
+    """FGSM and PGD counts of correct predictions per ``eps`` and steps to flip per image (each when planned and
+    configured), batch by batch, on the device; their costs go to ``seconds``. PGD's random start comes from
+    ``config.seed`` and each image's probe id, so neither the batch nor the share changes it."""
     pixels, out, norm = config.norm.denormalize(probe.images), {}, config.norm
     batches = list(probe.batches(config.batch_size))
     start = time.perf_counter()
@@ -656,7 +805,7 @@ def _adversarial(
             fgsm_accuracy(model, pixels[a:b], probe.labels[a:b], config.epsilons, preprocess=norm.normalize) * (b - a)
             for a, b in batches
         ]
-        out["fgsm_accuracy"] = torch.stack(parts).sum(0) / len(probe)
+        out["fgsm_correct"] = torch.stack(parts).round().long().sum(0)
         seconds["fgsm"] = time.perf_counter() - start
     start = time.perf_counter()
     if config.epsilons and config.pgd_steps > 0 and plan.pgd:
@@ -675,7 +824,7 @@ def _adversarial(
             * (b - a)
             for a, b in batches
         ]
-        out["pgd_accuracy"] = torch.stack(parts).sum(0) / len(probe)
+        out["pgd_correct"] = torch.stack(parts).round().long().sum(0)
         seconds["pgd"] = time.perf_counter() - start
     start = time.perf_counter()
     if config.flip_max_steps > 0 and plan.flip:
@@ -739,11 +888,11 @@ def _trajectories(
         random = nan.index_copy(0, which, fractions.double())
     seconds["trajectory"] = time.perf_counter() - start
     return {
-        "trajectory_index": idx,
-        "trajectory_predictions": path.predictions,
-        "trajectory_flip": path.flip_step,
-        "trajectory_distance": distance,
-        "trajectory_random": random,
+        "index": idx,
+        "predictions": path.predictions,
+        "flip": path.flip_step,
+        "distance": distance,
+        "random": random,
     }
 
 
