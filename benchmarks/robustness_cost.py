@@ -76,12 +76,13 @@ def main() -> None:
 
     def run(cb: RobustnessCallback) -> None:
         with probe_guard(model):
+            cb.plan = cb._plan(None, True, 0)  # everything, as without a budget
             cb._run(None, model, 0)
 
     forward_only = callback(epsilons=[], flip_max_steps=0)
     with probe_guard(model):
         start = time.perf_counter()
-        inputs = forward_only._corrupted_inputs(forward_only.probe, forward_only.active, 0)
+        inputs = forward_only.prober.inputs(forward_only.active, 0)
         cache_seconds = time.perf_counter() - start
     n_images = inputs.shape[0]
     n_corrupted = n_images - args.probe_size

@@ -87,7 +87,7 @@ def test_mce_keeps_its_default_reference_and_a_reference_run_adds_the_normalised
 
 
 def test_the_report_states_the_set_the_protocol_the_mce_reference_and_frost(tmp_path):
-    from trainviz.report import builder
+    from trainviz.probes import robustness_report as builder  # issue 18: robustness draws its own part
 
     probe = _probe()
     rows = [("frost", 1), ("fog", 1)]
@@ -102,7 +102,7 @@ def test_the_report_states_the_set_the_protocol_the_mce_reference_and_frost(tmp_
     result = probes.compute(
         DemoClassifier(num_classes=3).eval(), probe, inputs, probes.Plan(rows, False, False), config, 0
     )
-    run = builder.RunArtifacts(root=tmp_path, robustness=[type(result).from_record(result.record())])
+    run = builder._Run([type(result).from_record(result.record())])
     head = builder._headline(run, result.report_summary())
     assert "imagenet-c set" in head and "corrupted on the fly" in head and "JPEG-saved" in head
     assert "mCE and relative mCE: unnormalised" in head and "Normalised mCE: reference run" in head

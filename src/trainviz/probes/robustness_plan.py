@@ -265,6 +265,11 @@ class RobustnessPlan:
     pgd: bool = False
     epoch: int = 0
 
+    @property
+    def whole(self) -> bool:
+        """Everything due runs: the budget left nothing out (:func:`trainviz.core.contract.is_whole`)."""
+        return not self.skipped
+
 
 Plan = RobustnessPlan  # the name before the compute contract
 
