@@ -6,11 +6,9 @@ Lightning lifecycle: cadence, budget plan, checkpoint state, the DDP capture, th
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from typing_extensions import override
 
@@ -18,22 +16,10 @@ from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.contract import Credit, Share
 from trainviz.core.display import pictures
 from trainviz.core.guard import probe_guard
-from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
+from trainviz.core.layers import Layout
 from trainviz.core.namespace import info
-from trainviz.probes.embedding import (
-    MAX_POINTS,
-    METHODS,
-    MIN_EMBED_POINTS,
-    EmbeddingHistory,
-    EmbeddingOptions,
-    EmbeddingProbe,
-    EmbeddingResult,
-    EmbeddingWorker,
-    aligned_frames,
-    animations,
-    capture,
-    probe_arrays,
-)
+from trainviz.probes import embedding as probes
+from trainviz.probes.embedding import MAX_POINTS, METHODS, EmbeddingOptions
 from trainviz.render.images import to_uint8
 
 if TYPE_CHECKING:
@@ -139,9 +125,9 @@ class EmbeddingCallback(ProbeCallback):
         self.layers, self.methods, self.slow_every_k = o.layers, o.methods, o.slow_every_k
         self._layers: dict[str, torch.nn.Module] = {}
         self._layout: Layout | None = None
-        self.history = EmbeddingHistory(keep_features=o.aligned_umap_at_end)
-        self.worker = EmbeddingWorker()
-        self.prober: EmbeddingProbe | None = None
+        self.history = probes.EmbeddingHistory(keep_features=o.aligned_umap_at_end)
+        self.worker = probes.EmbeddingWorker()
+        self.prober: probes.EmbeddingProbe | None = None
         self._gathered: dict[int, Any] = {}  # epoch -> every rank's partial, or the error (DDP)
         self._projector: Any = None
 
@@ -179,28 +165,20 @@ class EmbeddingCallback(ProbeCallback):
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        slow = [*self.options.slow_methods] + (["aligned UMAP"] if self.options.aligned_umap_at_end else [])
-        if slow and len(self.probe) < MIN_EMBED_POINTS:
-            raise ValueError(f"{', '.join(slow)} need at least {MIN_EMBED_POINTS} probe points, got {len(self.probe)}.")
-        if self._uses_umap() and importlib.util.find_spec("umap") is None:
-            raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
-        specs = list(self.layers)
+        probes.check_setting(self.options, len(self.probe))
         example = self.example_batch(pl_module, 1)
         with probe_guard(pl_module):
-            model = self.logits_model(pl_module)
-            self._layout = model_layout(model, example)
-            if "auto" in specs:  # on a transformer its final norm (class token or mean patch token), not a CAM layer
-                auto = find_last_spatial_layer(model, example, self._layout, gradient=False)
-                specs = [auto if s == "auto" else s for s in specs]
-                info(f"trainviz: EmbeddingCallback layers='auto' resolved to {auto!r}", self._trainer)
+            specs, self._layout, auto = probes.resolve_layers(self.logits_model(pl_module), example, self.layers)
+        if auto is not None:
+            info(f"trainviz: EmbeddingCallback layers='auto' resolved to {auto!r}", self._trainer)
         seed = self.probe_seed % 2**32
-        check = lambda model, example, layers: capture(model, layers, example, self.options, self._layout, seed=seed)  # noqa: E731
-        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), check=check)
-        args: dict[str, Any] = {"layout": self._layout, "seed": seed, "history": self.history, "worker": self.worker}
-        self.prober = EmbeddingProbe(self.probe, self.options, layers=self._layers, **args)
 
-    def _uses_umap(self) -> bool:
-        return "umap" in self.methods or self.options.aligned_umap_at_end
+        def check(model: Any, example: torch.Tensor, layers: dict[str, torch.nn.Module]) -> None:
+            probes.capture(model, layers, example, self.options, self._layout, seed=seed)
+
+        self._layers = self.setup_layers(pl_module, specs, check=check)
+        args: dict[str, Any] = {"layout": self._layout, "seed": seed, "history": self.history, "worker": self.worker}
+        self.prober = probes.EmbeddingProbe(self.probe, self.options, layers=self._layers, **args)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,11 +186,10 @@ class EmbeddingCallback(ProbeCallback):
         if not trainer.is_global_zero or self.probe is None:
             return
         # Under a budget umap-learn's compilation is paid, and counted, with the first UMAP that fits.
-        self.worker.start(warmup=self._uses_umap() and self.budget is None, approximate=len(self.probe) >= 4096)
-        ids = probe_arrays(self.probe)[1]
-        for epoch in self.done_epochs:  # runs whose job was still going when the checkpoint was saved
-            for layer in self._layers:
-                self.history.recover(epoch, layer, self.sink.read_npz(epoch, layer), ids, self.methods)
+        warmup = probes.uses_umap(self.options) and self.budget is None
+        self.worker.start(warmup=warmup, approximate=len(self.probe) >= 4096)
+        if self.prober is not None:  # runs whose job was still going when the checkpoint was saved
+            self.prober.recover(self.done_epochs, self.sink.read_npz)
         self._projector = self.sink.projector(self.probe.fingerprint()[:12]) if self.options.projector else None
         if self._projector is not None:
             self._projector.sprite(to_uint8(pictures(self.probe.images.float(), self.norm, self.display)))
@@ -258,7 +235,7 @@ class EmbeddingCallback(ProbeCallback):
             captured, self.plan, self._write, charge=self._charge_background, inline_pca=inline, progress=progress
         )
 
-    def _write(self, result: EmbeddingResult) -> None:
+    def _write(self, result: probes.EmbeddingResult) -> None:
         """The end of a run's background job."""
         self.sink.write(result)
         if self._projector is not None:
@@ -272,16 +249,15 @@ class EmbeddingCallback(ProbeCallback):
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.worker.wait(progress=self.progress.update)  # jobs running and pending, shown when the wait is long
         self._report_errors()
-        frames, predictions = self.history.snapshot()
-        if self.options.aligned_umap_at_end:
-            for layer, joint in aligned_frames(self.history, self.options, seed=self.probe_seed % 2**32).items():
-                frames[(layer, "aligned_umap")], epochs = joint, sorted(joint)
-                stacked = np.stack([joint[e] for e in epochs])
-                self.sink.npz(epochs[-1], f"{layer}_aligned_umap", frames=stacked, epochs=np.asarray(epochs))
-        if self.options.html and frames:
+        if self.prober is None:
+            return
+        arrays, pages = self.prober.fit_end()
+        for (epoch, name), values in arrays.items():
+            self.sink.npz(epoch, name, **values)
+        if pages:
             self.sink.plotly_js()
-            for name, page in animations(frames, predictions, self.probe).items():
-                self.sink.file(name, page)
+        for name, page in pages.items():
+            self.sink.file(name, page)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

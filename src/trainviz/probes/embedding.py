@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,7 +61,7 @@ from trainviz.core.checks import check_bool, check_float, check_int, check_layer
 from trainviz.core.common import class_names, json_number
 from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.hooks import capture as capture_activations
-from trainviz.core.layers import Layout
+from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
@@ -103,6 +104,8 @@ __all__ = [
     "animations",
     "capture",
     "check_methods",
+    "check_setting",
+    "resolve_layers",
     "compute",
     "probe_arrays",
 ]
@@ -180,6 +183,33 @@ class EmbeddingOptions(Options):
     def slow_methods(self) -> tuple[str, ...]:
         """UMAP and t-SNE among the methods (PCA runs every time)."""
         return tuple(m for m in self.methods if m != "pca")
+
+
+def check_setting(options: EmbeddingOptions, points: int) -> None:
+    """Fit start: enough probe points for UMAP/t-SNE (5), and umap-learn for UMAP.
+
+    Raises:
+        ValueError: too few probe points. ImportError: UMAP without umap-learn.
+    """
+    slow = [*options.slow_methods] + (["aligned UMAP"] if options.aligned_umap_at_end else [])
+    if slow and points < MIN_EMBED_POINTS:
+        raise ValueError(f"{', '.join(slow)} need at least {MIN_EMBED_POINTS} probe points, got {points}.")
+    if uses_umap(options) and importlib.util.find_spec("umap") is None:
+        raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
+
+
+def uses_umap(options: EmbeddingOptions) -> bool:
+    return "umap" in options.methods or options.aligned_umap_at_end
+
+
+def resolve_layers(
+    model: torch.nn.Module, example: torch.Tensor, specs: Sequence[str]
+) -> tuple[list[str], Layout, str | None]:
+    """The layer names with ``"auto"`` resolved (the last module with a feature-map output; on a transformer its
+    final norm, class token or mean patch token, not a CAM layer), the model's layout, and what ``"auto"`` became."""
+    layout = model_layout(model, example)
+    auto = find_last_spatial_layer(model, example, layout, gradient=False) if "auto" in specs else None
+    return list(dict.fromkeys(auto if s == "auto" else s for s in specs)), layout, auto
 
 
 # capture (training thread) ---------------------------------------------------------------------------
@@ -880,6 +910,27 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         job = lambda: write(self.project(captured, plan))  # noqa: E731
         inline = inline_pca and not plan.slow
         self.worker.submit(plan.epoch, job, captured.nbytes, plan.slow, charge, inline, progress)
+
+    def recover(self, done: Sequence[int], read: Callable[[int, str], Mapping[str, np.ndarray] | None]) -> None:
+        """Frames of ``done`` runs whose job was still going when the checkpoint was saved, read back from their
+        artifacts (``read(epoch, layer)``: the run's ``<layer>.npz`` arrays or ``None``)."""
+        ids = probe_arrays(self.probe)[1]
+        for epoch in done:
+            for layer in self.layers:
+                self.history.recover(epoch, layer, read(epoch, layer), ids, self.options.methods)
+
+    def fit_end(self) -> tuple[dict[tuple[int, str], dict[str, np.ndarray]], dict[str, str]]:
+        """Fit end (after the worker): ``{(epoch, name): arrays}`` of the AlignedUMAP frames over all epochs
+        (``aligned_umap_at_end``), and the animation pages ``{file name: html}`` (``html``)."""
+        frames, predictions = self.history.snapshot()
+        arrays = {}
+        if self.options.aligned_umap_at_end:
+            for layer, joint in aligned_frames(self.history, self.options, seed=self.seed).items():
+                frames[(layer, "aligned_umap")], epochs = joint, sorted(joint)
+                stacked = np.stack([joint[e] for e in epochs])
+                arrays[(epochs[-1], f"{layer}_aligned_umap")] = {"frames": stacked, "epochs": np.asarray(epochs)}
+        pages = animations(frames, predictions, self.probe) if self.options.html and frames else {}
+        return arrays, pages
 
     def gather(
         self, model: torch.nn.Module, share: Share[Any], world: int, all_gather: Callable[[torch.Tensor], torch.Tensor]
