@@ -14,7 +14,7 @@ from trainviz.callbacks.cam import CAMCallback
 from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.callbacks.features import FeatureMapCallback
 from trainviz.core.hooks import count_hooks
-from trainviz.probes.embedding import EmbeddingConfig, capture
+from trainviz.probes.embedding import EmbeddingOptions, capture
 
 timm = pytest.importorskip("timm")
 
@@ -68,7 +68,7 @@ def test_auto_layers_on_transformers_in_a_fit(tmp_path, name, kwargs, cam_layer,
     # Swin: timm's own pooled features, the average of its channels-last maps
     images = embedding.probe.images[:8]
     model.eval()
-    feats, _ = capture(model, embedding._layers, images, EmbeddingConfig(("pca",)), embedding._layout)
+    feats, _ = capture(model, embedding._layers, images, EmbeddingOptions(methods="pca"), embedding._layout)
     with torch.no_grad():
         tokens = model.net.forward_features(images)
         expected = tokens[:, 0] if "deit" in name else model.net.forward_head(tokens, pre_logits=True)

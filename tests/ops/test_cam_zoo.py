@@ -232,12 +232,12 @@ def test_timm_declarations_are_read():
 
 @pytest.mark.parametrize(("key", "layer"), [("vit", "norm"), ("vit_registers_gap", "blocks"), ("swin", "norm")])
 def test_embedding_auto_is_the_models_own_pooled_features(key, layer):
-    from trainviz.probes.embedding import EmbeddingConfig, capture
+    from trainviz.probes.embedding import EmbeddingOptions, capture
 
     net, x = make(key)
     layout = model_layout(net, x)
     assert find_last_spatial_layer(net, x[:1], layout, gradient=False) == layer
-    features, logits = capture(net, {layer: net.get_submodule(layer)}, x, EmbeddingConfig(("pca",)), layout)
+    features, logits = capture(net, {layer: net.get_submodule(layer)}, x, EmbeddingOptions(methods="pca"), layout)
     with torch.no_grad():
         tokens = net.forward_features(x)
         if key == "vit_registers_gap":  # timm averages the patch tokens, then applies fc_norm
@@ -315,12 +315,12 @@ def test_hugging_face_classifiers(kind, layer):
     reference = pgc_at_layer_resolution(wrapped, "net." + layer, x, targets, reshape)
     torch.testing.assert_close(minmax_scale(raw), reference.float(), atol=1e-5, rtol=0)
     if kind != "convnext":  # the embedding: ViT's class token, Swin's average token (Hugging Face's own pooling)
-        from trainviz.probes.embedding import EmbeddingConfig, capture
+        from trainviz.probes.embedding import EmbeddingOptions, capture
 
         layout = model_layout(model, x)
         name = find_last_spatial_layer(model, x[:1], layout, gradient=False)
         assert name == f"{kind}.layernorm"
-        features, _ = capture(model, {name: net.get_submodule(name)}, x, EmbeddingConfig(("pca",)), layout)
+        features, _ = capture(model, {name: net.get_submodule(name)}, x, EmbeddingOptions(methods="pca"), layout)
         with torch.no_grad():
             base = getattr(net, kind)(x)
         expected = base.last_hidden_state[:, 0] if kind == "vit" else base.pooler_output

@@ -6,37 +6,20 @@ Lightning lifecycle: cadence, budget plan, checkpoint state, the DDP capture, th
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.checks import check_bool, check_int, check_layers
+from trainviz.core.contract import Credit, Share
 from trainviz.core.display import pictures
 from trainviz.core.guard import probe_guard
-from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
+from trainviz.core.layers import Layout
 from trainviz.core.namespace import info
-from trainviz.core.threads import contention
-from trainviz.ops.embedding import MIN_EMBED_POINTS
-from trainviz.probes.embedding import (
-    FIRST_SLOW_SECONDS,
-    METHODS,
-    Captured,
-    EmbeddingConfig,
-    EmbeddingHistory,
-    EmbeddingWorker,
-    aligned_frames,
-    animations,
-    capture,
-    capture_share,
-    compute,
-    probe_arrays,
-)
+from trainviz.probes import embedding as probes
+from trainviz.probes.embedding import MAX_POINTS, METHODS, EmbeddingOptions
 from trainviz.render.images import to_uint8
 
 if TYPE_CHECKING:
@@ -45,8 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCallback", "METHODS", "MAX_POINTS"]
 
 Method = Literal["pca", "umap", "tsne"]
-MAX_POINTS = 10_000
-"""Largest probe set (UMAP/t-SNE cost, the projector's in-browser limits)."""
 _DEFAULT_POINTS = 2_000  # default probe size: up to this many points of the split
 
 
@@ -125,6 +106,7 @@ class EmbeddingCallback(ProbeCallback):
         layers: Sequence[str] | str = ("auto",),
         methods: Sequence[Method] | Method = ("pca", "umap"),
         slow_every_k: int = 2,
+        *,
         aligned_umap_at_end: bool = False,
         probe_size: int | None = None,
         max_dim: int = 4096,
@@ -137,31 +119,17 @@ class EmbeddingCallback(ProbeCallback):
         batch_size: int = 128,
         **kwargs: Any,
     ) -> None:
-        if probe_size is not None and check_int("probe_size", probe_size, minimum=1) > MAX_POINTS:
-            raise ValueError(f"Expected `probe_size` to be at most {MAX_POINTS}, got {probe_size}.")
+        self.options = EmbeddingOptions.pick(locals())
         super().__init__(probe_size=probe_size or _DEFAULT_POINTS, batch_size=batch_size, **kwargs)
         self.requested_probe_size = probe_size
-        self.layers = check_layers("layers", layers)
-        self.config = EmbeddingConfig(
-            methods,  # type: ignore[arg-type]  # checked by EmbeddingConfig
-            max_dim,
-            n_neighbors,
-            perplexity,
-            linear_probe_folds,
-            save_features,
-            self.probe_seed % 2**32,
-            self.batch_size,
-        )
-        self.methods = self.config.methods
-        self.slow_every_k = check_int("slow_every_k", slow_every_k, minimum=1)
-        self.aligned_umap_at_end = check_bool("aligned_umap_at_end", aligned_umap_at_end)
-        self.projector, self.html = check_bool("projector", projector), check_bool("html", html)
+        o = self.options
+        self.layers, self.methods, self.slow_every_k = o.layers, o.methods, o.slow_every_k
         self._layers: dict[str, torch.nn.Module] = {}
         self._layout: Layout | None = None
-        self.history = EmbeddingHistory(keep_features=self.aligned_umap_at_end)
-        self.worker = EmbeddingWorker()
-        self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
-        self._gathered: dict[int, Any] = {}  # epoch -> features gathered from all ranks (DDP)
+        self.history = probes.EmbeddingHistory(keep_features=o.aligned_umap_at_end)
+        self.worker = probes.EmbeddingWorker()
+        self.prober: probes.EmbeddingProbe | None = None
+        self._gathered: dict[int, Any] = {}  # epoch -> every rank's partial, or the error (DDP)
         self._projector: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # a Trainer is pickled by ddp_spawn: the projector's thread stays
@@ -198,25 +166,20 @@ class EmbeddingCallback(ProbeCallback):
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        slow = [m for m in self.methods if m != "pca"] + (["aligned UMAP"] if self.aligned_umap_at_end else [])
-        if slow and len(self.probe) < MIN_EMBED_POINTS:
-            raise ValueError(f"{', '.join(slow)} need at least {MIN_EMBED_POINTS} probe points, got {len(self.probe)}.")
-        if self._uses_umap() and importlib.util.find_spec("umap") is None:
-            raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
-        specs = list(self.layers)
+        probes.check_setting(self.options, len(self.probe))
         example = self.example_batch(pl_module, 1)
         with probe_guard(pl_module):
-            model = self.logits_model(pl_module)
-            self._layout = model_layout(model, example)
-            if "auto" in specs:  # on a transformer its final norm (class token or mean patch token), not a CAM layer
-                auto = find_last_spatial_layer(model, example, self._layout, gradient=False)
-                specs = [auto if s == "auto" else s for s in specs]
-                info(f"trainviz: EmbeddingCallback layers='auto' resolved to {auto!r}", self._trainer)
-        check = lambda model, example, layers: capture(model, layers, example, self.config, self._layout)  # noqa: E731
-        self._layers = self.setup_layers(pl_module, list(dict.fromkeys(specs)), check=check)
+            specs, self._layout, auto = probes.resolve_layers(self.logits_model(pl_module), example, self.layers)
+        if auto is not None:
+            info(f"trainviz: EmbeddingCallback layers='auto' resolved to {auto!r}", self._trainer)
+        seed = self.probe_seed % 2**32
 
-    def _uses_umap(self) -> bool:
-        return "umap" in self.methods or self.aligned_umap_at_end
+        def check(model: Any, example: torch.Tensor, layers: dict[str, torch.nn.Module]) -> None:
+            probes.capture(model, layers, example, self.options, self._layout, seed=seed)
+
+        self._layers = self.setup_layers(pl_module, specs, check=check)
+        args: dict[str, Any] = {"layout": self._layout, "seed": seed, "history": self.history, "worker": self.worker}
+        self.prober = probes.EmbeddingProbe(self.probe, self.options, layers=self._layers, **args)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -224,12 +187,11 @@ class EmbeddingCallback(ProbeCallback):
         if not trainer.is_global_zero or self.probe is None:
             return
         # Under a budget umap-learn's compilation is paid, and counted, with the first UMAP that fits.
-        self.worker.start(warmup=self._uses_umap() and self.budget is None, approximate=len(self.probe) >= 4096)
-        ids = probe_arrays(self.probe)[1]
-        for epoch in self.done_epochs:  # runs whose job was still going when the checkpoint was saved
-            for layer in self._layers:
-                self.history.recover(epoch, layer, self.sink.read_npz(epoch, layer), ids, self.methods)
-        self._projector = self.sink.projector(self.probe.fingerprint()[:12]) if self.projector else None
+        warmup = probes.uses_umap(self.options) and self.budget is None
+        self.worker.start(warmup=warmup, approximate=len(self.probe) >= 4096)
+        if self.prober is not None:  # runs whose job was still going when the checkpoint was saved
+            self.prober.recover(self.done_epochs, self.sink.read_npz)
+        self._projector = self.sink.projector(self.probe.fingerprint()[:12]) if self.options.projector else None
         if self._projector is not None:
             self._projector.sprite(to_uint8(pictures(self.probe.images.float(), self.norm, self.display)))
 
@@ -237,87 +199,48 @@ class EmbeddingCallback(ProbeCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._due(trainer):  # every rank captures its share (a collective), then rank zero runs
             return
-        if trainer.world_size > 1 and self.probe is not None:
-            images, model = self.device_probe(pl_module).images, self.logits_model(pl_module)
+        if trainer.world_size > 1 and self.probe is not None and self.prober is not None:
+            share = Share.of(self.device_probe(pl_module), trainer.world_size, trainer.global_rank)
+            model, gather = self.logits_model(pl_module), trainer.strategy.all_gather
             with probe_guard(pl_module):
-                self._gathered[trainer.current_epoch] = capture_share(
-                    model,
-                    self._layers,
-                    images,
-                    self.config,
-                    trainer.global_rank,
-                    trainer.world_size,
-                    trainer.strategy.all_gather,
-                    self._layout,
-                )
+                self._gathered[trainer.current_epoch] = self.prober.gather(model, share, trainer.world_size, gather)
         try:
             self.run(trainer, pl_module, trainer.current_epoch)
         finally:
             self._gathered.clear()
 
     @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        self._report_errors()
-        captured = self._gathered.pop(epoch, None)
-        if isinstance(captured, Exception):
-            raise captured
-        if captured is None:
-            images = self.device_probe(pl_module).images
-            captured = capture(self.logits_model(pl_module), self._layers, images, self.config, self._layout)
-        captured = Captured.from_tensors(*captured)
-        slow = (self.plan is True or self.plan.get("slow", False)) and self._slow_due(trainer, epoch)
-        methods = self.methods if slow else tuple(m for m in self.methods if m == "pca")
-        slow = any(m != "pca" for m in methods)
-        # Under a budget a PCA-only run with the worker idle runs inline: a Python thread beside training holds
-        # the GIL between its numpy calls (about 2.5 times its own time on 2 cores); the wait is counted.
-        self.worker.submit(
-            epoch,
-            partial(self._project, epoch, captured, methods),
-            captured.nbytes,
-            slow,
-            self._charge_background,
-            inline_when_idle=self.budget is not None and not slow,
-            progress=self.progress.update,  # shows the queue when the pending-bytes bound makes training wait
-        )
-
-    def _slow_due(self, trainer: pl.Trainer, epoch: int) -> bool:
-        """UMAP/t-SNE are due every ``slow_every_k`` runs and at the last epoch; while the worker still runs an
-        earlier run's UMAP/t-SNE they are postponed to the next run, so training never queues behind them."""
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs - 1
-        self._slow_owed |= len(self.done_epochs) % self.slow_every_k == 0
-        if not (last or (self._slow_owed and not self.worker.busy_slow())):
-            return False
-        self._slow_owed = False
-        return True
+    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
+        assert self.prober is not None
+        max_epochs = None if self._trainer is None else self._trainer.max_epochs
+        last = max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1
+        plan = self.prober.plan(Credit(credit, essential, epoch), runs=len(self.done_epochs), last=last)
+        for what, reason in self.prober.skipped:
+            self._skip(epoch, what, reason)
+        return plan
 
     @override
-    def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
-        """The capture (and PCA) when it fits or is essential; UMAP and t-SNE only when their estimated cost
-        (the last slow job's seconds, else a first-call estimate that includes numba's compilation) fits too."""
-        if credit is None:
-            return True
-        capture_cost = self._last_cost or 0.0
-        if not essential and capture_cost > credit:
-            self._skip(epoch, "run", f"capture took {capture_cost:.2f} s, credit {credit:.2f} s")
-            return None
-        slow_methods = [m for m in self.methods if m != "pca"]
-        if not slow_methods:
-            return True
-        raw = self.worker.slow_cost if self.worker.slow_cost is not None else FIRST_SLOW_SECONDS * len(slow_methods)
-        estimate = raw * contention()  # what it will be charged: it runs beside training
-        if estimate > credit - capture_cost:
-            reason = f"estimated {estimate:.1f} s, credit {credit - capture_cost:.2f} s"
-            self._skip(epoch, "+".join(slow_methods), reason)
-            return {"slow": False}
-        return {"slow": True}
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        assert self.prober is not None
+        self._report_errors()
+        partials = self._gathered.pop(epoch, None)
+        if isinstance(partials, Exception):
+            raise partials
+        if partials is None:
+            share = Share.of(self.device_probe(pl_module))
+            partials = [self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())]
+        captured = self.prober.merge(partials, self.plan)
+        progress = self.progress.update  # shows the queue when the pending-bytes bound makes training wait
+        inline = self.budget is not None
+        self.prober.submit(
+            captured, self.plan, self._write, charge=self._charge_background, inline_pca=inline, progress=progress
+        )
 
-    def _project(self, epoch: int, captured: Captured, methods: tuple[str, ...]) -> None:
-        """The background job of a run."""
-        result = compute(epoch, captured, self.probe, self.config, self.history, methods)
-        self.history.add(result)
+    def _write(self, result: probes.EmbeddingResult) -> None:
+        """The end of a run's background job."""
         self.sink.write(result)
         if self._projector is not None:
-            self._projector.add_epoch(epoch, *result.projector())
+            self._projector.add_epoch(result.epoch, *result.projector())
 
     def _report_errors(self) -> None:
         for epoch, err in self.worker.errors():
@@ -327,16 +250,15 @@ class EmbeddingCallback(ProbeCallback):
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.worker.wait(progress=self.progress.update)  # jobs running and pending, shown when the wait is long
         self._report_errors()
-        frames, predictions = self.history.snapshot()
-        if self.aligned_umap_at_end:
-            for layer, joint in aligned_frames(self.history, self.config).items():
-                frames[(layer, "aligned_umap")], epochs = joint, sorted(joint)
-                stacked = np.stack([joint[e] for e in epochs])
-                self.sink.npz(epochs[-1], f"{layer}_aligned_umap", frames=stacked, epochs=np.asarray(epochs))
-        if self.html and frames:
+        if self.prober is None:
+            return
+        arrays, pages = self.prober.fit_end()
+        for (epoch, name), values in arrays.items():
+            self.sink.npz(epoch, name, **values)
+        if pages:
             self.sink.plotly_js()
-            for name, page in animations(frames, predictions, self.probe).items():
-                self.sink.file(name, page)
+        for name, page in pages.items():
+            self.sink.file(name, page)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,9 +1,13 @@
 """Layers as embeddings (Fleuret's EE-559 lecture "Layers as embeddings"): the features of a fixed probe set at
 one or more layers, projected to 2-D, kept comparable across epochs and scored.
 
-A run is two steps. :func:`capture` (torch, on the training thread): one forward per probe batch with hooks on
-every layer, each activation reduced by :func:`~trainviz.ops.embedding.pool_features`. :func:`compute` (numpy,
-on a background thread): per layer, the feature scores (leave-one-out k-NN accuracy, silhouette, optionally a
+:class:`EmbeddingOptions` are the user options, declared once. :class:`EmbeddingProbe` follows the compute
+contract (:mod:`trainviz.core.contract`): ``plan`` (which methods run: PCA every run, UMAP and t-SNE when due and
+affordable), ``compute`` (:func:`capture` of a share of the probe set, torch, on the training thread: one forward
+per probe batch with hooks on every layer, each activation reduced by
+:func:`~trainviz.ops.embedding.pool_features`), ``merge`` (the shares' features and predictions in probe order,
+:class:`Captured`); the projections then follow on a background thread (:meth:`EmbeddingProbe.project`, on
+:func:`compute`, numpy): per layer, the feature scores (leave-one-out k-NN accuracy, silhouette, optionally a
 cross-validated linear probe) and one 2-D frame per method, PCA, UMAP (McInnes et al. 2018) or t-SNE (van der
 Maaten & Hinton 2008), warm-started from the method's previous frame, centred, scaled to an RMS radius of 1 and
 rotated onto that previous frame by orthogonal Procrustes (Schonemann 1966), with its trustworthiness (Venna &
@@ -18,19 +22,31 @@ Example:
     >>> from trainviz.models import DemoClassifier
     >>> model = DemoClassifier(num_classes=3, in_channels=3).eval()
     >>> probe = ProbeSet(torch.rand(12, 3, 32, 32), torch.arange(12) % 3, torch.arange(12))
-    >>> config = EmbeddingConfig(methods=("pca",), linear_probe_folds=0)
+    >>> options = EmbeddingOptions(methods="pca", linear_probe_folds=0)
     >>> layers = {"net.fc": model.net.fc}
-    >>> features, logits = capture(model, layers, probe.images, config)
+    >>> features, logits = capture(model, layers, probe.images, options)
     >>> captured = Captured.from_tensors(features, logits)
-    >>> result = compute(0, captured, probe, config, EmbeddingHistory())
+    >>> result = compute(0, captured, probe, options, EmbeddingHistory())
     >>> result.layers["net.fc"].frames["pca"].shape, sorted(result.render())
     ((12, 2), ['net.fc/pca'])
+
+    The same run on the contract, the probe set in two shares:
+
+    >>> from trainviz.core.contract import Credit, Share
+    >>> prober = EmbeddingProbe(probe, options, layers=layers)
+    >>> plan = prober.plan(Credit(epoch=0))
+    >>> merged = prober.merge([prober.compute(model, s, plan, None) for s in Share.split(probe, 2)], plan)
+    >>> bool(np.allclose(merged.features["net.fc"], captured.features["net.fc"], atol=1e-6)), plan.methods
+    (True, ('pca',))
+    >>> prober.project(merged, plan).layers["net.fc"].frames["pca"].shape
+    (12, 2)
     >>> EmbeddingResult.from_record(result.record()).record() == result.record()
     True
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,15 +57,18 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from trainviz.core.checks import check_bool, check_float, check_int, check_positive_int
+from trainviz.core.checks import check_bool, check_float, check_int, check_layers, check_positive_int
 from trainviz.core.common import class_names, json_number
+from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.hooks import capture as capture_activations
-from trainviz.core.layers import Layout
+from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
+from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.threads import background_threads
+from trainviz.core.threads import background_threads, contention
 from trainviz.core.transfer import to_cpu
 from trainviz.ops.embedding import (
+    MIN_EMBED_POINTS,
     aligned_umap,
     frame_stability,
     knn_accuracy,
@@ -69,23 +88,31 @@ from trainviz.render.embedding import animation_pages, depth_image, scatter_imag
 __all__ = [
     "FIRST_SLOW_SECONDS",
     "MAX_PENDING_BYTES",
+    "MAX_POINTS",
     "METHODS",
+    "MIN_EMBED_POINTS",
     "Captured",
-    "EmbeddingConfig",
     "EmbeddingHistory",
+    "EmbeddingOptions",
+    "EmbeddingPartial",
+    "EmbeddingPlan",
+    "EmbeddingProbe",
     "EmbeddingResult",
     "EmbeddingWorker",
     "LayerEmbedding",
     "aligned_frames",
     "animations",
     "capture",
-    "capture_share",
     "check_methods",
+    "check_setting",
+    "resolve_layers",
     "compute",
     "probe_arrays",
 ]
 
 METHODS: tuple[str, ...] = ("pca", "umap", "tsne")
+MAX_POINTS = 10_000
+"""Largest probe set (UMAP/t-SNE cost, the projector's in-browser limits)."""
 MAX_PENDING_BYTES = 256 * 2**20
 """Features waiting for the worker beyond which the training thread waits for the oldest job (bounds memory)."""
 FIRST_SLOW_SECONDS = 25.0
@@ -108,34 +135,81 @@ def check_methods(methods: Any) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in methods)
 
 
-@dataclass(frozen=True)
-class EmbeddingConfig:
-    """Settings of the capture and the projections (checked on creation; see ``EmbeddingCallback``).
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingOptions(Options):
+    """The options of the embedding probe, declared once (the callback's keyword arguments, its YAML preset, the
+    probe); see :class:`~trainviz.callbacks.embedding.EmbeddingCallback` for each.
 
     Raises:
-        ValueError: a setting of the wrong type or out of range.
+        ValueError: an option of the wrong type or out of range (the message names it, and the valid methods).
     """
 
-    methods: tuple[str, ...] = ("pca", "umap")
+    layers: Sequence[str] | str = ("auto",)
+    methods: Sequence[str] | str = ("pca", "umap")
+    slow_every_k: int = 2
+    aligned_umap_at_end: bool = False
+    probe_size: int | None = None
     max_dim: int = 4096
     n_neighbors: int = 15
     perplexity: float = 30.0
     linear_probe_folds: int = 3
     save_features: bool = False
-    seed: int = 0
+    projector: bool = True
+    html: bool = True
     batch_size: int = 128
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", check_methods(self.methods))
+    def check(self) -> None:
+        size = self.probe_size
+        if size is not None and check_int("probe_size", size, minimum=1) > MAX_POINTS:
+            raise ValueError(f"Expected `probe_size` to be at most {MAX_POINTS}, got {size}.")
+        self.set(
+            layers=check_layers("layers", self.layers),
+            methods=check_methods(self.methods),
+            slow_every_k=check_int("slow_every_k", self.slow_every_k, minimum=1),
+            aligned_umap_at_end=check_bool("aligned_umap_at_end", self.aligned_umap_at_end),
+            projector=check_bool("projector", self.projector),
+            html=check_bool("html", self.html),
+        )
         check_positive_int("max_dim", self.max_dim)
         check_int("n_neighbors", self.n_neighbors, minimum=2)
-        object.__setattr__(self, "perplexity", check_float("perplexity", self.perplexity, 0, strict_minimum=True))
+        self.set(perplexity=check_float("perplexity", self.perplexity, 0, strict_minimum=True))
         folds = self.linear_probe_folds
         if isinstance(folds, bool) or not isinstance(folds, int) or folds == 1 or folds < 0:
             raise ValueError(f"Expected `linear_probe_folds` to be 0 (off) or an int >= 2, got {folds!r}.")
         check_bool("save_features", self.save_features)
-        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         check_positive_int("batch_size", self.batch_size)
+
+    @property
+    def slow_methods(self) -> tuple[str, ...]:
+        """UMAP and t-SNE among the methods (PCA runs every time)."""
+        return tuple(m for m in self.methods if m != "pca")
+
+
+def check_setting(options: EmbeddingOptions, points: int) -> None:
+    """Fit start: enough probe points for UMAP/t-SNE (5), and umap-learn for UMAP.
+
+    Raises:
+        ValueError: too few probe points. ImportError: UMAP without umap-learn.
+    """
+    slow = [*options.slow_methods] + (["aligned UMAP"] if options.aligned_umap_at_end else [])
+    if slow and points < MIN_EMBED_POINTS:
+        raise ValueError(f"{', '.join(slow)} need at least {MIN_EMBED_POINTS} probe points, got {points}.")
+    if uses_umap(options) and importlib.util.find_spec("umap") is None:
+        raise ImportError("EmbeddingCallback with UMAP needs umap-learn: pip install umap-learn")
+
+
+def uses_umap(options: EmbeddingOptions) -> bool:
+    return "umap" in options.methods or options.aligned_umap_at_end
+
+
+def resolve_layers(
+    model: torch.nn.Module, example: torch.Tensor, specs: Sequence[str]
+) -> tuple[list[str], Layout, str | None]:
+    """The layer names with ``"auto"`` resolved (the last module with a feature-map output; on a transformer its
+    final norm, class token or mean patch token, not a CAM layer), the model's layout, and what ``"auto"`` became."""
+    layout = model_layout(model, example)
+    auto = find_last_spatial_layer(model, example, layout, gradient=False) if "auto" in specs else None
+    return list(dict.fromkeys(auto if s == "auto" else s for s in specs)), layout, auto
 
 
 # capture (training thread) ---------------------------------------------------------------------------
@@ -143,8 +217,10 @@ def capture(
     model: torch.nn.Module,
     layers: Mapping[str, torch.nn.Module],
     images: torch.Tensor,
-    config: EmbeddingConfig,
+    options: EmbeddingOptions,
     layout: Layout | None = None,
+    *,
+    seed: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pooled features ``{layer: (N, D)}`` and logits ``(N, K)`` of ``images``, one forward per batch.
 
@@ -159,46 +235,15 @@ def capture(
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logits = []
     with torch.no_grad(), capture_activations(model, layers) as acts:
-        for start in range(0, images.shape[0], config.batch_size):
+        for start in range(0, images.shape[0], options.batch_size):
             acts.clear()
-            logits.append(model(images[start : start + config.batch_size]).detach())
+            logits.append(model(images[start : start + options.batch_size]).detach())
             for name in layers:
                 if name not in acts:
                     raise ValueError(f"Layer {name!r} returned no tensor during the forward pass: pick another layer.")
                 act = acts[name] if layout is None else layout.pool(acts[name])
-                feats[name].append(pool_features(act, config.max_dim, seed=config.seed))
+                feats[name].append(pool_features(act, options.max_dim, seed=seed))
     return {name: torch.cat(parts) for name, parts in feats.items()}, torch.cat(logits)
-
-
-def capture_share(
-    model: torch.nn.Module,
-    layers: Mapping[str, torch.nn.Module],
-    images: torch.Tensor,
-    config: EmbeddingConfig,
-    rank: int,
-    world: int,
-    all_gather: Callable[[torch.Tensor], torch.Tensor],
-    layout: Layout | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor] | Exception:
-    """Data-parallel :func:`capture`: rank ``rank`` of ``world`` captures a contiguous share of ``images``, then
-    ``all_gather`` (the strategy's collective, ``(...) -> (world, ...)``; reached by every rank, also when its
-    capture failed) assembles the features and logits in probe order. Returns them, or the error to report
-    (on every rank the error of any rank)."""
-    n = images.shape[0]
-    chunk = -(-n // world)
-    rows = torch.arange(rank * chunk, (rank + 1) * chunk, device=images.device).clamp_max(n - 1)  # equal shares
-    try:
-        result, failed = capture(model, layers, images[rows], config, layout), None
-    except Exception as err:
-        result, failed = None, err
-    flags = all_gather(torch.tensor([int(failed is not None)], device=rows.device)).reshape(-1)
-    if bool(flags.any()):
-        return failed or RuntimeError(f"the embedding capture failed on rank(s) {flags.nonzero().flatten().tolist()}")
-
-    def gather(t: torch.Tensor) -> torch.Tensor:  # (world, chunk, D) -> the first n rows, in probe order
-        return all_gather(t.contiguous()).reshape(world * chunk, -1)[:n]
-
-    return {name: gather(f) for name, f in result[0].items()}, gather(result[1])
 
 
 @dataclass
@@ -499,19 +544,21 @@ class EmbeddingHistory:
 
 
 # computation (background thread) -------------------------------------------------------------------
-def _feature_scores(x: np.ndarray, labels: np.ndarray, config: EmbeddingConfig) -> dict[str, float]:
+def _feature_scores(x: np.ndarray, labels: np.ndarray, options: EmbeddingOptions, seed: int) -> dict[str, float]:
     n, counts = len(labels), np.bincount(labels)
     counts = counts[counts > 0]
     out = {"knn_accuracy": knn_accuracy(torch.from_numpy(x), labels, k=min(5, n - 1))}
     if 2 <= len(counts) <= n - 1:
         out["silhouette"] = silhouette(x, labels)
-        if config.linear_probe_folds and counts.min() >= 2:
-            folds = config.linear_probe_folds
-            out["linear_probe_accuracy"] = linear_probe_accuracy(x, labels, seed=config.seed, n_splits=folds)
+        if options.linear_probe_folds and counts.min() >= 2:
+            folds = options.linear_probe_folds
+            out["linear_probe_accuracy"] = linear_probe_accuracy(x, labels, seed=seed, n_splits=folds)
     return out
 
 
-def _frame(method: str, x: np.ndarray, prev: np.ndarray | None, config: EmbeddingConfig) -> tuple[np.ndarray, dict]:
+def _frame(
+    method: str, x: np.ndarray, prev: np.ndarray | None, options: EmbeddingOptions, seed: int
+) -> tuple[np.ndarray, dict]:
     """The method's frame of ``x``, warm-started from ``prev``, centred and scaled to an RMS radius of 1 (so
     frames neither grow nor shrink over epochs: early features are tiny), then rotated onto ``prev``; with its
     stability against ``prev`` and, for PCA, the explained variance."""
@@ -521,12 +568,12 @@ def _frame(method: str, x: np.ndarray, prev: np.ndarray | None, config: Embeddin
         raw, variance = projected.numpy(), float(ratio.sum())
     elif method == "umap":
         raw, variance = (
-            umap_embed(x, init="spectral" if prev is None else prev, seed=config.seed, n_neighbors=config.n_neighbors),
+            umap_embed(x, init="spectral" if prev is None else prev, seed=seed, n_neighbors=options.n_neighbors),
             None,
         )
     else:
         raw, variance = (
-            tsne(x, init="pca" if prev is None else prev, seed=config.seed, perplexity=config.perplexity),
+            tsne(x, init="pca" if prev is None else prev, seed=seed, perplexity=options.perplexity),
             None,
         )
     frame = unit_radius(raw)
@@ -544,11 +591,13 @@ def compute(
     epoch: int,
     captured: Captured,
     probe: ProbeSet,
-    config: EmbeddingConfig,
+    options: EmbeddingOptions,
     history: EmbeddingHistory,
     methods: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
 ) -> EmbeddingResult:
-    """Scores and frames of one run's features (``methods``: those to run, default all of ``config``), each
+    """Scores and frames of one run's features (``methods``: those to run, default all of ``options``), each
     frame aligned to the method's previous one in ``history`` (read, not written).
 
     Raises:
@@ -556,21 +605,22 @@ def compute(
         ImportError: UMAP without umap-learn.
     """
     start = time.perf_counter()
-    methods = tuple(config.methods if methods is None else methods)
+    methods = tuple(options.methods if methods is None else methods)
     labels, ids = probe_arrays(probe)
     preds = captured.predictions
     names = class_names(probe.class_names, max(int(labels.max()), int(preds.max())) + 1)
     seconds = dict.fromkeys(methods, 0.0)
     layers = {}
     for layer, x in captured.features.items():
-        emb = LayerEmbedding(_feature_scores(x, labels, config), {}, features=x)
+        emb = LayerEmbedding(_feature_scores(x, labels, options, seed), {}, features=x)
         for method in methods:
             t0 = time.perf_counter()
-            emb.frames[method], emb.frame_scores[method] = _frame(method, x, history.previous(layer, method), config)
+            prev = history.previous(layer, method)
+            emb.frames[method], emb.frame_scores[method] = _frame(method, x, prev, options, seed)
             seconds[method] += time.perf_counter() - t0
         layers[layer] = emb
     return EmbeddingResult(
-        epoch, methods, layers, seconds, time.perf_counter() - start, ids, labels, preds, names, config.save_features
+        epoch, methods, layers, seconds, time.perf_counter() - start, ids, labels, preds, names, options.save_features
     )
 
 
@@ -590,14 +640,16 @@ def animations(
     return animation_pages(frames, labels, ids, names, predictions=predictions)
 
 
-def aligned_frames(history: EmbeddingHistory, config: EmbeddingConfig) -> dict[str, dict[int, np.ndarray]]:
+def aligned_frames(
+    history: EmbeddingHistory, options: EmbeddingOptions, *, seed: int = 0
+) -> dict[str, dict[int, np.ndarray]]:
     """AlignedUMAP (umap-learn) over all epochs of each layer with features from two runs on: ``{layer: {epoch:
     frame}}``."""
     out = {}
     for layer, per_epoch in history.feature_snapshot().items():
         epochs = sorted(per_epoch)
         if len(epochs) >= 2:
-            joint = aligned_umap([per_epoch[e] for e in epochs], seed=config.seed, n_neighbors=config.n_neighbors)
+            joint = aligned_umap([per_epoch[e] for e in epochs], seed=seed, n_neighbors=options.n_neighbors)
             out[layer] = dict(zip(epochs, joint))
     return out
 
@@ -722,3 +774,194 @@ class EmbeddingWorker:
             self._executor.shutdown(wait=True)
             self._executor = None
         self._jobs = []
+
+
+# the compute contract --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbeddingPlan:
+    """What a run projects (plain data): the ``methods`` of its frames (PCA, and UMAP/t-SNE when due and
+    affordable); the capture itself always runs."""
+
+    epoch: int
+    methods: tuple[str, ...]
+
+    @property
+    def slow(self) -> bool:
+        """Whether UMAP or t-SNE runs."""
+        return any(m != "pca" for m in self.methods)
+
+
+@dataclass
+class EmbeddingPartial:
+    """One share's capture: ``features`` ``{layer: (n, D)}`` float32 and ``predictions`` ``(n,)`` int64, CPU
+    (``n`` may be 0)."""
+
+    features: dict[str, torch.Tensor]
+    predictions: torch.Tensor
+
+
+class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
+    """The embedding probe on the compute contract: :meth:`compute` captures a share of the probe set,
+    :meth:`merge` puts the shares in probe order (:class:`Captured`), and :meth:`submit` hands the projections
+    to the background worker (:meth:`project`: one :class:`EmbeddingResult`, added to the history, then written).
+
+    Args:
+        probe: the whole probe set.
+        options: the user options.
+        layers: ``{name: module}`` of the resolved layers.
+        layout: the model's layout (:func:`~trainviz.core.layers.model_layout`), for token and channels-last layers.
+        seed: the seed of the random projection, the linear probe, UMAP and t-SNE.
+        history: the earlier frames (warm starts, alignment); a new one when not given.
+        worker: the background thread of the projections; a new one (jobs inline until started) when not given.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        options: EmbeddingOptions,
+        *,
+        layers: Mapping[str, torch.nn.Module],
+        layout: Layout | None = None,
+        seed: int = 0,
+        history: EmbeddingHistory | None = None,
+        worker: EmbeddingWorker | None = None,
+    ) -> None:
+        super().__init__(probe)
+        self.options, self.layers, self.layout, self.seed = options, dict(layers), layout, seed
+        self.history = EmbeddingHistory(options.aligned_umap_at_end) if history is None else history
+        self.worker = EmbeddingWorker() if worker is None else worker
+        self.cost: float | None = None  # seconds of the last capture (this process's share)
+        self.skipped: list[tuple[str, str]] = []  # what the last plan left out, and why
+        self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
+
+    def plan(self, credit: Credit, *, runs: int = 0, last: bool = False) -> EmbeddingPlan | None:
+        """The capture and PCA when the last capture fits the credit or the run is essential; UMAP and t-SNE
+        when their estimated cost (the last slow job's seconds, else a first-call estimate that includes numba's
+        compilation) fits too, and they are due: every ``slow_every_k`` runs (``runs``: those done) and at the
+        ``last`` epoch, postponed to the next run while the worker still runs an earlier one's."""
+        self.skipped = []
+        slow_methods, affordable = self.options.slow_methods, True
+        if credit.seconds is not None:
+            capture_cost = self.cost or 0.0
+            if not credit.essential and capture_cost > credit.seconds:
+                self.skipped = [("run", f"capture took {capture_cost:.2f} s, credit {credit.seconds:.2f} s")]
+                return None
+            if slow_methods:
+                raw = self.worker.slow_cost
+                raw = FIRST_SLOW_SECONDS * len(slow_methods) if raw is None else raw
+                estimate = raw * contention()  # what it will be charged: it runs beside training
+                if estimate > credit.seconds - capture_cost:
+                    reason = f"estimated {estimate:.1f} s, credit {credit.seconds - capture_cost:.2f} s"
+                    self.skipped, affordable = [("+".join(slow_methods), reason)], False
+        slow = affordable and self._slow_due(runs, last)
+        methods = tuple(self.options.methods) if slow else tuple(m for m in self.options.methods if m == "pca")
+        return EmbeddingPlan(credit.epoch, methods)
+
+    def _slow_due(self, runs: int, last: bool) -> bool:
+        self._slow_owed |= runs % self.options.slow_every_k == 0
+        if not (last or (self._slow_owed and not self.worker.busy_slow())):
+            return False
+        self._slow_owed = False
+        return True
+
+    def compute(
+        self, model: torch.nn.Module, share: Share[Any], plan: EmbeddingPlan | None, state: Any
+    ) -> EmbeddingPartial:
+        """The share's pooled features and predictions, moved to the CPU in one transfer (the capture does not
+        depend on the plan: under DDP every rank captures before rank zero plans)."""
+        start = time.perf_counter()
+        images = share.data.images
+        if len(share) == 0:
+            empty = torch.zeros(0, 0)
+            return EmbeddingPartial(dict.fromkeys(self.layers, empty), torch.zeros(0, dtype=torch.long))
+        features, logits = capture(model, self.layers, images, self.options, self.layout, seed=self.seed)
+        cpu = Captured.from_tensors(features, logits)
+        self.cost = time.perf_counter() - start
+        return EmbeddingPartial(
+            {name: torch.from_numpy(x) for name, x in cpu.features.items()}, torch.from_numpy(cpu.predictions)
+        )
+
+    def merge(self, partials: Sequence[EmbeddingPartial], plan: EmbeddingPlan | None) -> Captured:
+        """The shares' features and predictions, in share (probe) order."""
+        parts = [p for p in partials if len(p.predictions)]
+        features = {name: torch.cat([p.features[name] for p in parts]).numpy() for name in self.layers}
+        return Captured(features, torch.cat([p.predictions for p in parts]).numpy())
+
+    def project(self, captured: Captured, plan: EmbeddingPlan) -> EmbeddingResult:
+        """The run's scores and frames (the background job), added to the history."""
+        history = self.history
+        result = compute(plan.epoch, captured, self.probe, self.options, history, plan.methods, seed=self.seed)
+        history.add(result)
+        return result
+
+    def submit(
+        self,
+        captured: Captured,
+        plan: EmbeddingPlan,
+        write: Callable[[EmbeddingResult], None],
+        *,
+        charge: Callable[[float], None],
+        inline_pca: bool = False,
+        progress: Callable[[int, int | None, str], None] | None = None,
+    ) -> None:
+        """Queue :meth:`project` and ``write(result)`` on the worker; with ``inline_pca`` (under a budget) a
+        PCA-only run with the worker idle runs on the calling thread: a Python thread beside training holds the
+        GIL between its numpy calls (about 2.5 times its own time on 2 cores), and the wait is counted."""
+        job = lambda: write(self.project(captured, plan))  # noqa: E731
+        inline = inline_pca and not plan.slow
+        self.worker.submit(plan.epoch, job, captured.nbytes, plan.slow, charge, inline, progress)
+
+    def recover(self, done: Sequence[int], read: Callable[[int, str], Mapping[str, np.ndarray] | None]) -> None:
+        """Frames of ``done`` runs whose job was still going when the checkpoint was saved, read back from their
+        artifacts (``read(epoch, layer)``: the run's ``<layer>.npz`` arrays or ``None``)."""
+        ids = probe_arrays(self.probe)[1]
+        for epoch in done:
+            for layer in self.layers:
+                self.history.recover(epoch, layer, read(epoch, layer), ids, self.options.methods)
+
+    def fit_end(self) -> tuple[dict[tuple[int, str], dict[str, np.ndarray]], dict[str, str]]:
+        """Fit end (after the worker): ``{(epoch, name): arrays}`` of the AlignedUMAP frames over all epochs
+        (``aligned_umap_at_end``), and the animation pages ``{file name: html}`` (``html``)."""
+        frames, predictions = self.history.snapshot()
+        arrays = {}
+        if self.options.aligned_umap_at_end:
+            for layer, joint in aligned_frames(self.history, self.options, seed=self.seed).items():
+                frames[(layer, "aligned_umap")], epochs = joint, sorted(joint)
+                stacked = np.stack([joint[e] for e in epochs])
+                arrays[(epochs[-1], f"{layer}_aligned_umap")] = {"frames": stacked, "epochs": np.asarray(epochs)}
+        pages = animations(frames, predictions, self.probe) if self.options.html and frames else {}
+        return arrays, pages
+
+    def gather(
+        self, model: torch.nn.Module, share: Share[Any], world: int, all_gather: Callable[[torch.Tensor], torch.Tensor]
+    ) -> list[EmbeddingPartial] | Exception:
+        """Data-parallel capture: this rank computes its ``share``, then ``all_gather`` (the strategy's
+        collective, ``(...) -> (world, ...)``, reached by every rank, also when its capture failed) gives every
+        rank's partial, in rank order. Returns them, or the error to report (on every rank the error of any
+        rank)."""
+        device = share.data.images.device
+        try:
+            partial, failed = self.compute(model, share, None, None), None
+        except Exception as err:
+            partial, failed = None, err
+        flags = all_gather(torch.tensor([int(failed is not None)], device=device)).reshape(-1)
+        if bool(flags.any()) or partial is None:
+            return failed or RuntimeError(
+                f"the embedding capture failed on rank(s) {flags.nonzero().flatten().tolist()}"
+            )
+        n = len(self.probe)
+        bounds = [Share.bounds(n, world, rank) for rank in range(world)]
+        rows = max(stop - start for start, stop in bounds)  # equal shapes for the collective: pad, then cut
+
+        def gather(t: torch.Tensor, width: int) -> list[torch.Tensor]:
+            padded = torch.zeros(rows, width, dtype=t.dtype)
+            padded[: len(t)] = t.reshape(len(t), width)
+            out = all_gather(padded.to(device)).reshape(world, rows, width).cpu()
+            return [out[r, : stop - start] for r, (start, stop) in enumerate(bounds)]
+
+        widths = {
+            name: all_gather(torch.tensor([f.shape[1]], device=device)).max() for name, f in partial.features.items()
+        }
+        features = {name: gather(partial.features[name], int(w)) for name, w in widths.items()}
+        predictions = [p.reshape(-1) for p in gather(partial.predictions, 1)]
+        return [EmbeddingPartial({name: f[r] for name, f in features.items()}, predictions[r]) for r in range(world)]
