@@ -337,6 +337,11 @@ class MaxActPlan:
     upscale: int = 1
     final: bool = False
 
+    @property
+    def whole(self) -> bool:
+        """A per-epoch run: its cost is the next one's estimate (:func:`trainviz.core.contract.is_whole`)."""
+        return not self.final
+
 
 @dataclass
 class MaxActPartial:
