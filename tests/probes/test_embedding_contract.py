@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import threading
 
 import numpy as np
 import pytest
@@ -58,36 +57,6 @@ def test_three_way_split_with_an_empty_share(setting):
     merged, _ = _run(EmbeddingProbe(probe, options, layers=layers), model, shares)
     whole, _ = _run(EmbeddingProbe(probe, options, layers=layers), model, [Share.of(probe)])
     np.testing.assert_allclose(merged.features["net.features"], whole.features["net.features"], atol=1e-5)
-
-
-def test_gather_assembles_every_rank_in_probe_order(setting):
-    """Two ranks as threads, with an all_gather of equal shapes as the strategy's."""
-    model, probe, options, layers = setting
-    world, barrier, slots, out = 2, threading.Barrier(2), {}, {}
-
-    def all_gather(t):
-        rank = int(threading.current_thread().name)
-        slots[rank] = t
-        barrier.wait()
-        stacked = torch.stack([slots[r] for r in range(world)])
-        barrier.wait()
-        return stacked
-
-    def rank(r):
-        prober = EmbeddingProbe(probe, options, layers=layers)
-        out[r] = prober.gather(model, Share.of(probe, world, r), world, all_gather)
-
-    threads = [threading.Thread(target=rank, args=(r,), name=str(r)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    prober = EmbeddingProbe(probe, options, layers=layers)
-    whole = prober.merge([prober.compute(model, Share.of(probe), None, None)], None)
-    for r in range(world):
-        merged = prober.merge(out[r], None)
-        np.testing.assert_allclose(merged.features["net.fc"], whole.features["net.fc"], atol=1e-5)
-        np.testing.assert_array_equal(merged.predictions, whole.predictions)
 
 
 def test_the_plan_runs_umap_when_due_and_affordable(setting):

@@ -2,13 +2,15 @@
 
 It owns what every probe needs and nothing else: the cadence (every N epochs at the end of the training
 epoch, after its last validation, so the probe sees the epoch's final weights; optionally once more at the
-end of training), rank-zero computing and writing (other
-ranks neither write nor wait), the fixed :class:`~trainviz.core.probeset.ProbeSet`, the no-trace guard, fault
+end of training), the compute contract across processes (every rank computes its share of the probe set,
+rank 0 merges and writes: :meth:`run`), the fixed :class:`~trainviz.core.probeset.ProbeSet`, the no-trace guard, fault
 isolation (a failing probe warns once and training goes on; ``strict=True`` re-raises), checkpoint state,
 and the cost of each run logged as ``trainviz/<callback>/seconds``.
 
-Subclasses set ``name``, implement :meth:`_run` and may extend :meth:`_setup` (environment checks),
-:meth:`_finish` (fit-end outputs) and :meth:`_extra_state`/:meth:`_load_extra_state`.
+Subclasses set ``name``, build ``self.prober`` (their :class:`~trainviz.core.contract.Probe`) in :meth:`_setup`
+(environment checks too), and may extend :meth:`_plan`, :meth:`_share` and :meth:`_merge`, :meth:`_finish`
+(fit-end outputs) and :meth:`_extra_state`/:meth:`_load_extra_state`. A probe of one's own without a ``prober``
+implements :meth:`_run`, which runs on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -25,8 +27,9 @@ from typing_extensions import override
 from trainviz.core.budget import BudgetRunner, Scheduler, check_budget
 from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import WarnOnce
-from trainviz.core.contract import is_whole
+from trainviz.core.contract import Share, is_whole
 from trainviz.core.display import Display
+from trainviz.core.distributed import Collective
 from trainviz.core.guard import probe_guard
 from trainviz.core.lightning_private import is_last_batch
 from trainviz.core.namespace import callback_base, info
@@ -196,6 +199,7 @@ class ProbeCallback(Callback):
         self.budget = check_budget(budget)
         self.budget_runner = BudgetRunner(self.name)
         self.plan: Any = True  # what this run contains, from `_plan` (True: everything)
+        self.prober: Any = None  # the capability's probe (trainviz.core.contract.Probe), built at fit start
         self.strict = bool(strict)
         self.sink: Sink | None = None
         self.done_epochs: list[int] = []
@@ -396,30 +400,73 @@ class ProbeCallback(Callback):
         self.budget_runner.charge(seconds, foreground=False)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, final: bool = False) -> None:
-        """Run the probe for ``epoch`` once (rank zero only), guarded, timed, fault-isolated and, with a
-        ``budget``, planned to fit the credit (``final``: the fit-end run, which is essential)."""
-        if not trainer.is_global_zero or epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
+        """Run the probe for ``epoch`` once, guarded, timed, fault-isolated and, with a ``budget``, planned to fit the
+        credit (``final``: the fit-end run, which is essential).
+
+        The compute contract (:mod:`trainviz.core.contract`) across every process of the run
+        (:class:`~trainviz.core.distributed.Collective`): rank 0 plans and every rank gets its plan and state; every
+        rank computes its share of the probe set (a rank may have none); every rank learns whether any share failed
+        and, if so, they skip together (rank 0 warns); rank 0 merges the partials into the result one process would
+        have computed and writes it; every rank learns whether that worked. A probe of one's own without a
+        ``prober`` runs :meth:`_run` on rank 0 alone."""
+        if self.prober is None and not trainer.is_global_zero:
             return
+        if epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
+            return
+        group = Collective.of(trainer) if self.prober is not None else Collective()
         start = time.perf_counter()
-        essential = final or not self.done_epochs or self._is_last(trainer, epoch)
-        busy = self.sink.busy_seconds() if self.sink is not None else 0.0
-        self.plan = True  # `_plan` may read it
-        self.plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
+        plan = None
+        if group.is_zero:
+            essential = final or not self.done_epochs or self._is_last(trainer, epoch)
+            busy = self.sink.busy_seconds() if self.sink is not None else 0.0
+            self.plan = True  # `_plan` may read it
+            plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
+        self.plan = group.broadcast(plan)
         if self.plan is None:
             return
         self._attempted.add(epoch)
-        try:
-            # long runs show on the progress bar (trainviz.core.progress); the estimate is the last whole run
-            with self._progress(trainer, f"epoch {epoch}", self._last_cost), probe_guard(pl_module):
-                self._run(trainer, pl_module, epoch)
-        except Exception as err:
-            self._failed(epoch, err)
-            return
+        state = group.broadcast(self.prober.state()) if self.prober is not None else None
+        # long runs show on the progress bar (trainviz.core.progress); the estimate is the last whole run
+        with self._progress(trainer, f"epoch {epoch}", self._last_cost):
+            if self.prober is None:
+                partial, error = self._attempt(pl_module, lambda: self._run(trainer, pl_module, epoch))
+            else:
+                partial, error = self._attempt(pl_module, lambda: self._compute(pl_module, group, state))
+            if not group.all_ok(error is None):
+                return self._failed(epoch, error, group=group)
+            if self.prober is not None:
+                parts = group.gather(partial)
+                if group.is_zero:
+                    _, error = self._attempt(pl_module, lambda: self._merge(parts or []))
+                if not group.all_ok(error is None):
+                    return self._failed(epoch, error, group=group)
         self.done_epochs.append(epoch)
-        seconds = time.perf_counter() - start
-        self.budget_runner.ran(seconds, is_whole(self.plan), epoch)
-        if self.sink is not None:
-            self.sink.scalar("seconds", seconds, epoch)
+        if group.is_zero:
+            seconds = time.perf_counter() - start
+            self.budget_runner.ran(seconds, is_whole(self.plan), epoch)
+            if self.sink is not None:
+                self.sink.scalar("seconds", seconds, epoch)
+
+    def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:
+        """``work()`` inside the no-trace guard: its value and no error, or ``None`` and the error it raised."""
+        try:
+            with probe_guard(pl_module):
+                return work(), None
+        except Exception as err:
+            return None, err
+
+    # the compute contract ----------------------------------------------------------------------------
+    def _share(self, pl_module: pl.LightningModule, group: Collective) -> Share[Any]:
+        """This process's share: its contiguous part of the probe set on the model's device (all of it alone)."""
+        return Share.of(self.device_probe(pl_module), group.world, group.rank)
+
+    def _compute(self, pl_module: pl.LightningModule, group: Collective, state: Any) -> Any:
+        """This process's partial result: the probe's ``compute`` on the share, with the plan and rank 0's state."""
+        return self.prober.compute(self.logits_model(pl_module), self._share(pl_module, group), self.plan, state)
+
+    def _merge(self, parts: list[Any]) -> None:
+        """Rank 0: the partials of every share (in rank order) merged into the run's result, written."""
+        self.sink.write(self.prober.merge(parts, self.plan))
 
     @contextlib.contextmanager
     def _progress(self, trainer: pl.Trainer, what: str, estimate: float | None = None) -> Iterator[Task]:
@@ -433,17 +480,22 @@ class ProbeCallback(Callback):
             self.progress = Task(None, self.name)
 
     # fault isolation -------------------------------------------------------------------------------
-    def _failed(self, epoch: int, err: Exception, what: str = "probe") -> None:
-        """A probe (or its background part, ``what``) failed: re-raise with ``strict``, else count it, warn the
-        first time in this process, and log the count."""
+    def _failed(self, epoch: int, err: Exception | None, what: str = "probe", group: Collective | None = None) -> None:
+        """A probe (or its background part, ``what``) failed, here (``err``) or, with several processes, on another
+        rank (``err`` ``None``): re-raise with ``strict``, else count it, warn the first time in this process (the
+        rank that failed and rank 0), and log the count."""
+        if err is None:
+            err = RuntimeError("it failed on another process (that process warned with the error)")
         if self.strict:
             raise err
         self.failures += 1
-        self._warn(
-            f"trainviz: {type(self).__name__} {what} failed at epoch {epoch} ({self._describe()}): "
-            f"{type(err).__name__}: {err}. Training goes on; later failures of this callback are counted "
-            f"in `{self.sink.tag('failures') if self.sink else 'failures'}`. Pass strict=True to raise."
-        )
+        quiet = group is not None and not group.is_zero and "another process" in str(err)
+        if not quiet:
+            self._warn(
+                f"trainviz: {type(self).__name__} {what} failed at epoch {epoch} ({self._describe()}): "
+                f"{type(err).__name__}: {err}. Training goes on; later failures of this callback are counted "
+                f"in `{self.sink.tag('failures') if self.sink else 'failures'}`. Pass strict=True to raise."
+            )
         if self.sink is not None:
             self.sink.scalar("failures", self.failures, epoch)
 
@@ -452,6 +504,7 @@ class ProbeCallback(Callback):
         return f"callback {self.name}"
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:  # pragma: no cover
+        """A probe of one's own without a ``prober`` (see the class example): one run, on rank 0."""
         raise NotImplementedError
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

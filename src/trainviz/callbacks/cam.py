@@ -16,7 +16,7 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMProbe, class_maps
 
 if TYPE_CHECKING:
@@ -184,12 +184,6 @@ class CAMCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # skipped whole: the last run cost more than the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.common import class_names
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.ops.class_maps import PatternTracker, Sharpness
 from trainviz.probes.decoder_maps import (
     DecoderMapConfig,
@@ -177,12 +177,6 @@ class DecoderMapCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

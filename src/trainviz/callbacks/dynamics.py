@@ -83,9 +83,3 @@ class DynamicsCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))

@@ -13,7 +13,7 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.core.display import pictures
 from trainviz.core.guard import probe_guard
 from trainviz.core.layers import Layout
@@ -129,7 +129,6 @@ class EmbeddingCallback(ProbeCallback):
         self.history = probes.EmbeddingHistory(keep_features=o.aligned_umap_at_end)
         self.worker = probes.EmbeddingWorker()
         self.prober: probes.EmbeddingProbe | None = None
-        self._gathered: dict[int, Any] = {}  # epoch -> every rank's partial, or the error (DDP)
         self._projector: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # a Trainer is pickled by ddp_spawn: the projector's thread stays
@@ -196,20 +195,6 @@ class EmbeddingCallback(ProbeCallback):
             self._projector.sprite(to_uint8(pictures(self.probe.images.float(), self.norm, self.display)))
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._due(trainer):  # every rank captures its share (a collective), then rank zero runs
-            return
-        if trainer.world_size > 1 and self.probe is not None and self.prober is not None:
-            share = Share.of(self.device_probe(pl_module), trainer.world_size, trainer.global_rank)
-            model, gather = self.logits_model(pl_module), trainer.strategy.all_gather
-            with probe_guard(pl_module):
-                self._gathered[trainer.current_epoch] = self.prober.gather(model, share, trainer.world_size, gather)
-        try:
-            self.run(trainer, pl_module, trainer.current_epoch)
-        finally:
-            self._gathered.clear()
-
-    @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         assert self.prober is not None
         max_epochs = None if self._trainer is None else self._trainer.max_epochs
@@ -220,16 +205,11 @@ class EmbeddingCallback(ProbeCallback):
         return plan
 
     @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+    def _merge(self, parts: list[Any]) -> None:
+        """Rank 0: the shares' captures merged, then projected and written by the background worker."""
         assert self.prober is not None
         self._report_errors()
-        partials = self._gathered.pop(epoch, None)
-        if isinstance(partials, Exception):
-            raise partials
-        if partials is None:
-            share = Share.of(self.device_probe(pl_module))
-            partials = [self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())]
-        captured = self.prober.merge(partials, self.plan)
+        captured = self.prober.merge(parts, self.plan)
         progress = self.progress.update  # shows the queue when the pending-bytes bound makes training wait
         inline = self.budget is not None
         self.prober.submit(

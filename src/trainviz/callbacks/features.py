@@ -17,7 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.core.guard import preserve_rng, probe_guard
 from trainviz.core.layers import model_layout
 from trainviz.core.namespace import info
@@ -259,9 +259,3 @@ class FeatureMapCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))  # the first run's channels join the history

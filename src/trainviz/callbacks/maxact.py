@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.contract import Credit, Share
+from trainviz.core.distributed import Collective
 from trainviz.probes.maxact import Channels, MaxActHistory, MaxActOptions, MaxActProbe, build_targets, evolution
 
 if TYPE_CHECKING:
@@ -177,19 +178,24 @@ class MaxActivationCallback(ProbeCallback):
             self._skip(epoch, what, reason)
         return plan
 
-    def _compute(self, pl_module: pl.LightningModule, plan: Any) -> Any:
-        """The plan's targets computed as one share and merged."""
-        assert self.prober is not None
+    @override
+    def _share(self, pl_module: pl.LightningModule, group: Collective) -> Share[Any]:
+        """A share of MaxOut is a set of targets: this process's part of the plan's."""
         self.device_probe(pl_module)  # the model's device: the ops follow its parameters
-        share = Share.of_items(plan.targets)
-        partial = self.prober.compute(self.logits_model(pl_module), share, plan, self.prober.state())
-        return self.prober.merge([partial], plan)
+        return Share.of_items(self.plan.targets, group.world, group.rank)
 
     @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+    def _merge(self, parts: list[Any]) -> None:
         if self.sink is not None:  # after a resume: runs whose images the checkpoint lacks, read back
-            self.history.catch_up(self.done_epochs, epoch, lambda done: self.sink.read_npz(done, "images"))
-        self.sink.write(self._compute(pl_module, self.plan))
+            self.history.catch_up(self.done_epochs, self.plan.epoch, lambda done: self.sink.read_npz(done, "images"))
+        self.sink.write(self.prober.merge(parts, self.plan))
+
+    def _alone(self, pl_module: pl.LightningModule, plan: Any) -> Any:
+        """The plan's targets computed here as one share and merged (the fit-end pass, on rank 0)."""
+        assert self.prober is not None
+        self.device_probe(pl_module)
+        partial = self.prober.compute(self.logits_model(pl_module), Share.of_items(plan.targets), plan, None)
+        return self.prober.merge([partial], plan)
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -199,7 +205,7 @@ class MaxActivationCallback(ProbeCallback):
         for name, image in evolution(self.history, self.prober, self.options).items():
             self.sink.image(name, image, last, artifact=True)
         if self.options.final_steps > 0:  # the high-quality pass: its pictures and arrays (its numbers are not a run's)
-            final = self._compute(pl_module, self.prober.plan(Credit(None, True, last), final=True))
+            final = self._alone(pl_module, self.prober.plan(Credit(None, True, last), final=True))
             for name, image in final.render().items():
                 self.sink.image(name, image, last, artifact=True)
             for name, arrays in final.arrays().items():

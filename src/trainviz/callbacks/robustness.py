@@ -15,7 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.core.guard import probe_guard
 from trainviz.core.namespace import info
 from trainviz.probes.robustness import RobustnessHistory, RobustnessOptions, RobustnessPlan, RobustnessProbe
@@ -224,9 +224,3 @@ class RobustnessCallback(ProbeCallback):
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """The probe's plan: everything due without a budget, else what fits the credit (or ``None``: skip)."""
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_float
-from trainviz.core.contract import Credit, Share
+from trainviz.core.contract import Credit
 from trainviz.core.guard import probe_guard
 from trainviz.probes.saliency import (
     Method,
@@ -264,12 +264,6 @@ class SaliencyCallback(ProbeCallback):
         for what, reason in self.prober.skipped:
             self._skip(epoch, what, reason)
         return plan
-
-    @override
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        share = Share.of(self.device_probe(pl_module))
-        partial = self.prober.compute(self.logits_model(pl_module), share, self.plan, self.prober.state())
-        self.sink.write(self.prober.merge([partial], self.plan))
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,11 +1,13 @@
 """Which training strategies trainviz can probe under, checked at setup (never a crash or a hang at epoch end).
 
-trainviz's probes run their forwards and backwards on rank 0 while the other ranks go on. That is right under DDP,
-where every rank holds the whole model, and wrong for a model sharded across processes: FSDP2
+Under DDP every rank computes its share of each probe on its own full copy of the model, and rank 0 merges
+(:meth:`trainviz.callbacks.base.ProbeCallback.run`). A model sharded across processes needs more: FSDP2
 (``ModelParallelStrategy`` with ``fully_shard``), FSDP1 (``FSDPStrategy``) and DeepSpeed ZeRO stage 3 gather the
-parameters with collectives inside every forward, so a forward on rank 0 alone meets the other ranks' training
-collectives: gloo aborts the job ("Is there a distributed collective mismatch?"), NCCL hangs until its watchdog.
-Until every rank takes part in every probe, such a run is refused at setup, on every rank, with what to do.
+parameters with collectives inside every forward, so every rank must run the same number of probe forwards and
+backwards in the same order, which shares of different sizes (an empty one, a last short batch) and the probes'
+data-dependent loops (steps-to-flip stops when every image flipped) do not guarantee; gloo aborts such a job ("Is
+there a distributed collective mismatch?"), NCCL hangs until its watchdog. Until the probes are lock-stepped, such
+a run is refused at setup, on every rank, with what to do.
 
 Supported: one process (any strategy, sharded ones with ``devices=1`` included), DDP (``"ddp"``, ``"ddp_spawn"``,
 ``"ddp_notebook"``) and DeepSpeed stages 1 and 2 (parameters are not sharded). Refused with more than one process:
@@ -57,8 +59,9 @@ def check_strategy(trainer: Any, who: str) -> None:
         return
     raise ValueError(
         f"{who}: trainviz cannot probe a model sharded across processes yet ({name}, world size "
-        f"{trainer.world_size}). Its probes run forwards on rank 0 alone, which would desynchronise the ranks' "
-        "collectives and crash or hang the run at the first epoch end. Supported: one process, DDP "
+        f"{trainer.world_size}). Its probes' forwards differ in number from rank to rank, which would "
+        "desynchronise the ranks' collectives and crash or hang the run at the first epoch end. Supported: one "
+        "process, DDP "
         "(strategy='ddp' or 'ddp_spawn'), DeepSpeed stages 1-2. Train this run without trainviz's callbacks, "
         "or probe its checkpoints in a DDP or single-device run."
     )

@@ -931,37 +931,3 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
                 arrays[(epochs[-1], f"{layer}_aligned_umap")] = {"frames": stacked, "epochs": np.asarray(epochs)}
         pages = animations(frames, predictions, self.probe) if self.options.html and frames else {}
         return arrays, pages
-
-    def gather(
-        self, model: torch.nn.Module, share: Share[Any], world: int, all_gather: Callable[[torch.Tensor], torch.Tensor]
-    ) -> list[EmbeddingPartial] | Exception:
-        """Data-parallel capture: this rank computes its ``share``, then ``all_gather`` (the strategy's
-        collective, ``(...) -> (world, ...)``, reached by every rank, also when its capture failed) gives every
-        rank's partial, in rank order. Returns them, or the error to report (on every rank the error of any
-        rank)."""
-        device = share.data.images.device
-        try:
-            partial, failed = self.compute(model, share, None, None), None
-        except Exception as err:
-            partial, failed = None, err
-        flags = all_gather(torch.tensor([int(failed is not None)], device=device)).reshape(-1)
-        if bool(flags.any()) or partial is None:
-            return failed or RuntimeError(
-                f"the embedding capture failed on rank(s) {flags.nonzero().flatten().tolist()}"
-            )
-        n = len(self.probe)
-        bounds = [Share.bounds(n, world, rank) for rank in range(world)]
-        rows = max(stop - start for start, stop in bounds)  # equal shapes for the collective: pad, then cut
-
-        def gather(t: torch.Tensor, width: int) -> list[torch.Tensor]:
-            padded = torch.zeros(rows, width, dtype=t.dtype)
-            padded[: len(t)] = t.reshape(len(t), width)
-            out = all_gather(padded.to(device)).reshape(world, rows, width).cpu()
-            return [out[r, : stop - start] for r, (start, stop) in enumerate(bounds)]
-
-        widths = {
-            name: all_gather(torch.tensor([f.shape[1]], device=device)).max() for name, f in partial.features.items()
-        }
-        features = {name: gather(partial.features[name], int(w)) for name, w in widths.items()}
-        predictions = [p.reshape(-1) for p in gather(partial.predictions, 1)]
-        return [EmbeddingPartial({name: f[r] for name, f in features.items()}, predictions[r]) for r in range(world)]

@@ -1,0 +1,149 @@
+"""Every rank probes its share (issue 19): under DDP each process computes its part of the probe set, rank 0 merges
+and writes, and the records are those of one process on the same weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainviz.callbacks.base import ProbeCallback
+from trainviz.callbacks.cam import CAMCallback
+from trainviz.callbacks.dynamics import DynamicsCallback
+
+
+def _frozen(model):
+    """No training changes the weights (Adam at lr 0) nor the BatchNorm statistics (momentum 0): every process, at
+    any world size, probes the same model."""
+    model.hparams.lr = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
+    return model
+
+
+def _records(root: Path) -> dict[str, list[dict]]:
+    out = {}
+    for path in sorted((root / "trainviz").glob("*/*.jsonl")):
+        if path.parent.name not in ("manifest", "budget"):
+            out[f"{path.parent.name}/{path.name}"] = [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def _same(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if "seconds" not in k:  # timings differ run to run
+                _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not (isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        assert b == pytest.approx(a, abs=1e-5), where
+    else:
+        assert a == b, where  # counts, epochs, names: exactly
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_give_the_records_of_one(tmp_path, suite_options, demo_model, make_trainer, pl):
+    import trainviz
+    from trainviz.data import ShapesDataModule
+
+    options = {name: {"probe_size": 24, **opts} for name, opts in suite_options().items()}
+    options["embedding"]["methods"] = ["pca"]  # UMAP would amplify float noise of 1e-7 in the features
+
+    def fit(root: Path, **kwargs):
+        callbacks = trainviz.default_callbacks(budget=None, **options)
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(root, callbacks, max_epochs=2, limit_train_batches=2, deterministic=False, **kwargs)
+        trainer.fit(_frozen(demo_model()), ShapesDataModule(n_train=96, n_val=48, batch_size=32))  # a fresh one per fit
+        return callbacks
+
+    fit(tmp_path / "one")
+    callbacks = fit(tmp_path / "two", strategy="ddp_spawn", devices=2)
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    probed = {cb.name for cb in callbacks if isinstance(cb, ProbeCallback)}
+    assert {key.split("/")[0] for key in one} == probed  # every callback wrote records
+    assert one.keys() == two.keys()
+    for key in one:
+        assert [r["epoch"] for r in two[key]] == [r["epoch"] for r in one[key]], key  # each epoch exactly once
+        _same(one[key], two[key], key)
+
+
+class FailsOnRankOne(DynamicsCallback):
+    """Dynamics whose share fails on rank 1 at epoch 0."""
+
+    def _compute(self, pl_module, group, state):
+        if group.rank == 1 and self._trainer.current_epoch == 0:
+            raise RuntimeError("rank 1 broke")
+        return super()._compute(pl_module, group, state)
+
+
+class LoggedCAM(CAMCallback):
+    """CAM whose ranks each write the share they computed (start, stop) into ``share_log``."""
+
+    def __init__(self, share_log: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.share_log = share_log
+
+    def _share(self, pl_module, group):
+        share = super()._share(pl_module, group)
+        with open(self.share_log / f"{self.name}-rank{group.rank}.jsonl", "a") as f:
+            f.write(json.dumps([share.start, share.stop]))
+            f.write("\n")
+        return share
+
+
+@pytest.mark.slow
+def test_three_processes_and_two_images_a_failing_rank_and_an_empty_share(tmp_path, demo_model, make_trainer, pl):
+    """Three ranks share two probe images (rank 2 has none but joins every collective); a probe that fails on rank 1
+    alone is skipped by every rank together, with no hang, and training goes on."""
+    from trainviz.data import ShapesDataModule
+
+    def fit(root: Path, **kwargs):
+        callbacks = [
+            FailsOnRankOne(probe_size=2),
+            LoggedCAM(tmp_path, probe_size=2, deletion_steps=2, layers=["net.features.1", "net.features"]),
+        ]
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(root, callbacks, max_epochs=2, limit_train_batches=2, deterministic=False, **kwargs)
+        trainer.fit(_frozen(demo_model()), ShapesDataModule(n_train=96, n_val=48, batch_size=16))
+
+    fit(tmp_path / "one")
+    for log in tmp_path.glob("*.jsonl"):
+        log.unlink()
+    fit(tmp_path / "three", strategy="ddp_spawn", devices=3)
+    one, three = _records(tmp_path / "one"), _records(tmp_path / "three")
+    assert [r["epoch"] for r in one["dynamics/metrics.jsonl"]] == [0, 1]
+    assert [r["epoch"] for r in three["dynamics/metrics.jsonl"]] == [1]  # epoch 0 failed on rank 1: all skipped it
+    _same(one["cam/metrics.jsonl"], three["cam/metrics.jsonl"], "cam")
+    shares = {r: [json.loads(x) for x in (tmp_path / f"cam-rank{r}.jsonl").read_text().splitlines()] for r in range(3)}
+    assert shares == {0: [[0, 1]] * 2, 1: [[1, 2]] * 2, 2: [[2, 2]] * 2}
+
+
+@pytest.mark.slow
+def test_ddp_training_is_bitwise_the_same_with_every_rank_probing(
+    tmp_path, all_callbacks, demo_model, make_trainer, pl
+):
+    from trainviz.data import ShapesDataModule
+
+    weights = []
+    for name, callbacks in (("bare", []), ("probed", all_callbacks())):
+        pl.seed_everything(0, verbose=False)
+        model = demo_model()
+        trainer = make_trainer(
+            tmp_path / name, callbacks, max_epochs=2, limit_train_batches=2, strategy="ddp_spawn", devices=2
+        )
+        trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=16))
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    changed = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert changed == []
+    assert _records(tmp_path / "probed")  # the suite did run
+    start = demo_model().state_dict()
+    assert any(not torch.equal(start[k], weights[0][k]) for k in start)  # the trained weights came back: it trained
