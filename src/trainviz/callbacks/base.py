@@ -171,6 +171,7 @@ class ProbeCallback(Callback):
         every_n_epochs: int = 1,
         probe_size: int | None = None,
         probe_seed: int = 0,
+        *,
         split: str = "val",
         probe_data: Any = None,
         normalization: NormalizationSpec = None,
@@ -191,8 +192,9 @@ class ProbeCallback(Callback):
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
         cls = type(self)
         self.source = ProbeSource(
-            cls.__name__, probe_size, probe_seed, split, probe_data, normalization, output, pixels, display_channels,
-            cls.default_probe_size, cls.needs_pixels,
+            cls.__name__, probe_size, probe_seed, split=split, probe_data=probe_data, normalization=normalization,
+            output=output, pixels=pixels, display_channels=display_channels,
+            default_probe_size=cls.default_probe_size, needs_pixels=cls.needs_pixels,
         )  # fmt: skip
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.run_at_fit_end = bool(run_at_fit_end)
@@ -508,7 +510,11 @@ class ProbeCallback(Callback):
         raise NotImplementedError
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit-end outputs built from all runs (evolution strips, summaries). Runs on rank zero."""
+        """Fit-end outputs built from all runs (the probe's :meth:`~trainviz.core.contract.Probe.evolution`: strips
+        across epochs), written. Runs on rank zero."""
+        end = self.prober.evolution() if self.prober is not None else None
+        if end is not None and self.sink is not None:
+            self.sink.write_fit_end(end)
 
     # the fit's end ---------------------------------------------------------------------------------
     @override

@@ -184,13 +184,3 @@ class CAMCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # skipped whole: the last run cost more than the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        made = self.prober.evolution() if self.prober is not None else None
-        if made is None:
-            return
-        strip, arrays = made
-        last = self.history.runs[-1][0]
-        self.sink.image("evolution", strip, last, artifact=True)
-        self.sink.npz(last, "evolution", **arrays)

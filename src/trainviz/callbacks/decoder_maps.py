@@ -15,7 +15,6 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
-from trainviz.core.common import class_names
 from trainviz.core.contract import Credit
 from trainviz.ops.class_maps import PatternTracker, Sharpness
 from trainviz.probes.decoder_maps import (
@@ -23,8 +22,6 @@ from trainviz.probes.decoder_maps import (
     DecoderMapOptions,
     DecoderMapProbe,
     check_map_layer,
-    evolution,
-    formation,
 )
 
 if TYPE_CHECKING:
@@ -177,15 +174,3 @@ class DecoderMapCallback(ProbeCallback):
         if super()._plan(credit, essential, epoch) is None:  # the last whole run does not fit the credit
             return None
         return self.prober.plan(Credit(credit, essential, epoch))
-
-    @override
-    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.tracked_maps or self.sink is None:
-            return
-        last = max(self.tracked_maps)
-        k = self.tracker.means[-1].shape[0]
-        strip = evolution(self.tracked_maps, self.probe, self.n_tracked, self.norm, k, display=self.display)
-        self.sink.image("evolution", strip, last, artifact=True)
-        text, document = formation(self.tracker, class_names(self.probe.class_names, k), self.layer_name)
-        self.sink.text("formation_epochs", text, last)
-        self.sink.json("formation.json", document)

@@ -16,7 +16,7 @@ from typing_extensions import override
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.contract import Credit, Share
 from trainviz.core.distributed import Collective
-from trainviz.probes.maxact import Channels, MaxActHistory, MaxActOptions, MaxActProbe, build_targets, evolution
+from trainviz.probes.maxact import Channels, MaxActHistory, MaxActOptions, MaxActProbe, build_targets
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -199,11 +199,10 @@ class MaxActivationCallback(ProbeCallback):
 
     @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super()._finish(trainer, pl_module)  # the evolution strips
         if not self.history.runs or self.prober is None:
             return
         last = self.history.runs[-1][0]
-        for name, image in evolution(self.history, self.prober, self.options).items():
-            self.sink.image(name, image, last, artifact=True)
         if self.options.final_steps > 0:  # the high-quality pass: its pictures and arrays (its numbers are not a run's)
             final = self._alone(pl_module, self.prober.plan(Credit(None, True, last), final=True))
             for name, image in final.render().items():

@@ -25,7 +25,6 @@ from trainviz.probes.saliency import (
     SaliencyOptions,
     SaliencyPlan,
     SaliencyProbe,
-    evolution,
 )
 
 if TYPE_CHECKING:
@@ -264,13 +263,3 @@ class SaliencyCallback(ProbeCallback):
         for what, reason in self.prober.skipped:
             self._skip(epoch, what, reason)
         return plan
-
-    @override
-    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.history.tracked or self.prober is None:
-            return
-        strips, arrays = evolution(self.history.tracked, self.probe, self.prober.config)
-        last = self.history.tracked[-1][0]
-        for method, strip in strips.items():
-            self.sink.image(f"{method}/evolution", strip, last, artifact=True)
-        self.sink.npz(last, "evolution", **arrays)

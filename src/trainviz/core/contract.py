@@ -12,6 +12,8 @@ callback makes those three calls and ``sink.write(result)``, nothing else:
 - ``merge(partials, plan) -> Result``: on rank 0, the result one process would have computed from the whole
   set. Partials come in share order; parts that need the whole set (means, pictures, projections, alignment)
   happen here.
+- ``evolution() -> FitEnd | None``: at fit end, on rank 0, what the capability shows from all its runs (the
+  evolution strips and their arrays), or ``None``.
 
 The share is cut by global index (:meth:`Share.split`): contiguous, sizes differing by at most one, possibly
 empty, so batch composition cannot change a count and the merged result does not depend on the world size.
@@ -40,7 +42,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -48,7 +50,7 @@ from torch import nn
 
 from trainviz.core.probeset import ProbeSet
 
-__all__ = ["Credit", "Probe", "Share", "is_whole"]
+__all__ = ["Credit", "FitEnd", "Probe", "Share", "is_whole"]
 
 PlanT = TypeVar("PlanT")
 PartialT = TypeVar("PartialT")
@@ -119,6 +121,25 @@ class Share(Generic[DataT]):
         return Share(start, stop, list(items[start:stop]))
 
 
+@dataclass
+class FitEnd:
+    """What a capability shows at fit end from all its runs, written at ``epoch`` (the last run's).
+
+    Attributes:
+        epoch: the step and artifact folder of what follows.
+        images: ``{name: (H, W, 3) uint8}``, logged and saved as ``epoch_XXXX/<name>.png``.
+        arrays: ``{file: {key: array}}``, saved as ``epoch_XXXX/<file>.npz``.
+        texts: ``{name: text}``, logged as text.
+        documents: ``{file name: JSON-able}``, saved in the capability's folder.
+    """
+
+    epoch: int
+    images: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+    documents: dict[str, Any] = field(default_factory=dict)
+
+
 def is_whole(plan: Any) -> bool:
     """Whether ``plan`` runs everything due (``True``, or a typed plan whose ``whole`` is true): the cost of such a
     run is the estimate of the next one."""
@@ -153,6 +174,10 @@ class Probe(Generic[PlanT, PartialT, ResultT]):
 
     def merge(self, partials: Sequence[PartialT], plan: PlanT) -> ResultT:  # pragma: no cover
         raise NotImplementedError
+
+    def evolution(self) -> FitEnd | None:
+        """Fit end: what the capability shows from all its runs (strips across epochs); ``None``: nothing."""
+        return None
 
     def run(self, model: nn.Module, credit: Credit) -> ResultT | None:
         """The whole contract in one process: plan, compute the whole set as one share, merge."""

@@ -67,6 +67,7 @@ class ProbeSource:
         owner: str,
         probe_size: int | None = None,
         probe_seed: int = 0,
+        *,
         split: str = "val",
         probe_data: Any = None,
         normalization: NormalizationSpec = None,

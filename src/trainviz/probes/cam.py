@@ -31,7 +31,7 @@ from torch import nn
 
 from trainviz.core.checks import check_bool, check_choice, check_layers, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
-from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.layers import Reshape
 from trainviz.core.options import Options
@@ -563,13 +563,14 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         self.history.runs.append((self.epoch, result.small["aggregate"][tracked]))
         return result
 
-    def evolution(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def evolution(self) -> FitEnd | None:
         """Fit end: the strip of the ``n_tracked`` images' aggregated maps across at most ``max_strip`` evenly spaced
-        runs, and the arrays of ``evolution.npz`` (``maps`` ``(epochs, n_tracked, h, w)``, ``epochs``, ``ids``);
+        runs (``evolution``), and ``evolution.npz`` (``maps`` ``(epochs, n_tracked, h, w)``, ``epochs``, ``ids``);
         ``None`` before the first run."""
         if not self.history.runs:
             return None
-        return evolution(self.history.runs, self.probe, self.config)
+        strip, arrays = evolution(self.history.runs, self.probe, self.config)
+        return FitEnd(self.history.runs[-1][0], images={"evolution": strip}, arrays={"evolution": arrays})
 
 
 def _scalar_order(floats: dict[str, float], keys: list[str], n_layers: int) -> list[str]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, json_numbers, strip_epochs
-from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
@@ -416,6 +416,20 @@ class DecoderMapProbe(Probe[bool, DecoderMapPartial, DecoderMapResult]):
             shown=shown,
             tracked=self.tracked_maps[epoch],
         )
+
+    def evolution(self) -> FitEnd | None:
+        """Fit end: the tracked images' true-class maps across epochs (``evolution``, :func:`evolution`) and when
+        each class's pattern formed (the ``formation_epochs`` text and ``formation.json``, :func:`formation`);
+        ``None`` before the first run."""
+        if not self.tracked_maps:
+            return None
+        c = self.config
+        k = self.tracker.means[-1].shape[0]
+        strip = evolution(self.tracked_maps, self.probe, c.n_tracked, c.norm, k, display=c.display)
+        text, document = formation(self.tracker, class_names(self.probe.class_names, k), c.layer)
+        end = FitEnd(max(self.tracked_maps), images={"evolution": strip}, texts={"formation_epochs": text})
+        end.documents["formation.json"] = document
+        return end
 
 
 def check_map_layer(model: nn.Module, layer: str, example: torch.Tensor) -> None:

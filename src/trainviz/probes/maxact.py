@@ -35,7 +35,7 @@ from torch import nn
 
 from trainviz.core.checks import check_bool, check_float, check_int, check_positive_int
 from trainviz.core.common import class_names, json_number, strip_epochs
-from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.hooks import capture
 from trainviz.core.layers import resolve_layer
 from trainviz.core.options import Options
@@ -502,6 +502,13 @@ class MaxActProbe(Probe[MaxActPlan, MaxActPartial, MaxActResult]):
         if self._start is not None:
             self.cost, self._start = time.perf_counter() - self._start, None
         return result
+
+    def evolution(self) -> FitEnd | None:
+        """Fit end: per group, each target's image across epochs (``<group>/evolution``, :func:`evolution`);
+        ``None`` before the first run. The high-quality fit-end pass needs the model: the callback runs it."""
+        if not self.history.runs:
+            return None
+        return FitEnd(self.history.runs[-1][0], images=evolution(self.history, self, self.options))
 
 
 def _channels(images: torch.Tensor, shown: tuple[int, ...] | None) -> torch.Tensor:

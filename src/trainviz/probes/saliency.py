@@ -55,7 +55,7 @@ from torch import nn
 
 from trainviz.core.checks import check_bool, check_choice, check_float, check_int, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
-from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
@@ -883,6 +883,15 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
             if not sanity or c.sanity_members is None
             else {name: list(group) for name, group in zip(layers, c.sanity_members)},
         )
+
+    def evolution(self) -> FitEnd | None:
+        """Fit end: per method, the strip of the ``n_tracked`` images' maps across epochs
+        (``<method>/evolution``) and ``evolution.npz`` (:func:`evolution`); ``None`` before the first run."""
+        if not self.history.tracked:
+            return None
+        strips, arrays = evolution(self.history.tracked, self.probe, self.config)
+        images = {f"{method}/evolution": strip for method, strip in strips.items()}
+        return FitEnd(self.history.tracked[-1][0], images=images, arrays={"evolution": arrays})
 
 
 def _to_cpu(partial: SaliencyPartial) -> SaliencyPartial:

@@ -161,6 +161,17 @@ class Sink:
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         self.background.submit_as(self.callback, self.store.write_bytes, f"{self.callback}/{name}", payload)
 
+    def write_fit_end(self, end: Any) -> None:
+        """Write a :class:`~trainviz.core.contract.FitEnd`: its images, arrays, texts and documents."""
+        for name, image in end.images.items():
+            self.image(name, image, end.epoch, artifact=True)
+        for name, arrays in end.arrays.items():
+            self.npz(end.epoch, name, **arrays)
+        for name, text in end.texts.items():
+            self.text(name, text, end.epoch)
+        for name, document in end.documents.items():
+            self.json(name, document)
+
     def write(self, result: Any) -> None:
         """Write a :class:`~trainviz.core.result.Result` of epoch ``result.epoch``: its scalars (``None`` left
         out), rendered images (TensorBoard and PNG artifacts), histograms, arrays (npz), record (JSON lines)
