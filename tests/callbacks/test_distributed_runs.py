@@ -147,3 +147,53 @@ def test_ddp_training_is_bitwise_the_same_with_every_rank_probing(
     assert _records(tmp_path / "probed")  # the suite did run
     start = demo_model().state_dict()
     assert any(not torch.equal(start[k], weights[0][k]) for k in start)  # the trained weights came back: it trained
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+import _support
+import trainviz
+from trainviz.data import ShapesDataModule
+
+options = {name: {"probe_size": 24, **opts} for name, opts in _support.suite_options().items()}
+options["embedding"]["methods"] = ["pca"]
+model = _support.demo_model()
+model.hparams.lr = 0.0
+for module in model.modules():
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        module.momentum = 0.0
+_support.pl.seed_everything(0, verbose=False)
+trainer = _support.make_trainer(
+    sys.argv[1], trainviz.default_callbacks(budget=None, **options), max_epochs=2, limit_train_batches=4,
+    accumulate_grad_batches=2, deterministic=False, strategy=sys.argv[2], devices=int(sys.argv[3]),
+)
+trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=16))
+print("FIT DONE", trainer.global_rank)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_launched_processes_accumulating_gradients_give_the_records_of_one(tmp_path):
+    """`strategy="ddp"` (the launcher starts the script again for rank 1) with `accumulate_grad_batches=2`."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    tests = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent / "src"), str(tests), env.get("PYTHONPATH", "")])
+    for name, strategy, devices in (("one", "auto", "1"), ("two", "ddp", "2")):
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / name), strategy, devices],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert done.returncode == 0 and "FIT DONE 0" in done.stdout, done.stderr[-3000:]
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) >= 6
+    for key in one:
+        assert [r["epoch"] for r in two[key]] == [r["epoch"] for r in one[key]] == [0, 1], key
+        _same(one[key], two[key], key)

@@ -437,7 +437,9 @@ class ProbeCallback(Callback):
             if not group.all_ok(error is None):
                 return self._failed(epoch, error, group=group)
             if self.prober is not None:
+                gathering = time.perf_counter()
                 parts = group.gather(partial)
+                gathered = time.perf_counter() - gathering
                 if group.is_zero:
                     _, error = self._attempt(pl_module, lambda: self._merge(parts or []))
                 if not group.all_ok(error is None):
@@ -448,6 +450,8 @@ class ProbeCallback(Callback):
             self.budget_runner.ran(seconds, is_whole(self.plan), epoch)
             if self.sink is not None:
                 self.sink.scalar("seconds", seconds, epoch)
+                if group.world > 1:  # rank 0's wait for every share and the transfer of the partials
+                    self.sink.scalar("gather_seconds", gathered, epoch)
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:
         """``work()`` inside the no-trace guard: its value and no error, or ``None`` and the error it raised."""
