@@ -61,7 +61,7 @@ NAMES = NameTable(
         Metric(
             "{map}/deletion_auc",
             False,
-            "area under the deletion curve: the target probability as the map's most salient pixels are removed",
+            "area under the target probability as the map's most salient pixels are removed first (the deletion curve)",
             title="Deletion AUC",
         ),
         Metric(

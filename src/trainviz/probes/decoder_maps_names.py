@@ -3,9 +3,9 @@
 ``trainviz/decoder_maps/<name>``) with its direction and description; the report's curves take their titles and
 descriptions from here. Torch-free.
 
-``accuracy`` is in the record, not a logged scalar. Sharpness follows Zhang's section 5.2 ("the higher P_k, the
-sharper the map"): Spearman's rho between the predicted class's map sharpness and the confidence, and the mean
-sharpness, for right and wrong predictions.
+``accuracy`` is in the record, not a logged scalar; the stability starts at the second run. Sharpness follows
+Zhang's section 5.2 ("the higher P_k, the sharper the map"): Spearman's rho between the predicted class's map
+sharpness and the confidence, and the mean sharpness, for right and wrong predictions.
 
 Example:
     >>> NAMES.metric("stability/T-shirt/top").name, NAMES.metric("sharpness/corr_correct").higher_is_better
@@ -34,14 +34,14 @@ NAMES = NameTable(
         Metric(
             "stability/{class*}",
             None,
-            "correlation of each class's mean map with the previous run's (from the second run)",
+            "correlation of each class's mean map with the previous run's",
             no_direction=_SETTLED,
             title="Pattern stability",
         ),
         Metric(
             "mean_stability",
             None,
-            "mean pattern stability over the classes (from the second run)",
+            "mean pattern stability over the classes",
             no_direction=_SETTLED,
             title="Mean pattern stability",
         ),

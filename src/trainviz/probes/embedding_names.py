@@ -23,7 +23,7 @@ NAMES = NameTable(
         Metric(
             "{layer}/knn_accuracy",
             True,
-            "leave-one-out k-nearest-neighbour accuracy of the layer's features (k = 5)",
+            "leave-one-out 5-nearest-neighbour accuracy of the layer's features",
             title="kNN accuracy",
         ),
         Metric(
