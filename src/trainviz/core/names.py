@@ -3,7 +3,12 @@ names it is still found under (aliases). Like torchmetrics' ``Metric.higher_is_b
 metadata, which a CI gate needs. Torch-free.
 
 A name may hold fields in braces (``accuracy/{corruption}``, ``fgsm/accuracy@{eps}``): a field is any text
-without ``/`` or ``@``. An alias is a pattern with the same fields (``corruption_accuracy/{corruption}``).
+without ``/`` or ``@``; a field marked with a star (``per_class_accuracy/{class*}``) is any text, ``/`` and ``@``
+included (a class name such as Fashion-MNIST's ``T-shirt/top``). An alias is a pattern with the same fields
+(``corruption_accuracy/{corruption}``).
+
+The report shows a metric as :attr:`Metric.heading` (its title, or its name) and :attr:`Metric.text` (its
+description and direction: ``"Deletion AUC: area under ... (lower is better)."``).
 
 Example:
     >>> names = NameTable([
@@ -16,6 +21,10 @@ Example:
     ['corruption_accuracy/fog']
     >>> names.format("accuracy/{corruption}", corruption="fog")
     'accuracy/fog'
+    >>> NameTable([Metric("per_class/{class*}", True, "accuracy of a class")]).canonical("per_class/T-shirt/top")
+    'per_class/T-shirt/top'
+    >>> Metric("mce", False, "mean corruption error", title="mCE").text
+    'mCE: mean corruption error (lower is better).'
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import Any
 
 __all__ = ["Metric", "NameTable", "UnknownNameError"]
 
-_FIELD = re.compile(r"\{(\w+)\}")
+_FIELD = re.compile(r"\{(\w+)(\*?)\}")  # a field's name, and "*" when it takes any text
 
 
 class UnknownNameError(KeyError):
@@ -38,7 +47,8 @@ class UnknownNameError(KeyError):
 class Metric:
     """One metric: its name (a pattern with ``{field}`` parts), whether a higher value is better (``None``: no
     direction, it cannot be gated; ``no_direction`` says why), what it means, its older names, and where it
-    appears (``logged``: a scalar of the loggers; ``summarized``: a key of ``summary.json``)."""
+    appears (``logged``: a scalar of the loggers; ``summarized``: a key of ``summary.json``); ``title``: its
+    heading in the report (default: the name)."""
 
     name: str
     higher_is_better: bool | None
@@ -47,11 +57,33 @@ class Metric:
     logged: bool = True
     summarized: bool = True
     no_direction: str = ""
+    title: str = ""
+
+    @property
+    def direction(self) -> str:
+        """``"higher is better"``, ``"lower is better"`` or ``"no better direction"``."""
+        return {True: "higher is better", False: "lower is better", None: "no better direction"}[self.higher_is_better]
+
+    @property
+    def heading(self) -> str:
+        """The metric's heading in the report: its title, or its name."""
+        return self.title or self.name
+
+    @property
+    def text(self) -> str:
+        """What the report says of the metric: ``"<heading>: <description> (<direction>)."``, without the
+        direction when it has none."""
+        direction = "" if self.higher_is_better is None else f" ({self.direction})"
+        return f"{self.heading}: {self.description}{direction}."
 
 
 def _regex(pattern: str) -> re.Pattern[str]:
-    parts = _FIELD.split(pattern)  # literal, field, literal, field, ...
-    out = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/@]+)" for i, p in enumerate(parts))
+    parts = _FIELD.split(pattern)  # literal, field, star, literal, field, star, ...
+    out = ""
+    for i in range(0, len(parts), 3):
+        out += re.escape(parts[i])
+        if i + 1 < len(parts):
+            out += f"(?P<{parts[i + 1]}>{'.+' if parts[i + 2] else '[^/@]+'})"
     return re.compile(out + r"\Z")
 
 
@@ -72,6 +104,17 @@ class NameTable:
 
     def __len__(self) -> int:
         return len(self._metrics)
+
+    def __getitem__(self, pattern: str) -> Metric:
+        """The metric whose name is ``pattern`` (with its fields unfilled: ``"{layer}/deletion_auc"``).
+
+        Raises:
+            UnknownNameError: no metric has that name.
+        """
+        for m in self._metrics:
+            if m.name == pattern:
+                return m
+        raise UnknownNameError(pattern)
 
     def _match(self, name: str) -> tuple[Metric, str, dict[str, str]] | None:
         for regex, metric, pattern in self._patterns:

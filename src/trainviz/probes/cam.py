@@ -49,6 +49,7 @@ from trainviz.ops.localization import (
     pointing_game,
     pointing_game_chance,
 )
+from trainviz.probes.cam_names import NAMES
 from trainviz.render.images import caption_tiles, colorize, image_grid, overlay_heatmaps, to_uint8, upscale
 from trainviz.render.strips import evolution_strip, gradient_images
 
@@ -189,6 +190,7 @@ class CAMProbeResult(Result):
     n_layers: int = field(default=0, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.cam_names.NAMES`, by their names."""
         out: dict[str, float | None] = {"target_probability": self.target_probability}
         if self.pointing_game_chance is not None:
             out["pointing_game_chance"] = self.pointing_game_chance
@@ -248,31 +250,34 @@ class CAMProbeResult(Result):
         :meth:`Result.section <trainviz.core.result.Result.section>`); two runs compared: the CAM drift between
         them, the correlation of the maps of the same probe images (:func:`trainviz.report.compare.map_correlation`)."""
         keys = list(self.per_map)
-        titles = {
-            "pointing_game": ("Pointing game", "hit rate: the map's peak inside the object", [0, 1.02]),
-            "energy_pointing_game": ("Energy pointing game", "map energy inside the object", [0, 1.02]),
-            "average_drop": ("Average drop", "confidence drop keeping the map's region (lower is better)", None),
-            "increase_in_confidence": ("Increase in confidence", "images whose confidence rises", [0, 1.02]),
-            "deletion_auc": ("Deletion AUC", "area under the deletion curve (lower is better)", None),
-            "drift_correlation": ("Drift", "correlation of each map with the previous run's", [-1, 1.02]),
+        y_ranges = {
+            "pointing_game": [0, 1.02],
+            "energy_pointing_game": [0, 1.02],
+            "average_drop": None,
+            "increase_in_confidence": [0, 1.02],
+            "deletion_auc": None,
+            "drift_correlation": [-1, 1.02],
         }
+        probability = NAMES["target_probability"]
         curves: list[dict[str, Any]] = [
             {
-                "title": "Target probability",
+                "title": probability.heading,
+                "description": probability.text,
                 "y": "probability",
                 "y_range": [0, 1.02],
                 "series": [{"name": "target class probability", "key": ["target_probability"]}],
             }
         ]
-        for metric, (title, what, y_range) in titles.items():
+        for metric, y_range in y_ranges.items():
+            named = NAMES[f"{{map}}/{metric}"]  # titles and descriptions: the name table
             series = [{"name": k, "key": [f"{k}/{metric}"]} for k in keys if metric in self.per_map[k]]
             if metric == "pointing_game" and self.pointing_game_chance is not None:
                 series.append({"name": "chance", "key": ["pointing_game_chance"]})
             if series:
                 curves.append(
                     {
-                        "title": title,
-                        "description": f"{title}: {what}.",
+                        "title": named.heading,
+                        "description": named.text,
                         "y": metric,
                         "y_range": y_range,
                         "series": series,

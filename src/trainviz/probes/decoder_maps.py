@@ -51,6 +51,7 @@ from trainviz.ops.class_maps import (
     select_class_maps,
     sharpness_confidence,
 )
+from trainviz.probes.decoder_maps_names import NAMES
 from trainviz.render.maps import class_map_grid, class_pattern_image, prediction_grid
 from trainviz.render.strips import evolution_strip
 
@@ -171,6 +172,7 @@ class DecoderMapResult(Result):
     tracked: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
+        """The logged metrics of :data:`~trainviz.probes.decoder_maps_names.NAMES`, by their names."""
         out: dict[str, float | None] = {f"sharpness/{k}": json_number(v) for k, v in self.sharpness.items()}
         if self.stability is not None:
             out.update({f"stability/{n}": json_number(v) for n, v in self.stability.items()})
@@ -247,6 +249,7 @@ class DecoderMapResult(Result):
             "mean_correct": "mean, correct",
             "mean_wrong": "mean, wrong",
         }
+        stability, accuracy = NAMES["stability/{class*}"], NAMES["accuracy"]  # the name table's words
         return {
             "version": 1,
             "order": 40,
@@ -255,8 +258,8 @@ class DecoderMapResult(Result):
             "each class's pattern, when it formed and whether sharper maps go with confident predictions.",
             "curves": [
                 {
-                    "title": "Pattern stability",
-                    "description": "Correlation of each class's mean map with the previous run's.",
+                    "title": stability.heading,
+                    "description": stability.text,
                     "y": "stability",
                     "y_range": [-1, 1.02],
                     "series": [{"name": n, "key": ["stability", n]} for n in names],
@@ -269,7 +272,8 @@ class DecoderMapResult(Result):
                     "series": [{"name": label, "key": ["sharpness", k]} for k, label in sharp.items()],
                 },
                 {
-                    "title": "Probe accuracy",
+                    "title": accuracy.heading,
+                    "description": accuracy.text,
                     "y": "accuracy",
                     "y_range": [0, 1.02],
                     "series": [{"name": "accuracy", "key": ["accuracy"]}],

@@ -10,6 +10,7 @@ import numpy as np
 
 from trainviz.core.common import json_number
 from trainviz.core.result import Result
+from trainviz.probes.dynamics_names import NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,6 +39,7 @@ class DynamicsResult(Result):
     examples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.dynamics_names.NAMES`, by their names."""
         per_class = {f"per_class_accuracy/{n}": v for n, v in self.per_class_accuracy.items()}
         return {"accuracy": self.accuracy, **per_class}
 
@@ -79,6 +81,7 @@ class DynamicsResult(Result):
         """The report section: probe accuracy and per-class accuracy over epochs, the confusion matrix and the
         example probabilities of each epoch (see :meth:`Result.section <trainviz.core.result.Result.section>`)."""
         unit = [0, 1.02]
+        accuracy, per_class = NAMES["accuracy"], NAMES["per_class_accuracy/{class*}"]  # the name table's words
         return {
             "version": 1,
             "order": 10,
@@ -87,14 +90,15 @@ class DynamicsResult(Result):
             "confusion matrix and predicted probabilities of each epoch (the training loss is under Training curves).",
             "curves": [
                 {
-                    "title": "Probe accuracy",
+                    "title": accuracy.heading,
+                    "description": accuracy.text,
                     "y": "accuracy",
                     "y_range": unit,
                     "series": [{"name": "probe accuracy", "key": ["accuracy"]}],
                 },
                 {
-                    "title": "Per-class accuracy",
-                    "description": "Accuracy of each class's probe images; click the legend to hide lines.",
+                    "title": per_class.heading,
+                    "description": f"{per_class.text} Click the legend to hide lines.",
                     "y": "accuracy",
                     "y_range": unit,
                     "series": [{"name": n, "key": ["per_class_accuracy", n]} for n in self.class_names],

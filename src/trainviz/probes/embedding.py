@@ -83,6 +83,7 @@ from trainviz.ops.embedding import (
     unit_radius,
     warmup_umap,
 )
+from trainviz.probes.embedding_names import NAMES
 from trainviz.render.embedding import animation_pages, depth_image, scatter_image
 
 __all__ = [
@@ -307,6 +308,7 @@ class EmbeddingResult(Result):
     save_features: bool = False
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.embedding_names.NAMES`, by their names."""
         out: dict[str, float | None] = {}
         for layer, emb in self.layers.items():
             out.update({f"{layer}/{key}": value for key, value in emb.flat().items()})
@@ -404,25 +406,25 @@ class EmbeddingResult(Result):
         the depth view per epoch, and the fit-end animation pages (see :meth:`Result.section
         <trainviz.core.result.Result.section>`)."""
         layers, methods = list(self.layers), list(self.methods)
-        scores = {
-            "knn_accuracy": ("kNN accuracy", [0, 1.02]),
-            "linear_probe_accuracy": ("Linear probe accuracy", [0, 1.02]),
-            "silhouette": ("Silhouette", [-1, 1.02]),
-        }
+        scores = {"knn_accuracy": [0, 1.02], "linear_probe_accuracy": [0, 1.02], "silhouette": [-1, 1.02]}
+        named = {key: NAMES[f"{{layer}}/{key}"] for key in scores}  # titles and descriptions: the name table
         curves: list[dict[str, Any]] = [
             {
-                "title": title,
+                "title": named[key].heading,
+                "description": named[key].text,
                 "y": key,
                 "y_range": y_range,
                 "series": [{"name": layer, "key": [f"{layer}/{key}"]} for layer in layers],
             }
-            for key, (title, y_range) in scores.items()
+            for key, y_range in scores.items()
         ]
         for score in ("trustworthiness", "stability", "explained_variance"):
             series = [{"name": f"{layer} / {m}", "key": [f"{layer}/{m}/{score}"]} for layer in layers for m in methods]
+            frame = NAMES[f"{{layer}}/{{method}}/{score}"]
             curves.append(
                 {
-                    "title": score.replace("_", " ").capitalize() + " of the 2-D frames",
+                    "title": frame.heading,
+                    "description": frame.text,
                     "y": score,
                     "y_range": [0, 1.02],
                     "series": series,

@@ -59,6 +59,7 @@ from trainviz.ops.features import (
     select_channels,
     unit_view,
 )
+from trainviz.probes.features_names import NAMES
 from trainviz.render.features import activation_grids, filter_grid, histogram_panel, line_plot
 
 __all__ = [
@@ -204,6 +205,7 @@ class FeatureResult(Result):
     names: list[str] | None = field(default=None, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.features_names.NAMES`, by their names."""
         return {f"{layer}/{name}": v for layer, values in self.per_layer.items() for name, v in values.items()}
 
     def record(self) -> dict[str, Any]:
@@ -274,21 +276,17 @@ class FeatureResult(Result):
         the filters, the activation maps (over the inputs and raw), the 2-D units' lines and the histograms (see
         :meth:`Result.section <trainviz.core.result.Result.section>`)."""
         layers = list(self.per_layer)
-        titles = {
-            "dead_fraction": ("Dead units", "fraction of units never > 0 on the probe set", [0, 1.02]),
-            "mean": ("Mean activation", "mean of every value of the layer's output on the probe set", None),
-            "std": ("Activation spread", "standard deviation of every value of the layer's output", None),
-            "sparsity": ("Sparsity", "fraction of the output's values <= 0", [0, 1.02]),
-        }
+        y_ranges = {"dead_fraction": [0, 1.02], "mean": None, "std": None, "sparsity": [0, 1.02]}
+        named = {metric: NAMES[f"{{layer}}/{metric}"] for metric in y_ranges}  # the name table's words
         curves = [
             {
-                "title": title,
-                "description": f"{title}: {what}.",
+                "title": named[metric].heading,
+                "description": named[metric].text,
                 "y": metric,
                 "y_range": y_range,
                 "series": [{"name": layer, "key": [f"{layer}/{metric}"]} for layer in layers],
             }
-            for metric, (title, what, y_range) in titles.items()
+            for metric, y_range in y_ranges.items()
         ]
         filters = list(self.filters or {}) if self.filters is not None else []
         lines = list(self.lines or {}) if self.lines is not None else []

@@ -38,6 +38,7 @@ from trainviz.core.common import class_names, json_number, strip_epochs
 from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.hooks import capture
 from trainviz.core.layers import resolve_layer
+from trainviz.core.names import Metric
 from trainviz.core.options import Options
 from trainviz.core.outputs import expect_logits
 from trainviz.core.probeset import ProbeSet
@@ -45,6 +46,7 @@ from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
 from trainviz.data.base import Normalization
 from trainviz.ops.maxact import Target, maximize, parse_target, target_key
+from trainviz.probes.maxact_names import NAMES, any_target
 from trainviz.render.images import caption_tiles, image_grid, to_uint8, upscale
 
 __all__ = [
@@ -218,6 +220,7 @@ class MaxActResult(Result):
     shown: tuple[int, ...] | None = field(default=None, repr=False, compare=False)  # channels shown (None: all)
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.maxact_names.NAMES`, by their names."""
         out: dict[str, float | None] = {}
         for key, value in self.activation.items():
             out[f"{key}/activation"] = value
@@ -274,19 +277,19 @@ class MaxActResult(Result):
         keys = list(self.activation)
         curves: list[dict[str, Any]] = []
         for group, rows in groups.items():
+            reached, moved = (_named([f"{keys[i]}/{m}" for i in rows], m) for m in ("activation", "moved"))
             curves.append(
                 {
-                    "title": f"Activation reached: {group}",
-                    "description": "Each target's activation on its optimised image (higher: a stronger response).",
+                    "title": f"{reached.heading}: {group}",
+                    "description": reached.text,
                     "y": "activation",
                     "series": [{"name": keys[i], "key": ["activation", keys[i]]} for i in rows],
                 }
             )
             curves.append(
                 {
-                    "title": f"Moved: {group}",
-                    "description": "Correlation of each target's image with its image at the previous run "
-                    "(1: the preferred input did not change).",
+                    "title": f"{moved.heading}: {group}",
+                    "description": moved.text,
                     "y": "correlation",
                     "y_range": [-1, 1.02],
                     "series": [{"name": keys[i], "key": ["moved", keys[i]]} for i in rows],
@@ -323,6 +326,13 @@ class MaxActResult(Result):
                 },
             ],
         }
+
+
+def _named(keys: list[str], metric: str) -> Metric:
+    """The metric of a curve's keys (:data:`~trainviz.probes.maxact_names.NAMES`): theirs when they are of one
+    metric, else ``metric`` worded for any target (a layer's channels and units together)."""
+    metrics = {NAMES.metric(k) for k in keys}
+    return metrics.pop() if len(metrics) == 1 else any_target(metric)
 
 
 # the compute contract ------------------------------------------------------------------------------------

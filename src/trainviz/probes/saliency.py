@@ -75,6 +75,7 @@ from trainviz.ops.sanity import (
     randomization_blocks,
     spearman,
 )
+from trainviz.probes.saliency_names import NAMES
 from trainviz.render.images import caption_tiles, image_grid, overlay_heatmaps, to_uint8, upscale
 from trainviz.render.strips import evolution_strip
 
@@ -433,6 +434,7 @@ class SaliencyResult(Result):
     sanity_groups: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def scalars(self) -> dict[str, float | None]:
+        """The metrics of :data:`~trainviz.probes.saliency_names.NAMES`, by their names."""
         out: dict[str, float | None] = {"target_probability": self.target_probability}
         if self.pointing_game_chance is not None:
             out["pointing_game_chance"] = self.pointing_game_chance
@@ -541,33 +543,26 @@ class SaliencyResult(Result):
         maps grid and sanity picture per epoch and the fit-end evolution strips (see :meth:`Result.section
         <trainviz.core.result.Result.section>`)."""
         methods = list(self.per_method)
-        titles = {
-            "deletion_auc": ("Deletion AUC", "area under the target probability as the most salient pixels are "
-                             "removed first (lower is more faithful)", [0, 1.02]),
-            "insertion_auc": ("Insertion AUC", "area under the target probability as the most salient pixels are "
-                              "put back first (higher is more faithful)", [0, 1.02]),
-            "pointing_game": ("Pointing game", "hit rate: the map's peak inside the object", [0, 1.02]),
-        }  # fmt: skip
         curves: list[dict[str, Any]] = []
-        for metric, (title, what, y_range) in titles.items():
+        for metric in ("deletion_auc", "insertion_auc", "pointing_game"):
+            named = NAMES[f"{{method}}/{metric}"]  # titles and descriptions: the name table
             series = [{"name": m, "key": ["methods", m, metric]} for m in methods if metric in self.per_method[m]]
             if metric == "pointing_game" and self.pointing_game_chance is not None:
                 series.append({"name": "chance", "key": ["pointing_game_chance"]})
             if series:
                 curves.append(
-                    {"title": title, "description": f"{title}: {what}.", "y": metric, "y_range": y_range,
+                    {"title": named.heading, "description": named.text, "y": metric, "y_range": [0, 1.02],
                      "series": series}
                 )  # fmt: skip
         layers = list(self.sanity_layers or [])
         shown = [layers[i] for i in strip_epochs(list(range(len(layers))), MAX_SERIES)]
+        sanity, random_logit = NAMES["{method}/sanity/{layer}"], NAMES["{method}/random_logit"]
         for m in methods:
             if shown:
                 curves.append(
                     {
-                        "title": f"Sanity: {m}",
-                        "description": "Spearman correlation of the maps with those of the model re-initialised "
-                        "from the top down to each layer (Adebayo et al. 2018): low means the method explains the "
-                        "model; guided backpropagation typically stays high.",
+                        "title": f"{sanity.heading}: {m}",
+                        "description": f"{sanity.text} Guided backpropagation typically stays high.",
                         "y": "Spearman",
                         "y_range": [-1, 1.02],
                         "series": [{"name": f"down to {layer}", "key": ["sanity", m, layer]} for layer in shown],
@@ -575,9 +570,8 @@ class SaliencyResult(Result):
                 )
         curves.append(
             {
-                "title": "Random logit",
-                "description": "Spearman correlation of the maps of the explained class with those of a random "
-                "other class (near 1: the method ignores the class).",
+                "title": random_logit.heading,
+                "description": random_logit.text,
                 "y": "Spearman",
                 "y_range": [-1, 1.02],
                 "series": [{"name": m, "key": ["random_logit", m]} for m in methods],
