@@ -71,7 +71,7 @@ def main() -> None:
         cb.probe = ProbeSet.from_dataset(dm.val_set, args.probe_size, 0, class_names=dm.class_names)
         cb.norm = dm.normalization
         cb._setup(None, model)
-        cb.sink = Sink("robustness", None, ArtifactStore(tempfile.mkdtemp()), BackgroundWriter())
+        cb.sink = Sink("robustness", None, ArtifactStore(tempfile.mkdtemp()), background=BackgroundWriter())
         return cb
 
     def run(cb: RobustnessCallback) -> None:

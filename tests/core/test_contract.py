@@ -26,7 +26,7 @@ def test_shares_are_contiguous_cover_the_set_and_differ_by_at_most_one(n, world,
 
 def test_a_share_of_a_probe_set_cuts_every_field_and_may_be_empty():
     probe = ProbeSet(
-        torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2]), torch.tensor([7, 8, 9]), torch.rand(3, 4, 4) > 0.5
+        torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2]), torch.tensor([7, 8, 9]), masks=torch.rand(3, 4, 4) > 0.5
     )
     shares = Share.split(probe, 4)
     assert [len(s) for s in shares] == [1, 1, 1, 0]

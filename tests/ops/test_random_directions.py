@@ -112,7 +112,18 @@ def test_exactly_one_source_of_directions_and_one_id_per_image():
 
 def _trajectories(random_flip, flip_step, samples=60) -> Trajectories:
     n = len(flip_step)
-    return Trajectories(0.5, 4, samples, 2.0, list(range(n)), [0] * n, [[0] * 5] * n, flip_step, [0.1] * n, random_flip)
+    return Trajectories(
+        step_size=0.5,
+        steps=4,
+        samples=samples,
+        radius_factor=2.0,
+        ids=list(range(n)),
+        labels=[0] * n,
+        predictions=[[0] * 5] * n,
+        flip_step=flip_step,
+        distance=[0.1] * n,
+        random_flip=random_flip,
+    )
 
 
 def test_the_bound_is_on_the_count_pooled_over_the_flipped_images():

@@ -28,7 +28,7 @@ def _net() -> nn.Module:
 def _probe(n: int = 7) -> ProbeSet:
     g = torch.Generator().manual_seed(1)
     masks = torch.rand(n, 12, 12, generator=g) > 0.6
-    return ProbeSet(torch.rand(n, 3, 12, 12, generator=g), torch.arange(n) % 3, torch.arange(n) + 100, masks)
+    return ProbeSet(torch.rand(n, 3, 12, 12, generator=g), torch.arange(n) % 3, torch.arange(n) + 100, masks=masks)
 
 
 def _runs(model, probe, options, world):

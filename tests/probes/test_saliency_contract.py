@@ -115,7 +115,7 @@ def _records_close(a, b, path="record") -> bool:
 def test_two_shares_and_a_split_with_an_empty_share_merge_to_the_one_share_result(overrides):
     net, probe = _net(), _probe()
     config = _config(net, **overrides)
-    plan = SaliencyPlan(3, run_seed(7, 3), tuple(config.methods), sanity=True)
+    plan = SaliencyPlan(epoch=3, seed=run_seed(7, 3), methods=tuple(config.methods), sanity=True)
     one = _run(net, probe, config, [Share.of(probe)], plan)
     assert one.sanity is not None and set(one.per_method) == set(config.methods)
     two = _run(net, probe, config, Share.split(probe, 2), plan)
@@ -135,7 +135,7 @@ def test_block_steps_merge_alike():
     net, probe = _net(), _probe()
     steps = randomization_blocks(net)
     config = _config(net, sanity_layers=[n for n, _ in steps], sanity_members=[m for _, m in steps])
-    plan = SaliencyPlan(0, run_seed(0, 0), tuple(config.methods), sanity=True)
+    plan = SaliencyPlan(epoch=0, seed=run_seed(0, 0), methods=tuple(config.methods), sanity=True)
     _assert_same(
         _run(net, probe, config, [Share.of(probe)], plan), _run(net, probe, config, Share.split(probe, 3), plan)
     )
@@ -159,7 +159,7 @@ def test_the_plan_and_the_history():
     probe, net = _probe(), _net()
     prober = SaliencyProbe(probe, _config(net, sanity_every=2))
     first = prober.plan(Credit(epoch=0))
-    assert first == SaliencyPlan(0, run_seed(0, 0), prober.config.methods, True)
+    assert first == SaliencyPlan(epoch=0, seed=run_seed(0, 0), methods=prober.config.methods, sanity=True)
     prober.merge([prober.compute(net, Share.of(probe), first, None)], first)
     assert prober.history.runs == [0] and prober.history.sanity_epochs == [0] and set(prober.costs) == {"sanity"}
     assert prober.plan(Credit(epoch=1)).sanity is False and prober.plan(Credit(5.0, False, 1)).sanity is False

@@ -297,7 +297,9 @@ def test_the_manifest_section_and_the_fit_end_line_give_the_tensorboard_command_
 
     said = []
     writer = type("Writer", (), {"log_dir": str(run)})()
-    folder = registry.Folder(writer, [], ArtifactStore(run / "trainviz"), BackgroundWriter(), epochs=100)
+    folder = registry.Folder(
+        writer=writer, loggers=[], store=ArtifactStore(run / "trainviz"), background=BackgroundWriter(), epochs=100
+    )
     monkeypatch.setattr(registry, "info", lambda message, obj=None: said.append(message))
     registry.where_to_look(str(run), folder)
     assert f"tensorboard --logdir {quoted} --samples_per_plugin images=100" in said[0]

@@ -133,7 +133,12 @@ def hostile_run(tmp_path):
     names = [EVIL_CLASS, "square"]
     dyn = root / "dynamics"
     dyn.mkdir(parents=True)
-    results = [DynamicsResult(e, 0.5 + e / 4, {EVIL_CLASS: 0.25 * e, "square": 0.5}, names) for e in (0, 1)]
+    results = [
+        DynamicsResult(
+            epoch=e, accuracy=0.5 + e / 4, per_class_accuracy={EVIL_CLASS: 0.25 * e, "square": 0.5}, class_names=names
+        )
+        for e in (0, 1)
+    ]
     (dyn / "metrics.jsonl").write_text("".join(json.dumps(r.record()) + "\n" for r in results))
     (dyn / "section.json").write_text(json.dumps(results[-1].section()))
     for e in (0, 1):
@@ -142,7 +147,7 @@ def hostile_run(tmp_path):
     cam = root / "cam"
     cam.mkdir()
     per_map = {EVIL_LAYER: {"pointing_game": 0.5}, "aggregate": {"pointing_game": 0.75}}
-    result = CAMProbeResult(1, 0.4, 0.2, per_map)
+    result = CAMProbeResult(epoch=1, target_probability=0.4, pointing_game_chance=0.2, per_map=per_map)
     (cam / "metrics.jsonl").write_text(json.dumps(result.record()) + "\n")
     spec = result.section()
     spec["title"] = f"CAM {EVIL_CLASS}"

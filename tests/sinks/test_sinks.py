@@ -59,7 +59,7 @@ def test_sink_writes_tensorboard_and_artifacts(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "tb"))
-    sink = Sink("demo", writer, ArtifactStore(tmp_path / "art"), BackgroundWriter())
+    sink = Sink("demo", writer, ArtifactStore(tmp_path / "art"), background=BackgroundWriter())
     sink.scalars({"a": torch.tensor(0.5), "b": torch.tensor(2.0)}, step=3)
     sink.image("img", np.zeros((4, 5, 3), np.uint8), step=3, artifact=True)
     sink.npz(3, "t", x=torch.ones(2))

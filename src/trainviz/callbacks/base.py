@@ -302,7 +302,7 @@ class ProbeCallback(Callback):
         if trainer.is_global_zero:
             # fast_dev_run: probes still run (their errors show) but nothing is written
             if trainer.fast_dev_run:
-                self.sink = Sink(self.name, None, None, BackgroundWriter())
+                self.sink = Sink(self.name, None, None, background=BackgroundWriter())
             else:
                 self.sink = make_sink(trainer, self.name, log_dir, self)
                 if self.budget is not None:

@@ -168,7 +168,7 @@ class CAMCallback(ProbeCallback):
 
     # setup and running -----------------------------------------------------------------------------
     def _config(self, layers: dict[str, torch.nn.Module]) -> CAMConfig:
-        return CAMConfig(layers, self.options, self.batch_size, self.norm, self.display)
+        return CAMConfig(layers, self.options, batch_size=self.batch_size, norm=self.norm, display=self.display)
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

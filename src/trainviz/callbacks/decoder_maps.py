@@ -164,7 +164,14 @@ class DecoderMapCallback(ProbeCallback):
             raise ValueError(f"{type(self).__name__}: {err}") from err
         o = self.options
         config = DecoderMapConfig(
-            self.layer_name, o.n_tracked, o.n_grid, o.n_examples, o.sharpness, self.batch_size, self.norm, self.display
+            self.layer_name,
+            n_tracked=o.n_tracked,
+            n_grid=o.n_grid,
+            n_examples=o.n_examples,
+            sharpness=o.sharpness,
+            batch_size=self.batch_size,
+            norm=self.norm,
+            display=self.display,
         )
         probe = self.device_probe(pl_module)
         self.prober = DecoderMapProbe(probe, config, self.tracker, tracked_maps=self.tracked_maps)

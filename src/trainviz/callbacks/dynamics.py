@@ -73,7 +73,9 @@ class DynamicsCallback(ProbeCallback):
 
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        config = DynamicsConfig(self.options.n_examples, self.batch_size, self.norm, self.display)
+        config = DynamicsConfig(
+            n_examples=self.options.n_examples, batch_size=self.batch_size, norm=self.norm, display=self.display
+        )
         self.prober = DynamicsProbe(self.device_probe(pl_module), config)
         with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`)
             self.prober.compute(self.logits_model(pl_module), Share.of(self.prober.probe.subset(0, 2)), True, None)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from trainviz.core.threads import contention
@@ -52,6 +52,7 @@ class Ledger:
     """One callback's account: its fraction, what it spent, and its runs and skips."""
 
     fraction: float
+    _: KW_ONLY
     foreground: float = 0.0
     background: float = 0.0  # worker threads (UMAP, t-SNE), weighted by contention
     writer: float = 0.0  # the sink's writer thread (PNG, npz, TensorBoard), weighted by contention

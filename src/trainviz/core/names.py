@@ -13,7 +13,8 @@ description and direction: ``"Deletion AUC: area under ... (lower is better)."``
 Example:
     >>> names = NameTable([
     ...     Metric("clean/accuracy", True, "accuracy on the clean probe set", aliases=("clean_accuracy",)),
-    ...     Metric("accuracy/{corruption}", True, "accuracy under a corruption", ("corruption_accuracy/{corruption}",)),
+    ...     Metric("accuracy/{corruption}", True, "accuracy under a corruption",
+    ...            aliases=("corruption_accuracy/{corruption}",)),
     ... ])
     >>> names.canonical("corruption_accuracy/fog"), names.metric("clean_accuracy").higher_is_better
     ('accuracy/fog', True)
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 __all__ = ["Metric", "NameTable", "UnknownNameError"]
@@ -53,6 +54,7 @@ class Metric:
     name: str
     higher_is_better: bool | None
     description: str
+    _: KW_ONLY
     aliases: tuple[str, ...] = ()
     logged: bool = True
     summarized: bool = True

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,7 @@ class ProbeSet:
     images: torch.Tensor
     labels: torch.Tensor
     ids: torch.Tensor
+    _: KW_ONLY
     masks: torch.Tensor | None = None
     class_names: list[str] | None = field(default=None)
 

@@ -152,7 +152,7 @@ class Task:
     A context manager; :meth:`update` is a :data:`Reporter`. No call raises.
     """
 
-    def __init__(self, trainer: Any, desc: str, total: int | None = None, estimate: float | None = None) -> None:
+    def __init__(self, trainer: Any, desc: str, total: int | None = None, *, estimate: float | None = None) -> None:
         self.desc, self.total, self.done, self.note = desc, total, 0, ""
         self.start = time.perf_counter()
         self.display: _Display | None = display_for(trainer)
@@ -219,6 +219,6 @@ class Task:
 def task(trainer: Any, desc: str, total: int | None = None, estimate: float | None = None) -> Task:
     """A :class:`Task` on ``trainer``'s progress display (nothing shows without one, or on ranks other than 0)."""
     try:
-        return Task(trainer, desc, total, estimate)
+        return Task(trainer, desc, total, estimate=estimate)
     except Exception:
         return Task(None, desc)

@@ -60,6 +60,7 @@ class TensorImageDataset(Dataset):
         images: torch.Tensor,
         labels: torch.Tensor,
         masks: torch.Tensor | None = None,
+        *,
         class_names: Sequence[str] | None = None,
     ) -> None:
         self.images, self.labels, self.masks = images, labels, masks

@@ -50,7 +50,7 @@ class DigitsDataModule(TensorImageDataModule):
     in_channels = 1
 
     def __init__(
-        self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, size: int = 32, val_fraction: float = 0.2
+        self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, *, size: int = 32, val_fraction: float = 0.2
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if not 0 < check_float("val_fraction", val_fraction) < 1:

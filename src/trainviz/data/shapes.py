@@ -125,6 +125,7 @@ class ShapesDataModule(TensorImageDataModule):
         n_train: int = 2400,
         n_val: int = 600,
         size: int = 32,
+        *,
         colour_bias: float = 0.75,
         batch_size: int = 64,
         num_workers: int = 0,

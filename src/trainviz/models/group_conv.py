@@ -109,6 +109,7 @@ class GroupConvDecoder(nn.Module):
         in_channels: int,
         num_classes: int,
         dropout: float = 0.3,
+        *,
         upsample_stages: int = 2,
         variant: DecoderName = "seed003",
     ) -> None:
@@ -266,9 +267,9 @@ class ClassMapNet(nn.Module):
         num_classes: int,
         encoder: nn.Module | EncoderName = "resnet18",
         in_channels: int = 3,
+        *,
         encoder_channels: int | None = None,
         pretrained_path: str | os.PathLike[str] | None = None,
-        *,
         dropout: float = 0.3,
         upsample_stages: int = 2,
         decoder: DecoderName = "seed003",
@@ -300,7 +301,9 @@ class ClassMapNet(nn.Module):
             load_pretrained(self.encoder, pretrained_path, strict="missing")
         if encoder_channels is None:
             encoder_channels = feature_channels(self.encoder, in_channels)
-        self.decoder = GroupConvDecoder(encoder_channels, num_classes, dropout, upsample_stages, decoder)
+        self.decoder = GroupConvDecoder(
+            encoder_channels, num_classes, dropout, upsample_stages=upsample_stages, variant=decoder
+        )
 
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits, maps)`` from one forward pass."""

@@ -53,6 +53,7 @@ class ClassMapClassifier(DemoClassifier):
         num_classes: int = 6,
         in_channels: int = 3,
         encoder: EncoderName = "small",
+        *,
         lr: float = 3e-3,
         pretrained_path: str | os.PathLike[str] | None = None,
         dropout: float = 0.3,

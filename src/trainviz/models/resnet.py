@@ -241,6 +241,7 @@ class ResNetClassifier(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         widths: Sequence[int] = (16, 32, 64),
+        *,
         blocks: Sequence[int] = (1, 1, 1),
         stem: Stem = "small",
     ) -> None:

@@ -67,7 +67,7 @@ class DemoClassifier(pl.LightningModule):
     """
 
     def __init__(
-        self, num_classes: int = 6, in_channels: int = 3, arch: Literal["cnn", "resnet"] = "cnn", lr: float = 3e-3
+        self, num_classes: int = 6, in_channels: int = 3, arch: Literal["cnn", "resnet"] = "cnn", *, lr: float = 3e-3
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -178,7 +178,7 @@ def _layer_dict(
 # --------------------------------------------------------------------------------------------------
 # the one forward + one truncated backward
 # --------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class LayerPass:
     """What one forward (and one truncated backward per target) gives, all detached.
 
@@ -423,7 +423,7 @@ def _raw_maps(p: LayerPass, method: Method, fc_weight: torch.Tensor | None) -> d
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CAMResult:
     """Class activation maps of one batch.
 
@@ -484,7 +484,14 @@ def maps_from_pass(
     if p.single:
         raw, maps = {n: r[:, 0] for n, r in raw.items()}, {n: m[:, 0] for n, m in maps.items()}
         agg, guided = agg[:, 0], None if guided is None else guided[:, 0]
-    return CAMResult(maps, agg, raw, p.logits, p.targets[:, 0] if p.single else p.targets, guided)
+    return CAMResult(
+        maps=maps,
+        aggregate=agg,
+        raw=raw,
+        logits=p.logits,
+        targets=p.targets[:, 0] if p.single else p.targets,
+        guided=guided,
+    )
 
 
 def _batched(
@@ -598,6 +605,7 @@ class ClassActivationMaps:
         model: nn.Module,
         layers: Layers = "auto",
         method: Method = "gradcam",
+        *,
         aggregate: Aggregate = "mean",
         fc_layer: LayerSpec | None = None,
         reshape: Reshape = None,

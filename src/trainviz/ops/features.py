@@ -226,7 +226,7 @@ def unit_view(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ActivationStats:
     """Statistics of one layer's outputs over a population (definitions in the module docstring).
 

@@ -252,7 +252,7 @@ def _noise(keys: Sequence[str], shape: tuple[int, ...], base: int) -> torch.Tens
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MaxResult:
     """What :func:`maximize` returns.
 
@@ -436,4 +436,6 @@ def maximize(
             images = gaussian_blur(images, float(smoothing))
         x = to_input(images)
         act = objective(x)
-        return MaxResult(images, x, act, penalised(x, act), history, keys)
+        return MaxResult(
+            images=images, inputs=x, activation=act, objective=penalised(x, act), history=history, keys=keys
+        )

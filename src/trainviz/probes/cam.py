@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -135,6 +135,7 @@ class CAMConfig:
 
     layers: dict[str, nn.Module]
     options: CAMOptions = field(default_factory=CAMOptions)
+    _: KW_ONLY
     batch_size: int = 64
     norm: Normalization | None = None
     display: Display | None = None
@@ -153,7 +154,7 @@ class CAMPlan:
         return self.faithfulness
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CAMProbeResult(Result):
     """One run. The record is flat: ``{"epoch", "target_probability", "pointing_game_chance" (with masks),
     "<key>/<metric>"}`` for each map key (every layer, and ``aggregate``) and metric (``pointing_game``,
@@ -208,7 +209,12 @@ class CAMProbeResult(Result):
             if "/" in name:
                 key, metric = name.rsplit("/", 1)
                 per_map.setdefault(key, {})[metric] = float("nan") if value is None else value
-        return cls(record["epoch"], record["target_probability"], record.get("pointing_game_chance"), per_map)
+        return cls(
+            epoch=record["epoch"],
+            target_probability=record["target_probability"],
+            pointing_game_chance=record.get("pointing_game_chance"),
+            per_map=per_map,
+        )
 
     def render(self) -> dict[str, np.ndarray]:
         if self.maps is None:
@@ -381,7 +387,7 @@ _MEANS = {  # per-image array -> the scalar that is its mean over the probe set
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CAMPartial:
     """What one share computes (CPU tensors, in share order): the maps, their per-image metrics, and the guided
     Grad-CAM of the share's grid images.
@@ -455,7 +461,16 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         data, config = share.data, self.config
         if len(share) == 0:  # nothing to explain here; merge leaves it out
             empty = torch.empty(0)
-            return CAMPartial({}, {}, empty, empty.long(), {}, None, None, len(config.layers))
+            return CAMPartial(
+                maps={},
+                small={},
+                probs=empty,
+                targets=empty.long(),
+                per_image={},
+                chance=None,
+                guided=None,
+                n_layers=len(config.layers),
+            )
         result = class_maps(model, data.images, data.labels, config)
         maps = {**result.maps, "aggregate": result.aggregate}
         per_image: dict[str, torch.Tensor] = {}
@@ -539,10 +554,10 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
             shown = {i: g for p in parts for i, g in (p.guided or {}).items()}
             guided = torch.stack([shown[i] for i in idx])
         result = CAMProbeResult(
-            self.epoch,
-            floats["target_probability"],
-            floats.get("pointing_game_chance"),
-            per_map,
+            epoch=self.epoch,
+            target_probability=floats["target_probability"],
+            pointing_game_chance=floats.get("pointing_game_chance"),
+            per_map=per_map,
             maps=maps,
             probs=probs,
             labels=labels,

@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,7 @@ class DecoderMapConfig:
     """
 
     layer: str
+    _: KW_ONLY
     n_tracked: int = _DEFAULTS.n_tracked
     n_grid: int = _DEFAULTS.n_grid
     n_examples: int = _DEFAULTS.n_examples
@@ -140,7 +141,7 @@ def _pick(labels: list[int], candidates: Sequence[int], n: int) -> list[int]:
     return [candidates[i] for i in example_indices([labels[i] for i in candidates], n)] if candidates else []
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DecoderMapResult(Result):
     """One run. The record: ``{"epoch", "layer", "accuracy", "stability": {class: value} or None (first run),
     "sharpness_measure", "sharpness": {corr_correct, corr_wrong, mean_correct, mean_wrong}, "n_correct",
@@ -198,14 +199,14 @@ class DecoderMapResult(Result):
 
         stability = None if record["stability"] is None else floats(record["stability"])
         return cls(
-            record["epoch"],
-            record["layer"],
-            record["accuracy"],
-            stability,
-            record["sharpness_measure"],
-            floats(record["sharpness"]),
-            record["n_correct"],
-            record["n_wrong"],
+            epoch=record["epoch"],
+            layer=record["layer"],
+            accuracy=record["accuracy"],
+            stability=stability,
+            sharpness_measure=record["sharpness_measure"],
+            sharpness=floats(record["sharpness"]),
+            n_correct=record["n_correct"],
+            n_wrong=record["n_wrong"],
         )
 
     def render(self) -> dict[str, np.ndarray]:

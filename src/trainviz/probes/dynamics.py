@@ -55,7 +55,7 @@ class DynamicsOptions(Options):
         self.set(n_examples=check_positive_int("n_examples", self.n_examples))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DynamicsConfig:
     """What a run computes and shows: the options and what setup resolves.
 
@@ -128,15 +128,15 @@ class DynamicsProbe(Probe[bool, DynamicsPartial, DynamicsResult]):
             torch.from_numpy(host["pixels"]).float(), probs[idx], names, [int(v) for v in labels[idx].tolist()]
         )
         return DynamicsResult(
-            self.epoch,
-            float((pred == labels).double().mean()),
-            {n: float(v) for n, v in zip(names, per_class.tolist())},
-            names,
-            probs,
-            labels,
-            ids,
-            confusion_matrix(pred, labels, k),
-            examples,
+            epoch=self.epoch,
+            accuracy=float((pred == labels).double().mean()),
+            per_class_accuracy={n: float(v) for n, v in zip(names, per_class.tolist())},
+            class_names=names,
+            probs=probs,
+            labels=labels,
+            ids=ids,
+            confusion=confusion_matrix(pred, labels, k),
+            examples=examples,
         )
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DynamicsResult"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DynamicsResult(Result):
     """One run. The record is ``{"epoch", "accuracy", "per_class_accuracy": {name: value}, "class_names"}``
     (NaN, ``None`` in the record, for a class without probe images); the tensors (``probs``, ``labels``, ``ids``,
@@ -54,7 +54,12 @@ class DynamicsResult(Result):
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> DynamicsResult:
         per_class = {n: float("nan") if v is None else v for n, v in record["per_class_accuracy"].items()}
-        return cls(record["epoch"], record["accuracy"], per_class, list(record["class_names"]))
+        return cls(
+            epoch=record["epoch"],
+            accuracy=record["accuracy"],
+            per_class_accuracy=per_class,
+            class_names=list(record["class_names"]),
+        )
 
     def render(self) -> dict[str, np.ndarray]:
         if self.confusion is None:

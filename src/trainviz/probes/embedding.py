@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -275,6 +275,7 @@ class LayerEmbedding:
 
     scores: dict[str, float]
     frame_scores: dict[str, dict[str, float]]
+    _: KW_ONLY
     frames: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     features: np.ndarray | None = field(default=None, repr=False)
 
@@ -285,7 +286,7 @@ class LayerEmbedding:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbeddingResult(Result):
     """One run of the embedding probe.
 
@@ -339,7 +340,13 @@ class EmbeddingResult(Result):
             else:
                 raise ValueError(f"Unknown key {key!r} in an embedding record.")
         methods = tuple(record.get("methods", ()))
-        return cls(int(record["epoch"]), methods, layers, seconds, record.get("worker_seconds"))
+        return cls(
+            epoch=int(record["epoch"]),
+            methods=methods,
+            layers=layers,
+            projection_seconds=seconds,
+            worker_seconds=record.get("worker_seconds"),
+        )
 
     def _wrong(self) -> np.ndarray:
         return self.predictions != self.labels
@@ -622,7 +629,16 @@ def compute(
             seconds[method] += time.perf_counter() - t0
         layers[layer] = emb
     return EmbeddingResult(
-        epoch, methods, layers, seconds, time.perf_counter() - start, ids, labels, preds, names, options.save_features
+        epoch=epoch,
+        methods=methods,
+        layers=layers,
+        projection_seconds=seconds,
+        worker_seconds=time.perf_counter() - start,
+        ids=ids,
+        labels=labels,
+        predictions=preds,
+        class_names=names,
+        save_features=options.save_features,
     )
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -159,6 +159,7 @@ class FeatureConfig:
     """
 
     layers: dict[str, nn.Module]
+    _: KW_ONLY
     filter_layers: dict[str, nn.Module] = field(default_factory=dict)
     rgb_filters: str | None = None
     line_layers: dict[str, nn.Module] = field(default_factory=dict)
@@ -176,7 +177,7 @@ class FeatureConfig:
     display: Display | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FeatureResult(Result):
     """One run. The record is flat: ``{"epoch", "<layer>/<metric>" (metric in dead_fraction, mean, std,
     sparsity; ``None`` when not finite), "channels": {layer: [shown channel indices]}}``. The pictures' inputs
@@ -223,7 +224,7 @@ class FeatureResult(Result):
                 layer, metric = name.rsplit("/", 1)
                 per_layer.setdefault(layer, {})[metric] = float("nan") if value is None else value
         channels = {k: [int(c) for c in v] for k, v in (record.get("channels") or {}).items()}
-        return cls(record["epoch"], per_layer, channels)
+        return cls(epoch=record["epoch"], per_layer=per_layer, channels=channels)
 
     def histograms(self) -> dict[str, Any]:
         return {f"{layer}/activations": s for layer, s in (self.samples or {}).items() if s.size}
@@ -459,7 +460,7 @@ def typed_layers(
     return filters, rgb, {} if found is None else {found[0]: found[1]}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerPartial:
     """One layer's statistics over one share, mergeable over shares (CPU; definitions in
     :mod:`trainviz.ops.features`).
@@ -490,7 +491,7 @@ class LayerPartial:
     maps: torch.Tensor | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FeaturePartial:
     """One share's part (CPU).
 
@@ -594,15 +595,15 @@ def _combine(parts: list[LayerPartial], max_values: int) -> tuple[dict[str, torc
         count = total.count + p.count
         delta = p.mean - total.mean
         total = LayerPartial(
-            count,
-            total.unit_count + p.unit_count,
-            total.nonpositive + p.nonpositive,
-            total.unit_sum + p.unit_sum,
-            torch.maximum(total.unit_max, p.unit_max),
-            total.mean + delta * (p.count / count),
-            total.m2 + p.m2 + delta**2 * (total.count * p.count / count),
-            torch.cat([total.keys, p.keys]),
-            torch.cat([total.values, p.values]),
+            count=count,
+            unit_count=total.unit_count + p.unit_count,
+            nonpositive=total.nonpositive + p.nonpositive,
+            unit_sum=total.unit_sum + p.unit_sum,
+            unit_max=torch.maximum(total.unit_max, p.unit_max),
+            mean=total.mean + delta * (p.count / count),
+            m2=total.m2 + p.m2 + delta**2 * (total.count * p.count / count),
+            keys=torch.cat([total.keys, p.keys]),
+            values=torch.cat([total.values, p.values]),
         )
     keys, values = total.keys, total.values
     if keys.numel() > max_values:
@@ -695,15 +696,25 @@ class FeatureProbe(Probe[bool, FeaturePartial, FeatureResult]):
                 continue
             t = {k: host[f"{name}/{k}"] for k in s.t}
             parts[name] = LayerPartial(
-                s.count, s.unit_count, int(t["nonpositive"]), t["unit_sum"], t["unit_max"], t["mean"], t["m2"],
-                t["keys"], t["values"], t.get("channel_sum"), s.channel_count, host.get(f"{name}/maps"),
-            )  # fmt: skip
+                count=s.count,
+                unit_count=s.unit_count,
+                nonpositive=int(t["nonpositive"]),
+                unit_sum=t["unit_sum"],
+                unit_max=t["unit_max"],
+                mean=t["mean"],
+                m2=t["m2"],
+                keys=t["keys"],
+                values=t["values"],
+                channel_sum=t.get("channel_sum"),
+                channel_count=s.channel_count,
+                maps=host.get(f"{name}/maps"),
+            )
         return FeaturePartial(
-            parts,
-            [pos for pos, _ in mine],
-            host.get("shown_pred", torch.zeros(0, dtype=torch.long)),
-            {name: host[f"points/{name}"] for name in lines if f"points/{name}" in host},
-            {k: host[f"weights/{k}"] for k in weights},
+            layers=parts,
+            shown=[pos for pos, _ in mine],
+            shown_pred=host.get("shown_pred", torch.zeros(0, dtype=torch.long)),
+            points={name: host[f"points/{name}"] for name in lines if f"points/{name}" in host},
+            weights={k: host[f"weights/{k}"] for k in weights},
         )
 
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -781,9 +792,9 @@ class FeatureProbe(Probe[bool, FeaturePartial, FeatureResult]):
             name: (weights[f"tiles/{name}"].float(), int(weights[f"ncols/{name}"])) for name in config.filter_layers
         }
         return FeatureResult(
-            self.epoch,
-            per_layer,
-            {name: [int(c) for c in v] for name, v in chosen.items()},
+            epoch=self.epoch,
+            per_layer=per_layer,
+            channels={name: [int(c) for c in v] for name, v in chosen.items()},
             samples=samples,
             unit_mean=unit_mean,
             unit_max=unit_max,

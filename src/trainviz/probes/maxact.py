@@ -203,7 +203,7 @@ def image_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).float()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MaxActResult(Result):
     """One run: each target's final activation and how far its image moved since the previous run (``None`` on
     the first run), with the images to show.
@@ -237,7 +237,7 @@ class MaxActResult(Result):
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MaxActResult:
         activation = {k: float("nan") if v is None else float(v) for k, v in record["activation"].items()}
-        return cls(record["epoch"], activation, dict(record.get("moved") or {}))
+        return cls(epoch=record["epoch"], activation=activation, moved=dict(record.get("moved") or {}))
 
     def groups(self) -> dict[str, list[int]]:
         """``{group: [target index, ...]}`` in target order."""
@@ -336,7 +336,7 @@ def _named(keys: list[str], metric: str) -> Metric:
 
 
 # the compute contract ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MaxActPlan:
     """What a run optimises (plain data): the ``targets`` in order, ``steps`` Adam steps, images ``upscale``
     times the probe side; ``final``: the fit-end high-quality pass (no ``moved``, kept out of the history)."""
@@ -450,8 +450,14 @@ class MaxActProbe(Probe[MaxActPlan, MaxActPartial, MaxActResult]):
             self.skipped = [("run", f"last run took {cost:.2f} s, credit {seconds:.2f} s")]
             return None
         if final:
-            return MaxActPlan(credit.epoch, self.targets, self.options.final_steps, self.options.final_upscale, True)
-        return MaxActPlan(credit.epoch, self.targets, self.options.steps)
+            return MaxActPlan(
+                epoch=credit.epoch,
+                targets=self.targets,
+                steps=self.options.final_steps,
+                upscale=self.options.final_upscale,
+                final=True,
+            )
+        return MaxActPlan(epoch=credit.epoch, targets=self.targets, steps=self.options.steps)
 
     def shares(self, plan: MaxActPlan, world: int) -> list[Share[list[Any]]]:
         """Every rank's share of the plan's targets, in rank order."""
@@ -499,9 +505,9 @@ class MaxActProbe(Probe[MaxActPlan, MaxActPartial, MaxActResult]):
             for i, value in zip(have, image_correlation(images[have], before).tolist()):
                 moved[keys[i]] = value
         result = MaxActResult(
-            plan.epoch,
-            dict(zip(keys, activation.double().tolist())),
-            moved,
+            epoch=plan.epoch,
+            activation=dict(zip(keys, activation.double().tolist())),
+            moved=moved,
             images=images,
             labels=[label_of(t, self.probe.class_names) for t in plan.targets],
             final=plan.final,

@@ -390,7 +390,7 @@ class RobustnessConfig:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RobustnessPartial:
     """What one share of the probe set contributes (CPU tensors and numbers, gathered between processes): per
     image and row (block 0 clean, then each row of the plan) the prediction, its confidence and the NLL of the
@@ -569,7 +569,9 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         config, data, n, rows = self.config, share.data, len(share), plan.rows
         if n == 0:
             empty = torch.zeros(1 + len(rows), 0)
-            return RobustnessPartial(share.start, share.stop, 0, empty.long(), empty, empty.double())
+            return RobustnessPartial(
+                start=share.start, stop=share.stop, classes=0, pred=empty.long(), confidence=empty, nll=empty.double()
+            )
         mine = lambda chosen: [i - share.start for i in chosen if share.start <= i < share.stop]  # noqa: E731
         local = mine(self.examples)
         tiles = _example_tiles(inputs, n, rows, local, config.norm, config.display_channels) if local else None
@@ -595,7 +597,13 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         host = {key: torch.from_numpy(a).to(values[key].dtype) for key, a in to_cpu(values).items()}  # one transfer
         path = {key[11:]: host.pop(key) for key in list(host) if key.startswith("trajectory_")}
         return RobustnessPartial(
-            share.start, share.stop, k, **host, trajectory=path or None, examples=tiles, seconds=seconds
+            start=share.start,
+            stop=share.stop,
+            classes=k,
+            **host,
+            trajectory=path or None,
+            examples=tiles,
+            seconds=seconds,
         )
 
     # merge ---------------------------------------------------------------------------------------------
@@ -643,7 +651,9 @@ def _merge_tiles(parts: list[Examples], order: list[int]) -> Examples | None:
     indices = [i for p in parts for i in p.indices]
     tiles = np.concatenate([p.tiles for p in parts], axis=1)
     pick = [indices.index(i) for i in order if i in indices]
-    return Examples(parts[0].columns, [indices[j] for j in pick], tiles[:, pick], parts[0].titles)
+    return Examples(
+        columns=parts[0].columns, indices=[indices[j] for j in pick], tiles=tiles[:, pick], titles=parts[0].titles
+    )
 
 
 def compute(
@@ -707,7 +717,9 @@ def _example_tiles(
         name if corruption_spec(name).severities == 1 else f"{name}\ns{severity}"
         for name, severity in (rows[c - 1] for c in columns[1:])
     ]
-    return Examples(columns, idx, flat.reshape(len(columns), len(idx), *flat.shape[1:]), titles)
+    return Examples(
+        columns=columns, indices=idx, tiles=flat.reshape(len(columns), len(idx), *flat.shape[1:]), titles=titles
+    )
 
 
 def _forward(
@@ -975,39 +987,39 @@ def _result(
         flipped = steps[steps >= 0]
         mean, median = (float(flipped.mean()), float(np.median(flipped))) if flipped.size else (math.nan, math.nan)
         flip = Flip(
-            config.flip_step_size,
-            config.flip_max_steps,
-            mean,
-            median,
-            int((steps < 0).sum()),
-            float((steps < 0).mean()),
+            step_size=config.flip_step_size,
+            max_steps=config.flip_max_steps,
+            steps_mean=mean,
+            steps_median=median,
+            never_flipped=int((steps < 0).sum()),
+            never_fraction=float((steps < 0).mean()),
         )
     pgd = None
     if config.epsilons and config.pgd_steps > 0:
         pgd = Pgd(
-            list(config.epsilons),
-            v["pgd_accuracy"].tolist() if "pgd_accuracy" in v else [],
-            config.pgd_steps,
-            config.pgd_step_factor,
-            "pgd_accuracy" in v,
-            config.pgd_every,
-            config.seed,
+            epsilons=list(config.epsilons),
+            accuracy=v["pgd_accuracy"].tolist() if "pgd_accuracy" in v else [],
+            steps=config.pgd_steps,
+            step_factor=config.pgd_step_factor,
+            ran="pgd_accuracy" in v,
+            every=config.pgd_every,
+            seed=config.seed,
         )
     trajectory = None
     if "trajectory_predictions" in v:
         picked = v["trajectory_index"].astype(np.int64)
         trajectory = Trajectories(
-            config.flip_step_size,
-            config.trajectory_steps,
-            config.random_directions,
-            config.radius_factor,
-            v["ids"].astype(np.int64)[picked].tolist(),
-            v["labels"].astype(np.int64)[picked].tolist(),
-            v["trajectory_predictions"].astype(np.int64).tolist(),
-            v["trajectory_flip"].astype(np.int64).tolist(),
-            v["trajectory_distance"].tolist(),
-            v["trajectory_random"].tolist(),
-            DIRECTIONS_PER_IMAGE if config.random_directions > 0 else None,
+            step_size=config.flip_step_size,
+            steps=config.trajectory_steps,
+            samples=config.random_directions,
+            radius_factor=config.radius_factor,
+            ids=v["ids"].astype(np.int64)[picked].tolist(),
+            labels=v["labels"].astype(np.int64)[picked].tolist(),
+            predictions=v["trajectory_predictions"].astype(np.int64).tolist(),
+            flip_step=v["trajectory_flip"].astype(np.int64).tolist(),
+            distance=v["trajectory_distance"].tolist(),
+            random_flip=v["trajectory_random"].tolist(),
+            directions=DIRECTIONS_PER_IMAGE if config.random_directions > 0 else None,
         )
     reliability = {
         part: Reliability(
@@ -1018,12 +1030,12 @@ def _result(
         for part in ("clean", "corrupted")
     }
     images = PerImage(
-        v["pred"].astype(np.int64),
-        v["confidences"],
-        v["labels"].astype(np.int64),
-        v["ids"].astype(np.int64),
-        None if shift is None else v["cam_shift"],
-        v["steps"].astype(np.int64) if "steps" in v else None,
+        pred=v["pred"].astype(np.int64),
+        confidences=v["confidences"],
+        labels=v["labels"].astype(np.int64),
+        ids=v["ids"].astype(np.int64),
+        cam_shift=None if shift is None else v["cam_shift"],
+        steps=v["steps"].astype(np.int64) if "steps" in v else None,
     )
     return RobustnessResult(
         epoch=epoch,

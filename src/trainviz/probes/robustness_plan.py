@@ -208,7 +208,7 @@ class RobustnessOptions(Options):
 # across runs ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RobustnessHistory:
     """What the probe keeps across runs (rank 0): the corruption whose turn it is next under a budget
     (``rotation``), the runs since PGD last ran (``since_pgd``, ``None``: never, PGD is due) and the seconds of

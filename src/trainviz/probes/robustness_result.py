@@ -238,7 +238,7 @@ def _plain(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 # the parts -----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Means:
     """Accuracy, mean confidence (top probability), NLL, ECE (15 bins) and flip rate against the clean prediction
     of a set of images (the flip rate is ``None`` for the clean set itself)."""
@@ -251,10 +251,10 @@ class Means:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Means:
-        return cls(*(_num(record.get(s)) for s in STATS), _opt(record, "flip_rate"))  # type: ignore[call-arg]
+        return cls(**{s: _num(record.get(s)) for s in STATS}, flip_rate=_opt(record, "flip_rate"))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row(Means):
     """One row of the corruption x severity table (``"clean"``, severity 0, for the clean probe set), with the
     accuracy of each class (NaN for a class without images) and, when measured, the mean CAM shift."""
@@ -282,7 +282,7 @@ class Row(Means):
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CorruptionStats(Means):
     """One corruption, averaged over its severities, with its corruption error ``ce`` and relative ``ce``."""
 
@@ -312,7 +312,7 @@ class Fgsm:
     accuracy: list[float]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Pgd:
     """L-inf PGD (Madry et al. 2018; :func:`trainviz.ops.adversarial.pgd`): whether it ran in this run (``ran``;
     it runs every ``every``-th run, and under a budget when it fits), with ``steps`` signed-gradient steps of
@@ -321,7 +321,7 @@ class Pgd:
     did not run).
 
     Example:
-        >>> p = Pgd([4 / 255], [0.25], steps=10, step_factor=2.5, ran=True, every=4, seed=0)
+        >>> p = Pgd(epsilons=[4 / 255], accuracy=[0.25], steps=10, step_factor=2.5, ran=True, every=4, seed=0)
         >>> [round(a, 6) for a in p.step_size], p.measured
         ([0.003922], True)
     """
@@ -360,7 +360,7 @@ class Pgd:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Flip:
     """Gradient-ascent steps until the prediction changes: mean and median over the images that flipped, and how
     many never did within ``max_steps``."""
@@ -373,7 +373,7 @@ class Flip:
     never_fraction: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trajectories:
     """The adversarial trajectories of Fleuret's lecture "Under the hood" on a few probe images: the class
     predicted at every gradient-ascent iteration (``predictions[i][k]``, iteration 0 the clean image), the first
@@ -394,8 +394,9 @@ class Trajectories:
     own rate has the bound of ``samples`` points alone (0.049 at 60 points and no flip).
 
     Example:
-        >>> t = Trajectories(0.5, 2, 100, 2.0, [7, 9], [0, 1], [[0, 1, 1], [1, 1, 1]], [1, -1], [0.3, float("nan")],
-        ...                  [0.0, float("nan")])
+        >>> t = Trajectories(step_size=0.5, steps=2, samples=100, radius_factor=2.0, ids=[7, 9], labels=[0, 1],
+        ...                  predictions=[[0, 1, 1], [1, 1, 1]], flip_step=[1, -1], distance=[0.3, float("nan")],
+        ...                  random_flip=[0.0, float("nan")])
         >>> t.flip_rate, t.flip_step_mean, t.random_direction_flip_rate
         (0.5, 1.0, 0.0)
         >>> t.random_direction_flips, t.random_direction_points, round(t.random_direction_flip_rate_upper95, 4)
@@ -490,7 +491,7 @@ class Trajectories:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Schedule:
     """What ran (under a budget, a part of the suite): rows of the table out of the active ones, corruptions out of
     the active ones, and the budget."""
@@ -503,8 +504,10 @@ class Schedule:
 
     @classmethod
     def of_run(cls, rows: list[tuple[str, int]], active: list[tuple[str, int]], budget: float | None) -> Schedule:
-        distinct = (len(dict.fromkeys(name for name, _ in part)) for part in (rows, active))
-        return cls(len(rows), len(active), *distinct, budget)  # type: ignore[call-arg]
+        corruptions, of_corruptions = (len(dict.fromkeys(name for name, _ in part)) for part in (rows, active))
+        return cls(
+            rows=len(rows), of=len(active), corruptions=corruptions, of_corruptions=of_corruptions, budget=budget
+        )
 
 
 @dataclass
@@ -516,7 +519,7 @@ class Reliability:
     count: list[int]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PerImage:
     """Per-image outcomes (not in the record; ``table.npz`` and ``adversarial.npz``): predictions and confidences
     of every row (row 0 clean), labels and ids, the CAM shift of each corrupted image (NaN for flat maps) and the
@@ -533,10 +536,17 @@ class PerImage:
     def from_arrays(cls, table: Mapping[str, np.ndarray], adversarial: Mapping[str, np.ndarray] | None) -> PerImage:
         """Back from the arrays :meth:`RobustnessResult.arrays` wrote."""
         steps = (adversarial or {}).get("steps")
-        return cls(table["pred"], table["confidences"], table["labels"], table["ids"], table.get("cam_shift"), steps)
+        return cls(
+            pred=table["pred"],
+            confidences=table["confidences"],
+            labels=table["labels"],
+            ids=table["ids"],
+            cam_shift=table.get("cam_shift"),
+            steps=steps,
+        )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Examples:
     """The example grid's pictures: the blocks shown (``columns``: 0 clean, then each corruption at its highest
     severity), the probe images shown (``indices``), their uint8 tiles ``(S, n, H, W, 3)`` and column titles."""
@@ -550,7 +560,7 @@ class Examples:
 # the result ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RobustnessResult(Result):
     """One run of the robustness probe (see the module docstring for the flat metrics).
 

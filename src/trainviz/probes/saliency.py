@@ -226,7 +226,7 @@ class SaliencyConfig(SaliencyOptions):
     sanity_mode: str = "layers"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SaliencyPlan:
     """What one run computes (plain data).
 
@@ -245,7 +245,7 @@ class SaliencyPlan:
     whole: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SaliencyPartial:
     """One share's numbers, on the CPU, per image in share order (``logits`` ``None``: an empty share).
 
@@ -392,7 +392,7 @@ def _tail(text: str, n: int) -> str:
     return text if len(text) <= n else ".." + text[-(n - 2) :]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SaliencyResult(Result):
     """One run. The record: ``{"epoch", "target_probability", "pointing_game_chance" (with masks), "methods":
     {method: {"deletion_auc", "insertion_auc", "pointing_game" (with masks)}}}``, and at sanity runs
@@ -476,12 +476,14 @@ class SaliencyResult(Result):
         chance = record.get("pointing_game_chance")
         probability = record.get("target_probability")
         return cls(
-            record["epoch"],
-            float("nan") if probability is None else probability,
-            None if "pointing_game_chance" not in record else (float("nan") if chance is None else chance),
-            {m: floats(v) for m, v in record.get("methods", {}).items()},
-            None if sanity is None else {m: floats(v) for m, v in sanity.items()},
-            None if logit is None else floats(logit),
+            epoch=record["epoch"],
+            target_probability=float("nan") if probability is None else probability,
+            pointing_game_chance=(
+                None if "pointing_game_chance" not in record else (float("nan") if chance is None else chance)
+            ),
+            per_method={m: floats(v) for m, v in record.get("methods", {}).items()},
+            sanity=None if sanity is None else {m: floats(v) for m, v in sanity.items()},
+            random_logit=None if logit is None else floats(logit),
             sanity_layers=record.get("sanity_layers"),
             sanity_mode=record.get("sanity_steps"),
             sanity_groups=record.get("sanity_groups"),
@@ -667,7 +669,7 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
         self.skipped = []
         due = self.history.sanity_due(self.config.sanity_every)
         seed = run_seed(self.config.probe_seed, credit.epoch)
-        whole = SaliencyPlan(credit.epoch, seed, tuple(self.config.methods), due)
+        whole = SaliencyPlan(epoch=credit.epoch, seed=seed, methods=tuple(self.config.methods), sanity=due)
         seconds = credit.seconds
         cost = self.costs.get("sanity" if due else "maps")
         if seconds is None or credit.essential or cost is None or cost <= seconds:
@@ -693,7 +695,7 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
         start = time.perf_counter()
         data, c = share.data, self.config
         if len(share) == 0:
-            return SaliencyPartial(share.start, time.perf_counter() - start)
+            return SaliencyPartial(start=share.start, seconds=time.perf_counter() - start)
         logits = predict_logits(model, data.images, c.batch_size).float()
         targets = (data.labels if c.target == "true" else logits.argmax(1)).to(data.images.device)
         maps = saliency_maps(model, data.images, targets, c, plan.seed, share.indices, plan.methods)
@@ -704,7 +706,9 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
                 per_image[f"{kind}_curve/{method}"], per_image[f"{kind}_auc/{method}"] = curve, auc
             if data.masks is not None:
                 per_image[f"pointing_hit/{method}"] = pointing_game(m, data.masks)
-        partial = SaliencyPartial(share.start, 0.0, logits, targets, maps, per_image)
+        partial = SaliencyPartial(
+            start=share.start, seconds=0.0, logits=logits, targets=targets, maps=maps, per_image=per_image
+        )
         if plan.sanity:
             self._sanity(model, share, targets, logits.shape[1], plan, partial)
         out = _to_cpu(partial)
@@ -851,12 +855,12 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
             return pictures(probe.images[rows].float(), c.norm, c.display)
 
         return SaliencyResult(
-            plan.epoch,
-            floats["target_probability"],
-            floats.get("pointing_game_chance"),
-            per_method,
-            sanity_scores,
-            random_scores,
+            epoch=plan.epoch,
+            target_probability=floats["target_probability"],
+            pointing_game_chance=floats.get("pointing_game_chance"),
+            per_method=per_method,
+            sanity=sanity_scores,
+            random_logit=random_scores,
             maps=maps,
             probs=probs,
             labels=probe.labels,
@@ -916,7 +920,9 @@ def compute(model: nn.Module, probe: ProbeSet, config: SaliencyConfig, *, epoch:
             the images, ...).
     """
     prober = SaliencyProbe(probe, config)
-    plan = SaliencyPlan(epoch, run_seed(config.probe_seed, epoch), tuple(config.methods), sanity)
+    plan = SaliencyPlan(
+        epoch=epoch, seed=run_seed(config.probe_seed, epoch), methods=tuple(config.methods), sanity=sanity
+    )
     return prober.merge([prober.compute(model, Share.of(probe), plan)], plan)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ class _Side:
 
     items: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    _: KW_ONLY
     compare: list[dict[str, Any]] = field(default_factory=list)
     folder: Path | None = None
 
@@ -74,7 +75,7 @@ def _sections(root: Path) -> dict[str, tuple[str, _Side]]:
     for section in discover(root.resolve()):
         items = [i for i in section.spec.get("curves", []) if isinstance(i, dict)]
         compare = [i for i in section.spec.get("compare", []) if isinstance(i, dict)]
-        side = _Side(items, section.records(), compare, section.folder)
+        side = _Side(items, section.records(), compare=compare, folder=section.folder)
         out.setdefault(section.name, (str(section.spec["title"]), side))
     return out
 

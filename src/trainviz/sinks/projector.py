@@ -164,7 +164,7 @@ class ProjectorWriter:
     """
 
     def __init__(
-        self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter, owner: str = "embedding"
+        self, log_dir: str | os.PathLike, key: str, background: BackgroundWriter, *, owner: str = "embedding"
     ) -> None:
         if not isinstance(key, str) or not key or not all(ch.isalnum() or ch in "-_" for ch in key):
             raise ValueError(f"Expected `key` to be a non-empty name of letters, digits, '-' or '_', got {key!r}.")

@@ -34,7 +34,7 @@ from trainviz.sinks.writer import BackgroundWriter
 __all__ = ["Folder", "make_sink", "open_folders", "release_sinks", "say_once", "where_to_look"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Folder:
     """What the callbacks writing to one log folder share."""
 
@@ -73,7 +73,7 @@ def make_sink(trainer: Any, name: str, log_dir: str, user: object | None = None)
             epochs=getattr(trainer, "max_epochs", None),
         )
     folder.users.add(id(user))
-    return Sink(name, folder.writer, folder.store, folder.background, folder.loggers)
+    return Sink(name, folder.writer, folder.store, background=folder.background, loggers=folder.loggers)
 
 
 def release_sinks(user: object) -> None:

@@ -43,6 +43,7 @@ class Sink:
         callback: str,
         writer: Any | None,
         store: ArtifactStore | None,
+        *,
         background: BackgroundWriter,
         loggers: Sequence[Any] = (),
     ) -> None:
@@ -222,7 +223,7 @@ class Sink:
         if self.writer is None:
             return None
         log_dir = getattr(self.writer, "log_dir", None) or self.writer.get_logdir()
-        return ProjectorWriter(log_dir, key, self.background, self.callback)
+        return ProjectorWriter(log_dir, key, self.background, owner=self.callback)
 
     def busy_seconds(self) -> float:
         """Seconds the writer thread has spent on this callback's writes."""

@@ -5,7 +5,7 @@ face :class:`Corruption`, :func:`register_corruption` for your own, and the two 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -68,6 +68,7 @@ class CorruptionSpec:
     name: str
     fn: Callable[..., Tensor]
     severities: int
+    _: KW_ONLY
     params: tuple[Any, ...] | None
     param_sets: dict[str, tuple[Any, ...]] | None = None
 
@@ -112,7 +113,7 @@ def register_corruption(
         raise ValueError(f"Expected `params` to have one entry per severity ({severities}), got {len(params)}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"Corruption {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = CorruptionSpec(name, fn, severities, None if params is None else tuple(params))
+    _REGISTRY[name] = CorruptionSpec(name, fn, severities, params=None if params is None else tuple(params))
 
 
 def list_corruptions() -> list[str]:
@@ -222,7 +223,7 @@ def _register_builtins() -> None:
     for name in IMAGENET_C:
         op = _adapt(ops[name], random=name not in deterministic)
         sets = {key: table[name] for key, table in CORRUPTION_PARAM_SETS.items()}
-        _REGISTRY[name] = CorruptionSpec(name, op, 5, CORRUPTION_PARAMS[name], sets)
+        _REGISTRY[name] = CorruptionSpec(name, op, 5, params=CORRUPTION_PARAMS[name], param_sets=sets)
 
 
 def _adapt(op: Callable[..., Tensor], random: bool) -> Callable[..., Tensor]:
