@@ -111,11 +111,11 @@ def test_failing_probe_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkey
 
     calls = []
 
-    def boom(self, trainer, pl_module, epoch):
-        calls.append(epoch)
+    def boom(self, pl_module, group, state):  # every share of a run computes here (the compute contract)
+        calls.append(self._trainer.current_epoch)
         raise ValueError("bad probe")
 
-    monkeypatch.setattr(DynamicsCallback, "_run", boom)
+    monkeypatch.setattr(DynamicsCallback, "_compute", boom)
     cb = DynamicsCallback(probe_size=12)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -369,10 +369,10 @@ def test_resume_from_an_earlier_checkpoint_drops_abandoned_epochs_and_warns_agai
     trainer.fit(demo_model(), tiny_dm)
     assert _artifact_epochs(tmp_path, "dynamics") == [0, 1, 2]
 
-    def boom(self, trainer, pl_module, epoch):
+    def boom(self, pl_module, group, state):
         raise ValueError("late failure")
 
-    monkeypatch.setattr(DynamicsCallback, "_run", boom)
+    monkeypatch.setattr(DynamicsCallback, "_compute", boom)
     second = DynamicsCallback(probe_size=12)
     trainer = make_trainer(tmp_path, [second], max_epochs=2, enable_checkpointing=True)
     with pytest.warns(UserWarning, match="late failure"):  # warns again in the new process, once

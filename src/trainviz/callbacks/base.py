@@ -509,9 +509,13 @@ class ProbeCallback(Callback):
         """Short description for warnings (subclasses add their layers)."""
         return f"callback {self.name}"
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:  # pragma: no cover
-        """A probe of one's own without a ``prober`` (see the class example): one run, on rank 0."""
-        raise NotImplementedError
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        """One run in this process alone: the contract with the whole probe set as the share (what benchmarks
+        call). A probe of one's own without a ``prober`` overrides it (see the class example); :meth:`run` then
+        calls it on rank 0."""
+        if self.prober is None:
+            raise NotImplementedError(f"{type(self).__name__} builds no `prober` in `_setup`: implement `_run`.")
+        self._merge([self._compute(pl_module, Collective(), self.prober.state())])
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit-end outputs built from all runs (the probe's :meth:`~trainviz.core.contract.Probe.evolution`: strips
