@@ -58,7 +58,7 @@ def _probe(n: int = 9, side: int = 12, masks: bool = True) -> ProbeSet:
     images = torch.rand(n, 3, side, side, generator=g)
     mask = torch.zeros(n, side, side, dtype=torch.bool)
     mask[:, 3:8, 4:9] = True
-    return ProbeSet(images, torch.arange(n) % 3, torch.arange(n) + 100, mask if masks else None)
+    return ProbeSet(images, torch.arange(n) % 3, torch.arange(n) + 100, masks=mask if masks else None)
 
 
 def _twice(prober, model):
@@ -257,7 +257,7 @@ def test_cam_deletion_auc_curve_says_what_the_table_says():
 
 
 def test_nested_record_curves_take_their_words_from_the_tables():
-    dyn = _curves(DynamicsResult(0, 0.5, {"a/b": 0.5}, ["a/b"]).section())
+    dyn = _curves(DynamicsResult(epoch=0, accuracy=0.5, per_class_accuracy={"a/b": 0.5}, class_names=["a/b"]).section())
     assert dyn["Probe accuracy"]["description"] == dynamics_names.NAMES["accuracy"].text
     per_class = dynamics_names.NAMES["per_class_accuracy/{class*}"]
     assert dyn[per_class.heading]["description"].startswith(per_class.text)
@@ -270,7 +270,7 @@ def test_nested_record_curves_take_their_words_from_the_tables():
 
 
 def test_maxact_curves_of_mixed_targets_are_worded_for_any_target():
-    result = MaxActResult(0, {"0/channel_1": 1.0, "0/unit_1_2_3": 2.0, "classes/0": 3.0}, {})
+    result = MaxActResult(epoch=0, activation={"0/channel_1": 1.0, "0/unit_1_2_3": 2.0, "classes/0": 3.0}, moved={})
     curves = _curves(result.section())
     assert curves["Activation reached: classes"]["description"] == maxact_names.NAMES["classes/{index}/activation"].text
     assert curves["Activation reached: 0"]["description"] == maxact_names.any_target("activation").text
