@@ -197,3 +197,50 @@ def test_ddp_launched_processes_accumulating_gradients_give_the_records_of_one(t
     for key in one:
         assert [r["epoch"] for r in two[key]] == [r["epoch"] for r in one[key]] == [0, 1], key
         _same(one[key], two[key], key)
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_filesystem(tmp_path):
+    """A simulated second node: two launches of one process each (`num_nodes=2`, `NODE_RANK` 0 and 1), each with its
+    own root folder. Only node 0 writes; node 1's folder gets no trainviz artifact; the records are one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+
+    tests = Path(__file__).resolve().parents[1]
+    script = tmp_path / "nodes.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT).replace("devices=int(sys.argv[3]),", "devices=1, num_nodes=2,"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent / "src"), str(tests), env.get("PYTHONPATH", "")])
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / f"node{rank}"), "ddp", "1"],
+            cwd=tmp_path,
+            env={**env, "NODE_RANK": str(rank), "LOCAL_RANK": "0"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=400) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0 and "FIT DONE" in out, err[-3000:]
+    one_env = {k: v for k, v in env.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")}
+    alone = tmp_path / "alone.py"
+    alone.write_text(textwrap.dedent(DDP_SCRIPT))
+    done = subprocess.run(
+        [sys.executable, str(alone), str(tmp_path / "one"), "auto", "1"],
+        cwd=tmp_path, env=one_env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list((tmp_path / "node1").rglob("trainviz/*/*"))  # node 1 wrote nothing of trainviz's
+    one, node0 = _records(tmp_path / "one"), _records(tmp_path / "node0")
+    assert one.keys() == node0.keys() and len(one) >= 6
+    for key in one:
+        _same(one[key], node0[key], key)

@@ -33,13 +33,13 @@ from trainviz.core.distributed import Collective
 from trainviz.core.guard import probe_guard
 from trainviz.core.lightning_private import is_last_batch
 from trainviz.core.namespace import callback_base, info
+from trainviz.core.normalization import Normalization
 from trainviz.core.outputs import LogitsModel, OutputSpec
 from trainviz.core.pixels import NormalizationSpec
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.progress import Task, task
 from trainviz.core.source import ProbeSource
 from trainviz.core.strategy import check_strategy
-from trainviz.data.base import Normalization
 from trainviz.sinks import BackgroundWriter, Sink
 from trainviz.sinks.registry import make_sink, release_sinks, say_once
 

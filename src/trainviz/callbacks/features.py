@@ -21,8 +21,8 @@ from trainviz.core.contract import Credit
 from trainviz.core.guard import preserve_rng, probe_guard
 from trainviz.core.layers import model_layout
 from trainviz.core.namespace import info
+from trainviz.core.normalization import Normalization
 from trainviz.core.probeset import ProbeSet, split_item, stratified_indices
-from trainviz.data.base import Normalization
 from trainviz.probes.features import (
     FeatureConfig,
     FeatureOptions,

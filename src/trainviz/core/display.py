@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from trainviz.data.base import Normalization
+from trainviz.core.normalization import Normalization
 
 __all__ = ["DISPLAY_PERCENTILES", "Display", "check_display_channels", "percentile_scale", "pictures"]
 

@@ -33,7 +33,7 @@ from typing import Any, Union
 
 import torch
 
-from trainviz.data.base import Normalization
+from trainviz.core.normalization import Normalization
 
 __all__ = [
     "NormalizationSpec",

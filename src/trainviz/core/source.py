@@ -32,10 +32,10 @@ from trainviz.core.display import DISPLAY_PERCENTILES, Display, check_display_ch
 from trainviz.core.guard import model_device, model_dtype, preserve_rng, probe_guard
 from trainviz.core.layers import resolve_layers
 from trainviz.core.lightning_private import data_source_dataset
+from trainviz.core.normalization import Normalization
 from trainviz.core.outputs import LogitsModel, OutputSpec, check_output_spec
 from trainviz.core.pixels import NormalizationSpec, as_normalization, check_pixel_range, resolve_normalization
 from trainviz.core.probeset import ProbeSet
-from trainviz.data.base import Normalization
 
 __all__ = ["ProbeSource", "check_pixels"]
 

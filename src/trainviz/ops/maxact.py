@@ -59,8 +59,8 @@ from torch import nn
 
 from trainviz.core.hooks import capture
 from trainviz.core.layers import resolve_layer
+from trainviz.core.normalization import Normalization
 from trainviz.core.outputs import expect_logits
-from trainviz.data.base import Normalization
 
 __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",

@@ -34,11 +34,11 @@ from trainviz.core.common import class_names, example_indices, json_number, stri
 from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.layers import Reshape
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_host
-from trainviz.data.base import Normalization
 from trainviz.ops.cam import AGGREGATES, METHODS, CAMResult, class_activation_maps, class_mean_maps, shrink_maps
 from trainviz.ops.guided import guided_grad_cam
 from trainviz.ops.localization import (

@@ -37,11 +37,11 @@ from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import class_names, example_indices, json_number, json_numbers, strip_epochs
 from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.class_maps import (
     SHARPNESS_MEASURES,
     PatternTracker,

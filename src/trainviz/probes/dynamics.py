@@ -29,10 +29,10 @@ from trainviz.core.checks import check_positive_int
 from trainviz.core.common import class_names, example_indices
 from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.display import Display, pictures
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.probes.dynamics_result import DynamicsResult

@@ -45,12 +45,12 @@ from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.display import Display, pictures
 from trainviz.core.hooks import capture, first_tensor
 from trainviz.core.layers import Layout, Reshape, find_last_spatial_layer, resolve_layer, to_feature_maps
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.outputs import to_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.features import (
     FILTER_SCALINGS,
     filter_tiles,

@@ -39,12 +39,12 @@ from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.hooks import capture
 from trainviz.core.layers import resolve_layer
 from trainviz.core.names import Metric
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.outputs import expect_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.maxact import Target, maximize, parse_target, target_key
 from trainviz.probes.maxact_names import NAMES, any_target
 from trainviz.render.images import caption_tiles, image_grid, to_uint8, upscale

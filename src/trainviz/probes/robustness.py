@@ -54,9 +54,9 @@ from torch import Tensor
 
 from trainviz.core.common import class_names, example_indices
 from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.normalization import Normalization
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.adversarial import (
     PGD_STEP_FACTOR,
     adversarial_trajectory,

@@ -57,11 +57,11 @@ from trainviz.core.checks import check_bool, check_choice, check_float, check_in
 from trainviz.core.common import class_names, example_indices, json_number, strip_epochs
 from trainviz.core.contract import Credit, FitEnd, Probe, Share
 from trainviz.core.display import Display, pictures
+from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
 from trainviz.core.transfer import to_cpu
-from trainviz.data.base import Normalization
 from trainviz.ops.cam import shrink_maps
 from trainviz.ops.localization import deletion_curve, insertion_curve, pointing_game, pointing_game_chance
 from trainviz.ops.occlusion import occlusion
