@@ -223,3 +223,27 @@ def test_mlflow_names_with_characters_it_refuses_are_rewritten_not_lost(fitted):
     ]
     assert sorted(m.step for m in fgsm) == sorted(m.step for m in clean) == sorted(r["epoch"] for r in records)
     assert sorted(m.step for m in client.get_metric_history(run_id, "trainviz/robustness/adversarial/flip_rate"))
+
+
+def test_csv_scalars_wait_for_the_training_thread_while_a_checkpoint_is_saved(tmp_path, pl):
+    """Lightning's checkpoint save runs inside fsspec's transaction on the shared local file system; a CSV save
+    from trainviz's writer thread meanwhile was taken into it and the checkpoint failed (a DDP run died of it). The
+    CSV logger's scalars are now held and handed over on the training thread."""
+    import fsspec
+
+    from trainviz.sinks import BackgroundWriter, Sink
+    from trainviz.sinks.loggers import CSVBackend
+
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="", version="")
+    sink = Sink("demo", None, None, background=BackgroundWriter(), loggers=[CSVBackend(logger)])
+    fs = fsspec.filesystem("file")
+    with fs.transaction:  # what Lightning's _atomic_save holds on the training thread
+        with fs.open(str(tmp_path / "last.ckpt"), "wb") as f:
+            f.write(b"checkpoint")
+            sink.scalar("acc", 0.5, 3)
+            sink.background.flush()  # the writer thread has run the write
+    assert (tmp_path / "last.ckpt").read_bytes() == b"checkpoint"  # the transaction committed
+    assert not (tmp_path / "metrics.csv").exists()  # held until the training thread hands it over
+    sink.flush()
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert rows == [{"trainviz/demo/acc": "0.5", "epoch": "3", "step": rows[0]["step"]}]

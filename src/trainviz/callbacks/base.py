@@ -452,6 +452,9 @@ class ProbeCallback(Callback):
                 self.sink.scalar("seconds", seconds, epoch)
                 if group.world > 1:  # rank 0's wait for every share and the transfer of the partials
                     self.sink.scalar("gather_seconds", gathered, epoch)
+                for sink in (self.sink, self.budget_runner.sink):  # earlier scalars for loggers written here (CSV)
+                    if sink is not None:
+                        sink.deliver()
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:
         """``work()`` inside the no-trace guard: its value and no error, or ``None`` and the error it raised."""
@@ -564,5 +567,6 @@ class ProbeCallback(Callback):
             Scheduler.forget(trainer)  # after on_fit_end, where the manifest reads it
 
     def _flush(self) -> None:
-        if self.sink is not None:
-            self.sink.flush()
+        for sink in (self.sink, self.budget_runner.sink):
+            if sink is not None:
+                sink.flush()

@@ -59,9 +59,13 @@ def _require(module: str) -> None:
 
 
 class LoggerBackend:
-    """What a logger can show; the defaults show nothing. Every method runs on trainviz's writer thread."""
+    """What a logger can show; the defaults show nothing. Every method runs on trainviz's writer thread, but for the
+    scalars of a backend whose ``writer_thread`` is false: those are held and handed over on the training thread
+    (:meth:`trainviz.sinks.sink.Sink.deliver`)."""
 
     name = "logger"
+    writer_thread = True
+    """Whether :meth:`scalars` may run on trainviz's writer thread, beside the training thread's own writes."""
 
     def scalars(self, pairs: list[tuple[str, float]], epoch: int) -> None:
         """Scalars ``[(tag, value)]`` of ``epoch``."""
@@ -184,6 +188,10 @@ class CometBackend(LoggerBackend):
 
 class CSVBackend(LoggerBackend):
     name = "CSV"
+    # Lightning's CSV logger saves through fsspec's shared local file system, whose transaction (the checkpoint's
+    # atomic save on the training thread) would take in a file opened meanwhile on another thread, and the save
+    # would fail ("'BufferedWriter' object has no attribute 'temp'"): its scalars are written on the training thread.
+    writer_thread = False
 
     def __init__(self, logger: Any) -> None:
         self.logger = logger

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ class Sink:
         self.store = store
         self.background = background
         self.loggers = list(loggers)
+        self._held: deque[tuple[Any, list[tuple[str, float]], int]] = deque()  # for the training thread (deliver)
 
     def tag(self, name: str) -> str:
         return f"trainviz/{self.callback}/{name}"
@@ -78,6 +80,17 @@ class Sink:
             for tag, value in pairs:
                 self.writer.add_scalar(tag, value, step)
         for logger in self.loggers:
+            if getattr(logger, "writer_thread", True):
+                logger.scalars(pairs, step)
+            else:
+                self._held.append((logger, pairs, step))
+
+    def deliver(self) -> None:
+        """Hand the scalars held for loggers that must be written on the training thread (``writer_thread``
+        false, e.g. the CSV logger) to them. Call it on the training thread: the base callback does after each run
+        and when it flushes."""
+        while self._held:
+            logger, pairs, step = self._held.popleft()
             logger.scalars(pairs, step)
 
     def image(
@@ -243,7 +256,9 @@ class Sink:
         self.background.submit_as(self.callback, self.store.prune_after, self.callback, epoch)
 
     def flush(self) -> None:
-        """Wait for queued writes, then flush TensorBoard's event file."""
+        """Wait for queued writes, flush TensorBoard's event file and :meth:`deliver` the held scalars (call it on
+        the training thread)."""
         self.background.flush()
         if self.writer is not None:
             self.writer.flush()
+        self.deliver()
