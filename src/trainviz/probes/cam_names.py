@@ -15,25 +15,31 @@ from __future__ import annotations
 
 from trainviz.core.names import Metric, NameTable
 
-__all__ = ["NAMES"]
+__all__ = ["NAMES", "POINTING_GAME_CHANCE", "TARGET_PROBABILITY"]
+
+TARGET_PROBABILITY = Metric(
+    "target_probability",
+    None,
+    "mean probability of the explained class (the true class, or the predicted one with target='predicted')",
+    no_direction="with target='predicted' it is the confidence, which is not better when higher; "
+    "gate the probe accuracy (dynamics) instead",
+    title="Target probability",
+)
+"""Shared with saliency, whose maps are scored on the same class."""
+
+POINTING_GAME_CHANCE = Metric(
+    "pointing_game_chance",
+    None,
+    "the pointing game's chance level: the mean fraction of the image inside the object",
+    no_direction="it is a property of the probe set's masks, not of the model",
+    title="Pointing game chance",
+)
+
 
 NAMES = NameTable(
     [
-        Metric(
-            "target_probability",
-            None,
-            "mean probability of the explained class (the true class, or the predicted one with target='predicted')",
-            no_direction="with target='predicted' it is the confidence, which is not better when higher; "
-            "gate the probe accuracy (dynamics) instead",
-            title="Target probability",
-        ),
-        Metric(
-            "pointing_game_chance",
-            None,
-            "the pointing game's chance level: the mean fraction of the image inside the object",
-            no_direction="it is a property of the probe set's masks, not of the model",
-            title="Pointing game chance",
-        ),
+        TARGET_PROBABILITY,
+        POINTING_GAME_CHANCE,
         Metric(
             "{map}/pointing_game",
             True,

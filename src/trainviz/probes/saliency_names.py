@@ -15,26 +15,14 @@ Example:
 from __future__ import annotations
 
 from trainviz.core.names import Metric, NameTable
+from trainviz.probes.cam_names import POINTING_GAME_CHANCE, TARGET_PROBABILITY
 
 __all__ = ["NAMES"]
 
 NAMES = NameTable(
     [
-        Metric(
-            "target_probability",
-            None,
-            "mean probability of the explained class (the true class, or the predicted one with target='predicted')",
-            no_direction="with target='predicted' it is the confidence, which is not better when higher; "
-            "gate the probe accuracy (dynamics) instead",
-            title="Target probability",
-        ),
-        Metric(
-            "pointing_game_chance",
-            None,
-            "the pointing game's chance level: the mean fraction of the image inside the object",
-            no_direction="it is a property of the probe set's masks, not of the model",
-            title="Pointing game chance",
-        ),
+        TARGET_PROBABILITY,
+        POINTING_GAME_CHANCE,
         Metric(
             "{method}/deletion_auc",
             False,
