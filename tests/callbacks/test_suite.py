@@ -106,6 +106,22 @@ def test_hook_hygiene_each_callback_also_after_a_probe_raised(
     assert count_hooks(model) == 0
 
 
+def test_a_failing_plan_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkeypatch, _fit):
+    from trainviz import DynamicsCallback
+
+    def broken(self, credit, essential, epoch):
+        raise RuntimeError("bad plan")
+
+    monkeypatch.setattr(DynamicsCallback, "_plan", broken)
+    cb = DynamicsCallback(probe_size=12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, trainer = _fit(tmp_path, [cb], tiny_dm, epochs=2)
+    assert trainer.current_epoch == 2 and cb.done_epochs == [] and cb.failures == 2
+    ours = [w for w in caught if "bad plan" in str(w.message)]
+    assert len(ours) == 1 and "DynamicsCallback plan failed at epoch 0" in str(ours[0].message)
+
+
 def test_failing_probe_warns_once_and_training_goes_on(tmp_path, tiny_dm, monkeypatch, _fit):
     from trainviz import DynamicsCallback
 

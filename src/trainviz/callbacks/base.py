@@ -417,17 +417,17 @@ class ProbeCallback(Callback):
             return
         group = Collective.of(trainer) if self.prober is not None else Collective()
         start = time.perf_counter()
-        plan = None
+        decided, error = None, None  # rank 0's (plan, state): plan None skips the run
         if group.is_zero:
             essential = final or not self.done_epochs or self._is_last(trainer, epoch)
-            busy = self.sink.busy_seconds() if self.sink is not None else 0.0
-            self.plan = True  # `_plan` may read it
-            plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
-        self.plan = group.broadcast(plan)
+            decided, error = self._attempt(pl_module, lambda: self._decide(essential, epoch))
+        if not group.all_ok(error is None):  # planning failed on rank 0: every rank skips this run
+            self._attempted.add(epoch)
+            return self._failed(epoch, error, "plan", group=group)
+        self.plan, state = group.broadcast(decided)
         if self.plan is None:
             return
         self._attempted.add(epoch)
-        state = group.broadcast(self.prober.state()) if self.prober is not None else None
         # long runs show on the progress bar (trainviz.core.progress); the estimate is the last whole run
         with self._progress(trainer, f"epoch {epoch}", self._last_cost):
             if self.prober is None:
@@ -455,6 +455,13 @@ class ProbeCallback(Callback):
                 for sink in (self.sink, self.budget_runner.sink):  # earlier scalars for loggers written here (CSV)
                     if sink is not None:
                         sink.deliver()
+
+    def _decide(self, essential: bool, epoch: int) -> tuple[Any, Any]:
+        """Rank 0: the run's plan (through the budget runner) and, when it runs, the probe's state for every share."""
+        self.plan = True  # `_plan` may read it
+        busy = self.sink.busy_seconds() if self.sink is not None else 0.0
+        plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
+        return plan, (self.prober.state() if self.prober is not None and plan is not None else None)
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:
         """``work()`` inside the no-trace guard: its value and no error, or ``None`` and the error it raised."""
