@@ -212,6 +212,14 @@ class ProbeCallback(Callback):
         self._warn = WarnOnce()  # per process: a resumed run warns again on its first failure
         self.progress = Task(None, self.name)  # the running work's progress (`self.progress.update`); idle between runs
 
+    def __getattr__(self, name: str) -> Any:
+        """A capability's options read as attributes (``cb.method``, ``cb.steps``); their one home is ``options``
+        (:mod:`trainviz.core.options`)."""
+        options = self.__dict__.get("options")
+        if options is not None and name in options.names():
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # identity & state ------------------------------------------------------------------------------
     def _state_args(self) -> dict[str, Any]:
         """Arguments that distinguish two instances of the callback (subclasses extend)."""

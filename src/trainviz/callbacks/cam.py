@@ -137,12 +137,6 @@ class CAMCallback(ProbeCallback):
         self.history = CAMHistory()  # the evolution strip's maps and the drift reference, kept in the checkpoint
         self.prober: CAMProbe | None = None
 
-    def __getattr__(self, name: str) -> Any:  # the options read as attributes, as before (cb.method, cb.layers)
-        options = self.__dict__.get("options")
-        if options is not None and name in CAMOptions.names():
-            return getattr(options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     # identity & state ------------------------------------------------------------------------------
     @override
     def _state_args(self) -> dict[str, Any]:

@@ -126,8 +126,6 @@ class DecoderMapCallback(ProbeCallback):
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
         self.options = DecoderMapOptions.pick(locals())
-        for name, value in self.options.asdict().items():  # the checked values, as attributes
-            setattr(self, name, value)
         # the probe's history, kept across runs and in checkpoints (restored before the probe is built)
         self.tracker = PatternTracker(self.options.stability_threshold)
         self.tracked_maps: dict[int, torch.Tensor] = {}  # epoch -> (n_tracked, h, w) float16, CPU

@@ -68,7 +68,6 @@ class DynamicsCallback(ProbeCallback):
     def __init__(self, n_examples: int = 6, *, probe_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
         self.options = DynamicsOptions(n_examples=n_examples)
-        self.n_examples = self.options.n_examples
         self.prober: DynamicsProbe | None = None
 
     @override

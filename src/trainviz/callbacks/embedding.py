@@ -122,11 +122,9 @@ class EmbeddingCallback(ProbeCallback):
         self.options = EmbeddingOptions.pick(locals())
         super().__init__(probe_size=probe_size or _DEFAULT_POINTS, batch_size=batch_size, **kwargs)
         self.requested_probe_size = probe_size
-        o = self.options
-        self.layers, self.methods, self.slow_every_k = o.layers, o.methods, o.slow_every_k
         self._layers: dict[str, torch.nn.Module] = {}
         self._layout: Layout | None = None
-        self.history = probes.EmbeddingHistory(keep_features=o.aligned_umap_at_end)
+        self.history = probes.EmbeddingHistory(keep_features=self.options.aligned_umap_at_end)
         self.worker = probes.EmbeddingWorker()
         self.prober: probes.EmbeddingProbe | None = None
         self._projector: Any = None

@@ -140,8 +140,6 @@ class FeatureMapCallback(ProbeCallback):
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
         self.options = FeatureOptions.pick(locals())
-        for name, value in self.options.asdict().items():  # the checked values, as attributes
-            setattr(self, name, value)
         self._reshape: Callable[[torch.Tensor], torch.Tensor] | None = reshape
         self.input_shape: tuple[int, ...] | None = None  # vectors (D,) stored as (D, 1, 1) in the probe set
         self.channels: dict[str, list[int]] = {}  # the probe's history: chosen at the first run, kept

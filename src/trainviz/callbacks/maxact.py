@@ -115,7 +115,6 @@ class MaxActivationCallback(ProbeCallback):
     ) -> None:
         super().__init__(probe_size=probe_size, **kwargs)
         self.options = MaxActOptions.pick(locals())
-        self.__dict__.update(self.options.asdict())  # cb.steps, cb.layers, ...: the checked values
         self._targets: list[Any] = []
         self._layers: dict[str, torch.nn.Module] = {}
         self.history = MaxActHistory()  # each run's images: `moved` and the strips

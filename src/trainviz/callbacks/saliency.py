@@ -196,12 +196,6 @@ class SaliencyCallback(ProbeCallback):
         self.history = SaliencyHistory()  # the runs so far (state): the probe adds to it
         self.prober: SaliencyProbe | None = None  # at setup
 
-    def __getattr__(self, name: str) -> Any:  # the options read as attributes (`cb.methods`)
-        options = self.__dict__.get("options")
-        if options is not None and name in options.names():
-            return getattr(options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @property
     def sanity_epochs(self) -> list[int]:
         """The epochs whose runs had the sanity checks."""
