@@ -32,7 +32,7 @@ from trainviz.core.display import Display, pictures
 from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
-from trainviz.core.transfer import to_cpu
+from trainviz.core.transfer import to_cpu, to_host
 from trainviz.ops.metrics import confusion_matrix, per_class_accuracy
 from trainviz.ops.predict import predict_logits
 from trainviz.probes.dynamics_result import DynamicsResult
@@ -111,7 +111,7 @@ class DynamicsProbe(Probe[bool, DynamicsPartial, DynamicsResult]):
         if len(share) == 0:
             return DynamicsPartial(torch.zeros(0, 0))
         probs = predict_logits(model, share.data.images, self.config.batch_size).float().softmax(1)
-        return DynamicsPartial(torch.from_numpy(to_cpu({"probs": probs})["probs"]).float())
+        return DynamicsPartial(to_host(probs.float()))
 
     def merge(self, partials: Sequence[DynamicsPartial], plan: bool) -> DynamicsResult:
         """Probabilities of every image in share order, then what needs the whole set."""

@@ -50,7 +50,7 @@ from trainviz.core.options import Options
 from trainviz.core.outputs import to_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.transfer import to_cpu
+from trainviz.core.transfer import to_cpu, to_host
 from trainviz.ops.features import (
     FILTER_SCALINGS,
     filter_tiles,
@@ -581,12 +581,6 @@ class _LayerStats:
         self.channel_count += maps.shape[0] * maps.shape[2] * maps.shape[3]
 
 
-def _host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """:func:`~trainviz.core.transfer.to_cpu` (one transfer), each tensor back in its own dtype."""
-    host = to_cpu(tensors)
-    return {k: torch.from_numpy(host[k]).to(t.dtype) for k, t in tensors.items()}
-
-
 def _combine(parts: list[LayerPartial], max_values: int) -> tuple[dict[str, torch.Tensor], LayerPartial]:
     """One layer's partials reduced over all images: the statistics as in
     :meth:`ActivationStatsAccumulator.result <trainviz.ops.features.ActivationStatsAccumulator.result>`."""
@@ -689,7 +683,7 @@ class FeatureProbe(Probe[bool, FeaturePartial, FeatureResult]):
         if preds:
             tensors["shown_pred"] = torch.cat(preds)
         weights = self._weights() if share.start == 0 and len(share) else {}
-        host = _host({**tensors, **{f"weights/{k}": v for k, v in weights.items()}})
+        host = to_host({**tensors, **{f"weights/{k}": v for k, v in weights.items()}})
         parts = {}
         for name, s in stats.items():
             if not s.count:

@@ -56,7 +56,7 @@ from trainviz.core.common import class_names, example_indices
 from trainviz.core.contract import Credit, Probe, Share
 from trainviz.core.normalization import Normalization
 from trainviz.core.probeset import ProbeSet
-from trainviz.core.transfer import to_cpu
+from trainviz.core.transfer import to_cpu, to_host
 from trainviz.ops.adversarial import (
     PGD_STEP_FACTOR,
     adversarial_trajectory,
@@ -594,7 +594,7 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
             path = _trajectories(model, data, pred[0], config, chosen, seconds)
             values.update({f"trajectory_{key}": value for key, value in path.items()})
             values["trajectory_index"] = values["trajectory_index"] + share.start
-        host = {key: torch.from_numpy(a).to(values[key].dtype) for key, a in to_cpu(values).items()}  # one transfer
+        host = to_host(values)  # one wait for every device copy, dtypes kept
         path = {key[11:]: host.pop(key) for key in list(host) if key.startswith("trajectory_")}
         return RobustnessPartial(
             start=share.start,

@@ -61,7 +61,7 @@ from trainviz.core.normalization import Normalization
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.transfer import to_cpu
+from trainviz.core.transfer import to_cpu, to_host
 from trainviz.ops.cam import shrink_maps
 from trainviz.ops.localization import deletion_curve, insertion_curve, pointing_game, pointing_game_chance
 from trainviz.ops.occlusion import occlusion
@@ -711,7 +711,8 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
         )
         if plan.sanity:
             self._sanity(model, share, targets, logits.shape[1], plan, partial)
-        out = _to_cpu(partial)
+        fields = {f.name: getattr(partial, f.name) for f in dataclasses.fields(partial)}
+        out = dataclasses.replace(partial, **to_host(fields))  # plain CPU data, to gather between processes
         out.seconds = time.perf_counter() - start
         return out
 
@@ -890,24 +891,6 @@ class SaliencyProbe(Probe[SaliencyPlan, SaliencyPartial, SaliencyResult]):
         strips, arrays = evolution(self.history.tracked, self.probe, self.config)
         images = {f"{method}/evolution": strip for method, strip in strips.items()}
         return FitEnd(self.history.tracked[-1][0], images=images, arrays={"evolution": arrays})
-
-
-def _to_cpu(partial: SaliencyPartial) -> SaliencyPartial:
-    """The partial's tensors on the CPU (plain data, to gather between processes)."""
-
-    def cpu(values: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        return None if values is None else {k: v.detach().cpu() for k, v in values.items()}
-
-    return dataclasses.replace(
-        partial,
-        logits=None if partial.logits is None else partial.logits.cpu(),
-        targets=None if partial.targets is None else partial.targets.cpu(),
-        maps=cpu(partial.maps),
-        per_image=cpu(partial.per_image),
-        spearman=cpu(partial.spearman),
-        random_logit=cpu(partial.random_logit),
-        first=cpu(partial.first),
-    )
 
 
 def compute(model: nn.Module, probe: ProbeSet, config: SaliencyConfig, *, epoch: int, sanity: bool) -> SaliencyResult:
