@@ -106,3 +106,53 @@ class DictItems(torch.utils.data.Dataset):
     def __getitem__(self, i):
         image, label = self.dataset[i]
         return {"image": image, "label": label}
+
+
+def records(root) -> dict[str, list[dict]]:
+    """Every callback's JSON-lines records under ``root/trainviz`` (the manifest's and the budget's left out), by
+    ``<callback>/<file>``: what two runs that should agree are compared on (:func:`same`)."""
+    import json
+    from pathlib import Path
+
+    out = {}
+    for path in sorted((Path(root) / "trainviz").glob("*/*.jsonl")):
+        if path.parent.name not in ("manifest", "budget"):
+            out[f"{path.parent.name}/{path.name}"] = [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def same(a, b, where: str) -> None:
+    """Assert two records agree: keys, lengths, counts, epochs and names exactly, floats to 1e-5 (NaN equals NaN),
+    timings (keys with ``seconds``) skipped."""
+    import math
+
+    import pytest
+
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if "seconds" not in k:  # timings differ run to run
+                same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not (isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        assert b == pytest.approx(a, abs=1e-5), where
+    else:
+        assert a == b, where  # counts, epochs, names: exactly
+
+
+def script_run(script, args, cwd, timeout: int = 400):
+    """Run the test script ``script`` (a file) with ``args`` in a fresh Python, one torch thread per process, with
+    trainviz's sources and ``tests/`` importable (a launcher such as ``strategy="ddp"`` starts it again for the other
+    ranks): the finished process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent / "src"), str(tests), env.get("PYTHONPATH", "")])
+    command = [sys.executable, str(script), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

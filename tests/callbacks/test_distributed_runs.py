@@ -4,11 +4,11 @@ and writes, and the records are those of one process on the same weights."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from _support import records, same
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.callbacks.cam import CAMCallback
@@ -23,30 +23,6 @@ def _frozen(model):
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.0
     return model
-
-
-def _records(root: Path) -> dict[str, list[dict]]:
-    out = {}
-    for path in sorted((root / "trainviz").glob("*/*.jsonl")):
-        if path.parent.name not in ("manifest", "budget"):
-            out[f"{path.parent.name}/{path.name}"] = [json.loads(line) for line in path.read_text().splitlines()]
-    return out
-
-
-def _same(a, b, where: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            if "seconds" not in k:  # timings differ run to run
-                _same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and not (isinstance(b, float) and math.isnan(a) and math.isnan(b)):
-        assert b == pytest.approx(a, abs=1e-5), where
-    else:
-        assert a == b, where  # counts, epochs, names: exactly
 
 
 @pytest.mark.slow
@@ -66,13 +42,13 @@ def test_ddp_two_processes_give_the_records_of_one(tmp_path, suite_options, demo
 
     fit(tmp_path / "one")
     callbacks = fit(tmp_path / "two", strategy="ddp_spawn", devices=2)
-    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
     probed = {cb.name for cb in callbacks if isinstance(cb, ProbeCallback)}
     assert {key.split("/")[0] for key in one} == probed  # every callback wrote records
     assert one.keys() == two.keys()
     for key in one:
         assert [r["epoch"] for r in two[key]] == [r["epoch"] for r in one[key]], key  # each epoch exactly once
-        _same(one[key], two[key], key)
+        same(one[key], two[key], key)
 
 
 class FailsOnRankOne(DynamicsCallback):
@@ -118,10 +94,10 @@ def test_three_processes_and_two_images_a_failing_rank_and_an_empty_share(tmp_pa
     for log in tmp_path.glob("*.jsonl"):
         log.unlink()
     fit(tmp_path / "three", strategy="ddp_spawn", devices=3)
-    one, three = _records(tmp_path / "one"), _records(tmp_path / "three")
+    one, three = records(tmp_path / "one"), records(tmp_path / "three")
     assert [r["epoch"] for r in one["dynamics/metrics.jsonl"]] == [0, 1]
     assert [r["epoch"] for r in three["dynamics/metrics.jsonl"]] == [1]  # epoch 0 failed on rank 1: all skipped it
-    _same(one["cam/metrics.jsonl"], three["cam/metrics.jsonl"], "cam")
+    same(one["cam/metrics.jsonl"], three["cam/metrics.jsonl"], "cam")
     shares = {r: [json.loads(x) for x in (tmp_path / f"cam-rank{r}.jsonl").read_text().splitlines()] for r in range(3)}
     assert shares == {0: [[0, 1]] * 2, 1: [[1, 2]] * 2, 2: [[2, 2]] * 2}
 
@@ -144,7 +120,7 @@ def test_ddp_training_is_bitwise_the_same_with_every_rank_probing(
     assert weights[0].keys() == weights[1].keys()
     changed = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert changed == []
-    assert _records(tmp_path / "probed")  # the suite did run
+    assert records(tmp_path / "probed")  # the suite did run
     start = demo_model().state_dict()
     assert any(not torch.equal(start[k], weights[0][k]) for k in start)  # the trained weights came back: it trained
 
@@ -192,11 +168,11 @@ def test_ddp_launched_processes_accumulating_gradients_give_the_records_of_one(t
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
         )  # fmt: skip
         assert done.returncode == 0 and "FIT DONE 0" in done.stdout, done.stderr[-3000:]
-    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert one.keys() == two.keys() and len(one) >= 6
     for key in one:
         assert [r["epoch"] for r in two[key]] == [r["epoch"] for r in one[key]] == [0, 1], key
-        _same(one[key], two[key], key)
+        same(one[key], two[key], key)
 
 
 @pytest.mark.slow
@@ -240,7 +216,7 @@ def test_two_nodes_without_a_shared_filesystem(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list((tmp_path / "node1").rglob("trainviz/*/*"))  # node 1 wrote nothing of trainviz's
-    one, node0 = _records(tmp_path / "one"), _records(tmp_path / "node0")
+    one, node0 = records(tmp_path / "one"), records(tmp_path / "node0")
     assert one.keys() == node0.keys() and len(one) >= 6
     for key in one:
-        _same(one[key], node0[key], key)
+        same(one[key], node0[key], key)

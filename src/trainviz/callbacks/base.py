@@ -29,7 +29,7 @@ from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import WarnOnce
 from trainviz.core.contract import Share, is_whole
 from trainviz.core.display import Display
-from trainviz.core.distributed import Collective
+from trainviz.core.distributed import Collective, in_lockstep
 from trainviz.core.guard import probe_guard
 from trainviz.core.lightning_private import is_last_batch
 from trainviz.core.namespace import callback_base, info
@@ -482,11 +482,13 @@ class ProbeCallback(Callback):
     # the compute contract ----------------------------------------------------------------------------
     def _share(self, pl_module: pl.LightningModule, group: Collective) -> Share[Any]:
         """This process's share: its contiguous part of the probe set on the model's device (all of it alone)."""
-        return Share.of(self.device_probe(pl_module), group.world, group.rank)
+        return Share.of(self.device_probe(pl_module), group.shares, group.share_index)
 
     def _compute(self, pl_module: pl.LightningModule, group: Collective, state: Any) -> Any:
-        """This process's partial result: the probe's ``compute`` on the share, with the plan and rank 0's state."""
-        return self.prober.compute(self.logits_model(pl_module), self._share(pl_module, group), self.plan, state)
+        """This process's partial result: the probe's ``compute`` on the share, with the plan and rank 0's state (in
+        lockstep with a sharded model: :func:`~trainviz.core.distributed.in_lockstep`)."""
+        with in_lockstep(group):
+            return self.prober.compute(self.logits_model(pl_module), self._share(pl_module, group), self.plan, state)
 
     def _merge(self, parts: list[Any]) -> None:
         """Rank 0: the partials of every share (in rank order) merged into the run's result, written."""
@@ -535,6 +537,10 @@ class ProbeCallback(Callback):
             raise NotImplementedError(f"{type(self).__name__} builds no `prober` in `_setup`: implement `_run`.")
         self._merge([self._compute(pl_module, Collective(), self.prober.state())])
 
+    def _fit_end_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit-end work that runs the model (MaxOut's high-quality pass), before :meth:`_finish`: called on every rank,
+        so that a sharded model's ranks (``Collective.lockstep``) take part in its forwards together. None here."""
+
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit-end outputs built from all runs (the probe's :meth:`~trainviz.core.contract.Probe.evolution`: strips
         across epochs), written. Runs on rank zero."""
@@ -548,8 +554,9 @@ class ProbeCallback(Callback):
         # Before the strategy's teardown moves the model to the CPU.
         if self.run_at_fit_end and trainer.current_epoch > 0:
             self.run(trainer, pl_module, trainer.current_epoch - 1, final=True)
+        start = time.perf_counter()
+        self._fit_end_pass(trainer, pl_module)
         if trainer.is_global_zero and self.probe is not None:
-            start = time.perf_counter()
             try:
                 with self._progress(trainer, "fit end"), probe_guard(pl_module):
                     self._finish(trainer, pl_module)

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.contract import Credit, Share
-from trainviz.core.distributed import Collective
+from trainviz.core.distributed import Collective, in_lockstep
 from trainviz.probes.maxact import Channels, MaxActHistory, MaxActOptions, MaxActProbe, build_targets
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ class MaxActivationCallback(ProbeCallback):
         self._targets: list[Any] = []
         self._layers: dict[str, torch.nn.Module] = {}
         self.history = MaxActHistory()  # each run's images: `moved` and the strips
+        self._final: tuple[int, Any] | None = None  # the fit-end pass: (its epoch, its result), on rank 0
         self.prober: MaxActProbe | None = None
 
     @property
@@ -181,7 +182,7 @@ class MaxActivationCallback(ProbeCallback):
     def _share(self, pl_module: pl.LightningModule, group: Collective) -> Share[Any]:
         """A share of MaxOut is a set of targets: this process's part of the plan's."""
         self.device_probe(pl_module)  # the model's device: the ops follow its parameters
-        return Share.of_items(self.plan.targets, group.world, group.rank)
+        return Share.of_items(self.plan.targets, group.shares, group.share_index)
 
     @override
     def _merge(self, parts: list[Any]) -> None:
@@ -190,20 +191,44 @@ class MaxActivationCallback(ProbeCallback):
         self.sink.write(self.prober.merge(parts, self.plan))
 
     def _alone(self, pl_module: pl.LightningModule, plan: Any) -> Any:
-        """The plan's targets computed here as one share and merged (the fit-end pass, on rank 0)."""
+        """The plan's targets computed here as one share and merged (the fit-end pass)."""
         assert self.prober is not None
         self.device_probe(pl_module)
         partial = self.prober.compute(self.logits_model(pl_module), Share.of_items(plan.targets), plan, None)
         return self.prober.merge([partial], plan)
 
     @override
+    def _fit_end_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The high-quality pass (its pictures and arrays; its numbers are not a run's), planned on rank 0 from the
+        runs it merged and computed there, or, when the model is sharded, by every rank in lockstep."""
+        self._final = None
+        group = Collective.of(trainer)
+        decided, error = None, None
+        if group.is_zero and self.prober is not None and self.history.runs and self.options.final_steps > 0:
+            last = self.history.runs[-1][0]
+            decided, error = self._attempt(
+                pl_module, lambda: (last, self.prober.plan(Credit(None, True, last), final=True))
+            )
+        if group.lockstep:  # every rank takes part in the pass's forwards
+            if not group.all_ok(error is None):
+                return self._failed(trainer.current_epoch, error, "fit-end pass", group=group)
+            decided = group.broadcast(decided)
+        elif error is not None:
+            return self._failed(trainer.current_epoch, error, "fit-end pass")
+        if decided is None or not (group.is_zero or group.lockstep):
+            return
+        last, plan = decided
+        with in_lockstep(group):
+            final, error = self._attempt(pl_module, lambda: self._alone(pl_module, plan))
+        if not (group.all_ok(error is None) if group.lockstep else error is None):
+            return self._failed(last, error, "fit-end pass", group=group)
+        self._final = (last, final) if group.is_zero else None
+
+    @override
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super()._finish(trainer, pl_module)  # the evolution strips
-        if not self.history.runs or self.prober is None:
-            return
-        last = self.history.runs[-1][0]
-        if self.options.final_steps > 0:  # the high-quality pass: its pictures and arrays (its numbers are not a run's)
-            final = self._alone(pl_module, self.prober.plan(Credit(None, True, last), final=True))
+        if self._final is not None:
+            last, final = self._final
             for name, image in final.render().items():
                 self.sink.image(name, image, last, artifact=True)
             for name, arrays in final.arrays().items():

@@ -9,6 +9,7 @@ Lightning lifecycle around it: it plans, computes, merges and writes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +18,7 @@ from typing_extensions import override
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.checks import check_float
 from trainviz.core.contract import Credit
+from trainviz.core.distributed import Collective
 from trainviz.core.guard import probe_guard
 from trainviz.probes.saliency import (
     Method,
@@ -31,6 +33,13 @@ if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 __all__ = ["SaliencyCallback"]
+
+SHARDED_SANITY = (
+    "trainviz: SaliencyCallback runs without its sanity checks in this run: the model is sharded across processes "
+    "(FSDP2), and the checks' cascading randomisation needs copies of the model that FSDP cannot make (it does not "
+    "deep-copy) and that may not fit in memory. The maps and their metrics run. To have the checks, run the "
+    "callback on a checkpoint of this model in a single-process or DDP run."
+)
 
 
 class SaliencyCallback(ProbeCallback):
@@ -238,8 +247,13 @@ class SaliencyCallback(ProbeCallback):
     # setup and running -----------------------------------------------------------------------------
     @override
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        options = self.options.asdict()
+        if options["sanity_every"] and Collective.of(trainer).lockstep:
+            options["sanity_every"] = 0
+            if trainer.is_global_zero:
+                warnings.warn(SHARDED_SANITY, stacklevel=2)
         config = SaliencyConfig(
-            **self.options.asdict(),
+            **options,
             batch_size=self.batch_size,
             norm=self.norm,
             display=self.display,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["to_cpu", "to_host"]
+__all__ = ["to_cpu", "to_host", "whole"]
 
 
 def to_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -58,3 +58,16 @@ def to_host(tree: Any) -> Any:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return out
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter as one plain tensor, detached: a parameter sharded across processes (FSDP2's ``DTensor``) is
+    gathered from every rank, which is a collective, so every rank calls it together (the probes' lockstep,
+    :mod:`trainviz.core.strategy`); any other tensor is itself.
+
+    Example:
+        >>> whole(torch.nn.Linear(2, 3).weight).shape
+        torch.Size([3, 2])
+    """
+    full = getattr(tensor, "full_tensor", None)  # torch.distributed.tensor.DTensor
+    return (full() if callable(full) else tensor).detach()

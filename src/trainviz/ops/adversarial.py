@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainviz.core.checks import check_float, check_int
+from trainviz.core.distributed import agreed
 from trainviz.core.outputs import expect_logits
 
 __all__ = [
@@ -400,7 +401,7 @@ def _ascend(
         flip_step = torch.where(flipped, k, flip_step)
         x_adv = torch.where(flipped.view(view), current, x_adv)
         done = done | flipped
-        if grad is None or (stop_at_flip and bool(done.all())):
+        if grad is None or (stop_at_flip and agreed(bool(done.all()))):  # every rank stops together in lockstep
             break
         moved = current + step_size * grad
         moved = moved.clamp(0.0, 1.0) if clamp else moved

@@ -75,6 +75,7 @@ from trainviz.core.layers import (
     tokens_to_grid,
 )
 from trainviz.core.outputs import expect_logits
+from trainviz.core.transfer import whole
 
 __all__ = [
     "AGGREGATES",
@@ -376,8 +377,8 @@ def _fc_weight(model: nn.Module, fc_layer: LayerSpec | None, p: LayerPass) -> to
         name, fc = resolve_layer(model, fc_layer)
         if not isinstance(fc, nn.Linear):
             raise ValueError(f"Expected `fc_layer` {name!r} to be an nn.Linear, got {type(fc).__name__}.")
-    weight = fc.weight.detach().float()
-    bias = fc.bias.detach().float() if fc.bias is not None else 0.0
+    weight = whole(fc.weight).float()  # gathered when FSDP2 shards it (every rank computes CAM in lockstep)
+    bias = whole(fc.bias).float() if fc.bias is not None else 0.0
     logits = p.logits.float()
     if fc.out_features != logits.shape[1]:
         raise ValueError(

@@ -50,7 +50,7 @@ from trainviz.core.options import Options
 from trainviz.core.outputs import to_logits
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.transfer import to_cpu, to_host
+from trainviz.core.transfer import to_cpu, to_host, whole
 from trainviz.ops.features import (
     FILTER_SCALINGS,
     filter_tiles,
@@ -716,16 +716,16 @@ class FeatureProbe(Probe[bool, FeaturePartial, FeatureResult]):
         config, out = self.config, {}
         for name, module in config.filter_layers.items():
             rgb = None if name == config.rgb_filters else False
-            kernel = cast(nn.Conv2d, module).weight
+            kernel = whole(cast(nn.Conv2d, module).weight)
             scaling = cast(Any, config.filter_scaling)
             tiles, ncols = filter_tiles(kernel, config.n_filters, config.filter_channels, scaling, rgb)
             out[f"tiles/{name}"], out[f"ncols/{name}"] = tiles, torch.tensor(ncols)
         for name, module in config.line_layers.items():
             linear = cast(nn.Linear, module)
-            weight = linear.weight.detach().float()
+            weight = whole(linear.weight).float()
             out[f"weight/{name}"] = weight
             bias = linear.bias
-            out[f"bias/{name}"] = torch.zeros_like(weight[:, 0]) if bias is None else bias.detach().float()
+            out[f"bias/{name}"] = torch.zeros_like(weight[:, 0]) if bias is None else whole(bias).float()
         return out
 
     def merge(self, partials: Sequence[FeaturePartial], plan: bool) -> FeatureResult:
