@@ -35,7 +35,10 @@ def test_scheduler_credit_counts_training_not_probe_time():
     # 20 s of wall time, 2 s of it in a probe: 18 s of training
     assert s.training_seconds(now=120.0) == pytest.approx(18.0)
     assert s.credit("a", now=120.0) == pytest.approx(0.1 * 18 - 2.0)
-    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 18 - 1.0)
+    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 18)  # background seconds cost what the batches measure
+    s.ledgers["b"].slowdown = 1.0  # measured: the batches beside b's work were 1 s slower than the quiet ones
+    assert s.training_seconds(now=120.0) == pytest.approx(17.0)
+    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 17 - 1.0)
     s.skip("a", 3, "run", "too dear")
     summary = s.summary()
     assert summary["callbacks"]["a"]["runs"] == 1 and summary["callbacks"]["a"]["skipped"][0]["epoch"] == 3
@@ -105,13 +108,15 @@ def test_the_overhead_estimate_is_spent_over_training_seconds_and_the_fit_end_sa
     s.register("b", 0.03)
     s.start(now=100.0)
     s.charge("a", 2.0, foreground=True)
-    s.charge("b", 1.0, foreground=False)
+    s.charge("b", 1.0, foreground=False)  # background seconds: what they cost is measured on the batches
     s.set_writer("b", 0.5)
-    share, budget = s.overhead(now=122.0)  # 22 s of wall time, 2 of them probes: 20 s of training
-    assert share == pytest.approx((2.0 + 1.0 + 0.5) / 20.0) and budget == pytest.approx(0.08)
+    s.quiet.extend([1.0, 1.2, 1.1])  # batches beside no trainviz work: median 1.1 s
+    s.ledgers["b"].slowdown, s.ledgers["a"].slowdown = 0.375, 0.125  # a 1.6 s batch beside b's and a's work, 3:1
+    share, budget = s.overhead(now=122.0)  # 22 s of wall time, 2 of them probes and 0.5 the slowdown
+    assert share == pytest.approx((2.0 + 0.5) / (22.0 - 2.5)) and budget == pytest.approx(0.08)
     s.stop(now=122.0)
     assert s.overhead(now=200.0)[0] == pytest.approx(share)  # the clock stands still after the fit's end
-    assert "trainviz took 17.5% " in s.overhead_line() and "(budget 8.0%)" in s.overhead_line()
+    assert "trainviz took 12.8% " in s.overhead_line() and "(budget 8.0%)" in s.overhead_line()
 
     callbacks = trainviz.default_callbacks(budget=0.2, embedding=False, robustness=ROBUST)
     trainer = make_trainer(tmp_path, callbacks, max_epochs=2)
@@ -142,3 +147,95 @@ def test_bad_budget_is_refused_with_the_valid_range():
         trainviz.default_callbacks(budget=1.5)
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         trainviz.CAMCallback(budget=0)
+
+
+class _Overlaps:
+    """A stand-in for ``ACTIVITY``: the background work each batch overlapped, in the order the batches end."""
+
+    def __init__(self, *overlaps):
+        self.overlaps = list(overlaps)
+
+    def overlap(self, start, end):
+        return self.overlaps.pop(0)
+
+
+def test_the_slowdown_of_busy_batches_is_measured_against_the_quiet_ones_and_shared_by_work(monkeypatch):
+    """Hand-computed: quiet batches of 1.0, 1.2 and 1.1 s (median 1.1); a busy batch of 1.6 s beside 0.3 s of b's
+    work and 0.1 s of a's adds 0.5 s, 0.375 to b and 0.125 to a; a busy batch before the baseline (1.4 s beside the
+    manifest's writes, no ledger) waits for it, then adds 0.3 s to the unowned slowdown."""
+    from trainviz.core import budget
+
+    monkeypatch.setattr(budget, "ACTIVITY", _Overlaps({"manifest": 0.2}, {}, {}, {}, {"b": 0.3, "a": 0.1}))
+    s = Scheduler()
+    s.register("a", 0.05)
+    s.register("b", 0.05)
+    s.start(now=0.0)
+    for seconds in (1.4, 1.0, 1.2, 1.1, 1.6):
+        s.batch(10.0, 10.0 + seconds)
+    assert s.baseline() == pytest.approx(1.1) and s.busy_batches == 2
+    assert s.ledgers["b"].slowdown == pytest.approx(0.375) and s.ledgers["a"].slowdown == pytest.approx(0.125)
+    assert s.other_slowdown == pytest.approx(0.3)
+    assert s.training_seconds(now=20.0) == pytest.approx(20.0 - 0.8)
+    assert s.summary()["overhead"]["slowdown_seconds"] == pytest.approx(0.8)
+    assert s.timer == "a"  # the first callback to register times the batches, once each
+
+
+def test_a_background_thread_that_slows_training_is_charged_what_it_cost(tmp_path, demo_model, make_trainer):
+    """A real fit: a callback's writer thread runs 1.5 s of pure Python (it holds the GIL) while the next epoch
+    trains. The batches beside it are slower than the quiet ones, and the callback is charged that measured
+    slowdown, not a fixed weight of its seconds."""
+    import time
+
+    from trainviz.callbacks.base import ProbeCallback
+    from trainviz.data import ShapesDataModule
+
+    def spin(seconds: float) -> None:
+        end, x = time.perf_counter() + seconds, 0
+        while time.perf_counter() < end:
+            x += 1
+
+    class Spinner(ProbeCallback):
+        name = "spinner"
+
+        def _run(self, trainer, pl_module, epoch):
+            if epoch == 0:
+                self.sink.background.submit_as(self.name, spin, 1.5)
+
+    callback = Spinner(probe_size=8, budget=0.5, run_at_fit_end=False)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=60, limit_val_batches=0)
+    trainer.fit(demo_model(), ShapesDataModule(n_train=240, n_val=48, batch_size=4))
+    scheduler = callback.scheduler
+    ledger = scheduler.ledgers["spinner"]
+    assert scheduler.busy_batches >= 3 and len(scheduler.quiet) >= 30
+    assert 0.1 < ledger.slowdown < 1.6, (ledger, scheduler.baseline())  # at most the 1.5 s it ran beside them
+    assert ledger.spent == pytest.approx(ledger.foreground + ledger.slowdown)
+
+
+def test_with_several_processes_the_slowest_rank_counts():
+    """At the fit's end the ranks agree on the largest estimate (one all-reduce, here a stand-in's): the line says it
+    is the slowest of the processes'."""
+    from types import SimpleNamespace
+
+    s = Scheduler()
+    s.register("a", 0.1)
+    s.start(now=0.0)
+    s.charge("a", 1.0, foreground=True)  # this rank: 1 s of 21 -> 5%
+    asked = []
+    group = SimpleNamespace(world=2, largest=lambda value: asked.append(value) or 0.25)  # rank 1's was 25%
+    s.stop(now=21.0, group=group)
+    assert asked == [pytest.approx(0.05)]
+    assert s.overhead()[0] == 0.25 and "trainviz took 25.0% " in s.overhead_line()
+    assert "the slowest of 2 processes" in s.overhead_line() and s.summary()["overhead"]["processes"] == 2
+    s.stop(now=30.0, group=group)  # the first call wins: no second all-reduce
+    assert len(asked) == 1
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_the_slowest_estimate(tmp_path, tiny_dm, demo_model, make_trainer):
+    """Two ddp_spawn processes with a budget: every rank books its own runs and the manifest's estimate is the
+    slowest rank's, said to be so."""
+    callbacks = [trainviz.RunManifestCallback(), trainviz.DynamicsCallback(probe_size=8, budget=0.5)]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, strategy="ddp_spawn", devices=2)
+    trainer.fit(demo_model(), tiny_dm)
+    overhead = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())["budget"]["overhead"]
+    assert overhead["processes"] == 2 and overhead["estimate"] > 0

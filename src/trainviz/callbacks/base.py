@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import torch
 from typing_extensions import override
 
-from trainviz.core.budget import BudgetRunner, Scheduler, check_budget
+from trainviz.core.budget import BudgetRunner, Scheduler, check_budget, synchronize
 from trainviz.core.checks import check_choice, check_positive_int
 from trainviz.core.common import WarnOnce
 from trainviz.core.contract import Share, is_whole
@@ -405,8 +405,8 @@ class ProbeCallback(Callback):
         self.budget_runner.skip(epoch, what, reason)
 
     def _charge_background(self, seconds: float) -> None:
-        """Book background work (a worker thread's job) against the budget, weighted by what it costs training
-        (:func:`trainviz.core.threads.contention`)."""
+        """Book background work (a worker thread's job; what it costs training is measured on the batches beside it,
+        :meth:`trainviz.core.budget.Scheduler.batch`)."""
         self.budget_runner.charge(seconds, foreground=False)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, final: bool = False) -> None:
@@ -424,6 +424,7 @@ class ProbeCallback(Callback):
         if epoch in self.done_epochs or epoch in self._attempted or self.probe is None:
             return
         group = Collective.of(trainer) if self.prober is not None else Collective()
+        synchronize(pl_module.device)  # the training step's queued work is not the probe's
         start = time.perf_counter()
         decided, error = None, None  # rank 0's (plan, state): plan None skips the run
         if group.is_zero:
@@ -453,9 +454,10 @@ class ProbeCallback(Callback):
                 if not group.all_ok(error is None):
                     return self._failed(epoch, error, group=group)
         self.done_epochs.append(epoch)
+        synchronize(pl_module.device)
+        seconds = time.perf_counter() - start
+        self.budget_runner.ran(seconds, is_whole(self.plan), epoch)  # every rank its own: the slowest counts at the end
         if group.is_zero:
-            seconds = time.perf_counter() - start
-            self.budget_runner.ran(seconds, is_whole(self.plan), epoch)
             if self.sink is not None:
                 self.sink.scalar("seconds", seconds, epoch)
                 if group.world > 1:  # rank 0's wait for every share and the transfer of the partials
@@ -571,7 +573,19 @@ class ProbeCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.budget_runner.stop()  # every callback's fit-end work ran in on_train_end
+        self.budget_runner.stop(Collective.of(trainer))  # every callback's fit-end work ran in on_train_end
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.budget_runner.batch_start(pl_module.device)  # the budget measures what trainviz's threads cost training
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.budget_runner.batch_end(pl_module.device)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

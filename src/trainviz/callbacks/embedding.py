@@ -125,7 +125,7 @@ class EmbeddingCallback(ProbeCallback):
         self._layers: dict[str, torch.nn.Module] = {}
         self._layout: Layout | None = None
         self.history = probes.EmbeddingHistory(keep_features=self.options.aligned_umap_at_end)
-        self.worker = probes.EmbeddingWorker()
+        self.worker = probes.EmbeddingWorker(owner=self.name)
         self.prober: probes.EmbeddingProbe | None = None
         self._projector: Any = None
 

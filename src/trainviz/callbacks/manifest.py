@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback, make_sink, release_sinks
 from trainviz.core.budget import Scheduler
+from trainviz.core.distributed import Collective
 from trainviz.core.namespace import callback_base
 from trainviz.core.redact import Redactor, check_patterns, strip_url_credentials
 
@@ -250,7 +251,7 @@ class RunManifestCallback(Callback):
         # After every callback's fit-end run: what the overhead budget let run, and what it skipped.
         scheduler = Scheduler.of(trainer)
         if scheduler is not None:
-            scheduler.stop()  # after every callback's fit-end runs (on_train_end)
+            scheduler.stop(group=Collective.of(trainer))  # after every callback's fit-end runs (on_train_end)
         if self.manifest is None or scheduler is None or not trainer.is_global_zero:
             return
         self.manifest["budget"] = scheduler.summary()

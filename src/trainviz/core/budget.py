@@ -1,16 +1,23 @@
 """The overhead budget: what share of training wall time trainviz's probes may take, and who decides what runs.
 
 One :class:`Scheduler` serves every trainviz callback of a Trainer (:meth:`Scheduler.for_trainer`: the callbacks of the
-Trainer hold it, there is no process-wide registry). It measures
-the training time (wall time since fit start, less the time the training thread spent in probes) and keeps one
-ledger per callback: its budget fraction and the seconds it has spent, in the training thread and in the
-background (UMAP and t-SNE). A callback's credit is ``fraction * training_seconds - spent``; at each epoch end
-the callback asks for a plan that fits its credit (:meth:`ProbeCallback._plan
-<trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which corruptions run, the
-embedding callback whether UMAP and t-SNE run, the others run whole or wait. The first and the last epoch
-always produce a result (scaled down to what is essential if the credit is short), so every evolution has
-both ends; the overshoot this allows is the cost of those essential parts. Each callback's side of it (its
-ledger, the plan of each run, what it books and logs) is one :class:`BudgetRunner`.
+Trainer hold it, there is no process-wide registry). It keeps one ledger per callback: its budget fraction and what
+it cost the fit, measured in the run:
+
+- the seconds the training thread spent in its probes (runs and fit-end work);
+- the slowdown of the training batches that ran beside its background work (the sinks' writer thread, the
+  embedding worker: :data:`trainviz.core.threads.ACTIVITY`): each such batch's time less the median time of this
+  run's batches that ran beside no trainviz work, shared among the callbacks in proportion to their seconds of work
+  in the batch (:meth:`Scheduler.batch`). This is the background threads' real effect, not a fixed weight.
+
+The training time is the fit's wall time less those extra seconds: an estimate of the bare fit. A callback's credit
+is ``fraction * training_seconds - spent``; at each epoch end the callback asks for a plan that fits its credit
+(:meth:`ProbeCallback._plan <trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which
+corruptions run, the embedding callback whether UMAP and t-SNE run, the others run whole or wait. The first and the
+last epoch always produce a result (scaled down to what is essential if the credit is short), so every evolution has
+both ends; the overshoot this allows is the cost of those essential parts. Each callback's side of it (its ledger,
+the plan of each run, what it books and logs) is one :class:`BudgetRunner`. At the fit's end, with several processes,
+the slowest rank's estimate counts (:meth:`Scheduler.stop`).
 
 Example:
     >>> from trainviz.core.budget import Scheduler
@@ -24,13 +31,17 @@ Example:
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from trainviz.core.threads import contention
+import torch
+
+from trainviz.core.threads import ACTIVITY
 
 __all__ = ["BudgetRunner", "Ledger", "Scheduler", "check_budget"]
 
@@ -49,19 +60,24 @@ def check_budget(value: Any, name: str = "budget") -> float | None:
 
 @dataclass
 class Ledger:
-    """One callback's account: its fraction, what it spent, and its runs and skips."""
+    """One callback's account: its fraction, what it cost, and its runs and skips."""
 
     fraction: float
     _: KW_ONLY
-    foreground: float = 0.0
-    background: float = 0.0  # worker threads (UMAP, t-SNE), weighted by contention
-    writer: float = 0.0  # the sink's writer thread (PNG, npz, TensorBoard), weighted by contention
+    foreground: float = 0.0  # the training thread in its probes
+    background: float = 0.0  # its worker threads' seconds (UMAP, t-SNE): what they cost shows in `slowdown`
+    writer: float = 0.0  # the sink's writer thread's seconds (PNG, npz, TensorBoard): likewise
+    slowdown: float = 0.0  # measured: the training batches' extra seconds beside its background work
     runs: int = 0
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spent(self) -> float:
-        return self.foreground + self.background + self.writer
+        return self.foreground + max(0.0, self.slowdown)
+
+
+BASELINE_BATCHES = 3
+"""Batches beside no trainviz work needed before a busy batch's slowdown is measured (earlier ones wait)."""
 
 
 class Scheduler:
@@ -72,6 +88,14 @@ class Scheduler:
         self.started: float | None = None
         self.stopped: float | None = None  # the fit's end: the clock stands still after it
         self.forgotten = False  # its fit tore down: the Trainer's next fit makes a new one
+        self.timer: str | None = None  # the callback whose batch hooks time the training batches (the first)
+        self.quiet: deque[float] = deque(maxlen=512)  # seconds of recent batches beside no trainviz work
+        self.busy_batches = 0
+        self.other_slowdown = 0.0  # slowdown beside the work of trainviz threads without a ledger (the manifest)
+        self._unsettled: list[tuple[float, dict[str, float]]] = []  # busy batches before a baseline
+        self._batch_start: float | None = None
+        self.processes = 1
+        self.slowest: float | None = None  # with several processes: the largest rank's estimate, agreed at stop
         self._lock = threading.Lock()
 
     @classmethod
@@ -102,28 +126,78 @@ class Scheduler:
         with self._lock:
             if name not in self.ledgers:
                 self.ledgers[name] = Ledger(fraction)
+            self.timer = self.timer or name
+
+    # the training batches ---------------------------------------------------------------------------
+    def batch(self, start: float, end: float) -> None:
+        """A training batch ran from ``start`` to ``end``: beside no trainviz work it joins the baseline, beside
+        some its time less the baseline (the median of the quiet batches) is the slowdown, shared among the owners of
+        the work in proportion to their seconds in it."""
+        overlap = ACTIVITY.overlap(start, end)
+        with self._lock:
+            if not overlap:
+                self.quiet.append(end - start)
+                if self._unsettled and len(self.quiet) >= BASELINE_BATCHES:
+                    self._settle()
+                return
+            self.busy_batches += 1
+            self._unsettled.append((end - start, overlap))
+            if len(self.quiet) >= BASELINE_BATCHES:
+                self._settle()
+
+    def baseline(self) -> float | None:
+        """The median seconds of this run's batches beside no trainviz work (``None`` before there are any)."""
+        with self._lock:
+            return statistics.median(self.quiet) if self.quiet else None
+
+    def _settle(self) -> None:
+        """Book the busy batches waiting for a baseline (lock held)."""
+        base = statistics.median(self.quiet) if self.quiet else None
+        if base is None:
+            return
+        for seconds, overlap in self._unsettled:
+            extra, total = seconds - base, sum(overlap.values())
+            for owner, busy in overlap.items():
+                share = extra * busy / total
+                if owner in self.ledgers:
+                    self.ledgers[owner].slowdown += share
+                else:
+                    self.other_slowdown += share
+        self._unsettled = []
+
+    def _slowdown(self) -> float:
+        """The measured slowdown of every owner (lock held)."""
+        return max(0.0, sum(ledger.slowdown for ledger in self.ledgers.values()) + self.other_slowdown)
 
     def start(self, now: float | None = None) -> None:
         """Start the training clock (fit start; the first call wins)."""
         if self.started is None:
             self.started = time.perf_counter() if now is None else now
 
-    def stop(self, now: float | None = None) -> None:
+    def stop(self, now: float | None = None, group: Any = None) -> None:
         """Stop the training clock at the fit's end, after every fit-end probe (the first call wins): the fit-end
-        line and the manifest then give the same estimate."""
-        if self.stopped is None:
-            self.stopped = time.perf_counter() if now is None else now
+        line and the manifest then give the same estimate. With ``group`` (a
+        :class:`~trainviz.core.distributed.Collective` of several processes; every rank's first call passes it) the
+        ranks agree on the slowest rank's estimate, which the fit's time is."""
+        if self.stopped is not None:
+            return
+        self.stopped = time.perf_counter() if now is None else now
+        with self._lock:
+            self._settle()
+        if group is not None and group.world > 1:
+            share, _ = self.overhead()
+            self.processes, self.slowest = group.world, group.largest(-1.0 if share is None else share)
 
     def training_seconds(self, now: float | None = None) -> float:
-        """Wall time since :meth:`start` (until :meth:`stop`), less the time the training thread spent in trainviz
-        probes."""
+        """Wall time since :meth:`start` (until :meth:`stop`), less what trainviz added to it: the training thread's
+        time in its probes and the measured slowdown of training batches (the bare fit's estimate)."""
         if self.started is None:
             return 0.0
         now = time.perf_counter() if now is None else now
         if self.stopped is not None:
             now = min(now, self.stopped)
         with self._lock:
-            held = sum(ledger.foreground for ledger in self.ledgers.values())
+            held = sum(ledger.foreground for ledger in self.ledgers.values()) + self._slowdown()
         return max(0.0, now - self.started - held)
 
     def credit(self, name: str, now: float | None = None) -> float:
@@ -145,7 +219,8 @@ class Scheduler:
                 ledger.background += seconds
 
     def set_writer(self, name: str, seconds: float) -> None:
-        """Set the (weighted) seconds the sink's writer thread has worked for callback ``name`` so far."""
+        """Set the seconds the sink's writer thread has worked for callback ``name`` so far (what they cost training
+        is measured: :meth:`batch`)."""
         with self._lock:
             self.ledgers[name].writer = seconds
 
@@ -155,41 +230,56 @@ class Scheduler:
             self.ledgers[name].skips.append({"epoch": epoch, "what": what, "reason": reason})
 
     def overhead(self, now: float | None = None) -> tuple[float | None, float]:
-        """The run's own estimate of what trainviz cost this fit, and the budget: ``(spent / training seconds, sum
-        of the callbacks' fractions)``. ``spent`` is the probes' time on the training thread plus the background
-        and writer threads' time weighted by contention; the slowdown of training batches while trainviz works is
-        not measured (yet), so the estimate is a lower bound. ``None`` before any training time."""
+        """The run's own estimate of what trainviz cost this fit against a bare fit, and the budget: ``(extra /
+        (fit seconds - extra), sum of the callbacks' fractions)``. ``extra`` is the probes' time on the training
+        thread plus the measured slowdown of training batches beside trainviz's background work (:meth:`batch`).
+        With several processes, after :meth:`stop`, the slowest rank's. ``None`` before any training time."""
         train = self.training_seconds(now)
         with self._lock:
-            spent = sum(ledger.spent for ledger in self.ledgers.values())
+            extra = sum(ledger.spent for ledger in self.ledgers.values()) + max(0.0, self.other_slowdown)
             budget = sum(ledger.fraction for ledger in self.ledgers.values())
-        return (spent / train if train > 0 else None), budget
+        if self.slowest is not None:
+            return (self.slowest if self.slowest >= 0 else None), budget
+        return (extra / train if train > 0 else None), budget
 
     def overhead_line(self) -> str:
         """The fit-end line: "trainviz took X% of this fit (budget Y%)", with what X counts."""
         share, budget = self.overhead()
         took = "an unmeasured share" if share is None else f"{100 * share:.1f}%"
+        slowest = f"; the slowest of {self.processes} processes" if self.processes > 1 else ""
         return (
             f"trainviz took {took} of this fit (budget {100 * budget:.1f}%): its probes' time on the training thread "
-            "and its background threads' (weighted by contention), over the training time; the slowdown of training "
-            "batches while it works is not counted, so this is a lower bound."
+            "plus the measured slowdown of the training batches that ran beside its background work (against this "
+            f"run's batches beside none), over the fit's time less those seconds{slowest}."
         )
 
     def summary(self) -> dict[str, Any]:
-        """Plain values for the manifest: training seconds, the overhead estimate (:meth:`overhead`) and, per
-        callback, fraction, spent seconds and skips."""
+        """Plain values for the manifest: training seconds, the overhead estimate (:meth:`overhead`) with how the
+        slowdown was measured and, per callback, fraction, seconds and skips."""
         train = self.training_seconds()
         share, budget = self.overhead()
+        base = self.baseline()
         with self._lock:
             return {
                 "training_seconds": round(train, 3),
-                "overhead": {"estimate": None if share is None else round(share, 4), "budget": round(budget, 4)},
+                "overhead": {
+                    "estimate": None if share is None else round(share, 4),
+                    "budget": round(budget, 4),
+                    "slowdown_seconds": round(self._slowdown(), 3),
+                    "batches": {
+                        "quiet": len(self.quiet),
+                        "busy": self.busy_batches,
+                        "baseline_seconds": None if base is None else round(base, 5),
+                    },
+                    "processes": self.processes,
+                },
                 "callbacks": {
                     name: {
                         "fraction": ledger.fraction,
                         "foreground_seconds": round(ledger.foreground, 3),
                         "background_seconds": round(ledger.background, 3),
                         "writer_seconds": round(ledger.writer, 3),
+                        "slowdown_seconds": round(ledger.slowdown, 3),
                         "share_of_training": round(ledger.spent / train, 4) if train > 0 else None,
                         "runs": ledger.runs,
                         "skipped": list(ledger.skips),
@@ -197,6 +287,13 @@ class Scheduler:
                     for name, ledger in self.ledgers.items()
                 },
             }
+
+
+def synchronize(device: Any) -> None:
+    """Wait for ``device``'s queued work (a CUDA device; anything else has none), so that a time read next is the
+    work's."""
+    if isinstance(device, torch.device) and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class BudgetRunner:
@@ -226,7 +323,7 @@ class BudgetRunner:
         credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds``."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
-        self.scheduler.set_writer(self.name, writer_seconds * contention())
+        self.scheduler.set_writer(self.name, writer_seconds)
         credit = self.scheduler.credit(self.name)
         plan = planner(credit, essential, epoch)
         if self.sink is not None:
@@ -246,15 +343,29 @@ class BudgetRunner:
                 self.sink.scalar(f"{self.name}/share", spent / train if train > 0 else 0.0, epoch)
 
     def charge(self, seconds: float, foreground: bool = True) -> None:
-        """Book ``seconds`` of work outside a run: fit-end work (``foreground``), or background work, weighted by
-        what it costs training (:func:`trainviz.core.threads.contention`)."""
+        """Book ``seconds`` of work outside a run: fit-end work (``foreground``), or background work (its seconds;
+        what it cost training is measured on the batches beside it, :meth:`Scheduler.batch`)."""
         if self.scheduler is not None:
-            self.scheduler.charge(self.name, seconds if foreground else seconds * contention(), foreground=foreground)
+            self.scheduler.charge(self.name, seconds, foreground=foreground)
+
+    def batch_start(self, device: Any) -> None:
+        """A training batch starts (the scheduler's timing callback only; the device synchronised first)."""
+        if self.scheduler is not None and self.scheduler.timer == self.name:
+            synchronize(device)
+            self.scheduler._batch_start = time.perf_counter()
+
+    def batch_end(self, device: Any) -> None:
+        """The training batch ends: its time goes to the scheduler (:meth:`Scheduler.batch`)."""
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.timer == self.name and scheduler._batch_start is not None:
+            synchronize(device)
+            scheduler.batch(scheduler._batch_start, time.perf_counter())
+            scheduler._batch_start = None
 
     def skip(self, epoch: int, what: str, reason: str) -> None:
         if self.scheduler is not None:
             self.scheduler.skip(self.name, epoch, what, reason)
 
-    def stop(self) -> None:
+    def stop(self, group: Any = None) -> None:
         if self.scheduler is not None:
-            self.scheduler.stop()
+            self.scheduler.stop(group=group)

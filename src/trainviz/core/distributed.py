@@ -91,6 +91,14 @@ class Collective:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item()) == 0
 
+    def largest(self, value: float) -> float:
+        """The largest ``value`` over the ranks (one all-reduce): the slowest rank's share of the fit."""
+        if self.world == 1:
+            return float(value)
+        box = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return float(box.item())
+
     @staticmethod
     def _device() -> torch.device:
         """Where the backend wants its tensors: the current CUDA device under NCCL, else the CPU."""

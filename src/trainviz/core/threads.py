@@ -14,11 +14,15 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-__all__ = ["SMALL_MACHINE_CORES", "background_threads", "contention"]
+__all__ = ["ACTIVITY", "SMALL_MACHINE_CORES", "Activity", "background_threads", "contention"]
 
 SMALL_MACHINE_CORES = 4
 """At or below this many cores, background work runs on one thread."""
@@ -30,8 +34,9 @@ calls, and torch's two threads wait for a preempted one)."""
 
 
 def contention(max_cores: int = SMALL_MACHINE_CORES) -> float:
-    """What the overhead budget charges for a second of background work: :data:`SMALL_MACHINE_CONTENTION` on
-    machines with ``max_cores`` cores or fewer, else 1."""
+    """The prior for what a second of background work costs training, used to plan work before its effect is
+    measured (the scheduler measures it: :class:`Activity`): :data:`SMALL_MACHINE_CONTENTION` on machines with
+    ``max_cores`` cores or fewer, else 1."""
     return SMALL_MACHINE_CONTENTION if (os.cpu_count() or 1) <= max_cores else 1.0
 
 
@@ -55,3 +60,54 @@ def background_threads(max_cores: int = SMALL_MACHINE_CORES) -> Iterator[int | N
             numba.set_num_threads(1)  # thread-local in numba: only this worker thread
             stack.callback(numba.set_num_threads, previous)
         yield 1
+
+
+class Activity:
+    """When trainviz's background threads (the sinks' writer, the embedding worker) work, by owner (a callback's
+    name): the overhead budget compares the training batches they overlapped with the batches they did not
+    (:meth:`trainviz.core.budget.Scheduler.batch`). Process-wide, like the threads it watches; thread-safe.
+
+    Example:
+        >>> activity = Activity()
+        >>> with activity.working("embedding"):
+        ...     pass
+        >>> start, end = activity.done[-1][1:]
+        >>> list(activity.overlap(start, end)), activity.overlap(end + 1, end + 2)
+        (['embedding'], {})
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.open: dict[int, tuple[str, float]] = {}  # running jobs: (owner, start)
+        self.done: deque[tuple[str, float, float]] = deque(maxlen=keep)  # finished jobs: (owner, start, end)
+
+    @contextmanager
+    def working(self, owner: str) -> Iterator[None]:
+        """The code inside is background work of ``owner``."""
+        key, start = next(self._ids), time.perf_counter()
+        with self._lock:
+            self.open[key] = (owner, start)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self.open[key]
+                self.done.append((owner, start, time.perf_counter()))
+
+    def overlap(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of each owner's background work within ``[start, end]`` (running jobs count up to now)."""
+        now = time.perf_counter()
+        out: dict[str, float] = {}
+        with self._lock:
+            jobs = [*self.open.values(), *((owner, a, b) for owner, a, b in self.done if b > start)]
+        for owner, a, *rest in jobs:
+            b = rest[0] if rest else now
+            seconds = min(b, end) - max(a, start)
+            if seconds > 0:
+                out[owner] = out.get(owner, 0.0) + seconds
+        return out
+
+
+ACTIVITY = Activity()
+"""This process's background work (every trainviz thread reports to it)."""

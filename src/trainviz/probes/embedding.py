@@ -65,7 +65,7 @@ from trainviz.core.layers import Layout, find_last_spatial_layer, model_layout
 from trainviz.core.options import Options
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.result import Result
-from trainviz.core.threads import background_threads, contention
+from trainviz.core.threads import ACTIVITY, background_threads, contention
 from trainviz.core.transfer import to_cpu
 from trainviz.ops.embedding import (
     MIN_EMBED_POINTS,
@@ -688,8 +688,9 @@ class EmbeddingWorker:
     ``progress(done, total, note)`` given to :meth:`submit` and :meth:`wait` (:data:`trainviz.core.progress.Reporter`)
     is told them while the training thread waits for the worker."""
 
-    def __init__(self, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+    def __init__(self, max_pending_bytes: int = MAX_PENDING_BYTES, owner: str = "embedding") -> None:
         self.max_pending_bytes = max_pending_bytes
+        self.owner = owner  # whose work it is, for the overhead budget (trainviz.core.threads.ACTIVITY)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._jobs: list[tuple[Future, bool, int]] = []  # (job, runs UMAP/t-SNE, bytes of its features)
@@ -697,7 +698,7 @@ class EmbeddingWorker:
         self.slow_cost: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # pickled with the Trainer by ddp_spawn: threads stay behind
-        return {"max_pending_bytes": self.max_pending_bytes}
+        return {"max_pending_bytes": self.max_pending_bytes, "owner": self.owner}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         type(self).__init__(self, **state)
@@ -760,7 +761,7 @@ class EmbeddingWorker:
     def _run(self, epoch: int, job: Callable[[], None], slow: bool, charge: Callable[[float], None] | None) -> None:
         start = time.perf_counter()
         try:
-            with background_threads():
+            with background_threads(), ACTIVITY.working(self.owner):
                 job()
         except Exception as err:  # reported on the training thread (warn once, or raise with strict)
             with self._lock:
@@ -867,7 +868,7 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
             if slow_methods:
                 raw = self.worker.slow_cost
                 raw = FIRST_SLOW_SECONDS * len(slow_methods) if raw is None else raw
-                estimate = raw * contention()  # what it will be charged: it runs beside training
+                estimate = raw * contention()  # the prior for what it costs training; the batches beside it measure it
                 if estimate > credit.seconds - capture_cost:
                     reason = f"estimated {estimate:.1f} s, credit {credit.seconds - capture_cost:.2f} s"
                     self.skipped, affordable = [("+".join(slow_methods), reason)], False

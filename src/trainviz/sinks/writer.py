@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from trainviz.core.threads import ACTIVITY
+
 __all__ = ["BackgroundWriter"]
 
 
@@ -45,7 +47,8 @@ class BackgroundWriter:
     def _execute(self, fn: Callable[..., Any], args: tuple, kwargs: dict, owner: str = "") -> None:
         start = time.perf_counter()
         try:
-            fn(*args, **kwargs)
+            with ACTIVITY.working(owner):
+                fn(*args, **kwargs)
         except Exception as err:  # a failed write must not stop the others or training
             kind = type(err).__name__
             if kind not in self._warned:
