@@ -100,9 +100,9 @@ class Activity:
         now = time.perf_counter()
         out: dict[str, float] = {}
         with self._lock:
-            jobs = [*self.open.values(), *((owner, a, b) for owner, a, b in self.done if b > start)]
-        for owner, a, *rest in jobs:
-            b = rest[0] if rest else now
+            jobs = [(owner, a, now) for owner, a in self.open.values()]  # running: up to now
+            jobs += [(owner, a, b) for owner, a, b in self.done if b > start]
+        for owner, a, b in jobs:
             seconds = min(b, end) - max(a, start)
             if seconds > 0:
                 out[owner] = out.get(owner, 0.0) + seconds
