@@ -1,15 +1,18 @@
-"""Whole-fit overhead of ``trainviz.default_callbacks(budget=...)`` on a run where training dominates.
+"""Whole-fit overhead of ``trainviz.default_callbacks(budget=...)`` on a run where training dominates, in interleaved
+pairs, against the run's own estimate.
 
-    python benchmarks/budget_overhead.py [--epochs 10] [--n-train 23000] [--budgets 0.1 0.05] [--opt-in 0.1]
+    python benchmarks/budget_overhead.py [--pairs 9] [--epochs 6] [--n-train 12000] [--budget 0.1]
 
-A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos
-at 32x32 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs``
-epochs of about 20 s on 2 CPU threads. One fit without trainviz, then one per budget, in the same process and
-order, each timed from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the
-background UMAP/t-SNE work it waits for, the fit-end summaries). Prints the ratios, what each callback ran and
-skipped (the manifest's ``budget``); ``--opt-in B`` adds a fit of the whole suite with the opt-in callbacks
-(``saliency={}``, ``maxact={}``) at budget ``B``, and what the old identity-and-clamp treatment of normalised
-inputs did to the seed's blur and salt-and-pepper accuracies against the right pixels, on the bare run's final model.
+A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos at 32x32
+given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs`` epochs of 10 s or
+more on 2 CPU threads. Identical fits on this machine differ by up to 20%, so one ratio says little: the script runs
+``--pairs`` pairs, each a fit without trainviz then one with ``default_callbacks(budget=B)`` (alternating, in one
+process), each timed from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the
+background work it waits for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every
+thread of the process: the primary figure, since wall time here swings with the host) and in wall time, and the run's
+own estimate X (the manifest's ``budget.overhead.estimate``: probe time plus the measured slowdown of training batches,
+over the fit less those); then the medians and spreads, the median X against the measured median ratio minus 1, and
+how many runs each callback made over the epochs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -134,66 +138,72 @@ def fit(callbacks, args, root: str):
     return end - start, model, val.dataset
 
 
-def clamp_effect(model, dataset) -> dict[str, dict[str, float]]:
-    """Accuracy under the seed probes with the right pixels against the old identity-and-clamp treatment."""
-    from trainviz.data import Normalization
-    from trainviz.ops.corruptions import corrupt
+def pair_figures(bare: tuple[float, float], probed: tuple[float, float]) -> tuple[float, float]:
+    """``(CPU-time ratio, wall-time ratio)`` of one pair, from each fit's ``(cpu seconds, wall seconds)``.
 
-    norm = Normalization(MEAN, STD)
-    inputs = torch.stack([dataset[i][0] for i in range(512)])
-    labels = torch.tensor([dataset[i][1] for i in range(512)])
-    out = {}
-    model.eval()
-    with torch.no_grad():
-        for name in ("gaussian_blur_3x3", "gaussian_blur_5x5", "salt_pepper_0.0005", "salt_pepper_0.005", "grayscale"):
-            right = model(norm.normalize(corrupt(norm.denormalize(inputs), name, 1, seed=0)))
-            clamped = model(corrupt(inputs.clamp(0, 1), name, 1, seed=0))  # what trainviz 0.1 fed the model
-            out[name] = {
-                "right_pixels": (right.argmax(1) == labels).float().mean().item(),
-                "identity_clamped": (clamped.argmax(1) == labels).float().mean().item(),
-            }
-        out["clean"] = {"accuracy": (model(inputs).argmax(1) == labels).float().mean().item()}
-    return out
+    >>> pair_figures((100.0, 50.0), (110.0, 60.0))
+    (1.1, 1.2)
+    """
+    return probed[0] / bare[0], probed[1] / bare[1]
+
+
+def spread(values: list[float]) -> str:
+    """Median, quartiles and range of ``values``, as one line.
+
+    >>> spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    'median 3.000, quartiles 2.000-4.000, range 1.000-5.000'
+    """
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"median {median:.3f}, quartiles {q1:.3f}-{q3:.3f}, range {min(values):.3f}-{max(values):.3f}"
 
 
 def main() -> None:
     import trainviz
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--n-train", type=int, default=23000)
+    parser.add_argument("--pairs", type=int, default=9)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--n-train", type=int, default=12000)
     parser.add_argument("--n-val", type=int, default=1024)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.05])
-    parser.add_argument("--opt-in", type=float, nargs="*", default=[], help="budgets of fits with saliency and maxact")
+    parser.add_argument("--budget", type=float, default=0.1)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, threads {threads}, {args.epochs} epochs of {args.n_train} images")
+    cpu_ratios, wall_ratios, estimates, runs = [], [], [], {}
     with tempfile.TemporaryDirectory() as root:
-        bare, model, val = fit([], args, os.path.join(root, "bare"))
-        print(
-            f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"{args.epochs} epochs of {args.n_train} images"
-        )
-        print(f"fit without trainviz: {bare:.1f} s ({bare / args.epochs:.1f} s per epoch)")
-        runs = [(b, {}) for b in args.budgets] + [(b, {"saliency": {}, "maxact": {}}) for b in args.opt_in]
-        for budget, extra in runs:
-            run = os.path.join(root, f"budget{budget}{'_'.join(extra)}")
-            seconds, _, _ = fit(trainviz.default_callbacks(budget=budget, **extra), args, run)
-            manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))
-            call = f"default_callbacks(budget={budget}{''.join(f', {k}={{}}' for k in extra)})"
-            print(f"fit with {call}: {seconds:.1f} s; ratio {seconds / bare:.3f}")
-            for name, ledger in manifest["budget"]["callbacks"].items():
-                skipped = [f"{s['epoch']}:{s['what']}" for s in ledger["skipped"]]
-                print(
-                    f"  {name}: {ledger['runs']} runs, {ledger['foreground_seconds']:.1f} s + "
-                    f"{ledger['background_seconds']:.1f} s background + {ledger.get('writer_seconds', 0):.1f} s "
-                    f"writer, weighted (budget {ledger['fraction']:.3f}); skipped {', '.join(skipped) or 'nothing'}"
-                )
-            records = [json.loads(line) for line in open(os.path.join(run, "trainviz", "robustness", "metrics.jsonl"))]
+        for pair in range(args.pairs):
+            timings = []
+            for probed in (False, True):
+                run = os.path.join(root, f"pair{pair}_{'probed' if probed else 'bare'}")
+                callbacks = trainviz.default_callbacks(budget=args.budget) if probed else []
+                cpu = time.process_time()
+                wall, _, _ = fit(callbacks, args, run)
+                timings.append((time.process_time() - cpu, wall))
+            manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))["budget"]
+            cpu_ratio, wall_ratio = pair_figures(*timings)
+            estimate = manifest["overhead"]["estimate"]
+            cpu_ratios.append(cpu_ratio)
+            wall_ratios.append(wall_ratio)
+            estimates.append(estimate)
+            for name, ledger in manifest["callbacks"].items():
+                runs.setdefault(name, []).append(ledger["runs"])
             print(
-                "  robustness rows per run:",
-                [f"{r['epoch']}:{r['schedule']['rows']}/{r['schedule']['of']}" for r in records],
+                f"pair {pair + 1}: bare {timings[0][1]:.1f} s wall / {timings[0][0]:.1f} s CPU, with trainviz "
+                f"{timings[1][1]:.1f} s / {timings[1][0]:.1f} s: CPU ratio {cpu_ratio:.3f}, wall ratio "
+                f"{wall_ratio:.3f}; its own X {estimate:.3f} (slowdown {manifest['overhead']['slowdown_seconds']:.1f} s"
+                f", {manifest['overhead']['batches']['busy']} busy batches)",
+                flush=True,
             )
-        print("seed probes, right pixels against identity + clamp:", json.dumps(clamp_effect(model, val), indent=1))
+    print(f"CPU-time ratio: {spread(cpu_ratios)}")
+    print(f"wall-time ratio: {spread(wall_ratios)}")
+    print(f"the run's own X: {spread(estimates)}")
+    x = statistics.median(estimates)
+    for what, ratios in (("CPU", cpu_ratios), ("wall", wall_ratios)):
+        gap = x - (statistics.median(ratios) - 1)
+        print(f"median X {x:.3f} against the {what}-time median ratio minus 1: {gap:+.3f}")
+    for name, counts in runs.items():
+        print(f"  {name}: runs per fit {counts} over {args.epochs} epochs (median {statistics.median(counts)})")
 
 
 if __name__ == "__main__":
