@@ -162,6 +162,7 @@ def test_bad_layers_fail_at_setup(tmp_path, dm, kwargs, message, demo_model, mak
         ({"n_tracked": -1}, "Expected `n_tracked` to be a positive int"),
         ({"fc_layer": "net.fc"}, "used with method='cam'"),
         ({"pointing_tolerance": -2}, "non-negative int"),
+        ({"faithfulness_every": 0}, "Expected `faithfulness_every` to be a positive int, got 0"),
     ],
 )
 def test_arguments_are_checked_in_init(kwargs, message):
@@ -179,5 +180,48 @@ def test_state_round_trip_keeps_the_evolution_history(tmp_path, dm, fit):
     for (_, a), (_, b) in zip(resumed.history.runs, cb.history.runs):
         assert torch.equal(a, b) and a.dtype == torch.float16 and a.shape == (2, 32, 32)
     assert set(resumed.history.previous) == {*LAYERS, "aggregate"}
+    assert resumed.history.faithfulness_epochs == [0, 1]  # when the faithfulness scores are next due
     assert resumed.state_key == cb.state_key
     assert CAMCallback(layers=LAYERS, method="gradcam++").state_key != cb.state_key
+
+
+def test_faithfulness_every_2_records_which_runs_have_the_scores(tmp_path, dm, fit):
+    cb = CAMCallback(layers=LAYERS, probe_size=12, n_tracked=2, deletion_steps=2, faithfulness_every=2, strict=True)
+    fit(tmp_path, [cb], dm, epochs=4)  # the last run without the scores writes the section
+    assert cb.done_epochs == [0, 1, 2, 3]
+    store = cb.sink.store
+    records = store.read_jsonl("cam/metrics.jsonl")
+    assert [(r["epoch"], r["faithfulness"]) for r in records] == [(0, True), (1, False), (2, True), (3, False)]
+    assert ["aggregate/deletion_auc" in r for r in records] == [True, False, True, False]
+    assert not any(k.rsplit("/", 1)[-1] in METRICS for k in records[1])  # absent, not null
+    assert all(r["aggregate/pointing_game"] is not None for r in records)  # the maps and localisation every run
+    assert "aggregate/drift_correlation" in records[1] and "aggregate/drift_correlation" in records[2]
+    arrays = store.read_npz("cam/epoch_0001/maps.npz")
+    assert "pointing_hit/aggregate" in arrays and not any(k.startswith(("drop/", "deletion_")) for k in arrays)
+    assert "deletion_curve/aggregate" in store.read_npz("cam/epoch_0002/maps.npz")
+    assert [e.step for e in events(tmp_path).Scalars("trainviz/cam/aggregate/deletion_auc")] == [0, 2]
+    assert store.read_npz("cam/epoch_0003/evolution.npz")["epochs"].tolist() == [0, 1, 2, 3]
+    assert cb.history.faithfulness_epochs == [0, 2]
+
+    from trainviz.report.sections import curve_figure, discover, render_sections
+
+    (section,) = [s for s in discover(store.root) if s.name == "cam"]  # written by the last run, without the scores
+    curve = next(c for c in section.spec["curves"] if c["title"] == "Deletion AUC")
+    figure = curve_figure(curve, section.records())
+    assert [t["name"] for t in figure["data"]] == [*LAYERS, "aggregate"]
+    assert [v is None for v in figure["data"][-1]["y"]] == [False, True, False, True]  # a gap where none ran
+    _, html, _ = render_sections(store.root, tmp_path)
+    cam = html[html.index('data-section="cam"') :]
+    assert "Deletion AUC" in cam[: cam.index("</details>")]
+
+
+def test_under_a_budget_the_faithfulness_scores_are_left_out_first(tmp_path, dm, fit):
+    cb = CAMCallback(layers=LAYERS, probe_size=12, deletion_steps=2, budget=1e-6, strict=True)
+    fit(tmp_path, [cb], dm, epochs=3)  # no credit: the first run whole, the middle skipped, the last the maps alone
+    assert cb.done_epochs == [0, 2]
+    records = cb.sink.store.read_jsonl("cam/metrics.jsonl")
+    assert [(r["epoch"], r["faithfulness"]) for r in records] == [(0, True), (2, False)]
+    assert "aggregate/deletion_auc" not in records[1] and "aggregate/pointing_game" in records[1]
+    skips = cb.scheduler.ledgers["cam"].skips
+    assert [(s["epoch"], s["what"]) for s in skips] == [(1, "run"), (2, "faithfulness")]
+    assert "the faithfulness scores" in skips[1]["reason"] and "credit" in skips[1]["reason"]

@@ -77,7 +77,7 @@ def test_a_plan_without_faithfulness_leaves_the_deletion_curves_out():
     plan = CAMPlan(faithfulness=False)
     result = prober.merge([prober.compute(model, Share.of(probe), plan, None)], plan)
     assert set(result.per_map["2"]) == {"pointing_game", "energy_pointing_game"}
-    assert set(prober.plan(Credit()).__dict__) == {"faithfulness"} and prober.plan(Credit()).faithfulness
+    assert prober.plan(Credit()) == CAMPlan(faithfulness=True, whole=True)
 
 
 def test_the_callback_arguments_are_the_options():

@@ -33,7 +33,10 @@ class CAMCallback(ProbeCallback):
     All layers come from one forward and one ``torch.autograd.grad`` per probe batch
     (:func:`trainviz.ops.cam.class_activation_maps`); guided Grad-CAM adds one backward to the input.
     The faithfulness scores run ``2 + deletion_steps + 1`` forward passes of the probe set per map (each
-    layer, and the aggregate when there are several layers).
+    layer, and the aggregate when there are several layers), most of a run's cost: they run at the first run and
+    every ``faithfulness_every``-th run after it, and under a ``budget`` they are what is left out first when the
+    run does not fit its credit (a skipped part in the manifest's budget; the next run has them again); the maps,
+    localisation and drift run at every run. Each record says whether the run had them (``"faithfulness"``).
 
     Logged keys (step = epoch index; ``<layer>`` is each resolved layer name, and ``aggregate`` the layers
     combined, which with one layer is that layer's map):
@@ -46,11 +49,12 @@ class CAMCallback(ProbeCallback):
         - ``trainviz/cam/<layer or aggregate>/pointing_game`` and ``.../energy_pointing_game`` (scalars, only
           when the probe set has masks, e.g. the ``shapes`` data) and ``trainviz/cam/pointing_game_chance``
           (the mean mask area fraction: what a random point scores).
-        - ``trainviz/cam/<layer or aggregate>/average_drop`` and ``.../increase_in_confidence`` (scalars,
-          fractions in [0, 1]): the target probability when the input is multiplied by the map, with 0
-          (the normalisation mean colour for normalised inputs) where the map is 0.
-        - ``trainviz/cam/<layer or aggregate>/deletion_auc`` (scalar): area under the target probability as the
-          most salient pixels are replaced by 0 in ``deletion_steps`` steps (lower: more faithful).
+        - ``trainviz/cam/<layer or aggregate>/average_drop`` and ``.../increase_in_confidence`` (scalars, at the
+          runs with the faithfulness scores, fractions in [0, 1]): the target probability when the input is
+          multiplied by the map, with 0 (the normalisation mean colour for normalised inputs) where the map is 0.
+        - ``trainviz/cam/<layer or aggregate>/deletion_auc`` (scalar, at the runs with the faithfulness scores): area
+          under the target probability as the most salient pixels are replaced by 0 in ``deletion_steps`` steps
+          (lower: more faithful).
         - ``trainviz/cam/<layer or aggregate>/drift_correlation`` (scalar, from the second run on): mean
           Pearson correlation of each probe image's map with its map at the previous run (1: stable),
           computed on maps shrunk to at most 32 pixels a side.
@@ -59,9 +63,10 @@ class CAMCallback(ProbeCallback):
           maps across (at most ``max_strip`` evenly spaced) epochs.
         - ``trainviz/cam/seconds``, ``trainviz/cam/failures`` (scalars, from the base class).
         - artifacts: ``cam/epoch_XXXX/maps.npz`` (``maps/<key>`` float16 ``(N, H, W)``, ``ids``, ``labels``,
-          ``targets``, ``probs``, and per image ``pointing_hit/<key>``, ``energy/<key>``, ``drop/<key>``,
-          ``increase/<key>``, ``deletion_curve/<key>``, ``deletion_auc/<key>``, ``drift/<key>``),
-          ``cam/metrics.jsonl`` (:class:`~trainviz.probes.cam.CAMProbeResult` records: the scalars of each run),
+          ``targets``, ``probs``, and per image ``pointing_hit/<key>``, ``energy/<key>``, ``drift/<key>`` and, at
+          the runs with the faithfulness scores, ``drop/<key>``, ``increase/<key>``, ``deletion_curve/<key>``,
+          ``deletion_auc/<key>``), ``cam/metrics.jsonl`` (:class:`~trainviz.probes.cam.CAMProbeResult` records:
+          the scalars of each run and ``"faithfulness"``, whether it had the faithfulness scores),
           PNGs of every image above, and at fit end ``cam/epoch_XXXX/evolution.npz`` (``maps``
           ``(epochs, n_tracked, h, w)``, ``epochs``, ``ids``).
 
@@ -78,6 +83,9 @@ class CAMCallback(ProbeCallback):
         n_grid: probe images in the overlay grids.
         fc_layer: for ``method="cam"``, the final linear layer (default: the model's last ``nn.Linear``).
         deletion_steps: steps of the deletion curve.
+        faithfulness_every: run the faithfulness scores (average drop, increase in confidence, deletion curve)
+            at the first run and every ``faithfulness_every``-th run after it (default 1: every run); under a
+            ``budget`` a run whose credit is short leaves them out first.
         pointing_tolerance: pixels by which masks grow for the pointing game.
         max_strip: most epochs shown in the evolution strip.
         reshape: a callable turning a layer's output into feature maps ``(N, C, h, w)``, for token layouts
@@ -89,7 +97,8 @@ class CAMCallback(ProbeCallback):
 
     Raises:
         ValueError: in ``__init__``, for an argument out of range (``layers`` empty or repeated, an unknown
-            ``method``, ``aggregate`` or ``target``, a count not a positive int, ``fc_layer`` without
+            ``method``, ``aggregate`` or ``target``, a count or ``faithfulness_every`` not a positive int,
+            ``fc_layer`` without
             ``method="cam"``); at fit start, before the first epoch, when a layer is not found (the message names
             close matches), gives no feature maps, or the method does not apply to it (CAM without
             ``layer -> GAP -> linear``), or the model's output is not logits.
@@ -125,6 +134,7 @@ class CAMCallback(ProbeCallback):
         n_grid: int = 16,
         fc_layer: str | None = None,
         deletion_steps: int = 16,
+        faithfulness_every: int = 1,
         pointing_tolerance: int = 0,
         max_strip: int = 12,
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -175,6 +185,10 @@ class CAMCallback(ProbeCallback):
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
-        if super()._plan(credit, essential, epoch) is None:  # skipped whole: the last run cost more than the credit
-            return None
-        return self.prober.plan(Credit(credit, essential, epoch))
+        """The probe's plan (:meth:`~trainviz.probes.cam.CAMProbe.plan`): under a budget, a run whose due
+        faithfulness scores do not fit runs without them and a run whose maps do not fit is skipped (unless
+        essential), each logged as skipped."""
+        plan = self.prober.plan(Credit(credit, essential, epoch))
+        for what, reason in self.prober.skipped:
+            self._skip(epoch, what, reason)
+        return plan

@@ -21,7 +21,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ __all__ = [
 ]
 
 STATE_SIDE = 32  # maps kept between runs (drift reference, evolution strips) are at most this many pixels a side
+_FAITHFUL_SCALARS = ("average_drop", "increase_in_confidence", "deletion_auc")  # the amortised scores
 _GREEN, _RED = (20, 120, 40), (190, 30, 30)
 
 
@@ -82,6 +84,8 @@ class CAMOptions(Options):
         guided: also compute guided Grad-CAM.
         n_tracked: images in the layer rows and the evolution strip; n_grid: images in the overlay grids.
         deletion_steps: steps of the deletion curve; pointing_tolerance: pixels by which masks grow.
+        faithfulness_every: the faithfulness scores (average drop, increase in confidence, deletion curve: the
+            extra forwards) run at the first run and every ``faithfulness_every``-th run after it.
         max_strip: most epochs in the evolution strip.
     """
 
@@ -94,6 +98,7 @@ class CAMOptions(Options):
     n_grid: int = 16
     fc_layer: str | None = None
     deletion_steps: int = 16
+    faithfulness_every: int = 1
     pointing_tolerance: int = 0
     max_strip: int = 12
     reshape: Reshape = None
@@ -118,6 +123,7 @@ class CAMOptions(Options):
             n_tracked=check_positive_int("n_tracked", self.n_tracked),
             n_grid=check_positive_int("n_grid", self.n_grid),
             deletion_steps=check_positive_int("deletion_steps", self.deletion_steps),
+            faithfulness_every=check_positive_int("faithfulness_every", self.faithfulness_every),
             max_strip=check_positive_int("max_strip", self.max_strip),
         )
 
@@ -143,24 +149,27 @@ class CAMConfig:
 
 @dataclass(frozen=True)
 class CAMPlan:
-    """What a CAM run computes: every map with its localisation and faithfulness scores (CAM has no parts to
-    leave out; a run that does not fit the budget is skipped whole by the callback)."""
+    """What a CAM run computes: every map with its localisation scores, and the faithfulness scores (the extra
+    forwards: average drop, increase in confidence, deletion curve) when they run.
+
+    Attributes:
+        faithfulness: the faithfulness scores run (when due: the first run and every ``faithfulness_every``-th).
+        whole: everything due runs (:func:`trainviz.core.contract.is_whole`; ``False``: the budget left the due
+            faithfulness scores out).
+    """
 
     faithfulness: bool = True
-
-    @property
-    def whole(self) -> bool:
-        """Everything runs (:func:`trainviz.core.contract.is_whole`)."""
-        return self.faithfulness
+    whole: bool = True
 
 
 @dataclass(kw_only=True)
 class CAMProbeResult(Result):
-    """One run. The record is flat: ``{"epoch", "target_probability", "pointing_game_chance" (with masks),
-    "<key>/<metric>"}`` for each map key (every layer, and ``aggregate``) and metric (``pointing_game``,
-    ``energy_pointing_game`` with masks; ``average_drop``, ``increase_in_confidence``, ``deletion_auc``;
-    ``drift_correlation`` from the second run), ``None`` for non-finite values. The tensors and the pictures'
-    inputs are not recorded and are ``None`` in a result read back.
+    """One run. The record is flat: ``{"epoch", "faithfulness", "target_probability", "pointing_game_chance" (with
+    masks), "<key>/<metric>"}`` for each map key (every layer, and ``aggregate``) and metric (``pointing_game``,
+    ``energy_pointing_game`` with masks; ``average_drop``, ``increase_in_confidence``, ``deletion_auc`` when the
+    faithfulness scores ran this run, which ``faithfulness`` says; ``drift_correlation`` from the second run),
+    ``None`` for non-finite values. The tensors and the pictures' inputs are not recorded and are ``None`` in a
+    result read back.
 
     Shape:
         maps ``{key: (N, H, W)}``, probs ``(N, K)``, labels, ids and targets ``(N,)``, per_image
@@ -172,6 +181,7 @@ class CAMProbeResult(Result):
     target_probability: float
     pointing_game_chance: float | None
     per_map: dict[str, dict[str, float]]
+    faithfulness: bool = True
     maps: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     probs: torch.Tensor | None = field(default=None, repr=False, compare=False)
     labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -200,7 +210,8 @@ class CAMProbeResult(Result):
         return out
 
     def record(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, **{k: json_number(v) for k, v in self.scalars().items()}}
+        scalars = {k: json_number(v) for k, v in self.scalars().items()}
+        return {"epoch": self.epoch, "faithfulness": self.faithfulness, **scalars}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> CAMProbeResult:
@@ -214,6 +225,7 @@ class CAMProbeResult(Result):
             target_probability=record["target_probability"],
             pointing_game_chance=record.get("pointing_game_chance"),
             per_map=per_map,
+            faithfulness=bool(record.get("faithfulness", True)),  # records before amortisation: every run had them
         )
 
     def render(self) -> dict[str, np.ndarray]:
@@ -253,7 +265,8 @@ class CAMProbeResult(Result):
     def section(self) -> dict[str, Any]:
         """The report section: each map's localisation, faithfulness and drift over epochs, the overlays of every
         layer in one synchronised grid per epoch, the per-class mean maps and the fit-end evolution strip (see
-        :meth:`Result.section <trainviz.core.result.Result.section>`); two runs compared: the CAM drift between
+        :meth:`Result.section <trainviz.core.result.Result.section>`; the faithfulness curves have every map key
+        whether or not this run had them, and show the runs that did); two runs compared: the CAM drift between
         them, the correlation of the maps of the same probe images (:func:`trainviz.report.compare.map_correlation`)."""
         keys = list(self.per_map)
         y_ranges = {
@@ -276,7 +289,11 @@ class CAMProbeResult(Result):
         ]
         for metric, y_range in y_ranges.items():
             named = NAMES[f"{{map}}/{metric}"]  # titles and descriptions: the name table
-            series = [{"name": k, "key": [f"{k}/{metric}"]} for k in keys if metric in self.per_map[k]]
+            series = [
+                {"name": k, "key": [f"{k}/{metric}"]}
+                for k in keys
+                if metric in self.per_map[k] or metric in _FAITHFUL_SCALARS
+            ]
             if metric == "pointing_game" and self.pointing_game_chance is not None:
                 series.append({"name": "chance", "key": ["pointing_game_chance"]})
             if series:
@@ -361,23 +378,44 @@ def class_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
     )
 
 
-def _per_image_metrics(
-    model: nn.Module, share: ProbeSet, targets: torch.Tensor, m: torch.Tensor, plan: CAMPlan, config: CAMConfig
+def _localisation(share: ProbeSet, m: torch.Tensor, config: CAMConfig) -> dict[str, torch.Tensor]:
+    """Per-image localisation of one stack of maps of a share (with masks; none without): no forward."""
+    if share.masks is None:
+        return {}
+    return {
+        "pointing_hit": pointing_game(m, share.masks, config.options.pointing_tolerance),
+        "energy": energy_pointing_game(m, share.masks),
+    }
+
+
+def _faithfulness(
+    model: nn.Module, share: ProbeSet, targets: torch.Tensor, m: torch.Tensor, config: CAMConfig
 ) -> dict[str, torch.Tensor]:
-    """Per-image metrics of one stack of maps of a share (localisation with masks, faithfulness)."""
-    arrays = {}
-    if share.masks is not None:
-        arrays["pointing_hit"] = pointing_game(m, share.masks, config.options.pointing_tolerance)
-        arrays["energy"] = energy_pointing_game(m, share.masks)
-    if plan.faithfulness:
-        batch = config.batch_size
-        arrays["drop"], arrays["increase"] = confidence_change(model, share.images, m, targets, batch_size=batch)
-        arrays["deletion_curve"], arrays["deletion_auc"] = deletion_curve(
-            model, share.images, m, targets, steps=config.options.deletion_steps, batch_size=batch
-        )
+    """Per-image faithfulness of one stack of maps of a share: ``2 + deletion_steps + 1`` forwards."""
+    batch, arrays = config.batch_size, {}
+    arrays["drop"], arrays["increase"] = confidence_change(model, share.images, m, targets, batch_size=batch)
+    arrays["deletion_curve"], arrays["deletion_auc"] = deletion_curve(
+        model, share.images, m, targets, steps=config.options.deletion_steps, batch_size=batch
+    )
     return arrays
 
 
+def _per_key(
+    maps: dict[str, torch.Tensor], n_layers: int, metrics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """``{"<metric>/<key>": (n,) or (n, steps + 1)}`` of ``metrics(map)`` for each map key; with one layer the
+    aggregate is that layer's map and gets its arrays again."""
+    out: dict[str, torch.Tensor] = {}
+    arrays: dict[str, torch.Tensor] = {}
+    for key, m in maps.items():
+        if not (key == "aggregate" and n_layers == 1):
+            arrays = metrics(m)
+        out.update({f"{name}/{key}": v for name, v in arrays.items()})
+    return out
+
+
+_LOCALISATION = ("pointing_hit", "energy")  # per-image arrays, in the order they are kept
+_FAITHFULNESS = ("drop", "increase", "deletion_curve", "deletion_auc")
 _MEANS = {  # per-image array -> the scalar that is its mean over the probe set
     "pointing_hit": "pointing_game",
     "energy": "energy_pointing_game",
@@ -389,8 +427,9 @@ _MEANS = {  # per-image array -> the scalar that is its mean over the probe set
 
 @dataclass(kw_only=True)
 class CAMPartial:
-    """What one share computes (CPU tensors, in share order): the maps, their per-image metrics, and the guided
-    Grad-CAM of the share's grid images.
+    """What one share computes (CPU tensors, in share order): the maps, their per-image metrics, the guided
+    Grad-CAM of the share's grid images, and the seconds of its parts (``{"maps": s, "faithfulness": s}``, the
+    latter only when they ran).
 
     Shape:
         maps and small ``{key: (n, H, W)}`` and ``(n, h, w)``, probs ``(n, K)``, targets ``(n,)``, per_image
@@ -406,39 +445,61 @@ class CAMPartial:
     chance: torch.Tensor | None
     guided: dict[int, torch.Tensor] | None
     n_layers: int
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class CAMHistory:
     """What CAM keeps between runs (saved in the callback's checkpoint state): the tracked images' aggregate maps
-    per run (the evolution strip) and the last run's small maps (the drift reference), on the CPU in float16."""
+    per run (the evolution strip), the last run's small maps (the drift reference), on the CPU in float16, and the
+    epochs of the runs that had the faithfulness scores."""
 
     runs: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     previous: dict[str, torch.Tensor] = field(default_factory=dict)
+    faithfulness_epochs: list[int] = field(default_factory=list)
+
+    def faithfulness_due(self, every: int) -> bool:
+        """The first run, then once ``every`` runs have passed since the last run with the faithfulness scores
+        (every ``every``-th run; scores the budget left out come at the next run).
+
+        Example:
+            >>> h = CAMHistory(faithfulness_epochs=[0])
+            >>> h.runs = [(e, torch.zeros(1)) for e in (0, 1)]
+            >>> CAMHistory().faithfulness_due(3), h.faithfulness_due(3), h.faithfulness_due(2)
+            (True, False, True)
+        """
+        if not self.faithfulness_epochs:
+            return True
+        last = self.faithfulness_epochs[-1]
+        return sum(e > last for e, _ in self.runs) + 1 >= every
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "history_epochs": [e for e, _ in self.runs],
             "history_maps": torch.stack([m for _, m in self.runs]) if self.runs else None,
             "previous": dict(self.previous),
+            "faithfulness_epochs": list(self.faithfulness_epochs),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         maps = state.get("history_maps")
-        self.runs = [] if maps is None else list(zip(state.get("history_epochs", []), maps.unbind(0)))
+        epochs = list(state.get("history_epochs", []))
+        self.runs = [] if maps is None else list(zip(epochs, maps.unbind(0)))
         self.previous = dict(state.get("previous") or {})
+        self.faithfulness_epochs = list(state.get("faithfulness_epochs", epochs))  # older states: every run had them
 
     def clear(self) -> None:
-        self.runs, self.previous = [], {}
+        self.runs, self.previous, self.faithfulness_epochs = [], {}, []
 
 
 class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
     """The CAM capability under the compute contract (:mod:`trainviz.core.contract`).
 
     ``compute`` explains a share's images (one forward and one ``autograd.grad`` per batch, plus the faithfulness
-    forwards) and scores each map per image; ``merge`` concatenates the shares, averages the scores over the whole
-    probe set, measures drift against the previous run and builds the pictures, then records the run in
-    ``history``.
+    forwards when the plan has them) and scores each map per image; ``merge`` concatenates the shares, averages the
+    scores over the whole probe set, measures drift against the previous run and builds the pictures, then records
+    the run in ``history``. It keeps the seconds of the last run's parts (:attr:`costs`: the maps with their
+    localisation, and the faithfulness scores), from which :meth:`plan` decides under a budget.
 
     Args:
         probe: the whole probe set (on any device: merge reads labels, masks and the grid images).
@@ -452,12 +513,42 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         self.config = config
         self.history = history if history is not None else CAMHistory()
         self.epoch = 0
+        self.costs: dict[str, float] = {}  # seconds of the last run's maps ("maps") and faithfulness ("faithfulness")
+        self.skipped: list[tuple[str, str]] = []  # the parts the last plan left out, with why
 
     def plan(self, credit: Credit) -> CAMPlan | None:
+        """The maps, with the faithfulness scores when due (:meth:`CAMHistory.faithfulness_due`). Under a budget
+        (``credit.seconds``): everything due if the last costs of its parts fit the credit, else the maps without
+        the faithfulness scores if the maps fit (or the run is essential), else nothing (``None``). An unmeasured
+        part counts as fitting. :attr:`skipped` says what was left out."""
         self.epoch = credit.epoch
-        return CAMPlan()
+        self.skipped = []
+        due = self.history.faithfulness_due(self.config.options.faithfulness_every)
+        seconds, maps, faithfulness = credit.seconds, self.costs.get("maps"), self.costs.get("faithfulness")
+        whole = CAMPlan(faithfulness=due)
+        if seconds is None or maps is None:
+            return whole
+        cost = maps + ((faithfulness or 0.0) if due else 0.0)
+        if cost <= seconds:
+            return whole
+        if due and (maps <= seconds or credit.essential):
+            self.skipped = [
+                (
+                    "faithfulness",
+                    f"the maps last took {maps:.2f} s and the faithfulness scores {faithfulness or 0.0:.2f} s, "
+                    f"credit {seconds:.2f} s",
+                )
+            ]
+            return CAMPlan(faithfulness=False, whole=False)
+        if credit.essential:
+            return whole  # the maps alone, nothing due left out
+        self.skipped = [("run", f"its parts last took {cost:.2f} s, credit {seconds:.2f} s")]
+        return None
 
     def compute(self, model: nn.Module, share: Share[ProbeSet], plan: CAMPlan, state: Any) -> CAMPartial:
+        """The share's maps of every layer and their aggregate, each scored per image (localisation with masks;
+        faithfulness with ``plan.faithfulness``), on the CPU, with the seconds of the two parts."""
+        start = time.perf_counter()
         data, config = share.data, self.config
         if len(share) == 0:  # nothing to explain here; merge leaves it out
             empty = torch.empty(0)
@@ -470,14 +561,12 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
                 chance=None,
                 guided=None,
                 n_layers=len(config.layers),
+                seconds={"maps": time.perf_counter() - start},
             )
         result = class_maps(model, data.images, data.labels, config)
         maps = {**result.maps, "aggregate": result.aggregate}
-        per_image: dict[str, torch.Tensor] = {}
-        for key, m in maps.items():
-            if not (key == "aggregate" and len(result.maps) == 1):  # else the aggregate is the one layer's map
-                arrays = _per_image_metrics(model, data, result.targets, m, plan, config)
-            per_image.update({f"{name}/{key}": v for name, v in arrays.items()})  # one layer: its arrays again
+        n_layers = len(result.maps)
+        local = _per_key(maps, n_layers, lambda m: _localisation(data, m, config))
         chance = None
         if data.masks is not None:
             chance = pointing_game_chance(data.masks, config.options.pointing_tolerance)
@@ -489,20 +578,31 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
                 "small": {key: shrink_maps(m, STATE_SIDE) for key, m in maps.items()},
                 "probs": result.logits.float().softmax(1),
                 "targets": result.targets,
-                "per_image": per_image,
+                "per_image": local,
                 "chance": chance,
                 "guided": guided,
             }
-        )
+        )  # waits for the device: the maps' part ends here
+        seconds = {"maps": time.perf_counter() - start}
+        per_image = host["per_image"]
+        if plan.faithfulness:
+            start = time.perf_counter()
+            targets = result.targets
+            faithful = to_host(_per_key(maps, n_layers, lambda m: _faithfulness(model, data, targets, m, config)))
+            seconds["faithfulness"] = time.perf_counter() - start
+            order = [f"{name}/{key}" for key in maps for name in (*_LOCALISATION, *_FAITHFULNESS)]
+            arrays = {**per_image, **faithful}
+            per_image = {name: arrays[name] for name in order if name in arrays}  # per map key, as always
         return CAMPartial(
             maps=host["maps"],
             small=host["small"],
             probs=host["probs"],
             targets=host["targets"],
-            per_image=host["per_image"],
+            per_image=per_image,
             chance=host["chance"],
             guided=None if guided is None else {share.start + i: g for i, g in zip(grid, host["guided"])},
-            n_layers=len(result.maps),
+            n_layers=n_layers,
+            seconds=seconds,
         )
 
     def grid(self) -> list[int]:
@@ -510,6 +610,9 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         return example_indices(self.probe.labels, self.config.options.n_grid)
 
     def merge(self, partials: Sequence[CAMPartial], plan: CAMPlan) -> CAMProbeResult:
+        """The run's result from the shares' partials (in share order); the history and :attr:`costs` updated (the
+        slowest share's seconds of each part, the merge counted with the maps)."""
+        start = time.perf_counter()
         parts = [p for p in partials if p.targets.shape[0] > 0] or list(partials[:1])
         first, options, probe = parts[0], self.config.options, self.probe
 
@@ -558,6 +661,7 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
             target_probability=floats["target_probability"],
             pointing_game_chance=floats.get("pointing_game_chance"),
             per_map=per_map,
+            faithfulness=plan.faithfulness,
             maps=maps,
             probs=probs,
             labels=labels,
@@ -581,6 +685,10 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         self.history.previous = result.small
         tracked = example_indices(probe.labels, options.n_tracked)
         self.history.runs.append((self.epoch, result.small["aggregate"][tracked]))
+        if plan.faithfulness:
+            self.history.faithfulness_epochs.append(self.epoch)
+            self.costs["faithfulness"] = max(p.seconds.get("faithfulness", 0.0) for p in partials)
+        self.costs["maps"] = max(p.seconds.get("maps", 0.0) for p in partials) + time.perf_counter() - start
         return result
 
     def evolution(self) -> FitEnd | None:
