@@ -256,6 +256,41 @@ def test_umap_is_postponed_while_the_worker_is_still_busy_with_the_previous_one(
     assert all(name.startswith("trainviz-embedding") for name in calls)  # off the training thread
 
 
+def test_the_dear_scores_every_second_run_are_recorded_as_such_and_reported(tmp_path, dm, fit):
+    from trainviz.report import build_report
+
+    layers = ["net.features", "net.fc"]
+    cb = EmbeddingCallback(
+        layers=layers, methods="pca", linear_probe_folds=2, scores_every=2, probe_size=60, projector=False, strict=True
+    )
+    fit(tmp_path, [cb, WaitForWorker(cb)], dm, epochs=3)
+    assert cb.done_epochs == [0, 1, 2] and cb.failures == 0
+    records = [json.loads(line) for line in (tmp_path / "trainviz/embedding/metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["scores"]) for r in records] == [(0, True), (1, False), (2, True)]
+    dear = [f"{layer}/linear_probe_accuracy" for layer in layers] + [f"{layer}/pca/trustworthiness" for layer in layers]
+    cheap = [f"{layer}/{key}" for layer in layers for key in ("knn_accuracy", "silhouette", "pca/explained_variance")]
+    for record in records:
+        assert all((key in record) == record["scores"] for key in dear), record
+        assert all(key in record for key in cheap)
+    assert [EmbeddingResult.from_record(r).record() for r in records] == records
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("trainviz/embedding/net.fc/linear_probe_accuracy")] == [0, 2]
+    assert [e.step for e in acc.Scalars("trainviz/embedding/net.fc/knn_accuracy")] == [0, 1, 2]
+
+    # The report draws the dear scores across the run without them (joined), the others at every epoch.
+    text = build_report(tmp_path, tmp_path / "report" / "index.html").read_text()
+    blocks = [json.loads(b) for b in re.findall(r'<script type="application/json" id="tv-\d+">(.*?)</script>', text)]
+    figures = [b for b in blocks if isinstance(b, dict) and "layout" in b]  # the sections' curves
+    traces = {(f["layout"]["title"]["text"], t["name"]): t for f in figures for t in f["data"]}
+    probe_trace = traces[("Linear probe accuracy", "net.fc")]
+    assert probe_trace["x"] == [0, 1, 2] and probe_trace["y"][1] is None and probe_trace["connectgaps"] is True
+    assert probe_trace["y"][0] == records[0]["net.fc/linear_probe_accuracy"]
+    assert traces[("Trustworthiness of the 2-D frames", "net.fc / pca")]["y"][1] is None
+    knn_trace = traces[("kNN accuracy", "net.fc")]
+    assert None not in knn_trace["y"] and "connectgaps" not in knn_trace
+
+
 def test_aligned_umap_at_fit_end_embeds_all_epochs_jointly(tmp_path, dm, fit):
     cb = EmbeddingCallback(
         layers="net.fc",
@@ -349,6 +384,7 @@ def test_probing_with_umap_and_tsne_in_the_background_leaves_no_trace(tmp_path, 
         ({"probe_size": 10_001}, r"Expected `probe_size` to be at most 10000, got 10001"),
         ({"probe_size": 0}, r"Expected `probe_size` to be a positive int, got 0"),
         ({"slow_every_k": 0}, r"Expected `slow_every_k` to be a positive int, got 0"),
+        ({"scores_every": 0}, r"Expected `scores_every` to be a positive int, got 0"),
         ({"linear_probe_folds": 1}, r"Expected `linear_probe_folds` to be 0 \(off\) or an int >= 2, got 1"),
         ({"layers": []}, "Expected `layers`"),
         ({"n_neighbors": 1}, "Expected `n_neighbors` to be an int >= 2"),

@@ -38,16 +38,19 @@ class EmbeddingCallback(ProbeCallback):
     A run captures the features on the training thread (under DDP every rank captures its share and
     ``all_gather`` assembles it), then projects and scores them on a background thread
     (:mod:`trainviz.probes.embedding`): PCA every run; UMAP and t-SNE every ``slow_every_k`` runs and at the
-    last epoch, postponed to the next run while the worker is still busy with earlier ones. At fit end it waits
-    for the worker and writes the animations (and, with ``aligned_umap_at_end``, one AlignedUMAP over all epochs).
+    last epoch, postponed to the next run while the worker is still busy with earlier ones. The dear scores (the
+    linear probe and the frames' trustworthiness) run every ``scores_every`` runs and at the first and last, and
+    under a ``budget`` a short credit drops them first (owed to the next run); the record's ``scores`` says
+    whether they ran. At fit end it waits for the worker and writes the animations (and, with
+    ``aligned_umap_at_end``, one AlignedUMAP over all epochs).
 
     Logged keys (step = epoch index; ``<layer>`` each resolved layer, ``<method>`` each method run):
         - ``trainviz/embedding/<layer>/knn_accuracy``, ``.../silhouette``, ``.../linear_probe_accuracy``
-          (``linear_probe_folds > 0``): leave-one-out 5-NN accuracy, class silhouette, cross-validated
-          logistic-regression accuracy, all in feature space.
-        - ``trainviz/embedding/<layer>/pca/explained_variance``; ``.../<method>/trustworthiness`` (1: the
-          frame's 5-neighbourhoods are those of the features); ``.../<method>/stability`` (from a method's
-          second frame on: mean displacement since its previous frame over its radius).
+          (``linear_probe_folds > 0``, runs with the dear scores): leave-one-out 5-NN accuracy, class
+          silhouette, cross-validated logistic-regression accuracy, all in feature space.
+        - ``trainviz/embedding/<layer>/pca/explained_variance``; ``.../<method>/trustworthiness`` (runs with the
+          dear scores; 1: the frame's 5-neighbourhoods are those of the features); ``.../<method>/stability``
+          (from a method's second frame on: mean displacement since its previous frame over its radius).
         - ``trainviz/embedding/<layer>/<method>`` (image), ``trainviz/embedding/depth/<method>`` (image, several
           layers); ``trainviz/embedding/projection_seconds/<method>``, ``trainviz/embedding/worker_seconds``,
           ``trainviz/embedding/seconds`` (the capture), ``trainviz/embedding/failures``.
@@ -72,6 +75,10 @@ class EmbeddingCallback(ProbeCallback):
         n_neighbors: UMAP's neighbourhood size.
         perplexity: t-SNE's perplexity (clipped to ``(N - 1) / 3``).
         linear_probe_folds: folds of the linear-probe cross-validation (``0`` skips it).
+        scores_every: the dear scores (linear probe, trustworthiness: most of a PCA run's background seconds) run
+            every ``k``-th run and at the first and the last epoch; the other scores every run. Under a budget
+            they are the first part a short credit drops (and the next run owes them). The record's ``scores``
+            says whether a run has them; without them their keys are absent.
         save_features: also store the pooled features in the npz artifacts.
         projector: write TensorBoard projector files.
         html: write the plotly animations at fit end.
@@ -113,6 +120,7 @@ class EmbeddingCallback(ProbeCallback):
         n_neighbors: int = 15,
         perplexity: float = 30.0,
         linear_probe_folds: int = 3,
+        scores_every: int = 1,
         save_features: bool = False,
         projector: bool = True,
         html: bool = True,

@@ -86,7 +86,8 @@ class Result:
 
             {"version": 1, "title": str, "description": str, "order": int (lower first),
              "curves": [{"title", "description", "y" (axis label), "y_range": [lo, hi],
-                         "series": [{"name": str, "key": [record key, nested key, ...]}]}],
+                         "series": [{"name": str, "key": [record key, nested key, ...]}],
+                         "connect_gaps": bool (join the points across gaps: records without the key, nulls)}],
              "bars": [{"title", "description", "y", "document": "<file>.json", "key": [key, ...]}],
              "galleries": [{"title", "description", "images": ["<name>", ...] (epoch_XXXX/<name>.png),
                             "labels": [str, ...], "maps": bool (detailed view: full screen, synchronised zoom)}],

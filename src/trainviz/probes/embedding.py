@@ -13,6 +13,11 @@ Maaten & Hinton 2008), warm-started from the method's previous frame, centred, s
 rotated onto that previous frame by orthogonal Procrustes (Schonemann 1966), with its trustworthiness (Venna &
 Kaski 2001) and its stability against the previous frame. The outcome is one :class:`EmbeddingResult`.
 
+The dear scores, :data:`DEAR_SCORES` (the linear probe and the frames' trustworthiness: most of a PCA run's
+background seconds), are amortised: they run every ``scores_every``-th run, at the first and at the last, and
+under a budget they are the first thing a short credit drops; the plan says whether they run
+(:attr:`EmbeddingPlan.scores`) and so does the record (``scores``, and the dear scores absent when they did not).
+
 :class:`EmbeddingHistory` keeps the frames (the warm starts, the checkpoint, the fit-end animations) and
 :class:`EmbeddingWorker` is the background thread the projections run on.
 
@@ -41,6 +46,14 @@ Example:
     >>> prober.project(merged, plan).layers["net.fc"].frames["pca"].shape
     (12, 2)
     >>> EmbeddingResult.from_record(result.record()).record() == result.record()
+    True
+
+    Without the dear scores the frames and the other scores are the same, and the record says so:
+
+    >>> cheap = compute(0, captured, probe, options, EmbeddingHistory(), scores=False)
+    >>> cheap.record()["scores"], "net.fc/pca/trustworthiness" in cheap.record(), cheap.scores_seconds
+    (False, False, None)
+    >>> bool(np.array_equal(cheap.layers["net.fc"].frames["pca"], result.layers["net.fc"].frames["pca"]))
     True
 """
 
@@ -87,6 +100,7 @@ from trainviz.probes.embedding_names import NAMES
 from trainviz.render.embedding import animation_pages, depth_image, scatter_image
 
 __all__ = [
+    "DEAR_SCORES",
     "FIRST_SLOW_SECONDS",
     "MAX_PENDING_BYTES",
     "MAX_POINTS",
@@ -119,6 +133,12 @@ MAX_PENDING_BYTES = 256 * 2**20
 FIRST_SLOW_SECONDS = 25.0
 """Budget estimate of a first UMAP or t-SNE job (UMAP: ~18 s of numba compilation)."""
 _TRUST_K = 5  # neighbours of the trustworthiness score
+DEAR_SCORES: tuple[str, ...] = ("linear_probe_accuracy", "trustworthiness")
+"""The scores amortised by ``scores_every`` and dropped first under a budget. Measured on the worker's one thread
+(random 256-D features, 6 classes, 2 cores): at 64 and 256 points the 3-fold linear probe took ~20 ms, kNN, the
+silhouette, trustworthiness and PCA 0.6-5 ms each; at 2,000 points (the default probe size) one frame's
+trustworthiness ~0.17 s, the silhouette ~0.05 s, the linear probe ~0.04 s (0.25 s in BENCHMARKS.md), kNN ~0.02 s,
+PCA ~0.006 s. A PCA run of one layer without them: 2 ms instead of 21 (64 points), 85 ms instead of 293 (2,000)."""
 _FEATURE_SCORES = ("knn_accuracy", "silhouette", "linear_probe_accuracy")
 _FRAME_SCORES = ("trustworthiness", "stability", "explained_variance")
 _PREDICTIONS = "@predictions"  # key of the predictions in the one device-to-host transfer (no layer has an "@")
@@ -154,6 +174,7 @@ class EmbeddingOptions(Options):
     n_neighbors: int = 15
     perplexity: float = 30.0
     linear_probe_folds: int = 3
+    scores_every: int = 1
     save_features: bool = False
     projector: bool = True
     html: bool = True
@@ -167,6 +188,7 @@ class EmbeddingOptions(Options):
             layers=check_layers("layers", self.layers),
             methods=check_methods(self.methods),
             slow_every_k=check_int("slow_every_k", self.slow_every_k, minimum=1),
+            scores_every=check_int("scores_every", self.scores_every, minimum=1),
             aligned_umap_at_end=check_bool("aligned_umap_at_end", self.aligned_umap_at_end),
             projector=check_bool("projector", self.projector),
             html=check_bool("html", self.html),
@@ -270,8 +292,9 @@ class Captured:
 @dataclass
 class LayerEmbedding:
     """One layer's scores and frames. ``scores``: ``knn_accuracy``, ``silhouette`` (2 to N-1 classes),
-    ``linear_probe_accuracy`` (with folds); ``frame_scores[method]``: ``trustworthiness``, ``stability`` (from
-    the method's second frame), ``explained_variance`` (PCA). ``frames`` and ``features`` are not recorded."""
+    ``linear_probe_accuracy`` (with folds, when the dear scores ran); ``frame_scores[method]``: ``trustworthiness``
+    (when the dear scores ran), ``stability`` (from the method's second frame), ``explained_variance`` (PCA).
+    ``frames`` and ``features`` are not recorded."""
 
     scores: dict[str, float]
     frame_scores: dict[str, dict[str, float]]
@@ -291,9 +314,12 @@ class EmbeddingResult(Result):
     """One run of the embedding probe.
 
     Record (``embedding/metrics.jsonl``, one flat object per run): ``epoch``; ``methods`` (those run);
+    ``scores`` (whether the dear scores, :data:`DEAR_SCORES`, ran: when not, their keys are absent);
     ``<layer>/<score>`` for each score of :class:`LayerEmbedding`, ``<layer>/<method>/<frame score>``;
     ``projection_seconds/<method>`` (all layers); ``worker_seconds`` (the projections and scores of the run).
-    Non-finite numbers are ``null``. The same names are the logged scalars.
+    Non-finite numbers are ``null``. The same names (all but ``methods`` and ``scores``) are the logged scalars.
+    ``scores_seconds`` (not recorded: what the plan estimates the dear scores with) is their seconds, all layers
+    and frames, ``None`` when they did not run.
     """
 
     record_name: ClassVar[str] = "metrics"
@@ -302,6 +328,8 @@ class EmbeddingResult(Result):
     layers: dict[str, LayerEmbedding]
     projection_seconds: dict[str, float]
     worker_seconds: float
+    scores: bool = True
+    scores_seconds: float | None = None
     ids: np.ndarray | None = field(default=None, repr=False)
     labels: np.ndarray | None = field(default=None, repr=False)
     predictions: np.ndarray | None = field(default=None, repr=False)
@@ -319,7 +347,7 @@ class EmbeddingResult(Result):
 
     def record(self) -> dict[str, Any]:
         values = {key: json_number(value) for key, value in self.scalars().items()}
-        return {"epoch": self.epoch, "methods": list(self.methods), **values}
+        return {"epoch": self.epoch, "methods": list(self.methods), "scores": self.scores, **values}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> EmbeddingResult:
@@ -327,7 +355,7 @@ class EmbeddingResult(Result):
         seconds: dict[str, float] = {}
         for key, value in record.items():
             parts = key.split("/")
-            if key in ("epoch", "methods", "worker_seconds"):
+            if key in ("epoch", "methods", "scores", "worker_seconds"):
                 continue
             if parts[0] == "projection_seconds" and len(parts) == 2:
                 seconds[parts[1]] = value
@@ -346,6 +374,7 @@ class EmbeddingResult(Result):
             layers=layers,
             projection_seconds=seconds,
             worker_seconds=record.get("worker_seconds"),
+            scores=bool(record.get("scores", True)),  # records from before the amortised scores had them every run
         )
 
     def _wrong(self) -> np.ndarray:
@@ -409,9 +438,9 @@ class EmbeddingResult(Result):
         return {f"{layer}@epoch{self.epoch}": emb.features for layer, emb in self.layers.items()}, columns
 
     def section(self) -> dict[str, Any]:
-        """The report section: the feature and frame scores of each layer over epochs, each layer's frames and
-        the depth view per epoch, and the fit-end animation pages (see :meth:`Result.section
-        <trainviz.core.result.Result.section>`)."""
+        """The report section: the feature and frame scores of each layer over epochs (the dear scores' curves
+        joined across the runs without them), each layer's frames and the depth view per epoch, and the fit-end
+        animation pages (see :meth:`Result.section <trainviz.core.result.Result.section>`)."""
         layers, methods = list(self.layers), list(self.methods)
         scores = {"knn_accuracy": [0, 1.02], "linear_probe_accuracy": [0, 1.02], "silhouette": [-1, 1.02]}
         named = {key: NAMES[f"{{layer}}/{key}"] for key in scores}  # titles and descriptions: the name table
@@ -422,6 +451,7 @@ class EmbeddingResult(Result):
                 "y": key,
                 "y_range": y_range,
                 "series": [{"name": layer, "key": [f"{layer}/{key}"]} for layer in layers],
+                **({"connect_gaps": True} if key in DEAR_SCORES else {}),
             }
             for key, y_range in scores.items()
         ]
@@ -435,6 +465,7 @@ class EmbeddingResult(Result):
                     "y": score,
                     "y_range": [0, 1.02],
                     "series": series,
+                    **({"connect_gaps": True} if score in DEAR_SCORES else {}),
                 }
             )
         galleries: list[dict[str, Any]] = [
@@ -553,16 +584,36 @@ class EmbeddingHistory:
 
 
 # computation (background thread) -------------------------------------------------------------------
-def _feature_scores(x: np.ndarray, labels: np.ndarray, options: EmbeddingOptions, seed: int) -> dict[str, float]:
-    n, counts = len(labels), np.bincount(labels)
-    counts = counts[counts > 0]
+def _class_counts(labels: np.ndarray) -> np.ndarray:
+    counts = np.bincount(labels)
+    return counts[counts > 0]
+
+
+def _feature_scores(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The cheap feature scores: k-NN accuracy and the silhouette (2 to N-1 classes)."""
+    n, counts = len(labels), _class_counts(labels)
     out = {"knn_accuracy": knn_accuracy(torch.from_numpy(x), labels, k=min(5, n - 1))}
     if 2 <= len(counts) <= n - 1:
         out["silhouette"] = silhouette(x, labels)
-        if options.linear_probe_folds and counts.min() >= 2:
-            folds = options.linear_probe_folds
-            out["linear_probe_accuracy"] = linear_probe_accuracy(x, labels, seed=seed, n_splits=folds)
     return out
+
+
+def _linear_probe(x: np.ndarray, labels: np.ndarray, options: EmbeddingOptions, seed: int) -> dict[str, float]:
+    """The dear feature score: the linear probe (with folds, 2 to N-1 classes of 2 points or more)."""
+    n, counts = len(labels), _class_counts(labels)
+    if not options.linear_probe_folds or not 2 <= len(counts) <= n - 1 or counts.min() < 2:
+        return {}
+    return {"linear_probe_accuracy": linear_probe_accuracy(x, labels, seed=seed, n_splits=options.linear_probe_folds)}
+
+
+def _import_dear_scores() -> None:
+    """scikit-learn's modules of the dear scores, imported before they are timed: the first run's import (~0.05 s)
+    is not what the next runs would cost."""
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.manifold  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
 
 
 def _frame(
@@ -570,7 +621,8 @@ def _frame(
 ) -> tuple[np.ndarray, dict]:
     """The method's frame of ``x``, warm-started from ``prev``, centred and scaled to an RMS radius of 1 (so
     frames neither grow nor shrink over epochs: early features are tiny), then rotated onto ``prev``; with its
-    stability against ``prev`` and, for PCA, the explained variance."""
+    stability against ``prev`` and, for PCA, the explained variance (the trustworthiness, a dear score, is
+    :func:`compute`'s)."""
     scores: dict[str, float] = {}
     if method == "pca":
         projected, ratio = pca(torch.from_numpy(x), 2, return_variance=True)
@@ -588,7 +640,6 @@ def _frame(
     frame = unit_radius(raw)
     if prev is not None:
         frame = procrustes_align(frame, prev).astype(np.float32)
-    scores["trustworthiness"] = trustworthiness(x, frame, n_neighbors=min(_TRUST_K, (len(x) - 1) // 2))
     if prev is not None:
         scores["stability"] = frame_stability(prev, frame)
     if variance is not None:
@@ -605,9 +656,12 @@ def compute(
     methods: Sequence[str] | None = None,
     *,
     seed: int = 0,
+    scores: bool = True,
 ) -> EmbeddingResult:
     """Scores and frames of one run's features (``methods``: those to run, default all of ``options``), each
-    frame aligned to the method's previous one in ``history`` (read, not written).
+    frame aligned to the method's previous one in ``history`` (read, not written); with ``scores`` the dear
+    scores too (:data:`DEAR_SCORES`, timed: the result's ``scores_seconds``), without them neither the frames nor
+    the other scores change.
 
     Raises:
         ValueError: features that the projections or scores reject (too few points, NaN, ...).
@@ -619,14 +673,27 @@ def compute(
     preds = captured.predictions
     names = class_names(probe.class_names, max(int(labels.max()), int(preds.max())) + 1)
     seconds = dict.fromkeys(methods, 0.0)
+    dear = 0.0  # seconds of the dear scores
+    if scores:
+        _import_dear_scores()
     layers = {}
     for layer, x in captured.features.items():
-        emb = LayerEmbedding(_feature_scores(x, labels, options, seed), {}, features=x)
+        emb = LayerEmbedding(_feature_scores(x, labels), {}, features=x)
+        if scores:
+            t0 = time.perf_counter()
+            emb.scores.update(_linear_probe(x, labels, options, seed))
+            dear += time.perf_counter() - t0
         for method in methods:
             t0 = time.perf_counter()
             prev = history.previous(layer, method)
-            emb.frames[method], emb.frame_scores[method] = _frame(method, x, prev, options, seed)
+            emb.frames[method], frame_scores = _frame(method, x, prev, options, seed)
             seconds[method] += time.perf_counter() - t0
+            if scores:
+                t0 = time.perf_counter()
+                trust = trustworthiness(x, emb.frames[method], n_neighbors=min(_TRUST_K, (len(x) - 1) // 2))
+                frame_scores = {"trustworthiness": trust, **frame_scores}
+                dear += time.perf_counter() - t0
+            emb.frame_scores[method] = frame_scores
         layers[layer] = emb
     return EmbeddingResult(
         epoch=epoch,
@@ -634,6 +701,8 @@ def compute(
         layers=layers,
         projection_seconds=seconds,
         worker_seconds=time.perf_counter() - start,
+        scores=scores,
+        scores_seconds=dear if scores else None,
         ids=ids,
         labels=labels,
         predictions=preds,
@@ -798,11 +867,12 @@ class EmbeddingWorker:
 # the compute contract --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EmbeddingPlan:
-    """What a run projects (plain data): the ``methods`` of its frames (PCA, and UMAP/t-SNE when due and
-    affordable); the capture itself always runs."""
+    """What a run projects and scores (plain data): the ``methods`` of its frames (PCA, and UMAP/t-SNE when due
+    and affordable) and whether the dear ``scores`` (:data:`DEAR_SCORES`) run; the capture itself always runs."""
 
     epoch: int
     methods: tuple[str, ...]
+    scores: bool = True
 
     @property
     def slow(self) -> bool:
@@ -850,37 +920,74 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         self.history = EmbeddingHistory(options.aligned_umap_at_end) if history is None else history
         self.worker = EmbeddingWorker() if worker is None else worker
         self.cost: float | None = None  # seconds of the last capture (this process's share)
+        self.scores_cost: dict[tuple[str, ...], float] = {}  # seconds of the last dear scores, by the run's methods
         self.skipped: list[tuple[str, str]] = []  # what the last plan left out, and why
         self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
+        self._scores_owed = False  # the dear scores due but dropped (the credit was short)
 
     def plan(self, credit: Credit, *, runs: int = 0, last: bool = False) -> EmbeddingPlan | None:
         """The capture and PCA when the last capture fits the credit or the run is essential; UMAP and t-SNE
         when their estimated cost (the last slow job's seconds, else a first-call estimate that includes numba's
         compilation) fits too, and they are due: every ``slow_every_k`` runs (``runs``: those done) and at the
-        ``last`` epoch, postponed to the next run while the worker still runs an earlier one's."""
+        ``last`` epoch, postponed to the next run while the worker still runs an earlier one's. The dear scores
+        (:data:`DEAR_SCORES`) are due every ``scores_every`` runs and at the ``last`` epoch; they run when their
+        measured seconds (``scores_cost``: the last run's with the same methods, else the dearest, none before the
+        first run) fit what the capture and UMAP/t-SNE leave of the credit, else they are dropped first, before
+        UMAP/t-SNE and the run, and owed to the next run. An essential run is never skipped."""
         self.skipped = []
         slow_methods, affordable = self.options.slow_methods, True
+        left: float | None = None  # seconds of the credit after the capture
+        slow_estimate: float | None = None  # what UMAP/t-SNE would take of it
         if credit.seconds is not None:
             capture_cost = self.cost or 0.0
             if not credit.essential and capture_cost > credit.seconds:
                 self.skipped = [("run", f"capture took {capture_cost:.2f} s, credit {credit.seconds:.2f} s")]
                 return None
+            left = credit.seconds - capture_cost
             if slow_methods:
                 raw = self.worker.slow_cost
                 raw = FIRST_SLOW_SECONDS * len(slow_methods) if raw is None else raw
-                estimate = raw * contention()  # the prior for what it costs training; the batches beside it measure it
-                if estimate > credit.seconds - capture_cost:
-                    reason = f"estimated {estimate:.1f} s, credit {credit.seconds - capture_cost:.2f} s"
+                slow_estimate = raw * contention()  # the prior for its cost to training; the batches measure it
+                if slow_estimate > left:
+                    reason = f"estimated {slow_estimate:.1f} s, credit {left:.2f} s"
                     self.skipped, affordable = [("+".join(slow_methods), reason)], False
         slow = affordable and self._slow_due(runs, last)
         methods = tuple(self.options.methods) if slow else tuple(m for m in self.options.methods if m == "pca")
-        return EmbeddingPlan(credit.epoch, methods)
+        short = None  # why the dear scores do not fit the credit
+        if left is not None:
+            background = any(m != "pca" for m in methods)  # UMAP/t-SNE run: the job goes to the worker
+            if background and slow_estimate is not None:
+                left -= slow_estimate
+            raw = self._estimate_scores(methods)
+            # Beside training on the worker with UMAP/t-SNE; a PCA-only job runs inline when the worker is idle.
+            estimate = raw * (contention() if background else 1.0) if raw is not None else 0.0
+            if raw is not None and estimate > left:
+                beside = f", {estimate:.2f} s beside training" if background else ""
+                short = f"{' and '.join(DEAR_SCORES)} took {raw:.2f} s{beside}, credit {max(left, 0.0):.2f} s"
+        return EmbeddingPlan(credit.epoch, methods, self._scores_due(runs, last, short))
+
+    def _estimate_scores(self, methods: Sequence[str]) -> float | None:
+        """Seconds the dear scores took in the last run with ``methods`` (else the dearest measured, ``None``
+        before any: the first run measures them)."""
+        known = self.scores_cost
+        return known.get(tuple(methods), max(known.values())) if known else None
 
     def _slow_due(self, runs: int, last: bool) -> bool:
         self._slow_owed |= runs % self.options.slow_every_k == 0
         if not (last or (self._slow_owed and not self.worker.busy_slow())):
             return False
         self._slow_owed = False
+        return True
+
+    def _scores_due(self, runs: int, last: bool, short: str | None) -> bool:
+        """Whether the dear scores run: due (every ``scores_every`` runs, owed, or ``last``) and not ``short``."""
+        self._scores_owed |= runs % self.options.scores_every == 0
+        if not (last or self._scores_owed):
+            return False
+        if short is not None:
+            self.skipped.append(("scores", short))
+            return False
+        self._scores_owed = False
         return True
 
     def compute(
@@ -907,9 +1014,14 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         return Captured(features, torch.cat([p.predictions for p in parts]).numpy())
 
     def project(self, captured: Captured, plan: EmbeddingPlan) -> EmbeddingResult:
-        """The run's scores and frames (the background job), added to the history."""
-        history = self.history
-        result = compute(plan.epoch, captured, self.probe, self.options, history, plan.methods, seed=self.seed)
+        """The run's scores and frames (the background job), added to the history; the dear scores' seconds are
+        kept for the plan (the last run's with the same methods, else the dearest)."""
+        history, options = self.history, self.options
+        result = compute(
+            plan.epoch, captured, self.probe, options, history, plan.methods, seed=self.seed, scores=plan.scores
+        )
+        if result.scores_seconds is not None:
+            self.scores_cost = {**self.scores_cost, tuple(plan.methods): result.scores_seconds}  # one assignment
         history.add(result)
         return result
 

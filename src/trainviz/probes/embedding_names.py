@@ -5,7 +5,8 @@ take their titles and descriptions from here. Torch-free.
 
 ``{layer}`` is a layer's name, ``{method}`` a projection (``pca``, ``umap``, ``tsne``). The silhouette needs 2 to
 N-1 classes, the linear probe its folds; the stability starts at a method's second frame, the explained variance
-is PCA's only.
+is PCA's only. The dear scores (the linear probe, trustworthiness) are absent from the runs without them
+(``scores_every``, or dropped under a budget).
 
 Example:
     >>> NAMES.metric("net.fc/umap/trustworthiness").name, NAMES.metric("worker_seconds").higher_is_better

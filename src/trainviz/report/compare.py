@@ -212,6 +212,7 @@ def _overlay_figure(item: dict[str, Any], curves: list[dict[str, Any]], labels: 
                     "x": curve[side]["epochs"],
                     "y": curve[side]["values"],
                     "line": {"color": color, "dash": dash},
+                    **({"connectgaps": True} if item.get("connect_gaps") else {}),
                     "hovertemplate": "epoch %{x}: %{y:.4g}<extra>%{fullData.name}</extra>",
                 }
             )

@@ -107,6 +107,7 @@ def curve_figure(item: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
                     "name": plotly_text(series.get("name", "")),
                     "x": epochs,
                     "y": values,
+                    **({"connectgaps": True} if item.get("connect_gaps") else {}),
                     "hovertemplate": "epoch %{x}: %{y:.4g}<extra>%{fullData.name}</extra>",
                 }
             )
