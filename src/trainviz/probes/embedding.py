@@ -112,6 +112,7 @@ __all__ = [
     "EmbeddingPartial",
     "EmbeddingPlan",
     "EmbeddingProbe",
+    "import_scores",
     "EmbeddingResult",
     "EmbeddingWorker",
     "LayerEmbedding",
@@ -606,11 +607,13 @@ def _linear_probe(x: np.ndarray, labels: np.ndarray, options: EmbeddingOptions, 
     return {"linear_probe_accuracy": linear_probe_accuracy(x, labels, seed=seed, n_splits=options.linear_probe_folds)}
 
 
-def _import_dear_scores() -> None:
-    """scikit-learn's modules of the dear scores, imported before they are timed: the first run's import (~0.05 s)
-    is not what the next runs would cost."""
+def import_scores() -> None:
+    """scikit-learn's modules of the scores, imported before they are timed (and, by the callback, at fit start):
+    the first run's imports (about 1 s, most of it ``sklearn.metrics`` for the silhouette) are not what a run costs,
+    and a budget would otherwise skip the next runs for them."""
     import sklearn.linear_model  # noqa: F401
     import sklearn.manifold  # noqa: F401
+    import sklearn.metrics  # noqa: F401
     import sklearn.model_selection  # noqa: F401
     import sklearn.pipeline  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
@@ -675,7 +678,7 @@ def compute(
     seconds = dict.fromkeys(methods, 0.0)
     dear = 0.0  # seconds of the dear scores
     if scores:
-        _import_dear_scores()
+        import_scores()
     layers = {}
     for layer, x in captured.features.items():
         emb = LayerEmbedding(_feature_scores(x, labels), {}, features=x)
