@@ -152,3 +152,56 @@ def test_fsdp1_and_deepspeed_stage_3_on_one_gpu_run_the_suite(tmp_path, kind, pl
     assert {key.split("/")[0] for key in written} >= {"cam", "dynamics", "features", "embedding", "robustness"}
     for key, lines in written.items():
         assert [r["epoch"] for r in lines] == [0, 1], key
+
+
+DIVERGENT = """
+import os
+import sys
+
+import torch
+from torch.distributed.fsdp import fully_shard
+from torch.utils.data import DataLoader, TensorDataset
+
+import _support
+import trainviz
+from trainviz.models import DemoClassifier
+
+
+class Sharded(DemoClassifier):
+    def configure_model(self):
+        if not getattr(self, "sharded", False):
+            self.sharded = True
+            fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
+torch.manual_seed(os.getpid())  # data made per process: each rank's validation images differ
+data = TensorDataset(torch.rand(48, 3, 32, 32), torch.arange(48) % 6)
+torch.manual_seed(0)
+model = Sharded(num_classes=6)
+robust = dict(corruptions=["grayscale"], severities=[1], flip_max_steps=3, trajectory_images=4, probe_size=12)
+callbacks = [
+    trainviz.RobustnessCallback(**robust, strict=True),
+    trainviz.DynamicsCallback(probe_size=12, strict=True),
+]
+parallel = _support.pl.strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+trainer = _support.make_trainer(sys.argv[1], callbacks, strategy=parallel, devices=2, deterministic=False)
+trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+print("FIT DONE", trainer.global_rank)
+"""
+
+
+@pytest.mark.slow
+def test_probe_data_that_differ_between_ranks_are_rank_zeros_everywhere(tmp_path):
+    """Validation data made per process (each rank's images differ): under FSDP2 every rank would compute a different
+    set in lockstep, with different numbers of model calls where the data decide (which images flipped), and hang.
+    At fit start the ranks compare their probe sets' fingerprints; rank 0's set is sent to every rank, with a
+    warning that says why, and the run trains and probes every epoch."""
+    script = tmp_path / "divergent.py"
+    script.write_text(textwrap.dedent(DIVERGENT))
+    (tmp_path / "run").mkdir()
+    done = script_run(script, [tmp_path / "run"], tmp_path, timeout=300)
+    assert done.returncode == 0 and "FIT DONE 0" in done.stdout and "FIT DONE 1" in done.stdout, done.stderr[-4000:]
+    assert done.stderr.count("probe set differs between processes") == 2  # once per callback, on rank 0
+    written = records(tmp_path / "run")
+    for key in ("robustness/metrics.jsonl", "dynamics/metrics.jsonl"):
+        assert [r["epoch"] for r in written[key]] == [0, 1], key

@@ -321,6 +321,7 @@ class ProbeCallback(Callback):
         self.budget_runner.start(trainer, self.budget)
         if self.probe is None and self.source.data is not None:
             self._draw(trainer, self.source.data)
+        self._same_probe_everywhere(trainer)
         if self.probe is not None:
             if self.pixels:
                 self._resolve_normalization(trainer, self.source.data)
@@ -328,6 +329,29 @@ class ProbeCallback(Callback):
                 self.norm, self.norm_source = None, None
             self.source.resolve_display(lambda message: say_once(trainer, message))
             self._setup(trainer, pl_module)
+
+    def _same_probe_everywhere(self, trainer: pl.Trainer) -> None:
+        """With several processes, every rank probes rank 0's probe set: the ranks compare fingerprints and, where
+        they differ (a random transform in the validation pipeline, data made per process), rank 0 sends its set and
+        warns. Shares cut from different sets would mix them, and a sharded model's ranks, which compute the whole
+        set in lockstep, would make different calls and hang."""
+        group = Collective.of(trainer)
+        if group.world == 1:
+            return
+        mine = None if self.probe is None else self.probe.fingerprint()
+        if group.all_ok(group.broadcast(mine) == mine):
+            return
+        state = group.broadcast(self.probe.state_dict() if group.is_zero and self.probe is not None else None)
+        if state is not None:
+            self.source.replace(ProbeSet.from_state_dict(state))
+            self._on_probe_changed()
+        if group.is_zero:
+            warnings.warn(
+                f"trainviz: {type(self).__name__}'s probe set differs between processes (a random transform in the "
+                "validation pipeline, or data made per process?); every process now probes rank 0's, so the results "
+                "are one set's. Make the probe data the same on every rank (or pass `probe_data=`) to silence this.",
+                stacklevel=2,
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Collective", "agreed", "in_lockstep"]
+__all__ = ["Collective", "agreed", "from_rank_zero", "in_lockstep"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,16 @@ def agreed(flag: bool) -> bool:
     """
     group = _LOCKSTEP.get()
     return bool(flag) if group is None else group.all_ok(bool(flag))
+
+
+def from_rank_zero(obj: Any) -> Any:
+    """A data-dependent choice that sets how many model calls follow (the images whose random directions are tried):
+    in lockstep (:func:`in_lockstep`), rank 0's, sent to every rank (so a rounding difference cannot give two ranks
+    different numbers of calls); otherwise ``obj`` itself, for free.
+
+    Example:
+        >>> from_rank_zero([1, 3])
+        [1, 3]
+    """
+    group = _LOCKSTEP.get()
+    return obj if group is None else group.broadcast(obj)

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from trainviz.core.common import class_names, example_indices
 from trainviz.core.contract import Credit, Probe, Share
+from trainviz.core.distributed import from_rank_zero
 from trainviz.core.normalization import Normalization
 from trainviz.core.probeset import ProbeSet
 from trainviz.core.transfer import to_cpu, to_host
@@ -883,7 +884,7 @@ def _trajectories(
     nan = torch.full((len(chosen),), math.nan, dtype=torch.float64, device=x.device)
     distance = torch.where(flipped, (path.x_adv - x).flatten(1).norm(dim=1).double(), nan)
     random = nan
-    which = flipped.nonzero().squeeze(1)  # one synchronisation per run
+    which = from_rank_zero(flipped.nonzero().squeeze(1).cpu()).to(x.device)  # one synchronisation per run
     if config.random_directions > 0 and which.numel() > 0:
         fractions = random_direction_flips(
             model,
