@@ -193,8 +193,10 @@ class EmbeddingCallback(ProbeCallback):
             return
         # Under a budget umap-learn's compilation is paid, and counted, with the first UMAP that fits.
         warmup = probes.uses_umap(self.options) and self.budget is None
-        self.worker.start(warmup=warmup, approximate=len(self.probe) >= 4096)
+        # before the worker starts: its warm-up imports umap-learn (and scikit-learn) on its own thread, and two
+        # threads importing one package at once meet it half-initialised
         probes.import_scores()  # their one-time import is not a run's cost (the budget plans from it)
+        self.worker.start(warmup=warmup, approximate=len(self.probe) >= 4096)
         if self.prober is not None:  # runs whose job was still going when the checkpoint was saved
             self.prober.recover(self.done_epochs, self.sink.read_npz)
         self._projector = self.sink.projector(self.probe.fingerprint()[:12]) if self.options.projector else None
