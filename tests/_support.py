@@ -156,3 +156,15 @@ def script_run(script, args, cwd, timeout: int = 400):
     env["PYTHONPATH"] = os.pathsep.join([str(tests.parent / "src"), str(tests), env.get("PYTHONPATH", "")])
     command = [sys.executable, str(script), *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_cnn():
+    """A seeded two-convolution CNN in eval mode (3 input channels, 3 classes; GAP then a linear layer): the model of
+    the CAM probe's unit tests."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from _support import tiny_cnn
 from torch import nn
 
 from trainviz.core.contract import Credit, Share
@@ -14,14 +15,6 @@ from trainviz.core.probeset import ProbeSet
 from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMPlan, CAMProbe, CAMProbeResult
 
 FAITHFUL = ("average_drop", "increase_in_confidence", "deletion_auc")
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
-    ).eval()  # fmt: skip
 
 
 def _prober(model: nn.Module, n: int = 6, **options) -> CAMProbe:
@@ -33,7 +26,7 @@ def _prober(model: nn.Module, n: int = 6, **options) -> CAMProbe:
 
 
 def test_faithfulness_every_3_runs_at_the_first_run_and_every_third():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model, faithfulness_every=3)
     results = [prober.run(model, Credit(epoch=epoch)) for epoch in range(8)]
     assert [r.faithfulness for r in results] == [e % 3 == 0 for e in range(8)]
@@ -49,7 +42,7 @@ def test_faithfulness_every_3_runs_at_the_first_run_and_every_third():
 
 
 def test_the_default_runs_the_faithfulness_scores_at_every_run_without_a_budget():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model)
     assert all(prober.run(model, Credit(epoch=e)).faithfulness for e in range(3))
     assert prober.plan(Credit(epoch=3)) == CAMPlan(faithfulness=True, whole=True) and prober.skipped == []
@@ -64,7 +57,7 @@ def test_faithfulness_every_is_a_positive_int(every):
 
 
 def test_under_a_budget_the_faithfulness_scores_go_first():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model)
     prober.costs = {"maps": 0.2, "faithfulness": 1.0}  # hand-set: 1.2 s whole, 0.2 s for the maps
     for essential in (False, True):  # the whole run fits
@@ -82,7 +75,7 @@ def test_under_a_budget_the_faithfulness_scores_go_first():
 
 
 def test_under_a_budget_a_run_without_due_scores_costs_the_maps():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model, faithfulness_every=2)
     prober.run(model, Credit(epoch=0))  # measured: both parts
     assert set(prober.costs) == {"maps", "faithfulness"} and all(v > 0 for v in prober.costs.values())
@@ -102,7 +95,7 @@ def test_under_a_budget_a_run_without_due_scores_costs_the_maps():
 
 
 def test_the_maps_and_localisation_do_not_depend_on_the_faithfulness_scores():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model)
     share = Share.of(prober.probe)
     full, bare = CAMPlan(), CAMPlan(faithfulness=False, whole=False)
@@ -130,7 +123,7 @@ def test_the_maps_and_localisation_do_not_depend_on_the_faithfulness_scores():
 
 
 def test_a_run_without_the_scores_keeps_their_curves_in_the_section():
-    model = _net()
+    model = tiny_cnn()
     prober = _prober(model, faithfulness_every=2)
     first, second = (prober.run(model, Credit(epoch=e)) for e in (0, 1))
     assert not second.faithfulness and "deletion_auc" not in second.per_map["aggregate"]

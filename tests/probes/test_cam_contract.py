@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from torch import nn
+from _support import tiny_cnn
 
 import trainviz.callbacks.cam as cam_callback
 from trainviz.callbacks.cam import CAMCallback
@@ -15,14 +15,6 @@ from trainviz.core.contract import Credit, Share
 from trainviz.core.options import signature_mismatches
 from trainviz.core.probeset import ProbeSet
 from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMPlan, CAMProbe
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
-    ).eval()  # fmt: skip
 
 
 def _probe(n: int = 7) -> ProbeSet:
@@ -49,7 +41,7 @@ def _runs(model, probe, options, world):
 @pytest.mark.parametrize("guided", [False, True])
 @pytest.mark.parametrize("world", [2, 3, 8])  # 8 shares of 7 images: one share is empty
 def test_shares_merge_to_the_one_process_result(world, guided):
-    model, probe = _net(), _probe()
+    model, probe = tiny_cnn(), _probe()
     options = CAMOptions(deletion_steps=3, n_grid=5, n_tracked=2, guided=guided)
     (one_a, one_b), one = _runs(model, probe, options, 1)
     (many_a, many_b), many = _runs(model, probe, options, world)
@@ -72,7 +64,7 @@ def test_shares_merge_to_the_one_process_result(world, guided):
 
 
 def test_a_plan_without_faithfulness_leaves_the_deletion_curves_out():
-    model, probe = _net(), _probe(4)
+    model, probe = tiny_cnn(), _probe(4)
     prober = CAMProbe(probe, CAMConfig({"2": model[2]}, CAMOptions(deletion_steps=2)))
     plan = CAMPlan(faithfulness=False)
     result = prober.merge([prober.compute(model, Share.of(probe), plan, None)], plan)
