@@ -125,7 +125,7 @@ def test_options_are_declared_once_and_check_themselves():
     with pytest.raises(TypeError):
         RobustnessCallback(None, None, None, 0.5)  # at most three positional arguments
     options = RobustnessCallback(epsilons=[0.1], flip_max_steps=5).options
-    assert options.epsilons == [0.1] and options.trajectory_steps == 5 and options.batch_size == 256
+    assert options.epsilons == [0.1] and options.trajectory_steps == 5 and options.batch_size == 64
 
 
 def test_the_callback_imports_nothing_from_ops():

@@ -293,6 +293,21 @@ class ProbeCallback(Callback):
         when the model is configured, restored and on its device."""
         if stage != "fit":
             return
+        with self._setting_up(trainer):
+            self._setup_fit(trainer)
+
+    @contextlib.contextmanager
+    def _setting_up(self, trainer: pl.Trainer) -> Iterator[None]:
+        """Set-up work (drawing the probe set, opening sinks, model checks) is trainviz's cost too: the budget's
+        clock starts before it (the first call wins) and it is booked like a probe's time on the training thread."""
+        self.budget_runner.start(trainer, self.budget)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.budget_runner.charge(time.perf_counter() - start)
+
+    def _setup_fit(self, trainer: pl.Trainer) -> None:
         check_strategy(trainer, type(self).__name__)  # on every rank: a sharded model is refused by all of them
         self._trainer = trainer
         source = self._probe_source(trainer)
@@ -318,7 +333,10 @@ class ProbeCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.budget_runner.start(trainer, self.budget)
+        with self._setting_up(trainer):
+            self._start_fit(trainer, pl_module)
+
+    def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None and self.source.data is not None:
             self._draw(trainer, self.source.data)
         self._same_probe_everywhere(trainer)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCallback", "METHODS", "MAX_POINTS"]
 
 Method = Literal["pca", "umap", "tsne"]
-_DEFAULT_POINTS = 2_000  # default probe size: up to this many points of the split
+_DEFAULT_POINTS = 512  # default probe size: up to this many points of the split (a capture that fits the default
+# budget at every epoch of a 10 s epoch; a linear-probe accuracy of 0.8 to +-0.035, about 50 points a class at 10)
 
 
 class EmbeddingCallback(ProbeCallback):
@@ -70,7 +71,7 @@ class EmbeddingCallback(ProbeCallback):
         methods: 2-D projections among ``"pca"``, ``"umap"``, ``"tsne"`` (openTSNE if installed, else sklearn).
         slow_every_k: UMAP and t-SNE run every ``k``-th run and at the last epoch.
         aligned_umap_at_end: also fit umap-learn's AlignedUMAP over all epochs at fit end (slow).
-        probe_size: probe points; ``None`` takes up to 2,000 points of the split; at most 10,000.
+        probe_size: probe points; ``None`` takes up to 512 points of the split; at most 10,000.
         max_dim: features wider than this are randomly projected to ``max_dim`` dimensions (Johnson-Lindenstrauss).
         n_neighbors: UMAP's neighbourhood size.
         perplexity: t-SNE's perplexity (clipped to ``(N - 1) / 3``).
@@ -124,7 +125,7 @@ class EmbeddingCallback(ProbeCallback):
         save_features: bool = False,
         projector: bool = True,
         html: bool = True,
-        batch_size: int = 128,
+        batch_size: int = 64,
         **kwargs: Any,
     ) -> None:
         self.options = EmbeddingOptions.pick(locals())
@@ -165,7 +166,7 @@ class EmbeddingCallback(ProbeCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.probe is None and self.requested_probe_size is None:
             source = self._probe_source(trainer)
-            if source is not None:  # up to 2,000 points of the split (the base raises without data)
+            if source is not None:  # up to 512 points of the split (the base raises without data)
                 self.probe_size = min(_DEFAULT_POINTS, len(source))
         super().setup(trainer, pl_module, stage)
 
@@ -187,8 +188,8 @@ class EmbeddingCallback(ProbeCallback):
         self.prober = probes.EmbeddingProbe(self.probe, self.options, layers=self._layers, **args)
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
+    def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super()._start_fit(trainer, pl_module)
         if not trainer.is_global_zero or self.probe is None:
             return
         # Under a budget umap-learn's compilation is paid, and counted, with the first UMAP that fits.

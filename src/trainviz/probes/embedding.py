@@ -137,9 +137,10 @@ _TRUST_K = 5  # neighbours of the trustworthiness score
 DEAR_SCORES: tuple[str, ...] = ("linear_probe_accuracy", "trustworthiness")
 """The scores amortised by ``scores_every`` and dropped first under a budget. Measured on the worker's one thread
 (random 256-D features, 6 classes, 2 cores): at 64 and 256 points the 3-fold linear probe took ~20 ms, kNN, the
-silhouette, trustworthiness and PCA 0.6-5 ms each; at 2,000 points (the default probe size) one frame's
-trustworthiness ~0.17 s, the silhouette ~0.05 s, the linear probe ~0.04 s (0.25 s in BENCHMARKS.md), kNN ~0.02 s,
-PCA ~0.006 s. A PCA run of one layer without them: 2 ms instead of 21 (64 points), 85 ms instead of 293 (2,000)."""
+silhouette, trustworthiness and PCA 0.6-5 ms each; at 2,000 points (the default probe size before 512) one
+frame's trustworthiness ~0.17 s, the silhouette ~0.05 s, the linear probe ~0.04 s (0.25 s in BENCHMARKS.md), kNN
+~0.02 s, PCA ~0.006 s. A PCA run of one layer without them: 2 ms instead of 21 (64 points), 85 ms instead of 293
+(2,000)."""
 _FEATURE_SCORES = ("knn_accuracy", "silhouette", "linear_probe_accuracy")
 _FRAME_SCORES = ("trustworthiness", "stability", "explained_variance")
 _PREDICTIONS = "@predictions"  # key of the predictions in the one device-to-host transfer (no layer has an "@")
@@ -179,7 +180,7 @@ class EmbeddingOptions(Options):
     save_features: bool = False
     projector: bool = True
     html: bool = True
-    batch_size: int = 128
+    batch_size: int = 64
 
     def check(self) -> None:
         size = self.probe_size

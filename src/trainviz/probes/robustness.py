@@ -354,7 +354,7 @@ class RobustnessConfig:
     flip_max_steps: int = 0
     cam_layers: dict[str, torch.nn.Module] | None = None
     cam_reshape: Callable[[Tensor], Tensor] | None = None
-    batch_size: int = 256
+    batch_size: int = 64
     n_examples: int = 6
     reference: Reference | None = None
     trajectory_images: int = 0

@@ -126,7 +126,7 @@ class RobustnessOptions(Options):
     cam_layer: str = "auto"
     cam_reshape: Callable[[Tensor], Tensor] | None = None
     n_examples: int = 6
-    batch_size: int = 256
+    batch_size: int = 64
     pgd_steps: int = 10
     pgd_every: int = 4
 
@@ -316,8 +316,9 @@ def plan_parts(
     trajectory_rows: float = 0.0,
     pgd_rows: float = 0.0,
 ) -> RobustnessPlan:
-    """Which parts fit ``seconds``: Zhang's probes always, then FGSM (``epsilons`` step sizes), PGD when it is due
-    (``pgd_rows`` > 0: its cost in rows, :func:`pgd_rows`, until measured as ``"pgd"``), the other
+    """Which parts fit ``seconds``: the clean row and Zhang's probes (as many as fit, in order: an essential run
+    with a short credit is scaled down to them, the clean row at least), then FGSM (``epsilons`` step sizes), PGD
+    when it is due (``pgd_rows`` > 0: its cost in rows, :func:`pgd_rows`, until measured as ``"pgd"``), the other
     corruptions in turn (whole corruptions, all their severities, resuming at ``rotation``) and the gradient
     ascent (steps-to-flip and the trajectories with their random directions, one part: the trajectories extend
     steps-to-flip), as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed),
@@ -329,12 +330,21 @@ def plan_parts(
         >>> plan = plan_parts(active, {"row": 1.0}, 4.5, 0, epsilons=0, flip_max_steps=0, cam_shift=False)
         >>> plan.rows, plan.rotation, plan.skipped
         ([('grayscale', 1), ('fog', 1), ('fog', 2)], 1, ['1 of 2 corruptions (contrast)'])
+        >>> seeds = [("grayscale", 1), ("gaussian_blur_3x3", 1), ("channels_bgr", 1)]
+        >>> short = plan_parts(seeds, {"row": 1.0}, 2.5, 0, epsilons=0, flip_max_steps=0, cam_shift=False)
+        >>> short.rows, short.skipped  # a credit of 2.5 rows: the clean row and one of Zhang's probes
+        ([('grayscale', 1)], ["2 of 3 of Zhang's probes (gaussian_blur_3x3, channels_bgr)"])
     """
     fgsm, flip = epsilons > 0, flip_max_steps > 0 or trajectory_rows > 0
     row = costs["row"] * (CAM_COST if cam_shift else 1.0)
-    rows = [r for r in active if r[0] in SEED_PROBES]
+    seeds = [r for r in active if r[0] in SEED_PROBES]
+    # the clean row always runs; Zhang's probes as far as they fit (all of them, unless an essential run's credit is
+    # short: the first and last runs are scaled down, never a reason to exceed the budget)
+    fitting = len(seeds) if row <= 0 else max(0, min(len(seeds), math.floor((seconds - row) / row + 1e-9)))
+    rows = seeds[:fitting]
     left = seconds - row * (1 + len(rows))
-    skipped = []
+    skipped = [f"{len(seeds) - fitting} of {len(seeds)} of Zhang's probes ({', '.join(n for n, _ in seeds[fitting:])})"]
+    skipped = skipped if fitting < len(seeds) else []
     if fgsm:
         cost = costs.get("fgsm", row * (3 + epsilons))
         fgsm = cost <= left
