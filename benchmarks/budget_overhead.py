@@ -1,18 +1,19 @@
 """Whole-fit overhead of ``trainviz.default_callbacks(budget=...)`` on a run where training dominates, in interleaved
 pairs, against the run's own estimate.
 
-    python benchmarks/budget_overhead.py [--pairs 9] [--epochs 6] [--n-train 12000] [--budget 0.1]
+    python benchmarks/budget_overhead.py [--pairs 9] [--epochs 6] [--n-train 12000] [--budgets 0.1 0.05]
 
 A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos at 32x32
 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs`` epochs of 10 s or
 more on 2 CPU threads. Identical fits on this machine differ by up to 20%, so one ratio says little: the script runs
-``--pairs`` pairs, each a fit without trainviz then one with ``default_callbacks(budget=B)`` (alternating, in one
-process), each timed from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the
-background work it waits for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every
-thread of the process: the primary figure, since wall time here swings with the host) and in wall time, and the run's
-own estimate X (the manifest's ``budget.overhead.estimate``: probe time plus the measured slowdown of training batches,
-over the fit less those); then the medians and spreads, the median X against the measured median ratio minus 1, and
-how many runs each callback made over the epochs.
+``--pairs`` rounds, each a fit without trainviz, then one with ``default_callbacks(budget=B)`` for each of
+``--budgets`` (alternating, in one process; each budget's pair is the round's bare fit and its own fit), each timed
+from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the background work it waits
+for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every thread of the process: the
+primary figure, since wall time here swings with the host) and in wall time, and the run's own estimate X (the
+manifest's ``budget.overhead.estimate``: probe time plus the measured slowdown of training batches, over the fit
+less those); then, per budget, the medians and spreads, the median X against the measured median ratio minus 1,
+and how many runs each callback made over the epochs and at which epochs.
 """
 
 from __future__ import annotations
@@ -152,7 +153,11 @@ def spread(values: list[float]) -> str:
 
     >>> spread([1.0, 2.0, 3.0, 4.0, 5.0])
     'median 3.000, quartiles 2.000-4.000, range 1.000-5.000'
+    >>> spread([1.5])
+    'median 1.500 (one value)'
     """
+    if len(values) < 2:
+        return f"median {values[0]:.3f} (one value)"
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return f"median {median:.3f}, quartiles {q1:.3f}-{q3:.3f}, range {min(values):.3f}-{max(values):.3f}"
 
@@ -165,45 +170,64 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--n-train", type=int, default=12000)
     parser.add_argument("--n-val", type=int, default=1024)
-    parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.1])
     args = parser.parse_args()
     torch.set_num_threads(2)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, threads {threads}, {args.epochs} epochs of {args.n_train} images")
-    cpu_ratios, wall_ratios, estimates, runs = [], [], [], {}
+    figures: dict[float, dict[str, list]] = {b: {"cpu": [], "wall": [], "x": [], "epochs": []} for b in args.budgets}
     with tempfile.TemporaryDirectory() as root:
         for pair in range(args.pairs):
-            timings = []
-            for probed in (False, True):
-                run = os.path.join(root, f"pair{pair}_{'probed' if probed else 'bare'}")
-                callbacks = trainviz.default_callbacks(budget=args.budget) if probed else []
+            bare_run = os.path.join(root, f"pair{pair}_bare")
+            cpu = time.process_time()
+            wall, _, _ = fit([], args, bare_run)
+            bare = (time.process_time() - cpu, wall)
+            print(f"pair {pair + 1}: bare {bare[1]:.1f} s wall / {bare[0]:.1f} s CPU", flush=True)
+            for budget in args.budgets:
+                run = os.path.join(root, f"pair{pair}_budget{budget}")
                 cpu = time.process_time()
-                wall, _, _ = fit(callbacks, args, run)
-                timings.append((time.process_time() - cpu, wall))
-            manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))["budget"]
-            cpu_ratio, wall_ratio = pair_figures(*timings)
-            estimate = manifest["overhead"]["estimate"]
-            cpu_ratios.append(cpu_ratio)
-            wall_ratios.append(wall_ratio)
-            estimates.append(estimate)
-            for name, ledger in manifest["callbacks"].items():
-                runs.setdefault(name, []).append(ledger["runs"])
+                wall, _, _ = fit(trainviz.default_callbacks(budget=budget), args, run)
+                probed = (time.process_time() - cpu, wall)
+                manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))["budget"]
+                cpu_ratio, wall_ratio = pair_figures(bare, probed)
+                overhead = manifest["overhead"]
+                found = figures[budget]
+                found["cpu"].append(cpu_ratio)
+                found["wall"].append(wall_ratio)
+                found["x"].append(overhead["estimate"])
+                found["epochs"].append({name: run_epochs(run, name) for name in manifest["callbacks"]})
+                print(
+                    f"  budget {budget}: {probed[1]:.1f} s wall / {probed[0]:.1f} s CPU: CPU ratio {cpu_ratio:.3f}, "
+                    f"wall ratio {wall_ratio:.3f}; its own X {overhead['estimate']:.3f} (slowdown "
+                    f"{overhead['slowdown_seconds']:.1f} s, {overhead['batches']['busy']} busy batches); runs "
+                    + ", ".join(f"{n} {len(e)}" for n, e in found["epochs"][-1].items()),
+                    flush=True,
+                )
+    for budget, found in figures.items():
+        print(f"budget {budget}, {args.pairs} pairs:")
+        print(f"  CPU-time ratio: {spread(found['cpu'])}; per pair {' '.join(f'{r:.3f}' for r in found['cpu'])}")
+        print(f"  wall-time ratio: {spread(found['wall'])}; per pair {' '.join(f'{r:.3f}' for r in found['wall'])}")
+        print(f"  the run's own X: {spread(found['x'])}; per pair {' '.join(f'{r:.3f}' for r in found['x'])}")
+        x = statistics.median(found["x"])
+        for what in ("cpu", "wall"):
+            gap = x - (statistics.median(found[what]) - 1)
+            print(f"  median X {x:.3f} against the {what}-time median ratio minus 1: {gap:+.3f}")
+        for name in found["epochs"][0]:
+            counts = [len(e[name]) for e in found["epochs"]]
+            seen = sorted({tuple(e[name]) for e in found["epochs"]})
             print(
-                f"pair {pair + 1}: bare {timings[0][1]:.1f} s wall / {timings[0][0]:.1f} s CPU, with trainviz "
-                f"{timings[1][1]:.1f} s / {timings[1][0]:.1f} s: CPU ratio {cpu_ratio:.3f}, wall ratio "
-                f"{wall_ratio:.3f}; its own X {estimate:.3f} (slowdown {manifest['overhead']['slowdown_seconds']:.1f} s"
-                f", {manifest['overhead']['batches']['busy']} busy batches)",
-                flush=True,
+                f"  {name}: runs per fit {counts} over {args.epochs} epochs (median {statistics.median(counts)}); "
+                f"epochs {' | '.join(','.join(map(str, s)) for s in seen)}"
             )
-    print(f"CPU-time ratio: {spread(cpu_ratios)}")
-    print(f"wall-time ratio: {spread(wall_ratios)}")
-    print(f"the run's own X: {spread(estimates)}")
-    x = statistics.median(estimates)
-    for what, ratios in (("CPU", cpu_ratios), ("wall", wall_ratios)):
-        gap = x - (statistics.median(ratios) - 1)
-        print(f"median X {x:.3f} against the {what}-time median ratio minus 1: {gap:+.3f}")
-    for name, counts in runs.items():
-        print(f"  {name}: runs per fit {counts} over {args.epochs} epochs (median {statistics.median(counts)})")
+
+
+def run_epochs(run: str, name: str) -> list[int]:
+    """The epochs at which callback ``name`` ran in the fit under ``run`` (its metrics.jsonl records)."""
+    path = os.path.join(run, "trainviz", name, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as lines:
+        return sorted({json.loads(line)["epoch"] for line in lines if line.strip()})
 
 
 if __name__ == "__main__":
