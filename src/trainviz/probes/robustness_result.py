@@ -751,7 +751,8 @@ class RobustnessResult(Result):
         return heat, corruptions, levels
 
     def render(self) -> dict[str, np.ndarray]:
-        """``heatmap`` (accuracy, corruption x severity), with the examples ``examples`` (the probe images,
+        """``heatmap`` (accuracy, corruption x severity; "R of N rows" in its corner when the budget ran part of the
+        suite), with the examples ``examples`` (the probe images,
         clean and corrupted, captioned with this run's prediction and confidence) and with the trajectories
         ``adversarial_table`` (Fleuret's table: images x iterations, the predicted class, changes highlighted)."""
         from trainviz.render.robustness import (  # torch: not for the report
@@ -761,7 +762,9 @@ class RobustnessResult(Result):
         )
 
         heat, corruptions, levels = self.heatmap()
-        out = {"heatmap": table_heatmap_image(heat, corruptions, [f"s{s}" for s in levels])}
+        run = self.schedule  # under a budget a run may hold part of the suite: the picture says how much
+        corner = f"{run.rows} of {run.of} rows" if run is not None and run.rows < run.of else ""
+        out = {"heatmap": table_heatmap_image(heat, corruptions, [f"s{s}" for s in levels], corner=corner)}
         if self.examples is not None and self.images is not None:
             ex, names = self.examples, self.class_names
             pred = self.images.pred[ex.columns][:, ex.indices].astype(int)

@@ -31,6 +31,7 @@ def table_heatmap_image(
     cell: tuple[int, int] = (40, 16),
     vmin: float = 0.0,
     vmax: float = 1.0,
+    corner: str = "",
 ) -> np.ndarray:
     """A table of values as Turbo-coloured cells with the value printed in each (NaN cells left blank).
 
@@ -41,6 +42,7 @@ def table_heatmap_image(
         cell: cell width and height in pixels.
         vmin: value shown as the low end of the colour map.
         vmax: value shown as the high end.
+        corner: a note in the top-left corner, above the row labels (what the table leaves out), cut to fit.
 
     Shape:
         values ``(R, S)`` -> ``(24 + R * cell_h, margin + S * cell_w, 3)`` uint8
@@ -61,6 +63,7 @@ def table_heatmap_image(
     draw = ImageDraw.Draw(canvas)
     t = torch.from_numpy(np.nan_to_num((values - vmin) / max(vmax - vmin, 1e-12), nan=0.0))
     colours = (turbo(t) * 255).round().to(torch.uint8).numpy()
+    draw.text((3, 3), corner[: (margin - 4) // _CHAR_W], fill=(90, 90, 90))
     for j, label in enumerate(col_labels):
         draw.text((margin + j * cw + 2, 3), str(label)[: cw // _CHAR_W], fill=(0, 0, 0))
     for i, label in enumerate(row_labels):
