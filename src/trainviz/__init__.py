@@ -85,8 +85,10 @@ def default_callbacks(
             callable; see :mod:`trainviz.core.outputs`); ``None`` handles tensors, ``(logits, ...)`` tuples and
             objects with ``.logits``.
         budget: the largest fraction of training wall time the whole suite may take, background work
-            included (default 0.1), divided among the probe callbacks by :data:`BUDGET_SHARES`; ``None`` runs
-            everything at its cadence. A callback's own ``budget`` option wins.
+            included (default 0.1), divided among the probe callbacks by :data:`BUDGET_SHARES` until each has run
+            once, then by what each costs per run at its cadence (robustness aims at every other run and takes
+            what is left; :meth:`trainviz.core.budget.Scheduler.fit`); ``None`` runs everything at its cadence. A
+            callback's own ``budget`` option wins (and stays out of the pool).
         pixels: whether the inputs are photos with a mapping to pixels in [0, 1] (default ``True``: trainviz never
             guesses, and refuses at setup probe images that do not map into [0, 1]). ``False`` declares they are
             not (CT values, spectrograms, standardised bands): the callbacks that act on pixels (``robustness``:
@@ -153,4 +155,5 @@ def default_callbacks(
     for callback, own in out:
         if total is not None and not own:
             callback.budget = total * type(callback).budget_share / sum(shared_out)
+            callback.pooled_budget = True
     return [callback for callback, _ in out]

@@ -411,14 +411,14 @@ def test_bad_environment_fails_at_setup(tmp_path, dm, kwargs, message, demo_mode
     assert trainer.current_epoch == 0
 
 
-def test_default_probe_takes_up_to_512_points_of_the_split(tmp_path, demo_model, make_trainer):
+def test_default_probe_takes_up_to_256_points_of_the_split(tmp_path, demo_model, make_trainer):
     from trainviz.data import ShapesDataModule
 
     cb = EmbeddingCallback(layers="net.fc", methods="pca", linear_probe_folds=0, run_at_fit_end=False)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(demo_model(), ShapesDataModule(n_train=60, n_val=600, batch_size=60))
-    assert len(cb.probe) == 512 and cb.probe_size == 512 and cb.requested_probe_size is None
-    assert npz(tmp_path, 0, "net.fc")["pca"].shape == (512, 2)
+    assert len(cb.probe) == 256 and cb.probe_size == 256 and cb.requested_probe_size is None
+    assert npz(tmp_path, 0, "net.fc")["pca"].shape == (256, 2)
     assert cb.options.batch_size == 64
 
 

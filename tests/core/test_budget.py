@@ -44,6 +44,64 @@ def test_scheduler_credit_counts_training_not_probe_time():
     assert summary["callbacks"]["a"]["runs"] == 1 and summary["callbacks"]["a"]["skipped"][0]["epoch"] == 3
 
 
+def test_a_pool_is_fitted_to_what_each_callback_needs_and_keeps_its_sum():
+    s = Scheduler()
+    s.register("a", 0.04, pooled=True)
+    s.register("r", 0.06, pooled=True, interval=2)
+    s.register("own", 0.1)  # a callback's own budget stays out of the pool
+    s.start(now=0.0)
+    s.charge("a", 0.5, foreground=True, run=True)
+    s.fit(epochs=2, now=40.5)
+    assert s.ledgers["a"].fitted is None  # r has no cost yet: the fractions stay as given
+    s.set_floor("r", 0.6)  # elastic: its least run takes 0.6 s
+    s.charge("r", 3.0, foreground=True, run=True)
+    s.fit(epochs=2, now=43.5)  # 40 s of training (43.5 less 3.5 in probes): 20 s an epoch
+    # needs: a 0.5 s a run every epoch = 0.025; r 0.6 s every other epoch = 0.015. They fit the pool of 0.1, so a
+    # gets 1.25 x its need and r the rest
+    assert s.ledgers["a"].share == pytest.approx(0.03125) and s.ledgers["r"].share == pytest.approx(0.06875)
+    assert s.credit("a", now=43.5) == pytest.approx(0.03125 * 40 - 0.5)
+    assert s.credit("r", now=43.5) == pytest.approx(0.06875 * 40 - 3.0)
+    assert s.credit("a", now=43.5) + s.credit("r", now=43.5) == pytest.approx(0.1 * 40 - 3.5)  # the pool's credit
+    assert s.credit("own", now=43.5) == pytest.approx(0.1 * 40) and s.overhead(now=43.5)[1] == pytest.approx(0.2)
+    ledgers = s.summary()["callbacks"]
+    assert ledgers["a"]["fraction"] == pytest.approx(0.03125) and ledgers["a"]["fraction_given"] == 0.04
+    assert ledgers["a"]["pooled"] and not ledgers["own"]["pooled"] and ledgers["r"]["need_seconds"] == 0.6
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_pool_lets_a_cheap_callback_run_every_epoch(pooled):
+    """Ten epochs of 10 s. A cheap callback (0.5 s a run) with a static 1% runs at the first and last epoch
+    only; in the pool of 10% it gets what it needs and runs at every epoch, the elastic one (0.6 s at least,
+    every other epoch) takes the rest, and the pool spends no more than its 10% after the first epoch's runs."""
+    s = Scheduler()
+    s.register("cheap", 0.01, pooled=pooled)
+    s.register("dear", 0.09, pooled=pooled, interval=2)
+    s.start(now=0.0)
+    runs: dict[str, list[int]] = {"cheap": [], "dear": []}
+    spent = 0.0
+    for epoch in range(10):
+        now = 10.0 * (epoch + 1) + spent  # probe time on the training thread lengthens the fit
+        essential = epoch in (0, 9)
+        s.set_floor("dear", 0.6)
+        s.fit(epoch + 1, now=now)
+        if essential or s.credit("cheap", now=now) >= 0.5:
+            s.charge("cheap", 0.5, foreground=True, run=True)
+            runs["cheap"].append(epoch)
+            spent += 0.5
+        credit = s.credit("dear", now=now + 0.5 * (runs["cheap"][-1:] == [epoch]))
+        if essential or credit >= 0.6:
+            seconds = max(0.6, min(credit, 4.0))  # its plan takes what fits
+            s.charge("dear", seconds, foreground=True, run=True)
+            runs["dear"].append(epoch)
+            spent += seconds
+    if pooled:
+        assert runs["cheap"] == list(range(10)) and len(runs["dear"]) >= 4, runs
+    else:
+        assert runs["cheap"] == [0, 9], runs  # 0.1 s of credit an epoch: 1.0 s after ten, short of a second run
+    s.stop(now=100.0 + spent)
+    assert s.overhead()[0] <= 0.1 + 4.6 / 100  # the budget, plus the first epoch's essential runs
+
+
 def test_robustness_rotates_corruptions_within_the_credit():
     import torch
 
@@ -97,6 +155,19 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, 
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     assert "trainviz/budget/robustness/skipped" in acc.Tags()["scalars"]
+    # default_callbacks' budget is one pool: refitted to the callbacks' costs after the first runs, same sum
+    assert all(ledger["pooled"] for ledger in ledgers.values())
+    assert sum(ledger["fraction"] for ledger in ledgers.values()) == pytest.approx(0.001, rel=1e-3)
+    assert any(ledger["fraction"] != pytest.approx(ledger["fraction_given"]) for ledger in ledgers.values())
+    assert [e.step for e in acc.Scalars("trainviz/budget/dynamics/fraction")] == [0, 1, 2, 3]
+    # robustness is elastic: it aims at every other epoch and needs at least its clean row and Zhang's probes
+    robustness = next(cb for cb in probes if cb.name == "robustness")
+    core = robustness.prober.history.costs["row"] * 3  # the clean row, grayscale and the 3x3 blur
+    assert robustness._budget_floor() == pytest.approx(core) and core > 0
+    floor = robustness.scheduler.ledgers["robustness"].floor  # what the last plan gave the pool (costs move on)
+    assert floor is not None and ledgers["robustness"]["need_seconds"] == pytest.approx(floor, abs=1e-3)
+    assert robustness.scheduler.ledgers["robustness"].interval == 2
+    assert robustness.scheduler.ledgers["dynamics"].interval == 1
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
 
 

@@ -143,7 +143,11 @@ class ProbeCallback(Callback):
     pixel_use: ClassVar[str] = ""
     """With ``needs_pixels``: what it does to pixels, for the warning of ``default_callbacks(pixels=False)``."""
     budget_share: ClassVar[float] = 0.25
-    """The callback's weight when :func:`trainviz.default_callbacks` divides its ``budget`` (``BUDGET_SHARES``)."""
+    """The callback's weight when :func:`trainviz.default_callbacks` divides its ``budget`` (``BUDGET_SHARES``):
+    its fraction until every callback of the suite has run once, then the pool is fitted to what each costs
+    (:meth:`trainviz.core.budget.Scheduler.fit`)."""
+    budget_interval: ClassVar[int] = 1
+    """In a pooled budget: the runs it aims for, every ``budget_interval`` times ``every_n_epochs`` epochs."""
     opt_in: ClassVar[bool] = False
     """Whether :func:`trainviz.default_callbacks` leaves it out unless asked for (``<name>={}``)."""
 
@@ -199,6 +203,7 @@ class ProbeCallback(Callback):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.run_at_fit_end = bool(run_at_fit_end)
         self.budget = check_budget(budget)
+        self.pooled_budget = False  # default_callbacks' share of its budget: fitted with the others' at run time
         self.budget_runner = BudgetRunner(self.name)
         self.plan: Any = True  # what this run contains, from `_plan` (True: everything)
         self.prober: Any = None  # the capability's probe (trainviz.core.contract.Probe), built at fit start
@@ -300,7 +305,8 @@ class ProbeCallback(Callback):
     def _setting_up(self, trainer: pl.Trainer) -> Iterator[None]:
         """Set-up work (drawing the probe set, opening sinks, model checks) is trainviz's cost too: the budget's
         clock starts before it (the first call wins) and it is booked like a probe's time on the training thread."""
-        self.budget_runner.start(trainer, self.budget)
+        interval = self.every_n_epochs * self.budget_interval
+        self.budget_runner.start(trainer, self.budget, pooled=self.pooled_budget, interval=interval)
         start = time.perf_counter()
         try:
             yield
@@ -443,6 +449,11 @@ class ProbeCallback(Callback):
         self._skip(epoch, "run", f"last run took {self._last_cost:.2f} s, credit {credit:.2f} s")
         return None
 
+    def _budget_floor(self) -> float | None:
+        """An elastic callback's seconds for its least run (its plan scales to any credit above it); ``None``
+        (default): it runs whole or waits, and needs what its runs cost."""
+        return None
+
     def _skip(self, epoch: int, what: str, reason: str) -> None:
         self.budget_runner.skip(epoch, what, reason)
 
@@ -512,7 +523,7 @@ class ProbeCallback(Callback):
         """Rank 0: the run's plan (through the budget runner) and, when it runs, the probe's state for every share."""
         self.plan = True  # `_plan` may read it
         busy = self.sink.busy_seconds() if self.sink is not None else 0.0
-        plan = self.budget_runner.plan(self._plan, essential, epoch, busy)
+        plan = self.budget_runner.plan(self._plan, essential, epoch, busy, self._budget_floor())
         return plan, (self.prober.state() if self.prober is not None and plan is not None else None)
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCallback", "METHODS", "MAX_POINTS"]
 
 Method = Literal["pca", "umap", "tsne"]
-_DEFAULT_POINTS = 512  # default probe size: up to this many points of the split (a capture of 0.2-0.3 s at 32 px on 2
-# CPU cores, within the embedding's share of budget 0.1 at epochs of 13 s or more; a linear-probe accuracy of 0.8 to
-# +-0.035; about 50 points a class at 10 classes)
+_DEFAULT_POINTS = 256  # default probe size: up to this many points of the split (a linear-probe accuracy of 0.8 to
+# +-0.049, as robustness and dynamics; about 25 points a class at 10 classes). Its capture is one forward of every
+# point: 512 took 0.5 s at 32 px on 2 CPU cores (a third of budget 0.1's pool at 16 s epochs), 256 half that
 
 
 class EmbeddingCallback(ProbeCallback):
@@ -72,7 +72,7 @@ class EmbeddingCallback(ProbeCallback):
         methods: 2-D projections among ``"pca"``, ``"umap"``, ``"tsne"`` (openTSNE if installed, else sklearn).
         slow_every_k: UMAP and t-SNE run every ``k``-th run and at the last epoch.
         aligned_umap_at_end: also fit umap-learn's AlignedUMAP over all epochs at fit end (slow).
-        probe_size: probe points; ``None`` takes up to 512 points of the split; at most 10,000.
+        probe_size: probe points; ``None`` takes up to 256 points of the split; at most 10,000.
         max_dim: features wider than this are randomly projected to ``max_dim`` dimensions (Johnson-Lindenstrauss).
         n_neighbors: UMAP's neighbourhood size.
         perplexity: t-SNE's perplexity (clipped to ``(N - 1) / 3``).
@@ -167,7 +167,7 @@ class EmbeddingCallback(ProbeCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.probe is None and self.requested_probe_size is None:
             source = self._probe_source(trainer)
-            if source is not None:  # up to 512 points of the split (the base raises without data)
+            if source is not None:  # up to 256 points of the split (the base raises without data)
                 self.probe_size = min(_DEFAULT_POINTS, len(source))
         super().setup(trainer, pl_module, stage)
 

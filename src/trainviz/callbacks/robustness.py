@@ -18,7 +18,13 @@ from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.contract import Credit
 from trainviz.core.guard import probe_guard
 from trainviz.core.namespace import info
-from trainviz.probes.robustness import RobustnessHistory, RobustnessOptions, RobustnessPlan, RobustnessProbe
+from trainviz.probes.robustness import (
+    RobustnessHistory,
+    RobustnessOptions,
+    RobustnessPlan,
+    RobustnessProbe,
+    core_seconds,
+)
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -132,6 +138,7 @@ class RobustnessCallback(ProbeCallback):
 
     name = "robustness"
     budget_share = 0.4  # of default_callbacks(budget=)
+    budget_interval = 2  # in the pool: every other run, Zhang's probes each time and the rest as the credit allows
     pixel_use = "robustness corrupts pixels and attacks them (FGSM, adversarial trajectories) in [0, 1]"
     needs_pixels = True  # acts on pixels in [0, 1]: refuses inputs declared not to be photos (pixels=False)
     default_probe_size = 256  # a 95% interval on an accuracy of 0.8 is about +-0.05 at 256 images, +-0.1 at 64
@@ -220,6 +227,12 @@ class RobustnessCallback(ProbeCallback):
             info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
         with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`); prices a row
             self.prober.check(self.logits_model(pl_module))
+
+    @override
+    def _budget_floor(self) -> float | None:
+        """Elastic: its least run is the clean probe set and Zhang's probes (their measured seconds); the plan
+        takes the rest of its credit in rotating corruption rows and the adversarial parts."""
+        return None if self.prober is None else core_seconds(self.prober.active, self.prober.history.costs)
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:

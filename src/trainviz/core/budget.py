@@ -69,15 +69,66 @@ class Ledger:
     writer: float = 0.0  # the sink's writer thread's seconds (PNG, npz, TensorBoard): likewise
     slowdown: float = 0.0  # measured: the training batches' extra seconds beside its background work
     runs: int = 0
+    run_seconds: float = 0.0  # the part of `foreground` spent in its runs (not set-up or fit-end work)
+    pooled: bool = False  # its fraction is part of a pool shared by fitting (default_callbacks' budget)
+    interval: int = 1  # the epochs between the runs it aims for (cadence times its budget interval)
+    floor: float | None = None  # an elastic callback's seconds per run at its least (its plan takes any credit)
+    fitted: float | None = None  # its fraction of the pool as last fitted (None: `fraction`)
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spent(self) -> float:
         return self.foreground + max(0.0, self.slowdown)
 
+    @property
+    def share(self) -> float:
+        """The fraction its credit is reckoned from: the fitted one in a pool, else its own."""
+        return self.fraction if self.fitted is None else self.fitted
+
+    @property
+    def need(self) -> float | None:
+        """Seconds per run it needs: an elastic callback's floor, else its runs' mean cost (their seconds on the
+        training thread plus the slowdown measured beside its background work); ``None`` before a run."""
+        if self.floor is not None:
+            return self.floor
+        return (self.run_seconds + max(0.0, self.slowdown)) / self.runs if self.runs else None
+
 
 BASELINE_BATCHES = 3
 """Batches beside no trainviz work needed before a busy batch's slowdown is measured (earlier ones wait)."""
+
+SLACK = 1.25
+"""A pool's callbacks of fixed cost get up to this times what their cadence needs when the pool allows (a run that
+costs more than the mean does not then cost the next), before the elastic ones share the rest."""
+
+
+def fit_pool(total: float, needs: dict[str, float], elastic: set[str]) -> dict[str, float]:
+    """Divide a pool's fraction ``total`` among callbacks by what they need (``needs``: fractions of training time
+    each needs to run at its cadence). Fixed-cost callbacks get their need (up to :data:`SLACK` times it) when it
+    and the elastic ones' floors fit; the ``elastic`` ones (whose plan takes whatever credit it has: robustness)
+    share the rest in proportion to their floors. When the needs do not fit, every callback gets the same part of
+    its need.
+
+    Example:
+        >>> fitted = fit_pool(0.1, {"cam": 0.03, "dynamics": 0.01, "robustness": 0.02}, {"robustness"})
+        >>> {name: round(fraction, 6) for name, fraction in fitted.items()}  # 1.25x the fixed needs, the rest
+        {'cam': 0.0375, 'dynamics': 0.0125, 'robustness': 0.05}
+        >>> fitted = fit_pool(0.1, {"cam": 0.1, "robustness": 0.1}, {"robustness"})
+        >>> {name: round(fraction, 6) for name, fraction in fitted.items()}  # twice the pool: half of each need
+        {'cam': 0.05, 'robustness': 0.05}
+    """
+    fixed = sum(need for name, need in needs.items() if name not in elastic)
+    floor = sum(need for name, need in needs.items() if name in elastic)
+    if fixed + floor <= 0:
+        return {name: total / len(needs) for name in needs}
+    if fixed + floor > total or not elastic:
+        return {name: total * need / (fixed + floor) for name, need in needs.items()}
+    scale = min(SLACK, (total - floor) / fixed) if fixed > 0 else 0.0
+    rest = total - scale * fixed
+    return {
+        name: (rest * need / floor if floor > 0 else rest / len(elastic)) if name in elastic else scale * need
+        for name, need in needs.items()
+    }
 
 
 class Scheduler:
@@ -122,10 +173,12 @@ class Scheduler:
         """The scheduler shared by every trainviz callback of ``trainer`` (made by the first to ask)."""
         return cls.of(trainer) or cls()
 
-    def register(self, name: str, fraction: float) -> None:
+    def register(self, name: str, fraction: float, *, pooled: bool = False, interval: int = 1) -> None:
+        """A callback's ledger with its ``fraction`` of training time (``pooled``: part of a pool divided by what
+        its callbacks need, :meth:`fit`; ``interval``: the epochs between the runs it aims for)."""
         with self._lock:
             if name not in self.ledgers:
-                self.ledgers[name] = Ledger(fraction)
+                self.ledgers[name] = Ledger(fraction, pooled=pooled, interval=max(1, int(interval)))
             self.timer = self.timer or name
 
     # the training batches ---------------------------------------------------------------------------
@@ -201,11 +254,42 @@ class Scheduler:
         return max(0.0, now - self.started - held)
 
     def credit(self, name: str, now: float | None = None) -> float:
-        """Seconds callback ``name`` may still spend: ``fraction * training_seconds - spent``."""
+        """Seconds callback ``name`` may still spend: ``fraction * training_seconds - spent`` (in a pool, its
+        fitted fraction: :meth:`fit`)."""
         train = self.training_seconds(now)
         with self._lock:
             ledger = self.ledgers[name]
-            return ledger.fraction * train - ledger.spent
+            return ledger.share * train - ledger.spent
+
+    def fit(self, epochs: int, now: float | None = None) -> None:
+        """Divide the pool (the ``pooled`` ledgers' fractions, summed) by what each callback needs to run at its
+        interval, after ``epochs`` epochs of training: its seconds per run (:attr:`Ledger.need`) over its interval
+        times the mean epoch's training seconds, as a fraction (:func:`fit_pool`). Before every pooled callback
+        has a cost, the fractions stay as given. The pool's sum is kept, so the fit's budget is the same, and so
+        is the credit left to the pool as a whole: a callback's credit is reckoned from its fitted fraction over
+        the whole fit so far, less what it spent."""
+        train = self.training_seconds(now)
+        with self._lock:
+            pool = {name: ledger for name, ledger in self.ledgers.items() if ledger.pooled}
+            needs = {name: ledger.need for name, ledger in pool.items()}
+            if len(pool) < 2 or epochs < 1 or train <= 0:
+                return
+            epoch = train / epochs
+            if any(need is None for need in needs.values()):
+                return
+            fitted = fit_pool(
+                sum(ledger.fraction for ledger in pool.values()),
+                {name: need / (pool[name].interval * epoch) for name, need in needs.items() if need is not None},
+                {name for name, ledger in pool.items() if ledger.floor is not None},
+            )
+            for name, fraction in fitted.items():
+                pool[name].fitted = fraction
+
+    def set_floor(self, name: str, seconds: float | None) -> None:
+        """Callback ``name`` is elastic (its plan takes whatever credit it has) and needs ``seconds`` per run at
+        its least (``None``: not elastic)."""
+        with self._lock:
+            self.ledgers[name].floor = seconds
 
     def charge(self, name: str, seconds: float, *, foreground: bool, run: bool = False) -> None:
         """Book ``seconds`` of work of callback ``name`` (``foreground``: the training thread waited for it;
@@ -213,6 +297,7 @@ class Scheduler:
         with self._lock:
             ledger = self.ledgers[name]
             ledger.runs += int(run)
+            ledger.run_seconds += seconds if run and foreground else 0.0
             if foreground:
                 ledger.foreground += seconds
             else:
@@ -275,7 +360,10 @@ class Scheduler:
                 },
                 "callbacks": {
                     name: {
-                        "fraction": ledger.fraction,
+                        "fraction": round(ledger.share, 8),
+                        "fraction_given": ledger.fraction,
+                        "pooled": ledger.pooled,
+                        "need_seconds": None if ledger.need is None else round(ledger.need, 3),
                         "foreground_seconds": round(ledger.foreground, 3),
                         "background_seconds": round(ledger.background, 3),
                         "writer_seconds": round(ledger.writer, 3),
@@ -309,25 +397,36 @@ class BudgetRunner:
         self.sink: Any = None  # the "budget" sink (rank zero, with a budget)
         self.last_cost: float | None = None
 
-    def start(self, trainer: Any, fraction: float | None) -> None:
-        """At fit start: join the Trainer's scheduler with ``fraction`` (``None``: no budget) and start its clock."""
+    def start(self, trainer: Any, fraction: float | None, pooled: bool = False, interval: int = 1) -> None:
+        """At fit start: join the Trainer's scheduler with ``fraction`` (``None``: no budget; ``pooled`` and
+        ``interval``: :meth:`Scheduler.register`) and start its clock."""
         if fraction is not None:
             self.scheduler = Scheduler.for_trainer(trainer)
-            self.scheduler.register(self.name, fraction)
+            self.scheduler.register(self.name, fraction, pooled=pooled, interval=interval)
             self.scheduler.start()
 
     def plan(
-        self, planner: Callable[[float | None, bool, int], Any], essential: bool, epoch: int, writer_seconds: float
+        self,
+        planner: Callable[[float | None, bool, int], Any],
+        essential: bool,
+        epoch: int,
+        writer_seconds: float,
+        floor: float | None = None,
     ) -> Any:
         """What the run of ``epoch`` contains: ``planner(credit, essential, epoch)`` (``None``: skip it), with the
-        credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds``."""
+        credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds`` and,
+        for an elastic callback, the ``floor`` seconds of its least run. In a pool, the fractions are fitted to
+        what each callback needs first (:meth:`Scheduler.fit`)."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
         self.scheduler.set_writer(self.name, writer_seconds)
+        self.scheduler.set_floor(self.name, floor)
+        self.scheduler.fit(epoch + 1)
         credit = self.scheduler.credit(self.name)
         plan = planner(credit, essential, epoch)
         if self.sink is not None:
             self.sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
+            self.sink.scalar(f"{self.name}/fraction", self.scheduler.ledgers[self.name].share, epoch)
             self.sink.scalar(f"{self.name}/skipped", float(plan is None), epoch)
         return plan
 
