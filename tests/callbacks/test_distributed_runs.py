@@ -145,7 +145,7 @@ trainer = _support.make_trainer(
     accumulate_grad_batches=2, deterministic=False, strategy=sys.argv[2], devices=int(sys.argv[3]),
 )
 trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=16))
-print("FIT DONE", trainer.global_rank)
+print(f"FIT DONE {trainer.global_rank}", flush=True)  # one write: the ranks share stdout
 """
 
 

@@ -72,7 +72,7 @@ trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=16))
 weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}  # all ranks
 if trainer.is_global_zero:
     torch.save({"weights": weights, "rng": torch.random.get_rng_state()}, f"{root}/end.pt")
-print("FIT DONE", trainer.global_rank)
+print(f"FIT DONE {trainer.global_rank}", flush=True)  # one write: the ranks share stdout
 """
 
 
@@ -186,7 +186,7 @@ callbacks = [
 parallel = _support.pl.strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
 trainer = _support.make_trainer(sys.argv[1], callbacks, strategy=parallel, devices=2, deterministic=False)
 trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
-print("FIT DONE", trainer.global_rank)
+print(f"FIT DONE {trainer.global_rank}", flush=True)  # one write: the ranks share stdout
 """
 
 

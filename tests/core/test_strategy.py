@@ -127,7 +127,7 @@ trainer = pl.Trainer(
     callbacks=trainviz.default_callbacks(budget=None) if sys.argv[1] == "with" else [],
 )
 trainer.fit(Sharded(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
-print("FIT DONE", trainer.global_rank)
+print(f"FIT DONE {trainer.global_rank}", flush=True)  # one write: the ranks share stdout
 """
 
 
