@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -26,6 +26,7 @@ from typing_extensions import override
 
 from trainviz.core.budget import BudgetRunner, Scheduler, check_budget, synchronize
 from trainviz.core.checks import check_choice, check_positive_int
+from trainviz.core.clean_forward import CleanForward, CleanView, Reducer
 from trainviz.core.common import WarnOnce
 from trainviz.core.contract import Share, is_whole
 from trainviz.core.display import Display
@@ -204,6 +205,7 @@ class ProbeCallback(Callback):
         self.run_at_fit_end = bool(run_at_fit_end)
         self.budget = check_budget(budget)
         self.pooled_budget = False  # default_callbacks' share of its budget: fitted with the others' at run time
+        self.clean_forward: CleanForward | None = None  # the Trainer's, shared by callbacks probing the same images
         self.budget_runner = BudgetRunner(self.name)
         self.plan: Any = True  # what this run contains, from `_plan` (True: everything)
         self.prober: Any = None  # the capability's probe (trainviz.core.contract.Probe), built at fit start
@@ -449,6 +451,17 @@ class ProbeCallback(Callback):
         self._skip(epoch, "run", f"last run took {self._last_cost:.2f} s, credit {credit:.2f} s")
         return None
 
+    def _clean_view(
+        self, trainer: pl.Trainer, layers: Mapping[str, torch.nn.Module] | None = None, reduce: Reducer | None = None
+    ) -> CleanView:
+        """This callback's handle on the Trainer's shared clean forward of its probe set (at setup: the logits,
+        and ``layers`` through ``reduce``; :mod:`trainviz.core.clean_forward`)."""
+        if self.clean_forward is None:
+            self.clean_forward = CleanForward.of(trainer)
+        fingerprint = self.probe.fingerprint()
+        self.clean_forward.want(fingerprint, self.state_key, layers, reduce)
+        return CleanView(self.clean_forward, fingerprint, self.state_key)
+
     def _budget_floor(self) -> float | None:
         """An elastic callback's seconds for its least run (its plan scales to any credit above it); ``None``
         (default): it runs whole or waits, and needs what its runs cost."""
@@ -649,6 +662,8 @@ class ProbeCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._flush()
+            if self.clean_forward is not None:
+                self.clean_forward.clear()  # the last forward's tensors go with the fit
             scheduler = Scheduler.of(trainer)
             if scheduler is not None and trainer.is_global_zero and not trainer.fast_dev_run:
                 say_once(trainer, scheduler.overhead_line())  # the first callback to tear down says it

@@ -187,6 +187,8 @@ class EmbeddingCallback(ProbeCallback):
         self._layers = self.setup_layers(pl_module, specs, check=check)
         args: dict[str, Any] = {"layout": self._layout, "seed": seed, "history": self.history, "worker": self.worker}
         self.prober = probes.EmbeddingProbe(self.probe, self.options, layers=self._layers, **args)
+        # its capture, shared with the dynamics' forward when they probe the same images
+        self.prober.clean = self._clean_view(trainer, self._layers, probes.pooler(self.options, self._layout, seed))
 
     @override
     def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -161,6 +161,7 @@ class Probe(Generic[PlanT, PartialT, ResultT]):
 
     def __init__(self, probe: ProbeSet) -> None:
         self.probe = probe
+        self.clean: Any = None  # a CleanView (trainviz.core.clean_forward) when its callback shares its clean forward
 
     def plan(self, credit: Credit) -> PlanT | None:
         """What runs this time; the default runs everything (``True``)."""

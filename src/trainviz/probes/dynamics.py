@@ -110,7 +110,11 @@ class DynamicsProbe(Probe[bool, DynamicsPartial, DynamicsResult]):
         """
         if len(share) == 0:
             return DynamicsPartial(torch.zeros(0, 0))
-        probs = predict_logits(model, share.data.images, self.config.batch_size).float().softmax(1)
+        if self.clean is None:
+            logits = predict_logits(model, share.data.images, self.config.batch_size)
+        else:  # the forward shared with the callbacks probing the same images (trainviz.core.clean_forward)
+            logits, _ = self.clean.run(model, share, self.config.batch_size)
+        probs = logits.float().softmax(1)
         return DynamicsPartial(to_host(probs.float()))
 
     def merge(self, partials: Sequence[DynamicsPartial], plan: bool) -> DynamicsResult:

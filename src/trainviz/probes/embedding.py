@@ -259,6 +259,7 @@ def capture(
     """
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logits = []
+    reduce = pooler(options, layout, seed)
     with torch.no_grad(), capture_activations(model, layers) as acts:
         for start in range(0, images.shape[0], options.batch_size):
             acts.clear()
@@ -266,9 +267,20 @@ def capture(
             for name in layers:
                 if name not in acts:
                     raise ValueError(f"Layer {name!r} returned no tensor during the forward pass: pick another layer.")
-                act = acts[name] if layout is None else layout.pool(acts[name])
-                feats[name].append(pool_features(act, options.max_dim, seed=seed))
+                feats[name].append(reduce(name, acts[name]))
     return {name: torch.cat(parts) for name, parts in feats.items()}, torch.cat(logits)
+
+
+def pooler(
+    options: EmbeddingOptions, layout: Layout | None = None, seed: int = 0
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """``reduce(layer name, a batch's output) -> (B, D)`` pooled features, as :func:`capture` keeps them (also the
+    embedding's reducer in the shared clean forward, :mod:`trainviz.core.clean_forward`)."""
+
+    def reduce(name: str, act: torch.Tensor) -> torch.Tensor:
+        return pool_features(act if layout is None else layout.pool(act), options.max_dim, seed=seed)
+
+    return reduce
 
 
 @dataclass
@@ -1004,7 +1016,10 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         if len(share) == 0:
             empty = torch.zeros(0, 0)
             return EmbeddingPartial(dict.fromkeys(self.layers, empty), torch.zeros(0, dtype=torch.long))
-        features, logits = capture(model, self.layers, images, self.options, self.layout, seed=self.seed)
+        if self.clean is None:
+            features, logits = capture(model, self.layers, images, self.options, self.layout, seed=self.seed)
+        else:  # the forward shared with the callbacks probing the same images (trainviz.core.clean_forward)
+            logits, features = self.clean.run(model, share, self.options.batch_size)
         cpu = Captured.from_tensors(features, logits)
         self.cost = time.perf_counter() - start
         return EmbeddingPartial(
