@@ -51,31 +51,34 @@ def test_full_suite_leaves_no_trace(tmp_path, tiny_dm, kind, _fit, all_callbacks
     assert probes and all(cb.done_epochs == [0, 1] and cb.failures == 0 for cb in probes)
 
 
-def test_dynamics_and_embedding_share_one_clean_forward_and_keep_their_results(tmp_path, tiny_dm, _fit):
-    """On the same probe set (the default) the embedding reads the dynamics' forward of each epoch: one forward per
-    run of both, and each writes what it writes alone."""
+def test_dynamics_robustness_and_embedding_share_one_clean_forward_and_keep_their_results(tmp_path, tiny_dm, _fit):
+    """On the same probe set (the default) robustness' clean row and the embedding's capture read the dynamics'
+    forward of each epoch: one forward per epoch for the three, and each writes what it writes alone."""
     import numpy as np
 
-    def pair():
+    def trio():
+        same = dict(probe_size=24, batch_size=8)  # the clean row a whole number of batches, as 256 in 64s
+        robust = dict(corruptions=["grayscale", "gaussian_blur_3x3"], severities=[1], epsilons=[4 / 255])
         return [
-            trainviz.DynamicsCallback(probe_size=24),
-            trainviz.EmbeddingCallback(probe_size=24, methods="pca", linear_probe_folds=0),
+            trainviz.DynamicsCallback(**same),
+            trainviz.RobustnessCallback(**same, **robust, flip_max_steps=2),
+            trainviz.EmbeddingCallback(**same, methods="pca", linear_probe_folds=0),
         ]
 
-    both = pair()
-    _fit(tmp_path / "both", both, tiny_dm)
-    shared = both[0].clean_forward
-    assert shared is not None and shared is both[1].clean_forward
-    assert (shared.forwards, shared.hits) == (2, 2)  # one forward an epoch, read by both
-    alone = pair()
+    three = trio()
+    _fit(tmp_path / "three", three, tiny_dm)
+    shared = three[0].clean_forward
+    assert shared is not None and all(cb.clean_forward is shared for cb in three)
+    assert (shared.forwards, shared.hits) == (2, 4)  # one forward an epoch, read by the other two
+    alone = trio()
     for cb in alone:
         _fit(tmp_path / cb.name, [cb], tiny_dm)
-    assert alone[0].clean_forward is not alone[1].clean_forward and alone[1].clean_forward.hits == 0
+    assert all(cb.clean_forward.hits == 0 for cb in alone)
     for cb in alone:
         paths = sorted((tmp_path / cb.name / "trainviz" / cb.name).glob("epoch_*/*.npz"))
         assert len(paths) >= 2, paths  # both epochs' arrays
         for path in paths:
-            mine = tmp_path / "both" / path.relative_to(tmp_path / cb.name)
+            mine = tmp_path / "three" / path.relative_to(tmp_path / cb.name)
             with np.load(path) as a, np.load(mine) as b:
                 assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a), path
 

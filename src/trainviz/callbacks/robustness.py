@@ -227,6 +227,7 @@ class RobustnessCallback(ProbeCallback):
             info(f"trainviz: RobustnessCallback skips corruptions that do not apply to this data: {reasons}", trainer)
         with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`); prices a row
             self.prober.check(self.logits_model(pl_module))
+        self.prober.clean = self._clean_view(trainer)  # its clean row: the forward shared on the same images
 
     @override
     def _budget_floor(self) -> float | None:

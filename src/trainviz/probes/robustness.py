@@ -579,8 +579,17 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         if tiles is not None:
             tiles.indices = [i + share.start for i in local]
         start = time.perf_counter()
-        logits, shift = _forward(model, inputs, data.labels, config)
-        seconds = {"row": (time.perf_counter() - start) / (1 + len(rows)) / (CAM_COST if config.cam_layers else 1.0)}
+        clean, read = None, False
+        if self.clean is not None and not config.cam_layers and n % config.batch_size == 0:
+            # the clean block's batches are the probe set's own: its forward, shared with the callbacks that probe
+            # the same images (trainviz.core.clean_forward), is bitwise this one's
+            hits = self.clean.shared.hits
+            clean = self.clean.run(model, share, config.batch_size)[0]
+            read = self.clean.shared.hits > hits  # another callback's forward: not one of this run's rows
+        logits, shift = _forward(model, inputs, data.labels, config, clean)
+        forwards = 1 + len(rows) - read
+        elapsed = time.perf_counter() - start
+        seconds = {"row": elapsed / forwards / (CAM_COST if config.cam_layers else 1.0)} if forwards else {}
         k = logits.shape[-1]
         logits = logits.view(1 + len(rows), n, k)
         confidence, pred = logits.softmax(-1).max(-1)
@@ -724,17 +733,22 @@ def _example_tiles(
 
 
 def _forward(
-    model: torch.nn.Module, inputs: CorruptedRows, labels: Tensor, config: RobustnessConfig
+    model: torch.nn.Module,
+    inputs: CorruptedRows,
+    labels: Tensor,
+    config: RobustnessConfig,
+    clean_logits: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits of every block and, with ``cam_layers``, the correlation of each corrupted image's Grad-CAM (true
-    class) with its clean copy's, from the same forward passes, batch after batch.
+    class) with its clean copy's, from the same forward passes, batch after batch. ``clean_logits``: the clean
+    block's logits, already computed in the same batches (without ``cam_layers``, the block a whole number of batches).
 
     Shape: inputs ``((1 + R) N, C, H, W)`` -> logits ``((1 + R) N, K)``, shift ``(R N,)`` or ``None``.
     """
     if not config.cam_layers:
-        size = config.batch_size
-        batches = [predict_logits(model, inputs[a : a + size], size) for a in range(0, len(inputs), size)]
-        return torch.cat(batches).float(), None
+        size, first = config.batch_size, 0 if clean_logits is None else inputs.n
+        batches = [predict_logits(model, inputs[a : a + size], size) for a in range(first, len(inputs), size)]
+        return torch.cat(([] if clean_logits is None else [clean_logits]) + batches).float(), None
     n, size = labels.shape[0], config.batch_size
     targets = labels.repeat(inputs.shape[0] // n)
     logits, shifts, clean = [], [], []
