@@ -271,15 +271,13 @@ class Scheduler:
         train = self.training_seconds(now)
         with self._lock:
             pool = {name: ledger for name, ledger in self.ledgers.items() if ledger.pooled}
-            needs = {name: ledger.need for name, ledger in pool.items()}
-            if len(pool) < 2 or epochs < 1 or train <= 0:
+            needs = {name: need for name, ledger in pool.items() if (need := ledger.need) is not None}
+            if len(pool) < 2 or len(needs) < len(pool) or epochs < 1 or train <= 0:
                 return
             epoch = train / epochs
-            if any(need is None for need in needs.values()):
-                return
             fitted = fit_pool(
                 sum(ledger.fraction for ledger in pool.values()),
-                {name: need / (pool[name].interval * epoch) for name, need in needs.items() if need is not None},
+                {name: need / (pool[name].interval * epoch) for name, need in needs.items()},
                 {name for name, ledger in pool.items() if ledger.floor is not None},
             )
             for name, fraction in fitted.items():
