@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from trainviz.callbacks.cam import CAMCallback
+from trainviz.callbacks.dynamics import DynamicsCallback
 from trainviz.callbacks.embedding import EmbeddingCallback
 from trainviz.callbacks.features import FeatureMapCallback
 from trainviz.core.hooks import count_hooks
@@ -56,7 +57,8 @@ def test_auto_layers_on_transformers_in_a_fit(tmp_path, name, kwargs, cam_layer,
     cam = CAMCallback(probe_size=12)
     features = FeatureMapCallback(probe_size=12)
     embedding = EmbeddingCallback(methods="pca", linear_probe_folds=0, projector=False, html=False)
-    trainer = make_trainer(tmp_path, [cam, features, embedding], max_epochs=1, limit_train_batches=1)
+    dynamics = DynamicsCallback()  # the same 60 images as the embedding: its forward is the embedding's capture
+    trainer = make_trainer(tmp_path, [cam, features, dynamics, embedding], max_epochs=1, limit_train_batches=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*(does not have many workers|number of training batches).*")
         trainer.fit(model, ShapesDataModule(n_train=60, n_val=60, batch_size=30, size=side))
@@ -64,6 +66,7 @@ def test_auto_layers_on_transformers_in_a_fit(tmp_path, name, kwargs, cam_layer,
     assert list(embedding._layers) == [embedding_layer]
     assert cam.done_epochs == [0] and features.done_epochs == [0] and embedding.done_epochs == [0]
     assert count_hooks(model) == 0
+    assert dynamics.clean_forward is embedding.clean_forward and embedding.clean_forward.hits == 1
     # the embedding: the class token after the final norm (timm's DeiT averages it with the distillation token);
     # Swin: timm's own pooled features, the average of its channels-last maps
     images = embedding.probe.images[:8]
