@@ -78,7 +78,7 @@ class DynamicsCallback(ProbeCallback):
         self.prober = DynamicsProbe(self.device_probe(pl_module), config)
         with probe_guard(pl_module):  # raises now if the output is not logits (names `output=`)
             self.prober.compute(self.logits_model(pl_module), Share.of(self.prober.probe.subset(0, 2)), True, None)
-        self.prober.clean = self._clean_view(trainer)  # its forward, shared with the embedding's on the same images
+        self.prober.clean = self._clean_view(trainer)  # its forward, shared with robustness and the embedding
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
