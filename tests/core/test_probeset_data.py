@@ -35,6 +35,25 @@ def test_probeset_from_dataset_with_masks_and_state_roundtrip():
     assert other.fingerprint() != probe.fingerprint()
 
 
+def test_the_fingerprint_is_hashed_once_while_the_tensors_are_unchanged(monkeypatch):
+    import hashlib
+    import pickle
+
+    probe = ProbeSet(torch.rand(6, 3, 8, 8), torch.arange(6) % 2, torch.arange(6))
+    calls = []
+    sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda: calls.append(1) or sha256())
+    first = probe.fingerprint()
+    assert probe.fingerprint() == first and len(calls) == 1  # kept
+    probe.images[0, 0, 0, 0] += 1.0  # changed in place: hashed again, to another print
+    changed = probe.fingerprint()
+    assert changed != first and len(calls) == 2
+    probe.labels = torch.arange(6) % 3  # replaced: hashed again
+    assert probe.fingerprint() != changed and len(calls) == 3
+    again = pickle.loads(pickle.dumps(probe))  # the cache does not travel (it refers to these tensors)
+    assert "_fingerprint" not in again.__dict__ and again.fingerprint() == probe.fingerprint()
+
+
 def test_probeset_errors():
     ds = TensorDataset(torch.rand(10, 3, 8, 8), torch.arange(10) % 2)
     with pytest.raises(ValueError, match="probe_size.*10 examples"):
