@@ -72,3 +72,42 @@ def test_sink_writes_tensorboard_and_artifacts(tmp_path):
     assert acc.Images("trainviz/demo/img")[0].width == 5
     assert (tmp_path / "art" / "demo" / "epoch_0003" / "img.png").exists()
     assert sink.store.read_npz("demo/epoch_0003/t.npz")["x"].tolist() == [1.0, 1.0]
+
+
+def test_a_picture_is_encoded_once_for_tensorboard_and_the_artifact(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    picture = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    saves = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, *a, **k: (saves.append(1), save(self, *a, **k))[1])
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    sink = Sink("demo", writer, ArtifactStore(tmp_path / "art"), background=BackgroundWriter())
+    sink.image("img", picture, step=2, artifact=True)
+    sink.image("tb_only", picture, step=2)
+    sink.flush()
+    writer.flush()
+    assert len(saves) == 2  # one encoding per picture, not one per destination
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    logged = acc.Images("trainviz/demo/img")[0]
+    artifact = (tmp_path / "art" / "demo" / "epoch_0002" / "img.png").read_bytes()
+    assert (logged.step, logged.width, logged.height) == (2, 7, 6) and logged.encoded_image_string == artifact
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(artifact))), picture)
+    only = acc.Images("trainviz/demo/tb_only")[0].encoded_image_string
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(only))), picture)
+
+    class OtherWriter:  # a writer that is not PyTorch's (tensorboardX): its own add_image
+        def __init__(self):
+            self.calls = []
+
+        def add_image(self, tag, image, step, dataformats):
+            self.calls.append((tag, image.shape, step, dataformats))
+
+    other = OtherWriter()
+    Sink("demo", other, None, background=BackgroundWriter(synchronous=True)).image("img", picture, step=1)
+    assert other.calls == [("trainviz/demo/img", (6, 7, 3), 1, "HWC")]

@@ -23,6 +23,7 @@ import torch
 
 from trainviz.sinks.artifacts import ArtifactStore, epoch_dir, write_plotly_js
 from trainviz.sinks.projector import ProjectorWriter
+from trainviz.sinks.tensorboard import add_png
 from trainviz.sinks.writer import BackgroundWriter
 
 __all__ = ["Sink"]
@@ -102,24 +103,28 @@ class Sink:
         image = np.ascontiguousarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"Expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}.")
-        if self.writer is not None:
-            tag = self.tag(name)
-            self.background.submit_as(self.callback, self.writer.add_image, tag, image, step, dataformats="HWC")
-        if artifact and self.store is not None:
-            relpath = f"{epoch_dir(self.callback, step)}/{name}.png"
-            self.background.submit_as(self.callback, self._write_png, relpath, image)
+        relpath = f"{epoch_dir(self.callback, step)}/{name}.png" if artifact and self.store is not None else None
+        if self.writer is not None or relpath is not None:
+            self.background.submit_as(self.callback, self._write_png, self.tag(name), relpath, image, step)
         caption = caption or f"{self.callback} {name}, epoch {step}"
         for logger in self.loggers:
             self.background.submit_as(self.callback, logger.image, self.tag(name), image, step, caption)
 
-    def _write_png(self, relpath: str, image: np.ndarray) -> None:
+    def _write_png(self, tag: str, relpath: str | None, image: np.ndarray, step: int) -> None:
+        """One PNG encoding for the artifact (at ``relpath``) and TensorBoard (at ``tag``): the encoding is most of
+        the writer thread's work."""
         import io
 
         from PIL import Image
 
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
-        self.store.write_bytes(relpath, buf.getvalue())
+        try:
+            if relpath is not None:
+                self.store.write_bytes(relpath, buf.getvalue())
+        finally:
+            if self.writer is not None:
+                add_png(self.writer, tag, buf.getvalue(), image, step)
 
     def histogram(self, name: str, values: Any, step: int) -> None:
         values = _to_numpy(values).ravel()
@@ -239,7 +244,7 @@ class Sink:
         return ProjectorWriter(log_dir, key, self.background, owner=self.callback)
 
     def busy_seconds(self) -> float:
-        """Seconds the writer thread has spent on this callback's writes."""
+        """CPU seconds the writer thread has spent on this callback's writes."""
         return self.background.busy.get(self.callback, 0.0)
 
     def epochs(self) -> list[int]:

@@ -7,7 +7,25 @@ import os
 import shlex
 from typing import Any
 
-__all__ = ["find_summary_writer", "open_summary_writer", "tensorboard_command"]
+__all__ = ["add_png", "find_summary_writer", "open_summary_writer", "tensorboard_command"]
+
+
+def add_png(writer: Any, tag: str, png: bytes, image: Any, step: int) -> None:
+    """Log ``image`` (uint8 ``(H, W, 3)``) at ``tag`` from its ``png`` bytes, already encoded (the artifact's), so it
+    is encoded once. PyTorch's ``SummaryWriter`` (what Lightning's TensorBoardLogger opens when ``tensorboard`` is
+    installed) takes the image summary through its file writer, as its ``add_image`` does after encoding; any other
+    writer (tensorboardX) gets ``add_image``, which encodes again."""
+    file_writer = getattr(writer, "_get_file_writer", None)
+    try:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        file_writer = None
+    if file_writer is None or not type(writer).__module__.startswith("torch.utils.tensorboard"):
+        writer.add_image(tag, image, step, dataformats="HWC")
+        return
+    height, width = image.shape[:2]
+    picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
 
 def find_summary_writer(trainer: Any) -> Any | None:
