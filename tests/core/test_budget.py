@@ -30,12 +30,14 @@ def test_scheduler_credit_counts_training_not_probe_time():
     s.register("a", 0.1)
     s.register("b", 0.5)
     s.start(now=100.0)
+    s.cpu_load = lambda: 0.25  # the fit keeps a quarter of the machine's cores busy
     s.charge("a", 2.0, foreground=True, run=True)
-    s.charge("b", 1.0, foreground=False)
+    s.charge("b", 1.0, foreground=False)  # 1 CPU second of b's background thread
     # 20 s of wall time, 2 s of it in a probe: 18 s of training
     assert s.training_seconds(now=120.0) == pytest.approx(18.0)
     assert s.credit("a", now=120.0) == pytest.approx(0.1 * 18 - 2.0)
-    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 18)  # background seconds cost what the batches measure
+    # no batch beside it was slower: its CPU second displaced a quarter of a second of the fit's work
+    assert s.credit("b", now=120.0) == pytest.approx(0.5 * 18 - 0.25)
     s.ledgers["b"].slowdown = 1.0  # measured: the batches beside b's work were 1 s slower than the quiet ones
     assert s.training_seconds(now=120.0) == pytest.approx(17.0)
     assert s.credit("b", now=120.0) == pytest.approx(0.5 * 17 - 1.0)
@@ -66,6 +68,37 @@ def test_a_pool_is_fitted_to_what_each_callback_needs_and_keeps_its_sum():
     ledgers = s.summary()["callbacks"]
     assert ledgers["a"]["fraction"] == pytest.approx(0.03125) and ledgers["a"]["fraction_given"] == 0.04
     assert ledgers["a"]["pooled"] and not ledgers["own"]["pooled"] and ledgers["r"]["need_seconds"] == 0.6
+
+
+def test_a_fixed_cost_callback_short_of_credit_borrows_the_others_spare_and_the_pool_keeps_its_sum():
+    s = Scheduler()
+    s.register("a", 0.05, pooled=True)
+    s.register("b", 0.05, pooled=True)
+    s.register("r", 0.05, pooled=True, interval=2)
+    s.register("own", 0.1)
+    s.set_floor("r", 0.5)  # elastic: neither lends nor borrows
+    s.start(now=0.0)
+    s.charge("a", 1.0, foreground=True, run=True)  # a's dear first run: 1 s
+    s.charge("b", 0.2, foreground=True, run=True)
+    s.charge("r", 0.5, foreground=True, run=True)
+    now = 21.7  # 20 s of training
+    pool = sum(s.credit(n, now=now) for n in "abr")
+    assert s.credit("a", now=now) == pytest.approx(0.05 * 20 - 1.0)  # 0: short of its next run
+    assert s.lend("r", 5.0, now=now) == pytest.approx(0.05 * 20 - 0.5)  # elastic: no loan
+    assert s.lend("own", 5.0, now=now) == pytest.approx(0.1 * 20)  # out of the pool: no loan
+    # a wants 1 s; b, which has not said what its least run takes, spares its credit beyond its need (0.8 - 0.2)
+    assert s.lend("a", 1.0, now=now) == pytest.approx(0.6)
+    assert s.ledgers["a"].loan == pytest.approx(0.6) and s.ledgers["b"].loan == pytest.approx(-0.6)
+    assert s.credit("b", now=now) == pytest.approx(0.2) and s.credit("r", now=now) == pytest.approx(0.5)
+    assert sum(s.credit(n, now=now) for n in "abr") == pytest.approx(pool)  # a loan moves credit, no more
+    assert s.lend("b", 0.1, now=now) == pytest.approx(0.2)  # enough credit for its least run (0.1 s): no loan
+    # b keeps only its least run now: a borrows 0.1 s more, r still lends nothing
+    assert s.lend("a", 1.0, now=now) == pytest.approx(0.7)
+    assert s.credit("b", now=now) == pytest.approx(0.1) and s.credit("r", now=now) == pytest.approx(0.5)
+    assert sum(s.credit(n, now=now) for n in "abr") == pytest.approx(pool)
+    assert s.summary()["callbacks"]["a"]["loan_seconds"] == 0.7
+    s.charge("b", 0.0, foreground=True, least=0.05)  # a run says what b's least run now takes
+    assert s.lend("a", 1.0, now=now) == pytest.approx(0.75) and s.credit("b", now=now) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("pooled", [False, True])
@@ -168,6 +201,18 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, 
     assert floor is not None and ledgers["robustness"]["need_seconds"] == pytest.approx(floor, abs=1e-3)
     assert robustness.scheduler.ledgers["robustness"].interval == 2
     assert robustness.scheduler.ledgers["dynamics"].interval == 1
+    # loans move credit within the pool (the elastic robustness neither lends nor borrows); each callback said what
+    # its least run takes: CAM's maps, the embedding's run without its dear scores, the others' last whole run
+    assert sum(ledger["loan_seconds"] for ledger in ledgers.values()) == pytest.approx(0.0, abs=3e-3)
+    assert ledgers["robustness"]["loan_seconds"] == 0.0
+    scheduler = robustness.scheduler
+    cam = next(cb for cb in probes if cb.name == "cam")
+    assert scheduler.ledgers["cam"].least == cam.prober.costs["maps"] and scheduler.ledgers["dynamics"].least > 0
+    # the writer thread's CPU seconds are booked, and what they displaced is the larger charge when it is
+    assert 0 < manifest["budget"]["overhead"]["cpu_load"] <= 1 and ledgers["cam"]["writer_seconds"] > 0
+    for name, ledger in scheduler.ledgers.items():
+        assert ledger.displaced == pytest.approx((ledger.writer + ledger.background) * ledger.load), name
+        assert ledger.spent == pytest.approx(ledger.foreground + max(0.0, ledger.slowdown, ledger.displaced)), name
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
 
 
@@ -181,12 +226,17 @@ def test_the_overhead_estimate_is_spent_over_training_seconds_and_the_fit_end_sa
     s.register("a", 0.05)
     s.register("b", 0.03)
     s.start(now=100.0)
+    s.cpu_load = lambda: 1.0  # training saturates the cores
     s.charge("a", 2.0, foreground=True)
-    s.charge("b", 1.0, foreground=False)  # background seconds: what they cost is measured on the batches
+    s.charge("b", 1.0, foreground=False)  # background CPU seconds
     s.set_writer("b", 0.5)
     s.quiet.extend([1.0, 1.2, 1.1])  # batches beside no trainviz work: median 1.1 s
     s.ledgers["b"].slowdown, s.ledgers["a"].slowdown = 0.375, 0.125  # a 1.6 s batch beside b's and a's work, 3:1
-    share, budget = s.overhead(now=122.0)  # 22 s of wall time, 2 of them probes and 0.5 the slowdown
+    # 22 s of wall time, 2 of them probes and 0.5 the slowdown; b's 1.5 CPU seconds displaced more than it slowed
+    assert s.overhead(now=122.0)[0] == pytest.approx((2.0 + 0.125 + 1.5) / (22.0 - 2.5))
+    s.cpu_load = lambda: 0.2  # on a machine with idle cores they displaced 0.3 s: the measured 0.375 s counts
+    s.set_writer("b", 0.5)
+    share, budget = s.overhead(now=122.0)
     assert share == pytest.approx((2.0 + 0.5) / (22.0 - 2.5)) and budget == pytest.approx(0.08)
     s.stop(now=122.0)
     assert s.overhead(now=200.0)[0] == pytest.approx(share)  # the clock stands still after the fit's end
@@ -233,15 +283,33 @@ def test_set_up_work_is_charged_to_the_budget(tmp_path, tiny_dm, demo_model, mak
     monkeypatch.setattr(ProbeCallback, "_draw", slow_draw)
     runs = []
     ran = cb.budget_runner.ran
-    monkeypatch.setattr(
-        cb.budget_runner, "ran", lambda seconds, whole, epoch: (runs.append(seconds), ran(seconds, whole, epoch))
-    )
+    monkeypatch.setattr(cb.budget_runner, "ran", lambda seconds, *rest: (runs.append(seconds), ran(seconds, *rest)))
     trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=1)
     trainer.fit(demo_model(), tiny_dm)
     ledger = cb.scheduler.ledgers["dynamics"]
     assert len(runs) == ledger.runs == 1
     assert ledger.foreground - sum(runs) >= 0.4  # the draw's sleep, booked beside the run
     assert cb.scheduler.started is not None and cb.scheduler.stopped - cb.scheduler.started >= 0.4 + sum(runs)
+
+
+def test_the_cpu_load_is_the_share_of_the_cores_the_process_keeps_busy():
+    import time
+
+    from trainviz.core.budget import CORES
+
+    s = Scheduler()
+    assert s.cpu_load() == 1.0  # before a start, and in the first second: every background second counts
+    s.start()
+    time.sleep(1.2)  # a process that waits keeps no core busy
+    assert s.cpu_load() < 0.15, s.cpu_load()
+    end = time.perf_counter() + 2.5
+    while time.perf_counter() < end:  # one thread spinning: one core of CORES, for 2.5 of the 3.7 s
+        pass
+    assert 0.4 / CORES < s.cpu_load() < 0.85 / CORES + 0.1, (s.cpu_load(), CORES)
+    s.stop()
+    kept = s.cpu_load()
+    time.sleep(0.2)
+    assert s.cpu_load() == kept and s.summary()["overhead"]["cpu_load"] == round(kept, 3)  # kept at the fit's end
 
 
 def test_bad_budget_is_refused_with_the_valid_range():
@@ -312,7 +380,9 @@ def test_a_background_thread_that_slows_training_is_charged_what_it_cost(tmp_pat
     # the spinning thread holds the GIL, so the batches beside it crawl: 2 of them took its 1.5 s in one run
     assert scheduler.busy_batches >= 1 and len(scheduler.quiet) >= 10, seen
     assert 0.1 < ledger.slowdown < 1.6, seen  # at most the 1.5 s it ran beside them
-    assert ledger.spent == pytest.approx(ledger.foreground + ledger.slowdown)
+    # and its CPU seconds (the spin's, less its waits for the GIL) times the share of the cores the fit kept busy
+    assert 0.5 < ledger.writer < 1.6 and ledger.displaced == pytest.approx(ledger.writer * ledger.load), seen
+    assert ledger.spent == pytest.approx(ledger.foreground + max(ledger.slowdown, ledger.displaced))
 
 
 def test_with_several_processes_the_slowest_rank_counts():

@@ -467,6 +467,16 @@ class ProbeCallback(Callback):
         (default): it runs whole or waits, and needs what its runs cost."""
         return None
 
+    def _ran(self, seconds: float) -> None:
+        """A run took ``seconds`` (its plan is ``self.plan``), before the budget books it: subclasses keep what
+        their plans price."""
+
+    def _least_cost(self) -> float | None:
+        """Seconds of its least run (what a pool may lend it when its credit is short, :meth:`Scheduler.lend
+        <trainviz.core.budget.Scheduler.lend>`): by default the last whole run's (it runs whole or waits);
+        ``None`` before one."""
+        return self._last_cost
+
     def _skip(self, epoch: int, what: str, reason: str) -> None:
         self.budget_runner.skip(epoch, what, reason)
 
@@ -522,7 +532,9 @@ class ProbeCallback(Callback):
         self.done_epochs.append(epoch)
         synchronize(pl_module.device)
         seconds = time.perf_counter() - start
-        self.budget_runner.ran(seconds, is_whole(self.plan), epoch)  # every rank its own: the slowest counts at the end
+        self._ran(seconds)
+        # every rank its own: the slowest counts at the end
+        self.budget_runner.ran(seconds, is_whole(self.plan), epoch, self._least_cost())
         if group.is_zero:
             if self.sink is not None:
                 self.sink.scalar("seconds", seconds, epoch)
@@ -536,7 +548,7 @@ class ProbeCallback(Callback):
         """Rank 0: the run's plan (through the budget runner) and, when it runs, the probe's state for every share."""
         self.plan = True  # `_plan` may read it
         busy = self.sink.busy_seconds() if self.sink is not None else 0.0
-        plan = self.budget_runner.plan(self._plan, essential, epoch, busy, self._budget_floor())
+        plan = self.budget_runner.plan(self._plan, essential, epoch, busy, self._budget_floor(), self._least_cost())
         return plan, (self.prober.state() if self.prober is not None and plan is not None else None)
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:
@@ -636,6 +648,8 @@ class ProbeCallback(Callback):
                 )
             self.budget_runner.charge(time.perf_counter() - start)  # fit-end work counts against the budget too
         self._flush()
+        if self.sink is not None:  # and the writer's last CPU seconds (the wait for them above is not booked twice)
+            self.budget_runner.set_writer(self.sink.busy_seconds())
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

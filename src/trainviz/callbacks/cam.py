@@ -184,6 +184,12 @@ class CAMCallback(ProbeCallback):
         self.prober = CAMProbe(self.probe, self._config(self._layers), self.history)
 
     @override
+    def _least_cost(self) -> float | None:
+        """Its maps' last seconds: the faithfulness scores are borrowed for by no one (they run when its own
+        credit allows)."""
+        return None if self.prober is None else self.prober.costs.get("maps")
+
+    @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """The probe's plan (:meth:`~trainviz.probes.cam.CAMProbe.plan`): under a budget, a run whose due
         faithfulness scores do not fit runs without them and a run whose maps do not fit is skipped (unless

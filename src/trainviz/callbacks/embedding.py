@@ -208,6 +208,21 @@ class EmbeddingCallback(ProbeCallback):
             self._projector.sprite(to_uint8(pictures(self.probe.images.float(), self.norm, self.display)))
 
     @override
+    def _ran(self, seconds: float) -> None:
+        """The run's seconds less its dear scores' when they ran inline: the price of its least run."""
+        plan = self.plan
+        if self.prober is None or not isinstance(plan, probes.EmbeddingPlan):
+            return
+        scores = plan.scores and not plan.slow and self.budget is not None  # a PCA-only job ran inline
+        dear = self.prober.scores_cost.get(tuple(plan.methods), 0.0) if scores else 0.0
+        self.prober.run_cost = max(seconds - dear, self.prober.cost or 0.0)
+
+    @override
+    def _least_cost(self) -> float | None:
+        """Its last run without the dear scores (UMAP, t-SNE and the scores run when its own credit allows)."""
+        return None if self.prober is None else self.prober.run_cost
+
+    @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         assert self.prober is not None
         max_epochs = None if self._trainer is None else self._trainer.max_epochs

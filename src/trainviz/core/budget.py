@@ -8,7 +8,10 @@ it cost the fit, measured in the run:
 - the slowdown of the training batches that ran beside its background work (the sinks' writer thread, the
   embedding worker: :data:`trainviz.core.threads.ACTIVITY`): each such batch's time less the median time of this
   run's batches that ran beside no trainviz work, shared among the callbacks in proportion to their seconds of work
-  in the batch (:meth:`Scheduler.batch`). This is the background threads' real effect, not a fixed weight.
+  in the batch (:meth:`Scheduler.batch`). This is the background threads' real effect, not a fixed weight;
+- or, when more, the seconds that background work displaced: its CPU seconds times the share of the machine's cores
+  the fit keeps busy (:meth:`Scheduler.cpu_load`). Work beside a probe run or validation slows no training batch,
+  but where training saturates the cores its CPU seconds are still seconds the fit's threads could not run.
 
 The training time is the fit's wall time less those extra seconds: an estimate of the bare fit. A callback's credit
 is ``fraction * training_seconds - spent``; at each epoch end the callback asks for a plan that fits its credit
@@ -31,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -65,20 +69,33 @@ class Ledger:
     fraction: float
     _: KW_ONLY
     foreground: float = 0.0  # the training thread in its probes
-    background: float = 0.0  # its worker threads' seconds (UMAP, t-SNE): what they cost shows in `slowdown`
-    writer: float = 0.0  # the sink's writer thread's seconds (PNG, npz, TensorBoard): likewise
+    background: float = 0.0  # its worker threads' CPU seconds (UMAP, t-SNE)
+    writer: float = 0.0  # the sink's writer thread's CPU seconds (PNG, npz, TensorBoard)
     slowdown: float = 0.0  # measured: the training batches' extra seconds beside its background work
+    load: float = 1.0  # the share of the machine's cores the fit kept busy, when its background seconds were booked
     runs: int = 0
     run_seconds: float = 0.0  # the part of `foreground` spent in its runs (not set-up or fit-end work)
     pooled: bool = False  # its fraction is part of a pool shared by fitting (default_callbacks' budget)
     interval: int = 1  # the epochs between the runs it aims for (cadence times its budget interval)
     floor: float | None = None  # an elastic callback's seconds per run at its least (its plan takes any credit)
     fitted: float | None = None  # its fraction of the pool as last fitted (None: `fraction`)
+    loan: float = 0.0  # seconds of credit lent to it (positive) or by it (negative) within its pool: `Scheduler.lend`
+    least: float | None = None  # a fixed-cost callback's seconds for its least run, as it last said (`lend`)
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def displaced(self) -> float:
+        """Seconds its background threads took from the fit: their CPU seconds times the share of the cores the
+        fit keeps busy (on a machine the fit saturates, each CPU second of background work is a second the fit's
+        threads could not run; on one with idle cores, little)."""
+        return (self.background + self.writer) * self.load
+
+    @property
     def spent(self) -> float:
-        return self.foreground + max(0.0, self.slowdown)
+        """Its probes' seconds on the training thread plus what its background work cost the fit: the measured
+        slowdown of the training batches beside it, or the seconds it displaced (:attr:`displaced`) when more
+        (work that ran beside probes or validation slows no training batch, but its CPU seconds still count)."""
+        return self.foreground + max(0.0, self.slowdown, self.displaced)
 
     @property
     def share(self) -> float:
@@ -88,11 +105,14 @@ class Ledger:
     @property
     def need(self) -> float | None:
         """Seconds per run it needs: an elastic callback's floor, else its runs' mean cost (their seconds on the
-        training thread plus the slowdown measured beside its background work); ``None`` before a run."""
+        training thread plus what its background work cost, as in :attr:`spent`); ``None`` before a run."""
         if self.floor is not None:
             return self.floor
-        return (self.run_seconds + max(0.0, self.slowdown)) / self.runs if self.runs else None
+        return (self.run_seconds + max(0.0, self.slowdown, self.displaced)) / self.runs if self.runs else None
 
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+"""The cores this process may use (:meth:`Scheduler.cpu_load`)."""
 
 BASELINE_BATCHES = 3
 """Batches beside no trainviz work needed before a busy batch's slowdown is measured (earlier ones wait)."""
@@ -147,6 +167,8 @@ class Scheduler:
         self._batch_start: float | None = None
         self.processes = 1
         self.slowest: float | None = None  # with several processes: the largest rank's estimate, agreed at stop
+        self._clock: tuple[float, float] | None = None  # wall and process CPU seconds at start (`cpu_load`)
+        self._load: float | None = None  # the fit's load, kept at stop
         self._lock = threading.Lock()
 
     @classmethod
@@ -226,6 +248,19 @@ class Scheduler:
         """Start the training clock (fit start; the first call wins)."""
         if self.started is None:
             self.started = time.perf_counter() if now is None else now
+            self._clock = (time.perf_counter(), time.process_time())
+
+    def cpu_load(self) -> float:
+        """The share of the machine's cores this process has kept busy since :meth:`start`: its CPU seconds (every
+        thread's) over the wall seconds times the cores it may use, in [0, 1]; 1 in the first second. About 1 where
+        training saturates the cores (a CPU fit on 2 cores), about 1/16 where one thread drives a GPU beside 15 idle
+        cores: what a background CPU second takes from the fit (:attr:`Ledger.displaced`)."""
+        if self._load is not None:
+            return self._load
+        if self._clock is None or time.perf_counter() - self._clock[0] < 1.0:
+            return 1.0
+        wall, cpu = time.perf_counter() - self._clock[0], time.process_time() - self._clock[1]
+        return min(1.0, max(0.0, cpu / (wall * CORES)))
 
     def stop(self, now: float | None = None, group: Any = None) -> None:
         """Stop the training clock at the fit's end, after every fit-end probe (the first call wins): the fit-end
@@ -235,6 +270,7 @@ class Scheduler:
         if self.stopped is not None:
             return
         self.stopped = time.perf_counter() if now is None else now
+        self._load = self.cpu_load()
         with self._lock:
             self._settle()
         if group is not None and group.world > 1:
@@ -255,11 +291,36 @@ class Scheduler:
 
     def credit(self, name: str, now: float | None = None) -> float:
         """Seconds callback ``name`` may still spend: ``fraction * training_seconds - spent`` (in a pool, its
-        fitted fraction: :meth:`fit`)."""
+        fitted fraction, :meth:`fit`, and the loans it took or gave, :meth:`lend`)."""
         train = self.training_seconds(now)
         with self._lock:
             ledger = self.ledgers[name]
-            return ledger.share * train - ledger.spent
+            return ledger.share * train - ledger.spent + ledger.loan
+
+    def lend(self, name: str, seconds: float, now: float | None = None) -> float:
+        """Callback ``name`` (of fixed cost, in a pool) wants ``seconds`` for its least run: when its credit is
+        short, the other fixed-cost callbacks of its pool lend it what they can spare (their credit beyond their
+        own least run, as they last said, else their :attr:`Ledger.need`), so a transient debt (the set-up, a dear
+        first run, a run that cost more than the mean) does not skip a run that the pool as a whole can pay for.
+        The pool's credit and the budget do not change: a loan moves credit between ledgers. The elastic callbacks
+        neither lend nor borrow (their credit builds up for their next run). Returns the credit after the loans."""
+        credit, train = self.credit(name, now), self.training_seconds(now)
+        with self._lock:
+            ledger = self.ledgers[name]
+            ledger.least = seconds
+            if not ledger.pooled or ledger.floor is not None or credit >= seconds:
+                return credit
+            short = seconds - credit
+            for other, lender in self.ledgers.items():
+                if other == name or not lender.pooled or lender.floor is not None or short <= 0:
+                    continue
+                keep = lender.least if lender.least is not None else lender.need
+                spare = lender.share * train - lender.spent + lender.loan - (keep or 0.0)
+                given = min(short, max(0.0, spare))
+                lender.loan -= given
+                ledger.loan += given
+                short -= given
+            return seconds - short
 
     def fit(self, epochs: int, now: float | None = None) -> None:
         """Divide the pool (the ``pooled`` ledgers' fractions, summed) by what each callback needs to run at its
@@ -289,23 +350,31 @@ class Scheduler:
         with self._lock:
             self.ledgers[name].floor = seconds
 
-    def charge(self, name: str, seconds: float, *, foreground: bool, run: bool = False) -> None:
-        """Book ``seconds`` of work of callback ``name`` (``foreground``: the training thread waited for it;
-        ``run``: one probe run, counted)."""
+    def charge(
+        self, name: str, seconds: float, *, foreground: bool, run: bool = False, least: float | None = None
+    ) -> None:
+        """Book ``seconds`` of work of callback ``name`` (``foreground``: the training thread waited for it, else
+        CPU seconds of a background thread; ``run``: one probe run, counted; ``least``: the seconds its least run now
+        takes, :meth:`lend`)."""
         with self._lock:
             ledger = self.ledgers[name]
+            ledger.least = ledger.least if least is None else least
             ledger.runs += int(run)
             ledger.run_seconds += seconds if run and foreground else 0.0
             if foreground:
                 ledger.foreground += seconds
             else:
                 ledger.background += seconds
+                ledger.load = self.cpu_load()
 
     def set_writer(self, name: str, seconds: float) -> None:
-        """Set the seconds the sink's writer thread has worked for callback ``name`` so far (what they cost training
-        is measured: :meth:`batch`)."""
+        """Set the CPU seconds the sink's writer thread has worked for callback ``name`` so far (what they cost the
+        fit: the slowdown of the training batches beside them, :meth:`batch`, or what they displaced,
+        :attr:`Ledger.displaced`)."""
+        load = self.cpu_load()
         with self._lock:
             self.ledgers[name].writer = seconds
+            self.ledgers[name].load = load
 
     def skip(self, name: str, epoch: int, what: str, reason: str) -> None:
         """Record that part of a run (``what``) of callback ``name`` did not fit at ``epoch``."""
@@ -315,8 +384,11 @@ class Scheduler:
     def overhead(self, now: float | None = None) -> tuple[float | None, float]:
         """The run's own estimate of what trainviz cost this fit against a bare fit, and the budget: ``(extra /
         (fit seconds - extra), sum of the callbacks' fractions)``. ``extra`` is the probes' time on the training
-        thread plus the measured slowdown of training batches beside trainviz's background work (:meth:`batch`).
-        With several processes, after :meth:`stop`, the slowest rank's. ``None`` before any training time."""
+        thread plus what trainviz's background work cost: the measured slowdown of training batches beside it
+        (:meth:`batch`) or, when more, the seconds it displaced (:attr:`Ledger.displaced`). The fit's seconds less
+        ``extra`` is :meth:`training_seconds` (which holds out what was measured on the wall clock: the probes' time
+        and the slowdown). With several processes, after :meth:`stop`, the slowest rank's. ``None`` before any
+        training time."""
         train = self.training_seconds(now)
         with self._lock:
             extra = sum(ledger.spent for ledger in self.ledgers.values()) + max(0.0, self.other_slowdown)
@@ -333,7 +405,8 @@ class Scheduler:
         return (
             f"trainviz took {took} of this fit (budget {100 * budget:.1f}%): its probes' time on the training thread "
             "plus the measured slowdown of the training batches that ran beside its background work (against this "
-            f"run's batches beside none), over the fit's time less those seconds{slowest}."
+            "run's batches beside none) or, when more, that work's CPU seconds times the share of the cores the fit "
+            f"keeps busy, over the fit's time less those seconds{slowest}."
         )
 
     def summary(self) -> dict[str, Any]:
@@ -355,6 +428,7 @@ class Scheduler:
                         "baseline_seconds": None if base is None else round(base, 5),
                     },
                     "processes": self.processes,
+                    "cpu_load": round(self.cpu_load(), 3),
                 },
                 "callbacks": {
                     name: {
@@ -362,10 +436,12 @@ class Scheduler:
                         "fraction_given": ledger.fraction,
                         "pooled": ledger.pooled,
                         "need_seconds": None if ledger.need is None else round(ledger.need, 3),
+                        "loan_seconds": round(ledger.loan, 3),
                         "foreground_seconds": round(ledger.foreground, 3),
                         "background_seconds": round(ledger.background, 3),
                         "writer_seconds": round(ledger.writer, 3),
                         "slowdown_seconds": round(ledger.slowdown, 3),
+                        "displaced_seconds": round(ledger.displaced, 3),
                         "share_of_training": round(ledger.spent / train, 4) if train > 0 else None,
                         "runs": ledger.runs,
                         "skipped": list(ledger.skips),
@@ -410,17 +486,22 @@ class BudgetRunner:
         epoch: int,
         writer_seconds: float,
         floor: float | None = None,
+        least: float | None = None,
     ) -> Any:
         """What the run of ``epoch`` contains: ``planner(credit, essential, epoch)`` (``None``: skip it), with the
         credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds`` and,
         for an elastic callback, the ``floor`` seconds of its least run. In a pool, the fractions are fitted to
-        what each callback needs first (:meth:`Scheduler.fit`)."""
+        what each callback needs first (:meth:`Scheduler.fit`), and a callback of fixed cost short of the ``least``
+        seconds its next run takes (what is essential to it, e.g. CAM's maps without the faithfulness scores) may
+        borrow them from the others' spare credit (:meth:`Scheduler.lend`)."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
-        self.scheduler.set_writer(self.name, writer_seconds)
+        self.set_writer(writer_seconds)
         self.scheduler.set_floor(self.name, floor)
         self.scheduler.fit(epoch + 1)
         credit = self.scheduler.credit(self.name)
+        if least is not None:  # short of its least run: its pool may lend it the difference
+            credit = self.scheduler.lend(self.name, least)
         plan = planner(credit, essential, epoch)
         if self.sink is not None:
             self.sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
@@ -428,12 +509,13 @@ class BudgetRunner:
             self.sink.scalar(f"{self.name}/skipped", float(plan is None), epoch)
         return plan
 
-    def ran(self, seconds: float, whole: bool, epoch: int) -> None:
-        """A run of ``epoch`` took ``seconds`` (``whole``: everything ran, so it is the cost estimate of the next)."""
+    def ran(self, seconds: float, whole: bool, epoch: int, least: float | None = None) -> None:
+        """A run of ``epoch`` took ``seconds`` (``whole``: everything ran, so it is the cost estimate of the next;
+        ``least``: what its least run now takes, which its pool's loans leave it, :meth:`Scheduler.lend`)."""
         if whole:
             self.last_cost = seconds
         if self.scheduler is not None:
-            self.scheduler.charge(self.name, seconds, foreground=True, run=True)
+            self.scheduler.charge(self.name, seconds, foreground=True, run=True, least=least)
             if self.sink is not None:
                 train = self.scheduler.training_seconds()
                 spent = self.scheduler.ledgers[self.name].spent
@@ -444,6 +526,11 @@ class BudgetRunner:
         what it cost training is measured on the batches beside it, :meth:`Scheduler.batch`)."""
         if self.scheduler is not None:
             self.scheduler.charge(self.name, seconds, foreground=foreground)
+
+    def set_writer(self, seconds: float) -> None:
+        """The writer thread's CPU seconds for this callback so far (:meth:`Scheduler.set_writer`)."""
+        if self.scheduler is not None:
+            self.scheduler.set_writer(self.name, seconds)
 
     def batch_start(self, device: Any) -> None:
         """A training batch starts (the scheduler's timing callback only; the device synchronised first)."""

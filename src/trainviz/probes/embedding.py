@@ -844,7 +844,7 @@ class EmbeddingWorker:
         self._jobs.append((self._executor.submit(self._run, epoch, job, slow, charge), slow, nbytes))
 
     def _run(self, epoch: int, job: Callable[[], None], slow: bool, charge: Callable[[float], None] | None) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             with background_threads(), ACTIVITY.working(self.owner):
                 job()
@@ -852,11 +852,10 @@ class EmbeddingWorker:
             with self._lock:
                 self._errors.append((epoch, err))
         finally:
-            seconds = time.perf_counter() - start
             if slow:
-                self.slow_cost = seconds
-            if charge is not None:  # inline work is in the training thread's timing already
-                charge(seconds)
+                self.slow_cost = time.perf_counter() - start
+            if charge is not None:  # its CPU seconds (inline work is in the training thread's timing already)
+                charge(time.thread_time() - cpu)
 
     def errors(self) -> list[tuple[int, Exception]]:
         """The errors of finished jobs since the last call, ``[(epoch, error)]``."""
@@ -936,13 +935,17 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         self.history = EmbeddingHistory(options.aligned_umap_at_end) if history is None else history
         self.worker = EmbeddingWorker() if worker is None else worker
         self.cost: float | None = None  # seconds of the last capture (this process's share)
+        # seconds of the last run on the training thread without the dear scores (set by the callback): the price of
+        # the least run (capture, merge, PCA inline), else the capture's
+        self.run_cost: float | None = None
         self.scores_cost: dict[tuple[str, ...], float] = {}  # seconds of the last dear scores, by the run's methods
         self.skipped: list[tuple[str, str]] = []  # what the last plan left out, and why
         self._slow_owed = False  # UMAP/t-SNE due but postponed (the worker was busy)
         self._scores_owed = False  # the dear scores due but dropped (the credit was short)
 
     def plan(self, credit: Credit, *, runs: int = 0, last: bool = False) -> EmbeddingPlan | None:
-        """The capture and PCA when the last capture fits the credit or the run is essential; UMAP and t-SNE
+        """The capture and PCA when the last capture (or, once known, the last run without the dear scores:
+        ``run_cost``) fits the credit or the run is essential; UMAP and t-SNE
         when their estimated cost (the last slow job's seconds, else a first-call estimate that includes numba's
         compilation) fits too, and they are due: every ``slow_every_k`` runs (``runs``: those done) and at the
         ``last`` epoch, postponed to the next run while the worker still runs an earlier one's. The dear scores
@@ -955,9 +958,10 @@ class EmbeddingProbe(Probe[EmbeddingPlan, EmbeddingPartial, Captured]):
         left: float | None = None  # seconds of the credit after the capture
         slow_estimate: float | None = None  # what UMAP/t-SNE would take of it
         if credit.seconds is not None:
-            capture_cost = self.cost or 0.0
+            capture_cost = self.run_cost if self.run_cost is not None else (self.cost or 0.0)
             if not credit.essential and capture_cost > credit.seconds:
-                self.skipped = [("run", f"capture took {capture_cost:.2f} s, credit {credit.seconds:.2f} s")]
+                what = "capture" if self.run_cost is None else "its last run without the dear scores"
+                self.skipped = [("run", f"{what} took {capture_cost:.2f} s, credit {credit.seconds:.2f} s")]
                 return None
             left = credit.seconds - capture_cost
             if slow_methods:

@@ -36,7 +36,7 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self.busy: dict[str, float] = {}  # seconds of work per owner (``submit_as``), for the overhead budget
+        self.busy: dict[str, float] = {}  # CPU seconds of work per owner (``submit_as``), for the overhead budget
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -45,7 +45,7 @@ class BackgroundWriter:
                 self._thread.start()
 
     def _execute(self, fn: Callable[..., Any], args: tuple, kwargs: dict, owner: str = "") -> None:
-        start = time.perf_counter()
+        start = time.thread_time()  # the job's CPU seconds: waiting for the GIL or a core is not its work
         try:
             with ACTIVITY.working(owner):
                 fn(*args, **kwargs)
@@ -55,7 +55,7 @@ class BackgroundWriter:
                 self._warned.add(kind)
                 warnings.warn(f"trainviz: a background write failed ({kind}: {err}); later writes go on.", stacklevel=2)
         finally:
-            self.busy[owner] = self.busy.get(owner, 0.0) + time.perf_counter() - start
+            self.busy[owner] = self.busy.get(owner, 0.0) + time.thread_time() - start
 
     def _loop(self) -> None:
         while True:
@@ -72,7 +72,7 @@ class BackgroundWriter:
         self.submit_as("", fn, *args, **kwargs)
 
     def submit_as(self, owner: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """:meth:`submit`, with the job's seconds added to ``busy[owner]``."""
+        """:meth:`submit`, with the job's CPU seconds added to ``busy[owner]``."""
         if self.synchronous:
             self._execute(fn, args, kwargs, owner)
             return
