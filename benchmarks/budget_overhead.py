@@ -6,8 +6,9 @@ pairs, against the run's own estimate.
 A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos at 32x32
 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs`` epochs of 10 s or
 more on 2 CPU threads. Identical fits on this machine differ by up to 20%, so one ratio says little: the script runs
-``--pairs`` rounds, each a fit without trainviz, then one with ``default_callbacks(budget=B)`` for each of
-``--budgets`` (alternating, in one process; each budget's pair is the round's bare fit and its own fit), each timed
+``--pairs`` rounds, each a fit without trainviz and one with ``default_callbacks(budget=B)`` for each of
+``--budgets`` (in one process; the bare fit first in even rounds and last in odd ones, so a drift of the host within
+a round favours neither side; each budget's pair is the round's bare fit and its own fit), each timed
 from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the background work it waits
 for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every thread of the process: the
 primary figure, since wall time here swings with the host) and in wall time, and the run's own estimate X (the
@@ -178,16 +179,22 @@ def main() -> None:
     figures: dict[float, dict[str, list]] = {b: {"cpu": [], "wall": [], "x": [], "epochs": []} for b in args.budgets}
     with tempfile.TemporaryDirectory() as root:
         for pair in range(args.pairs):
-            bare_run = os.path.join(root, f"pair{pair}_bare")
-            cpu = time.process_time()
-            wall, _, _ = fit([], args, bare_run)
-            bare = (time.process_time() - cpu, wall)
-            print(f"pair {pair + 1}: bare {bare[1]:.1f} s wall / {bare[0]:.1f} s CPU", flush=True)
+            # the order alternates (bare first, then last), so a drift of the host within a round does not always
+            # favour the same side
+            order: list[float | None] = [None, *args.budgets] if pair % 2 == 0 else [*args.budgets[::-1], None]
+            timed: dict[float | None, tuple[float, float]] = {}
+            for budget in order:
+                run = os.path.join(root, f"pair{pair}_" + ("bare" if budget is None else f"budget{budget}"))
+                callbacks = [] if budget is None else trainviz.default_callbacks(budget=budget)
+                cpu = time.process_time()
+                wall, _, _ = fit(callbacks, args, run)
+                timed[budget] = (time.process_time() - cpu, wall)
+                what = "bare" if budget is None else f"budget {budget}"
+                print(f"pair {pair + 1}: {what} {wall:.1f} s wall / {timed[budget][0]:.1f} s CPU", flush=True)
+            bare = timed[None]
             for budget in args.budgets:
                 run = os.path.join(root, f"pair{pair}_budget{budget}")
-                cpu = time.process_time()
-                wall, _, _ = fit(trainviz.default_callbacks(budget=budget), args, run)
-                probed = (time.process_time() - cpu, wall)
+                probed = timed[budget]
                 manifest = json.load(open(os.path.join(run, "trainviz", "manifest", "manifest.json")))["budget"]
                 cpu_ratio, wall_ratio = pair_figures(bare, probed)
                 overhead = manifest["overhead"]
@@ -199,7 +206,9 @@ def main() -> None:
                 print(
                     f"  budget {budget}: {probed[1]:.1f} s wall / {probed[0]:.1f} s CPU: CPU ratio {cpu_ratio:.3f}, "
                     f"wall ratio {wall_ratio:.3f}; its own X {overhead['estimate']:.3f} (slowdown "
-                    f"{overhead['slowdown_seconds']:.1f} s, {overhead['batches']['busy']} busy batches); runs "
+                    f"{overhead['slowdown_seconds']:.1f} s, {overhead['batches']['busy']} busy batches; writer and "
+                    f"workers displaced {sum(c['displaced_seconds'] for c in manifest['callbacks'].values()):.1f} s at "
+                    f"a load of {overhead['cpu_load']:.2f}); runs "
                     + ", ".join(f"{n} {len(e)}" for n, e in found["epochs"][-1].items()),
                     flush=True,
                 )
