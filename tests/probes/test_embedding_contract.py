@@ -113,6 +113,29 @@ def test_the_dear_scores_run_every_k_th_run_at_the_first_and_the_last(setting):
     assert all(default.plan(Credit(epoch=r), runs=r).scores for r in range(4))
 
 
+def test_a_run_is_priced_by_its_last_run_without_the_dear_scores_once_known(setting):
+    """The capture alone (a read of the shared forward) is a small part of a run: once a run is measured, the plan
+    prices the next by that run's seconds less its inline dear scores, which is also the least run its pool may
+    lend it (``EmbeddingCallback._least_cost``)."""
+    _, probe, _, layers = setting
+    cb = EmbeddingCallback(methods="pca", budget=0.1)
+    cb.prober = prober = EmbeddingProbe(probe, EmbeddingOptions(methods="pca"), layers=layers)
+    prober.cost, prober.scores_cost = 0.05, {("pca",): 0.2}
+    assert prober.plan(Credit(0.1, essential=False, epoch=1), runs=1) is not None  # the capture fits
+    cb.plan = embedding_module.EmbeddingPlan(1, ("pca",), scores=True)
+    cb._ran(0.5)  # 0.5 s, 0.2 of them the dear scores (inline: a PCA-only run under a budget)
+    assert prober.run_cost == pytest.approx(0.3) and cb._least_cost() == pytest.approx(0.3)
+    assert prober.plan(Credit(0.25, essential=False, epoch=2), runs=2) is None
+    assert prober.skipped == [("run", "its last run without the dear scores took 0.30 s, credit 0.25 s")]
+    assert prober.plan(Credit(0.25, essential=True, epoch=2), runs=2) is not None  # an essential run never waits
+    cb.plan = embedding_module.EmbeddingPlan(2, ("pca",), scores=False)
+    cb._ran(0.4)  # no dear scores this run: all of it
+    assert prober.run_cost == pytest.approx(0.4)
+    cb.plan = embedding_module.EmbeddingPlan(3, ("pca", "umap"), scores=True)
+    cb._ran(0.35)  # UMAP's job (with the scores) ran on the worker: the run's seconds are its least run's
+    assert prober.run_cost == pytest.approx(0.35)
+
+
 def test_a_short_credit_drops_the_dear_scores_first_and_they_are_owed(setting, monkeypatch):
     monkeypatch.setattr(embedding_module, "contention", lambda: 1.0)  # no prior for background work: hand-set costs
     _, probe, _, layers = setting
