@@ -7,8 +7,8 @@ A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on
 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs`` epochs of 10 s or
 more on 2 CPU threads. Identical fits on this machine differ by up to 20%, so one ratio says little: the script runs
 ``--pairs`` rounds, each a fit without trainviz and one with ``default_callbacks(budget=B)`` for each of
-``--budgets`` (in one process; the bare fit first in even rounds and last in odd ones, so a drift of the host within
-a round favours neither side; each budget's pair is the round's bare fit and its own fit), each timed
+``--budgets`` (in one process; the bare fit first in odd rounds, as printed, and last in even ones, so a drift of
+the host within a round favours neither side; each budget's pair is the round's bare fit and its own fit), each timed
 from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the background work it waits
 for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every thread of the process: the
 primary figure, since wall time here swings with the host) and in wall time, and the run's own estimate X (the
