@@ -70,10 +70,21 @@ def test_dynamics_robustness_and_embedding_share_one_clean_forward_and_keep_thei
     shared = three[0].clean_forward
     assert shared is not None and all(cb.clean_forward is shared for cb in three)
     assert (shared.forwards, shared.hits) == (2, 4)  # one forward an epoch, read by the other two
+    # its least run, which the budget prices, leaves out the clean row the shared forward served: two seed probes
+    # and prices a row by the last shared forward of the probe set, which ran at this epoch
+    robust = three[1].prober
+    assert robust.costs()["row"] == shared.seconds[robust.clean.fingerprint] > 0
+    assert robust.costs()["row"] != robust.history.costs["row"]  # its own measure of a row stays as it was
+    overhead = robust.history.costs["overhead"]  # what its run cost besides its forwards (merge, tiles, hand-over)
+    assert robust.clean_read and robust.core_seconds() == pytest.approx(overhead + 2 * robust.costs()["row"])
+    assert three[1]._budget_floor() == robust.core_seconds()
     alone = trio()
     for cb in alone:
         _fit(tmp_path / cb.name, [cb], tiny_dm)
     assert all(cb.clean_forward.hits == 0 for cb in alone)
+    robust = alone[1].prober  # alone it runs its clean row itself: three rows
+    assert not robust.clean_read and robust.clean.seconds > 0
+    assert robust.core_seconds() == pytest.approx(robust.history.costs["overhead"] + 3 * robust.clean.seconds)
     for cb in alone:
         paths = sorted((tmp_path / cb.name / "trainviz" / cb.name).glob("epoch_*/*.npz"))
         assert len(paths) >= 2, paths  # both epochs' arrays

@@ -83,6 +83,44 @@ def test_a_changed_model_or_another_share_runs_a_new_forward():
     assert shared.forwards == 5 and shared.hits == 0
 
 
+def test_a_probe_sets_forward_is_priced_by_the_median_of_its_last_five_and_a_read_keeps_the_price():
+    import time
+
+    from trainviz.core.clean_forward import CleanView
+
+    class Slow(_Counted):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.05)
+            return super().forward(x)
+
+    probe, model = _probe(), LogitsModel(Slow().eval())
+    shared, key = CleanForward(), probe.fingerprint()
+    view = CleanView(shared, key, "dynamics")
+    assert view.seconds is None  # before the first forward
+    shared.want(key, "dynamics")
+    shared.run(model, Share.of(probe), key, 4, "dynamics")
+    first = shared.seconds[key]
+    assert view.seconds == first and 3 * 0.05 <= first < 3 * 0.05 + 1.0  # three batches of a 0.05 s forward
+    shared.run(model, Share.of(probe), key, 4, "dynamics")  # a read: no forward, the time stays
+    assert shared.hits == 1 and shared.seconds[key] == first
+    shared.run(model, Share.of(probe), key, 2, "dynamics")  # batches of 2: five forwards, timed anew
+    times = list(shared._times[key])
+    assert len(times) == 2 and times[0] == first and times[1] >= 5 * 0.05
+    assert shared.seconds[key] == pytest.approx((first + times[1]) / 2)  # the median of two
+    for _ in range(5):
+        with torch.no_grad():
+            model.model.net[0].weight.mul_(1.0)  # a step: each run a new forward
+        shared.run(model, Share.of(probe), key, 2, "dynamics")
+    times = list(shared._times[key])
+    assert len(times) == 5 and first not in times  # the last five
+    assert shared.seconds[key] == sorted(times)[2] >= 5 * 0.05
+    assert shared.image_seconds() == shared.seconds[key] / 10  # one image's forward: the last timed set's over 10
+    small = ProbeSet(images=probe.images[:4], labels=probe.labels[:4], ids=probe.ids[:4])
+    shared.run(model, Share.of(small), small.fingerprint(), 4, "dynamics")
+    assert shared.image_seconds() == shared.seconds[small.fingerprint()] / 4 and 0.05 / 4 <= shared.image_seconds()
+    assert CleanForward().image_seconds() is None
+
+
 def test_a_layer_that_gives_nothing_fails_its_owner_alone():
     probe, model = _probe(), LogitsModel(_Counted().eval())
     shared, key = CleanForward(), probe.fingerprint()

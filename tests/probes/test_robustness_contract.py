@@ -114,6 +114,26 @@ def test_the_budget_plan_skips_and_rotates_in_the_probe():
     assert skipped[1:] == [(2, "parts"), (3, "parts")]
 
 
+def test_a_run_keeps_what_it_cost_beyond_its_parts_and_the_floor_and_plan_count_it():
+    prober, model = _prober(6, corruptions=["grayscale", "gaussian_noise", "contrast", "fog"], severities=[1])
+    prober.history.costs = {"row": 1.0, "fgsm": 0.5, "pgd": 0.5, "flip": 100.0, "trajectory": 1.0}
+    plan = prober.plan(Credit(2 + 0.5 + 0.5 + 1, essential=True, epoch=2))  # clean, grayscale, noise, FGSM, PGD
+    prober.corrupting = 0.25  # the rows' first corruption: a one-off, not every run's
+    prober.ran(plan, 3 * 1.0 + 0.5 + 0.5 + 0.25 + 0.75)
+    assert prober.history.costs["overhead"] == pytest.approx(0.75)
+    assert prober.core_seconds() == pytest.approx(0.75 + 2 * 1.0)  # the clean row and grayscale, and the overhead
+    skipped = []
+    prober.skip = lambda epoch, what, reason: skipped.append(reason)
+    assert prober.plan(Credit(2.5, essential=False, epoch=3)) is None  # 2 s of rows fit, not with 0.75 s more
+    assert skipped == ["the seed probes take 2.75 s, credit 2.50 s"]
+    assert prober.plan(Credit(2 + 0.5 + 0.75, essential=False, epoch=4)).fgsm  # the rest of the credit: FGSM
+    prober.clean_read = True  # the shared forward served the clean row: not one of its parts
+    prober.ran(plan, 3 * 1.0 + 0.5 + 0.5)
+    assert prober.history.costs["overhead"] == pytest.approx(1.0) and prober.core_seconds() == pytest.approx(2.0)
+    prober.ran(plan, 1.0)  # cheaper than its parts (a measure's noise): no overhead, never a negative one
+    assert prober.history.costs["overhead"] == 0.0
+
+
 def test_options_are_declared_once_and_check_themselves():
     assert signature_mismatches(RobustnessCallback.__init__, RobustnessOptions) == []
     with pytest.raises(ValueError, match=r"`corruption_params` to be 'auto' or one of cifar10-c, tinyimagenet-c"):

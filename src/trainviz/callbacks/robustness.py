@@ -23,7 +23,6 @@ from trainviz.probes.robustness import (
     RobustnessOptions,
     RobustnessPlan,
     RobustnessProbe,
-    core_seconds,
 )
 
 if TYPE_CHECKING:
@@ -231,9 +230,16 @@ class RobustnessCallback(ProbeCallback):
 
     @override
     def _budget_floor(self) -> float | None:
-        """Elastic: its least run is the clean probe set and Zhang's probes (their measured seconds); the plan
+        """Elastic: its least run is Zhang's probes and the clean probe set, unless the forward shared with the
+        callbacks before it served that (their measured seconds, :meth:`RobustnessProbe.core_seconds`); the plan
         takes the rest of its credit in rotating corruption rows and the adversarial parts."""
-        return None if self.prober is None else core_seconds(self.prober.active, self.prober.history.costs)
+        return None if self.prober is None else self.prober.core_seconds()
+
+    @override
+    def _ran(self, seconds: float) -> None:
+        """What the run cost beyond its parts, which its floor and plans count (:meth:`RobustnessProbe.ran`)."""
+        if self.prober is not None and isinstance(self.plan, RobustnessPlan):
+            self.prober.ran(self.plan, seconds)
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:

@@ -38,6 +38,9 @@ Example:
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,11 +48,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainviz.core.budget import synchronize
 from trainviz.core.contract import Share
 from trainviz.core.hooks import capture
 from trainviz.core.outputs import LogitsModel, expect_logits
 
 __all__ = ["CleanForward", "CleanView", "Reducer"]
+
+TIMED = 5
+"""The forwards of a probe set whose median seconds price it (:attr:`CleanForward.seconds`)."""
 
 Reducer = Callable[[str, torch.Tensor], torch.Tensor]
 """``reduce(layer name, a batch's output) -> what is kept of it`` (e.g. the embedding's pooled features)."""
@@ -63,12 +70,18 @@ class _Want:
 
 class CleanForward:
     """The Trainer's shared clean forward (see the module docstring): :meth:`want` at setup, :meth:`run` at a
-    run. ``forwards`` and ``hits`` count the forwards run and the reads of one already run."""
+    run. ``forwards`` and ``hits`` count the forwards run and the reads of one already run; ``seconds`` holds the
+    price of one forward of each probe set (by fingerprint): the median seconds of its last :data:`TIMED`
+    forwards (the device synchronised), recent enough to follow the model and the host, steadier than one."""
 
     def __init__(self) -> None:
         self.wants: dict[str, dict[str, _Want]] = {}  # probe fingerprint -> owner -> what it wants
         self.forwards = 0
         self.hits = 0
+        self.seconds: dict[str, float] = {}
+        self._times: dict[str, deque[float]] = {}
+        self._images: dict[str, int] = {}
+        self._last: str | None = None
         self._key: tuple[Any, ...] | None = None
         self._value: tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]], dict[str, Exception]] | None = None
 
@@ -113,13 +126,29 @@ class CleanForward:
             self.hits += 1
             value = self._value
         else:
+            device = share.data.images.device
+            synchronize(device)
+            start = time.perf_counter()
             value = self._forward(model, share.data.images, self.wants.get(fingerprint, {}), batch_size)
+            synchronize(device)
+            times = self._times.setdefault(fingerprint, deque(maxlen=TIMED))
+            times.append(time.perf_counter() - start)
+            self.seconds[fingerprint] = statistics.median(times)
+            self._images[fingerprint], self._last = share.data.images.shape[0], fingerprint
             self.forwards += 1
             self._key, self._value = (key, value) if key is not None else (None, None)
         logits, features, errors = value
         if owner in errors:
             raise errors[owner]
         return logits, dict(features.get(owner, {}))
+
+    def image_seconds(self) -> float | None:
+        """The price of one image's forward on the model as it is now: that of the probe set timed last, over its
+        images (``None`` before a forward; a callback that cannot share the forward, e.g. for gradients, prices
+        its own work from it before measuring that)."""
+        if self._last is None or not self._images.get(self._last):
+            return None
+        return self.seconds[self._last] / self._images[self._last]
 
     @staticmethod
     def _state(model: nn.Module, share: Share[Any], fingerprint: str, batch_size: int) -> tuple[Any, ...] | None:
@@ -191,3 +220,8 @@ class CleanView:
     def run(self, model: nn.Module, share: Share[Any], batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`CleanForward.run` for this callback."""
         return self.shared.run(model, share, self.fingerprint, batch_size, self.owner)
+
+    @property
+    def seconds(self) -> float | None:
+        """The price of one forward of this probe set (:attr:`CleanForward.seconds`; ``None`` before the first)."""
+        return self.shared.seconds.get(self.fingerprint)

@@ -89,6 +89,7 @@ from trainviz.probes.robustness_plan import (
     Rows,
     check_epsilons,
     core_seconds,
+    parts_seconds,
     pgd_rows,
     plan_parts,
     suite,
@@ -459,6 +460,8 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         self.trajectory = example_indices(probe.labels, traj) if trajectory is None else trajectory
         self.cache = CorruptionCache()
         self.skip, self.scalar, self.progress = skip, scalar, progress
+        self.clean_read = False  # whether the last run read its clean row from another callback's forward
+        self.corrupting = 0.0  # seconds the last run spent corrupting rows that ran for the first time
 
     @classmethod
     def setup(cls, probe: ProbeSet, options: RobustnessOptions, norm: Normalization, **kwargs: Any) -> RobustnessProbe:
@@ -504,6 +507,32 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         images = min(len(self.trajectory), len(self.probe))
         return trajectory_rows(images, len(self.probe), self.config.trajectory_steps, self.config.random_directions)
 
+    def costs(self) -> dict[str, float]:
+        """The measured seconds of each part (``history.costs``), with a row priced by the last forward of the
+        probe set shared with the other callbacks when there is one (a row is one forward of the probe set; that
+        one ran at this epoch on the model as it is, where the probe's own last run may be epochs old, or the
+        first, slower one)."""
+        costs = dict(self.history.costs)
+        shared = None if self.clean is None or self.config.cam_layers else self.clean.seconds
+        if shared is not None:
+            costs["row"] = shared
+        return costs
+
+    def core_seconds(self) -> float:
+        """The seconds of the least run (:func:`core_seconds`, a row priced by :meth:`costs`): Zhang's probes, and
+        the clean row unless the last run read it from the forward the other callbacks share (they run before it
+        at the same epoch)."""
+        return core_seconds(self.active, self.costs(), clean=not self.clean_read)
+
+    def ran(self, plan: RobustnessPlan, seconds: float) -> None:
+        """After a run of ``plan`` that took ``seconds`` on the training thread: keep what it cost beyond its
+        measured parts (:func:`parts_seconds`) and the rows corrupted for the first time (a one-off) as
+        ``history.costs["overhead"]``, which every run has: merging, the example tiles, the hand-over to the sink.
+        The floor and the plan count it (:func:`core_seconds`, :func:`plan_parts`)."""
+        costs = self.history.costs
+        parts = parts_seconds(plan, costs, clean=not self.clean_read, cam_shift=bool(self.config.cam_layers))
+        costs["overhead"] = max(0.0, seconds - parts - self.corrupting)
+
     def plan(self, credit: Credit) -> RobustnessPlan | None:
         """Everything due without a budget (``credit.seconds`` None); else skip a non-essential run whose seed
         probes alone do not fit, or take what fits (:func:`plan_parts`), the rotation moving on. PGD runs when
@@ -513,13 +542,13 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         flip = config.flip_max_steps > 0 or self.trajectory_rows() > 0
         if credit.seconds is None:
             return RobustnessPlan(list(self.active), bool(config.epsilons), flip, pgd=pgd, epoch=epoch)
-        core = core_seconds(self.active, history.costs)
+        core = self.core_seconds()
         if not credit.essential and core > credit.seconds:
             self._skip(epoch, "run", f"the seed probes take {core:.2f} s, credit {credit.seconds:.2f} s")
             return None
         parts = plan_parts(
             self.active,
-            {"row": 0.0, **history.costs},
+            {"row": 0.0, **self.costs()},
             credit.seconds,
             history.rotation,
             epsilons=len(config.epsilons),
@@ -527,6 +556,7 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
             cam_shift=bool(config.cam_layers),
             trajectory_rows=self.trajectory_rows(),
             pgd_rows=pgd_rows(len(config.epsilons), config.pgd_steps) if pgd else 0.0,
+            clean=not self.clean_read,
         )
         history.rotation = parts.rotation
         if parts.skipped:
@@ -551,6 +581,7 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
             progress=self.progress,
             param_set=self.config.param_set or "auto",
         )
+        self.corrupting = seconds or 0.0
         if seconds is not None and self.scalar is not None:
             self.scalar("cache_seconds", seconds, epoch)
         return inputs
@@ -586,6 +617,7 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
             hits = self.clean.shared.hits
             clean = self.clean.run(model, share, config.batch_size)[0]
             read = self.clean.shared.hits > hits  # another callback's forward: not one of this run's rows
+        self.clean_read = read
         logits, shift = _forward(model, inputs, data.labels, config, clean)
         forwards = 1 + len(rows) - read
         elapsed = time.perf_counter() - start

@@ -37,6 +37,7 @@ __all__ = [
     "Rows",
     "check_epsilons",
     "core_seconds",
+    "parts_seconds",
     "pgd_rows",
     "plan_parts",
     "suite",
@@ -274,9 +275,20 @@ class RobustnessPlan:
 Plan = RobustnessPlan  # the name before the compute contract
 
 
-def core_seconds(active: Rows, costs: dict[str, float]) -> float:
-    """Seconds of the part that always runs: the clean probe set and Zhang's probes (0 before the first run)."""
-    return costs.get("row", 0.0) * (1 + sum(1 for name, _ in active if name in SEED_PROBES))
+def core_seconds(active: Rows, costs: dict[str, float], clean: bool = True) -> float:
+    """Seconds of the part that always runs: the clean probe set (unless ``clean`` is false: the forward shared
+    with the other callbacks serves it) and Zhang's probes (0 before the first run), and what every run costs
+    besides its parts (``costs["overhead"]``: merging, the example tiles, the hand-over to the sink).
+
+    Example:
+        >>> active = [("grayscale", 1), ("channels_bgr", 1), ("fog", 1)]
+        >>> core_seconds(active, {"row": 0.5}), core_seconds(active, {"row": 0.5}, clean=False)
+        (1.5, 1.0)
+        >>> core_seconds(active, {"row": 0.5, "overhead": 0.25})
+        1.75
+    """
+    rows = int(clean) + sum(1 for name, _ in active if name in SEED_PROBES)
+    return costs.get("overhead", 0.0) + costs.get("row", 0.0) * rows
 
 
 def trajectory_rows(images: int, probe_size: int, steps: int, samples: int) -> float:
@@ -304,6 +316,23 @@ def pgd_rows(epsilons: int, steps: int) -> float:
     return float(max(0, epsilons) * (3 * max(0, steps) + 1)) if steps > 0 else 0.0
 
 
+def parts_seconds(
+    plan: RobustnessPlan, costs: dict[str, float], *, clean: bool = True, cam_shift: bool = False
+) -> float:
+    """The seconds of ``plan``'s parts at ``costs``: its rows' forwards (the clean row's unless ``clean`` is false)
+    and, where planned, FGSM, PGD, steps-to-flip and the trajectories (what :func:`plan_parts` priced, measured).
+
+    Example:
+        >>> plan = RobustnessPlan([("grayscale", 1), ("fog", 1)], fgsm=True, flip=False)
+        >>> parts_seconds(plan, {"row": 0.5, "fgsm": 1.0, "flip": 9.0}), parts_seconds(plan, {"row": 0.5}, clean=False)
+        (2.5, 1.0)
+    """
+    seconds = costs.get("row", 0.0) * (CAM_COST if cam_shift else 1.0) * (int(clean) + len(plan.rows))
+    seconds += costs.get("fgsm", 0.0) if plan.fgsm else 0.0
+    seconds += costs.get("pgd", 0.0) if plan.pgd else 0.0
+    return seconds + (costs.get("flip", 0.0) + costs.get("trajectory", 0.0) if plan.flip else 0.0)
+
+
 def plan_parts(
     active: Rows,
     costs: dict[str, float],
@@ -315,6 +344,7 @@ def plan_parts(
     cam_shift: bool,
     trajectory_rows: float = 0.0,
     pgd_rows: float = 0.0,
+    clean: bool = True,
 ) -> RobustnessPlan:
     """Which parts fit ``seconds``: the clean row and Zhang's probes (as many as fit, in order: an essential run
     with a short credit is scaled down to them, the clean row at least), then FGSM (``epsilons`` step sizes), PGD
@@ -323,7 +353,10 @@ def plan_parts(
     ascent (steps-to-flip and the trajectories with their random directions, one part: the trajectories extend
     steps-to-flip), as far as the time goes. ``costs`` holds the seconds of one row's forward (``"row"``, needed),
     of FGSM, of steps-to-flip and of the trajectories (``"fgsm"``, ``"flip"``, ``"trajectory"``; estimated from a
-    row until measured: ``trajectory_rows`` rows, see :func:`trajectory_rows`, for the trajectories).
+    row until measured: ``trajectory_rows`` rows, see :func:`trajectory_rows`, for the trajectories) and what
+    every run costs besides its parts (``"overhead"``, 0 until measured), taken first. ``clean``:
+    whether the clean row is priced (false where the forward shared with the other callbacks serves it, as at the
+    last run; it runs all the same).
 
     Example:
         >>> active = [("grayscale", 1), ("fog", 1), ("fog", 2), ("contrast", 1)]
@@ -334,15 +367,20 @@ def plan_parts(
         >>> short = plan_parts(seeds, {"row": 1.0}, 2.5, 0, epsilons=0, flip_max_steps=0, cam_shift=False)
         >>> short.rows, short.skipped  # a credit of 2.5 rows: the clean row and one of Zhang's probes
         ([('grayscale', 1)], ["2 of 3 of Zhang's probes (gaussian_blur_3x3, channels_bgr)"])
+        >>> kw = dict(epsilons=0, flip_max_steps=0, cam_shift=False, clean=False)  # the shared forward serves it
+        >>> plan_parts(seeds, {"row": 1.0}, 2.5, 0, **kw).rows
+        [('grayscale', 1), ('gaussian_blur_3x3', 1)]
     """
     fgsm, flip = epsilons > 0, flip_max_steps > 0 or trajectory_rows > 0
+    seconds -= costs.get("overhead", 0.0)  # every run's cost besides its parts
     row = costs["row"] * (CAM_COST if cam_shift else 1.0)
     seeds = [r for r in active if r[0] in SEED_PROBES]
     # the clean row always runs; Zhang's probes as far as they fit (all of them, unless an essential run's credit is
     # short: the first and last runs are scaled down, never a reason to exceed the budget)
-    fitting = len(seeds) if row <= 0 else max(0, min(len(seeds), math.floor((seconds - row) / row + 1e-9)))
+    base = row * int(clean)
+    fitting = len(seeds) if row <= 0 else max(0, min(len(seeds), math.floor((seconds - base) / row + 1e-9)))
     rows = seeds[:fitting]
-    left = seconds - row * (1 + len(rows))
+    left = seconds - base - row * len(rows)
     skipped = [f"{len(seeds) - fitting} of {len(seeds)} of Zhang's probes ({', '.join(n for n, _ in seeds[fitting:])})"]
     skipped = skipped if fitting < len(seeds) else []
     if fgsm:
