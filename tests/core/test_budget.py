@@ -70,6 +70,46 @@ def test_a_pool_is_fitted_to_what_each_callback_needs_and_keeps_its_sum():
     assert ledgers["a"]["pooled"] and not ledgers["own"]["pooled"] and ledgers["r"]["need_seconds"] == 0.6
 
 
+def test_a_short_pool_meets_the_least_runs_then_the_elastic_floor_then_the_rest():
+    s = Scheduler()
+    s.register("cam", 0.07, pooled=True)
+    s.register("r", 0.03, pooled=True)
+    s.start(now=0.0)
+    s.charge("cam", 1.2, foreground=True, run=True, least=0.2)  # its maps take 0.2 s, its scores the rest
+    s.ledgers["cam"].slowdown = 0.1  # its background work cost the batches 0.1 s
+    s.set_floor("r", 0.5)
+    s.charge("r", 0.5, foreground=True, run=True)
+    s.fit(epochs=1, now=11.8)  # 10 s of training (11.8 less 1.2 + 0.5 in probes and 0.1 of slowdown)
+    # needs: cam 1.3 s = 0.13, r's floor 0.05: more than the pool of 0.1. CAM's least run (0.2 s + its 0.1 s of
+    # background) 0.03 and 1.25 x the floor, 0.0625, first, then the 0.0075 left goes to the rest of CAM's need
+    assert s.ledgers["cam"].share == pytest.approx(0.0375) and s.ledgers["r"].share == pytest.approx(0.0625)
+    assert s.credit("cam", now=11.8) + s.credit("r", now=11.8) == pytest.approx(0.1 * 10 - 1.8)  # the pool's credit
+    s.charge("cam", 0.0, foreground=True, least=1.3)  # its least run as dear as its whole: shared as before
+    s.fit(epochs=1, now=11.8)
+    assert s.ledgers["cam"].share == pytest.approx(0.1 * 0.13 / 0.18)
+    assert s.ledgers["r"].share == pytest.approx(0.1 * 0.05 / 0.18)
+
+
+def test_a_pool_is_fitted_to_a_whole_run_a_callback_says_it_has_due_not_to_its_cut_runs():
+    s = Scheduler()
+    s.register("cam", 0.05, pooled=True)
+    s.register("r", 0.05, pooled=True)
+    s.start(now=0.0)
+    s.charge("cam", 0.2, foreground=True, run=True, least=0.2)  # a short credit left its 1 s of scores out
+    s.set_floor("r", 0.5)
+    s.charge("r", 0.5, foreground=True, run=True)
+    s.fit(epochs=1, now=10.7)  # 10 s of training
+    # by its mean run CAM needs only its maps: 1.25 x 0.02; the floor 1.25 x 0.05 and the rest, 0.0125, to r
+    assert s.ledgers["cam"].share == pytest.approx(0.025) and s.ledgers["r"].share == pytest.approx(0.075)
+    s.set_whole("cam", 1.2)  # its maps and its due scores: 0.12, of which 0.1 beyond its least run
+    s.fit(epochs=1, now=10.7)
+    # the least runs and floor first (0.0875), then the 0.0125 left goes to CAM's scores
+    assert s.ledgers["cam"].share == pytest.approx(0.0375) and s.ledgers["r"].share == pytest.approx(0.0625)
+    s.set_whole("cam", None)
+    s.fit(epochs=1, now=10.7)
+    assert s.ledgers["cam"].share == pytest.approx(0.025)
+
+
 def test_a_fixed_cost_callback_short_of_credit_borrows_the_others_spare_and_the_pool_keeps_its_sum():
     s = Scheduler()
     s.register("a", 0.05, pooled=True)
@@ -195,8 +235,13 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, 
     assert [e.step for e in acc.Scalars("trainviz/budget/dynamics/fraction")] == [0, 1, 2, 3]
     # robustness is elastic: it aims at every other epoch and needs at least its clean row and Zhang's probes
     robustness = next(cb for cb in probes if cb.name == "robustness")
-    core = robustness.prober.history.costs["row"] * 3  # the clean row, grayscale and the 3x3 blur
-    assert robustness._budget_floor() == pytest.approx(core) and core > 0
+    # a row priced by the shared clean forward of its probe set when one ran (else by its own runs); grayscale and
+    # the 3x3 blur, the clean row unless that forward served it, and what its last run cost besides its parts
+    prober = robustness.prober
+    costs, shared = prober.costs(), prober.clean.seconds
+    assert costs["row"] == (prober.history.costs["row"] if shared is None else shared) > 0
+    core = costs["overhead"] + costs["row"] * (2 + (not prober.clean_read))
+    assert robustness._budget_floor() == pytest.approx(core) and core > costs["overhead"] >= 0
     floor = robustness.scheduler.ledgers["robustness"].floor  # what the last plan gave the pool (costs move on)
     assert floor is not None and ledgers["robustness"]["need_seconds"] == pytest.approx(floor, abs=1e-3)
     assert robustness.scheduler.ledgers["robustness"].interval == 2

@@ -74,6 +74,33 @@ def test_under_a_budget_the_faithfulness_scores_go_first():
     assert prober.plan(Credit(-0.3, True, 4)) == CAMPlan(faithfulness=False, whole=False)
 
 
+def test_under_a_budget_the_first_run_prices_its_parts_from_a_forward_so_it_fits_too():
+    model = tiny_cnn()
+    prober = _prober(model)  # 6 images, 2 layers and their aggregate, 2 deletion steps
+    assert prober.plan(Credit(0.01, True, 0)) == CAMPlan(faithfulness=True, whole=True)  # no price: it all fits
+    prober.image_seconds = lambda: 0.01  # one image's forward: the maps 3 x 6 x 0.01, the scores 3 x 5 x 6 x 0.01
+    assert prober.estimates() == pytest.approx({"maps": 0.18, "faithfulness": 0.9})
+    assert prober.plan(Credit(1.2, False, 0)) == CAMPlan(faithfulness=True, whole=True)  # 1.08 s fits
+    plan = prober.plan(Credit(0.5, True, 0))  # the first run, essential, scaled down to its maps
+    assert plan == CAMPlan(faithfulness=False, whole=False)
+    assert prober.skipped == [
+        (
+            "faithfulness",
+            "the maps would take about 0.18 s and the faithfulness scores would take about 0.90 s, credit 0.50 s",
+        )
+    ]
+    assert prober.plan(Credit(0.1, False, 0)) is None  # not even the maps
+    result = prober.run(model, Credit(0.5, False, 0))
+    assert result is not None and not result.faithfulness and list(prober.costs) == ["maps"]
+    assert list(prober.estimates()) == ["faithfulness"]  # measured parts are not estimated
+    prober.costs["maps"] = 0.3
+    assert prober.plan(Credit(1.0, False, 1)) == CAMPlan(faithfulness=False, whole=False)
+    assert prober.skipped[0][1] == (
+        "the maps last took 0.30 s and the faithfulness scores would take about 0.90 s, credit 1.00 s"
+    )
+    assert prober.plan(Credit(None, False, 1)) == CAMPlan()  # without a budget the estimates do not matter
+
+
 def test_under_a_budget_a_run_without_due_scores_costs_the_maps():
     model = tiny_cnn()
     prober = _prober(model, faithfulness_every=2)

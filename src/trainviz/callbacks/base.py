@@ -477,6 +477,11 @@ class ProbeCallback(Callback):
         ``None`` before one."""
         return self._last_cost
 
+    def _whole_cost(self) -> float | None:
+        """Seconds of a run with all it has due at its cadence, which its pool is fitted to (``None``: its mean
+        run): a callback whose plan leaves a dear part out under a short credit says what that part would add."""
+        return None
+
     def _skip(self, epoch: int, what: str, reason: str) -> None:
         self.budget_runner.skip(epoch, what, reason)
 
@@ -548,7 +553,9 @@ class ProbeCallback(Callback):
         """Rank 0: the run's plan (through the budget runner) and, when it runs, the probe's state for every share."""
         self.plan = True  # `_plan` may read it
         busy = self.sink.busy_seconds() if self.sink is not None else 0.0
-        plan = self.budget_runner.plan(self._plan, essential, epoch, busy, self._budget_floor(), self._least_cost())
+        plan = self.budget_runner.plan(
+            self._plan, essential, epoch, busy, self._budget_floor(), self._least_cost(), self._whole_cost()
+        )
         return plan, (self.prober.state() if self.prober is not None and plan is not None else None)
 
     def _attempt(self, pl_module: pl.LightningModule, work: Callable[[], Any]) -> tuple[Any, Exception | None]:

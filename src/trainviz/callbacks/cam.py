@@ -16,6 +16,7 @@ import torch
 from typing_extensions import override
 
 from trainviz.callbacks.base import ProbeCallback
+from trainviz.core.clean_forward import CleanForward
 from trainviz.core.contract import Credit
 from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMProbe, class_maps
 
@@ -182,12 +183,26 @@ class CAMCallback(ProbeCallback):
 
         self._layers = self.setup_layers(pl_module, list(self.options.layers), self.options.reshape, check)
         self.prober = CAMProbe(self.probe, self._config(self._layers), self.history)
+        # its gradients keep it off the shared clean forward, whose price estimates its parts before it runs them
+        self.prober.image_seconds = lambda: CleanForward.of(trainer).image_seconds()
 
     @override
     def _least_cost(self) -> float | None:
         """Its maps' last seconds: the faithfulness scores are borrowed for by no one (they run when its own
         credit allows)."""
         return None if self.prober is None else self.prober.costs.get("maps")
+
+    @override
+    def _whole_cost(self) -> float | None:
+        """Its maps and its faithfulness scores every ``faithfulness_every``-th run, measured or estimated
+        (:meth:`~trainviz.probes.cam.CAMProbe.estimates`): what its pool is fitted to, so that a short credit
+        that left the scores out does not shrink its share until they never run."""
+        if self.prober is None:
+            return None
+        costs = {**self.prober.estimates(), **self.prober.costs}
+        if "maps" not in costs:
+            return None
+        return costs["maps"] + costs.get("faithfulness", 0.0) / self.options.faithfulness_every
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:

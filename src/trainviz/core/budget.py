@@ -81,6 +81,7 @@ class Ledger:
     fitted: float | None = None  # its fraction of the pool as last fitted (None: `fraction`)
     loan: float = 0.0  # seconds of credit lent to it (positive) or by it (negative) within its pool: `Scheduler.lend`
     least: float | None = None  # a fixed-cost callback's seconds for its least run, as it last said (`lend`)
+    whole: float | None = None  # ... and for a run with all it has due at its cadence (None: its mean run, `need`)
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -122,33 +123,58 @@ SLACK = 1.25
 costs more than the mean does not then cost the next), before the elastic ones share the rest."""
 
 
-def fit_pool(total: float, needs: dict[str, float], elastic: set[str]) -> dict[str, float]:
+def fit_pool(
+    total: float, needs: dict[str, float], elastic: set[str], least: dict[str, float] | None = None
+) -> dict[str, float]:
     """Divide a pool's fraction ``total`` among callbacks by what they need (``needs``: fractions of training time
-    each needs to run at its cadence). Fixed-cost callbacks get their need (up to :data:`SLACK` times it) when it
-    and the elastic ones' floors fit; the ``elastic`` ones (whose plan takes whatever credit it has: robustness)
-    share the rest in proportion to their floors. When the needs do not fit, every callback gets the same part of
-    its need.
+    each needs to run at its cadence; for the ``elastic`` ones, whose plan takes whatever credit it has
+    (robustness), their floor: the least run), meeting the needs in turn, each with up to :data:`SLACK` times it
+    while the pool allows (a run that costs more than its mean, or a dear first run, does not then cost the next):
+
+    1. the fixed-cost callbacks' least runs (``least``: the fraction of each one's least run, e.g. CAM's maps
+       without the faithfulness scores; its need when not given) and the elastic floors, alike;
+    2. the rest of the fixed needs (the parts their plans leave out first, e.g. CAM's faithfulness scores), in
+       proportion to them;
+    3. what is left to the elastic callbacks, in proportion to their floors (without any, to the fixed-cost ones,
+       in proportion to their needs).
+
+    When not even the least runs and the floors fit, every callback gets the same part of them.
 
     Example:
-        >>> fitted = fit_pool(0.1, {"cam": 0.03, "dynamics": 0.01, "robustness": 0.02}, {"robustness"})
-        >>> {name: round(fraction, 6) for name, fraction in fitted.items()}  # 1.25x the fixed needs, the rest
+        >>> def fitted(*args):
+        ...     return {name: round(fraction, 6) for name, fraction in fit_pool(*args).items()}
+        >>> fitted(0.1, {"cam": 0.03, "dynamics": 0.01, "robustness": 0.02}, {"robustness"})  # 1.25x, the rest
         {'cam': 0.0375, 'dynamics': 0.0125, 'robustness': 0.05}
-        >>> fitted = fit_pool(0.1, {"cam": 0.1, "robustness": 0.1}, {"robustness"})
-        >>> {name: round(fraction, 6) for name, fraction in fitted.items()}  # twice the pool: half of each need
+        >>> fitted(0.1, {"cam": 0.05, "robustness": 0.03}, {"robustness"})  # 0.08 fits, 1.25x of it does not
+        {'cam': 0.0625, 'robustness': 0.0375}
+        >>> fitted(0.1, {"cam": 0.1, "robustness": 0.1}, {"robustness"})  # twice the pool: half of each need
         {'cam': 0.05, 'robustness': 0.05}
+        >>> # 1.25x CAM's maps (0.0125) and the floor (0.075), then 0.0125 of the 0.05 its faithfulness scores need
+        >>> fitted(0.1, {"cam": 0.06, "robustness": 0.06}, {"robustness"}, {"cam": 0.01})
+        {'cam': 0.025, 'robustness': 0.075}
     """
-    fixed = sum(need for name, need in needs.items() if name not in elastic)
-    floor = sum(need for name, need in needs.items() if name in elastic)
-    if fixed + floor <= 0:
-        return {name: total / len(needs) for name in needs}
-    if fixed + floor > total or not elastic:
-        return {name: total * need / (fixed + floor) for name, need in needs.items()}
-    scale = min(SLACK, (total - floor) / fixed) if fixed > 0 else 0.0
-    rest = total - scale * fixed
-    return {
-        name: (rest * need / floor if floor > 0 else rest / len(elastic)) if name in elastic else scale * need
-        for name, need in needs.items()
+    least = least or {}
+    low = {
+        name: need if name in elastic else min(need, max(0.0, least.get(name, need))) for name, need in needs.items()
     }
+    first = sum(low.values())
+    if first <= 0:
+        return {name: total / len(needs) for name in needs}
+    if first >= total:
+        return {name: total * need / first for name, need in low.items()}
+    fitted = {name: min(SLACK, total / first) * need for name, need in low.items()}
+    extras = {name: needs[name] - low[name] for name in needs if name not in elastic}
+    left, lacking = total - sum(fitted.values()), sum(extras.values())
+    if lacking > 0:
+        scale = min(SLACK, left / lacking)
+        for name, extra in extras.items():
+            fitted[name] += scale * extra
+        left -= scale * lacking
+    takers = {name: needs[name] for name in (elastic & set(needs)) or needs}
+    weight = sum(takers.values())
+    for name, need in takers.items():
+        fitted[name] += left * (need / weight if weight > 0 else 1 / len(takers))
+    return fitted
 
 
 class Scheduler:
@@ -325,10 +351,13 @@ class Scheduler:
     def fit(self, epochs: int, now: float | None = None) -> None:
         """Divide the pool (the ``pooled`` ledgers' fractions, summed) by what each callback needs to run at its
         interval, after ``epochs`` epochs of training: its seconds per run (:attr:`Ledger.need`) over its interval
-        times the mean epoch's training seconds, as a fraction (:func:`fit_pool`). Before every pooled callback
-        has a cost, the fractions stay as given. The pool's sum is kept, so the fit's budget is the same, and so
-        is the credit left to the pool as a whole: a callback's credit is reckoned from its fitted fraction over
-        the whole fit so far, less what it spent."""
+        times the mean epoch's training seconds, as a fraction (:func:`fit_pool`; a fixed-cost callback's run with
+        all it has due, :attr:`Ledger.whole`, when it said, e.g. CAM's maps and its amortised faithfulness scores,
+        measured or estimated, even while a short credit leaves them out), and, for the fixed-cost ones, its least
+        run (:attr:`Ledger.least`; each with its background work's part of a run), met first when the pool is
+        short. Before every pooled callback has a cost, the fractions stay as given. The pool's sum is kept, so the
+        fit's budget is the same, and so is the credit left to the pool as a whole: a callback's credit is reckoned
+        from its fitted fraction over the whole fit so far, less what it spent."""
         train = self.training_seconds(now)
         with self._lock:
             pool = {name: ledger for name, ledger in self.ledgers.items() if ledger.pooled}
@@ -336,13 +365,30 @@ class Scheduler:
             if len(pool) < 2 or len(needs) < len(pool) or epochs < 1 or train <= 0:
                 return
             epoch = train / epochs
+            elastic = {name for name, ledger in pool.items() if ledger.floor is not None}
+            least = {}
+            for name, ledger in pool.items():
+                if name in elastic or not ledger.runs:
+                    continue
+                background = (needs[name] * ledger.runs - ledger.run_seconds) / ledger.runs  # its part of a run
+                if ledger.whole is not None:
+                    needs[name] = ledger.whole + background
+                if ledger.least is not None:
+                    least[name] = ledger.least + background
             fitted = fit_pool(
                 sum(ledger.fraction for ledger in pool.values()),
                 {name: need / (pool[name].interval * epoch) for name, need in needs.items()},
-                {name for name, ledger in pool.items() if ledger.floor is not None},
+                elastic,
+                {name: seconds / (pool[name].interval * epoch) for name, seconds in least.items()},
             )
             for name, fraction in fitted.items():
                 pool[name].fitted = fraction
+
+    def set_whole(self, name: str, seconds: float | None) -> None:
+        """Callback ``name`` (of fixed cost) needs ``seconds`` for a run with all it has due at its cadence
+        (``None``: its mean run, :attr:`Ledger.need`), which :meth:`fit` divides the pool by."""
+        with self._lock:
+            self.ledgers[name].whole = seconds
 
     def set_floor(self, name: str, seconds: float | None) -> None:
         """Callback ``name`` is elastic (its plan takes whatever credit it has) and needs ``seconds`` per run at
@@ -487,17 +533,20 @@ class BudgetRunner:
         writer_seconds: float,
         floor: float | None = None,
         least: float | None = None,
+        whole: float | None = None,
     ) -> Any:
         """What the run of ``epoch`` contains: ``planner(credit, essential, epoch)`` (``None``: skip it), with the
         credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds`` and,
         for an elastic callback, the ``floor`` seconds of its least run. In a pool, the fractions are fitted to
         what each callback needs first (:meth:`Scheduler.fit`), and a callback of fixed cost short of the ``least``
         seconds its next run takes (what is essential to it, e.g. CAM's maps without the faithfulness scores) may
-        borrow them from the others' spare credit (:meth:`Scheduler.lend`)."""
+        borrow them from the others' spare credit (:meth:`Scheduler.lend`); ``whole``: what a run with all it has
+        due takes, which the pool is fitted to (:meth:`Scheduler.set_whole`)."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
         self.set_writer(writer_seconds)
         self.scheduler.set_floor(self.name, floor)
+        self.scheduler.set_whole(self.name, whole)
         self.scheduler.fit(epoch + 1)
         credit = self.scheduler.credit(self.name)
         if least is not None:  # short of its least run: its pool may lend it the difference

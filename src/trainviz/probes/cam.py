@@ -515,16 +515,49 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         self.epoch = 0
         self.costs: dict[str, float] = {}  # seconds of the last run's maps ("maps") and faithfulness ("faithfulness")
         self.skipped: list[tuple[str, str]] = []  # the parts the last plan left out, with why
+        # seconds of one image's plain forward on the model as it is (the shared clean forward's price), from which
+        # a budget's plan estimates the parts not measured yet; None: an unmeasured part counts as fitting
+        self.image_seconds: Callable[[], float | None] | None = None
+
+    def estimates(self) -> dict[str, float]:
+        """The parts not measured yet, priced in plain forwards of the probe set at :attr:`image_seconds`: the maps
+        one forward and one backward (about 3 forwards), the faithfulness scores ``3 + deletion_steps`` forwards
+        per map (each layer, and the aggregate of several). Empty without a price.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> probe = ProbeSet(torch.rand(8, 3, 4, 4), torch.arange(8) % 2, torch.arange(8))
+            >>> layers = {"a": nn.Identity(), "b": nn.Identity()}
+            >>> prober = CAMProbe(probe, CAMConfig(layers, CAMOptions(deletion_steps=4), batch_size=4))
+            >>> prober.estimates()
+            {}
+            >>> prober.image_seconds = lambda: 0.01
+            >>> {part: round(seconds, 6) for part, seconds in prober.estimates().items()}  # 3 maps: 2 layers, aggregate
+            {'maps': 0.24, 'faithfulness': 1.68}
+            >>> prober.costs = {"maps": 0.1}
+            >>> list(prober.estimates())
+            ['faithfulness']
+        """
+        image = self.image_seconds() if self.image_seconds is not None else None
+        if image is None:
+            return {}
+        n, layers = len(self.probe), len(self.config.layers)
+        forwards = {"maps": 3, "faithfulness": (layers + (layers > 1)) * (3 + self.config.options.deletion_steps)}
+        return {part: count * n * image for part, count in forwards.items() if part not in self.costs}
 
     def plan(self, credit: Credit) -> CAMPlan | None:
         """The maps, with the faithfulness scores when due (:meth:`CAMHistory.faithfulness_due`). Under a budget
         (``credit.seconds``): everything due if the last costs of its parts fit the credit, else the maps without
-        the faithfulness scores if the maps fit (or the run is essential), else nothing (``None``). An unmeasured
-        part counts as fitting. :attr:`skipped` says what was left out."""
+        the faithfulness scores if the maps fit (or the run is essential), else nothing (``None``). A part not
+        measured yet is estimated (:meth:`estimates`), so the first run fits the budget too; without a price it
+        counts as fitting. :attr:`skipped` says what was left out."""
         self.epoch = credit.epoch
         self.skipped = []
         due = self.history.faithfulness_due(self.config.options.faithfulness_every)
-        seconds, maps, faithfulness = credit.seconds, self.costs.get("maps"), self.costs.get("faithfulness")
+        seconds, guessed = credit.seconds, self.estimates() if credit.seconds is not None else {}
+        costs = {**guessed, **self.costs}
+        maps, faithfulness = costs.get("maps"), costs.get("faithfulness")
         whole = CAMPlan(faithfulness=due)
         if seconds is None or maps is None:
             return whole
@@ -532,11 +565,12 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         if cost <= seconds:
             return whole
         if due and (maps <= seconds or credit.essential):
+            about = {part: "would take about " if part in guessed else "" for part in ("maps", "faithfulness")}
             self.skipped = [
                 (
                     "faithfulness",
-                    f"the maps last took {maps:.2f} s and the faithfulness scores {faithfulness or 0.0:.2f} s, "
-                    f"credit {seconds:.2f} s",
+                    f"the maps {about['maps'] or 'last took '}{maps:.2f} s and the faithfulness scores "
+                    f"{about['faithfulness']}{faithfulness or 0.0:.2f} s, credit {seconds:.2f} s",
                 )
             ]
             return CAMPlan(faithfulness=False, whole=False)
