@@ -127,7 +127,7 @@ def test_a_run_keeps_what_it_cost_beyond_its_parts_and_the_floor_and_plan_count_
     assert prober.plan(Credit(2.5, essential=False, epoch=3)) is None  # 2 s of rows fit, not with 0.75 s more
     assert skipped == ["the seed probes take 2.75 s, credit 2.50 s"]
     assert prober.plan(Credit(2 + 0.5 + 0.75, essential=False, epoch=4)).fgsm  # the rest of the credit: FGSM
-    prober.clean_read = True  # the shared forward served the clean row: not one of its parts
+    prober.clean_read, prober.corrupting = True, 0.0  # the shared forward served the clean row; all rows cached
     prober.ran(plan, 3 * 1.0 + 0.5 + 0.5)
     assert prober.history.costs["overhead"] == pytest.approx(1.0) and prober.core_seconds() == pytest.approx(2.0)
     prober.ran(plan, 1.0)  # cheaper than its parts (a measure's noise): no overhead, never a negative one
