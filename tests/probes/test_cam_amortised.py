@@ -90,6 +90,7 @@ def test_under_a_budget_the_first_run_prices_its_parts_from_a_forward_so_it_fits
         )
     ]
     assert prober.plan(Credit(0.1, False, 0)) is None  # not even the maps
+    assert prober.skipped == [("run", "its parts would take about 1.08 s, credit 0.10 s")]
     result = prober.run(model, Credit(0.5, False, 0))
     assert result is not None and not result.faithfulness and list(prober.costs) == ["maps"]
     assert list(prober.estimates()) == ["faithfulness"]  # measured parts are not estimated

@@ -576,7 +576,8 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
             return CAMPlan(faithfulness=False, whole=False)
         if credit.essential:
             return whole  # the maps alone, nothing due left out
-        self.skipped = [("run", f"its parts last took {cost:.2f} s, credit {seconds:.2f} s")]
+        took = "would take about" if guessed else "last took"  # some parts not measured yet
+        self.skipped = [("run", f"its parts {took} {cost:.2f} s, credit {seconds:.2f} s")]
         return None
 
     def compute(self, model: nn.Module, share: Share[ProbeSet], plan: CAMPlan, state: Any) -> CAMPartial:
