@@ -71,7 +71,7 @@ def test_dynamics_robustness_and_embedding_share_one_clean_forward_and_keep_thei
     assert shared is not None and all(cb.clean_forward is shared for cb in three)
     assert (shared.forwards, shared.hits) == (2, 4)  # one forward an epoch, read by the other two
     # its least run, which the budget prices, leaves out the clean row the shared forward served: two seed probes
-    # and prices a row by the last shared forward of the probe set, which ran at this epoch
+    # and prices a row by the shared forward of the probe set (the median of its forwards, one an epoch)
     robust = three[1].prober
     assert robust.costs()["row"] == shared.seconds[robust.clean.fingerprint] > 0
     assert robust.costs()["row"] != robust.history.costs["row"]  # its own measure of a row stays as it was

@@ -197,12 +197,7 @@ class CAMCallback(ProbeCallback):
         """Its maps and its faithfulness scores every ``faithfulness_every``-th run, measured or estimated
         (:meth:`~trainviz.probes.cam.CAMProbe.estimates`): what its pool is fitted to, so that a short credit
         that left the scores out does not shrink its share until they never run."""
-        if self.prober is None:
-            return None
-        costs = {**self.prober.estimates(), **self.prober.costs}
-        if "maps" not in costs:
-            return None
-        return costs["maps"] + costs.get("faithfulness", 0.0) / self.options.faithfulness_every
+        return None if self.prober is None else self.prober.whole_cost()
 
     @override
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:

@@ -546,6 +546,25 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         forwards = {"maps": 3, "faithfulness": (layers + (layers > 1)) * (3 + self.config.options.deletion_steps)}
         return {part: count * n * image for part, count in forwards.items() if part not in self.costs}
 
+    def whole_cost(self) -> float | None:
+        """Seconds of a run at its cadence: the maps and the faithfulness scores every ``faithfulness_every``-th
+        run, each measured or estimated (:meth:`estimates`); ``None`` before the maps have a price.
+
+        Example:
+            >>> probe = ProbeSet(torch.rand(8, 3, 4, 4), torch.arange(8) % 2, torch.arange(8))
+            >>> config = CAMConfig({"a": nn.Identity()}, CAMOptions(faithfulness_every=2), batch_size=4)
+            >>> prober = CAMProbe(probe, config)
+            >>> prober.whole_cost() is None
+            True
+            >>> prober.costs = {"maps": 0.1, "faithfulness": 0.6}
+            >>> round(prober.whole_cost(), 6)
+            0.4
+        """
+        costs = {**self.estimates(), **self.costs}
+        if "maps" not in costs:
+            return None
+        return costs["maps"] + costs.get("faithfulness", 0.0) / self.config.options.faithfulness_every
+
     def plan(self, credit: Credit) -> CAMPlan | None:
         """The maps, with the faithfulness scores when due (:meth:`CAMHistory.faithfulness_due`). Under a budget
         (``credit.seconds``): everything due if the last costs of its parts fit the credit, else the maps without

@@ -508,10 +508,10 @@ class RobustnessProbe(Probe[RobustnessPlan, RobustnessPartial, RobustnessResult]
         return trajectory_rows(images, len(self.probe), self.config.trajectory_steps, self.config.random_directions)
 
     def costs(self) -> dict[str, float]:
-        """The measured seconds of each part (``history.costs``), with a row priced by the last forward of the
-        probe set shared with the other callbacks when there is one (a row is one forward of the probe set; that
-        one ran at this epoch on the model as it is, where the probe's own last run may be epochs old, or the
-        first, slower one)."""
+        """The measured seconds of each part (``history.costs``), with a row priced by the forward of the probe set
+        shared with the other callbacks when there is one (a row is one forward of the probe set; that one's price,
+        the median of its last five, follows the model as it is at every epoch, where the probe's own last run may
+        be epochs old, or the first, slower one)."""
         costs = dict(self.history.costs)
         shared = None if self.clean is None or self.config.cam_layers else self.clean.seconds
         if shared is not None:
