@@ -55,3 +55,44 @@ def test_a_page_from_the_unvalidated_spec_shows_the_validated_figure(tmp_path):
     everything = np.concatenate(list(frames.values()))
     assert shown["xrange"][0] <= everything[:, 0].min() and shown["xrange"][1] >= everything[:, 0].max()
     assert shown["yrange2"][0] <= everything[:, 1].min() and shown["yrange2"][1] >= everything[:, 1].max()
+
+
+@pytest.mark.parametrize("titles", [["pca"], ["pca", "umap"], ["a", "b", "c", "d"]])
+def test_the_hand_layout_is_make_subplots_layout(titles):
+    from plotly.subplots import make_subplots
+
+    from trainviz.render.embedding import subplot_layout
+
+    reference = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.04)
+    expected = reference.to_dict()["layout"]
+    expected.pop("template")
+    assert _close(subplot_layout(titles), expected), (subplot_layout(titles), expected)
+
+
+def _close(got, expected):
+    """Nested equality with floats compared to 1e-12."""
+    if isinstance(expected, dict):
+        same_keys = isinstance(got, dict) and got.keys() == expected.keys()
+        return same_keys and all(_close(got[k], v) for k, v in expected.items())
+    if isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(_close(g, e) for g, e in zip(got, expected))
+    if isinstance(expected, float):
+        return abs(got - expected) < 1e-12
+    return got == expected
+
+
+def test_the_page_template_is_plotly_white_where_it_sets_something():
+    import plotly.io as pio
+
+    from trainviz.render.embedding import WHITE
+
+    reference = pio.templates["plotly_white"].to_plotly_json()["layout"]
+    for key, value in WHITE["layout"].items():
+        if isinstance(value, dict):
+            assert {k: reference[key][k] for k in value} == value, key
+        else:
+            assert reference[key] == value, key
+    spec = animation_spec({"a": {0: np.zeros((3, 2)), 1: np.ones((3, 2))}}, np.array([0, 1, 1]), np.arange(3))
+    assert spec["layout"]["template"] is WHITE
+    validated = animation_figure({"a": {0: np.zeros((3, 2))}}, np.array([0, 1, 1]), np.arange(3))  # plotly checks it
+    assert validated.layout.template.layout.plot_bgcolor == "white" and validated.layout.plot_bgcolor is None

@@ -33,6 +33,7 @@ __all__ = [
     "depth_image",
     "figure_html",
     "scatter_image",
+    "subplot_layout",
 ]
 
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
@@ -276,6 +277,63 @@ def animation_figure(
     return go.Figure(animation_spec(panels, labels, ids, class_names, predictions=predictions, title=title))
 
 
+WHITE = {
+    "layout": {
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "font": {"color": "#2a3f5f"},
+        "hovermode": "closest",
+        "hoverlabel": {"align": "left"},
+        "title": {"x": 0.05},
+        "colorway": [
+            *("#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A"),
+            *("#19d3f3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"),
+        ],
+        **{
+            axis: {"gridcolor": "#EBF0F8", "linecolor": "#EBF0F8", "zerolinecolor": "#EBF0F8", "zerolinewidth": 2}
+            for axis in ("xaxis", "yaxis")
+        },
+    }
+}
+"""The look of plotly's ``plotly_white`` template that a page of :func:`animation_spec` uses, as a plain dict: building
+the template object (``plotly.io.templates``), with plotly's figure classes imported for it, is most of a fit end's
+first page (about 0.3 s)."""
+
+
+def subplot_layout(titles: Sequence[str], spacing: float = 0.04) -> dict:
+    """The axes and titles of ``make_subplots(rows=1, cols=len(titles), subplot_titles=titles,
+    horizontal_spacing=spacing)``, as a plain layout dict, without importing plotly's figure classes.
+
+    Example:
+        >>> layout = subplot_layout(["a", "b"])
+        >>> layout["xaxis"]["domain"], layout["xaxis2"]["domain"], layout["annotations"][1]["x"]
+        ([0.0, 0.48], [0.52, 1.0], 0.76)
+    """
+    n = len(titles)
+    width = (1 - spacing * (n - 1)) / n
+    layout: dict = {"annotations": []}
+    for i, text in enumerate(titles):
+        suffix = str(i + 1) if i else ""
+        left = i * (width + spacing)
+        right = 1.0 if i == n - 1 else left + width
+        layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [left, right]}
+        layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": [0.0, 1.0]}
+        layout["annotations"].append(
+            {
+                "font": {"size": 16},
+                "showarrow": False,
+                "text": text,
+                "x": (left + right) / 2,
+                "xanchor": "center",
+                "xref": "paper",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "yref": "paper",
+            }
+        )
+    return layout
+
+
 def animation_spec(
     panels: Mapping[str, Mapping[int, np.ndarray]],
     labels: np.ndarray,
@@ -285,10 +343,12 @@ def animation_spec(
     predictions: Mapping[int, np.ndarray] | None = None,
     title: str = "",
 ) -> dict:
-    """:func:`animation_figure` as a plain figure dict (``data``, ``layout``, ``frames``), which plotly renders
-    without validating every trace property (:func:`figure_html`): the pages of a fit end are built from it, 0.36x
-    the time of the validated figure's page at 6 epochs of 256 points (0.032 s against 0.089 s,
-    ``benchmarks/animation_pages_cost.py``).
+    """:func:`animation_figure` as a plain figure dict (``data``, ``layout``, ``frames``), built without plotly's
+    figure classes (the axes by :func:`subplot_layout`, the look by :data:`WHITE`) and rendered without validating
+    every trace property (:func:`figure_html`): the pages of a fit end are built from it. At 6 epochs of 256 points
+    (``benchmarks/animation_pages_cost.py``, one run) a page takes 0.13x the validated figure's time once plotly is
+    warm (0.008 s against 0.061 s), and 0.35x for the first page of a process, which a fit end pays (0.105 s against
+    0.297 s).
 
     Example:
         >>> import numpy as np
@@ -297,8 +357,6 @@ def animation_spec(
         >>> [frame["name"] for frame in spec["frames"]], spec["frames"][0]["traces"], len(spec["data"])
         (['epoch 0', 'epoch 2'], [0, 1], 4)
     """
-    from plotly.subplots import make_subplots
-
     if not panels:
         raise ValueError("Expected at least one panel.")
     ids = np.asarray(ids)
@@ -358,7 +416,7 @@ def animation_spec(
         return out
 
     n_panels = len(checked)
-    fig = make_subplots(rows=1, cols=n_panels, subplot_titles=list(checked), horizontal_spacing=0.04)  # the layout
+    layout = subplot_layout(list(checked))
     first = traces(epochs[0])
     frames_spec = [{"data": traces(e), "name": f"epoch {e}", "traces": list(range(len(first)))} for e in epochs]
     legends = [  # legend entries (filled discs; clicking one hides the class in every panel)
@@ -376,13 +434,14 @@ def animation_spec(
     for p, frames in enumerate(checked.values()):
         centre, half = _square_range(np.concatenate(list(frames.values())))
         axis = {"autorange": False, "zeroline": False, "showticklabels": False}
-        fig.update_xaxes(range=[centre[0] - half, centre[0] + half], **axis, row=1, col=p + 1)
-        fig.update_yaxes(range=[centre[1] - half, centre[1] + half], **axis, row=1, col=p + 1)
+        suffix = str(p + 1) if p else ""
+        layout[f"xaxis{suffix}"].update(range=[centre[0] - half, centre[0] + half], **axis)
+        layout[f"yaxis{suffix}"].update(range=[centre[1] - half, centre[1] + half], **axis)
     play = {"frame": {"duration": 700, "redraw": False}, "transition": {"duration": 400}, "fromcurrent": True}
     jump = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate", "transition": {"duration": 300}}
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
+    layout.update(
+        title={"text": title},
+        template=WHITE,
         height=520,
         width=max(640, 440 * n_panels + 160),
         legend={"title": {"text": "label (open: misclassified)" if predictions else "label"}, "itemsizing": "constant"},
@@ -414,7 +473,7 @@ def animation_spec(
             }
         ],
     )
-    return {"data": first + legends, "layout": fig.to_dict()["layout"], "frames": frames_spec}
+    return {"data": first + legends, "layout": layout, "frames": frames_spec}
 
 
 def figure_html(fig: go.Figure | dict) -> str:
