@@ -54,6 +54,34 @@ def test_background_writer_order_flush_and_failure_warns_once():
     w.close()
 
 
+def zlib_level(png: bytes) -> int:
+    """The FLEVEL field of a PNG's zlib stream (RFC 1950): 0 for levels 0-1, 1 for 2-5, 2 for 6, 3 for 7-9."""
+    import struct
+
+    at = 8  # after the signature: chunks of length, type, data, CRC
+    while True:
+        length, kind = struct.unpack(">I4s", png[at : at + 8])
+        if kind == b"IDAT":
+            return png[at + 9] >> 6  # the second byte of the zlib header
+        at += 12 + length
+
+
+def test_pngs_are_encoded_at_the_fast_zlib_level_and_stay_lossless():
+    import io
+
+    from PIL import Image
+
+    from trainviz.sinks.artifacts import PNG_LEVEL, png_bytes
+
+    picture = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    picture[:20] = 255  # a flat band, as plots have
+    fast = png_bytes(picture)
+    default = io.BytesIO()
+    Image.fromarray(picture).save(default, format="PNG")
+    assert PNG_LEVEL == 1 and zlib_level(fast) == 0 and zlib_level(default.getvalue()) == 2  # Pillow's 6
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), picture)
+
+
 def test_sink_writes_tensorboard_and_artifacts(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
@@ -100,6 +128,7 @@ def test_a_picture_is_encoded_once_for_tensorboard_and_the_artifact(tmp_path, mo
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(artifact))), picture)
     only = acc.Images("trainviz/demo/tb_only")[0].encoded_image_string
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(only))), picture)
+    assert zlib_level(artifact) == zlib_level(only) == 0  # FLEVEL 0: zlib's fastest levels (0-1), PNG_LEVEL 1
 
     class OtherWriter:  # a writer that is not PyTorch's (tensorboardX): its own add_image
         def __init__(self):

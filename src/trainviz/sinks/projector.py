@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from trainviz.sinks.artifacts import atomic_write
+from trainviz.sinks.artifacts import atomic_write, png_bytes
 from trainviz.sinks.writer import BackgroundWriter
 
 __all__ = [
@@ -184,14 +184,10 @@ class ProjectorWriter:
         self.background.submit_as(self.owner, self._write_sprite, sprite)
 
     def _write_sprite(self, sprite: np.ndarray) -> None:
-        from PIL import Image
-
         path = self.log_dir / self._rel("sprite.png")
         if path.exists():
             return
-        buf = io.BytesIO()
-        Image.fromarray(sprite).save(buf, format="PNG")
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, png_bytes(sprite))
 
     def add_epoch(self, epoch: int, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Sequence[Any]]) -> None:
         """Write one epoch: its metadata table, one tensor file per name, and the merged config.

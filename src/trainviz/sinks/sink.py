@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainviz.sinks.artifacts import ArtifactStore, epoch_dir, write_plotly_js
+from trainviz.sinks.artifacts import ArtifactStore, epoch_dir, png_bytes, write_plotly_js
 from trainviz.sinks.projector import ProjectorWriter
 from trainviz.sinks.tensorboard import add_png
 from trainviz.sinks.writer import BackgroundWriter
@@ -113,18 +113,13 @@ class Sink:
     def _write_png(self, tag: str, relpath: str | None, image: np.ndarray, step: int) -> None:
         """One PNG encoding for the artifact (at ``relpath``) and TensorBoard (at ``tag``): the encoding is most of
         the writer thread's work."""
-        import io
-
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
+        png = png_bytes(image)
         try:
             if relpath is not None:
-                self.store.write_bytes(relpath, buf.getvalue())
+                self.store.write_bytes(relpath, png)
         finally:
             if self.writer is not None:
-                add_png(self.writer, tag, buf.getvalue(), image, step)
+                add_png(self.writer, tag, png, image, step)
 
     def histogram(self, name: str, values: Any, step: int) -> None:
         values = _to_numpy(values).ravel()
