@@ -72,6 +72,8 @@ class LoggedCAM(CAMCallback):
         with open(self.share_log / f"{self.name}-rank{group.rank}.jsonl", "a") as f:
             f.write(json.dumps([share.start, share.stop]))
             f.write("\n")
+        with open(self.share_log / f"{self.name}-rank{group.rank}.priced", "w") as f:
+            f.write(str(self.prober.shares))  # the shares its budget estimates price the largest of
         return share
 
 
@@ -91,9 +93,11 @@ def test_three_processes_and_two_images_a_failing_rank_and_an_empty_share(tmp_pa
         trainer.fit(_frozen(demo_model()), ShapesDataModule(n_train=96, n_val=48, batch_size=16))
 
     fit(tmp_path / "one")
+    assert (tmp_path / "cam-rank0.priced").read_text() == "1"
     for log in tmp_path.glob("*.jsonl"):
         log.unlink()
     fit(tmp_path / "three", strategy="ddp_spawn", devices=3)
+    assert [(tmp_path / f"cam-rank{r}.priced").read_text() for r in range(3)] == ["3"] * 3
     one, three = records(tmp_path / "one"), records(tmp_path / "three")
     assert [r["epoch"] for r in one["dynamics/metrics.jsonl"]] == [0, 1]
     assert [r["epoch"] for r in three["dynamics/metrics.jsonl"]] == [1]  # epoch 0 failed on rank 1: all skipped it

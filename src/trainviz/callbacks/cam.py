@@ -18,6 +18,7 @@ from typing_extensions import override
 from trainviz.callbacks.base import ProbeCallback
 from trainviz.core.clean_forward import CleanForward
 from trainviz.core.contract import Credit
+from trainviz.core.distributed import Collective
 from trainviz.probes.cam import CAMConfig, CAMHistory, CAMOptions, CAMProbe, class_maps
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class CAMCallback(ProbeCallback):
         self.prober = CAMProbe(self.probe, self._config(self._layers), self.history)
         # its gradients keep it off the shared clean forward, whose price estimates its parts before it runs them
         self.prober.image_seconds = lambda: CleanForward.of(trainer).image_seconds()
+        self.prober.shares = Collective.of(trainer).shares  # each rank explains its share of the probe set
 
     @override
     def _least_cost(self) -> float | None:

@@ -518,11 +518,13 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         # seconds of one image's plain forward on the model as it is (the shared clean forward's price), from which
         # a budget's plan estimates the parts not measured yet; None: an unmeasured part counts as fitting
         self.image_seconds: Callable[[], float | None] | None = None
+        self.shares = 1  # the parts the probe set is cut into, one per process (each prices its largest)
 
     def estimates(self) -> dict[str, float]:
         """The parts not measured yet, priced in plain forwards of the probe set at :attr:`image_seconds`: the maps
         one forward and one backward (about 3 forwards), the faithfulness scores ``3 + deletion_steps`` forwards
-        per map (each layer, and the aggregate of several). Empty without a price.
+        per map (each layer, and the aggregate of several), each for the largest of the :attr:`shares` the probe set
+        is cut into across processes (the whole set in one process): the slowest rank's part. Empty without a price.
 
         Example:
             >>> import torch
@@ -535,6 +537,9 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
             >>> prober.image_seconds = lambda: 0.01
             >>> {part: round(seconds, 6) for part, seconds in prober.estimates().items()}  # 3 maps: 2 layers, aggregate
             {'maps': 0.24, 'faithfulness': 1.68}
+            >>> prober.shares = 3  # three processes: the largest share has 3 of the 8 images
+            >>> {part: round(seconds, 6) for part, seconds in prober.estimates().items()}
+            {'maps': 0.09, 'faithfulness': 0.63}
             >>> prober.costs = {"maps": 0.1}
             >>> list(prober.estimates())
             ['faithfulness']
@@ -542,7 +547,8 @@ class CAMProbe(Probe[CAMPlan, CAMPartial, CAMProbeResult]):
         image = self.image_seconds() if self.image_seconds is not None else None
         if image is None:
             return {}
-        n, layers = len(self.probe), len(self.config.layers)
+        start, stop = Share.bounds(len(self.probe), max(1, self.shares), 0)  # rank 0's share is the largest
+        n, layers = stop - start, len(self.config.layers)
         forwards = {"maps": 3, "faithfulness": (layers + (layers > 1)) * (3 + self.config.options.deletion_steps)}
         return {part: count * n * image for part, count in forwards.items() if part not in self.costs}
 
