@@ -141,6 +141,29 @@ def test_a_fixed_cost_callback_short_of_credit_borrows_the_others_spare_and_the_
     assert s.lend("a", 1.0, now=now) == pytest.approx(0.75) and s.credit("b", now=now) == pytest.approx(0.05)
 
 
+def test_plans_leave_the_margin_unplanned_in_credit_and_loans(tmp_path, tiny_dm, demo_model, make_trainer):
+    from trainviz.core.budget import MARGIN
+
+    s = Scheduler(margin=0.1)
+    s.register("a", 0.05, pooled=True)
+    s.register("b", 0.05, pooled=True)
+    s.start(now=0.0)
+    s.charge("a", 1.0, foreground=True, run=True)
+    s.charge("b", 0.2, foreground=True, run=True)
+    now = 21.2  # 20 s of training
+    assert s.credit("a", now=now) == pytest.approx(0.9 * 0.05 * 20 - 1.0)  # -0.1
+    assert s.credit("b", now=now) == pytest.approx(0.9 * 0.05 * 20 - 0.2)  # 0.7
+    # b spares its credit beyond its need (0.7 - 0.2): a borrows it, short of its 1 s still
+    assert s.lend("a", 1.0, now=now) == pytest.approx(-0.1 + 0.5)
+    assert s.credit("a", now=now) + s.credit("b", now=now) == pytest.approx(0.9 * 0.1 * 20 - 1.2)
+    # in a fit, the callbacks' scheduler keeps MARGIN of each allowance
+    cb = trainviz.DynamicsCallback(probe_size=8, budget=0.5)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(demo_model(), tiny_dm)
+    assert MARGIN == 0.05 and cb.budget_runner.scheduler.margin == MARGIN
+    assert Scheduler().margin == 0.0
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 def test_a_pool_lets_a_cheap_callback_run_every_epoch(pooled):
     """Ten epochs of 10 s. A cheap callback (0.5 s a run) with a static 1% runs at the first and last epoch
