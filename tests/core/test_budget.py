@@ -158,9 +158,11 @@ def test_plans_leave_the_margin_unplanned_in_credit_and_loans(tmp_path, tiny_dm,
     assert s.credit("a", now=now) + s.credit("b", now=now) == pytest.approx(0.9 * 0.1 * 20 - 1.2)
     # in a fit, the callbacks' scheduler keeps MARGIN of each allowance
     cb = trainviz.DynamicsCallback(probe_size=8, budget=0.5)
-    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
+    trainer = make_trainer(tmp_path, [trainviz.RunManifestCallback(), cb], max_epochs=1)
     trainer.fit(demo_model(), tiny_dm)
     assert MARGIN == 0.05 and cb.budget_runner.scheduler.margin == MARGIN
+    manifest = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())
+    assert manifest["budget"]["overhead"]["margin"] == MARGIN
     assert Scheduler().margin == 0.0
 
 

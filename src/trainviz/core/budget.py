@@ -492,6 +492,7 @@ class Scheduler:
                 "overhead": {
                     "estimate": None if share is None else round(share, 4),
                     "budget": round(budget, 4),
+                    "margin": self.margin,  # the part of each allowance the plans left unplanned
                     "slowdown_seconds": round(self._slowdown(), 3),
                     "batches": {
                         "quiet": len(self.quiet),

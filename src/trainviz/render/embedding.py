@@ -296,8 +296,8 @@ WHITE = {
     }
 }
 """The look of plotly's ``plotly_white`` template that a page of :func:`animation_spec` uses, as a plain dict: building
-the template object (``plotly.io.templates``), with plotly's figure classes imported for it, is most of a fit end's
-first page (about 0.3 s)."""
+the template object (``plotly.io.templates``) imports plotly's figure classes, which a fit end's first page then pays
+for (that page took 0.297 s with them and 0.105 s without, ``benchmarks/animation_pages_cost.py``)."""
 
 
 def subplot_layout(titles: Sequence[str], spacing: float = 0.04) -> dict:
