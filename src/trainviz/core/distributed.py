@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import pickle
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +30,11 @@ __all__ = ["Collective", "agreed", "from_rank_zero", "in_lockstep"]
 class Collective:
     """The processes that compute a probe together: ``world`` of them, this one ``rank``.
 
-    Objects travel pickled (:func:`torch.distributed.broadcast_object_list`, :func:`torch.distributed.gather_object`):
-    plans and partials are plain data with CPU tensors (:func:`trainviz.core.transfer.to_host`).
+    Objects travel pickled, as uint8 tensors (a size, then the bytes: what
+    :func:`torch.distributed.broadcast_object_list` and :func:`torch.distributed.gather_object` do): plans and
+    partials are plain data with CPU tensors (:func:`trainviz.core.transfer.to_host`). Under gloo every collective
+    here returns only once the backend's worker threads have let go of its tensors (:func:`_settle`), so that a rank
+    that ends right after one (a spawned rank ends with the fit, after trainviz's last all-reduce) exits cleanly.
     """
 
     world: int = 1
@@ -67,28 +72,43 @@ class Collective:
         return self.rank == 0
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
+        """Rank 0's ``obj`` on every rank (rank 0 keeps ``obj`` itself; the others get a copy)."""
         if self.world == 1:
             return obj
-        box = [obj if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, device=self._device())
-        return box[0]
+        device = self._device()
+        payload = _to_bytes(obj, device) if self.rank == 0 else None
+        size = torch.tensor([0 if payload is None else payload.numel()], dtype=torch.int64, device=device)
+        _collective(dist.broadcast, size, src=0)
+        if payload is None:
+            payload = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+        _collective(dist.broadcast, payload, src=0)
+        return obj if self.rank == 0 else _from_bytes(payload, payload.numel())
 
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` in rank order on rank 0; ``None`` on the other ranks. In ``lockstep`` every rank
         computed the same whole share: rank 0 keeps its own, nothing travels."""
         if self.world == 1 or self.lockstep:
             return [obj] if self.rank == 0 else None
-        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0)
-        return out
+        device = self._device()
+        payload = _to_bytes(obj, device)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world)]
+        _collective(dist.all_gather, sizes, size)  # every rank sends the largest size: gather wants equal shapes
+        longest = max(int(n.item()) for n in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+        padded[: payload.numel()] = payload
+        parts = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in sizes] if self.is_zero else None
+        _collective(dist.gather, padded, parts, dst=0)
+        if parts is None:
+            return None
+        return [_from_bytes(part, int(n.item())) for part, n in zip(parts, sizes)]
 
     def all_ok(self, ok: bool) -> bool:
         """Whether ``ok`` holds on every rank (one all-reduce): the point where a rank's failure becomes everyone's."""
         if self.world == 1:
             return bool(ok)
         flag = torch.tensor([0 if ok else 1], device=self._device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        _collective(dist.all_reduce, flag, op=dist.ReduceOp.MAX)
         return int(flag.item()) == 0
 
     def largest(self, value: float) -> float:
@@ -96,7 +116,7 @@ class Collective:
         if self.world == 1:
             return float(value)
         box = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
-        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        _collective(dist.all_reduce, box, op=dist.ReduceOp.MAX)
         return float(box.item())
 
     @staticmethod
@@ -105,6 +125,59 @@ class Collective:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+SETTLE_SECONDS = 1.0
+"""How long a collective waits, at most, for the gloo backend's worker threads to let go of its tensors (they do
+within a millisecond; after one wait that ran out, this process does not wait again)."""
+_SETTLE = {"timeout": SETTLE_SECONDS}
+
+
+def _collective(run: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run one collective (``run``, a :mod:`torch.distributed` function) and, under gloo, wait until its worker
+    threads have let go of the tensors it was given (:func:`_settle`)."""
+    run(*args, **kwargs)
+    if dist.get_backend() == "gloo":
+        _settle(t for arg in args for t in (arg if isinstance(arg, (list, tuple)) else [arg]) if t is not None)
+
+
+def _settle(tensors: Iterable[torch.Tensor], timeout: float = SETTLE_SECONDS) -> bool:
+    """Wait until this process holds the only reference to each of ``tensors`` (or ``timeout`` passed); whether it
+    does.
+
+    Gloo's worker thread drops its reference to a finished collective's tensors a moment after the caller's
+    ``wait`` returns. If the caller has dropped its own by then, freeing the tensor falls to that thread, which
+    must take the GIL to do it; when the process is already exiting (a rank's last collective is trainviz's, at the
+    fit's end, and a spawned process ends right after), that thread is killed holding C++ frames and the process
+    aborts ("terminate called without an active exception"; pytorch/pytorch#179291). So the caller keeps its
+    tensors until the worker has let go: the free then happens here, on the thread that holds the GIL.
+
+    Example:
+        >>> _settle([torch.zeros(2)])
+        True
+    """
+    pending = list(tensors)
+    deadline = time.monotonic() + min(timeout, _SETTLE["timeout"])
+    while True:
+        pending = [t for t in pending if t._use_count() > 1]  # type: ignore[attr-defined]
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            _SETTLE["timeout"] = 0.0  # a backend that holds its tensors longer is not waited for again
+            return False
+        time.sleep(1e-4)  # gives up the GIL
+
+
+def _to_bytes(obj: Any, device: torch.device) -> torch.Tensor:
+    """``obj`` pickled, as a 1-D uint8 tensor on ``device`` that owns its memory (no Python buffer behind it, whose
+    release would need the GIL)."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device, copy=True)
+
+
+def _from_bytes(payload: torch.Tensor, size: int) -> Any:
+    """The object pickled in the first ``size`` bytes of ``payload``."""
+    return pickle.loads(payload[:size].cpu().numpy().tobytes())
 
 
 _LOCKSTEP: ContextVar[Collective | None] = ContextVar("trainviz_lockstep", default=None)
