@@ -17,6 +17,7 @@ from _support import records, same, script_run
 SCRIPT = """
 import json
 import sys
+import time
 
 import torch
 from torch.distributed.fsdp import fully_shard
@@ -72,6 +73,8 @@ trainer.fit(model, ShapesDataModule(n_train=96, n_val=48, batch_size=16))
 weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}  # all ranks
 if trainer.is_global_zero:
     torch.save({"weights": weights, "rng": torch.random.get_rng_state()}, f"{root}/end.pt")
+if sharded:  # the gathers above (full_tensor) are this process's last collectives: gloo's worker thread frees their
+    time.sleep(0.1)  # tensors a moment after they return, and may abort an exit that comes first (pytorch#179291)
 print(f"FIT DONE {trainer.global_rank}", flush=True)  # one write: the ranks share stdout
 """
 
