@@ -108,15 +108,18 @@ def test_settle_waits_for_the_other_holder_of_a_tensor(monkeypatch):
 
     monkeypatch.setitem(distributed._SETTLE, "timeout", distributed.SETTLE_SECONDS)  # restored after the test
     held, owner = torch.zeros(2), torch.zeros(2, requires_grad=True)
-    owner.grad = held  # a second reference, held by C++ (as gloo's worker thread holds a collective's tensors)
-    assert held._use_count() == 2
+    tensors = [held]
+    before = distributed._references(tensors)
+    owner.grad = held  # a second reference, held by C++ (as gloo's worker thread holds a collective's tensors) ...
+    uses, references = held._use_count(), distributed._references(tensors)[0]
+    assert uses == 2 and references == before[0] + 1  # ... and one to its Python object
     release = threading.Timer(0.05, setattr, (owner, "grad", None))
     release.start()
-    assert distributed._settle([held], timeout=30.0)  # the other holder let go meanwhile (the wait gives up the GIL)
-    release.join()
+    assert distributed._settle(tensors, before, timeout=30.0)  # the other holder let go meanwhile (the wait gives
+    release.join()  # up the GIL, which dropping the Python reference needs)
     assert held._use_count() == 1
-    owner.grad = held
-    assert not distributed._settle([held], timeout=0.01)  # never released: gives up
+    extra = held  # the C++ reference gone, a Python one not yet (the moment before the worker takes the GIL)
+    assert not distributed._settle(tensors, before, timeout=0.01)  # gives up
     assert distributed._SETTLE["timeout"] == 0.0  # and does not wait again in this process
-    owner.grad = None
-    assert distributed._settle([held])
+    del extra
+    assert distributed._settle(tensors, before)

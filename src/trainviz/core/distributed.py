@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -136,31 +137,39 @@ _SETTLE = {"timeout": SETTLE_SECONDS}
 def _collective(run: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
     """Run one collective (``run``, a :mod:`torch.distributed` function) and, under gloo, wait until its worker
     threads have let go of the tensors it was given (:func:`_settle`)."""
+    tensors = [t for arg in args for t in (arg if isinstance(arg, (list, tuple)) else [arg]) if t is not None]
+    held = _references(tensors)
     run(*args, **kwargs)
     if dist.get_backend() == "gloo":
-        _settle(t for arg in args for t in (arg if isinstance(arg, (list, tuple)) else [arg]) if t is not None)
+        _settle(tensors, held)
 
 
-def _settle(tensors: Iterable[torch.Tensor], timeout: float = SETTLE_SECONDS) -> bool:
-    """Wait until this process holds the only reference to each of ``tensors`` (or ``timeout`` passed); whether it
-    does.
+def _references(tensors: list[torch.Tensor]) -> list[int]:
+    """Python's references to each of ``tensors`` (what :func:`_settle` waits to see again)."""
+    return [sys.getrefcount(t) for t in tensors]
 
-    Gloo's worker thread drops its reference to a finished collective's tensors a moment after the caller's
-    ``wait`` returns. If the caller has dropped its own by then, freeing the tensor falls to that thread, which
-    must take the GIL to do it; when the process is already exiting (a rank's last collective is trainviz's, at the
-    fit's end, and a spawned process ends right after), that thread is killed holding C++ frames and the process
-    aborts ("terminate called without an active exception"; pytorch/pytorch#179291). So the caller keeps its
-    tensors until the worker has let go: the free then happens here, on the thread that holds the GIL.
+
+def _settle(tensors: list[torch.Tensor], held: list[int], timeout: float = SETTLE_SECONDS) -> bool:
+    """Wait until nothing but this thread's references holds each of ``tensors`` again: one C++ reference (its
+    Python object's) and ``held`` Python references, as before the collective (or until ``timeout`` passed);
+    whether they do.
+
+    Gloo's worker thread lets go of a finished collective's tensors a moment after the caller's ``wait`` returns.
+    A tensor shared with C++ holds a reference to its Python object, and the thread that drops the C++ reference
+    last must take the GIL to drop that one too. If the process is exiting by then (a rank's last collective is
+    trainviz's, at the fit's end, and a spawned rank ends right after), the thread is killed holding C++ frames
+    and the process aborts ("terminate called without an active exception"; pytorch/pytorch#179291). So the
+    caller keeps its tensors, and gives up the GIL, until the worker has let go of both references.
 
     Example:
-        >>> _settle([torch.zeros(2)])
+        >>> t = torch.zeros(2)
+        >>> _settle([t], _references([t]))
         True
     """
-    pending = list(tensors)
     deadline = time.monotonic() + min(timeout, _SETTLE["timeout"])
     while True:
-        pending = [t for t in pending if t._use_count() > 1]  # type: ignore[attr-defined]
-        if not pending:
+        alone = all(t._use_count() == 1 for t in tensors)  # type: ignore[attr-defined]
+        if alone and all(now <= before for now, before in zip(_references(tensors), held)):  # counted alike
             return True
         if time.monotonic() > deadline:
             _SETTLE["timeout"] = 0.0  # a backend that holds its tensors longer is not waited for again
