@@ -141,6 +141,76 @@ def test_a_fixed_cost_callback_short_of_credit_borrows_the_others_spare_and_the_
     assert s.lend("a", 1.0, now=now) == pytest.approx(0.75) and s.credit("b", now=now) == pytest.approx(0.05)
 
 
+def test_the_credit_its_essential_last_run_would_lack_is_held_back_before_it():
+    s = Scheduler()
+    s.register("a", 0.01, pooled=True)
+    s.register("b", 0.01, pooled=True, interval=2)
+    s.register("r", 0.03, pooled=True, interval=2)
+    s.start(now=0.0)
+    s.cpu_load = lambda: 1.0
+    assert s.hold("a", ahead=5, epochs=1, now=1.0) == 0.0  # no run yet, nothing said: nothing to hold for
+    s.charge("a", 0.3, foreground=True, run=True, least=0.25)  # its least run: 0.25 s
+    s.charge("a", 0.1, foreground=False)  # and 0.1 CPU second of its writer's work a run
+    s.charge("b", 0.4, foreground=True, run=True)  # runs whole or waits: its mean run
+    s.set_floor("r", 0.5)  # elastic: its least run takes 0.5 s
+    s.charge("r", 0.5, foreground=True, run=True)
+    now = 21.2  # 20 s of training, 10 s an epoch after 2 epochs
+    # a: its least run and its background's part of a run (0.35 s), less the 0.1 s one epoch at 1% brings
+    assert s.hold("a", ahead=3, epochs=2, now=now) == pytest.approx(0.25 + 0.1 - 0.1)
+    assert s.credit("a", now=now) == pytest.approx(0.01 * 20 - 0.4 - 0.25)
+    assert s.ledgers["a"].spent == pytest.approx(0.4)  # a hold is not spent
+    assert s.hold("a", ahead=3, epochs=2, least=0.05, now=now) == pytest.approx(0.05)  # the least it says now
+    # b: its mean run (0.4 s) less what two epochs (its interval) bring; one epoch before the last, one epoch's
+    assert s.hold("b", ahead=4, epochs=2, now=now) == pytest.approx(0.4 - 0.2)
+    assert s.hold("b", ahead=1, epochs=2, now=now) == pytest.approx(0.4 - 0.1)
+    # r: its floor less what its interval brings at 3%: nothing held
+    assert s.hold("r", ahead=4, epochs=2, now=now) == 0.0
+    # a pool's lenders keep what they hold: b spares 0.2 - 0.4 - 0.3 < 0, nothing; a's credit is what it has
+    assert s.lend("a", 1.0, now=now) == pytest.approx(s.credit("a", now=now))
+    assert s.ledgers["b"].loan == 0.0
+    # the last epoch (ahead 0), or an unknown last (None): nothing held, the credit saved is spent
+    assert s.hold("b", ahead=0, epochs=2, now=now) == 0.0 and s.hold("a", ahead=None, epochs=2, now=now) == 0.0
+    assert s.credit("b", now=now) == pytest.approx(0.01 * 20 - 0.4)
+
+
+def test_holding_for_the_last_run_keeps_a_fit_within_its_budget():
+    """Ten epochs of 10 s, a callback at 1% (0.1 s an epoch) whose every run takes 0.3 s, essential at the first
+    and last epoch. Planned on its credit alone, its runs spend what the epochs bring and the last run overshoots;
+    with what its last run lacks held back, the last is paid from credit saved."""
+
+    def fit(hold: bool) -> tuple[list[int], float]:
+        s = Scheduler()
+        s.register("a", 0.01)
+        s.start(now=0.0)
+        runs: list[int] = []
+        for epoch in range(10):
+            now = 10.0 * (epoch + 1) + 0.3 * len(runs)
+            if hold:
+                s.hold("a", ahead=9 - epoch, epochs=epoch + 1, now=now)
+            if epoch in (0, 9) or s.credit("a", now=now) >= 0.3:
+                s.charge("a", 0.3, foreground=True, run=True)
+                runs.append(epoch)
+        s.stop(now=100.0 + 0.3 * len(runs))
+        return runs, s.overhead()[0]
+
+    runs, share = fit(hold=False)
+    assert runs == [0, 5, 8, 9] and share == pytest.approx(1.2 / 100)  # over the budget by its last run
+    runs, share = fit(hold=True)
+    assert runs == [0, 7, 9] and share == pytest.approx(0.9 / 100)  # within it: a run fewer
+    # held: 0.3 s less the 0.1 s an epoch brings, from its first run's cost on (epochs 1 to 8)
+
+
+def test_a_callback_knows_the_epochs_before_the_fits_last():
+    from types import SimpleNamespace
+
+    cb = trainviz.DynamicsCallback()
+    assert cb._ahead(SimpleNamespace(max_epochs=6, should_stop=False), 2) == 3
+    assert cb._ahead(SimpleNamespace(max_epochs=6, should_stop=False), 5) == 0
+    assert cb._ahead(SimpleNamespace(max_epochs=6, should_stop=True), 2) == 0  # early stopping: this is the last
+    assert cb._ahead(SimpleNamespace(max_epochs=-1, should_stop=False), 2) is None  # max_steps alone: not known
+    assert cb._ahead(SimpleNamespace(max_epochs=None, should_stop=False), 2) is None
+
+
 def test_plans_leave_the_margin_unplanned_in_credit_and_loans(tmp_path, tiny_dm, demo_model, make_trainer):
     from trainviz.core.budget import MARGIN
 
@@ -284,6 +354,15 @@ def test_budget_keeps_both_ends_skips_the_middle_and_says_so(tmp_path, tiny_dm, 
         assert ledger.displaced == pytest.approx((ledger.writer + ledger.background) * ledger.load), name
         assert ledger.spent == pytest.approx(ledger.foreground + max(0.0, ledger.slowdown, ledger.displaced)), name
     assert [e.step for e in acc.Scalars("trainviz/budget/robustness/credit_seconds")] == [0, 1, 2, 3]
+    # what each last run would lack was held back before the last epoch, and spent at it
+    for cb in probes:
+        held = [e.value for e in acc.Scalars(f"trainviz/budget/{cb.name}/held_seconds")]
+        assert len(held) == 4 and held[-1] == 0.0 and min(held) >= 0.0, (cb.name, held)
+    assert any(
+        value > 0
+        for cb in probes
+        for value in [e.value for e in acc.Scalars(f"trainviz/budget/{cb.name}/held_seconds")][1:3]
+    )
 
 
 def test_the_overhead_estimate_is_spent_over_training_seconds_and_the_fit_end_says_it(

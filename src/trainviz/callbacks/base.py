@@ -437,6 +437,15 @@ class ProbeCallback(Callback):
         max_epochs = trainer.max_epochs
         return bool(trainer.should_stop) or (max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1)
 
+    def _ahead(self, trainer: pl.Trainer, epoch: int) -> int | None:
+        """Epochs between ``epoch`` and the fit's last (0: it is the last; ``None``: not known, no ``max_epochs``),
+        for which the budget holds back what the last run needs (:meth:`Scheduler.hold
+        <trainviz.core.budget.Scheduler.hold>`)."""
+        if self._is_last(trainer, epoch):
+            return 0
+        max_epochs = trainer.max_epochs
+        return max_epochs - 1 - epoch if max_epochs is not None and max_epochs > 0 else None
+
     def _plan(self, credit: float | None, essential: bool, epoch: int) -> Any:
         """What the run contains, given ``credit`` seconds (``None``: no budget, everything due runs); ``None``
         skips the run. A capability's probe decides (``probe.plan(Credit(credit, essential, epoch))``, see
@@ -510,7 +519,8 @@ class ProbeCallback(Callback):
         decided, error = None, None  # rank 0's (plan, state): plan None skips the run
         if group.is_zero:
             essential = final or not self.done_epochs or self._is_last(trainer, epoch)
-            decided, error = self._attempt(pl_module, lambda: self._decide(essential, epoch))
+            ahead = 0 if final else self._ahead(trainer, epoch)
+            decided, error = self._attempt(pl_module, lambda: self._decide(essential, epoch, ahead))
         if not group.all_ok(error is None):  # planning failed on rank 0: every rank skips this run
             self._attempted.add(epoch)
             return self._failed(epoch, error, "plan", group=group)
@@ -549,12 +559,13 @@ class ProbeCallback(Callback):
                     if sink is not None:
                         sink.deliver()
 
-    def _decide(self, essential: bool, epoch: int) -> tuple[Any, Any]:
-        """Rank 0: the run's plan (through the budget runner) and, when it runs, the probe's state for every share."""
+    def _decide(self, essential: bool, epoch: int, ahead: int | None = None) -> tuple[Any, Any]:
+        """Rank 0: the run's plan (through the budget runner; ``ahead``: the epochs before the fit's last) and, when
+        it runs, the probe's state for every share."""
         self.plan = True  # `_plan` may read it
         busy = self.sink.busy_seconds() if self.sink is not None else 0.0
         plan = self.budget_runner.plan(
-            self._plan, essential, epoch, busy, self._budget_floor(), self._least_cost(), self._whole_cost()
+            self._plan, essential, epoch, busy, self._budget_floor(), self._least_cost(), self._whole_cost(), ahead
         )
         return plan, (self.prober.state() if self.prober is not None and plan is not None else None)
 

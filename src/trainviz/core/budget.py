@@ -16,13 +16,15 @@ it cost the fit, measured in the run:
 The training time is the fit's wall time less those extra seconds: an estimate of the bare fit. A callback's credit
 is ``(1 - margin) * fraction * training_seconds - spent``, where a fit's margin (:data:`MARGIN`, 5%) is left for
 what runs beyond the plans (the writer's last pictures, fit-end work, runs dearer than priced); at each epoch end
-the callback asks for a plan that fits its credit (:meth:`ProbeCallback._plan
-<trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which corruptions run, the embedding
-callback whether UMAP and t-SNE run, the others run whole or wait. The first and the last epoch always produce a
-result (scaled down to what is essential if the credit is short), so every evolution has both ends; the overshoot
-this allows, beyond the margin, is the cost of those essential parts. Each callback's side of it (its ledger, the
-plan of each run, what it books and logs) is one :class:`BudgetRunner`. At the fit's end, with several processes,
-the slowest rank's estimate counts (:meth:`Scheduler.stop`).
+the callback asks for a plan that fits its credit
+(:meth:`ProbeCallback._plan <trainviz.callbacks.base.ProbeCallback._plan>`): the robustness suite picks which
+corruptions run, the embedding callback whether UMAP and t-SNE run, the others run whole or wait. The first and the
+last epoch always produce a result (scaled down to what is essential if the credit is short), so every evolution has
+both ends. A first run dearer than its credit leaves a debt that later plans repay; for the last, each callback
+holds back, before the last epoch, the credit its essential run would lack (:meth:`Scheduler.hold`), so it is paid
+from credit saved. Each callback's side of it (its ledger, the plan of each run, what it books and logs) is one
+:class:`BudgetRunner`. At the fit's end, with several processes, the slowest rank's estimate counts
+(:meth:`Scheduler.stop`).
 
 Example:
     >>> from trainviz.core.budget import Scheduler
@@ -84,6 +86,7 @@ class Ledger:
     loan: float = 0.0  # seconds of credit lent to it (positive) or by it (negative) within its pool: `Scheduler.lend`
     least: float | None = None  # a fixed-cost callback's seconds for its least run, as it last said (`lend`)
     whole: float | None = None  # ... and for a run with all it has due at its cadence (None: its mean run, `need`)
+    reserve: float = 0.0  # seconds of its credit held back for its essential last run (`Scheduler.hold`)
     skips: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -123,10 +126,10 @@ BASELINE_BATCHES = 3
 MARGIN = 0.05
 """The part of each callback's allowance that a fit's plans leave unplanned (:meth:`Scheduler.for_trainer`): what
 a run spends beyond its plan comes out of it, so that the fit's total stays within the budget. That is the work
-after the last plan (the writer thread's last pictures, the fit-end summaries), the essential parts of the first and
-last runs when their credit is short, and a run that costs more than its parts were priced. Round 4 of
-``benchmarks/budget_overhead.py`` planned to the whole budget: the runs' own estimate went over it by up to 6% of it
-(0.106 at 0.1), and its median was 2% under it (0.098)."""
+after the last plan (the fit-end summaries, the writer thread's work beyond what was held for the last run), the
+essential parts of the first run when its credit is short, and a run that costs more than its parts were priced.
+Round 4 of ``benchmarks/budget_overhead.py`` planned to the whole budget: the runs' own estimate went over it by up
+to 6% of it (0.106 at 0.1), and its median was 2% under it (0.098)."""
 
 SLACK = 1.25
 """A pool's callbacks of fixed cost get up to this times what their cadence needs when the pool allows (a run that
@@ -342,7 +345,7 @@ class Scheduler:
         train = self.training_seconds(now)
         with self._lock:
             ledger = self.ledgers[name]
-            return self._allowance(ledger, train) - ledger.spent + ledger.loan
+            return self._allowance(ledger, train) - ledger.spent + ledger.loan - ledger.reserve
 
     def _allowance(self, ledger: Ledger, train: float) -> float:
         """What a ledger's plans may spend in ``train`` seconds of training (:meth:`credit`)."""
@@ -366,12 +369,54 @@ class Scheduler:
                 if other == name or not lender.pooled or lender.floor is not None or short <= 0:
                     continue
                 keep = lender.least if lender.least is not None else lender.need
-                spare = self._allowance(lender, train) - lender.spent + lender.loan - (keep or 0.0)
+                spare = self._allowance(lender, train) - lender.spent + lender.loan - lender.reserve - (keep or 0.0)
                 given = min(short, max(0.0, spare))
                 lender.loan -= given
                 ledger.loan += given
                 short -= given
             return seconds - short
+
+    def hold(
+        self, name: str, ahead: int | None, epochs: int, least: float | None = None, now: float | None = None
+    ) -> float:
+        """Hold back, from callback ``name``'s credit, what its essential last run would lack, ``ahead`` epochs
+        before the fit's last (``None``: not known, e.g. no ``max_epochs``; 0: this is the last, and what was held
+        is spent now). The last run takes its least run (``least``, else what it last said, :attr:`Ledger.least`;
+        an elastic callback's floor; else its mean run, :attr:`Ledger.need`) plus its background work's part of a
+        run (the writer's last pictures come after the last plan); the credit that reaches it is what the training
+        up to it brings: ``min(interval, ahead)`` mean epochs (of the ``epochs`` so far) at its allowance. The
+        rest is held, so the runs before the last spend only beyond it and the last run's essential parts are paid
+        from credit saved, not a reason to exceed the budget. Returns the seconds held.
+
+        Example:
+            >>> s = Scheduler()
+            >>> s.register("cam", 0.01)
+            >>> s.start(now=0.0)
+            >>> s.charge("cam", 0.3, foreground=True, run=True)  # its first run: 0.3 s
+            >>> round(s.hold("cam", ahead=4, epochs=1, now=10.3), 6)  # 0.3 s, and an epoch of 10 s brings 0.1 s
+            0.2
+            >>> round(s.credit("cam", now=10.3), 6)  # 0.1 s earned, 0.3 s spent, 0.2 s held
+            -0.4
+            >>> s.hold("cam", ahead=0, epochs=5, now=50.3)  # the last epoch: nothing held
+            0.0
+        """
+        train = self.training_seconds(now)
+        with self._lock:
+            ledger = self.ledgers[name]
+            ledger.reserve = 0.0
+            if ahead is None or ahead <= 0 or epochs < 1 or train <= 0:
+                return 0.0
+            background = max(0.0, ledger.slowdown, ledger.displaced) / ledger.runs if ledger.runs else 0.0
+            least = least if least is not None else ledger.least
+            if ledger.floor is not None:
+                last = ledger.floor + background
+            elif least is not None:
+                last = least + background
+            else:
+                last = ledger.need or 0.0  # its mean run, its background work's part included
+            brings = self._allowance(ledger, train / epochs * min(ledger.interval, ahead))
+            ledger.reserve = max(0.0, last - brings)
+            return ledger.reserve
 
     def fit(self, epochs: int, now: float | None = None) -> None:
         """Divide the pool (the ``pooled`` ledgers' fractions, summed) by what each callback needs to run at its
@@ -560,6 +605,7 @@ class BudgetRunner:
         floor: float | None = None,
         least: float | None = None,
         whole: float | None = None,
+        ahead: int | None = None,
     ) -> Any:
         """What the run of ``epoch`` contains: ``planner(credit, essential, epoch)`` (``None``: skip it), with the
         credit ``None`` without a budget (everything due runs), given the writer thread's ``writer_seconds`` and,
@@ -567,13 +613,16 @@ class BudgetRunner:
         what each callback needs first (:meth:`Scheduler.fit`), and a callback of fixed cost short of the ``least``
         seconds its next run takes (what is essential to it, e.g. CAM's maps without the faithfulness scores) may
         borrow them from the others' spare credit (:meth:`Scheduler.lend`); ``whole``: what a run with all it has
-        due takes, which the pool is fitted to (:meth:`Scheduler.set_whole`)."""
+        due takes, which the pool is fitted to (:meth:`Scheduler.set_whole`); ``ahead``: the epochs before the
+        fit's last (``None``: not known), for which the credit its last run would lack is held back
+        (:meth:`Scheduler.hold`)."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
         self.set_writer(writer_seconds)
         self.scheduler.set_floor(self.name, floor)
         self.scheduler.set_whole(self.name, whole)
         self.scheduler.fit(epoch + 1)
+        held = self.scheduler.hold(self.name, ahead, epoch + 1, least)
         credit = self.scheduler.credit(self.name)
         if least is not None:  # short of its least run: its pool may lend it the difference
             credit = self.scheduler.lend(self.name, least)
@@ -582,6 +631,7 @@ class BudgetRunner:
             self.sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
             self.sink.scalar(f"{self.name}/fraction", self.scheduler.ledgers[self.name].share, epoch)
             self.sink.scalar(f"{self.name}/skipped", float(plan is None), epoch)
+            self.sink.scalar(f"{self.name}/held_seconds", held, epoch)
         return plan
 
     def ran(self, seconds: float, whole: bool, epoch: int, least: float | None = None) -> None:
