@@ -274,6 +274,20 @@ def test_cadence_and_final_run(tmp_path, tiny_dm, _fit):
     assert quiet.done_epochs == [1]
 
 
+def test_the_state_key_is_kept_until_an_attribute_changes():
+    """Lightning reads every callback's state key at each hook call, several times a training batch: it is built
+    once, and again after a setting it is made of changes."""
+    cb = trainviz.RobustnessCallback(corruptions=["fog"])
+    key = cb.state_key
+    assert cb.state_key is key and key == cb._generate_state_key(**cb._state_args())
+    cb.every_n_epochs = 3
+    assert cb.state_key != key and cb.state_key == cb._generate_state_key(**cb._state_args())
+    embedding = trainviz.EmbeddingCallback(layers="a")
+    before = embedding.state_key
+    embedding.requested_probe_size = 100
+    assert embedding.state_key == trainviz.EmbeddingCallback(layers="a", probe_size=100).state_key != before
+
+
 def test_two_instances_coexist_in_checkpoints_and_logs(tmp_path, tiny_dm, _fit):
     a, b = trainviz.DynamicsCallback(probe_size=12), trainviz.DynamicsCallback(probe_size=24, log_name="dynamics_big")
     assert a.state_key != b.state_key
