@@ -562,3 +562,29 @@ def test_ddp_ranks_agree_on_the_slowest_estimate(tmp_path, tiny_dm, demo_model, 
     trainer.fit(demo_model(), tiny_dm)
     overhead = json.loads((tmp_path / "trainviz" / "manifest" / "manifest.json").read_text())["budget"]["overhead"]
     assert overhead["processes"] == 2 and overhead["estimate"] > 0
+
+
+def test_the_overlap_of_a_batch_with_background_work_reads_only_the_jobs_that_reach_it():
+    import random
+
+    from trainviz.core.threads import Activity
+
+    rng = random.Random(0)
+    activity = Activity(keep=4096)
+    ends = sorted(rng.uniform(0, 100) for _ in range(4096))
+    for end in ends:  # kept in the order they ended; a long job may have started well before
+        activity.done.append((rng.choice("abc"), end - rng.uniform(0, 5), end))
+    for start in (0.0, 10.0, 50.5, 99.0, 120.0):
+        end = start + 0.7
+        brute: dict[str, float] = {}
+        for owner, a, b in activity.done:
+            if min(b, end) - max(a, start) > 0:
+                brute[owner] = brute.get(owner, 0.0) + min(b, end) - max(a, start)
+        found = activity.overlap(start, end)
+        assert found.keys() == brute.keys() and all(found[k] == pytest.approx(brute[k]) for k in brute), start
+    with activity.working("d"):  # a running job counts up to now
+        import time
+
+        now = time.perf_counter()
+        assert "d" in activity.overlap(now - 1.0, now + 1.0)
+    assert activity.overlap(200.0, 201.0) == {} and activity.done[-1][0] == "d"
