@@ -173,6 +173,30 @@ def test_the_credit_its_essential_last_run_would_lack_is_held_back_before_it():
     assert s.credit("b", now=now) == pytest.approx(0.01 * 20 - 0.4)
 
 
+def test_an_elastic_callback_borrows_what_it_holds_from_the_pools_spare_once():
+    s = Scheduler()
+    s.register("a", 0.05, pooled=True)
+    s.register("r", 0.02, pooled=True, interval=2)
+    s.start(now=0.0)
+    s.cpu_load = lambda: 1.0
+    s.charge("a", 0.2, foreground=True, run=True)  # a needs 0.2 s a run and has 1 s: 0.8 s beyond its run
+    s.set_floor("r", 0.5)
+    now = 20.2  # 20 s of training, 10 s an epoch
+    # r, one epoch before the last, holds its floor less the epoch's 0.2 s at 2%: 0.3 s, of its 0.4 s credit
+    assert s.hold("r", ahead=1, epochs=2, now=now) == pytest.approx(0.3)
+    assert s.credit("r", now=now) == pytest.approx(0.1)
+    pool = s.credit("a", now=now) + s.credit("r", now=now)
+    # short of its floor by 0.4 s: it borrows the 0.3 s it holds from a's spare, not the whole 0.4 s
+    assert s.lend("r", 99.0, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)
+    assert s.credit("a", now=now) + s.credit("r", now=now) == pytest.approx(pool)  # a loan moves credit
+    assert s.ledgers["r"].least is None  # an elastic callback's least run is its floor
+    assert s.lend("r", 99.0, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)  # once
+    s.charge("r", 0.4, foreground=True, run=True)  # its run takes its credit
+    now += 0.4  # still 20 s of training
+    assert s.hold("r", ahead=0, epochs=2, now=now) == 0.0  # the last epoch: the held 0.3 s is its credit
+    assert s.credit("r", now=now) == pytest.approx(0.3)
+
+
 def test_holding_for_the_last_run_keeps_a_fit_within_its_budget():
     """Ten epochs of 10 s, a callback at 1% (0.1 s an epoch) whose every run takes 0.3 s, essential at the first
     and last epoch. Planned on its credit alone, its runs spend what the epochs bring and the last run overshoots;

@@ -354,27 +354,35 @@ class Scheduler:
     def lend(self, name: str, seconds: float, now: float | None = None) -> float:
         """Callback ``name`` (of fixed cost, in a pool) wants ``seconds`` for its least run: when its credit is
         short, the other fixed-cost callbacks of its pool lend it what they can spare (their credit beyond their
-        own least run, as they last said, else their :attr:`Ledger.need`), so a transient debt (the set-up, a dear
-        first run, a run that cost more than the mean) does not skip a run that the pool as a whole can pay for.
-        The pool's credit and the budget do not change: a loan moves credit between ledgers. The elastic callbacks
-        neither lend nor borrow (their credit builds up for their next run). Returns the credit after the loans."""
+        own least run, as they last said, else their :attr:`Ledger.need`, and beyond what they hold), so a transient
+        debt (the set-up, a dear first run, a run that cost more than the mean) does not skip a run that the pool as
+        a whole can pay for. The pool's credit and the budget do not change: a loan moves credit between ledgers.
+        The elastic callbacks lend nothing; one short of its floor borrows only what it holds for its last run
+        (:meth:`hold`) and has not borrowed yet, so that holding does not cost it a run the pool's spare can pay
+        for (otherwise its credit builds up for its next run). Returns the credit after the loans."""
         credit, train = self.credit(name, now), self.training_seconds(now)
         with self._lock:
             ledger = self.ledgers[name]
-            ledger.least = seconds
-            if not ledger.pooled or ledger.floor is not None or credit >= seconds:
+            elastic = ledger.floor is not None
+            if not elastic:
+                ledger.least = seconds
+            want = ledger.floor if ledger.floor is not None else seconds
+            short = want - credit
+            if elastic:
+                short = min(short, ledger.reserve - ledger.loan)
+            if not ledger.pooled or short <= 0:
                 return credit
-            short = seconds - credit
+            given = 0.0
             for other, lender in self.ledgers.items():
-                if other == name or not lender.pooled or lender.floor is not None or short <= 0:
+                if other == name or not lender.pooled or lender.floor is not None or given >= short:
                     continue
                 keep = lender.least if lender.least is not None else lender.need
                 spare = self._allowance(lender, train) - lender.spent + lender.loan - lender.reserve - (keep or 0.0)
-                given = min(short, max(0.0, spare))
-                lender.loan -= given
-                ledger.loan += given
-                short -= given
-            return seconds - short
+                loan = min(short - given, max(0.0, spare))
+                lender.loan -= loan
+                ledger.loan += loan
+                given += loan
+            return credit + given
 
     def hold(
         self, name: str, ahead: int | None, epochs: int, least: float | None = None, now: float | None = None
@@ -612,7 +620,8 @@ class BudgetRunner:
         for an elastic callback, the ``floor`` seconds of its least run. In a pool, the fractions are fitted to
         what each callback needs first (:meth:`Scheduler.fit`), and a callback of fixed cost short of the ``least``
         seconds its next run takes (what is essential to it, e.g. CAM's maps without the faithfulness scores) may
-        borrow them from the others' spare credit (:meth:`Scheduler.lend`); ``whole``: what a run with all it has
+        borrow them from the others' spare credit, and an elastic one short of its ``floor`` what it holds for its
+        last run (:meth:`Scheduler.lend`); ``whole``: what a run with all it has
         due takes, which the pool is fitted to (:meth:`Scheduler.set_whole`); ``ahead``: the epochs before the
         fit's last (``None``: not known), for which the credit its last run would lack is held back
         (:meth:`Scheduler.hold`)."""
@@ -624,8 +633,8 @@ class BudgetRunner:
         self.scheduler.fit(epoch + 1)
         held = self.scheduler.hold(self.name, ahead, epoch + 1, least)
         credit = self.scheduler.credit(self.name)
-        if least is not None:  # short of its least run: its pool may lend it the difference
-            credit = self.scheduler.lend(self.name, least)
+        if least is not None or floor is not None:  # short of its least run: its pool may lend it the difference
+            credit = self.scheduler.lend(self.name, least if floor is None else floor)
         plan = planner(credit, essential, epoch)
         if self.sink is not None:
             self.sink.scalar(f"{self.name}/credit_seconds", credit, epoch)
