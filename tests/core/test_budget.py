@@ -187,10 +187,10 @@ def test_an_elastic_callback_borrows_what_it_holds_from_the_pools_spare_once():
     assert s.credit("r", now=now) == pytest.approx(0.1)
     pool = s.credit("a", now=now) + s.credit("r", now=now)
     # short of its floor by 0.4 s: it borrows the 0.3 s it holds from a's spare, not the whole 0.4 s
-    assert s.lend("r", 99.0, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)
+    assert s.lend("r", 0.5, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)
     assert s.credit("a", now=now) + s.credit("r", now=now) == pytest.approx(pool)  # a loan moves credit
     assert s.ledgers["r"].least is None  # an elastic callback's least run is its floor
-    assert s.lend("r", 99.0, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)  # once
+    assert s.lend("r", 0.5, now=now) == pytest.approx(0.4) and s.ledgers["r"].loan == pytest.approx(0.3)  # once
     s.charge("r", 0.4, foreground=True, run=True)  # its run takes its credit
     now += 0.4  # still 20 s of training
     assert s.hold("r", ahead=0, epochs=2, now=now) == 0.0  # the last epoch: the held 0.3 s is its credit

@@ -352,24 +352,23 @@ class Scheduler:
         return (1.0 - self.margin) * ledger.share * train
 
     def lend(self, name: str, seconds: float, now: float | None = None) -> float:
-        """Callback ``name`` (of fixed cost, in a pool) wants ``seconds`` for its least run: when its credit is
-        short, the other fixed-cost callbacks of its pool lend it what they can spare (their credit beyond their
-        own least run, as they last said, else their :attr:`Ledger.need`, and beyond what they hold), so a transient
-        debt (the set-up, a dear first run, a run that cost more than the mean) does not skip a run that the pool as
-        a whole can pay for. The pool's credit and the budget do not change: a loan moves credit between ledgers.
-        The elastic callbacks lend nothing; one short of its floor borrows only what it holds for its last run
-        (:meth:`hold`) and has not borrowed yet, so that holding does not cost it a run the pool's spare can pay
-        for (otherwise its credit builds up for its next run). Returns the credit after the loans."""
+        """Callback ``name`` (in a pool) wants ``seconds`` for its least run (an elastic one: its floor): when its
+        credit is short, the other fixed-cost callbacks of its pool lend it what they can spare (their credit beyond
+        their own least run, as they last said, else their :attr:`Ledger.need`, and beyond what they hold), so a
+        transient debt (the set-up, a dear first run, a run that cost more than the mean) does not skip a run that
+        the pool as a whole can pay for. The pool's credit and the budget do not change: a loan moves credit
+        between ledgers. The elastic callbacks lend nothing; one short of its floor borrows only what it holds for
+        its last run (:meth:`hold`) and has not borrowed yet, so that holding does not cost it a run the pool's
+        spare can pay for (otherwise its credit builds up for its next run). Returns the credit after the loans."""
         credit, train = self.credit(name, now), self.training_seconds(now)
         with self._lock:
             ledger = self.ledgers[name]
             elastic = ledger.floor is not None
-            if not elastic:
-                ledger.least = seconds
-            want = ledger.floor if ledger.floor is not None else seconds
-            short = want - credit
+            short = seconds - credit
             if elastic:
                 short = min(short, ledger.reserve - ledger.loan)
+            else:
+                ledger.least = seconds
             if not ledger.pooled or short <= 0:
                 return credit
             given = 0.0
@@ -621,10 +620,9 @@ class BudgetRunner:
         what each callback needs first (:meth:`Scheduler.fit`), and a callback of fixed cost short of the ``least``
         seconds its next run takes (what is essential to it, e.g. CAM's maps without the faithfulness scores) may
         borrow them from the others' spare credit, and an elastic one short of its ``floor`` what it holds for its
-        last run (:meth:`Scheduler.lend`); ``whole``: what a run with all it has
-        due takes, which the pool is fitted to (:meth:`Scheduler.set_whole`); ``ahead``: the epochs before the
-        fit's last (``None``: not known), for which the credit its last run would lack is held back
-        (:meth:`Scheduler.hold`)."""
+        last run (:meth:`Scheduler.lend`); ``whole``: what a run with all it has due takes, which the pool is fitted
+        to (:meth:`Scheduler.set_whole`); ``ahead``: the epochs before the fit's last (``None``: not known), for
+        which the credit its last run would lack is held back (:meth:`Scheduler.hold`)."""
         if self.scheduler is None:
             return planner(None, essential, epoch)
         self.set_writer(writer_seconds)
