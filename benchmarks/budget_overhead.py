@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -176,21 +177,30 @@ def main() -> None:
     torch.set_num_threads(2)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, threads {threads}, {args.epochs} epochs of {args.n_train} images")
-    figures: dict[float, dict[str, list]] = {b: {"cpu": [], "wall": [], "x": [], "epochs": []} for b in args.budgets}
+    figures: dict[float, dict[str, list]] = {
+        b: {"cpu": [], "wall": [], "user": [], "system": [], "x": [], "epochs": []} for b in args.budgets
+    }
     with tempfile.TemporaryDirectory() as root:
         for pair in range(args.pairs):
             # the order alternates (bare first, then last), so a drift of the host within a round does not always
             # favour the same side
             order: list[float | None] = [None, *args.budgets] if pair % 2 == 0 else [*args.budgets[::-1], None]
             timed: dict[float | None, tuple[float, float]] = {}
+            split: dict[float | None, tuple[float, float, int]] = {}
             for budget in order:
                 run = os.path.join(root, f"pair{pair}_" + ("bare" if budget is None else f"budget{budget}"))
                 callbacks = [] if budget is None else trainviz.default_callbacks(budget=budget)
-                cpu = time.process_time()
+                cpu, usage = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
                 wall, _, _ = fit(callbacks, args, run)
                 timed[budget] = (time.process_time() - cpu, wall)
+                split[budget] = user_system(usage, resource.getrusage(resource.RUSAGE_SELF))
                 what = "bare" if budget is None else f"budget {budget}"
-                print(f"pair {pair + 1}: {what} {wall:.1f} s wall / {timed[budget][0]:.1f} s CPU", flush=True)
+                print(
+                    f"pair {pair + 1}: {what} {wall:.1f} s wall / {timed[budget][0]:.1f} s CPU "
+                    f"({split[budget][0]:.1f} s user, {split[budget][1]:.1f} s system, "
+                    f"{split[budget][2] / 1e6:.2f} M page faults)",
+                    flush=True,
+                )
             bare = timed[None]
             for budget in args.budgets:
                 run = os.path.join(root, f"pair{pair}_budget{budget}")
@@ -201,6 +211,8 @@ def main() -> None:
                 found = figures[budget]
                 found["cpu"].append(cpu_ratio)
                 found["wall"].append(wall_ratio)
+                found["user"].append(split[budget][0] / split[None][0])
+                found["system"].append(split[budget][1] - split[None][1])
                 found["x"].append(overhead["estimate"])
                 found["epochs"].append({name: run_epochs(run, name) for name in manifest["callbacks"]})
                 print(
@@ -216,6 +228,11 @@ def main() -> None:
         print(f"budget {budget}, {args.pairs} pairs:")
         print(f"  CPU-time ratio: {spread(found['cpu'])}; per pair {' '.join(f'{r:.3f}' for r in found['cpu'])}")
         print(f"  wall-time ratio: {spread(found['wall'])}; per pair {' '.join(f'{r:.3f}' for r in found['wall'])}")
+        print(f"  user-time ratio: {spread(found['user'])}; per pair {' '.join(f'{r:.3f}' for r in found['user'])}")
+        print(
+            f"  system seconds, probed less bare: {spread(found['system'])}; per pair "
+            + " ".join(f"{s:+.1f}" for s in found["system"])
+        )
         print(f"  the run's own X: {spread(found['x'])}; per pair {' '.join(f'{r:.3f}' for r in found['x'])}")
         x = statistics.median(found["x"])
         for what in ("cpu", "wall"):
@@ -228,6 +245,18 @@ def main() -> None:
                 f"  {name}: runs per fit {counts} over {args.epochs} epochs (median {statistics.median(counts)}); "
                 f"epochs {' | '.join(','.join(map(str, s)) for s in seen)}"
             )
+
+
+def user_system(before, after) -> tuple[float, float, int]:
+    """``(user seconds, system seconds, minor page faults)`` of the process between two ``getrusage`` readings:
+    the CPU-time ratio's two parts, the system part being mostly the kernel's page faults, which swing between
+    identical fits on this host.
+
+    >>> from types import SimpleNamespace as U
+    >>> user_system(U(ru_utime=1.0, ru_stime=0.5, ru_minflt=10), U(ru_utime=3.5, ru_stime=0.75, ru_minflt=30))
+    (2.5, 0.25, 20)
+    """
+    return after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt
 
 
 def run_epochs(run: str, name: str) -> list[int]:
