@@ -5,16 +5,26 @@ pairs, against the run's own estimate.
 
 A user-shaped run: a 4-block CNN written here (not a trainviz model), trained on the generated shapes photos at 32x32
 given as pixels through a torchvision ``Normalize`` transform (trainviz finds it), for ``--epochs`` epochs of 10 s or
-more on 2 CPU threads. Identical fits on this machine differ by up to 20%, so one ratio says little: the script runs
-``--pairs`` rounds, each a fit without trainviz and one with ``default_callbacks(budget=B)`` for each of
-``--budgets`` (in one process; the bare fit first in odd rounds, as printed, and last in even ones, so a drift of
-the host within a round favours neither side; each budget's pair is the round's bare fit and its own fit), each timed
-from ``fit`` to its return (everything trainviz does is inside: setup, every probe, the background work it waits
-for, the fit-end summaries). For each pair it prints the ratio in process CPU time (every thread of the process: the
-primary figure, since wall time here swings with the host) and in wall time, and the run's own estimate X (the
-manifest's ``budget.overhead.estimate``: probe time plus the measured slowdown of training batches, over the fit
-less those); then, per budget, the medians and spreads, the median X against the measured median ratio minus 1,
-and how many runs each callback made over the epochs and at which epochs.
+more on 2 CPU threads (``--n-train`` images an epoch: where the host runs 12,000 in less, pass more). Identical fits on
+this machine differ by up to 20%, so one ratio says little: the script runs ``--pairs`` rounds, each a fit without
+trainviz and one with ``default_callbacks(budget=B)`` for each of ``--budgets`` (in one process; the bare fit first in
+odd rounds, as printed, and last in even ones, so a drift of the host within a round favours neither side; each budget's
+pair is the round's bare fit and its own fit), each timed from ``fit`` to its return (everything trainviz does is
+inside: setup, every probe, the background work it waits for, the fit-end summaries). For each pair it prints the ratio
+in process CPU time (every thread of the process: the primary figure, since wall time here swings with the host) and in
+wall time, and the run's own estimate X (the manifest's ``budget.overhead.estimate``: probe time plus the measured
+slowdown of training batches, over the fit less those); then, per budget, the medians and spreads, the median X against
+the measured median ratio minus 1, and how many runs each callback made over the epochs and at which epochs.
+
+Each fit's CPU time is also split into user and system seconds. On this host the system part is mostly the kernel's page
+faults, which swing between identical fits in one process (0.2 M to 16 M faults, 0.5 to 26 system seconds of 107 to 169
+CPU seconds in round 7a); with glibc's malloc thresholds fixed (so that it neither moves tensors between ``mmap`` and
+its heap as its dynamic threshold moves, nor trims the heap) they stayed at 0.05 M to 0.3 M faults and 0.2 to 0.6 s
+(round 7b). To fix the allocator alike for both sides of every pair, run the script so (the rounds in BENCHMARKS.md say
+which they used)::
+
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=67108864 \
+        OMP_NUM_THREADS=2 NUMBA_NUM_THREADS=1 python benchmarks/budget_overhead.py --pairs 9 --budgets 0.1 0.05
 """
 
 from __future__ import annotations
